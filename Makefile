@@ -1,0 +1,54 @@
+# Ops entry points. Each target is a thin wrapper over an invoke task or an
+# environment build; `make demo` and `make test` work on a fresh machine.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+PIP     := $(BIN)/pip --disable-pip-version-check -q
+EXTRAS  := train,aws,ops,dev
+# mxnet 1.9.1 only imports with numpy<1.24; checkov pins an old boto3.
+MXNET_VENV   := .venvs/mxnet
+CHECKOV_VENV := .venvs/checkov
+
+.PHONY: demo test install mxnet-env checkov-env down clean help
+
+help:
+	@echo "make demo   - run the whole pipeline on bundled sample data, leave the stack up"
+	@echo "make test   - install what tests need and run them"
+	@echo "make down   - stop every local server the demo started"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(PIP) install --upgrade pip 2>&1 | grep -v 'is ignored' || true
+	$(PIP) install -e '.[$(EXTRAS)]' 2>&1 | grep -v 'is ignored' || true
+	$(BIN)/python -c "import distracted_driver, torch, onnxruntime, cv2, invoke"
+	touch $@
+
+mxnet-env: $(MXNET_VENV)/.installed
+
+$(MXNET_VENV)/.installed:
+	$(PY) -m venv $(MXNET_VENV)
+	$(MXNET_VENV)/bin/pip --disable-pip-version-check -q install 'mxnet==1.9.1' 'numpy<1.24' 'opencv-python-headless<4.9' 2>&1 | grep -v 'is ignored' || true
+	$(MXNET_VENV)/bin/python -c "import mxnet"
+	touch $@
+
+checkov-env: $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_VENV)/.installed:
+	$(PY) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip --disable-pip-version-check -q install checkov 2>&1 | grep -v 'is ignored' || true
+	$(CHECKOV_VENV)/bin/checkov --version
+	touch $@
+
+demo: install
+	$(BIN)/inv demo
+
+test: install mxnet-env checkov-env
+	$(BIN)/pytest
+
+down: install
+	$(BIN)/inv down
+
+clean:
+	rm -rf .bucket .state .work reports

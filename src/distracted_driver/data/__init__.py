@@ -1,0 +1,1 @@
+"""Data stage: layout, synthetic sample, driver split, RecordIO, conversion, ingest."""

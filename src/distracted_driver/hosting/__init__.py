@@ -1,0 +1,1 @@
+"""Hosting stage: endpoints, blue/green swaps, autoscaling (local runtime and SageMaker)."""

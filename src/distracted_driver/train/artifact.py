@@ -1,0 +1,104 @@
+"""The model artifact ``model.tar.gz``: the one place that writes, reads and validates it.
+
+Contents (flat, at the archive root):
+
+- ``model.onnx``: input ``input`` float32 ``[batch, 3, S, S]`` (dynamic batch),
+  output ``probabilities`` float32 ``[batch, 10]`` (softmax already applied);
+- ``labels.json``: ``[{"index", "class", "label"}]`` for c0..c9;
+- ``preprocess.json``: ``distracted_driver.data.imaging.Preprocessing`` as a dict;
+- ``metrics.json``: validation metrics (``log_loss``, ``accuracy``, …);
+- ``provenance.json``: ``model_version`` (the training job name), data manifest
+  hash, code version, hyperparameters, timings.
+
+Readers (server, gate, batch prediction) use ``load_artifact`` or ``unpack_artifact``.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from distracted_driver.data.imaging import Preprocessing
+from distracted_driver.data.layout import CLASSES
+from distracted_driver.fsutil import atomic_path
+
+MODEL_FILE = "model.onnx"
+LABELS_FILE = "labels.json"
+PREPROCESS_FILE = "preprocess.json"
+METRICS_FILE = "metrics.json"
+PROVENANCE_FILE = "provenance.json"
+REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, PREPROCESS_FILE, METRICS_FILE, PROVENANCE_FILE)
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+
+
+class ArtifactError(ValueError):
+    """The artifact is missing a file or holds something inconsistent."""
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    directory: Path
+    labels: list[dict]
+    preprocessing: Preprocessing
+    metrics: dict
+    provenance: dict
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / MODEL_FILE
+
+    @property
+    def version(self) -> str:
+        return self.provenance["model_version"]
+
+
+def _read_json(directory: Path, name: str):
+    try:
+        return json.loads((directory / name).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact in {directory} lacks {name}") from None
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"{name} in {directory} is not valid JSON: {error}") from None
+
+
+def load_artifact(directory: str | Path) -> ModelArtifact:
+    """Read and validate an unpacked artifact."""
+    directory = Path(directory)
+    if not (directory / MODEL_FILE).is_file():
+        raise ArtifactError(f"artifact in {directory} lacks {MODEL_FILE}")
+    labels = _read_json(directory, LABELS_FILE)
+    if [entry.get("class") for entry in labels] != list(CLASSES):
+        raise ArtifactError(f"{LABELS_FILE} must list {', '.join(CLASSES)} in order")
+    try:
+        preprocessing = Preprocessing.from_dict(_read_json(directory, PREPROCESS_FILE))
+    except (TypeError, ValueError) as error:
+        raise ArtifactError(f"{PREPROCESS_FILE}: {error}") from None
+    provenance = _read_json(directory, PROVENANCE_FILE)
+    if not provenance.get("model_version"):
+        raise ArtifactError(f"{PROVENANCE_FILE} lacks model_version")
+    return ModelArtifact(directory, labels, preprocessing, _read_json(directory, METRICS_FILE), provenance)
+
+
+def pack_artifact(directory: str | Path, tar_path: str | Path) -> Path:
+    """Validate ``directory`` and write it as a gzipped tar, atomically."""
+    load_artifact(directory)
+    with atomic_path(tar_path) as tmp:
+        with tarfile.open(tmp, "w:gz") as archive:
+            for name in sorted(p.name for p in Path(directory).iterdir() if p.is_file()):
+                archive.add(Path(directory) / name, arcname=name)
+    return Path(tar_path)
+
+
+def unpack_artifact(tar_path: str | Path, directory: str | Path) -> ModelArtifact:
+    """Extract a ``model.tar.gz`` (regular files only, no paths outside) and validate it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(tar_path, "r:gz") as archive:
+            archive.extractall(directory, filter="data")
+    except (tarfile.TarError, OSError) as error:
+        raise ArtifactError(f"cannot unpack {tar_path}: {error}") from None
+    return load_artifact(directory)
