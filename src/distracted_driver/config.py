@@ -32,6 +32,10 @@ class Settings:
     bucket: str = "distracted-driver-data"
     region: str = "us-east-1"
     role_arn: str = ""
+    kms_key_id: str = ""  # SSE-KMS key for the buckets (empty: SSE-S3)
+    serving_image: str = ""  # ECR image of our model server (Terraform output)
+    serving_instance_type: str = "ml.c5.large"
+    training_instance_type: str = "ml.m5.xlarge"  # script mode; the built-in algorithm needs a GPU type
     # Key prefixes inside the bucket (the same on S3 and locally).
     data_prefix: str = "data"
     raw_prefix: str = "raw"
@@ -55,9 +59,33 @@ class Settings:
     def from_env(cls, **overrides) -> "Settings":
         """Settings from ``DD_*`` environment variables, then explicit overrides."""
         values = {}
+        environ = dict(os.environ)
+        if (overrides.get("backend") or environ.get("DD_BACKEND")) == "aws":
+            # `inv infra.outputs` writes Terraform's outputs there; the environment wins.
+            environ = {**read_env_file(_aws_env_path(environ)), **environ}
         for f in dataclasses.fields(cls):
-            env = os.environ.get(f"DD_{f.name.upper()}")
+            env = environ.get(f"DD_{f.name.upper()}")
             if env is not None:
                 values[f.name] = env
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _aws_env_path(environ: dict) -> Path:
+    root = Path(environ.get("DD_ROOT", Path.cwd()))
+    return Path(environ.get("DD_STATE_DIR") or root / ".state") / "aws.env"
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """``NAME=value`` lines (``#`` comments, blank lines ignored); {} when the file is absent."""
+    values = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return values
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values

@@ -39,6 +39,7 @@ class AlarmThresholds:
     max_error_rate: float = 0.05
     max_p99_latency_ms: float = 2000.0
     min_requests: int = 5  # fewer requests than this in a window decide nothing
+    window_seconds: float = 60.0  # the sliding window both alarms are computed over
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,13 @@ class ScalingPolicy:
     target_invocations_per_instance: float = 600.0  # per minute
     scale_out_cooldown_seconds: float = 60.0
     scale_in_cooldown_seconds: float = 300.0
+    metric_window_seconds: float = 60.0  # invocations are averaged over this window
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_instances <= self.max_instances:
+            raise ValueError("need 1 <= min_instances <= max_instances")
+        if self.target_invocations_per_instance <= 0 or self.metric_window_seconds <= 0:
+            raise ValueError("target_invocations_per_instance and metric_window_seconds must be positive")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ def open_storage(settings: Settings) -> Storage:
         return LocalStorage(settings.bucket_dir)
     from distracted_driver.storage.s3 import S3Storage
 
-    return S3Storage(settings.bucket, region=settings.region)
+    return S3Storage(settings.bucket, region=settings.region, kms_key_id=settings.kms_key_id)
 
 
 __all__ = ["KeyNotFound", "Storage", "TransferReport", "open_storage"]

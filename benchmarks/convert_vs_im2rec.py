@@ -1,0 +1,145 @@
+"""Throughput of our converter against MXNet's im2rec.py on the same .lst with the same flags.
+
+    .venv/bin/python benchmarks/convert_vs_im2rec.py [--images 2080] [--workers N] [--repeat 1]
+
+Both convert the same 640x480 JPEGs (the sample generator's, cached under
+.work/bench) with ``--resize 256 --quality 95`` on all cores: im2rec with
+``--num-thread N`` in the MXNet environment (.venvs/mxnet, built with
+``make mxnet-env`` if missing), ours with ``--workers N``. Each is timed from
+inside its own process, after imports and before its worker pool starts, so
+interpreter start-up and ``import mxnet`` are not counted against im2rec.
+The page cache is warmed first so neither pays for the disk.
+
+Also checks that the outputs agree (records byte-identical, or the PSNR of
+the decoded pixels). The last line is ``ratio X``: our images/s over im2rec's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from distracted_driver.data import layout, recordio
+from distracted_driver.data.convert import ConvertOptions, convert_list, default_workers
+from distracted_driver.data.sample import generate_sample
+from distracted_driver.data.split import read_driver_list, write_lst
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / ".work" / "bench"
+MXNET_PYTHON = ROOT / ".venvs" / "mxnet" / "bin" / "python"
+DRIVERS = 26
+
+# Runs inside the MXNet environment: import first, then time im2rec's own __main__ (its worker processes fork
+# from here, as they do when im2rec.py is run as a script).
+IM2REC_RUNNER = """
+import os, runpy, sys, time
+import cv2, mxnet
+script = os.path.join(os.path.dirname(mxnet.__file__), "tools", "im2rec.py")
+sys.argv = [script] + sys.argv[1:]
+started = time.perf_counter()
+runpy.run_path(script, run_name="__main__")
+print("ELAPSED", time.perf_counter() - started)
+"""
+
+
+def ensure_mxnet() -> None:
+    if not MXNET_PYTHON.exists():
+        print("building the MXNet environment (make mxnet-env) ...", flush=True)
+        subprocess.run(["make", "mxnet-env"], cwd=ROOT, check=True)
+
+
+def ensure_images(count: int) -> Path:
+    per_class_driver = -(-count // (DRIVERS * len(layout.CLASSES)))
+    root = BENCH / f"sample-{DRIVERS}x{per_class_driver}"
+    if not (root / layout.DRIVER_LIST).is_file():
+        print(f"drawing {DRIVERS * 10 * per_class_driver} sample images into {root} (cached) ...", flush=True)
+        generate_sample(root, drivers=DRIVERS, images_per_class_driver=per_class_driver, test_images=0, overwrite=True)
+    return root
+
+
+def warm_page_cache(image_root: Path) -> int:
+    return sum(len(path.read_bytes()) for path in image_root.rglob("*.jpg"))
+
+
+def run_im2rec(lst: Path, image_root: Path, workers: int) -> float:
+    work = BENCH / "im2rec"
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in work.glob("bench.*"):
+        stale.unlink()
+    (work / "bench.lst").write_bytes(lst.read_bytes())
+    command = [str(MXNET_PYTHON), "-c", IM2REC_RUNNER, str(work / "bench"), str(image_root),
+               "--resize", "256", "--quality", "95", "--num-thread", str(workers)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(result.stdout.split("ELAPSED")[-1])
+
+
+def run_ours(lst: Path, image_root: Path, workers: int, decoder: str) -> float:
+    started = time.perf_counter()
+    convert_list(lst, image_root, BENCH / "ours", "bench", ConvertOptions(resize=256, quality=95), workers,
+                 progress=False, decoder=decoder)
+    return time.perf_counter() - started
+
+
+def agreement() -> tuple[int, int, float]:
+    """(identical records, records, lowest PSNR in dB) between our output and im2rec's."""
+    def load(directory: Path) -> dict[int, bytes]:
+        with recordio.IndexedRecordReader(directory / "bench.idx", directory / "bench.rec") as reader:
+            return dict(iter(reader))
+
+    ours, theirs = load(BENCH / "ours"), load(BENCH / "im2rec")
+    if list(ours) != list(theirs):
+        raise SystemExit("the two outputs hold different keys")
+    identical, worst = 0, float("inf")
+    for key, record in ours.items():
+        if record == theirs[key]:
+            identical += 1
+            continue
+        a, b = (cv2.imdecode(np.frombuffer(recordio.unpack(r)[1], np.uint8), 1).astype(np.float64)
+                for r in (record, theirs[key]))
+        mse = float(np.mean((a - b) ** 2)) if a.shape == b.shape else float("inf")
+        worst = min(worst, 10 * np.log10(255**2 / mse) if mse else float("inf"))
+    return identical, len(ours), worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000, help="at least this many images (default 2000)")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="processes for both (default: all cores)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each, best kept (default 1)")
+    args = parser.parse_args()
+
+    ensure_mxnet()
+    sample = ensure_images(args.images)
+    image_root = sample / layout.TRAIN_DIR
+    entries = read_driver_list(sample)
+    lst = BENCH / "lists" / "bench.lst"
+    write_lst(lst, entries)
+    size = warm_page_cache(image_root)
+    print(f"{len(entries)} images, 640x480 JPEG, {size / len(entries) / 1e3:.0f} kB each; "
+          f"--resize 256 --quality 95, {args.workers} processes each")
+
+    timings: dict[str, list[float]] = {"im2rec": [], "opencv": [], "auto": []}
+    for _ in range(args.repeat):
+        timings["im2rec"].append(run_im2rec(lst, image_root, args.workers))
+        timings["opencv"].append(run_ours(lst, image_root, args.workers, "opencv"))
+        timings["auto"].append(run_ours(lst, image_root, args.workers, "auto"))
+    rate = {name: len(entries) / min(seconds) for name, seconds in timings.items()}
+    print(f"im2rec.py (mxnet 1.9.1, --num-thread {args.workers}):   {rate['im2rec']:7.1f} images/s")
+    print(f"ours, OpenCV decode (--workers {args.workers}):          {rate['opencv']:7.1f} images/s")
+    print(f"ours, libjpeg-turbo decode (--workers {args.workers}):   {rate['auto']:7.1f} images/s")
+    identical, total, worst = agreement()
+    print(f"records byte-identical to im2rec's: {identical}/{total}"
+          + ("" if identical == total else f"; lowest PSNR of the others {worst:.1f} dB"))
+    print("timings (s): " + json.dumps({k: [round(s, 2) for s in v] for k, v in timings.items()}))
+    print(f"ratio {rate['auto'] / rate['im2rec']:.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

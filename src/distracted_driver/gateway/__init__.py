@@ -1,0 +1,27 @@
+"""Gateway stage: the local API Gateway in front of the endpoint, running the real Lambda handler.
+
+``app`` is the HTTP server (routing, API keys, throttle, proxy event, handler
+in a thread pool), ``events`` builds what API Gateway hands a Lambda, ``keys``
+holds API keys and the usage plan, ``openapi`` the API's document and docs
+page, ``daemon`` starts and stops it in the background.
+"""
+
+from distracted_driver.gateway.daemon import (
+    GatewayError,
+    create_api_key,
+    default_api_key,
+    gateway_status,
+    start_gateway,
+    stop_gateway,
+)
+from distracted_driver.gateway.keys import UsagePlan
+
+__all__ = [
+    "GatewayError",
+    "UsagePlan",
+    "create_api_key",
+    "default_api_key",
+    "gateway_status",
+    "start_gateway",
+    "stop_gateway",
+]

@@ -1,0 +1,561 @@
+"""SageMaker hosting: one endpoint, one stable variant, blue/green updates by SageMaker itself.
+
+Names (all derived from the settings, so Terraform and this module agree; ``inv
+infra.check`` verifies the Terraform side):
+
+- model and endpoint config of a version: ``<endpoint>-<version>`` (the version
+  is the training job's name), so the live version is read off the endpoint's
+  config name and re-deploying it is a no-op;
+- rollback alarms: ``<endpoint>-invocation-5xx-errors`` and ``<endpoint>-model-latency``
+  (created by Terraform's ``alarms`` module);
+- scalable target ``endpoint/<endpoint>/variant/<variant>``, policy
+  ``<endpoint>-<variant>-invocations-per-instance``.
+
+A deploy creates the model and endpoint config, then either creates the
+endpoint (first deploy: it also registers autoscaling, because nothing else
+can before the endpoint exists) or calls ``update_endpoint`` with a blue/green
+``DeploymentConfig`` and ``RetainAllVariantProperties=True`` (the instance
+count that autoscaling chose survives the swap). SageMaker shifts traffic,
+bakes, watches the alarms and rolls back by itself; this module waits,
+reports and records the outcome. Older configs and models beyond the last
+``keep`` are deleted.
+
+How ``TrafficRouting`` maps onto ``BlueGreenUpdatePolicy``:
+
+- all-at-once: ``WaitIntervalInSeconds`` = ``bake_seconds`` (SageMaker's baking
+  period after the single shift);
+- canary / linear: ``CanarySize`` / ``LinearStepSize`` as ``CAPACITY_PERCENT``,
+  ``WaitIntervalInSeconds`` = ``wait_seconds`` (the bake after each step);
+- ``TerminationWaitInSeconds`` = ``termination_wait_seconds``;
+  ``MaximumExecutionTimeoutInSeconds`` = ``max_execution_seconds`` (600..28800).
+
+Alarm thresholds live in Terraform (``alarm_*`` variables), not here: ``deploy``
+checks that the rollback alarms exist and warns when their thresholds differ
+from the ``AlarmThresholds`` it was given.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from distracted_driver.config import Settings
+from distracted_driver.hosting.base import (
+    AlarmThresholds,
+    DeployResult,
+    Hosting,
+    ModelSpec,
+    ScalingPolicy,
+    TrafficRouting,
+)
+
+log = logging.getLogger(__name__)
+
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+SCALING_METRIC = "SageMakerVariantInvocationsPerInstance"
+ROLLBACK_ALARM_SUFFIXES = ("invocation-5xx-errors", "model-latency")
+SETTLING = {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"}
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+BUILTIN_ALGORITHM = "builtin"
+# Limits of the service model (botocore's sagemaker service-2.json).
+WAIT_RANGE = (0, 3600)
+EXECUTION_RANGE = (600, 28800)
+CANARY_MAX_PERCENT = 50
+LINEAR_PERCENT_RANGE = (10, 50)
+
+
+class HostingError(RuntimeError):
+    """A deploy cannot proceed; the message says why and what to do."""
+
+
+# --- names shared with Terraform (checked by infra.check) ----------------------
+
+
+def rollback_alarm_names(endpoint: str) -> list[str]:
+    return [f"{endpoint}-{suffix}" for suffix in ROLLBACK_ALARM_SUFFIXES]
+
+
+def scalable_resource_id(endpoint: str, variant: str) -> str:
+    return f"endpoint/{endpoint}/variant/{variant}"
+
+
+def scaling_policy_name(endpoint: str, variant: str) -> str:
+    return f"{endpoint}-{variant}-invocations-per-instance"
+
+
+def version_resource_name(endpoint: str, version: str) -> str:
+    """Name of the model and endpoint config that serve ``version``."""
+    name = f"{endpoint}-{version}"
+    if not NAME_PATTERN.match(name):
+        raise HostingError(
+            f"{name!r} is not a valid SageMaker model/config name (letters, digits, '-', at most 63): "
+            "shorten the endpoint name"
+        )
+    return name
+
+
+# --- request builders ----------------------------------------------------------
+
+
+def _clamp(value: float, bounds: tuple[int, int]) -> int:
+    return int(min(max(round(value), bounds[0]), bounds[1]))
+
+
+def traffic_routing_config(routing: TrafficRouting) -> dict:
+    if routing.strategy == "all-at-once":
+        return {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": _clamp(routing.bake_seconds, WAIT_RANGE)}
+    wait = _clamp(routing.wait_seconds, WAIT_RANGE)
+    if routing.strategy == "canary":
+        if routing.canary_percent > CANARY_MAX_PERCENT:
+            raise HostingError(f"SageMaker's canary is at most {CANARY_MAX_PERCENT}% of the fleet")
+        size = {"Type": "CAPACITY_PERCENT", "Value": routing.canary_percent}
+        return {"Type": "CANARY", "CanarySize": size, "WaitIntervalInSeconds": wait}
+    low, high = LINEAR_PERCENT_RANGE
+    if not low <= routing.linear_step_percent <= high:
+        raise HostingError(f"SageMaker's linear step is {low}..{high}% of the fleet")
+    size = {"Type": "CAPACITY_PERCENT", "Value": routing.linear_step_percent}
+    return {"Type": "LINEAR", "LinearStepSize": size, "WaitIntervalInSeconds": wait}
+
+
+def deployment_config(routing: TrafficRouting, alarm_names: list[str]) -> dict:
+    config = {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": traffic_routing_config(routing),
+            "TerminationWaitInSeconds": _clamp(routing.termination_wait_seconds, WAIT_RANGE),
+            "MaximumExecutionTimeoutInSeconds": _clamp(routing.max_execution_seconds, EXECUTION_RANGE),
+        }
+    }
+    if alarm_names:  # AlarmList has at least one entry
+        config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": name} for name in alarm_names]}
+    return config
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _not_found(error: ClientError) -> bool:
+    message = str(error.response.get("Error", {}).get("Message", ""))
+    return _error_code(error) in ("ValidationException", "ResourceNotFound") and (
+        "Could not find" in message or "does not exist" in message or "not found" in message.lower()
+    )
+
+
+@dataclass
+class _Endpoint:
+    status: str
+    config: str
+    failure: str = ""
+    raw: dict | None = None
+
+
+class SageMakerHosting(Hosting):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sagemaker=None,
+        autoscaling=None,
+        cloudwatch=None,
+        runtime=None,
+        storage=None,
+        registry=None,
+        keep: int = 3,
+        poll_seconds: float = 15.0,
+        create_timeout_seconds: float = 3600.0,
+        progress: bool = True,
+    ):
+        self.settings = settings
+        self.endpoint = settings.endpoint_name
+        self.variant = settings.variant_name
+        session = boto3.session.Session(region_name=settings.region)
+        retries = Config(retries={"max_attempts": 10, "mode": "adaptive"})
+        self.sagemaker = sagemaker or session.client("sagemaker", config=retries)
+        self.autoscaling = autoscaling or session.client("application-autoscaling", config=retries)
+        self.cloudwatch = cloudwatch or session.client("cloudwatch", config=retries)
+        self.runtime = runtime or session.client("sagemaker-runtime")
+        self._storage = storage
+        self._registry = registry
+        self.keep = max(1, keep)
+        self.poll_seconds = poll_seconds
+        self.create_timeout_seconds = create_timeout_seconds
+        self.progress = progress
+
+    # -- the registry (the live record) -----------------------------------------
+
+    @property
+    def storage(self):
+        if self._storage is None:
+            from distracted_driver.storage import open_storage
+
+            self._storage = open_storage(self.settings)
+        return self._storage
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            from distracted_driver.train.registry import Registry
+
+            self._registry = Registry(self.storage, self.settings)
+        return self._registry
+
+    # -- reading the endpoint ----------------------------------------------------
+
+    def _describe(self) -> _Endpoint | None:
+        try:
+            raw = self.sagemaker.describe_endpoint(EndpointName=self.endpoint)
+        except ClientError as error:
+            if _not_found(error):
+                return None
+            raise
+        return _Endpoint(raw["EndpointStatus"], raw.get("EndpointConfigName", ""), raw.get("FailureReason", ""), raw)
+
+    def _version_of(self, config_name: str) -> str | None:
+        prefix = f"{self.endpoint}-"
+        return config_name[len(prefix):] if config_name.startswith(prefix) else None
+
+    def _exists(self, describe, **name) -> bool:
+        try:
+            describe(**name)
+        except ClientError as error:
+            if _not_found(error):
+                return False
+            raise
+        return True
+
+    def _wait(self, done, timeout: float, what: str) -> _Endpoint | None:
+        """Poll the endpoint until ``done(state)``; a one-line progress display while waiting."""
+        from tqdm import tqdm
+
+        deadline = time.monotonic() + timeout
+        with tqdm(total=0, bar_format="{desc} [{elapsed}]", disable=not self.progress) as bar:
+            while True:
+                state = self._describe()
+                bar.set_description_str(f"{what}: {self._progress_text(state)}")
+                if done(state):
+                    return state
+                if time.monotonic() > deadline:
+                    raise HostingError(f"{what}: still {state.status if state else 'absent'} after {timeout:.0f} s")
+                time.sleep(self.poll_seconds)
+
+    @staticmethod
+    def _progress_text(state: _Endpoint | None) -> str:
+        if state is None:
+            return "absent"
+        text = state.status
+        pending = (state.raw or {}).get("PendingDeploymentSummary")
+        if pending:
+            blue = sum(v.get("CurrentWeight", 0) for v in state.raw.get("ProductionVariants", []))
+            green = sum(v.get("CurrentWeight", 0) for v in pending.get("ProductionVariants", []))
+            total = blue + green
+            if total:
+                text += f", green {100 * green / total:.0f}% of traffic"
+        return text
+
+    # -- deploy ----------------------------------------------------------------
+
+    def _image_for(self, version: str) -> str:
+        if self._algorithm(version) == BUILTIN_ALGORITHM:
+            from sagemaker.core import image_uris
+
+            return image_uris.retrieve("image-classification", self.settings.region)
+        if not self.settings.serving_image:
+            raise HostingError(
+                "no serving image: set DD_SERVING_IMAGE (Terraform output serving_image_uri, "
+                "written to .state/aws.env by `inv infra.outputs`)"
+            )
+        return self.settings.serving_image
+
+    def _algorithm(self, version: str) -> str | None:
+        """What trained ``version``: SageMaker jobs record it in ``models/<job>/status.json``."""
+        import json
+
+        from distracted_driver.storage import KeyNotFound
+
+        try:
+            status = json.loads(self.storage.get_bytes(f"{self.settings.models_prefix}/{version}/status.json"))
+        except KeyNotFound:
+            return None
+        return status.get("algorithm")
+
+    def _ensure_model(self, name: str, model: ModelSpec) -> None:
+        if self._exists(self.sagemaker.describe_model, ModelName=name):
+            return
+        if not self.settings.role_arn:
+            raise HostingError("no execution role: set DD_ROLE_ARN (Terraform output sagemaker_role_arn)")
+        self.sagemaker.create_model(
+            ModelName=name,
+            PrimaryContainer={
+                "Image": self._image_for(model.version),
+                "ModelDataUrl": f"s3://{self.settings.bucket}/{model.artifact_key}",
+                "Environment": {"MODEL_VERSION": model.version},
+            },
+            ExecutionRoleArn=self.settings.role_arn,
+            Tags=[{"Key": "model-version", "Value": model.version}, {"Key": "endpoint", "Value": self.endpoint}],
+        )
+
+    def _ensure_config(self, name: str, model: ModelSpec) -> None:
+        if self._exists(self.sagemaker.describe_endpoint_config, EndpointConfigName=name):
+            return
+        self.sagemaker.create_endpoint_config(
+            EndpointConfigName=name,
+            ProductionVariants=[
+                {
+                    "VariantName": self.variant,
+                    "ModelName": name,
+                    "InitialInstanceCount": model.instance_count,
+                    "InstanceType": self.settings.serving_instance_type,
+                    "InitialVariantWeight": 1.0,
+                }
+            ],
+            Tags=[{"Key": "model-version", "Value": model.version}, {"Key": "endpoint", "Value": self.endpoint}],
+        )
+
+    def _check_alarms(self, alarms: AlarmThresholds) -> list[str]:
+        names = rollback_alarm_names(self.endpoint)
+        found = {a["AlarmName"]: a for a in self.cloudwatch.describe_alarms(AlarmNames=names).get("MetricAlarms", [])}
+        missing = [name for name in names if name not in found]
+        if missing:
+            raise HostingError(f"rollback alarms {missing} do not exist: run `inv infra.apply` first")
+        latency = found[names[1]].get("Threshold")
+        if latency is not None and abs(latency - alarms.max_p99_latency_ms * 1000) > 1:
+            # CloudWatch's ModelLatency is in microseconds.
+            log.warning("alarm %s fires at %.0f us; requested %.0f ms", names[1], latency, alarms.max_p99_latency_ms)
+        return names
+
+    def _settle(self, state: _Endpoint | None) -> _Endpoint | None:
+        """Wait out a change in progress; remove an endpoint that failed (it serves nothing)."""
+        if state is not None and state.status in SETTLING:
+            state = self._wait(lambda s: s is None or s.status not in SETTLING, self.create_timeout_seconds, "settling")
+        if state is not None and state.status == "UpdateRollbackFailed":
+            raise HostingError(f"endpoint {self.endpoint} is UpdateRollbackFailed ({state.failure}): fix it by hand")
+        if state is not None and state.status == "Failed":
+            log.warning("endpoint %s failed (%s): deleting it to create it again", self.endpoint, state.failure)
+            self.sagemaker.delete_endpoint(EndpointName=self.endpoint)
+            state = self._wait(lambda s: s is None, self.create_timeout_seconds, "removing failed endpoint")
+        return state
+
+    def deploy(self, model: ModelSpec, routing: TrafficRouting, alarms: AlarmThresholds) -> DeployResult:
+        started = time.monotonic()
+        timings: dict[str, float] = {}
+        name = version_resource_name(self.endpoint, model.version)
+        state = self._settle(self._describe())
+        if state is not None and state.status == "InService" and state.config == name:
+            return DeployResult("unchanged", self.endpoint, model.version, f"{model.version} is already live", timings)
+
+        self._ensure_model(name, model)
+        self._ensure_config(name, model)
+        timings["prepare"] = round(time.monotonic() - started, 3)
+
+        if state is None:
+            result = self._create(name, model, timings)
+        else:
+            alarm_names = self._check_alarms(alarms)
+            result = self._update(name, model, routing, alarm_names, state, timings)
+        if result.outcome == "deployed":
+            self._record_live(model.version, config=name)
+            self._cleanup(keep_also={name})
+        timings["total"] = round(time.monotonic() - started, 3)
+        return result
+
+    def _create(self, name: str, model: ModelSpec, timings: dict) -> DeployResult:
+        began = time.monotonic()
+        self.sagemaker.create_endpoint(
+            EndpointName=self.endpoint,
+            EndpointConfigName=name,
+            Tags=[{"Key": "endpoint", "Value": self.endpoint}],
+        )
+        state = self._wait(lambda s: s is not None and s.status not in SETTLING, self.create_timeout_seconds, "creating")
+        timings["create"] = round(time.monotonic() - began, 3)
+        if state.status != "InService":
+            return DeployResult("failed", self.endpoint, None, state.failure or state.status, timings)
+        # Nothing could register autoscaling before the endpoint existed; Terraform's
+        # autoscaling module adopts this registration once enabled (same names, same values).
+        self.set_autoscaling(ScalingPolicy())
+        return DeployResult("deployed", self.endpoint, model.version, "endpoint created", timings)
+
+    def _update(self, name, model, routing, alarm_names, blue: _Endpoint, timings) -> DeployResult:
+        began = time.monotonic()
+        self.sagemaker.update_endpoint(
+            EndpointName=self.endpoint,
+            EndpointConfigName=name,
+            RetainAllVariantProperties=True,
+            DeploymentConfig=deployment_config(routing, alarm_names),
+        )
+        timeout = _clamp(routing.max_execution_seconds, EXECUTION_RANGE) + self.create_timeout_seconds
+        # update_endpoint may return before the status leaves InService: the update is
+        # over once the endpoint settles with a modification time later than blue's.
+        blue_modified = blue.raw["LastModifiedTime"]
+
+        def finished(s: _Endpoint | None) -> bool:
+            return s is not None and s.status not in SETTLING and (
+                s.config == name or s.raw["LastModifiedTime"] > blue_modified
+            )
+
+        state = self._wait(finished, timeout, f"blue/green {routing.strategy}")
+        timings["swap"] = round(time.monotonic() - began, 3)
+        previous = self._version_of(blue.config)
+        if state.status == "InService" and state.config == name:
+            return DeployResult("deployed", self.endpoint, model.version, f"replaced {previous}", timings)
+        if state.status == "InService":
+            return DeployResult("rolled-back", self.endpoint, previous, state.failure or "rolled back", timings)
+        return DeployResult("failed", self.endpoint, self._version_of(state.config), state.failure or state.status, timings)
+
+    # -- rollback, cleanup ---------------------------------------------------------
+
+    def _our_configs(self) -> list[dict]:
+        """Our endpoint configs, newest first."""
+        prefix = f"{self.endpoint}-"
+        configs = []
+        paginator = self.sagemaker.get_paginator("list_endpoint_configs")
+        for page in paginator.paginate(NameContains=prefix, SortBy="CreationTime", SortOrder="Descending"):
+            configs.extend(c for c in page["EndpointConfigs"] if c["EndpointConfigName"].startswith(prefix))
+        return configs
+
+    def rollback(self) -> DeployResult:
+        state = self._settle(self._describe())
+        if state is None:
+            raise HostingError(f"endpoint {self.endpoint} does not exist")
+        older = [c["EndpointConfigName"] for c in self._our_configs() if c["EndpointConfigName"] != state.config]
+        if not older:
+            raise HostingError("no earlier endpoint config to roll back to")
+        target = older[0]
+        version = self._version_of(target)
+        routing = TrafficRouting(strategy="all-at-once", bake_seconds=0)
+        timings: dict[str, float] = {}
+        result = self._update(target, ModelSpec(version, ""), routing, [], state, timings)
+        if result.outcome == "deployed":
+            self._record_live(version, config=target, rollback=True)
+            result.reason = f"rolled back to {version}"
+        return result
+
+    def _record_live(self, version: str, **info) -> None:
+        from distracted_driver.train.registry import RegistryError
+
+        try:
+            self.registry.set_live(version, endpoint=self.endpoint, backend="aws", **info)
+        except RegistryError as error:  # a built-in algorithm's model is not in the registry
+            log.warning("%s is live but not recorded as live: %s", version, error)
+
+    def _cleanup(self, keep_also: set[str]) -> list[str]:
+        """Delete endpoint configs and models beyond the newest ``keep`` (never the live one)."""
+        configs = [c["EndpointConfigName"] for c in self._our_configs()]
+        kept = set(configs[: self.keep]) | keep_also
+        deleted = []
+        for config in configs:
+            if config in kept:
+                continue
+            self.sagemaker.delete_endpoint_config(EndpointConfigName=config)
+            deleted.append(config)
+        paginator = self.sagemaker.get_paginator("list_models")
+        for page in paginator.paginate(NameContains=f"{self.endpoint}-"):
+            for summary in page["Models"]:
+                model = summary["ModelName"]
+                if model.startswith(f"{self.endpoint}-") and model not in kept:
+                    self.sagemaker.delete_model(ModelName=model)
+                    deleted.append(model)
+        return deleted
+
+    # -- autoscaling ---------------------------------------------------------------
+
+    def set_autoscaling(self, policy: ScalingPolicy) -> None:
+        resource = scalable_resource_id(self.endpoint, self.variant)
+        self.autoscaling.register_scalable_target(
+            ServiceNamespace="sagemaker",
+            ResourceId=resource,
+            ScalableDimension=SCALABLE_DIMENSION,
+            MinCapacity=policy.min_instances,
+            MaxCapacity=policy.max_instances,
+        )
+        self.autoscaling.put_scaling_policy(
+            PolicyName=scaling_policy_name(self.endpoint, self.variant),
+            ServiceNamespace="sagemaker",
+            ResourceId=resource,
+            ScalableDimension=SCALABLE_DIMENSION,
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": float(policy.target_invocations_per_instance),
+                "PredefinedMetricSpecification": {"PredefinedMetricType": SCALING_METRIC},
+                "ScaleOutCooldown": int(policy.scale_out_cooldown_seconds),
+                "ScaleInCooldown": int(policy.scale_in_cooldown_seconds),
+            },
+        )
+
+    def _scaling(self) -> dict | None:
+        targets = self.autoscaling.describe_scalable_targets(
+            ServiceNamespace="sagemaker",
+            ResourceIds=[scalable_resource_id(self.endpoint, self.variant)],
+            ScalableDimension=SCALABLE_DIMENSION,
+        )["ScalableTargets"]
+        if not targets:
+            return None
+        return {"min_instances": targets[0]["MinCapacity"], "max_instances": targets[0]["MaxCapacity"]}
+
+    # -- status, invoke, delete -------------------------------------------------------
+
+    def status(self) -> dict:
+        state = self._describe()
+        base = {
+            "backend": "aws",
+            "endpoint": self.endpoint,
+            "region": self.settings.region,
+            "runtime_url": f"https://runtime.sagemaker.{self.settings.region}.amazonaws.com",
+        }
+        if state is None:
+            return {**base, "status": "absent", "variants": [], "instances": 0, "live_version": None}
+        variants = [
+            {
+                "name": v["VariantName"],
+                "current_instances": v.get("CurrentInstanceCount", 0),
+                "desired_instances": v.get("DesiredInstanceCount", 0),
+                "weight": v.get("CurrentWeight"),
+            }
+            for v in state.raw.get("ProductionVariants", [])
+        ]
+        return {
+            **base,
+            "status": state.status,
+            "config": state.config,
+            "failure": state.failure or None,
+            "variants": variants,
+            "instances": sum(v["current_instances"] for v in variants),
+            "live_version": self._version_of(state.config),
+            "autoscaling": self._scaling(),
+        }
+
+    def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None) -> tuple[bytes, str]:
+        request = {"EndpointName": self.endpoint, "Body": body, "ContentType": content_type, "Accept": "application/json"}
+        if target_variant:
+            request["TargetVariant"] = target_variant
+        answer = self.runtime.invoke_endpoint(**request)
+        return answer["Body"].read(), answer.get("InvokedProductionVariant", self.variant)
+
+    def delete(self) -> None:
+        resource = scalable_resource_id(self.endpoint, self.variant)
+        try:
+            self.autoscaling.deregister_scalable_target(
+                ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=SCALABLE_DIMENSION
+            )
+        except ClientError as error:
+            if _error_code(error) != "ObjectNotFoundException":
+                raise
+        if self._describe() is not None:
+            self._settle(self._describe())
+            self.sagemaker.delete_endpoint(EndpointName=self.endpoint)
+            self._wait(lambda s: s is None, self.create_timeout_seconds, "deleting")
+        self._delete_all_versions()
+
+    def _delete_all_versions(self) -> None:
+        for config in self._our_configs():
+            self.sagemaker.delete_endpoint_config(EndpointConfigName=config["EndpointConfigName"])
+        paginator = self.sagemaker.get_paginator("list_models")
+        for page in paginator.paginate(NameContains=f"{self.endpoint}-"):
+            for summary in page["Models"]:
+                if summary["ModelName"].startswith(f"{self.endpoint}-"):
+                    self.sagemaker.delete_model(ModelName=summary["ModelName"])

@@ -1,0 +1,309 @@
+"""``LocalHosting``: the ``Hosting`` interface over the local runtime daemon.
+
+It does what SageMaker's control plane asks of its caller: fetch the artifact
+from the bucket (CreateModel), write an endpoint config, start the deployment
+and follow it to its end, then record the live version in the registry.
+The runtime does the rest (fleets, traffic, alarms, autoscaling).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from distracted_driver.config import Settings
+from distracted_driver.hosting.base import AlarmThresholds, DeployResult, Hosting, ModelSpec, ScalingPolicy, TrafficRouting
+from distracted_driver.hosting.local import client as daemon
+from distracted_driver.hosting.local.smoke import smoke_images as default_smoke_images
+from distracted_driver.hosting.local.state import RuntimePaths, load_state, save_state
+from distracted_driver.storage import Storage, open_storage
+from distracted_driver.train.artifact import ArtifactError, load_artifact, unpack_artifact
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 0.2
+
+
+class HostingError(RuntimeError):
+    """The endpoint cannot do what was asked; the message says why."""
+
+
+class LocalHosting(Hosting):
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage | None = None,
+        instance_threads: int | None = None,
+        startup_timeout_seconds: float = 120.0,
+        on_event: Callable[[dict], None] | None = None,
+    ):
+        self.settings = settings
+        self.paths = RuntimePaths.under(settings.state_dir)
+        self._storage = storage
+        self.instance_threads = instance_threads
+        self.startup_timeout_seconds = startup_timeout_seconds
+        self.on_event = on_event or (lambda event: log.info("%s", event["message"]))
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            self._storage = open_storage(self.settings)
+        return self._storage
+
+    @property
+    def endpoint_name(self) -> str:
+        return self.settings.endpoint_name
+
+    def runtime(self) -> daemon.RuntimeClient:
+        """A client of the runtime daemon, started if it is not running."""
+        return daemon.RuntimeClient(daemon.ensure_runtime(self.paths).url)
+
+    # --- deploy ---------------------------------------------------------------------------
+
+    def deploy(
+        self,
+        model: ModelSpec,
+        routing: TrafficRouting = TrafficRouting(),
+        alarms: AlarmThresholds = AlarmThresholds(),
+        smoke_images: list[bytes] | None = None,
+    ) -> DeployResult:
+        """Create the endpoint, or swap it blue/green to ``model``; a no-op when it is live already."""
+        started, started_wall = time.monotonic(), time.time()
+        runtime = self.runtime()
+        endpoint = self._settled_endpoint(runtime)
+        live = self._serving_version(endpoint)
+        if live == model.version:
+            self._record_live(model.version, {"endpoint": self.endpoint_name})
+            return DeployResult("unchanged", self.endpoint_name, live, f"{live} is already live on {self.endpoint_name}")
+        model_dir = self._fetch_model(model)
+        runtime.post("models", {"name": model.version, "model_dir": str(model_dir), "artifact_key": model.artifact_key})
+        config = self._put_config(runtime, model, endpoint)
+        prepared = time.monotonic() - started
+        images = smoke_images or default_smoke_images(self.storage, self.settings)
+        record = runtime.post(f"endpoints/{self.endpoint_name}/deployments", {
+            "config": config,
+            "routing": asdict(routing),
+            "alarms": asdict(alarms),
+            "smoke_images": [base64.b64encode(image).decode() for image in images],
+        })
+        record = self._follow(runtime, record)
+        timings = {"prepare": round(prepared, 3), **record["timings"]}
+        if record.get("all_traffic_on_green_at"):
+            timings["swap_to_all_traffic_on_green"] = round(record["all_traffic_on_green_at"] - started_wall, 3)
+        timings["client_total"] = round(time.monotonic() - started, 3)
+        outcome = record["outcome"]
+        if outcome == "deployed":
+            self._record_live(model.version, {"endpoint": self.endpoint_name, "deployment": record["id"], "strategy": routing.strategy})
+            return DeployResult("deployed", self.endpoint_name, model.version, "", timings)
+        return DeployResult(outcome, self.endpoint_name, live, record["reason"], timings)
+
+    def _fetch_model(self, model: ModelSpec) -> Path:
+        """The artifact unpacked under the state directory (fetched once per version)."""
+        target = self.paths.model_dir(model.version)
+        with contextlib.suppress(ArtifactError):
+            if load_artifact(target).version == model.version:
+                return target
+        staging = target.with_name(f".{model.version}.{os.getpid()}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            tar = staging / "model.tar.gz"
+            self.storage.get_file(model.artifact_key, tar)
+            artifact = unpack_artifact(tar, staging / "model")
+            if artifact.version != model.version:
+                raise ArtifactError(f"{model.artifact_key} holds model version {artifact.version}, not {model.version}")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging / "model", target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def _put_config(self, runtime: daemon.RuntimeClient, model: ModelSpec, endpoint: dict | None) -> str:
+        variant = {
+            "variant_name": self.settings.variant_name,
+            "model_name": model.version,
+            "instance_count": model.instance_count,
+            "weight": 1.0,
+            "instance_threads": self.instance_threads,
+            "startup_timeout_seconds": self.startup_timeout_seconds,
+        }
+        name = f"{self.endpoint_name}-{model.version}"
+        existing = (runtime.get("status")["endpoint_configs"]).get(name)
+        if existing is not None and existing["variants"] != [variant]:
+            name = f"{name}-{int(time.time() * 1000)}"  # same model, other settings: configs are immutable
+        runtime.post("endpoint-configs", {"name": name, "variants": [variant]})
+        return name
+
+    def _follow(self, runtime: daemon.RuntimeClient, record: dict) -> dict:
+        """Poll the deployment to its end, passing each new event to ``on_event``."""
+        seen = 0
+        while True:
+            for event in record["events"][seen:]:
+                self.on_event(event)
+            seen = len(record["events"])
+            if record["outcome"] is not None:
+                return record
+            time.sleep(POLL_INTERVAL_S)
+            record = runtime.get(f"endpoints/{self.endpoint_name}/deployments/{record['id']}")
+
+    def _record_live(self, version: str, info: dict) -> None:
+        from distracted_driver.train.registry import Registry, RegistryError
+
+        registry = Registry(self.storage, self.settings)
+        try:
+            current = registry.live()
+            if current is None or current.get("job") != version or "deployment" in info:
+                registry.set_live(version, **info)
+        except RegistryError as error:  # a model deployed by hand that training never registered
+            log.warning("live version not recorded in the registry: %s", error)
+
+    # --- rollback, autoscaling --------------------------------------------------------------
+
+    def rollback(self, smoke_images: list[bytes] | None = None) -> DeployResult:
+        """Stop the swap in progress (traffic back to blue), or swap back to the previous model."""
+        runtime = self.runtime()
+        before = self._serving_version(self._require_endpoint(runtime))
+        images = smoke_images or default_smoke_images(self.storage, self.settings)
+        try:
+            record = runtime.post(f"endpoints/{self.endpoint_name}/rollback",
+                                  {"smoke_images": [base64.b64encode(i).decode() for i in images]})
+        except daemon.RuntimeApiError as error:
+            raise HostingError(error.message) from None
+        record = self._follow(runtime, record)
+        live = self._serving_version(self._endpoint(runtime))
+        if record["kind"] == "rollback":
+            outcome = "rolled-back" if record["outcome"] == "deployed" else "failed"
+        else:
+            outcome = record["outcome"]
+        if live and live != before:
+            self._record_live(live, {"endpoint": self.endpoint_name, "deployment": record["id"], "strategy": "rollback"})
+        return DeployResult(outcome, self.endpoint_name, live, record["reason"], record["timings"])
+
+    def set_autoscaling(self, policy: ScalingPolicy | None) -> None:
+        """Register (or with None, remove) target tracking for the variant."""
+        runtime = self.runtime()
+        self._require_endpoint(runtime)
+        path = f"endpoints/{self.endpoint_name}/autoscaling/{self.settings.variant_name}"
+        try:
+            runtime.call("DELETE", path) if policy is None else runtime.put(path, asdict(policy))
+        except daemon.RuntimeApiError as error:
+            raise HostingError(error.message) from None
+
+    # --- status, invoke, delete ----------------------------------------------------------------
+
+    def status(self) -> dict:
+        """Endpoint, variants, instances, live version and runtime URL; read-only, starts nothing."""
+        info = daemon.running_runtime(self.paths)
+        if info:
+            full = daemon.RuntimeClient(info.url).get("status")
+            endpoint = full["endpoints"].get(self.endpoint_name)
+            runtime = {"running": True, "pid": info.pid, "url": info.url, "log": info.log}
+        else:
+            endpoint = load_state(self.paths)["endpoints"].get(self.endpoint_name)
+            runtime = {"running": False, "log": str(self.paths.log_file)}
+        instances = [
+            {**instance, "variant": variant["name"], "role": fleet["role"]}
+            for variant in (endpoint or {}).get("variants", [])
+            for fleet in variant["fleets"]
+            for instance in fleet["instances"]
+        ]
+        deployments = (endpoint or {}).get("deployments", [])
+        return {
+            "backend": "local",
+            "endpoint": self.endpoint_name,
+            "status": endpoint["status"] if endpoint else "absent",
+            "runtime_url": info.url if info else None,
+            "runtime": runtime,
+            "live_version": self._serving_version(endpoint),
+            "variants": (endpoint or {}).get("variants", []),
+            "instance_count": sum(1 for i in instances if i["state"] == "in-service" and i["role"] == "blue"),
+            "instances": instances,
+            "autoscaling": (endpoint or {}).get("autoscaling", {}),
+            "scaling_activities": (endpoint or {}).get("scaling_activities", [])[-10:],
+            "last_deployment": _summary(deployments[-1]) if deployments else None,
+            "deployment_in_progress": (endpoint or {}).get("deployment_in_progress"),
+            "state_dir": str(self.paths.root),
+        }
+
+    def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None) -> tuple[bytes, str]:
+        """One request through boto3's sagemaker-runtime client, exactly as a caller in AWS makes it."""
+        info = daemon.running_runtime(self.paths)
+        if info is None:
+            raise HostingError("the local runtime is not running; deploy a model first")
+        extra = {"TargetVariant": target_variant} if target_variant else {}
+        answer = daemon.sagemaker_runtime_client(info.url, self.settings.region).invoke_endpoint(
+            EndpointName=self.endpoint_name, ContentType=content_type, Body=body, **extra)
+        return answer["Body"].read(), answer["InvokedProductionVariant"]
+
+    def delete(self) -> None:
+        """Delete the endpoint; once no endpoint is left, stop the runtime. Nothing of it keeps running."""
+        info = daemon.running_runtime(self.paths)
+        if info:
+            runtime = daemon.RuntimeClient(info.url)
+            with contextlib.suppress(daemon.RuntimeApiError):
+                runtime.delete(f"endpoints/{self.endpoint_name}")
+            if runtime.get("status")["endpoints"]:
+                return
+        self.stop_runtime()
+        self._forget_endpoint()
+
+    def stop_runtime(self) -> list[int]:
+        """Stop the daemon and every instance, whatever endpoints exist; returns pids that had to be killed."""
+        return daemon.stop_runtime(self.paths)
+
+    def _forget_endpoint(self) -> None:
+        """With no daemon to do it, drop the endpoint from state.json (under the start lock, so no daemon starts meanwhile)."""
+        with daemon.start_lock(self.paths):
+            if daemon.running_runtime(self.paths) is None:
+                state = load_state(self.paths)
+                if state["endpoints"].pop(self.endpoint_name, None) is not None or state["processes"]:
+                    state["processes"] = []
+                    save_state(self.paths, state)
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _endpoint(self, runtime: daemon.RuntimeClient) -> dict | None:
+        return runtime.get("status")["endpoints"].get(self.endpoint_name)
+
+    def _settled_endpoint(self, runtime: daemon.RuntimeClient) -> dict | None:
+        """The endpoint once a restart has brought it back (status SystemUpdating meanwhile)."""
+        deadline = time.monotonic() + self.startup_timeout_seconds
+        endpoint = self._endpoint(runtime)
+        while endpoint and endpoint["status"] == "SystemUpdating" and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL_S)
+            endpoint = self._endpoint(runtime)
+        return endpoint
+
+    def _require_endpoint(self, runtime: daemon.RuntimeClient) -> dict:
+        endpoint = self._endpoint(runtime)
+        if endpoint is None:
+            raise HostingError(f"there is no endpoint {self.endpoint_name}; deploy a model first")
+        return endpoint
+
+    def _serving_version(self, endpoint: dict | None) -> str | None:
+        """The model of our variant in the endpoint config in service."""
+        if not endpoint or endpoint.get("status") in (None, "Failed", "Creating") or not endpoint.get("config"):
+            return None
+        for variant in endpoint.get("variants", []):
+            if variant["name"] == self.settings.variant_name:
+                blue = next((f for f in variant["fleets"] if f["role"] == "blue"), None)
+                if blue:
+                    return blue["model_version"]
+        configs = load_state(self.paths)["endpoint_configs"]
+        config = configs.get(endpoint["config"], {})
+        for variant in config.get("variants", []):
+            if variant["variant_name"] == self.settings.variant_name:
+                return variant["model_name"]
+        return None
+
+
+def _summary(record: dict) -> dict:
+    keys = ("id", "kind", "from_versions", "to_versions", "phase", "green_percent", "outcome", "reason", "timings", "started", "finished")
+    return {k: record.get(k) for k in keys} | {"strategy": record.get("routing", {}).get("strategy")}

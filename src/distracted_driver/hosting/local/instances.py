@@ -1,0 +1,204 @@
+"""One instance = one model-server process on a free loopback port.
+
+The runtime starts it, waits for ``/ping``, routes to it while it is in
+service, and stops it by first taking it out of rotation, then letting the
+requests it holds finish, then SIGTERM (the server drains too). Instances die
+with the runtime: each process asks the kernel for SIGTERM when its parent
+goes (``PR_SET_PDEATHSIG``), so even a killed runtime leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+log = logging.getLogger("distracted_driver.hosting.runtime")
+
+SERVER_MODULE = "distracted_driver.serve.server"
+PING_INTERVAL_S = 0.1
+STOP_TIMEOUT_S = 15.0
+PR_SET_PDEATHSIG = 1
+
+STARTING, IN_SERVICE, DRAINING, STOPPED, FAILED = "starting", "in-service", "draining", "stopped", "failed"
+
+
+class InstanceError(RuntimeError):
+    """An instance did not come up; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # pragma: no cover - not glibc; the runtime still stops its children itself
+        pass
+
+
+def log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+class Instance:
+    def __init__(self, instance_id: str, model_name: str, model_dir: str, log_path: Path, threads: int | None = None):
+        self.id = instance_id
+        self.model_name = model_name
+        self.model_dir = model_dir
+        self.log_path = log_path
+        self.threads = threads
+        self.state = STARTING
+        self.port: int | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.outstanding = 0  # requests the router has sent and not yet seen answered
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.started = time.time()
+        self.failure = ""
+        self.requests = 0
+        self.errors = 0
+        self.ping_failures = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", SERVER_MODULE, "--model-dir", self.model_dir, "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.threads:
+            command += ["--threads", str(self.threads), "--decode-workers", str(self.threads)]
+        return command
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self, timeout_s: float) -> None:
+        """Spawn the server and return once ``/ping`` answers 200; InstanceError otherwise."""
+        for attempt in range(3):
+            self.port = free_port()
+            await self._spawn()
+            try:
+                await self._wait_ready(timeout_s)
+                return
+            except InstanceError as error:
+                await self.kill()
+                if "address already in use" in str(error).lower() and attempt < 2:
+                    continue  # another process took the port between our probe and its bind
+                self.state, self.failure = FAILED, str(error)
+                raise
+
+    async def _spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.command(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                preexec_fn=_die_with_parent,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.session = aiohttp.ClientSession(
+            base_url=self.url,
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            auto_decompress=False,
+        )
+        log.info("instance %s: started pid %d on port %d for model %s", self.id, self.process.pid, self.port, self.model_name)
+
+    async def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.returncode is not None:
+                raise InstanceError(
+                    f"instance {self.id} exited with code {self.process.returncode} before it was healthy; "
+                    f"its log ({self.log_path}) ends:\n{log_tail(self.log_path)}"
+                )
+            if await self.ping(timeout_s=2.0):
+                self.state = IN_SERVICE
+                return
+            await asyncio.sleep(PING_INTERVAL_S)
+        raise InstanceError(f"instance {self.id} did not answer /ping with 200 within {timeout_s:g} s; see {self.log_path}")
+
+    async def ping(self, timeout_s: float = 2.0) -> bool:
+        try:
+            async with self.session.get("/ping", timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    def acquire(self) -> None:
+        self.outstanding += 1
+        self.idle.clear()
+
+    def release(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding == 0:
+            self.idle.set()
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Out of rotation first, then wait for its requests, then SIGTERM (SIGKILL if it hangs)."""
+        if self.state in (STOPPED,):
+            return
+        if self.state != FAILED:
+            self.state = DRAINING
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.idle.wait(), drain_timeout_s)
+        if self.process and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.warning("instance %s: no exit %g s after SIGTERM; killing it", self.id, STOP_TIMEOUT_S)
+                await self.kill()
+        await self._close_session()
+        if self.state != FAILED:
+            self.state = STOPPED
+        log.info("instance %s: stopped", self.id)
+
+    async def kill(self) -> None:
+        if self.process and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+        await self._close_session()
+
+    async def _close_session(self) -> None:
+        if self.session is not None and not self.session.closed:
+            await self.session.close()
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "model": self.model_name,
+            "state": self.state,
+            "pid": self.pid,
+            "port": self.port,
+            "url": self.url if self.port else None,
+            "outstanding": self.outstanding,
+            "requests": self.requests,
+            "errors": self.errors,
+            "started": self.started,
+            "log": str(self.log_path),
+            **({"failure": self.failure} if self.failure else {}),
+        }

@@ -1,0 +1,159 @@
+"""``POST /endpoints/{name}/invocations``, answered as SageMaker Runtime answers it.
+
+So boto3's ``sagemaker-runtime`` client works against the runtime with
+``endpoint_url=``. Errors follow botocore's service model (rest-json: the code
+in ``x-amzn-ErrorType`` and ``__type``, the text in ``message``):
+
+- unknown endpoint or variant, endpoint not in service → 400 ``ValidationError``;
+- the container answered non-2xx → 424 ``ModelError`` with ``OriginalStatusCode``
+  and ``OriginalMessage``; a container timeout → 424 ``ModelError`` too;
+- no instance in service → 503 ``ServiceUnavailable`` (boto3 retries it);
+- a body above 6,291,456 bytes → 413 with no error code, which is what the
+  real service sends ("HTTP content length exceeded ... bytes"); boto3 raises
+  a ``ClientError`` whose code is ``"413"``.
+
+A request whose connection to an instance fails (refused, reset, closed before
+an answer: the instance died) is retried on another instance; inference has no
+side effects, so this is safe, and an instance dying mid-swap costs no request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+
+import aiohttp
+from aiohttp import web
+
+log = logging.getLogger("distracted_driver.hosting.runtime")
+
+MAX_BODY_BYTES = 6_291_456
+MAX_ATTEMPTS = 3
+CAPACITY_WAIT_S = 5.0  # how long a request waits for an instance when none is in service
+INVOCATION_TIMEOUT_S = 60.0  # SageMaker gives a container 60 s to answer
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Amzn-SageMaker-Custom-Attributes")
+FORWARDED_RESPONSE_HEADERS = ("Content-Type", "X-Model-Version", "X-Amzn-SageMaker-Custom-Attributes")
+MAX_ORIGINAL_MESSAGE = 4096
+VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
+TARGET_VARIANT_HEADER = "X-Amzn-SageMaker-Target-Variant"
+
+
+def sagemaker_error(status: int, code: str | None, message: str, **members) -> web.Response:
+    body = {"message": message, **members}
+    headers = {"x-amzn-RequestId": str(uuid.uuid4())}
+    if code:
+        body["__type"] = code
+        headers["x-amzn-ErrorType"] = code
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
+
+
+def _original_message(body: bytes) -> str:
+    """The container's body as text, as SageMaker passes it on (our server's is JSON)."""
+    return body[:MAX_ORIGINAL_MESSAGE].decode("utf-8", errors="replace")
+
+
+class Router:
+    def __init__(self, runtime):
+        self.runtime = runtime  # runtime.endpoints, runtime.capacity_changed
+
+    async def invocations(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._invocations(request)
+        except Exception:  # a fault of ours: answered as SageMaker's InternalFailure, never a bare 500
+            log.exception("router failed on %s", request.path)
+            return sagemaker_error(500, "InternalFailure", "An internal failure occurred in the local runtime; see its log.")
+
+    async def _invocations(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        endpoint = self.runtime.endpoints.get(name)
+        if endpoint is None or not endpoint.blue:
+            if endpoint is None:
+                return sagemaker_error(400, "ValidationError", f"Endpoint {name} of account 000000000000 not found.")
+            return sagemaker_error(400, "ValidationError", f"Endpoint {name} is not in service (status {endpoint.status}).")
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            return self._too_large()
+        body = await request.read()
+        if len(body) > MAX_BODY_BYTES:
+            return self._too_large()
+        target = request.headers.get(TARGET_VARIANT_HEADER)
+        if target is not None and target not in endpoint.variant_names():
+            return sagemaker_error(
+                400, "ValidationError",
+                f"The variant {target} is not valid for endpoint {name}; its variants are {', '.join(sorted(endpoint.variant_names()))}.",
+            )
+        headers = {h: request.headers[h] for h in FORWARDED_REQUEST_HEADERS if h in request.headers}
+        return await self._forward(endpoint, target, body, headers)
+
+    @staticmethod
+    def _too_large() -> web.Response:
+        return sagemaker_error(413, None, f"HTTP content length exceeded {MAX_BODY_BYTES} bytes.")
+
+    async def _forward(self, endpoint, target: str | None, body: bytes, headers: dict) -> web.StreamResponse:
+        tried: set = set()
+        waited = False
+        while len(tried) < MAX_ATTEMPTS:
+            choice = endpoint.route(target, tried)
+            if choice is None:
+                if waited:
+                    break
+                waited = True
+                await self.runtime.wait_for_capacity(CAPACITY_WAIT_S)
+                continue
+            fleet, instance = choice
+            started = time.monotonic()
+            instance.acquire()
+            try:
+                async with instance.session.post(
+                    "/invocations", data=body, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=INVOCATION_TIMEOUT_S),
+                ) as answer:
+                    payload = await answer.read()
+                    status, answer_headers = answer.status, answer.headers
+            except asyncio.TimeoutError:
+                self._record(fleet, instance, ok=False, started=started)
+                return sagemaker_error(
+                    424, "ModelError",
+                    f"Your invocation timed out while waiting for a response from container primary "
+                    f"(instance {instance.id}, variant {fleet.name}). See {instance.log_path} for more information.",
+                )
+            except aiohttp.ClientError as error:
+                self._record(fleet, instance, ok=False, started=started)
+                log.warning("%s/%s: instance %s unreachable (%s); retrying elsewhere", endpoint.name, fleet.name, instance.id, error)
+                fleet.mark_suspect(instance)
+                tried.add(instance)
+                continue
+            finally:
+                instance.release()
+            self._record(fleet, instance, ok=status < 500, started=started)
+            if status >= 300:
+                return self._model_error(fleet, instance, status, payload)
+            response = web.Response(status=200, body=payload)
+            for header in FORWARDED_RESPONSE_HEADERS:
+                if header in answer_headers:
+                    response.headers[header] = answer_headers[header]
+            response.headers[VARIANT_HEADER] = fleet.name
+            response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
+            return response
+        return sagemaker_error(503, "ServiceUnavailable", f"No instance of endpoint {endpoint.name} is in service. Try your call again.")
+
+    @staticmethod
+    def _record(fleet, instance, ok: bool, started: float) -> None:
+        fleet.log.record(ok, (time.monotonic() - started) * 1000.0)
+        instance.requests += 1
+        instance.errors += not ok
+
+    @staticmethod
+    def _model_error(fleet, instance, status: int, payload: bytes) -> web.Response:
+        original = _original_message(payload)
+        kind = "client" if status < 500 else "server"
+        return sagemaker_error(
+            424, "ModelError",
+            f'Received {kind} error ({status}) from primary with message "{original}". '
+            f"See {instance.log_path} for more information.",
+            OriginalStatusCode=status,
+            OriginalMessage=original,
+            LogStreamArn=f"arn:aws:logs:local:000000000000:log-group:/aws/sagemaker/Endpoints/{fleet.endpoint}:log-stream:{fleet.name}/{instance.id}",
+        )

@@ -1,0 +1,491 @@
+"""The local runtime: one long-lived process that is SageMaker hosting on this machine.
+
+It owns the endpoints and their instances (model-server processes), the router
+(``POST /endpoints/{name}/invocations``), blue/green deployments, autoscaling
+and instance supervision. It is a daemon, so the endpoint outlives the command
+that deployed it; tasks drive it through a small control API on the same
+loopback server, under ``/_control/``. It alone writes ``state.json``, the one
+source of truth, after every change; after a restart it brings the endpoints
+in service back up from there.
+
+    python -m distracted_driver.hosting.local.runtime --state-dir .state [--port 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+import time
+
+import psutil
+from aiohttp import web
+
+from distracted_driver.hosting.base import AlarmThresholds, ScalingPolicy, TrafficRouting
+from distracted_driver.hosting.local import endpoint as states
+from distracted_driver.hosting.local.autoscaling import ScalerState, decide, record_action
+from distracted_driver.hosting.local.bluegreen import Deployment
+from distracted_driver.hosting.local.endpoint import Endpoint
+from distracted_driver.hosting.local.fleet import Fleet
+from distracted_driver.hosting.local.instances import SERVER_MODULE, InstanceError
+from distracted_driver.hosting.local.router import Router
+from distracted_driver.hosting.local.state import (
+    EndpointConfigRecord,
+    ModelRecord,
+    RuntimePaths,
+    VariantConfig,
+    load_state,
+    save_state,
+    to_json,
+)
+from distracted_driver.fsutil import write_json_atomic
+from distracted_driver.train.artifact import ArtifactError, load_artifact
+
+log = logging.getLogger("distracted_driver.hosting.runtime")
+
+AUTOSCALE_INTERVAL_S = 0.5
+CONTROL_BODY_LIMIT = 64 * 1024 * 1024  # smoke images travel base64 in control requests
+
+
+class ControlError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Runtime:
+    def __init__(self, paths: RuntimePaths):
+        self.paths = paths
+        state = load_state(paths)
+        self.models = {name: ModelRecord(**m) for name, m in state["models"].items()}
+        self.configs = {name: EndpointConfigRecord(**c) for name, c in state["endpoint_configs"].items()}
+        self.endpoints = {name: Endpoint(name, e) for name, e in state["endpoints"].items()}
+        self._leftover_processes = state.get("processes", [])
+        self._next_instance = state.get("next_instance", 1)
+        self.started = time.time()
+        self.url = ""
+        self.stopping = asyncio.Event()
+        self._capacity = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self.router = Router(self)
+
+    # --- persistence --------------------------------------------------------------------
+
+    def save(self) -> None:
+        processes = [
+            {"pid": i.pid, "instance": i.id, "endpoint": name}
+            for name, endpoint in self.endpoints.items()
+            for fleet in endpoint.all_fleets()
+            for i in fleet.instances
+            if i.pid and i.process.returncode is None
+        ]
+        save_state(self.paths, {
+            "version": 1,
+            "models": {name: to_json(m) for name, m in self.models.items()},
+            "endpoint_configs": {name: to_json(c) for name, c in self.configs.items()},
+            "endpoints": {name: e.to_record() for name, e in self.endpoints.items()},
+            "processes": processes,
+            "next_instance": self._next_instance,
+        })
+
+    def new_instance_id(self) -> str:
+        number, self._next_instance = self._next_instance, self._next_instance + 1
+        return f"i-{number:04d}"
+
+    def new_fleet(self, endpoint_name: str, config: EndpointConfigRecord, variant: VariantConfig) -> Fleet:
+        return Fleet(endpoint_name, config.name, variant, self.models[variant.model_name], self.paths,
+                     self.new_instance_id, self._fleet_changed)
+
+    def _fleet_changed(self) -> None:
+        self.save()
+        event, self._capacity = self._capacity, asyncio.Event()
+        event.set()  # wakes requests waiting for an instance
+
+    async def wait_for_capacity(self, timeout_s: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._capacity.wait(), timeout_s)
+
+    def fleet_size_changed(self, endpoint: Endpoint) -> None:
+        for scaler in endpoint.scalers.values():
+            scaler.steady_since = time.monotonic()
+
+    def spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- start and stop -------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Bring back what state.json says was in service when the runtime last stopped."""
+        self._kill_leftovers()
+        for endpoint in self.endpoints.values():
+            for record in endpoint.deployments:
+                if record.get("outcome") is None:
+                    record.update(outcome="failed", phase="done", finished=time.time(),
+                                  reason="the runtime stopped during the deployment; the endpoint stays on blue")
+            config = self.configs.get(endpoint.config_name or "")
+            if config is None:
+                endpoint.status = states.FAILED if endpoint.status != states.FAILED else endpoint.status
+                continue
+            self.spawn(self._bring_up(endpoint, config))
+        self.save()
+
+    async def _bring_up(self, endpoint: Endpoint, config: EndpointConfigRecord) -> None:
+        """Start the config in service again; requests meanwhile wait for the first instance."""
+        endpoint.status = states.SYSTEM_UPDATING
+        fleets = {v.variant_name: self.new_fleet(endpoint.name, config, v) for v in config.variants}
+        endpoint.blue = fleets
+        results = await asyncio.gather(*(
+            fleet.start(endpoint.instance_counts.get(name, fleet.variant.instance_count)) for name, fleet in fleets.items()
+        ), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            endpoint.status, endpoint.failure_reason = states.FAILED, f"could not restore: {failures[0]}"
+            endpoint.blue = {}
+            await asyncio.gather(*(fleet.retire() for fleet in fleets.values()))
+            self.save()
+            return
+        for fleet in fleets.values():
+            fleet.supervise()
+        endpoint.status = states.IN_SERVICE
+        log.info("endpoint %s restored on config %s", endpoint.name, config.name)
+        self._fleet_changed()
+
+    def _kill_leftovers(self) -> None:
+        """Instances of a previous runtime that somehow outlived it (they should not)."""
+        for entry in self._leftover_processes:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(entry["pid"])
+                command = " ".join(process.cmdline())
+                if SERVER_MODULE in command and str(self.paths.models_dir) in command:
+                    process.kill()
+
+    async def shutdown(self) -> None:
+        log.info("runtime stopping: retiring every instance")
+        for endpoint in self.endpoints.values():
+            if endpoint.deployment:
+                endpoint.deployment.request_rollback("the runtime is stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(fleet.retire() for e in self.endpoints.values() for fleet in e.all_fleets()),
+                             return_exceptions=True)
+        for endpoint in self.endpoints.values():
+            endpoint.green, endpoint.green_share = None, 0.0
+        self.save()
+
+    # --- autoscaling ------------------------------------------------------------------------
+
+    async def autoscale_loop(self) -> None:
+        while True:
+            await asyncio.sleep(AUTOSCALE_INTERVAL_S)
+            for endpoint in self.endpoints.values():
+                if endpoint.status == states.IN_SERVICE and endpoint.deployment is None:
+                    self._autoscale(endpoint)
+
+    def _autoscale(self, endpoint: Endpoint) -> None:
+        now = time.monotonic()
+        for variant, policy in endpoint.autoscaling.items():
+            fleet = endpoint.blue.get(variant)
+            if fleet is None or variant in endpoint.scaling_busy:
+                continue
+            scaler = endpoint.scalers.setdefault(variant, ScalerState(steady_since=now))
+            current = len(fleet.in_service())
+            if current != fleet.desired():
+                continue  # an instance is starting or being replaced: the count is not settled
+            invocations = fleet.log.window(policy.metric_window_seconds, now).requests
+            decision = decide(policy, scaler, current, invocations, now)
+            endpoint.scaling_decisions[variant] = {**decision.to_json(), "time": time.time()}
+            if decision.act and decision.desired != current:
+                record_action(scaler, decision, now)
+                endpoint.scaling_busy.add(variant)
+                self.spawn(self._scale(endpoint, fleet, decision))
+
+    async def _scale(self, endpoint: Endpoint, fleet: Fleet, decision) -> None:
+        activity = {
+            "time": time.time(), "variant": fleet.name, "from": decision.current, "to": decision.desired,
+            "metric": decision.to_json()["metric_invocations_per_instance_per_minute"], "reason": decision.reason,
+            "status": "in-progress",
+        }
+        endpoint.add_activity(activity)
+        log.info("autoscaling %s/%s %d -> %d: %s", endpoint.name, fleet.name, decision.current, decision.desired, decision.reason)
+        try:
+            await fleet.scale_to(decision.desired)
+            activity["status"] = "successful"
+        except InstanceError as error:
+            activity["status"], activity["failure"] = "failed", str(error)
+            log.error("autoscaling %s/%s failed: %s", endpoint.name, fleet.name, error)
+        finally:
+            activity["finished"] = time.time()
+            endpoint.instance_counts[fleet.name] = fleet.desired()
+            endpoint.scaling_busy.discard(fleet.name)
+            endpoint.scalers[fleet.name].steady_since = time.monotonic()
+            self.save()
+
+    # --- control API ------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        return {
+            "runtime": {"pid": os.getpid(), "url": self.url, "started": self.started, "log": str(self.paths.log_file)},
+            "models": {name: to_json(m) for name, m in self.models.items()},
+            "endpoint_configs": {name: to_json(c) for name, c in self.configs.items()},
+            "endpoints": {name: e.to_json() for name, e in self.endpoints.items()},
+        }
+
+    def put_model(self, body: dict) -> dict:
+        name, model_dir = _required(body, "name"), _required(body, "model_dir")
+        try:
+            artifact = load_artifact(model_dir)
+        except ArtifactError as error:
+            raise ControlError(400, str(error)) from None
+        if artifact.version != name:
+            raise ControlError(400, f"the artifact in {model_dir} is model version {artifact.version}, not {name}")
+        self.models[name] = ModelRecord(name, str(model_dir), body.get("artifact_key", ""))
+        self.save()
+        return to_json(self.models[name])
+
+    def put_endpoint_config(self, body: dict) -> dict:
+        try:
+            config = EndpointConfigRecord(_required(body, "name"), _required(body, "variants"))
+        except (TypeError, ValueError) as error:
+            raise ControlError(400, f"invalid endpoint config: {error}") from None
+        for variant in config.variants:
+            if variant.model_name not in self.models:
+                raise ControlError(400, f"variant {variant.variant_name}: no model named {variant.model_name}")
+        existing = self.configs.get(config.name)
+        if existing is not None:
+            if existing.variants != config.variants:
+                raise ControlError(409, f"endpoint config {config.name} exists with other variants; configs are immutable")
+            return to_json(existing)
+        self.configs[config.name] = config
+        self.save()
+        return to_json(config)
+
+    def deploy(self, name: str, body: dict, kind: str = "update") -> dict:
+        """CreateEndpoint or UpdateEndpoint: starts a deployment and answers at once."""
+        config = self.configs.get(_required(body, "config"))
+        if config is None:
+            raise ControlError(400, f"no endpoint config named {body['config']}")
+        endpoint = self.endpoints.get(name)
+        if endpoint is not None and (endpoint.deployment is not None or endpoint.status == states.SYSTEM_UPDATING):
+            raise ControlError(409, f"endpoint {name} is {endpoint.status}; wait until it is InService")
+        try:
+            routing = TrafficRouting(**body.get("routing", {}))
+            alarms = AlarmThresholds(**body.get("alarms", {}))
+            smoke = [base64.b64decode(image, validate=True) for image in body.get("smoke_images", [])]
+        except (TypeError, ValueError, binascii.Error) as error:
+            raise ControlError(400, f"invalid deployment request: {error}") from None
+        if not smoke:
+            raise ControlError(400, "a deployment needs at least one smoke image")
+        if endpoint is None:
+            endpoint = self.endpoints[name] = Endpoint(name)
+        deployment = Deployment(self, endpoint, config, routing, alarms, smoke, kind)
+        endpoint.deployment = deployment
+        endpoint.add_deployment(deployment.record)
+        self.save()
+        self.spawn(self._run_deployment(endpoint, deployment))
+        return deployment.record
+
+    async def _run_deployment(self, endpoint: Endpoint, deployment: Deployment) -> None:
+        try:
+            await deployment.run()
+        finally:
+            endpoint.deployment = None
+            self.save()
+
+    def rollback(self, name: str, body: dict) -> dict:
+        """Stop the deployment in progress (traffic back to blue), or redeploy the previous config."""
+        endpoint = self._endpoint(name)
+        if endpoint.deployment is not None:
+            endpoint.deployment.request_rollback("manual rollback requested")
+            return endpoint.deployment.record
+        if not endpoint.previous_config:
+            raise ControlError(409, f"endpoint {name} has no previous endpoint config to roll back to")
+        body = {**body, "config": endpoint.previous_config,
+                "routing": {"strategy": "all-at-once", "wait_seconds": 0, "bake_seconds": 0, "termination_wait_seconds": 0}}
+        return self.deploy(name, body, kind="rollback")
+
+    def deployment(self, name: str, deployment_id: str) -> dict:
+        endpoint = self._endpoint(name)
+        for record in endpoint.deployments:
+            if record["id"] == deployment_id:
+                return record
+        raise ControlError(404, f"endpoint {name} has no deployment {deployment_id}")
+
+    def set_autoscaling(self, name: str, variant: str, body: dict | None) -> dict:
+        endpoint = self._endpoint(name)
+        if variant not in endpoint.blue:
+            raise ControlError(400, f"endpoint {name} has no variant {variant}")
+        if body is None:
+            endpoint.autoscaling.pop(variant, None)
+            endpoint.scalers.pop(variant, None)
+        else:
+            try:
+                endpoint.autoscaling[variant] = ScalingPolicy(**body)
+            except (TypeError, ValueError) as error:
+                raise ControlError(400, f"invalid scaling policy: {error}") from None
+            endpoint.scalers[variant] = ScalerState(steady_since=time.monotonic())
+            log.info("autoscaling %s/%s: policy %s", name, variant, body)
+        self.save()
+        return endpoint.to_json()
+
+    async def delete_endpoint(self, name: str) -> None:
+        endpoint = self._endpoint(name)
+        endpoint.status = states.DELETING
+        if endpoint.deployment is not None:
+            endpoint.deployment.request_rollback("the endpoint is being deleted")
+            while endpoint.deployment is not None:
+                await asyncio.sleep(0.05)
+        await asyncio.gather(*(fleet.retire() for fleet in endpoint.all_fleets()))
+        del self.endpoints[name]
+        self.save()
+        log.info("endpoint %s deleted", name)
+
+    def _endpoint(self, name: str) -> Endpoint:
+        endpoint = self.endpoints.get(name)
+        if endpoint is None:
+            raise ControlError(404, f"no endpoint named {name}")
+        return endpoint
+
+
+def _required(body: dict, key: str):
+    if not isinstance(body, dict) or key not in body:
+        raise ControlError(400, f"missing field {key!r}")
+    return body[key]
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+def make_app(runtime: Runtime) -> web.Application:
+    app = web.Application(client_max_size=CONTROL_BODY_LIMIT, middlewares=[_control_errors])
+    app.router.add_post("/endpoints/{name}/invocations", runtime.router.invocations)
+    routes = web.RouteTableDef()
+
+    @routes.get("/_control/health")
+    async def health(request):
+        return web.json_response({"pid": os.getpid(), "url": runtime.url, "started": runtime.started})
+
+    @routes.get("/_control/status")
+    async def status(request):
+        return web.json_response(runtime.status())
+
+    @routes.post("/_control/models")
+    async def models(request):
+        return web.json_response(runtime.put_model(await _json(request)))
+
+    @routes.post("/_control/endpoint-configs")
+    async def endpoint_configs(request):
+        return web.json_response(runtime.put_endpoint_config(await _json(request)))
+
+    @routes.post("/_control/endpoints/{name}/deployments")
+    async def deploy(request):
+        return web.json_response(runtime.deploy(request.match_info["name"], await _json(request)), status=202)
+
+    @routes.get("/_control/endpoints/{name}/deployments/{id}")
+    async def deployment(request):
+        return web.json_response(runtime.deployment(request.match_info["name"], request.match_info["id"]))
+
+    @routes.post("/_control/endpoints/{name}/rollback")
+    async def rollback(request):
+        return web.json_response(runtime.rollback(request.match_info["name"], await _json(request)), status=202)
+
+    @routes.put("/_control/endpoints/{name}/autoscaling/{variant}")
+    async def autoscaling(request):
+        info = request.match_info
+        return web.json_response(runtime.set_autoscaling(info["name"], info["variant"], await _json(request)))
+
+    @routes.delete("/_control/endpoints/{name}/autoscaling/{variant}")
+    async def no_autoscaling(request):
+        return web.json_response(runtime.set_autoscaling(request.match_info["name"], request.match_info["variant"], None))
+
+    @routes.delete("/_control/endpoints/{name}")
+    async def delete(request):
+        await runtime.delete_endpoint(request.match_info["name"])
+        return web.json_response({"deleted": request.match_info["name"]})
+
+    @routes.post("/_control/shutdown")
+    async def shutdown(request):
+        runtime.stopping.set()
+        return web.json_response({"stopping": True})
+
+    app.add_routes(routes)
+    return app
+
+
+@web.middleware
+async def _control_errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ControlError as error:
+        return web.json_response({"error": type(error).__name__, "message": str(error)}, status=error.status)
+
+
+async def _json(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ControlError(400, "the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ControlError(400, "the request body must be a JSON object")
+    return body
+
+
+async def serve(paths: RuntimePaths, host: str, port: int) -> None:
+    runtime = Runtime(paths)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.stopping.set)
+    runner = web.AppRunner(make_app(runtime), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]
+    runtime.url = f"http://{host}:{bound}"
+    write_json_atomic(paths.runtime_file, {
+        "pid": os.getpid(), "url": runtime.url, "port": bound, "started": runtime.started, "log": str(paths.log_file),
+    })
+    log.info("runtime %d listening on %s (state in %s)", os.getpid(), runtime.url, paths.root)
+    await runtime.restore()
+    scaler = loop.create_task(runtime.autoscale_loop())
+    await runtime.stopping.wait()
+    scaler.cancel()
+    await runtime.shutdown()
+    await runner.cleanup()
+    with contextlib.suppress(FileNotFoundError):
+        info = paths.runtime_file.read_text()
+        if f'"pid": {os.getpid()}' in info:
+            paths.runtime_file.unlink()
+    log.info("runtime %d stopped", os.getpid())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distracted_driver.hosting.local.runtime", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--state-dir", required=True, help="the settings' state_dir; the runtime keeps its files under hosting/")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only by default)")
+    parser.add_argument("--port", type=int, default=0, help="port (default 0: a free one, written to runtime.json)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    paths = RuntimePaths.under(args.state_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    lock = open(paths.daemon_lock, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.error("another runtime already runs on %s", paths.root)
+        return 3
+    asyncio.run(serve(paths, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

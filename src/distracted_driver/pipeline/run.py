@@ -1,0 +1,271 @@
+"""One pipeline run: every stage in order, each skipped when its inputs are unchanged.
+
+``run_pipeline(settings, options)`` takes the bucket lock, opens a run record
+(or reopens the latest unfinished one with ``--resume``) and walks the stages
+of ``pipeline.stages``. For each stage it
+
+1. asks whether the stage is needed at all in this run (e.g. no smoke test
+   when nothing was deployed);
+2. hashes the stage's inputs and looks the hash up in the stage cache; when a
+   finished stage had the same inputs and its outputs are still in place, the
+   outputs are reused and the stage's work is not done again;
+3. otherwise marks the stage running, saves the record, does the work, and
+   saves the record and the cache entry.
+
+The run ends with one outcome (see ``pipeline.outcomes``). Nothing here
+imports torch or starts a server: stages import what they need when they run,
+so a run with nothing to do takes about a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from distracted_driver.config import Settings
+from distracted_driver.pipeline import outcomes
+from distracted_driver.pipeline.lock import DEFAULT_MAX_AGE_SECONDS, LockBusy, PipelineLock
+from distracted_driver.pipeline.options import RunOptions
+from distracted_driver.pipeline.records import (
+    DONE, FAILED, FINISHED, PENDING, REUSED, RUNNING, SKIPPED, RunRecord, RunStore, StageRecord, new_run_id, now_iso,
+)
+from distracted_driver.storage import Storage, open_storage
+
+
+class StageFailed(Exception):
+    """A stage could not do its work; the message is the reason people read."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A stage's verdict that ends the run early with an outcome."""
+
+    outcome: str
+    reason: str
+
+
+class Interrupted(BaseException):
+    """SIGTERM: unwind like Ctrl-C so the record and the lock are settled."""
+
+
+@dataclass
+class RunContext:
+    settings: Settings
+    storage: Storage
+    store: RunStore
+    options: RunOptions
+    record: RunRecord
+    log: Callable[[str], None]
+    outputs: dict[str, dict] = field(default_factory=dict)  # outputs of finished stages, by stage name
+    _memo: dict = field(default_factory=dict)
+
+    def memo(self, key: str, compute: Callable):
+        """Compute once per run (live model, hosting handle, reuse checks)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def reusable(self, stage) -> dict | None:
+        """The cached outputs of ``stage`` for its current inputs, if still valid; else None."""
+
+        def check():
+            inputs = stage.inputs(self)
+            entry = self.store.recall(stage.name, StageRecord.hash_inputs(inputs))
+            if entry and stage.still_valid(self, entry["outputs"]):
+                return entry
+            return None
+
+        return self.memo(f"reusable:{stage.name}", check)
+
+
+def run_pipeline(settings: Settings, options: RunOptions | None = None, *, storage: Storage | None = None,
+                 log: Callable[[str], None] | None = None) -> RunRecord:
+    """Run (or resume) the pipeline once; the returned record carries the outcome and exit code."""
+    from distracted_driver.pipeline.stages import PIPELINE
+
+    options = options or RunOptions()
+    storage = storage or open_storage(settings)
+    log = log or _print_progress
+    store = RunStore(storage, settings)
+    record = RunRecord(new_run_id(), settings.backend, options.to_dict())
+    lock = PipelineLock(storage, settings, record.run_id, options.lock_max_age_seconds or DEFAULT_MAX_AGE_SECONDS)
+    try:
+        lock.acquire()
+    except LockBusy as busy:
+        record.outcome, record.reason, record.finished = outcomes.failed("lock"), str(busy), now_iso()
+        return record  # never started: no record in the bucket
+    try:
+        record = _open_record(store, record, options, log)
+        lock.refresh(run_id=record.run_id)
+        context = RunContext(settings, storage, store, options, record, log)
+        with _sigterm_as_interrupt():
+            _walk(context, PIPELINE, lock)
+    finally:
+        record.finished = now_iso()
+        store.save(record)
+        lock.release()
+    return record
+
+
+def _open_record(store: RunStore, fresh: RunRecord, options: RunOptions, log) -> RunRecord:
+    """The record this run writes: a fresh one, or with ``resume`` the latest unfinished or failed one.
+
+    Called with the lock held, so an unfinished record belongs to a run that is gone.
+    """
+    latest = store.latest()
+    if latest is not None and not latest.outcome:
+        running = next((s for s in latest.stages if s.status == RUNNING), None)
+        if not options.resume:
+            latest.outcome = outcomes.failed(running.name if running else outcomes.STAGES[0])
+            latest.reason = "interrupted: its process is gone"
+            if running:
+                running.status, running.reason = FAILED, latest.reason
+            store.save(latest)
+    if not options.resume:
+        store.save(fresh)
+        return fresh
+    if latest is None or not (not latest.outcome or latest.outcome.startswith(outcomes.FAILED_PREFIX)):
+        what = f"the latest run {latest.run_id} ended {latest.outcome}" if latest else "no run recorded"
+        log(f"nothing to resume ({what}); starting run {fresh.run_id}")
+        store.save(fresh)
+        return fresh
+    log(f"resuming run {latest.run_id} (it ended {latest.outcome or 'unfinished'})")
+    latest.resumed.append(now_iso())
+    latest.options = {**options.to_dict(), "resume": True}
+    latest.outcome = latest.reason = ""
+    store.save(latest)
+    return latest
+
+
+def _walk(context: RunContext, pipeline, lock: PipelineLock) -> None:
+    record = context.record
+    for stage in pipeline:
+        stage_record = record.stage(stage.name)
+        try:
+            stop = _advance(context, stage, stage_record)
+        except (StageFailed, Exception, Interrupted, KeyboardInterrupt) as error:
+            reason = _reason(error)
+            stage_record.status, stage_record.reason = FAILED, reason
+            record.outcome, record.reason = outcomes.failed(stage.name), f"{stage.name}: {reason}"
+            context.log(f"{stage.name}: failed: {reason}")
+            return
+        finally:
+            context.store.save(record)
+            lock.refresh()
+        context.outputs[stage.name] = stage_record.outputs
+        if stop is not None:
+            record.outcome, record.reason = stop.outcome, stop.reason
+            return
+    record.outcome, record.reason = _conclude(context)
+
+
+def _advance(context: RunContext, stage, stage_record: StageRecord) -> Stop | None:
+    """Bring one stage to a finished state; return a Stop when the run must end here."""
+    start = time.perf_counter()
+    resumed_done = context.options.resume and stage_record.status in (DONE, REUSED)
+    previous = (stage_record.input_hash, dict(stage_record.outputs)) if resumed_done else None
+    why_not = stage.not_needed(context)
+    if why_not:
+        stage_record.status, stage_record.reason = SKIPPED, why_not
+        stage_record.inputs, stage_record.input_hash, stage_record.outputs = {}, "", {}
+        stage_record.seconds = round(time.perf_counter() - start, 3)
+        return stage.verdict(context, stage_record)
+    inputs = stage.inputs(context)
+    input_hash = StageRecord.hash_inputs(inputs)
+    if previous and previous[0] == input_hash and stage.still_valid(context, previous[1]):
+        return stage.verdict(context, stage_record)  # finished before the interruption: keep as recorded
+    stage_record.inputs, stage_record.input_hash, stage_record.reason = inputs, input_hash, ""
+    entry = context.reusable(stage)
+    if entry is not None:
+        stage_record.status, stage_record.outputs = REUSED, entry["outputs"]
+        stage_record.source_run = entry["run_id"]
+        stage_record.reason = f"inputs unchanged since run {entry['run_id']}"
+        stage_record.seconds = round(time.perf_counter() - start, 3)
+        return stage.verdict(context, stage_record)
+    stage_record.status, stage_record.started, stage_record.source_run = RUNNING, now_iso(), ""
+    stage_record.attempts += 1
+    context.store.save(context.record)
+    context.log(f"{stage.name}: running")
+    try:
+        stage_record.outputs = stage.run(context, stage_record) or {}
+    finally:
+        stage_record.seconds = round(time.perf_counter() - start, 3)
+    stage_record.status = DONE
+    if stage.cacheable(stage_record.outputs):
+        context.store.remember(stage_record, context.record.run_id)
+    context.log(f"{stage.name}: done in {stage_record.seconds:.1f} s{_summary(stage_record)}")
+    return stage.verdict(context, stage_record)
+
+
+def _conclude(context: RunContext) -> tuple[str, str]:
+    record = context.record
+    version = record.model_version
+    if record.stage("deploy").status == DONE:
+        return outcomes.DEPLOYED, f"model {version} is live"
+    redone = [s.name for s in record.stages if s.status == DONE]
+    if not redone:
+        return outcomes.NOTHING_TO_DO, f"model {version} is live and no input changed"
+    return outcomes.NOTHING_TO_DO, f"model {version} is live; redid {', '.join(redone)} with the same result"
+
+
+def _summary(stage_record: StageRecord) -> str:
+    note = stage_record.outputs.get("summary")
+    return f": {note}" if note else ""
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, (Interrupted, KeyboardInterrupt)):
+        return "interrupted"
+    text = str(error) or type(error).__name__
+    return text if isinstance(error, StageFailed) else f"{type(error).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Let ``kill`` (SIGTERM) unwind the run so its record says where it stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- reading records for people ------------------------------------------------------
+
+
+def summary_line(record: RunRecord) -> str:
+    """One line: outcome, model, reason, wall time."""
+    model = f" model {record.model_version}" if record.model_version else ""
+    return f"{record.outcome}:{model} — {record.reason} (run {record.run_id}, {record.total_seconds:.1f} s)"
+
+
+def format_stages(record: RunRecord) -> str:
+    lines = [f"{'stage':<12}{'status':<9}{'seconds':>9}  note"]
+    for stage in record.stages:
+        note = stage.reason or (stage.outputs.get("summary", "") if stage.outputs else "")
+        lines.append(f"{stage.name:<12}{stage.status:<9}{stage.seconds:>9.2f}  {note}")
+    return "\n".join(lines)
+
+
+def print_summary(record: RunRecord, file=None) -> None:
+    """The run's result as people read it: one line when there was nothing to do, else a stage table too."""
+    file = file or sys.stdout
+    if record.outcome != outcomes.NOTHING_TO_DO and any(s.status != PENDING for s in record.stages):
+        print(format_stages(record), file=file)
+    print(summary_line(record), file=file)

@@ -1,0 +1,1 @@
+"""Serving stage: ONNX Runtime inference, the model server (SageMaker hosting contract), batch prediction."""

@@ -1,0 +1,130 @@
+"""Dynamic batching: concurrent requests share one ONNX Runtime run.
+
+Requests hand in preprocessed inputs; one collector task gathers them into a
+batch of at most ``max_batch_size``, waiting at most ``max_delay_s`` after the
+oldest one arrived, and runs the model on a dedicated thread (ONNX Runtime
+releases the GIL and spreads one run over its own intra-op threads, so runs
+go one at a time). While a run is going, the next batch fills up, so the
+busier the server, the larger its batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    tensor: np.ndarray
+    future: asyncio.Future
+    arrived: float
+
+
+def _stack_and_run(predict: Callable[[np.ndarray], np.ndarray], tensors: list[np.ndarray]) -> np.ndarray:
+    return predict(np.stack(tensors))
+
+
+def _fail(batch: list[_Pending], error: BaseException) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(error)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        max_batch_size: int = 8,
+        max_delay_s: float = 0.005,
+        on_batch: Callable[[int, float], None] | None = None,
+    ):
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max(0.0, max_delay_s)
+        self.on_batch = on_batch  # called with (batch size, seconds of the run)
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._collect(), name="dynamic-batcher")
+
+    async def submit(self, tensor: np.ndarray) -> np.ndarray:
+        """One preprocessed input ``[3, S, S]`` → its row of probabilities."""
+        if self._task is None or self._task.done():
+            raise RuntimeError("the batcher is not running")
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(tensor, future, time.monotonic()))
+        self._arrived.set()
+        return await future
+
+    async def run_now(self, batch: np.ndarray) -> np.ndarray:
+        """Run a whole batch on the inference thread, outside the queue (warm-up)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.predict, batch)
+
+    async def _next_batch(self) -> list[_Pending]:
+        while not self._pending:
+            self._arrived.clear()
+            await self._arrived.wait()
+        deadline = self._pending[0].arrived + self.max_delay_s
+        while len(self._pending) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                break
+        count = min(self.max_batch_size, len(self._pending))
+        batch = [self._pending.popleft() for _ in range(count)]
+        return [item for item in batch if not item.future.done()]  # drop callers that went away
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            started = time.monotonic()
+            try:
+                probabilities = await loop.run_in_executor(
+                    self._executor, _stack_and_run, self.predict, [item.tensor for item in batch]
+                )
+            except asyncio.CancelledError:
+                _fail(batch, RuntimeError("the server is shutting down"))
+                raise
+            except Exception as error:  # a model fault fails this batch's requests, not the server
+                log.exception("inference failed for a batch of %d", len(batch))
+                _fail(batch, error)
+                continue
+            if self.on_batch:
+                self.on_batch(len(batch), time.monotonic() - started)
+            for item, row in zip(batch, probabilities):
+                if not item.future.done():
+                    item.future.set_result(row)
+
+    async def close(self) -> None:
+        """Stop collecting; requests still waiting get an error rather than hanging."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        _fail(list(self._pending), RuntimeError("the server is shutting down"))
+        self._pending.clear()
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,132 @@
+"""The classifier behind the model server and batch prediction: ONNX Runtime on an artifact.
+
+Pixels are prepared only through ``data.imaging`` with the artifact's own
+``Preprocessing``, so serving sees exactly what training saw. ``read_image``
+adds the checks a server needs before it lets OpenCV near untrusted bytes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+from distracted_driver.data.imaging import MAX_PIXELS, ImageError, decode_image, image_dimensions, preprocess
+from distracted_driver.train.artifact import INPUT_NAME, OUTPUT_NAME, ArtifactError, ModelArtifact
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_START_OF_SCAN = b"\xff\xda"
+JPEG_END_OF_IMAGE = b"\xff\xd9"
+PNG_END_CHUNK = b"IEND"
+
+
+def cpu_count() -> int:
+    """Cores this process may use (the affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _is_complete(data: bytes) -> bool:
+    """Whether the stream reaches its end marker.
+
+    OpenCV decodes a JPEG that lacks its tail with only a warning (grey rows
+    where data is missing), so a truncated upload must be caught here. Inside
+    entropy-coded data every 0xFF is stuffed, so an end-of-image marker after
+    the last start-of-scan means the last scan was complete.
+    """
+    if data.startswith(PNG_MAGIC):
+        return data.rfind(PNG_END_CHUNK) > len(PNG_MAGIC)
+    return data.rfind(JPEG_END_OF_IMAGE) > data.rfind(JPEG_START_OF_SCAN) > 0
+
+
+def read_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Untrusted bytes → BGR pixels, or ``ImageError`` saying why not.
+
+    Only JPEG and PNG are let through, and only when their header states the
+    size: ``decode_image`` then refuses an image above ``max_pixels`` (a
+    decompression bomb) before decoding a single row.
+    """
+    if not data:
+        raise ImageError("empty image")
+    if not (data.startswith(JPEG_MAGIC) or data.startswith(PNG_MAGIC)):
+        raise ImageError("not a JPEG or PNG image (unrecognised file signature)")
+    dims = image_dimensions(data)
+    if dims is None:
+        raise ImageError("image header is incomplete: no width and height found")
+    if 0 in dims:
+        raise ImageError(f"image header states an empty image of {dims[0]}x{dims[1]} pixels")
+    if dims[0] * dims[1] <= max_pixels and not _is_complete(data):
+        raise ImageError("image is truncated: its end marker is missing")
+    return decode_image(data, max_pixels)
+
+
+class Classifier:
+    """ONNX Runtime session over ``model.onnx`` of an artifact; ``predict`` takes a preprocessed batch."""
+
+    def __init__(self, artifact: ModelArtifact, threads: int | None = None):
+        self.artifact = artifact
+        self.threads = threads or cpu_count()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Decode threads share the cores with inference; ORT's idle threads would otherwise
+        # spin-wait for the next run and take CPU that decoding needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(
+                str(artifact.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # ORT raises its own untyped errors for a broken graph
+            raise ArtifactError(f"{artifact.model_path} cannot be loaded by ONNX Runtime: {error}") from None
+        self._check_signature()
+
+    def _check_signature(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+            raise ArtifactError(
+                f"model.onnx must have input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
+                f"has {sorted(inputs)} and {sorted(outputs)}"
+            )
+        shape = inputs[INPUT_NAME].shape
+        size = self.input_size
+        if len(shape) != 4 or shape[1] != 3 or any(isinstance(d, int) and d != size for d in shape[2:]):
+            raise ArtifactError(f"model input shape {shape} does not match [N, 3, {size}, {size}] of preprocess.json")
+
+    @property
+    def version(self) -> str:
+        return self.artifact.version
+
+    @property
+    def labels(self) -> list[dict]:
+        return self.artifact.labels
+
+    @property
+    def input_size(self) -> int:
+        return self.artifact.preprocessing.input_size
+
+    def prepare(self, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """Image bytes → one preprocessed input ``[3, S, S]``; raises ``ImageError``."""
+        return preprocess(read_image(data, max_pixels), self.artifact.preprocessing)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """``[N, 3, S, S]`` float32 → ``[N, 10]`` probabilities."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def describe(self, probabilities: np.ndarray) -> dict:
+        """One row of probabilities as the verbose answer: class, label, confidence, all ten."""
+        best = int(np.argmax(probabilities))
+        return {
+            "class": self.labels[best]["class"],
+            "label": self.labels[best]["label"],
+            "confidence": float(probabilities[best]),
+            "probabilities": [float(p) for p in probabilities],
+            "model_version": self.version,
+        }

@@ -1,0 +1,195 @@
+"""Validation metrics as Kaggle scores them, their plots, and re-evaluation of an artifact with ONNX Runtime.
+
+No torch here: ``inv train.evaluate`` and the quality gate run on a serving install.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from distracted_driver.data.layout import CLASSES
+from distracted_driver.fsutil import atomic_path, write_json_atomic
+from distracted_driver.train.artifact import ModelArtifact
+from distracted_driver.train.channel import decoded_batches, read_records
+
+EPS = 1e-15
+UNIFORM_LOG_LOSS = math.log(len(CLASSES))
+
+
+def log_loss(labels, probabilities, eps: float = EPS) -> float:
+    """Multi-class log loss as Kaggle scores State Farm: clip to [eps, 1-eps], renormalise rows, mean -ln p(true)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
+    p /= p.sum(axis=1, keepdims=True)
+    if len(labels) == 0:
+        raise ValueError("log loss of an empty set is undefined")
+    return float(-np.mean(np.log(p[np.arange(len(labels)), labels])))
+
+
+def confusion_matrix(labels, predicted, num_classes: int = len(CLASSES)) -> np.ndarray:
+    """``matrix[true, predicted]`` counts."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
+    return matrix
+
+
+def classification_metrics(labels, probabilities) -> dict:
+    """Log loss, accuracy, per-class precision/recall/support and the confusion matrix, JSON-ready."""
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = np.asarray(probabilities)
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(labels, predicted)
+    per_class = {}
+    for i, name in enumerate(CLASSES):
+        predicted_i, actual_i = matrix[:, i].sum(), matrix[i, :].sum()
+        per_class[name] = {
+            "precision": float(matrix[i, i] / predicted_i) if predicted_i else 0.0,
+            "recall": float(matrix[i, i] / actual_i) if actual_i else 0.0,
+            "support": int(actual_i),
+        }
+    return {
+        "log_loss": log_loss(labels, probabilities),
+        "accuracy": float((predicted == labels).mean()),
+        "examples": int(len(labels)),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(matrix, path: str | Path, title: str = "Validation confusion matrix") -> Path:
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(CLASSES)), CLASSES)
+    ax.set_yticks(range(len(CLASSES)), CLASSES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_training_curves(history: list[dict], path: str | Path) -> Path:
+    """Loss and accuracy per epoch for training and validation."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    loss_ax.plot(epochs, [h["val_log_loss"] for h in history], label="validation")
+    loss_ax.axhline(UNIFORM_LOG_LOSS, color="grey", linestyle=":", label="uniform ln 10")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("log loss")
+    loss_ax.legend()
+    acc_ax.plot(epochs, [h["train_accuracy"] for h in history], label="train")
+    acc_ax.plot(epochs, [h["val_accuracy"] for h in history], label="validation")
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("accuracy")
+    acc_ax.set_ylim(0, 1.02)
+    acc_ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def predict_channel(artifact: ModelArtifact, channel_dir: str | Path, batch_size: int = 32, progress: bool = True):
+    """Run the artifact's ONNX model on every image of a channel, preprocessing only as the artifact says.
+
+    Returns ``(labels, probabilities, skipped)``, ``skipped`` listing ``(record, reason)``.
+    """
+    from distracted_driver.serve.inference import Classifier
+
+    classifier = Classifier(artifact)
+    records, skipped = read_records(channel_dir)
+    labels, probabilities = [], []
+    with tqdm(total=len(records), unit="img", desc="evaluate", disable=not progress) as bar:
+        for batch in decoded_batches(records, artifact.preprocessing, batch_size):
+            skipped.extend(batch.failed)
+            if len(batch.labels):
+                probabilities.append(classifier.predict(batch.images))
+                labels.append(batch.labels)
+            bar.update(len(batch.labels) + len(batch.failed))
+    if not labels:
+        raise ValueError(f"no usable image in {channel_dir}")
+    return np.concatenate(labels), np.concatenate(probabilities), skipped
+
+
+def evaluate_artifact(artifact: ModelArtifact, channel_dir: str | Path, progress: bool = True) -> dict:
+    """Metrics of an artifact on a channel, plus what was skipped and how long it took."""
+    start = time.perf_counter()
+    labels, probabilities, skipped = predict_channel(artifact, channel_dir, progress=progress)
+    metrics = classification_metrics(labels, probabilities)
+    metrics["skipped"] = [{"record": source, "reason": reason} for source, reason in skipped]
+    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    return metrics
+
+
+def write_report(report_dir: str | Path, metrics: dict, history: list[dict] | None) -> dict[str, Path]:
+    """``metrics.json``, ``confusion_matrix.png`` and (with a history) ``training_curves.png`` in ``report_dir``."""
+    report_dir = Path(report_dir)
+    paths = {"metrics": report_dir / "metrics.json", "confusion_matrix": report_dir / "confusion_matrix.png"}
+    write_json_atomic(paths["metrics"], metrics)
+    plot_confusion_matrix(metrics["confusion_matrix"], paths["confusion_matrix"])
+    if history:
+        paths["training_curves"] = plot_training_curves(history, report_dir / "training_curves.png")
+    return paths
+
+
+def evaluate_model(settings, model: str = "latest", report_dir: str | Path | None = None, progress: bool = True):
+    """Re-evaluate a stored model on the bucket's validation channel; write the report.
+
+    Returns ``(job, metrics, paths)``; the report goes to ``reports/models/<job>/`` unless
+    ``report_dir`` is given. The training curves come from the history inside the artifact.
+    """
+    import tempfile
+
+    from distracted_driver.serve.model_cache import fetch_artifact
+    from distracted_driver.storage import open_storage
+
+    storage = open_storage(settings)
+    artifact = fetch_artifact(settings, model, storage)
+    job = artifact.version
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="evaluate-") as tmp:
+        prefix = f"{settings.data_prefix}/validation"
+        if not storage.download_prefix(prefix, tmp):
+            raise FileNotFoundError(f"no validation channel at {storage.uri(prefix)}; upload the data first")
+        metrics = evaluate_artifact(artifact, tmp, progress=progress)
+    metrics["model_version"] = job
+    metrics["data_manifest_sha256"] = storage.checksum(f"{settings.data_prefix}/manifest.json")
+    report_dir = Path(report_dir) if report_dir else settings.root / "reports" / "models" / job
+    paths = write_report(report_dir, metrics, artifact.metrics.get("history"))
+    return job, metrics, paths
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    """A few lines people read: log loss, accuracy, and per-class recall."""
+    recall = " ".join(f"{name}:{value['recall']:.2f}" for name, value in metrics["per_class"].items())
+    return [
+        f"validation log loss {metrics['log_loss']:.4f} (uniform guess {UNIFORM_LOG_LOSS:.4f}), "
+        f"accuracy {metrics['accuracy']:.3f} on {metrics['examples']} images",
+        f"recall per class: {recall}",
+    ]

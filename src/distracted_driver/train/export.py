@@ -1,0 +1,40 @@
+"""Export the trained network to ONNX as the artifact contract in ``train/artifact.py`` says."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from distracted_driver.fsutil import atomic_path
+from distracted_driver.train.artifact import INPUT_NAME, OUTPUT_NAME
+from distracted_driver.train.model import Classifier, EfficientNetLite0
+
+OPSET = 17
+
+
+def export_onnx(model: EfficientNetLite0, path: str | Path, image_size: int, opset: int = OPSET) -> Path:
+    """Write backbone + head + softmax as ONNX: ``input`` [N,3,S,S] → ``probabilities`` [N,10], N dynamic."""
+    classifier = Classifier(model).eval()
+    example = torch.zeros(2, 3, image_size, image_size)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of the torch.export one, which needs
+        # onnxscript; this graph has no control flow, so tracing captures it exactly. The
+        # tracer also notes that the SAME-padding amounts become constants: they are, since
+        # the input's spatial size is fixed in the exported graph.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            classifier,
+            (example,),
+            str(tmp),
+            dynamo=False,
+            external_data=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    return Path(path)

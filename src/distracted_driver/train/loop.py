@@ -1,0 +1,367 @@
+"""The two training loops: frozen backbone (features computed once, head trained) and full fine-tuning.
+
+Both evaluate on the validation channel after every epoch, stop early when the
+validation log loss has not improved for ``patience`` epochs, keep the weights
+of the best epoch, and write a checkpoint every epoch from which a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from distracted_driver.data.imaging import Preprocessing
+from distracted_driver.fsutil import atomic_path
+from distracted_driver.hashing import sha256_file, sha256_json
+from distracted_driver.train.augment import Augmentation, augmenter
+from distracted_driver.train.channel import Record, decoded_batches
+from distracted_driver.train.evaluate import log_loss
+from distracted_driver.train.model import EfficientNetLite0, build_model, pretrained_weights_path
+
+MODES = ("frozen", "finetune")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "frozen"
+    epochs: int = 40
+    learning_rate: float = 3e-3
+    batch_size: int = 32
+    image_size: int = 224
+    augmentation: bool = False
+    seed: int = 0
+    patience: int = 5
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+    pretrained: bool = True
+    workers: int = 0  # decoding threads; 0 = all cores
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        for name in ("epochs", "batch_size", "image_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not self.learning_rate > 0:
+            raise ValueError("learning rate must be positive")
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(input_size=self.image_size)
+
+    def fingerprint(self, data: str) -> str:
+        """What a checkpoint must match to be resumed: everything that shapes training, and the data."""
+        settings = {k: v for k, v in asdict(self).items() if k not in ("epochs", "patience", "workers", "device")}
+        return sha256_json({"config": settings, "data": data})
+
+
+@dataclass
+class TrainResult:
+    model: EfficientNetLite0  # best epoch's weights, on the CPU, in eval mode
+    history: list[dict]
+    best_epoch: int
+    stopped_early: bool
+    resumed_from_epoch: int
+    timings: dict = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    feature_images_per_second: float | None = None
+
+
+class EarlyStopping:
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def update(self, epoch: int, loss: float) -> bool:
+        """Record an epoch's validation loss; True when it is the best so far."""
+        if loss < self.best:
+            self.best, self.best_epoch, self.bad_epochs = loss, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+
+
+class CheckpointMismatch(RuntimeError):
+    """The checkpoint on disk belongs to a run with other settings or other data."""
+
+
+class Checkpoints:
+    """One file, rewritten atomically after every epoch."""
+
+    def __init__(self, directory: str | Path, fingerprint: str):
+        self.path = Path(directory) / "checkpoint.pt"
+        self.fingerprint = fingerprint
+
+    def save(self, state: dict) -> None:
+        with atomic_path(self.path) as tmp:
+            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            raise CheckpointMismatch(
+                f"{self.path} was written by a run with other hyperparameters or data; "
+                "remove it or pass --resume false to start over"
+            )
+        return state
+
+
+def _epoch_line(stats: dict, epochs: int, improved: bool) -> str:
+    return (
+        f"epoch {stats['epoch']}/{epochs} train_loss={stats['train_loss']:.4f} train_acc={stats['train_accuracy']:.3f} "
+        f"val_log_loss={stats['val_log_loss']:.4f} val_acc={stats['val_accuracy']:.3f} "
+        f"images/s={stats['images_per_second']:.1f} time={stats['seconds']:.1f}s{' *best' if improved else ''}"
+    )
+
+
+def _run_epochs(config: TrainConfig, checkpoints: Checkpoints, log: Log, modules: dict, run_epoch, validate):
+    """The shared epoch loop: train, validate, keep the best, checkpoint, stop early.
+
+    ``modules`` are the stateful objects to checkpoint (name → object with state_dict);
+    ``modules["model"]`` is the one whose best weights are kept.
+    """
+    stopper = EarlyStopping(config.patience)
+    history: list[dict] = []
+    best_state = copy.deepcopy(modules["model"].state_dict())
+    start_epoch = 1
+    saved = checkpoints.load()
+    if saved is not None:
+        for name, module in modules.items():
+            module.load_state_dict(saved[name])
+        stopper.load_state_dict(saved["early_stopping"])
+        history, best_state, start_epoch = saved["history"], saved["best_state"], saved["epoch"] + 1
+        log(f"resuming from the checkpoint of epoch {saved['epoch']} in {checkpoints.path}")
+    resumed_from = start_epoch - 1
+    for epoch in range(start_epoch, config.epochs + 1):
+        if stopper.should_stop:
+            break
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout and drop-path: the same after a resume
+        started = time.perf_counter()
+        train_loss, train_accuracy, images = run_epoch(epoch)
+        seconds = time.perf_counter() - started
+        val_labels, val_probabilities = validate()
+        stats = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "val_log_loss": log_loss(val_labels, val_probabilities),
+            "val_accuracy": float((val_probabilities.argmax(1) == val_labels).mean()),
+            "images_per_second": images / seconds if seconds > 0 else 0.0,
+            "seconds": seconds,
+        }
+        improved = stopper.update(epoch, stats["val_log_loss"])
+        if improved:
+            best_state = copy.deepcopy(modules["model"].state_dict())
+        history.append(stats)
+        state = {name: module.state_dict() for name, module in modules.items()}
+        checkpoints.save({**state, "early_stopping": stopper.state_dict(), "history": history,
+                          "best_state": best_state, "epoch": epoch})
+        log(_epoch_line(stats, config.epochs, improved))
+        if stopper.should_stop:
+            log(f"early stop: validation log loss has not improved for {config.patience} epochs "
+                f"(best {stopper.best:.4f} at epoch {stopper.best_epoch})")
+    modules["model"].load_state_dict(best_state)
+    return history, stopper, resumed_from
+
+
+# --- frozen backbone -----------------------------------------------------------
+
+
+def extract_features(
+    model: EfficientNetLite0, records: list[Record], config: TrainConfig, desc: str
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]], float]:
+    """Pooled backbone features of every decodable record: ``(features, labels, failed, images/s)``."""
+    model.eval()
+    features, labels, failed = [], [], []
+    started = time.perf_counter()
+    with torch.inference_mode(), tqdm(total=len(records), unit="img", desc=f"features {desc}", mininterval=2) as bar:
+        for batch in decoded_batches(records, config.preprocessing, config.batch_size, config.workers or None):
+            failed.extend(batch.failed)
+            if len(batch.labels):
+                x = torch.from_numpy(batch.images).contiguous(memory_format=torch.channels_last)
+                features.append(model.features(x).float())
+                labels.append(torch.from_numpy(batch.labels))
+            bar.update(len(batch.labels) + len(batch.failed))
+    seconds = time.perf_counter() - started
+    if not features:
+        raise ValueError(f"no decodable image in the {desc} channel")
+    x, y = torch.cat(features), torch.cat(labels)
+    return x, y, failed, len(records) / seconds if seconds > 0 else 0.0
+
+
+def _feature_cache_key(config: TrainConfig, data: str) -> str:
+    from distracted_driver.train import model as model_module
+
+    return sha256_json({
+        "data": data,
+        "preprocessing": config.preprocessing.to_dict(),
+        "weights": Path(pretrained_weights_path()).name if config.pretrained else f"random-{config.seed}",
+        "model_code": sha256_file(model_module.__file__),
+    })[:24]
+
+
+def cached_features(model, records, config, desc, cache_dir, data_fingerprint, log):
+    """Features from the cache when the same data, preprocessing and weights were seen before."""
+    path = Path(cache_dir) / f"{desc}-{_feature_cache_key(config, data_fingerprint)}.pt" if cache_dir else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        log(f"features {desc}: {len(saved['labels'])} from cache {path}")
+        return saved["features"], saved["labels"], saved["failed"], None
+    x, y, failed, rate = extract_features(model, records, config, desc)
+    log(f"features {desc}: {len(y)} images at {rate:.1f} images/s, {len(failed)} skipped")
+    if path is not None:
+        with atomic_path(path) as tmp:
+            torch.save({"features": x, "labels": y, "failed": failed}, tmp)
+    return x, y, failed, rate
+
+
+def train_frozen(
+    config: TrainConfig,
+    train_records: list[Record],
+    val_records: list[Record],
+    checkpoints: Checkpoints,
+    data_fingerprint: str,
+    cache_dir: str | Path | None = None,
+    log: Log = print,
+) -> TrainResult:
+    """Backbone features computed once (cached), then only the new head is trained on them."""
+    timings = {}
+    started = time.perf_counter()
+    model = build_model(pretrained=config.pretrained, seed=config.seed).to(memory_format=torch.channels_last)
+    x_train, y_train, failed_train, rate = cached_features(
+        model, train_records, config, "train", cache_dir, data_fingerprint, log)
+    x_val, y_val, failed_val, _ = cached_features(model, val_records, config, "validation", cache_dir, data_fingerprint, log)
+    timings["features_seconds"] = time.perf_counter() - started
+
+    head = model._fc
+    dropout = nn.Dropout(config.dropout)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    generator = torch.Generator()
+
+    def run_epoch(epoch: int):
+        head.train()
+        generator.manual_seed(config.seed * 100_003 + epoch)
+        order = torch.randperm(len(y_train), generator=generator)
+        total_loss, correct = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            logits = head(dropout(x_train[idx]))
+            loss = nn.functional.cross_entropy(logits, y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y_train[idx]).sum().item()
+        return total_loss / len(order), correct / len(order), len(order)
+
+    def validate():
+        head.eval()
+        with torch.inference_mode():
+            return y_val.numpy(), torch.softmax(head(x_val), 1).numpy()
+
+    started = time.perf_counter()
+    history, stopper, resumed_from = _run_epochs(
+        config, checkpoints, log, {"model": head, "optimizer": optimizer}, run_epoch, validate)
+    timings["train_seconds"] = time.perf_counter() - started
+    model.eval()
+    return TrainResult(model.to(memory_format=torch.contiguous_format), history, stopper.best_epoch,
+                       stopper.should_stop, resumed_from, timings, failed_train + failed_val, rate)
+
+
+# --- full fine-tuning ------------------------------------------------------------
+
+
+def _predict(model, records, config, device) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    labels, probabilities = [], []
+    with torch.inference_mode():
+        for batch in decoded_batches(records, config.preprocessing, config.batch_size, config.workers or None):
+            if len(batch.labels):
+                x = torch.from_numpy(batch.images).to(device).contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    logits = model(x)
+                probabilities.append(torch.softmax(logits.float(), 1).cpu().numpy())
+                labels.append(batch.labels)
+    return np.concatenate(labels), np.concatenate(probabilities)
+
+
+def train_finetune(
+    config: TrainConfig,
+    train_records: list[Record],
+    val_records: list[Record],
+    checkpoints: Checkpoints,
+    log: Log = print,
+) -> TrainResult:
+    """Every weight trained, with augmentation when asked; AdamW with a one-epoch warm-up then cosine decay."""
+    device = torch.device(config.device)
+    model = build_model(pretrained=config.pretrained, seed=config.seed).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_records) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+
+    def schedule(step: int) -> float:
+        if step < steps_per_epoch:
+            return (step + 1) / steps_per_epoch
+        return 0.5 * (1 + math.cos(math.pi * (step - steps_per_epoch) / max(1, total_steps - steps_per_epoch)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    augmentation = Augmentation() if config.augmentation else None
+    skipped: set[tuple[str, str]] = set()
+
+    def run_epoch(epoch: int):
+        model.train()
+        order = np.random.default_rng((config.seed, epoch)).permutation(len(train_records))
+        shuffled = [train_records[i] for i in order]
+        augment = augmenter(augmentation, config.seed, epoch) if augmentation else None
+        total_loss, correct, seen = 0.0, 0, 0
+        batches = decoded_batches(shuffled, config.preprocessing, config.batch_size, config.workers or None, augment)
+        for batch in tqdm(batches, total=steps_per_epoch, unit="batch", desc=f"epoch {epoch}", mininterval=5):
+            skipped.update(batch.failed)
+            if not len(batch.labels):
+                continue
+            x = torch.from_numpy(batch.images).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = torch.from_numpy(batch.labels).to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(x)
+                loss = nn.functional.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+        return total_loss / max(seen, 1), correct / max(seen, 1), seen
+
+    started = time.perf_counter()
+    history, stopper, resumed_from = _run_epochs(
+        config, checkpoints, log, {"model": model, "optimizer": optimizer, "scheduler": scheduler},
+        run_epoch, lambda: _predict(model, val_records, config, device))
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    return TrainResult(model, history, stopper.best_epoch, stopper.should_stop, resumed_from,
+                       {"train_seconds": time.perf_counter() - started}, sorted(skipped))

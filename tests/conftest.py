@@ -1,0 +1,50 @@
+"""Fixtures shared across the test suite (each helper appends its own block)."""
+
+from __future__ import annotations
+
+import pytest
+
+# --- serve: small real model artifacts (tests/model_fixtures.py) ---------------
+
+
+@pytest.fixture(scope="session")
+def make_artifact(tmp_path_factory):
+    """Factory ``make_artifact(version="test-model-1", seed=0, input_size=64, metrics=None) -> FixtureArtifact``.
+
+    A real tiny ONNX classifier packed as ``model.tar.gz``; ``.directory`` is
+    the unpacked artifact, ``.tar_path`` the tar, ``.publish(storage, settings)``
+    puts it at ``models/<version>/output/model.tar.gz`` and registers it in the
+    registry (``register=False`` to skip). Same arguments, same artifact
+    (built once per session).
+    """
+    from model_fixtures import build_artifact
+
+    root = tmp_path_factory.mktemp("artifacts")
+    built = {}
+
+    def make(version: str = "test-model-1", seed: int = 0, input_size: int = 64, metrics: dict | None = None):
+        key = (version, seed, input_size, tuple(sorted((metrics or {}).items())))
+        if key not in built:
+            if any(k[0] == version for k in built):
+                raise ValueError(f"artifact version {version!r} was already built with other arguments")
+            built[key] = build_artifact(root, version, seed, input_size, metrics)
+        return built[key]
+
+    return make
+
+
+# --- api: the local REST stack (tests/api_stack.py) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def api_stack(tmp_path_factory, make_artifact):
+    """Local endpoint (one model server, tiny real model) + API gateway daemon; stopped at session end.
+
+    ``.url``, ``.predict_url``, ``.api_key``, ``.runtime_url``, ``.model_version``,
+    ``.settings``, ``.process_ids()`` (gateway and model server pids).
+    """
+    from api_stack import start_stack
+
+    stack = start_stack(tmp_path_factory.mktemp("api-stack"), make_artifact("api-model-1", seed=3))
+    yield stack
+    stack.close()

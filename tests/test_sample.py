@@ -1,0 +1,183 @@
+"""Sample data: the exact Kaggle layout, determinism, driver naming and class cues."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distracted_driver.data import cabin, sample
+from distracted_driver.data.imaging import image_dimensions
+from distracted_driver.data.layout import CLASSES
+from distracted_driver.data.sample import SampleError, generate_sample
+from distracted_driver.hashing import sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = re.compile(r"^img_\d+\.jpg$")
+
+
+def _csv(path: Path) -> list[list[str]]:
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _image_names(root: Path) -> set[str]:
+    return {p.name for p in root.rglob("*.jpg")}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sample") / "s"
+    generate_sample(out, drivers=3, images_per_class_driver=2, test_images=5, seed=1, progress=False)
+    return out
+
+
+def test_writes_exactly_the_kaggle_layout(small):
+    assert sorted(p.name for p in small.iterdir()) == ["driver_imgs_list.csv", "imgs", "sample_submission.csv"]
+    assert sorted(p.name for p in (small / "imgs").iterdir()) == ["test", "train"]
+    assert sorted(p.name for p in (small / "imgs/train").iterdir()) == list(CLASSES)
+    on_disk = {(p.parent.name, p.name) for p in (small / "imgs/train").rglob("*") if p.is_file()}
+    assert len(on_disk) == 3 * 10 * 2
+    assert all(NAME.match(name) for _, name in on_disk)
+    for path in [*(small / "imgs/train").rglob("*.jpg"), *(small / "imgs/test").iterdir()]:
+        assert image_dimensions(path.read_bytes()) == (640, 480)
+
+    rows = _csv(small / "driver_imgs_list.csv")
+    assert rows[0] == ["subject", "classname", "img"]
+    assert {(c, img) for _, c, img in rows[1:]} == on_disk
+    assert len(rows) - 1 == len(on_disk)
+    subjects = [s for s, _, _ in rows[1:]]
+    assert sorted(set(subjects)) == ["p002", "p012", "p014"]  # Kaggle's first subjects
+    for subject in set(subjects):
+        per_class = [c for s, c, _ in rows[1:] if s == subject]
+        assert sorted(per_class) == sorted(list(CLASSES) * 2)
+
+    submission = _csv(small / "sample_submission.csv")
+    assert submission[0] == ["img", *CLASSES]
+    assert {r[0] for r in submission[1:]} == {p.name for p in (small / "imgs/test").iterdir()}
+    assert len(submission) - 1 == 5
+    assert all(r[1:] == ["0.1"] * 10 for r in submission[1:])
+    assert not _image_names(small / "imgs/train") & _image_names(small / "imgs/test")
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(small, tmp_path):
+    generate_sample(tmp_path / "again", drivers=3, images_per_class_driver=2, test_images=5, seed=1, progress=False)
+    assert _tree_hashes(tmp_path / "again") == _tree_hashes(small)
+    generate_sample(tmp_path / "other", drivers=3, images_per_class_driver=2, test_images=5, seed=2, progress=False)
+    images = lambda root: {h for name, h in _tree_hashes(root).items() if name.endswith(".jpg")}
+    assert images(tmp_path / "other").isdisjoint(images(small))
+
+
+def test_new_driver_batch_never_reuses_a_name(small, tmp_path):
+    batch = tmp_path / "new"
+    report = generate_sample(batch, drivers=2, images_per_class_driver=2, test_images=5, seed=1, first_driver=90,
+                             progress=False)
+    assert report.subjects == ["p090", "p091"]
+    assert {r[0] for r in _csv(batch / "driver_imgs_list.csv")[1:]} == {"p090", "p091"}
+    assert not _image_names(batch) & _image_names(small)
+
+
+def test_default_subjects_look_like_kaggle_and_continue_past_them():
+    assert sample.driver_numbers(3) == [2, 12, 14]
+    assert len(set(sample.driver_numbers(30))) == 30
+    assert sample.driver_numbers(2, first_driver=90) == [90, 91]
+    assert sample.subject_name(7) == "p007"
+
+
+def test_bad_options_and_foreign_directories_are_refused(small, tmp_path):
+    with pytest.raises(SampleError, match="images_per_class_driver"):
+        generate_sample(tmp_path / "x", images_per_class_driver=0, progress=False)
+    with pytest.raises(SampleError, match="drivers"):
+        generate_sample(tmp_path / "x", drivers=0, progress=False)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(SampleError, match="not empty"):
+        generate_sample(foreign, drivers=1, images_per_class_driver=1, progress=False)
+    with pytest.raises(SampleError, match="does not look like a sample"):
+        generate_sample(foreign, drivers=1, images_per_class_driver=1, overwrite=True, progress=False)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_overwrite_replaces_a_previous_sample(tmp_path):
+    out = tmp_path / "s"
+    generate_sample(out, drivers=2, images_per_class_driver=1, test_images=2, progress=False)
+    report = generate_sample(out, drivers=1, images_per_class_driver=1, test_images=0, seed=3, overwrite=True,
+                             progress=False)
+    assert report.train_images == 10
+    assert len(list((out / "imgs/train").rglob("*.jpg"))) == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no staging or old copy left behind
+
+
+def test_an_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+    real_encode = sample._encode
+
+    def failing_encode(frame):
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real_encode(frame)
+
+    monkeypatch.setattr(sample, "_encode", failing_encode)
+    with pytest.raises(KeyboardInterrupt):
+        generate_sample(tmp_path / "s", drivers=2, images_per_class_driver=1, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+# Where each class's cue sits in the 640x480 frame (x0, y0, x1, y1), as drawn by cabin.POSES.
+CUE_BOXES = {
+    "c1": (290, 350, 420, 450),  # phone low on the right
+    "c2": (350, 140, 420, 230),  # phone at the right ear
+    "c3": (220, 290, 300, 350),  # phone in the left hand
+    "c5": (470, 330, 570, 420),  # hand at the radio
+    "c6": (270, 140, 350, 230),  # cup at the mouth
+    "c7": (490, 150, 620, 240),  # arm towards the rear seat
+    "c8": (340, 80, 480, 200),   # hand at the hair
+    "c9": (320, 120, 420, 220),  # face turned to the passenger
+}
+
+
+def _render(look, classname: str) -> np.ndarray:
+    # The same random stream for every class: only the pose differs between the frames.
+    frame = cabin.render(look, classname, np.random.default_rng(5), cabin.lighting_map(look),
+                         cabin.SensorNoise(np.random.default_rng(6)))
+    return frame.astype(np.float32)
+
+
+@pytest.mark.parametrize("driver", [0, 1, 5])
+def test_each_class_changes_the_frame_where_its_cue_is(driver):
+    look = cabin.random_look(np.random.default_rng([9, driver]))
+    look = cabin.DriverLook(**{**look.__dict__, "camera_shift": (0.0, 0.0), "camera_angle": 0.0,
+                               "camera_scale": 1.0, "seat_shift": (0.0, 0.0)})
+    safe = _render(look, "c0")
+    for classname, (x0, y0, x1, y1) in CUE_BOXES.items():
+        diff = np.abs(_render(look, classname) - safe).max(axis=2)
+        inside = diff[y0:y1, x0:x1].mean()
+        assert inside > 8, (classname, inside)
+        assert inside > 3 * diff.mean(), (classname, inside, diff.mean())
+        assert diff[:60, :120].max() < 1, classname  # the windshield corner never moves
+
+
+def test_sample_task_help_and_the_reviewers_check(tmp_path):
+    run = lambda *args: subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True,
+                                       text=True, timeout=120)
+    help_text = run("data.sample", "--help")
+    assert help_text.returncode == 0, help_text.stderr
+    assert "--images-per-class-driver" in help_text.stdout and "--first-driver" in help_text.stdout
+    out = tmp_path / "s"
+    done = run("data.sample", "--out", str(out), "--drivers", "6", "--images-per-class-driver", "2", "--seed", "1")
+    assert done.returncode == 0, done.stderr
+    assert len(list((out / "imgs/train").rglob("*.jpg"))) == 120
+    assert len({r[0] for r in _csv(out / "driver_imgs_list.csv")[1:]}) == 6
+    again = run("data.sample", "--out", str(out))
+    assert again.returncode == 2 and "overwrite" in again.stderr

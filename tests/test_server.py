@@ -1,0 +1,329 @@
+"""The model server as a real process on loopback: contract, hostile inputs, batching, overload, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+
+from distracted_driver.serve.metrics import parse_text
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 30
+
+
+class ServerProcess:
+    """``python -m distracted_driver.serve.server`` on a free port; the port is read from its log."""
+
+    def __init__(self, model_dir: Path, log_path: Path, *args: str):
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "distracted_driver.serve.server", "--model-dir", str(model_dir), "--port", "0", *args],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        self.url = self._wait_for_port()
+
+    def _wait_for_port(self) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", self.log_path.read_text())
+            if match:
+                return match.group(1)
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.log_path.read_text()}")
+            time.sleep(0.02)
+        raise AssertionError(f"server did not start: {self.log_path.read_text()}")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if get(self.url + "/ping")[0] == 200:
+                return
+            time.sleep(0.02)
+        raise AssertionError("server never became ready")
+
+    def metrics(self) -> dict[str, float]:
+        return parse_text(get(self.url + "/metrics")[2])
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def request(url: str, body: bytes | None = None, content_type: str | None = None, accept: str | None = None,
+            method: str | None = None):
+    headers = {}
+    if content_type:
+        headers["Content-Type"] = content_type
+    if accept:
+        headers["Accept"] = accept
+    req = urllib.request.Request(url, data=body, headers=headers, method=method or ("POST" if body is not None else "GET"))
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode()
+
+
+def get(url: str):
+    return request(url)
+
+
+def invoke(server: ServerProcess, body: bytes, content_type: str = "image/jpeg", accept: str | None = None):
+    status, headers, text = request(server.url + "/invocations", body, content_type, accept)
+    return status, headers, json.loads(text)
+
+
+def jpeg(seed: int = 0, size=(480, 640)) -> bytes:
+    small = np.random.default_rng(seed).integers(0, 255, (size[0] // 16, size[1] // 16, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", cv2.resize(small, (size[1], size[0])))[1].tobytes()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
+    """A valid 1-bit greyscale PNG of ``width x height`` zeros: ~50 KB that decode to 1.2 GB of BGR."""
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return b"\x89PNG\r\n\x1a\n" + header + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
+
+
+def huge_png_header() -> bytes:
+    """Only a signature and an IHDR claiming 100000 x 100000 pixels."""
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+
+
+@pytest.fixture(scope="module")
+def model(make_artifact):
+    return make_artifact("server-test-v1", seed=1)
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    process = ServerProcess(model.directory, tmp_path_factory.mktemp("server") / "server.log",
+                            "--max-batch-size", "8", "--max-batch-delay-ms", "20")
+    process.wait_ready()
+    yield process
+    assert process.stop() == 0
+
+
+@pytest.fixture
+def start_server(model, tmp_path):
+    started = []
+
+    def start(*args: str, model_dir: Path | None = None) -> ServerProcess:
+        started.append(ServerProcess(model_dir or model.directory, tmp_path / f"server{len(started)}.log", *args))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+# --- the contract ------------------------------------------------------------------
+
+
+def test_ping_turns_healthy_only_after_warm_up(make_artifact, start_server):
+    slow = make_artifact("server-test-slow-warmup", seed=2, input_size=256)
+    process = start_server("--warmup-runs", "200", model_dir=slow.directory)
+    status, headers, text = get(process.url + "/ping")
+    assert status == 503 and json.loads(text)["status"] == "loading"
+    assert headers["X-Model-Version"] == "server-test-slow-warmup"
+    status, _, refused = invoke(process, jpeg())
+    assert status == 503 and refused["error"] == "ModelNotReady"
+    process.wait_ready()
+    assert invoke(process, jpeg())[0] == 200
+    assert process.metrics()["model_ready"] == 1
+
+
+def test_invocation_answers_ten_probabilities(server):
+    status, headers, probabilities = invoke(server, jpeg(1))
+    assert status == 200
+    assert headers["X-Model-Version"] == "server-test-v1"
+    assert len(probabilities) == 10 and all(0 <= p <= 1 for p in probabilities)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("accept", ["application/json;verbose=true", "application/json; verbose=True, */*"])
+def test_verbose_answer(server, accept):
+    status, _, answer = invoke(server, jpeg(2), accept=accept)
+    assert status == 200
+    assert set(answer) == {"class", "label", "confidence", "probabilities", "model_version"}
+    assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    best = int(np.argmax(answer["probabilities"]))
+    assert answer["class"] == f"c{best}" and answer["confidence"] == max(answer["probabilities"])
+    assert answer["model_version"] == "server-test-v1" and answer["label"]
+
+
+def test_every_image_type_gives_the_same_answer(server):
+    image = cv2.imdecode(np.frombuffer(jpeg(3), np.uint8), cv2.IMREAD_COLOR)
+    png = cv2.imencode(".png", image)[1].tobytes()
+    answers = [invoke(server, png, content_type)[2]
+               for content_type in ("image/png", "application/x-image", "image/png; charset=binary")]
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_every_response_is_json_with_the_version(server):
+    for url, method in ((server.url + "/nowhere", "GET"), (server.url + "/ping", "POST")):
+        status, headers, text = request(url, method=method)
+        assert status in (404, 405) and headers["X-Model-Version"] == "server-test-v1"
+        assert json.loads(text)["message"]
+    status, headers, text = get(server.url + "/metrics")
+    assert status == 200 and headers["X-Model-Version"] == "server-test-v1"
+    assert "model_batch_size_bucket" in text
+
+
+# --- hostile inputs -----------------------------------------------------------------
+
+GOOD = jpeg(4)
+BAD_INPUTS = {
+    "zero bytes": (b"", "image/jpeg", 400, "empty"),
+    "text as image": (b"hello, I am not a picture", "image/jpeg", 400, "signature"),
+    "wrong magic": (b"GIF89a" + GOOD[6:], "image/jpeg", 400, "signature"),
+    "truncated jpeg": (GOOD[: len(GOOD) * 2 // 3], "image/jpeg", 400, "truncated"),
+    "jpeg without end marker": (GOOD[:-2], "image/jpeg", 400, "truncated"),
+    "header only": (GOOD[:20], "image/jpeg", 400, "header"),
+    "huge png header": (huge_png_header(), "image/png", 400, "exceeds the limit"),
+    "png bomb": (png_bomb(), "image/png", 400, "exceeds the limit"),
+    "7 MB body": (GOOD + b"\0" * 7_000_000, "image/jpeg", 413, "6291456"),
+    "wrong content type": (GOOD, "text/plain", 415, "image/jpeg"),
+    "json body": (b'{"base64Image": "abc"}', "application/json", 415, "image/png"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_refused_with_a_json_message(server, name):
+    body, content_type, expected_status, words = BAD_INPUTS[name]
+    status, headers, answer = invoke(server, body, content_type)
+    assert status == expected_status, answer
+    assert set(answer) == {"error", "message"} and words in answer["message"]
+    assert headers["X-Model-Version"] == "server-test-v1"
+
+
+def test_bombs_are_refused_without_being_decoded(server):
+    for _ in range(3):
+        assert invoke(server, png_bomb(), "image/png")[0] == 400
+    # Decoding even one would have taken 1.2 GB.
+    assert server.metrics()["process_max_resident_memory_bytes"] < 600e6
+    assert get(server.url + "/ping")[0] == 200
+
+
+# --- batching, overload, shutdown ------------------------------------------------------
+
+
+async def _post_many(url: str, bodies: list[bytes]) -> list[tuple[int, dict]]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async def one(body: bytes):
+            async with session.post(url + "/invocations", data=body, headers={"Content-Type": "image/jpeg"}) as r:
+                return r.status, await r.json()
+
+        return await asyncio.gather(*(one(b) for b in bodies))
+
+
+def test_concurrent_requests_share_a_batch(server):
+    before = server.metrics()
+    images = [jpeg(10 + i) for i in range(24)]
+    answers = asyncio.run(_post_many(server.url, images))
+    assert all(status == 200 for status, _ in answers)
+    after = server.metrics()
+    runs = after["model_batch_size_count"] - before["model_batch_size_count"]
+    images_run = after["model_batch_size_sum"] - before["model_batch_size_sum"]
+    assert images_run == 24 and runs < 24, f"{runs} runs for 24 concurrent requests"
+    # A batched answer is the answer the image gets alone.
+    alone = invoke(server, images[5])[2]
+    assert answers[5][1] == pytest.approx(alone, abs=1e-6)
+
+
+def test_full_queue_answers_503_at_once(start_server):
+    process = start_server("--queue-size", "2", "--max-batch-size", "64", "--max-batch-delay-ms", "1500")
+    process.wait_ready()
+
+    async def scenario():
+        waiting = asyncio.ensure_future(_post_many(process.url, [jpeg(20), jpeg(21)]))
+        while process_queue_depth(process) < 2:
+            await asyncio.sleep(0.02)
+        started = time.monotonic()
+        refused = await _post_many(process.url, [jpeg(22)])
+        return refused, time.monotonic() - started, await waiting
+
+    refused, seconds, waiting = asyncio.run(scenario())
+    assert refused[0][0] == 503 and refused[0][1]["error"] == "Overloaded"
+    assert seconds < 1.0  # not queued behind the 1.5 s batch
+    assert [status for status, _ in waiting] == [200, 200]
+
+
+def process_queue_depth(process: ServerProcess) -> float:
+    return process.metrics()["model_queue_depth"]
+
+
+def test_sigterm_drains_requests_in_flight(start_server):
+    process = start_server("--max-batch-size", "64", "--max-batch-delay-ms", "1500")
+    process.wait_ready()
+
+    async def scenario():
+        in_flight = asyncio.ensure_future(_post_many(process.url, [jpeg(30 + i) for i in range(3)]))
+        while process_queue_depth(process) < 3:
+            await asyncio.sleep(0.02)
+        process.proc.send_signal(signal.SIGTERM)
+        return await in_flight
+
+    answers = asyncio.run(scenario())
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert all(len(probabilities) == 10 for _, probabilities in answers)
+    assert process.proc.wait(timeout=20) == 0
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(process.url + "/ping", timeout=5)
+    assert "draining 3 request(s)" in process.log_path.read_text()
+
+
+def test_broken_artifact_stops_the_server_with_a_message(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"not onnx")
+    result = subprocess.run(
+        [sys.executable, "-m", "distracted_driver.serve.server", "--model-dir", str(tmp_path), "--port", "0"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert result.returncode == 1 and "labels.json" in result.stderr
+
+
+def test_sagemaker_entry_point_reads_the_model_dir_from_the_environment(model, tmp_path):
+    env = {**os.environ, "SM_MODEL_DIR": str(model.directory), "SAGEMAKER_BIND_TO_PORT": "0"}
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "serve", "--host", "127.0.0.1"],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not (match := re.search(r"listening on (http://127\.0\.0\.1:\d+)", log_path.read_text())):
+                assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()
+                time.sleep(0.02)
+            assert "model server-test-v1" in log_path.read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
