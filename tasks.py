@@ -25,27 +25,28 @@ data = Collection("data")
 @task(
     name="sample",
     help={
-        "out": "directory to write the Kaggle layout into (default sample-data)",
+        "out": "directory to write the Kaggle layout into (default .work/sample, replaced on every run)",
         "drivers": "number of drivers (subjects) to draw (default 26)",
         "images_per_class_driver": "images of each class for each driver (default 3)",
         "test_images": "unlabelled images under imgs/test (default 40)",
         "seed": "random seed; the same seed gives the same bytes (default 0)",
         "first_driver": "number of the first subject, e.g. 90 for p090, p091, ... (default: Kaggle's p002..p081)",
-        "overwrite": "replace OUT if it already holds a sample",
+        "overwrite": "replace OUT if it already holds a sample (never a directory that does not)",
     },
 )
-def data_sample(c, out="sample-data", drivers=26, images_per_class_driver=3, test_images=40, seed=0,
+def data_sample(c, out=None, drivers=26, images_per_class_driver=3, test_images=40, seed=0,
                 first_driver=None, overwrite=False):
     """Draw synthetic cabin images in the exact State Farm layout (imgs/, driver_imgs_list.csv, ...)."""
     from invoke.exceptions import Exit
 
+    from distracted_driver.data.channels import WorkDirs
     from distracted_driver.data.sample import SampleError, generate_sample
 
     try:
-        report = generate_sample(out, drivers=int(drivers), images_per_class_driver=int(images_per_class_driver),
-                                 test_images=int(test_images), seed=int(seed),
-                                 first_driver=None if first_driver is None else int(first_driver),
-                                 overwrite=overwrite)
+        report = generate_sample(out or WorkDirs.of(_settings()).sample, drivers=int(drivers),
+                                 images_per_class_driver=int(images_per_class_driver), test_images=int(test_images),
+                                 seed=int(seed), first_driver=None if first_driver is None else int(first_driver),
+                                 overwrite=overwrite or not out)
     except SampleError as error:
         raise Exit(str(error), code=2) from None
     print(report)
@@ -529,6 +530,449 @@ def loadtest_find_capacity(c, start_users=2, step_users=2, max_users=32, step_ti
 loadtest.add_task(loadtest_run)
 loadtest.add_task(loadtest_find_capacity)
 
+# --- deploy -----------------------------------------------------------------
+
+deploy = Collection("deploy")
+
+
+def _print_event(event):
+    print(f"  [{event['elapsed']:7.2f} s] {event['message']}", flush=True)
+
+
+def _hosting(settings):
+    from distracted_driver.hosting import open_hosting
+
+    return open_hosting(settings, on_event=_print_event) if settings.backend == "local" else open_hosting(settings)
+
+
+def _model_spec(settings, model, instances):
+    """The registry's entry for MODEL ('latest', 'live' or a job name) as a ModelSpec."""
+    from invoke.exceptions import Exit
+
+    from distracted_driver.hosting.base import ModelSpec
+    from distracted_driver.storage import open_storage
+    from distracted_driver.train.registry import Registry, RegistryError
+
+    try:
+        entry = Registry(open_storage(settings), settings).get(model)
+    except RegistryError as error:
+        raise Exit(f"{error} (inv model.list shows the registered versions)", code=2) from None
+    return ModelSpec(entry["job"], entry["artifact_key"], int(instances))
+
+
+def _report(result):
+    from invoke.exceptions import Exit
+
+    print(f"{result.outcome}: endpoint {result.endpoint}, live model {result.live_version}"
+          + (f" ({result.reason})" if result.reason else ""))
+    if result.timings:
+        print("  timings (s): " + ", ".join(f"{k} {v:g}" for k, v in result.timings.items()))
+    if result.outcome not in ("deployed", "unchanged"):
+        raise Exit(code=1)
+
+
+_ALARM_HELP = {
+    "max_error_rate": "roll back when green's error rate (5xx) exceeds this share (default 0.05)",
+    "max_p99_ms": "roll back when green's p99 latency exceeds this many ms (default 2000)",
+    "alarm_window": "seconds of requests the alarms look back over (default 60)",
+}
+
+
+@task(
+    name="create",
+    help={
+        "model": "training job name, 'latest' (default) or 'live'",
+        "instances": "model-server instances (default 1)",
+        "backend": "local (default) or aws",
+    },
+)
+def deploy_create(c, model="latest", instances=1, backend=None):
+    """Create the endpoint with a model (health check and smoke test first); refuses if it exists (use deploy.swap)."""
+    from invoke.exceptions import Exit
+
+    from distracted_driver.hosting.base import AlarmThresholds, TrafficRouting
+
+    settings = _settings(backend)
+    hosting = _hosting(settings)
+    if hosting.status().get("live_version"):
+        raise Exit(f"endpoint {settings.endpoint_name} exists already; update it with inv deploy.swap", code=2)
+    spec = _model_spec(settings, model, instances)
+    _report(hosting.deploy(spec, TrafficRouting(strategy="all-at-once", bake_seconds=0), AlarmThresholds()))
+
+
+@task(
+    name="swap",
+    help={
+        "model": "training job name, 'latest' (default) or 'live'",
+        "strategy": "all-at-once, canary (default) or linear",
+        "canary_percent": "canary: share of traffic sent to green first (default 10)",
+        "linear_step_percent": "linear: share of traffic moved per step (default 25)",
+        "wait": "seconds between traffic steps, alarms watched (default 30)",
+        "bake": "seconds with all traffic on green before blue is retired, alarms watched (default 30)",
+        "termination_wait": "extra seconds blue is kept after baking (default 0)",
+        "max_execution": "roll back when the swap takes longer than this many seconds (default 1800)",
+        "instances": "instances for the new fleet (default 1; with autoscaling, blue's current count)",
+        **_ALARM_HELP,
+        "backend": "local (default) or aws",
+    },
+)
+def deploy_swap(c, model="latest", strategy="canary", canary_percent=10, linear_step_percent=25, wait=30.0,
+                bake=30.0, termination_wait=0.0, max_execution=1800.0, instances=1, max_error_rate=0.05,
+                max_p99_ms=2000.0, alarm_window=60.0, backend=None):
+    """Blue/green deploy of a model (creates the endpoint the first time); exit 1 if it was rolled back or failed."""
+    from distracted_driver.hosting.base import AlarmThresholds, TrafficRouting
+
+    settings = _settings(backend)
+    spec = _model_spec(settings, model, instances)
+    routing = TrafficRouting(strategy=strategy, canary_percent=int(canary_percent),
+                             linear_step_percent=int(linear_step_percent), wait_seconds=float(wait),
+                             bake_seconds=float(bake), termination_wait_seconds=float(termination_wait),
+                             max_execution_seconds=float(max_execution))
+    alarms = AlarmThresholds(max_error_rate=float(max_error_rate), max_p99_latency_ms=float(max_p99_ms),
+                             window_seconds=float(alarm_window))
+    print(f"deploying {spec.version} to {settings.endpoint_name} ({strategy})")
+    _report(_hosting(settings).deploy(spec, routing, alarms))
+
+
+@task(name="rollback", help={"backend": "local (default) or aws"})
+def deploy_rollback(c, backend=None):
+    """Send traffic back to the previous model: stops a swap in progress, or swaps back to the previous config."""
+    _report(_hosting(_settings(backend)).rollback())
+
+
+@task(name="status", help={"json": "print the whole status as JSON", "backend": "local (default) or aws"})
+def deploy_status(c, json=False, backend=None):
+    """Endpoint, variants, instances, live model version, autoscaling and the runtime URL for boto3."""
+    import json as jsonlib
+
+    from distracted_driver.hosting.local.report import status_lines
+
+    status = _hosting(_settings(backend)).status()
+    print(jsonlib.dumps(status, indent=2, default=str) if json else "\n".join(status_lines(status)))
+
+
+@task(
+    name="autoscale",
+    help={
+        "min": "fewest instances (default 1)",
+        "max": "most instances (default 4)",
+        "target": "target invocations per instance per minute (default 600)",
+        "scale_out_cooldown": "seconds after a scale-out before the next one (default 60)",
+        "scale_in_cooldown": "seconds after any scaling before a scale-in (default 300)",
+        "window": "seconds the invocation rate is averaged over (default 60)",
+        "off": "remove the policy instead (instances stay as they are)",
+        "backend": "local (default) or aws",
+    },
+)
+def deploy_autoscale(c, min_=1, max_=4, target=600.0, scale_out_cooldown=60.0, scale_in_cooldown=300.0, window=60.0,
+                     off=False, backend=None):
+    """Target tracking on invocations per instance per minute for the endpoint's variant."""
+    from distracted_driver.hosting.base import ScalingPolicy
+
+    settings = _settings(backend)
+    policy = None if off else ScalingPolicy(int(min_), int(max_), float(target), float(scale_out_cooldown),
+                                            float(scale_in_cooldown), float(window))
+    _hosting(settings).set_autoscaling(policy)
+    print(f"autoscaling of {settings.endpoint_name}/{settings.variant_name}: {policy or 'off'}")
+
+
+@task(
+    name="invoke",
+    help={
+        "image": "JPEG or PNG to classify",
+        "variant": "production variant to target (X-Amzn-SageMaker-Target-Variant)",
+        "backend": "local (default) or aws",
+    },
+)
+def deploy_invoke(c, image, variant=None, backend=None):
+    """Classify one image through the endpoint with boto3's sagemaker-runtime client; print the top classes."""
+    import json as jsonlib
+    from pathlib import Path
+
+    from distracted_driver.data.layout import CLASSES, DESCRIPTIONS
+
+    from botocore.exceptions import ClientError
+    from invoke.exceptions import Exit
+
+    body = Path(image).read_bytes()
+    content_type = "image/png" if body.startswith(b"\x89PNG") else "image/jpeg"
+    try:
+        answer, answered_by = _hosting(_settings(backend)).invoke(body, content_type, variant)
+    except (ClientError, RuntimeError) as error:  # RuntimeError: each backend's HostingError
+        raise Exit(f"{image}: {error}", code=1) from None
+    probabilities = jsonlib.loads(answer)
+    ranked = sorted(zip(CLASSES, probabilities), key=lambda pair: -pair[1])
+    print(f"{image}: answered by variant {answered_by}")
+    for name, p in ranked[:3]:
+        print(f"  {name} {DESCRIPTIONS[name]:<26} {p:.3f}")
+
+
+@task(name="down", help={"backend": "local (default) or aws"})
+def deploy_down(c, backend=None):
+    """Delete the endpoint and stop the local runtime; no model server of ours keeps running."""
+    settings = _settings(backend)
+    _hosting(settings).delete()
+    print(f"endpoint {settings.endpoint_name} deleted")
+
+
+for _task in (deploy_create, deploy_swap, deploy_rollback, deploy_status, deploy_autoscale, deploy_invoke, deploy_down):
+    deploy.add_task(_task)
+
+
+# --- pipeline -----------------------------------------------------------------
+
+pipeline = Collection("pipeline")
+
+_PIPELINE_HELP = {
+    "backend": "local or aws (default local)",
+    "strategy": "blue/green traffic shifting: canary (default), linear or all-at-once",
+    "epochs": "training epochs (default: the training script's)",
+    "learning_rate": "training learning rate (default: the training script's)",
+    "mini_batch_size": "images per training step (default: the training script's)",
+    "image_size": "network input size (default: the training script's)",
+    "seed": "training seed (default: the training script's)",
+    "extra": "more training flags as key=value,key=value (e.g. dropout=0.3,freeze-backbone=false)",
+    "val_fraction": "share of the images (whole drivers) put in validation (default 0.2)",
+    "val_drivers": "put this many whole drivers in validation instead",
+    "resize": "converter: shorter edge in pixels (default 256)",
+    "gate_tolerance": "how much worse than the live model's validation log loss a candidate may be (default 0.05)",
+    "canary_percent": "canary: share of capacity that gets traffic first (default 10)",
+    "wait_seconds": "wait between traffic shifts (default 10)",
+    "bake_seconds": "alarm watch with all traffic on green (default 10)",
+    "load_users": "load test: Locust users (default 4)",
+    "load_seconds": "load test: seconds (default 15; 0 skips the load test)",
+    "api_url": "REST API to smoke-test and load (default: the local gateway; the API stage URL on aws)",
+}
+
+
+def _pipeline_options(**flags):
+    from invoke.exceptions import Exit
+
+    from distracted_driver.pipeline.options import options_from_flags
+
+    try:
+        return options_from_flags(**flags)
+    except ValueError as error:
+        raise Exit(f"pipeline: {error}", code=2) from None
+
+
+@task(name="run", auto_shortflags=False, help={"resume": "continue the latest interrupted or failed run from the stage that did not finish",
+                        **_PIPELINE_HELP})
+def pipeline_run(c, resume=False, backend=None, strategy="canary", epochs=None, learning_rate=None,
+                 mini_batch_size=None, image_size=None, seed=None, extra="", val_fraction=None, val_drivers=None,
+                 resize=None, gate_tolerance=None, canary_percent=None, wait_seconds=None, bake_seconds=None,
+                 load_users=None, load_seconds=None, api_url=None):
+    """Run the pipeline once: convert, upload, train, evaluate, gate, deploy blue/green, smoke, load test.
+
+    Stages whose inputs did not change are reused. Exit status: 0 deployed or nothing-to-do,
+    3 rejected-by-gate, 4 rolled-back, 9 another run holds the lock, 10-18 failed:<stage>.
+    """
+    from invoke.exceptions import Exit
+
+    from distracted_driver.pipeline.run import print_summary, run_pipeline
+
+    options = _pipeline_options(
+        resume=resume, strategy=strategy, epochs=epochs, learning_rate=learning_rate, mini_batch_size=mini_batch_size,
+        image_size=image_size, seed=seed, extra=extra, val_fraction=val_fraction, val_drivers=val_drivers,
+        resize=resize, gate_tolerance=gate_tolerance, canary_percent=canary_percent, wait_seconds=wait_seconds,
+        bake_seconds=bake_seconds, load_users=load_users, load_seconds=load_seconds, api_url=api_url)
+    record = run_pipeline(_settings(backend), options)
+    print_summary(record)
+    if record.exit_code:
+        raise Exit(code=record.exit_code)
+
+
+@task(name="history", help={"json": "print the run records as JSON", "limit": "only the last N runs (default all)",
+                            "backend": "local or aws bucket"})
+def pipeline_history(c, json=False, limit=0, backend=None):
+    """List pipeline runs: outcome, model version, stage timings and the reason."""
+    import json as jsonlib
+
+    from distracted_driver.pipeline.records import RunStore
+    from distracted_driver.pipeline.run import format_history
+    from distracted_driver.storage import open_storage
+
+    settings = _settings(backend)
+    records = RunStore(open_storage(settings), settings).history(int(limit) or None)
+    print(jsonlib.dumps([r.to_dict() for r in records], indent=2) if json else format_history(records))
+
+
+@task(name="watch", auto_shortflags=False, help={"interval": "seconds between polls of raw/manifests/ (default 10)",
+                          "max_runs": "stop after starting this many runs (default: no limit)",
+                          "timeout": "stop after this many seconds, ending a run still going (default: no limit)",
+                          **_PIPELINE_HELP})
+def pipeline_watch(c, interval=10.0, max_runs=None, timeout=None, backend=None, strategy="canary", epochs=None,
+                   learning_rate=None, mini_batch_size=None, image_size=None, seed=None, extra="",
+                   val_fraction=None, val_drivers=None, resize=None, gate_tolerance=None, canary_percent=None,
+                   wait_seconds=None, bake_seconds=None, load_users=None, load_seconds=None, api_url=None):
+    """Watch the bucket's raw-data manifests and run the pipeline when new data lands (one run at a time)."""
+    import logging
+
+    from distracted_driver.pipeline.watch import watch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    options = _pipeline_options(
+        strategy=strategy, epochs=epochs, learning_rate=learning_rate, mini_batch_size=mini_batch_size,
+        image_size=image_size, seed=seed, extra=extra, val_fraction=val_fraction, val_drivers=val_drivers,
+        resize=resize, gate_tolerance=gate_tolerance, canary_percent=canary_percent, wait_seconds=wait_seconds,
+        bake_seconds=bake_seconds, load_users=load_users, load_seconds=load_seconds, api_url=api_url)
+    runs = watch(_settings(backend), options, interval=float(interval),
+                 max_runs=None if max_runs is None else int(max_runs), timeout=None if timeout is None else float(timeout))
+    for run in runs:
+        print(f"{run.run_id or '-'}: {run.outcome} (after {', '.join(run.manifests)})")
+
+
+pipeline.add_task(pipeline_run)
+pipeline.add_task(pipeline_history)
+pipeline.add_task(pipeline_watch)
+
+# --- infra (Terraform and the AWS backend) -------------------------------------
+
+infra = Collection("infra")
+
+
+def _checkov(c) -> str:
+    """The checkov of its own virtual environment (built on first use: it pins an old boto3)."""
+    from pathlib import Path
+
+    checkov = Path(".venvs/checkov/bin/checkov")
+    if not checkov.exists():
+        c.run("make checkov-env")
+    return str(checkov)
+
+
+@task(
+    name="check",
+    help={
+        "checkov": "also run checkov on terraform/ (default; --no-checkov for the wiring checks only)",
+        "verbose": "print every check, not only the failures",
+    },
+)
+def infra_check(c, checkov=True, verbose=False):
+    """Static checks of terraform/: module wiring against the code (python-hcl2), then checkov with zero failures."""
+    from invoke.exceptions import Exit
+
+    from distracted_driver.infra.check import run_checkov, wiring_findings
+    from distracted_driver.infra.terraform import terraform_dir
+
+    settings = _settings()
+    report = wiring_findings(terraform_dir(settings), settings.root)
+    for finding in report.findings:
+        if verbose or not finding.ok:
+            print(finding)
+    print(f"wiring: {len(report.findings) - len(report.failures)} of {len(report.findings)} checks passed")
+    failed = not report.ok
+    if checkov:
+        result = run_checkov(terraform_dir(settings), _checkov(c))
+        print(result)
+        failed = failed or not result.ok
+    if failed:
+        raise Exit("infra.check failed", code=1)
+
+
+def _terraform_prepare(c, settings, env, endpoint_exists):
+    from pathlib import Path
+
+    from distracted_driver.infra.terraform import endpoint_exists as lookup
+    from distracted_driver.infra.terraform import endpoint_of, init_command, terraform_dir
+
+    if not (Path(terraform_dir(settings)) / ".terraform").is_dir():
+        c.run(init_command(settings))
+    if endpoint_exists in (None, ""):
+        region, endpoint = endpoint_of(settings, env)
+        exists = lookup(region, endpoint)
+        print(f"endpoint {endpoint} in {region} {'exists' if exists else 'does not exist yet'}: "
+              f"autoscaling module {'on' if exists else 'off until the first deploy'}")
+        return exists
+    return str(endpoint_exists).lower() in ("1", "true", "yes")
+
+
+_TF_HELP = {
+    "env": "environment: terraform/envs/<env>.tfvars (default dev)",
+    "endpoint_exists": "true/false: register autoscaling (default: look the endpoint up with boto3)",
+}
+
+
+@task(name="plan", help={**_TF_HELP, "out": "save the plan to this file (relative to terraform/)"})
+def infra_plan(c, env="dev", endpoint_exists=None, out=None):
+    """terraform plan for an environment (runs terraform init first if needed)."""
+    from distracted_driver.infra.terraform import command
+
+    settings = _settings("aws")
+    exists = _terraform_prepare(c, settings, env, endpoint_exists)
+    c.run(command(settings, "plan", env, endpoint_exists=exists, plan_file=out))
+
+
+@task(name="apply", help={**_TF_HELP, "yes": "apply without asking (CI)"})
+def infra_apply(c, env="dev", endpoint_exists=None, yes=False):
+    """terraform apply for an environment, then write its outputs to .state/aws.env (see infra.outputs)."""
+    from distracted_driver.infra.terraform import command
+
+    settings = _settings("aws")
+    exists = _terraform_prepare(c, settings, env, endpoint_exists)
+    c.run(command(settings, "apply", env, endpoint_exists=exists, auto_approve=yes), pty=not yes)
+    infra_outputs(c)
+
+
+@task(
+    name="destroy",
+    help={**_TF_HELP, "yes": "destroy without asking", "keep_endpoint": "leave the SageMaker endpoint (default: delete it first)"},
+)
+def infra_destroy(c, env="dev", endpoint_exists=None, yes=False, keep_endpoint=False):
+    """Delete the endpoint (the deploy task's, not Terraform's), then terraform destroy."""
+    from distracted_driver.infra.terraform import command
+
+    settings = _settings("aws")
+    if not keep_endpoint:
+        from distracted_driver.hosting.aws import SageMakerHosting
+
+        SageMakerHosting(settings).delete()
+        print(f"endpoint {settings.endpoint_name} deleted")
+    exists = _terraform_prepare(c, settings, env, endpoint_exists if keep_endpoint else False)
+    c.run(command(settings, "destroy", env, endpoint_exists=exists, auto_approve=yes), pty=not yes)
+
+
+@task(name="outputs", help={"json": "print the settings as JSON"})
+def infra_outputs(c, json=False):
+    """Turn `terraform output -json` into the pipeline's settings: .state/aws.env, read by --backend aws."""
+    import json as jsonlib
+
+    from distracted_driver.infra.terraform import output_command, refresh_env_file
+
+    settings = _settings()
+    raw = c.run(output_command(settings), hide="stdout").stdout
+    path, values = refresh_env_file(settings, jsonlib.loads(raw))
+    if json:
+        print(jsonlib.dumps(values, indent=2))
+    else:
+        for name, value in values.items():
+            print(f"  {name}={value}")
+    print(f"wrote {path}; the API key: terraform -chdir=terraform output -raw api_key")
+
+
+@task(name="push-image", help={"tag": "image tag (default: the code version, i.e. the git commit)"})
+def infra_push_image(c, tag=None):
+    """Build the model-server image (docker/serve.Dockerfile), push it to ECR, record it as DD_SERVING_IMAGE."""
+    from distracted_driver.hashing import code_version
+    from distracted_driver.infra.terraform import image_tag, record_serving_image, serving_repository
+
+    settings = _settings("aws")
+    repository = serving_repository(settings)
+    image = f"{repository}:{tag or image_tag(code_version())}"
+    registry = repository.split("/", 1)[0]
+    c.run(f"aws ecr get-login-password --region {settings.region} | docker login --username AWS --password-stdin {registry}")
+    c.run(f"docker build -f docker/serve.Dockerfile -t {image} .")
+    c.run(f"docker push {image}")
+    print(f"pushed {image}; recorded in {record_serving_image(settings, image)}")
+
+
+infra.add_task(infra_check)
+infra.add_task(infra_plan)
+infra.add_task(infra_apply)
+infra.add_task(infra_destroy)
+infra.add_task(infra_outputs)
+infra.add_task(infra_push_image)
+
 # --- top level --------------------------------------------------------------
 
 
@@ -548,4 +992,4 @@ def down(c):
     demo_job.down(_settings())
 
 
-ns = Collection(demo, down, data, train, model, predict, serve, api, loadtest)
+ns = Collection(demo, down, data, train, model, predict, serve, deploy, api, loadtest, pipeline, infra)

@@ -12,6 +12,8 @@ here is that benchmark's HTTP figure measured again in the same run.
 - **saturated**: a closed loop of ``--clients`` concurrent requests, router
   only (``POST {runtime}/endpoints/{name}/invocations``) and through the API
   (``POST {api}/predict``), in alternating rounds; each keeps its best round.
+- **gateway CPU**: CPU seconds of the gateway process per request answered
+  (what the hop takes from the cores the model server also needs).
 - **half load**: an open loop at half the API's saturated throughput, on both
   paths; p50 and p99.
 
@@ -31,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_vs_limit as serving  # noqa: E402  (the serving benchmark: model, payloads, load loops, endpoint)
@@ -65,13 +68,18 @@ def main() -> None:
             api_url = status["predict_url"]
             for url in (invocations_url, api_url):  # warm connections, arenas and the boto3 client
                 asyncio.run(serving.closed_loop(url, payloads, args.clients, 2.0))
-            router_rates, api_rates = [], []
+            gateway = psutil.Process(status["pid"])
+            router_rates, api_rates, api_cpu_ms = [], [], []
+            sides = [(invocations_url, router_rates), (api_url, api_rates)]
             for round_ in range(args.rounds):
-                for url, rates in ((invocations_url, router_rates), (api_url, api_rates)):
+                for url, rates in sides if round_ % 2 == 0 else sides[::-1]:  # alternate who goes first
+                    cpu = sum(gateway.cpu_times()[:2])
                     rate, failures = asyncio.run(serving.closed_loop(url, payloads, args.clients, args.seconds))
                     if failures:
                         raise SystemExit(f"{failures} requests failed during a saturated run against {url}")
                     rates.append(rate)
+                    if url == api_url:
+                        api_cpu_ms.append(1000 * (sum(gateway.cpu_times()[:2]) - cpu) / (rate * args.seconds))
                 print(f"round {round_ + 1}: router only {router_rates[-1]:.1f} requests/s, "
                       f"through the API {api_rates[-1]:.1f} requests/s")
             router, api = max(router_rates), max(api_rates)
@@ -89,6 +97,8 @@ def main() -> None:
     for name, (p50, p99, count, failures) in latency.items():
         print(f"half load ({half:.1f} req/s, open loop), {name}: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
               f"({count} requests, {failures} failed)")
+    print(f"gateway process CPU per request (aiohttp + proxy event + handler + boto3): "
+          f"{np.median(api_cpu_ms):.2f} ms")
     print(f"gateway hop costs {100 * (1 - api / router):.1f}% of throughput")
     print(f"ratio {api / router:.3f}")
 

@@ -48,3 +48,47 @@ def api_stack(tmp_path_factory, make_artifact):
     stack = start_stack(tmp_path_factory.mktemp("api-stack"), make_artifact("api-model-1", seed=3))
     yield stack
     stack.close()
+
+
+# --- train: tiny real channels and one real training job (tests/train_support.py) ---
+
+
+@pytest.fixture(scope="session")
+def tiny_channels(tmp_path_factory):
+    """Directory with ``train/``, ``validation/`` (RecordIO) and ``manifest.json`` from a 6-driver sample."""
+    from train_support import build_tiny_channels
+
+    return build_tiny_channels(tmp_path_factory.mktemp("tiny-data"))
+
+
+@pytest.fixture(scope="session")
+def trained_job(tmp_path_factory, tiny_channels):
+    """A real frozen-backbone training job (2 epochs) run by ``run_local_job`` on a local bucket.
+
+    Returns ``TrainedJob(settings, job)``: ``settings.bucket_dir`` holds ``data/``,
+    ``models/<job>/output/model.tar.gz`` and the registry entry of ``job``.
+    """
+    from train_support import TINY_HYPERPARAMETERS, TrainedJob, bucket_with_channels
+
+    from distracted_driver.train.runner import run_local_job
+
+    settings = bucket_with_channels(tmp_path_factory.mktemp("trained-job"), tiny_channels)
+    return TrainedJob(settings, run_local_job(settings, TINY_HYPERPARAMETERS, stream=None))
+
+
+# --- aws: moto's in-process AWS for the boto3 backend (storage.s3, hosting.aws, train.sagemaker, trigger) ---
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """Every AWS service mocked by moto, dummy credentials, region us-east-1; nothing real is reachable."""
+    from moto import mock_aws
+
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
+                 "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        yield

@@ -104,6 +104,7 @@ def test_predict_directory_from_the_bucket(settings, images, model, tmp_path):
     assert len((tmp_path / "sub.csv").read_text().splitlines()) == GOOD + 1
 
 
+@pytest.mark.slow
 def test_invoke_task_writes_the_csv_and_lists_skipped_images(settings, images, model, tmp_path):
     model.publish(open_storage(settings))
     env = {**os.environ, "DD_BUCKET_DIR": str(settings.bucket_dir), "DD_WORK_DIR": str(settings.work_dir),

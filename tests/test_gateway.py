@@ -304,3 +304,14 @@ def test_model_servers_refusal_is_passed_on(api_stack):
     response = post(api_stack.url, api_stack.api_key, data=frame(3)[:500])
     assert response.status_code == 400
     assert response.json()["error"] == "InvalidImage" and "truncated" in response.json()["message"]
+
+
+@pytest.mark.slow
+def test_predict_image_client(api_stack, tmp_path):
+    from distracted_driver.gateway import predict_image
+
+    path = tmp_path / "frame.png"
+    path.write_bytes(frame(4, ".png"))
+    status, body = predict_image(api_stack.predict_url, api_stack.api_key, path)
+    assert status == 200 and body["model_version"] == api_stack.model_version
+    assert predict_image(api_stack.predict_url, "wrong", path) == (403, {"message": "Forbidden"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import subprocess
 import sys
@@ -169,8 +170,9 @@ def test_each_class_changes_the_frame_where_its_cue_is(driver):
 
 
 def test_sample_task_help_and_the_reviewers_check(tmp_path):
-    run = lambda *args: subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True,
-                                       text=True, timeout=120)
+    env = {**os.environ, "DD_WORK_DIR": str(tmp_path / "work")}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env,
+                                       capture_output=True, text=True, timeout=120)
     help_text = run("data.sample", "--help")
     assert help_text.returncode == 0, help_text.stderr
     assert "--images-per-class-driver" in help_text.stdout and "--first-driver" in help_text.stdout
@@ -181,3 +183,7 @@ def test_sample_task_help_and_the_reviewers_check(tmp_path):
     assert len({r[0] for r in _csv(out / "driver_imgs_list.csv")[1:]}) == 6
     again = run("data.sample", "--out", str(out))
     assert again.returncode == 2 and "overwrite" in again.stderr
+    for _ in range(2):  # the default output, in the work directory, is replaced on every run
+        small = run("data.sample", "--drivers", "1", "--images-per-class-driver", "1", "--test-images", "0")
+        assert small.returncode == 0, small.stderr
+    assert len(list((tmp_path / "work/sample/imgs/train").rglob("*.jpg"))) == 10

@@ -23,6 +23,8 @@ import pytest
 
 from distracted_driver.serve.metrics import parse_text
 
+pytestmark = pytest.mark.slow  # every test here starts a real server process
+
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 30
 
@@ -327,3 +329,45 @@ def test_sagemaker_entry_point_reads_the_model_dir_from_the_environment(model, t
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
+
+
+def test_a_slow_or_vanished_client_neither_hangs_nor_leaks(start_server):
+    import socket
+
+    process = start_server("--read-timeout", "0.5")
+    process.wait_ready()
+    host, port = process.url.removeprefix("http://").split(":")
+    head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 50000\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as slow:
+        slow.sendall(head + GOOD[:1000])  # and never the rest
+        answer = slow.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 408") and '"RequestTimeout"' in answer
+    with socket.create_connection((host, int(port)), timeout=10) as gone:
+        gone.sendall(head + GOOD[:1000])
+    deadline = time.monotonic() + 5
+    while process_queue_depth(process) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_queue_depth(process) == 0
+    server_errors = [k for k in process.metrics() if k.startswith('model_requests_total{path="/invocations",status="5')]
+    assert not server_errors
+    assert invoke(process, GOOD)[0] == 200
+
+
+def test_serves_the_real_trained_efficientnet(trained_job, tmp_path):
+    """The artifact a real training job produced, fetched from its bucket and served as is."""
+    from distracted_driver.serve.inference import Classifier
+    from distracted_driver.serve.model_cache import fetch_artifact
+
+    artifact = fetch_artifact(trained_job.settings, trained_job.job)
+    process = ServerProcess(artifact.directory, tmp_path / "server.log")
+    try:
+        process.wait_ready()
+        image = jpeg(40)
+        status, headers, answer = invoke(process, image, accept="application/json;verbose=true")
+        assert status == 200 and headers["X-Model-Version"] == trained_job.job == answer["model_version"]
+        assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+        classifier = Classifier(artifact)
+        expected = classifier.predict(classifier.prepare(image)[None])[0]
+        assert answer["probabilities"] == pytest.approx(expected.tolist(), abs=1e-5)
+    finally:
+        assert process.stop() == 0

@@ -3,9 +3,11 @@
 ``app`` is the HTTP server (routing, API keys, throttle, proxy event, handler
 in a thread pool), ``events`` builds what API Gateway hands a Lambda, ``keys``
 holds API keys and the usage plan, ``openapi`` the API's document and docs
-page, ``daemon`` starts and stops it in the background.
+page, ``daemon`` starts and stops it in the background, ``client`` makes one
+call the way curl would.
 """
 
+from distracted_driver.gateway.client import predict_image
 from distracted_driver.gateway.daemon import (
     GatewayError,
     create_api_key,
@@ -22,6 +24,7 @@ __all__ = [
     "create_api_key",
     "default_api_key",
     "gateway_status",
+    "predict_image",
     "start_gateway",
     "stop_gateway",
 ]

@@ -217,6 +217,7 @@ def main(argv=None) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("the local gateway binds to loopback only")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     config = GatewayConfig(
         endpoint_name=args.endpoint,
         runtime_url=args.runtime_url,

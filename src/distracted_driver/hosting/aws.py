@@ -341,7 +341,10 @@ class SageMakerHosting(Hosting):
             state = self._wait(lambda s: s is None, self.create_timeout_seconds, "removing failed endpoint")
         return state
 
-    def deploy(self, model: ModelSpec, routing: TrafficRouting, alarms: AlarmThresholds) -> DeployResult:
+    def deploy(
+        self, model: ModelSpec, routing: TrafficRouting | None = None, alarms: AlarmThresholds | None = None
+    ) -> DeployResult:
+        routing, alarms = routing or TrafficRouting(), alarms or AlarmThresholds()
         started = time.monotonic()
         timings: dict[str, float] = {}
         name = version_resource_name(self.endpoint, model.version)
@@ -464,8 +467,12 @@ class SageMakerHosting(Hosting):
 
     # -- autoscaling ---------------------------------------------------------------
 
-    def set_autoscaling(self, policy: ScalingPolicy) -> None:
+    def set_autoscaling(self, policy: ScalingPolicy | None) -> None:
+        """Register the variant and its target-tracking policy (upserts); ``None`` deregisters it."""
         resource = scalable_resource_id(self.endpoint, self.variant)
+        if policy is None:
+            self._deregister()
+            return
         self.autoscaling.register_scalable_target(
             ServiceNamespace="sagemaker",
             ResourceId=resource,
@@ -487,15 +494,27 @@ class SageMakerHosting(Hosting):
             },
         )
 
-    def _scaling(self) -> dict | None:
+    def _scaling(self) -> dict:
+        """``{variant: policy}`` as registered with Application Auto Scaling ({} when not registered)."""
+        resource = scalable_resource_id(self.endpoint, self.variant)
         targets = self.autoscaling.describe_scalable_targets(
-            ServiceNamespace="sagemaker",
-            ResourceIds=[scalable_resource_id(self.endpoint, self.variant)],
-            ScalableDimension=SCALABLE_DIMENSION,
+            ServiceNamespace="sagemaker", ResourceIds=[resource], ScalableDimension=SCALABLE_DIMENSION
         )["ScalableTargets"]
         if not targets:
-            return None
-        return {"min_instances": targets[0]["MinCapacity"], "max_instances": targets[0]["MaxCapacity"]}
+            return {}
+        entry = {"min_instances": targets[0]["MinCapacity"], "max_instances": targets[0]["MaxCapacity"]}
+        policies = self.autoscaling.describe_scaling_policies(
+            ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=SCALABLE_DIMENSION,
+            PolicyNames=[scaling_policy_name(self.endpoint, self.variant)],
+        )["ScalingPolicies"]
+        if policies:
+            tracking = policies[0]["TargetTrackingScalingPolicyConfiguration"]
+            entry.update(
+                target_invocations_per_instance=tracking["TargetValue"],
+                scale_out_cooldown_seconds=tracking.get("ScaleOutCooldown"),
+                scale_in_cooldown_seconds=tracking.get("ScaleInCooldown"),
+            )
+        return {self.variant: entry}
 
     # -- status, invoke, delete -------------------------------------------------------
 
@@ -508,7 +527,7 @@ class SageMakerHosting(Hosting):
             "runtime_url": f"https://runtime.sagemaker.{self.settings.region}.amazonaws.com",
         }
         if state is None:
-            return {**base, "status": "absent", "variants": [], "instances": 0, "live_version": None}
+            return {**base, "status": "absent", "variants": [], "instance_count": 0, "live_version": None}
         variants = [
             {
                 "name": v["VariantName"],
@@ -524,7 +543,7 @@ class SageMakerHosting(Hosting):
             "config": state.config,
             "failure": state.failure or None,
             "variants": variants,
-            "instances": sum(v["current_instances"] for v in variants),
+            "instance_count": sum(v["current_instances"] for v in variants),
             "live_version": self._version_of(state.config),
             "autoscaling": self._scaling(),
         }
@@ -536,15 +555,20 @@ class SageMakerHosting(Hosting):
         answer = self.runtime.invoke_endpoint(**request)
         return answer["Body"].read(), answer.get("InvokedProductionVariant", self.variant)
 
-    def delete(self) -> None:
-        resource = scalable_resource_id(self.endpoint, self.variant)
+    def _deregister(self) -> None:
+        """Remove the scalable target (its policies go with it); nothing registered is fine."""
         try:
             self.autoscaling.deregister_scalable_target(
-                ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=SCALABLE_DIMENSION
+                ServiceNamespace="sagemaker",
+                ResourceId=scalable_resource_id(self.endpoint, self.variant),
+                ScalableDimension=SCALABLE_DIMENSION,
             )
         except ClientError as error:
             if _error_code(error) != "ObjectNotFoundException":
                 raise
+
+    def delete(self) -> None:
+        self._deregister()
         if self._describe() is not None:
             self._settle(self._describe())
             self.sagemaker.delete_endpoint(EndpointName=self.endpoint)

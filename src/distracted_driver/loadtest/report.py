@@ -22,6 +22,7 @@ def plot_history(history_csv: Path, png: Path, title: str = "") -> Path | None:
     top.plot(t, [_f(r["Requests/s"]) for r in rows], label="requests/s", color="tab:blue")
     top.plot(t, [_f(r["Failures/s"]) for r in rows], label="failures/s", color="tab:red")
     top.set_ylabel("per second")
+    top.set_ylim(bottom=0)
     users = top.twinx()
     users.plot(t, [_f(r["User Count"]) for r in rows], label="users", color="tab:gray", linestyle="--")
     users.set_ylabel("users")
@@ -31,6 +32,7 @@ def plot_history(history_csv: Path, png: Path, title: str = "") -> Path | None:
     for column, label in (("50%", "p50"), ("95%", "p95"), ("99%", "p99")):
         bottom.plot(t, [_f(r[column]) for r in rows], label=label)
     bottom.set_ylabel("latency (ms, last 10 s)")
+    bottom.set_ylim(bottom=0)
     bottom.set_xlabel("seconds since start")
     bottom.legend(loc="upper left")
     fig.suptitle(title or "load test")
@@ -48,10 +50,12 @@ def plot_capacity(steps: list[dict], png: Path, p99_limit_ms: float) -> Path:
     left.plot(users, [s["rps"] for s in steps], marker="o", color="tab:blue", label="requests/s")
     left.set_xlabel("concurrent users")
     left.set_ylabel("requests/s")
+    left.set_ylim(bottom=0)
     right = left.twinx()
     right.plot(users, [s["p99_ms"] for s in steps], marker="s", color="tab:orange", label="p99 (ms)")
     right.axhline(p99_limit_ms, color="tab:red", linestyle=":", label="p99 SLO")
     right.set_ylabel("p99 latency (ms)")
+    right.set_ylim(bottom=0)
     handles = [h for ax in (left, right) for h in ax.get_legend_handles_labels()[0]]
     labels = [lab for ax in (left, right) for lab in ax.get_legend_handles_labels()[1]]
     left.legend(handles, labels, loc="upper left")

@@ -10,9 +10,9 @@ from pathlib import Path
 @dataclass(frozen=True)
 class SLO:
     max_failure_ratio: float = 0.01
-    p50_ms: float = 400.0
-    p95_ms: float = 1000.0
-    p99_ms: float = 1500.0
+    p50_ms: float = 500.0
+    p95_ms: float = 1500.0
+    p99_ms: float = 2000.0
     min_requests: int = 20
 
     @classmethod

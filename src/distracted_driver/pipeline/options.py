@@ -13,6 +13,8 @@ class RunOptions:
     hyperparameters: dict = field(default_factory=dict)
     # Options of the split + convert step (validation fraction, resize, quality, seed, ...).
     convert: dict = field(default_factory=dict)
+    # SageMaker training algorithm on the aws backend: "script" (our scripts/train.py) or "builtin".
+    algorithm: str = "script"
     # Gate: how much worse than the live model's log loss a candidate may be (None: the registry's default).
     gate_tolerance: float | None = None
     # Blue/green deployment.
@@ -26,6 +28,8 @@ class RunOptions:
     load_users: int = 4
     load_spawn_rate: float = 4.0
     load_seconds: float = 15.0
+    # The REST API to smoke-test and load (default: the local gateway when it runs; the API stage URL on aws).
+    api_url: str | None = None
     # Continue the latest interrupted or failed run instead of starting a new one.
     resume: bool = False
     lock_max_age_seconds: float | None = None
@@ -42,3 +46,30 @@ class RunOptions:
     @classmethod
     def from_dict(cls, value: dict) -> "RunOptions":
         return cls(**{k: v for k, v in value.items() if k in cls.__dataclass_fields__})
+
+
+def parse_key_values(text: str | None) -> dict[str, str]:
+    """``"dropout=0.3,weight-decay=1e-4"`` → ``{"dropout": "0.3", "weight-decay": "1e-4"}``."""
+    values = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value, not {item!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def options_from_flags(*, epochs=None, learning_rate=None, mini_batch_size=None, image_size=None, seed=None,
+                       extra=None, val_fraction=None, val_drivers=None, resize=None, **rest) -> RunOptions:
+    """RunOptions from command-line flags (``inv pipeline.run`` / ``pipeline.watch``); unset flags stay unset."""
+    hyperparameters = {"epochs": epochs, "learning-rate": learning_rate, "mini-batch-size": mini_batch_size,
+                       "image-size": image_size, "seed": seed, **parse_key_values(extra)}
+    convert = {"val_fraction": None if val_fraction is None else float(val_fraction),
+               "val_drivers": None if val_drivers is None else int(val_drivers),
+               "resize": None if resize is None else int(resize)}
+    numeric = {"canary_percent": int, "linear_step_percent": int, "wait_seconds": float, "bake_seconds": float,
+               "gate_tolerance": float, "smoke_images": int, "load_users": int, "load_spawn_rate": float,
+               "load_seconds": float}
+    given = {k: (numeric[k](v) if k in numeric else v) for k, v in rest.items() if v is not None}
+    return RunOptions(hyperparameters={k: v for k, v in hyperparameters.items() if v is not None},
+                      convert={k: v for k, v in convert.items() if v is not None}, **given)

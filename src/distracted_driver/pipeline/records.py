@@ -75,6 +75,7 @@ class RunRecord:
     pid: int = field(default_factory=os.getpid)
     outcome: str = ""  # empty while the run is in progress (or was killed)
     reason: str = ""
+    raw_manifest: str = ""  # id of the raw-data manifest the run converted from
     model_version: str = ""  # the candidate this run trained or reused
     live_before: str = ""
     live_after: str = ""

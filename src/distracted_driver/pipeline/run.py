@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TextIO
 
 from distracted_driver.config import Settings
 from distracted_driver.pipeline import outcomes
@@ -61,6 +61,8 @@ class RunContext:
     options: RunOptions
     record: RunRecord
     log: Callable[[str], None]
+    stream: TextIO | None = None  # where long stages (training) copy their output; None: quiet
+    progress: bool = True  # progress bars of long stages
     outputs: dict[str, dict] = field(default_factory=dict)  # outputs of finished stages, by stage name
     _memo: dict = field(default_factory=dict)
 
@@ -69,6 +71,9 @@ class RunContext:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
+
+    def memo_clear(self, key: str) -> None:
+        self._memo.pop(key, None)
 
     def reusable(self, stage) -> dict | None:
         """The cached outputs of ``stage`` for its current inputs, if still valid; else None."""
@@ -84,7 +89,8 @@ class RunContext:
 
 
 def run_pipeline(settings: Settings, options: RunOptions | None = None, *, storage: Storage | None = None,
-                 log: Callable[[str], None] | None = None) -> RunRecord:
+                 log: Callable[[str], None] | None = None, stream: TextIO | None = sys.stderr,
+                 progress: bool = True) -> RunRecord:
     """Run (or resume) the pipeline once; the returned record carries the outcome and exit code."""
     from distracted_driver.pipeline.stages import PIPELINE
 
@@ -102,7 +108,7 @@ def run_pipeline(settings: Settings, options: RunOptions | None = None, *, stora
     try:
         record = _open_record(store, record, options, log)
         lock.refresh(run_id=record.run_id)
-        context = RunContext(settings, storage, store, options, record, log)
+        context = RunContext(settings, storage, store, options, record, log, stream, progress)
         with _sigterm_as_interrupt():
             _walk(context, PIPELINE, lock)
     finally:
@@ -209,7 +215,7 @@ def _conclude(context: RunContext) -> tuple[str, str]:
         return outcomes.DEPLOYED, f"model {version} is live"
     redone = [s.name for s in record.stages if s.status == DONE]
     if not redone:
-        return outcomes.NOTHING_TO_DO, f"model {version} is live and no input changed"
+        return outcomes.NOTHING_TO_DO, f"no input changed; model {version} is live"
     return outcomes.NOTHING_TO_DO, f"model {version} is live; redid {', '.join(redone)} with the same result"
 
 
@@ -250,9 +256,8 @@ def _print_progress(message: str) -> None:
 
 
 def summary_line(record: RunRecord) -> str:
-    """One line: outcome, model, reason, wall time."""
-    model = f" model {record.model_version}" if record.model_version else ""
-    return f"{record.outcome}:{model} — {record.reason} (run {record.run_id}, {record.total_seconds:.1f} s)"
+    """One line: outcome, reason (which names the model), run and wall time."""
+    return f"{record.outcome}: {record.reason} (run {record.run_id}, {record.total_seconds:.1f} s)"
 
 
 def format_stages(record: RunRecord) -> str:
@@ -269,3 +274,17 @@ def print_summary(record: RunRecord, file=None) -> None:
     if record.outcome != outcomes.NOTHING_TO_DO and any(s.status != PENDING for s in record.stages):
         print(format_stages(record), file=file)
     print(summary_line(record), file=file)
+
+
+def format_history(records: list[RunRecord]) -> str:
+    """Runs oldest first: outcome, model, wall time and reason, then each stage's status and seconds."""
+    if not records:
+        return "no pipeline run recorded yet (inv pipeline.run)"
+    lines = []
+    for record in records:
+        outcome = record.outcome or "(unfinished)"
+        lines.append(f"{record.run_id}  {outcome:<18} {record.model_version or '-':<26} "
+                     f"{record.total_seconds:>8.1f} s  {record.reason}")
+        stages = [f"{s.name} {s.status} {s.seconds:.1f}s" for s in record.stages if s.status != PENDING]
+        lines.append(f"    {' · '.join(stages)}")
+    return "\n".join(lines)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from distracted_driver.config import Settings
 from distracted_driver.pipeline import outcomes
@@ -95,8 +96,8 @@ def _unconsumed(store: RunStore, manifests: list[str]) -> list[str]:
     if not manifests:
         return []
     latest = store.latest()
-    consumed = latest.stage("convert").inputs.get("raw_manifest_key") if latest else None
-    return [] if consumed == manifests[-1] else [manifests[-1]]
+    consumed = latest.raw_manifest if latest else None
+    return [] if consumed == Path(manifests[-1]).stem else [manifests[-1]]
 
 
 def _run_child(settings: Settings, options: RunOptions, store: RunStore, manifests: list[str],

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from distracted_driver.data.imaging import MAX_PIXELS, ImageError
 from distracted_driver.serve.batching import DynamicBatcher
@@ -174,6 +175,9 @@ class ModelServer:
             return self._too_large(None)
         except TimeoutError:
             return self._error(408, "RequestTimeout", f"the body did not arrive within {self.config.read_timeout_s:g} s")
+        except (ConnectionError, HttpProcessingError, ClientPayloadError) as error:
+            # The client went away or broke the framing mid-body; the answer is unlikely to reach it.
+            return self._error(400, "IncompleteBody", f"the request body could not be read: {error}")
         loop = asyncio.get_running_loop()
         try:
             tensor = await loop.run_in_executor(
@@ -271,6 +275,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument("--decode-workers", type=int, default=None, help="decode threads (default: all cores)")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image accepted, in pixels")
     parser.add_argument("--warmup-runs", type=int, default=2, help="warm-up inferences before /ping turns 200")
+    parser.add_argument("--read-timeout", type=float, default=30.0, help="seconds allowed for a request body to arrive")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds to drain on SIGTERM")
     args = parser.parse_args(argv)
     if args.max_batch_size < 1 or args.queue_size < 1:
@@ -279,7 +284,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         model_dir=args.model_dir, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms, queue_size=args.queue_size, threads=args.threads,
         decode_workers=args.decode_workers, max_pixels=args.max_pixels, warmup_runs=args.warmup_runs,
-        shutdown_timeout_s=args.shutdown_timeout,
+        read_timeout_s=args.read_timeout, shutdown_timeout_s=args.shutdown_timeout,
     )
 
 

@@ -59,6 +59,7 @@ class S3Storage(Storage):
         transfer_config: TransferConfig | None = None,
         client=None,
         upload_workers: int = 8,
+        list_page_size: int = 1000,
     ):
         if not bucket:
             raise ValueError("S3Storage needs a bucket name (DD_BUCKET)")
@@ -67,6 +68,7 @@ class S3Storage(Storage):
         self.kms_key_id = kms_key_id or None
         self.transfer_config = transfer_config or default_transfer_config()
         self.upload_workers = upload_workers
+        self.list_page_size = list_page_size
         self.client = client or boto3.client(
             "s3",
             region_name=region,
@@ -171,7 +173,8 @@ class S3Storage(Storage):
     def list_keys(self, prefix: str = "") -> list[str]:
         keys = []
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size})
+        for page in pages:
             keys.extend(item["Key"] for item in page.get("Contents", []))
         return sorted(keys)
 

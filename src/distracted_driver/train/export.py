@@ -14,9 +14,30 @@ from distracted_driver.train.model import Classifier, EfficientNetLite0
 OPSET = 17
 
 
+FEATURES_NAME = "features"
+
+
+class _Backbone(torch.nn.Module):
+    def __init__(self, model: EfficientNetLite0):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+
 def export_onnx(model: EfficientNetLite0, path: str | Path, image_size: int, opset: int = OPSET) -> Path:
     """Write backbone + head + softmax as ONNX: ``input`` [N,3,S,S] → ``probabilities`` [N,10], N dynamic."""
-    classifier = Classifier(model).eval()
+    return _export(Classifier(model), path, image_size, OUTPUT_NAME, opset)
+
+
+def export_backbone_onnx(model: EfficientNetLite0, path: str | Path, image_size: int, opset: int = OPSET) -> Path:
+    """The backbone alone: ``input`` [N,3,S,S] → ``features`` [N,1280] (frozen-backbone feature extraction)."""
+    return _export(_Backbone(model), path, image_size, FEATURES_NAME, opset)
+
+
+def _export(module: torch.nn.Module, path: str | Path, image_size: int, output_name: str, opset: int) -> Path:
+    module = module.eval()
     example = torch.zeros(2, 3, image_size, image_size)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the torch.export one, which needs
@@ -26,14 +47,14 @@ def export_onnx(model: EfficientNetLite0, path: str | Path, image_size: int, ops
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
-            classifier,
+            module,
             (example,),
             str(tmp),
             dynamo=False,
             external_data=False,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=[output_name],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
             opset_version=opset,
             do_constant_folding=True,
         )

@@ -47,8 +47,10 @@ TERMINAL = ("Completed", "Failed", "Stopped")
 RECORDIO = "application/x-recordio"
 CHANNELS = ("train", "validation")
 
-# Our hyperparameter names (those of scripts/train.py) → the built-in algorithm's.
-BUILTIN_RENAMES = {"epochs": "epochs", "learning_rate": "learning_rate", "mini_batch_size": "mini_batch_size"}
+# Our hyperparameter names (scripts/train.py's flags) → the built-in algorithm's; flags that
+# only mean something to our script are left out of a built-in job (and said so).
+BUILTIN_RENAMES = {"patience": "early_stopping_patience"}
+SCRIPT_ONLY = {"freeze_backbone", "augmentation", "seed", "dropout", "feature_cache_dir"}
 BUILTIN_PARAMETERS = {
     "num_layers", "image_shape", "num_classes", "num_training_samples", "mini_batch_size", "epochs",
     "learning_rate", "use_pretrained_model", "augmentation_type", "optimizer", "momentum", "weight_decay",
@@ -93,15 +95,22 @@ def image_uri(algorithm: str, region: str, instance_type: str) -> str:
     )
 
 
-def builtin_hyperparameters(hyperparameters: dict, num_training_samples: int) -> dict[str, str]:
-    """The built-in algorithm's hyperparameters from ours (``image_size`` → ``image_shape``) or its own names."""
+def builtin_hyperparameters(hyperparameters: dict, num_training_samples: int) -> tuple[dict[str, str], list[str]]:
+    """The built-in algorithm's hyperparameters from ours (``image_size`` → ``image_shape``) or its own names.
+
+    Returns them and the names of our script's flags that were left out.
+    """
     values = dict(BUILTIN_DEFAULTS)
+    ignored = []
     for key, value in hyperparameters.items():
+        key = key.replace("-", "_")
         if value is None:
             continue
         if key == "image_size":
             values["image_shape"] = f"3,{int(value)},{int(value)}"
-        elif key in BUILTIN_RENAMES or key in BUILTIN_PARAMETERS:
+        elif key in SCRIPT_ONLY:
+            ignored.append(key)
+        elif BUILTIN_RENAMES.get(key, key) in BUILTIN_PARAMETERS:
             values[BUILTIN_RENAMES.get(key, key)] = value
         else:
             raise ValueError(
@@ -111,7 +120,8 @@ def builtin_hyperparameters(hyperparameters: dict, num_training_samples: int) ->
     values.setdefault("image_shape", "3,224,224")
     values["num_classes"] = len(CLASSES)
     values["num_training_samples"] = num_training_samples
-    return {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in values.items()}
+    text = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in values.items()}
+    return text, ignored
 
 
 def script_hyperparameters(hyperparameters: dict, source_uri: str, region: str) -> dict[str, str]:
@@ -199,7 +209,9 @@ class SageMakerTrainer:
             raise ValueError("no SageMaker execution role: set DD_ROLE_ARN (Terraform output sagemaker_role_arn)")
         if algorithm == "builtin":
             mode = "Pipe"
-            hp = builtin_hyperparameters(hyperparameters, self._num_training_samples())
+            hp, ignored = builtin_hyperparameters(hyperparameters, self._num_training_samples())
+            if ignored:
+                self._say(f"the built-in algorithm has no equivalent of {', '.join(sorted(ignored))}: left out")
             channels = [
                 {
                     "ChannelName": channel,

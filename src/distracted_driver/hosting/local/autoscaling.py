@@ -51,25 +51,31 @@ class Decision:
         }
 
 
-def desired_capacity(policy: ScalingPolicy, current: int, metric: float) -> int:
-    wanted = math.ceil(current * metric / policy.target_invocations_per_instance - 1e-9)
-    return min(policy.max_instances, max(policy.min_instances, wanted))
+def wanted_capacity(policy: ScalingPolicy, current: int, metric: float) -> int:
+    """Instances that would bring the metric to the target, before the bounds."""
+    return math.ceil(current * metric / policy.target_invocations_per_instance - 1e-9)
+
+
+def within_bounds(policy: ScalingPolicy, count: int) -> int:
+    return min(policy.max_instances, max(policy.min_instances, count))
 
 
 def decide(policy: ScalingPolicy, state: ScalerState, current: int, invocations: int, now: float) -> Decision:
     """What to do for a variant with ``current`` instances in service that served ``invocations``
     in the last ``policy.metric_window_seconds``."""
     if not policy.min_instances <= current <= policy.max_instances:
-        desired = min(policy.max_instances, max(policy.min_instances, current))
+        desired = within_bounds(policy, current)
         return Decision(current, desired, True, None, f"{current} instances is outside the bounds [{policy.min_instances}, {policy.max_instances}]")
     window = policy.metric_window_seconds
     if now - state.steady_since < window:
         return Decision(current, current, False, None, f"collecting a full {window:g} s window at {current} instances")
     metric = invocations * 60.0 / window / max(1, current)
-    desired = desired_capacity(policy, current, metric)
+    wanted = wanted_capacity(policy, current, metric)
+    desired = within_bounds(policy, wanted)
+    bounded = "" if wanted == desired else f", {desired} within [{policy.min_instances}, {policy.max_instances}]"
     comparison = (
         f"{metric:.0f} invocations/instance/min over the last {window:g} s "
-        f"(target {policy.target_invocations_per_instance:g}) asks for {desired} instances"
+        f"(target {policy.target_invocations_per_instance:g}) asks for {wanted} instances{bounded}"
     )
     if desired > current:
         wait = state.last_scale_out + policy.scale_out_cooldown_seconds - now

@@ -77,7 +77,7 @@ class Endpoint:
 
     @staticmethod
     def _weighted_variant(fleets: dict[str, Fleet], tried: set[Instance]) -> Fleet | None:
-        ready = [f for f in fleets.values() if f.pick(tried) is not None and f.variant.weight > 0]
+        ready = [f for f in fleets.values() if f.has_capacity(tried) and f.variant.weight > 0]
         if not ready:
             return None
         return random.choices(ready, weights=[f.variant.weight for f in ready])[0]

@@ -60,6 +60,9 @@ class Fleet:
     def desired(self) -> int:
         return len([i for i in self.instances if i.state in (STARTING, IN_SERVICE)])
 
+    def has_capacity(self, exclude: set[Instance] = frozenset()) -> bool:
+        return any(i not in exclude for i in self.in_service())
+
     def pick(self, exclude: set[Instance] = frozenset()) -> Instance | None:
         """Least outstanding requests; ties go round robin so an idle fleet still spreads load."""
         candidates = [i for i in self.in_service() if i not in exclude]

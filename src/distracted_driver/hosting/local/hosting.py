@@ -305,5 +305,6 @@ class LocalHosting(Hosting):
 
 
 def _summary(record: dict) -> dict:
-    keys = ("id", "kind", "from_versions", "to_versions", "phase", "green_percent", "outcome", "reason", "timings", "started", "finished")
+    keys = ("id", "kind", "from_versions", "to_versions", "phase", "green_percent", "outcome", "reason", "timings",
+            "started", "finished", "events")
     return {k: record.get(k) for k in keys} | {"strategy": record.get("routing", {}).get("strategy")}

@@ -1,0 +1,1 @@
+"""Infrastructure: static checks of the Terraform, and Terraform outputs as pipeline settings."""

@@ -1,0 +1,163 @@
+"""The terraform CLI's command lines, and its outputs turned into the pipeline's settings.
+
+The invoke tasks run these commands with ``c.run``; this module only builds them
+and reads what they print, so both are testable without a terraform binary.
+
+``terraform output -json`` holds ``pipeline_settings`` (a map of ``DD_*`` values,
+the same map CodeBuild reads from SSM); ``write_env_file`` puts it in
+``.state/aws.env``, which ``Settings.from_env(backend="aws")`` reads.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+
+from distracted_driver.config import Settings, read_env_file
+from distracted_driver.fsutil import write_bytes_atomic
+
+TERRAFORM_DIR = "terraform"
+ENV_FILE = "aws.env"
+# Values go into a file that `source` and Settings both read: no quoting needed, none allowed.
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]*$")
+_NAME = re.compile(r"^DD_[A-Z0-9_]+$")
+
+
+class OutputsError(ValueError):
+    """``terraform output -json`` lacks what the pipeline needs, or holds an unsafe value."""
+
+
+def terraform_dir(settings: Settings) -> Path:
+    return settings.root / TERRAFORM_DIR
+
+
+def env_file(settings: Settings) -> Path:
+    return Path(settings.state_dir) / ENV_FILE
+
+
+def var_file(settings: Settings, env: str) -> Path:
+    path = terraform_dir(settings) / "envs" / f"{env}.tfvars"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.tfvars"))
+        raise ValueError(f"no {path.relative_to(settings.root)}; environments: {', '.join(known)}")
+    return path
+
+
+def command(settings: Settings, action: str, env: str, *, endpoint_exists: bool | None = None,
+            auto_approve: bool = False, plan_file: str | None = None) -> str:
+    """``terraform -chdir=terraform <action> -var-file=envs/<env>.tfvars …`` as one shell string."""
+    if action not in ("plan", "apply", "destroy"):
+        raise ValueError(f"unknown terraform action {action!r}")
+    args = ["terraform", f"-chdir={terraform_dir(settings)}", action, "-input=false",
+            f"-var-file={var_file(settings, env).relative_to(terraform_dir(settings))}"]
+    if endpoint_exists is not None:
+        args.append(f"-var=endpoint_exists={'true' if endpoint_exists else 'false'}")
+    if plan_file and action == "plan":
+        args.append(f"-out={plan_file}")
+    if auto_approve and action in ("apply", "destroy"):
+        args.append("-auto-approve")
+    return shlex.join(args)
+
+
+def init_command(settings: Settings) -> str:
+    return shlex.join(["terraform", f"-chdir={terraform_dir(settings)}", "init", "-input=false"])
+
+
+def output_command(settings: Settings) -> str:
+    return shlex.join(["terraform", f"-chdir={terraform_dir(settings)}", "output", "-json"])
+
+
+def endpoint_of(settings: Settings, env: str) -> tuple[str, str]:
+    """(region, endpoint name) that ``envs/<env>.tfvars`` configures, read statically."""
+    from distracted_driver.infra.hcl import Configuration
+
+    config = Configuration(terraform_dir(settings), var_file(settings, env))
+    return config.variable("region"), config.variable("endpoint_name")
+
+
+def endpoint_exists(region: str, endpoint: str, client=None) -> bool:
+    """Does the deploy task's endpoint exist yet? (The autoscaling module waits for it.)"""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    client = client or boto3.client("sagemaker", region_name=region)
+    try:
+        client.describe_endpoint(EndpointName=endpoint)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ValidationException":
+            return False
+        raise
+    return True
+
+
+def settings_from_outputs(outputs: dict) -> dict[str, str]:
+    """``terraform output -json`` (parsed) → the ``DD_*`` settings, validated."""
+    try:
+        values = outputs["pipeline_settings"]["value"]
+    except (KeyError, TypeError):
+        raise OutputsError("terraform outputs lack pipeline_settings: run `inv infra.apply` first") from None
+    if not isinstance(values, dict) or not values:
+        raise OutputsError("pipeline_settings is empty")
+    settings = {}
+    for name, value in sorted(values.items()):
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if not _NAME.match(name):
+            raise OutputsError(f"setting {name!r} is not named DD_<FIELD>")
+        if not _SAFE_VALUE.match(text):
+            raise OutputsError(f"setting {name} has characters an env file cannot hold unquoted: {text!r}")
+        settings[name] = text
+    for required in ("DD_BUCKET", "DD_REGION", "DD_ROLE_ARN", "DD_ENDPOINT_NAME"):
+        if not settings.get(required):
+            raise OutputsError(f"pipeline_settings lacks {required}")
+    return settings
+
+
+def write_env_file(path: str | Path, values: dict[str, str], keep: dict[str, str] | None = None) -> Path:
+    """Write ``NAME=value`` lines atomically; ``keep`` entries (e.g. DD_SERVING_IMAGE) survive a refresh."""
+    merged = {**(keep or {}), **values}
+    lines = ["# Written by `inv infra.outputs` from `terraform output -json`; read by Settings for --backend aws."]
+    lines += [f"{name}={value}" for name, value in sorted(merged.items())]
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
+    return Path(path)
+
+
+def refresh_env_file(settings: Settings, outputs: dict) -> tuple[Path, dict[str, str]]:
+    """Turn the outputs into ``.state/aws.env``, keeping the serving image an earlier push recorded."""
+    values = settings_from_outputs(outputs)
+    path = env_file(settings)
+    previous = read_env_file(path)
+    keep = {k: v for k, v in previous.items() if k == "DD_SERVING_IMAGE"}
+    return write_env_file(path, values, keep), values
+
+
+def record_serving_image(settings: Settings, image: str) -> Path:
+    """Remember the image ``infra.push-image`` pushed, for the deploy task's models."""
+    if not _SAFE_VALUE.match(image):
+        raise OutputsError(f"unsafe image reference {image!r}")
+    path = env_file(settings)
+    values = read_env_file(path)
+    values["DD_SERVING_IMAGE"] = image
+    return write_env_file(path, values)
+
+
+def serving_repository(settings: Settings) -> str:
+    """The ECR repository of the serving image (Terraform output, via SSM in CI or .state/aws.env)."""
+    import os
+
+    repository = os.environ.get("DD_SERVING_IMAGE_REPOSITORY") or read_env_file(env_file(settings)).get(
+        "DD_SERVING_IMAGE_REPOSITORY")
+    if not repository:
+        raise OutputsError("no DD_SERVING_IMAGE_REPOSITORY: run `inv infra.apply` (or `inv infra.outputs`) first")
+    return repository
+
+
+def image_tag(code_version: str, now: datetime | None = None) -> str:
+    """Tags are immutable in ECR here: one per commit; a dirty tree gets a time-stamped tag of its own."""
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", code_version)
+    if not tag:
+        raise ValueError("empty code version")
+    if tag.endswith("-dirty"):
+        tag += f"-{(now or datetime.now(timezone.utc)):%Y%m%d%H%M%S}"
+    return tag[:128]

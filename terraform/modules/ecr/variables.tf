@@ -1,0 +1,20 @@
+variable "name" {
+  description = "Repository name."
+  type        = string
+}
+
+variable "kms_key_arn" {
+  description = "Key that encrypts the images."
+  type        = string
+}
+
+variable "images_to_keep" {
+  description = "Newest images kept; older ones expire."
+  type        = number
+}
+
+variable "force_delete" {
+  description = "Allow deleting the repository while it holds images."
+  type        = bool
+  default     = false
+}

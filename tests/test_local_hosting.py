@@ -1,0 +1,86 @@
+"""LocalHosting end to end: create, no-op redeploy, a runtime that outlives its command, restart, and down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hosting_support import hosted, our_processes, wait_until  # noqa: F401
+
+from distracted_driver.hosting import open_hosting
+from distracted_driver.hosting.base import ModelSpec, TrafficRouting
+from distracted_driver.hosting.local import LocalHosting
+from distracted_driver.train.registry import Registry
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+INV = Path(sys.executable).with_name("inv")
+
+
+def test_open_hosting_picks_the_local_runtime(hosted):
+    assert isinstance(open_hosting(hosted.settings), LocalHosting)
+
+
+def test_first_deploy_creates_the_endpoint_and_a_redeploy_is_a_no_op(hosted, make_artifact):
+    spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)))
+    created = hosted.hosting.deploy(spec, TrafficRouting(strategy="canary"), smoke_images=hosted.smoke)
+    assert (created.outcome, created.live_version) == ("deployed", "lh-v1")
+    assert "shifting" not in created.timings  # creating an endpoint moves no traffic: there is no blue
+    status = hosted.hosting.status()
+    assert status["status"] == "InService" and status["instance_count"] == 1
+    assert status["runtime_url"].startswith("http://127.0.0.1:")
+    assert status["last_deployment"]["kind"] == "create"
+    assert Registry(hosted.storage, hosted.settings).live()["job"] == "lh-v1"
+
+    again = hosted.hosting.deploy(spec, TrafficRouting(strategy="canary"), smoke_images=hosted.smoke)
+    assert (again.outcome, again.live_version) == ("unchanged", "lh-v1")
+    assert hosted.hosting.status()["last_deployment"]["id"] == status["last_deployment"]["id"]
+
+
+def _inv(settings, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DD_ROOT": str(settings.root)}
+    return subprocess.run([str(INV), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_runtime_outlives_the_deploying_command_and_down_stops_everything(hosted, make_artifact):
+    hosted.publish(make_artifact("lh-v1", seed=1))
+    deployed = _inv(hosted.settings, "deploy.swap", "--model", "lh-v1", "--strategy", "all-at-once", "--bake", "0")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "deployed: endpoint distracted-driver, live model lh-v1" in deployed.stdout
+
+    # The inv process is gone; the endpoint is not.
+    answer = hosted.client().invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0])
+    assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
+
+    shown = _inv(hosted.settings, "deploy.status", "--json")
+    status = json.loads(shown.stdout)
+    assert status["live_version"] == "lh-v1" and status["status"] == "InService"
+    assert status["runtime_url"] == hosted.url()
+    assert [i["state"] for i in status["instances"]] == ["in-service"]
+    pids = {status["runtime"]["pid"]} | {i["pid"] for i in status["instances"]}
+    assert {p.pid for p in our_processes(hosted.settings)} == pids
+
+    down = _inv(hosted.settings, "deploy.down")
+    assert down.returncode == 0, down.stderr
+    assert our_processes(hosted.settings) == []
+    after = json.loads(_inv(hosted.settings, "deploy.status", "--json").stdout)
+    assert after["runtime"]["running"] is False and after["status"] == "absent" and after["runtime_url"] is None
+
+
+def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
+    spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
+    assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
+    hosted.hosting.stop_runtime()
+    assert our_processes(hosted.settings) == []
+    stopped = hosted.hosting.status()  # read from state.json alone
+    assert stopped["runtime"]["running"] is False
+    assert (stopped["status"], stopped["live_version"]) == ("InService", "lh-v1")
+
+    hosted.hosting.runtime()  # starts the daemon, which restores what state.json holds
+    wait_until(lambda: hosted.hosting.status()["instance_count"] == 2, timeout_s=30, what="two instances restored")
+    answer = hosted.client().invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0])
+    assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"

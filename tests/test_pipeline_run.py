@@ -1,0 +1,163 @@
+"""Pipeline runs on a real local stack: idempotent reruns, what a change redoes, gate rejection, resume.
+
+One module-wide bucket: the first run trains, gates and deploys for real (frozen backbone,
+96 px, a 240-image sample); the tests after it change one input at a time and read the
+run records to see which stages did work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from distracted_driver.config import Settings
+from distracted_driver.pipeline.records import DONE, REUSED, RUNNING, SKIPPED, RunStore
+from distracted_driver.pipeline.run import run_pipeline
+from distracted_driver.storage import open_storage
+from distracted_driver.train.registry import Registry
+from pipeline_support import (
+    add_batch, cli_flags, environment, fast_options, mislabeled_batch, run_cli, sample_batch, stop_stack,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """A bucket with an 8-driver sample, after one pipeline run that deployed its model."""
+    root = tmp_path_factory.mktemp("pipeline")
+    settings = Settings(root=root)
+    add_batch(settings, sample_batch(root / "batch-1", drivers=8, per_class=3, seed=1))
+    try:
+        record = run_pipeline(settings, fast_options(), log=quiet, stream=None, progress=False)
+        yield settings, record
+    finally:
+        stop_stack(settings)
+
+
+def store_of(settings: Settings) -> RunStore:
+    return RunStore(open_storage(settings), settings)
+
+
+def live_of(settings: Settings) -> str:
+    return Registry(open_storage(settings), settings).live()["job"]
+
+
+def test_the_first_run_does_every_stage_and_deploys(first_run):
+    settings, record = first_run
+    assert record.outcome == "deployed", record.reason
+    assert [(s.name, s.status) for s in record.stages] == [
+        ("materialize", DONE), ("convert", DONE), ("upload", DONE), ("train", DONE), ("evaluate", DONE),
+        ("gate", DONE), ("deploy", DONE), ("smoke", DONE), ("loadtest", SKIPPED)]
+    assert live_of(settings) == record.model_version
+    stored = store_of(settings).load(record.run_id)  # what the bucket holds is what the run returned
+    assert stored.to_dict() == record.to_dict()
+    convert, train = stored.stage("convert"), stored.stage("train")
+    assert convert.inputs["raw_listing_sha256"] and convert.inputs["code"] and convert.input_hash
+    assert train.inputs["data_sha256"] == convert.outputs["data_sha256"] == stored.stage("upload").outputs["data_sha256"]
+    assert train.inputs["hyperparameters"] == {"epochs": "15", "image-size": "96"}
+    assert stored.stage("gate").outputs["passed"] and stored.stage("deploy").outputs["outcome"] == "deployed"
+    assert stored.raw_manifest == "000001"
+
+
+def test_a_rerun_with_nothing_changed_says_so_in_one_line_without_loading_torch(first_run):
+    settings, first = first_run
+    run = run_cli(settings, "pipeline.run", *cli_flags(fast_options()), python_flags=("-X", "importtime"))
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    lines = run.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nothing-to-do: no input changed; model "), run.stdout
+    assert first.model_version in lines[0]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
+    assert "distracted_driver.pipeline.run" in imported
+    assert not {"torch", "onnxruntime", "locust"} & imported
+    record = store_of(settings).latest()
+    assert record.outcome == "nothing-to-do" and record.exit_code == 0
+    assert not [s.name for s in record.stages if s.status == DONE]
+    assert {s.name: s.source_run for s in record.stages if s.status == REUSED}["train"] == first.run_id
+    assert live_of(settings) == first.model_version
+
+
+def test_changed_hyperparameters_retrain_without_converting_again(first_run):
+    settings, first = first_run
+    options = fast_options(hyperparameters={"epochs": 14, "image-size": 96})
+    record = run_pipeline(settings, options, log=quiet, stream=None, progress=False)
+    assert record.outcome in ("deployed", "rejected-by-gate"), record.reason
+    status = {s.name: s.status for s in record.stages}
+    assert status["materialize"] == SKIPPED and status["convert"] == REUSED and status["upload"] == REUSED
+    assert record.stage("convert").source_run == first.run_id
+    assert record.stage("convert").input_hash == first.stage("convert").input_hash
+    assert status["train"] == DONE and record.model_version != first.model_version
+    assert record.stage("train").inputs["hyperparameters"]["epochs"] == "14"
+    assert record.stage("train").inputs["data_sha256"] == first.stage("train").inputs["data_sha256"]
+
+
+def test_a_worse_candidate_is_rejected_by_the_gate_and_the_same_rerun_has_nothing_to_do(first_run):
+    settings, _ = first_run
+    live = live_of(settings)
+    # A learning rate this far off leaves the classifier head confidently wrong.
+    options = fast_options(hyperparameters={"epochs": 3, "image-size": 96, "learning-rate": 50})
+    run = run_cli(settings, "pipeline.run", *cli_flags(options))
+    assert run.returncode == 3, run.stdout + run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1].startswith("rejected-by-gate: gate: ")
+    record = store_of(settings).latest()
+    assert record.outcome == "rejected-by-gate" and not record.stage("gate").outputs["passed"]
+    assert record.stage("deploy").status == "pending" and live_of(settings) == live
+    again = run_cli(settings, "pipeline.run", *cli_flags(options))
+    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+    assert again.stdout.strip().startswith("nothing-to-do: inputs unchanged since run "), again.stdout
+    assert "whose candidate the gate rejected" in again.stdout
+    assert live_of(settings) == live
+
+
+def _wait_for_stage(settings: Settings, run_ids_before: set[str], stage: str, timeout: float = 180) -> str:
+    store = store_of(settings)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = sorted(set(store.run_ids()) - run_ids_before)
+        if new and store.load(new[-1]).stage(stage).status == RUNNING:
+            return new[-1]
+        time.sleep(0.2)
+    raise AssertionError(f"no run reached {stage} within {timeout} s")
+
+
+def test_a_run_killed_during_training_resumes_from_training(first_run, tmp_path, caplog):
+    settings, _ = first_run
+    add_batch(settings, sample_batch(tmp_path / "new-drivers", drivers=2, per_class=3, seed=7, first_driver=90))
+    options = fast_options()
+    store = store_of(settings)
+    before = set(store.run_ids())
+    child = subprocess.Popen(
+        [sys.executable, "-m", "distracted_driver.pipeline", "run", "--options", json.dumps(options.to_dict())],
+        env=environment(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        run_id = _wait_for_stage(settings, before, "train")
+        time.sleep(3)  # well into the training job
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # the run and its training job, with no chance to clean up
+        child.wait()
+    killed = store.load(run_id)
+    assert killed.outcome == "" and killed.stage("train").status == RUNNING
+    assert [killed.stage(n).status for n in ("materialize", "convert", "upload")] == [DONE, DONE, DONE]
+
+    with caplog.at_level(logging.WARNING, logger="distracted_driver.pipeline.lock"):
+        resumed = run_pipeline(settings, fast_options(resume=True), log=quiet, stream=None, progress=False)
+    assert "taking over a stale pipeline lock of run" in caplog.text  # the killed run's lock
+    assert resumed.run_id == run_id and len(resumed.resumed) == 1
+    assert resumed.outcome in ("deployed", "rejected-by-gate"), resumed.reason
+    for name in ("materialize", "convert", "upload"):  # kept as the killed run left them
+        before_kill, after = killed.stage(name), resumed.stage(name)
+        assert (after.status, after.attempts, after.seconds) == (DONE, 1, before_kill.seconds)
+    assert resumed.stage("train").status == DONE and resumed.stage("train").attempts == 2
+    assert resumed.raw_manifest == "000002"
+    assert not open_storage(settings).exists("pipeline/lock")

@@ -1,0 +1,153 @@
+"""Training jobs for real: the runner, the script, the artifact they leave, failures, and resuming."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distracted_driver.storage import open_storage
+from distracted_driver.train import job as train_job
+from distracted_driver.train.artifact import REQUIRED_FILES, unpack_artifact
+from distracted_driver.train.evaluate import evaluate_artifact, evaluate_model
+from distracted_driver.train.registry import Registry
+from distracted_driver.train.runner import TrainingJobFailed, hyperparameter_args, new_job_name, run_local_job
+
+JOB_NAME = re.compile(r"^dd-\d{8}-\d{6}-[0-9a-f]{4}$")
+
+
+def test_job_names_are_unique_and_sort_by_time():
+    from datetime import datetime, timezone
+
+    early = new_job_name(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    late = new_job_name(datetime(2026, 1, 2, 3, 4, 6, tzinfo=timezone.utc))
+    assert JOB_NAME.match(early) and early.startswith("dd-20260102-030405-")
+    assert early < late
+    assert len({new_job_name() for _ in range(50)}) == 50
+
+
+def test_hyperparameters_become_sagemaker_style_flags():
+    args = hyperparameter_args({"learning_rate": 0.01, "freeze-backbone": False, "epochs": 3, "augmentation": None})
+    assert args == ["--learning-rate", "0.01", "--freeze-backbone", "false", "--epochs", "3"]
+    parsed = train_job.parse_args([*args, "--train", "t", "--validation", "v", "--model-dir", "m",
+                                   "--output-data-dir", "o", "--sagemaker_program", "train.py"])
+    assert (parsed.learning_rate, parsed.freeze_backbone, parsed.epochs) == (0.01, False, 3)
+
+
+@pytest.mark.slow
+def test_local_job_leaves_a_valid_artifact_in_the_bucket(trained_job, tmp_path):
+    settings, job = trained_job
+    storage = open_storage(settings)
+    assert JOB_NAME.match(job)
+    status = json.loads(storage.get_bytes(f"models/{job}/status.json"))
+    assert status["status"] == "Completed"
+    assert storage.exists(f"models/{job}/output/train.log")
+    log = storage.get_bytes(f"models/{job}/output/train.log").decode()
+    assert "epoch 2/2" in log and "val_log_loss" in log
+
+    tar = tmp_path / "model.tar.gz"
+    storage.get_file(f"models/{job}/output/model.tar.gz", tar)
+    with tarfile.open(tar) as archive:
+        assert sorted(archive.getnames()) == sorted(REQUIRED_FILES)
+    artifact = unpack_artifact(tar, tmp_path / "model")
+    assert artifact.version == job
+    assert artifact.preprocessing.input_size == 160
+    provenance = artifact.provenance
+    assert provenance["data_manifest_sha256"] == storage.checksum("data/manifest.json")
+    assert provenance["code_version"] and provenance["hyperparameters"]["epochs"] == 2
+    assert provenance["timings"]["total_seconds"] > 0
+    assert len(artifact.metrics["history"]) == 2
+
+    # Only the artifact's own files, as a consumer would: the same numbers as recorded.
+    metrics = evaluate_artifact(artifact, settings.work_dir / "jobs" / job / "input" / "data" / "validation",
+                                progress=False)
+    assert metrics["log_loss"] == pytest.approx(artifact.metrics["log_loss"], abs=1e-6)
+    assert metrics["log_loss"] < np.log(10)
+    entry = Registry(storage, settings).get(job)
+    assert entry["metrics"]["log_loss"] == artifact.metrics["log_loss"]
+
+
+@pytest.mark.slow
+def test_evaluate_model_writes_the_report(trained_job, tmp_path):
+    settings, job = trained_job
+    evaluated, metrics, paths = evaluate_model(settings, "latest", tmp_path / "report", progress=False)
+    assert evaluated == job
+    assert json.loads(paths["metrics"].read_text())["log_loss"] == pytest.approx(metrics["log_loss"])
+    assert paths["confusion_matrix"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["training_curves"].read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_failed_job_leaves_its_log_and_status_and_no_artifact(trained_job):
+    settings, _ = trained_job
+    storage = open_storage(settings)
+    before = Registry(storage, settings).list_versions()
+    output = io.StringIO()
+    with pytest.raises(TrainingJobFailed, match="image_size must be at least 1") as failure:
+        run_local_job(settings, {"image-size": 0}, stream=output)
+    job = failure.value.job
+    status = json.loads(storage.get_bytes(f"models/{job}/status.json"))
+    assert status["status"] == "Failed"
+    assert "image_size must be at least 1" in status["failure_reason"]
+    assert "Traceback" in storage.get_bytes(f"models/{job}/output/train.log").decode()
+    assert "training failed" in output.getvalue()
+    assert not storage.exists(f"models/{job}/output/model.tar.gz")
+    assert Registry(storage, settings).list_versions() == before
+
+
+def test_job_without_data_in_the_bucket_fails_clearly(tmp_path):
+    from distracted_driver.config import Settings
+
+    settings = Settings(root=tmp_path)
+    with pytest.raises(TrainingJobFailed, match="upload the channels first"):
+        run_local_job(settings, {"epochs": 1}, stream=None)
+    (status_key,) = [k for k in open_storage(settings).list_keys("models/") if k.endswith("status.json")]
+    assert json.loads(open_storage(settings).get_bytes(status_key))["status"] == "Failed"
+
+
+def _script_args(tiny_channels: Path, out: Path, *extra: str) -> list[str]:
+    return ["--train", str(tiny_channels / "train"), "--validation", str(tiny_channels / "validation"),
+            "--model-dir", str(out / "model"), "--output-data-dir", str(out / "output"),
+            "--checkpoint-dir", str(out / "checkpoints"), "--feature-cache-dir", str(out.parent / "features"),
+            "--job-name", out.name, *extra]
+
+
+def _history(out: Path) -> list[dict]:
+    return json.loads((out / "model" / "metrics.json").read_text())["history"]
+
+
+def _same_training(a: list[dict], b: list[dict]) -> None:
+    keys = ("epoch", "train_loss", "train_accuracy", "val_log_loss", "val_accuracy")
+    assert [h[k] for h in a for k in keys] == pytest.approx([h[k] for h in b for k in keys], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_resumed_training_continues_where_it_stopped(tmp_path, tiny_channels, capsys, mode):
+    """Two epochs, then a rerun asked for three resumes at epoch 3 and ends as an uninterrupted run does."""
+    flags = ["--image-size", "96", "--mini-batch-size", "16", "--patience", "10"]
+    if mode == "finetune":
+        flags += ["--freeze-backbone", "false", "--augmentation", "true"]
+    resumed = tmp_path / "resumed"
+    assert train_job.main(_script_args(tiny_channels, resumed, "--epochs", "2", *flags)) == 0
+    assert len(_history(resumed)) == 2
+    assert train_job.main(_script_args(tiny_channels, resumed, "--epochs", "3", *flags)) == 0
+    assert "resuming from the checkpoint of epoch 2" in capsys.readouterr().out
+    straight = tmp_path / "straight"
+    assert train_job.main(_script_args(tiny_channels, straight, "--epochs", "3", *flags)) == 0
+    _same_training(_history(resumed), _history(straight))
+
+
+@pytest.mark.slow
+def test_checkpoint_of_other_hyperparameters_is_not_resumed(tmp_path, tiny_channels):
+    out = tmp_path / "job"
+    common = ["--image-size", "96", "--epochs", "1"]
+    assert train_job.main(_script_args(tiny_channels, out, *common, "--seed", "1")) == 0
+    assert train_job.main(_script_args(tiny_channels, out, *common, "--seed", "2")) == 1
+    assert "other hyperparameters" in (out / "failure").read_text()
+    assert train_job.main(_script_args(tiny_channels, out, *common, "--seed", "2", "--resume", "false")) == 0
