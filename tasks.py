@@ -200,11 +200,13 @@ train = Collection("train")
         "patience": "early stopping: epochs without a better validation log loss (default 5)",
         "extra": "more script flags as key=value,key=value (e.g. dropout=0.3,weight-decay=1e-4)",
         "resume": "name of a job that did not complete: continue it from its last checkpoint",
-        "backend": "local (default); aws jobs are run with infra/sagemaker tasks",
+        "backend": "local (default): a local job; aws: a SageMaker training job",
+        "algorithm": "aws only: script (default, scripts/train.py in the PyTorch container) or builtin "
+                     "(SageMaker's image-classification algorithm, GPU)",
     },
 )
 def train_run(c, epochs=40, learning_rate=None, mini_batch_size=32, image_size=224, freeze_backbone=True,
-              augmentation=None, seed=0, patience=5, extra="", resume=None, backend=None):
+              augmentation=None, seed=0, patience=5, extra="", resume=None, backend=None, algorithm="script"):
     """Run scripts/train.py as a local SageMaker-style job on the bucket's channels; store and register the model."""
     from invoke.exceptions import Exit
 
@@ -216,8 +218,20 @@ def train_run(c, epochs=40, learning_rate=None, mini_batch_size=32, image_size=2
     for item in filter(None, (part.strip() for part in extra.split(","))):
         key, _, value = item.partition("=")
         hyperparameters[key.strip()] = value.strip()
+    settings = _settings(backend)
+    if settings.backend == "aws":
+        from distracted_driver.train.sagemaker import SageMakerJobFailed, run_sagemaker_job
+
+        if resume:
+            raise Exit("--resume continues local jobs; a SageMaker job name cannot be reused", code=2)
+        try:
+            job = run_sagemaker_job(settings, hyperparameters, algorithm=algorithm)
+        except SageMakerJobFailed as error:
+            raise Exit(str(error), code=1) from None
+        print(f"training job {job} completed")
+        return
     try:
-        job = run_local_job(_settings(backend), hyperparameters, job_name=resume)
+        job = run_local_job(settings, hyperparameters, job_name=resume)
     except TrainingJobFailed as error:
         raise Exit(str(error), code=1) from None
     print(f"training job {job} completed")
@@ -560,6 +574,16 @@ def _model_spec(settings, model, instances):
     return ModelSpec(entry["job"], entry["artifact_key"], int(instances))
 
 
+def _hosting_call(call, *args):
+    """Run a hosting call; a refusal (each backend's HostingError, a bad artifact) exits 2 with its message."""
+    from invoke.exceptions import Exit
+
+    try:
+        return call(*args)
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise Exit(f"{type(error).__name__}: {error}", code=2) from None
+
+
 def _report(result):
     from invoke.exceptions import Exit
 
@@ -597,7 +621,7 @@ def deploy_create(c, model="latest", instances=1, backend=None):
     if hosting.status().get("live_version"):
         raise Exit(f"endpoint {settings.endpoint_name} exists already; update it with inv deploy.swap", code=2)
     spec = _model_spec(settings, model, instances)
-    _report(hosting.deploy(spec, TrafficRouting(strategy="all-at-once", bake_seconds=0), AlarmThresholds()))
+    _report(_hosting_call(hosting.deploy, spec, TrafficRouting(strategy="all-at-once", bake_seconds=0), AlarmThresholds()))
 
 
 @task(
@@ -631,13 +655,13 @@ def deploy_swap(c, model="latest", strategy="canary", canary_percent=10, linear_
     alarms = AlarmThresholds(max_error_rate=float(max_error_rate), max_p99_latency_ms=float(max_p99_ms),
                              window_seconds=float(alarm_window))
     print(f"deploying {spec.version} to {settings.endpoint_name} ({strategy})")
-    _report(_hosting(settings).deploy(spec, routing, alarms))
+    _report(_hosting_call(_hosting(settings).deploy, spec, routing, alarms))
 
 
 @task(name="rollback", help={"backend": "local (default) or aws"})
 def deploy_rollback(c, backend=None):
     """Send traffic back to the previous model: stops a swap in progress, or swaps back to the previous config."""
-    _report(_hosting(_settings(backend)).rollback())
+    _report(_hosting_call(_hosting(_settings(backend)).rollback))
 
 
 @task(name="status", help={"json": "print the whole status as JSON", "backend": "local (default) or aws"})
@@ -672,7 +696,7 @@ def deploy_autoscale(c, min_=1, max_=4, target=600.0, scale_out_cooldown=60.0, s
     settings = _settings(backend)
     policy = None if off else ScalingPolicy(int(min_), int(max_), float(target), float(scale_out_cooldown),
                                             float(scale_in_cooldown), float(window))
-    _hosting(settings).set_autoscaling(policy)
+    _hosting_call(_hosting(settings).set_autoscaling, policy)
     print(f"autoscaling of {settings.endpoint_name}/{settings.variant_name}: {policy or 'off'}")
 
 

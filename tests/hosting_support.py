@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from distracted_driver.config import Settings
 from distracted_driver.hosting.local import LocalHosting
+from distracted_driver.hosting.local.instances import OWNER_ENV
 from distracted_driver.hosting.local.smoke import drawn_images
 from distracted_driver.storage import open_storage
 from distracted_driver.train import artifact as contract
@@ -64,13 +65,17 @@ class Hosted:
 
 
 def our_processes(settings: Settings) -> list[psutil.Process]:
-    """The runtime daemon and model servers of this settings' state directory."""
-    marker = str(Path(settings.state_dir).resolve())
+    """The runtime daemon and every model server it started (marked in their environment) for this state directory."""
+    state_dir = str(Path(settings.state_dir).resolve())
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         command = " ".join(process.info.get("cmdline") or [])
-        if marker in command and "distracted_driver" in command:
-            found.append(process)
+        if "distracted_driver" not in command:
+            continue
+        with contextlib.suppress(psutil.Error):
+            owner = process.environ().get(OWNER_ENV, "")
+            if state_dir in command or owner.startswith(state_dir):
+                found.append(process)
     return found
 
 

@@ -100,3 +100,27 @@ def stop_stack(settings: Settings) -> None:
 
     stop_gateway(settings)
     open_hosting(settings).stop_runtime()
+
+
+def first_driver_keeping_validation_unseen(existing: dict[str, int], validation: set[str], drivers: int,
+                                           split_seed: int = 0, start: int = 90) -> int:
+    """A first driver number for a batch of ``drivers`` new subjects after which the driver split
+    still keeps every driver the live model trained on out of validation.
+
+    The split draws the validation drivers anew whenever the set of drivers changes, so a model
+    trained before new drivers arrived may have seen some of the new validation drivers, and the
+    gate would compare it on partly-seen drivers against a candidate on unseen ones. Until the split
+    keeps its assignment stable as drivers are added, this picks the newcomers' numbers (with the
+    split's own rule) so that validation holds only former validation drivers and newcomers.
+    """
+    from distracted_driver.data.sample import subject_name
+    from distracted_driver.data.split import choose_validation
+
+    trained_on = set(existing) - validation
+    for first in range(start, start + 1000):
+        groups = {**existing, **{subject_name(first + i): 1 for i in range(drivers)}}
+        chosen, _ = choose_validation(groups, val_count=CONVERT["val_drivers"], val_fraction=None, fold=None,
+                                      folds=5, seed=split_seed)
+        if not chosen & trained_on:
+            return first
+    raise AssertionError("no batch of new drivers keeps the live model's training drivers out of validation")

@@ -17,9 +17,9 @@ import pytest
 
 from distracted_driver.data import channels, convert, layout, recordio
 from distracted_driver.data.convert import ConvertOptions
+from distracted_driver.data.sample import generate_sample
 from distracted_driver.data.split import read_lst, split_dataset
 from distracted_driver.storage.local import LocalStorage
-from kaggle_images import write_kaggle_tree
 
 TESTS = Path(__file__).resolve().parent
 
@@ -27,10 +27,11 @@ TESTS = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def kaggle_root(tmp_path_factory) -> Path:
     """5 drivers x 10 classes, one 640x480 JPEG each, plus a corrupt and a missing image in the CSV."""
-    root = write_kaggle_tree(tmp_path_factory.mktemp("kaggle"), drivers=5, per_class=1, seed=3)
+    root = tmp_path_factory.mktemp("kaggle") / "sample"
+    generate_sample(root, drivers=5, images_per_class_driver=1, test_images=0, seed=3, progress=False)
     (root / layout.TRAIN_DIR / "c4" / "img_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is no jpeg")
     with open(root / layout.DRIVER_LIST, "a") as handle:
-        handle.write("p002,c4,img_broken.jpg\np003,c5,img_missing.jpg\n")
+        handle.write("p002,c4,img_broken.jpg\np012,c5,img_missing.jpg\n")
     return root
 
 
@@ -123,7 +124,7 @@ def test_fast_jpeg_decoder_gives_opencvs_pixels(kaggle_root):
     ],
 )
 def test_geometry_options(kaggle_root, options, shape):
-    data = (kaggle_root / layout.TRAIN_DIR / "c1" / "img_1.jpg").read_bytes()
+    data = sorted((kaggle_root / layout.TRAIN_DIR / "c1").glob("*.jpg"))[0].read_bytes()
     out = cv2.imdecode(np.frombuffer(convert.transform(data, options), np.uint8), cv2.IMREAD_COLOR)
     assert out.shape == shape
 
@@ -229,3 +230,26 @@ def test_upload_refuses_an_unfinished_conversion(tmp_path):
         channels.upload_channels(LocalStorage(tmp_path / "bucket"), tmp_path)
     with pytest.raises(channels.ChannelsError, match="upload the channels first"):
         channels.download_channels(LocalStorage(tmp_path / "bucket"), "data", tmp_path / "x")
+
+
+@pytest.mark.slow
+def test_tasks_chain_with_default_paths(tmp_path):
+    """`inv data.sample && inv data.split && inv data.convert && inv data.upload`, the last three with no options."""
+    inv = [sys.executable, "-m", "invoke", "--search-root", str(TESTS.parent)]
+    env = {**os.environ, "DD_ROOT": str(tmp_path)}
+
+    def run(*args: str) -> str:
+        result = subprocess.run([*inv, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    run("data.sample", "--drivers", "4", "--images-per-class-driver", "1", "--test-images", "0")
+    assert "by driver" in run("data.split")
+    assert "manifest" in run("data.convert")
+    assert "7 uploaded" in run("data.upload")
+    assert "0 uploaded, 7 unchanged" in run("data.upload")
+    manifest = json.loads((tmp_path / ".bucket" / "data" / "manifest.json").read_text())
+    assert sum(c["written"] for c in manifest["counts"].values()) == 40
+    failed = subprocess.run([*inv, "data.split", "--val-drivers", "9"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert failed.returncode == 1 and "--val-drivers must be between 1 and 3" in failed.stderr

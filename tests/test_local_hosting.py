@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,7 @@ def test_runtime_outlives_the_deploying_command_and_down_stops_everything(hosted
 def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
     spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
     assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
+    url = hosted.url()
     hosted.hosting.stop_runtime()
     assert our_processes(hosted.settings) == []
     stopped = hosted.hosting.status()  # read from state.json alone
@@ -82,5 +84,15 @@ def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
 
     hosted.hosting.runtime()  # starts the daemon, which restores what state.json holds
     wait_until(lambda: hosted.hosting.status()["instance_count"] == 2, timeout_s=30, what="two instances restored")
+    assert hosted.url() == url  # the same port again, so clients holding the URL keep working
     answer = hosted.client().invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0])
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
+
+
+def test_instances_do_not_outlive_a_killed_runtime(hosted, make_artifact):
+    spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
+    assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
+    status = hosted.hosting.status()
+    assert len(our_processes(hosted.settings)) == 3
+    os.kill(status["runtime"]["pid"], signal.SIGKILL)  # no chance to stop its instances itself
+    wait_until(lambda: not our_processes(hosted.settings), timeout_s=20, what="the instances to exit")

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from distracted_driver.data import channels, layout, recordio
+from distracted_driver.data.sample import generate_sample
 from distracted_driver.data.split import read_lst
-from kaggle_images import write_kaggle_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 MXNET_PYTHON = Path(os.environ.get("DD_MXNET_PYTHON", ROOT / ".venvs" / "mxnet" / "bin" / "python"))
@@ -47,7 +47,8 @@ def parity(tmp_path_factory):
     if not MXNET_PYTHON.exists():
         pytest.fail(f"the MXNet environment is missing ({MXNET_PYTHON}): run `make mxnet-env` (make test builds it)")
     work = tmp_path_factory.mktemp("mxnet")
-    source = write_kaggle_tree(work / "kaggle", drivers=5, per_class=1, seed=11)
+    source = work / "kaggle"
+    generate_sample(source, drivers=5, images_per_class_driver=1, test_images=0, seed=11, progress=False)
     built = channels.build_channels(source, work / "ours", val_drivers=1, workers=2, progress=False)
     with recordio.IndexedRecordWriter(work / "magic_ours.idx", work / "magic_ours.rec") as writer:
         for key, payload in enumerate(magic_payloads()):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from distracted_driver.train import job as train_job
 from distracted_driver.train.artifact import REQUIRED_FILES, unpack_artifact
 from distracted_driver.train.evaluate import evaluate_artifact, evaluate_model
 from distracted_driver.train.registry import Registry
-from distracted_driver.train.runner import TrainingJobFailed, hyperparameter_args, new_job_name, run_local_job
+from distracted_driver.train.runner import SCRIPT, TrainingJobFailed, hyperparameter_args, new_job_name, run_local_job
 
 JOB_NAME = re.compile(r"^dd-\d{8}-\d{6}-[0-9a-f]{4}$")
 
@@ -127,12 +130,9 @@ def _same_training(a: list[dict], b: list[dict]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["frozen", "finetune"])
-def test_resumed_training_continues_where_it_stopped(tmp_path, tiny_channels, capsys, mode):
+def test_frozen_training_asked_for_more_epochs_continues_from_its_checkpoint(tmp_path, tiny_channels, capsys):
     """Two epochs, then a rerun asked for three resumes at epoch 3 and ends as an uninterrupted run does."""
     flags = ["--image-size", "96", "--mini-batch-size", "16", "--patience", "10"]
-    if mode == "finetune":
-        flags += ["--freeze-backbone", "false", "--augmentation", "true"]
     resumed = tmp_path / "resumed"
     assert train_job.main(_script_args(tiny_channels, resumed, "--epochs", "2", *flags)) == 0
     assert len(_history(resumed)) == 2
@@ -141,6 +141,30 @@ def test_resumed_training_continues_where_it_stopped(tmp_path, tiny_channels, ca
     straight = tmp_path / "straight"
     assert train_job.main(_script_args(tiny_channels, straight, "--epochs", "3", *flags)) == 0
     _same_training(_history(resumed), _history(straight))
+
+
+@pytest.mark.slow
+def test_killed_fine_tuning_resumes_and_ends_as_an_uninterrupted_run(tmp_path, tiny_channels, capsys):
+    """SIGKILL during epoch 2 of a fine-tuning job; the rerun picks up the epoch-1 checkpoint (optimizer,
+    schedule, augmentation and all) and reaches the same numbers as a run that was never stopped."""
+    flags = ["--freeze-backbone", "false", "--augmentation", "true", "--image-size", "64",
+             "--mini-batch-size", "20", "--epochs", "2", "--patience", "10"]
+    killed = tmp_path / "killed"
+    command = [sys.executable, str(SCRIPT), *_script_args(tiny_channels, killed, *flags)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
+        for line in process.stdout:
+            if "epoch 1/2" in line:
+                process.kill()
+                break
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert (killed / "checkpoints" / "checkpoint.pt").is_file() and not (killed / "model" / "model.onnx").exists()
+
+    assert train_job.main(_script_args(tiny_channels, killed, *flags)) == 0
+    assert "resuming from the checkpoint of epoch 1" in capsys.readouterr().out
+    straight = tmp_path / "straight"
+    assert train_job.main(_script_args(tiny_channels, straight, *flags)) == 0
+    _same_training(_history(killed), _history(straight))
 
 
 @pytest.mark.slow

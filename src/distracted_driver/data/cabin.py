@@ -129,7 +129,7 @@ POSES: dict[str, Pose] = {
     "c0": Pose(NEAR_ON_WHEEL, FAR_ON_WHEEL),
     "c1": Pose((NEAR_SHOULDER, (440, 385), (345, 400)), FAR_ON_WHEEL, "down", (-4, 10), near_prop="phone"),
     "c2": Pose((NEAR_SHOULDER, (455, 330), (384, 186)), FAR_ON_WHEEL, near_prop="phone_ear"),
-    "c3": Pose(((NEAR_SHOULDER), (330, 405), (188, 318)), (FAR_SHOULDER, (300, 350), (258, 318)),
+    "c3": Pose((NEAR_SHOULDER, (330, 405), (188, 318)), (FAR_SHOULDER, (300, 350), (258, 318)),
                "down", (-4, 10), far_prop="phone"),
     "c4": Pose(NEAR_ON_WHEEL, (FAR_SHOULDER, (252, 232), (318, 150)), far_prop="phone_ear"),
     "c5": Pose((NEAR_SHOULDER, (470, 340), (528, 382)), FAR_ON_WHEEL, "down", (6, 6)),

@@ -23,11 +23,11 @@ without a manifest is an unfinished conversion.
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -202,25 +202,49 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def encode_entries(
-    entries: list[ListEntry], image_root: Path, options: ConvertOptions, workers: int, decoder: str = "auto"
-) -> Iterator[Encoded]:
-    """Encode every entry, yielding results in input order with a bounded number in flight."""
-    chunks = (entries[i : i + CHUNK] for i in range(0, len(entries), CHUNK))
-    if workers <= 1:
-        encoder = _Encoder(image_root, options, decoder)
-        for entry in entries:
-            yield encoder(entry)
-        return
-    # forkserver: workers never inherit this process's threads or locks; preloading this module there
-    # makes each worker start in milliseconds instead of importing OpenCV again.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    with context.Pool(workers, initializer=_start_worker, initargs=(image_root, options, decoder)) as pool:
+class EncoderPool:
+    """The worker processes of a conversion; with ``workers <= 1`` images are encoded in this process.
+
+    Workers are forked when this process runs no other thread (fast, and it works from any script, as
+    PyTorch's DataLoader and im2rec do); otherwise they come from a fork server, so that no worker
+    inherits a lock held by another thread. Create the pool before any progress bar (tqdm starts a
+    monitor thread).
+    """
+
+    def __init__(self, image_root: str | Path, options: ConvertOptions, workers: int | None = None,
+                 decoder: str = "auto"):
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
+        self.args = (Path(image_root), options, decoder)
+        self.workers = workers or default_workers()
+        self._pool = None
+
+    def __enter__(self) -> "EncoderPool":
+        if self.workers > 1:
+            if threading.active_count() == 1:
+                context = multiprocessing.get_context("fork")
+            else:
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload([__name__])  # workers start without importing OpenCV again
+            self._pool = context.Pool(self.workers, initializer=_start_worker, initargs=self.args)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def encode(self, entries: list[ListEntry]) -> Iterator[Encoded]:
+        """Encode every entry, yielding results in input order with a bounded number of chunks in flight."""
+        if self._pool is None:
+            encoder = _Encoder(*self.args)
+            yield from (encoder(entry) for entry in entries)
+            return
         pending: collections.deque = collections.deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_encode_chunk, (chunk,)))
-            if len(pending) >= workers * IN_FLIGHT_PER_WORKER:
+        for i in range(0, len(entries), CHUNK):
+            pending.append(self._pool.apply_async(_encode_chunk, (entries[i : i + CHUNK],)))
+            if len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:
                 yield from pending.popleft().get()
         while pending:
             yield from pending.popleft().get()
@@ -266,33 +290,37 @@ def convert_list(
     workers: int | None = None,
     progress: bool = True,
     decoder: str = "auto",
+    pool: EncoderPool | None = None,
 ) -> ChannelReport:
-    """Convert one ``.lst`` into ``out_dir/<name>.rec``, ``.idx`` and ``.lst`` (the entries written)."""
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
+    """Convert one ``.lst`` into ``out_dir/<name>.rec``, ``.idx`` and ``.lst`` (the entries written).
+
+    ``pool`` (already entered, same image root and options) is used instead of starting workers for this list.
+    """
     entries = read_lst(lst_path)
     duplicates = [i for i, n in collections.Counter(e.index for e in entries).items() if n > 1]
     if duplicates:
         raise ValueError(f"{lst_path}: index {duplicates[0]} appears more than once")
-    name = name or Path(lst_path).stem
-    out_dir = Path(out_dir)
-    report = ChannelReport(name, out_dir)
-    inputs = hashlib.sha256()
-    labels: list[ListEntry] = []
+    report = ChannelReport(name or Path(lst_path).stem, Path(out_dir))
+    if pool is not None:
+        return _write_channel(entries, pool, report, progress)
+    with EncoderPool(image_root, options, workers, decoder) as own_pool:
+        return _write_channel(entries, own_pool, report, progress)
+
+
+def _write_channel(entries: list[ListEntry], pool: EncoderPool, report: ChannelReport, progress: bool) -> ChannelReport:
     started = time.perf_counter()
-    rec_path, idx_path, lst_out = (out_dir / f"{name}{ext}" for ext in (".rec", ".idx", ".lst"))
+    paths = [report.directory / f"{report.name}{ext}" for ext in (".rec", ".idx", ".lst")]
+    inputs = hashlib.sha256()
+    written: list[ListEntry] = []
     with (
-        atomic_path(rec_path) as tmp_rec,
-        atomic_path(idx_path) as tmp_idx,
-        atomic_path(lst_out) as tmp_lst,
+        atomic_path(paths[0]) as tmp_rec,
+        atomic_path(paths[1]) as tmp_idx,
+        atomic_path(paths[2]) as tmp_lst,
         recordio.IndexedRecordWriter(tmp_idx, tmp_rec) as writer,
         open(tmp_lst, "w", encoding="utf-8") as listing,
-        tqdm(total=len(entries), desc=name, unit="img", disable=not progress, smoothing=0.1) as bar,
-        contextlib.closing(
-            encode_entries(entries, Path(image_root), options, workers or default_workers(), decoder)
-        ) as results,
+        tqdm(total=len(entries), desc=report.name, unit="img", disable=not progress, smoothing=0.1) as bar,
     ):
-        for result in results:
+        for result in pool.encode(entries):
             entry = result.entry
             inputs.update(f"{entry.index}\t{entry.label:f}\t{entry.path}\t{result.source_sha256}\n".encode())
             if result.record is None:
@@ -300,14 +328,14 @@ def convert_list(
             else:
                 writer.write_idx(entry.index, result.record)
                 listing.write(format_lst_line(entry))
-                labels.append(entry)
+                written.append(entry)
             bar.update()
     report.seconds = time.perf_counter() - started
-    report.records = len(labels)
-    report.bytes = rec_path.stat().st_size
-    report.class_histogram = class_histogram(labels)
+    report.records = len(written)
+    report.bytes = paths[0].stat().st_size
+    report.class_histogram = class_histogram(written)
     report.inputs_sha256 = inputs.hexdigest()
-    report.files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in (rec_path, idx_path, lst_out)}
+    report.files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in paths}
     return report
 
 
@@ -357,10 +385,12 @@ def convert_lists(
     if "train" not in names:
         raise FileNotFoundError(f"no train.lst in {lists_dir}")
     _start_over(out_dir)
-    channels = [
-        convert_list(lists_dir / f"{name}.lst", image_root, out_dir / name, name, options, workers, progress, decoder)
-        for name in names
-    ]
+    with EncoderPool(image_root, options, workers, decoder) as pool:
+        channels = [
+            convert_list(lists_dir / f"{name}.lst", image_root, out_dir / name, name, options, progress=progress,
+                         pool=pool)
+            for name in names
+        ]
     manifest = build_manifest(channels, options, split_info)
     write_json_atomic(out_dir / MANIFEST, manifest)  # last: its presence marks a complete conversion
     return ConvertReport(out_dir, manifest, channels)

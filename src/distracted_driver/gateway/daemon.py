@@ -60,7 +60,7 @@ def runtime_url_of(settings: Settings) -> str:
     if not url:
         raise GatewayError(
             f"no endpoint {settings.endpoint_name!r} is running (hosting status has no runtime_url); "
-            "deploy a model first (inv deploy.up or make demo), or pass --runtime-url"
+            "deploy a model first (inv deploy.create, or make demo), or pass --runtime-url"
         )
     return url
 

@@ -92,7 +92,7 @@ def scaling_policy_name(endpoint: str, variant: str) -> str:
 def version_resource_name(endpoint: str, version: str) -> str:
     """Name of the model and endpoint config that serve ``version``."""
     name = f"{endpoint}-{version}"
-    if not NAME_PATTERN.match(name):
+    if len(name) > 63 or not NAME_PATTERN.match(name):
         raise HostingError(
             f"{name!r} is not a valid SageMaker model/config name (letters, digits, '-', at most 63): "
             "shorten the endpoint name"

@@ -16,6 +16,7 @@ calls, conditionals, ``for`` expressions) stays symbolic.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +35,17 @@ class HclError(ValueError):
 
 
 def parse_file(path: str | Path) -> dict:
+    """The file as python-hcl2 reads it; treat the result as read-only (it is cached by content)."""
+    text = Path(path).read_text()
     try:
-        with open(path) as handle:
-            return hcl2.load(handle, serialization_options=_OPTIONS)
+        return _parse_text(text)
     except Exception as error:  # python-hcl2 raises lark errors of many kinds
         raise HclError(f"{path}: {error}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_text(text: str) -> dict:
+    return hcl2.loads(text, serialization_options=_OPTIONS)
 
 
 @dataclass

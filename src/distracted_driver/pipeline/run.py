@@ -173,8 +173,8 @@ def _walk(context: RunContext, pipeline, lock: PipelineLock) -> None:
 def _advance(context: RunContext, stage, stage_record: StageRecord) -> Stop | None:
     """Bring one stage to a finished state; return a Stop when the run must end here."""
     start = time.perf_counter()
-    resumed_done = context.options.resume and stage_record.status in (DONE, REUSED)
-    previous = (stage_record.input_hash, dict(stage_record.outputs)) if resumed_done else None
+    if context.options.resume and stage_record.status in (DONE, REUSED) and _still_holds(context, stage, stage_record):
+        return stage.verdict(context, stage_record)  # finished before the interruption: keep it as recorded
     why_not = stage.not_needed(context)
     if why_not:
         stage_record.status, stage_record.reason = SKIPPED, why_not
@@ -183,8 +183,6 @@ def _advance(context: RunContext, stage, stage_record: StageRecord) -> Stop | No
         return stage.verdict(context, stage_record)
     inputs = stage.inputs(context)
     input_hash = StageRecord.hash_inputs(inputs)
-    if previous and previous[0] == input_hash and stage.still_valid(context, previous[1]):
-        return stage.verdict(context, stage_record)  # finished before the interruption: keep as recorded
     stage_record.inputs, stage_record.input_hash, stage_record.reason = inputs, input_hash, ""
     entry = context.reusable(stage)
     if entry is not None:
@@ -206,6 +204,12 @@ def _advance(context: RunContext, stage, stage_record: StageRecord) -> Stop | No
         context.store.remember(stage_record, context.record.run_id)
     context.log(f"{stage.name}: done in {stage_record.seconds:.1f} s{_summary(stage_record)}")
     return stage.verdict(context, stage_record)
+
+
+def _still_holds(context: RunContext, stage, stage_record: StageRecord) -> bool:
+    """A stage finished by the run being resumed: are its inputs the same and its outputs still there?"""
+    return (StageRecord.hash_inputs(stage.inputs(context)) == stage_record.input_hash
+            and stage.still_valid(context, stage_record.outputs))
 
 
 def _conclude(context: RunContext) -> tuple[str, str]:

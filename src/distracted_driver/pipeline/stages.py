@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from distracted_driver.pipeline import outcomes
@@ -105,7 +103,7 @@ class Materialize(Stage):
         manifest = raw_manifest(context)
         directory = _work(context, "raw")
         (directory / MARKER).unlink(missing_ok=True)
-        materialize_raw(context.storage, context.settings, directory, manifest)
+        materialize_raw(context.storage, context.settings, directory, manifest, progress=context.progress)
         (directory / MARKER).write_text(manifest["listing_sha256"])
         counts = manifest["counts"]
         return {"directory": str(directory), "raw_listing_sha256": manifest["listing_sha256"],
@@ -516,18 +514,19 @@ class Smoke(Stage):
 
 
 def _smoke_api(api: tuple[str, str | None], images: list[bytes], version: str) -> list[str]:
+    from distracted_driver.gateway.client import predict_image
+
     url, key = api
     problems = []
     for number, image in enumerate(images):
-        request = urllib.request.Request(f"{url}/predict", data=image, method="POST",
-                                         headers={"Content-Type": "image/jpeg", **({"x-api-key": key} if key else {})})
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                answer = json.loads(response.read())
-        except (urllib.error.URLError, OSError, ValueError) as error:
+            status, answer = predict_image(f"{url}/predict", key, image, "image/jpeg")
+        except (OSError, ValueError) as error:
             problems.append(f"image {number}: REST API request failed: {error}")
             continue
-        if answer.get("model_version") != version:
+        if status != 200:
+            problems.append(f"image {number}: REST API answered {status}: {answer.get('message', answer)}")
+        elif answer.get("model_version") != version:
             problems.append(f"image {number}: the REST API answered with model {answer.get('model_version')}, "
                             f"not {version}")
     return problems

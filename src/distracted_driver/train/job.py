@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--pretrained", type=_bool, default=True, help="start from the ImageNet weights (false: random)")
     hp.add_argument("--workers", type=int, default=0, help="image decoding threads (0: all cores)")
     hp.add_argument("--data-manifest-sha256", default="", help="hash of the data manifest, recorded in provenance")
+    hp.add_argument("--code-version", default="",
+                    help="code version recorded in provenance (default: the git commit, which a container lacks)")
     job = parser.add_argument_group("job")
     job.add_argument("--job-name", default=_default_job_name(), help="the model version recorded in provenance")
     job.add_argument("--resume", type=_bool, default=True,
@@ -200,12 +202,13 @@ def run(args: argparse.Namespace) -> dict:
     provenance = {
         "model_version": args.job_name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "code_version": code_version(),
+        "code_version": args.code_version or code_version(),
         "data_manifest_sha256": args.data_manifest_sha256 or None,
         "channels": channels,
         "hyperparameters": {k: v for k, v in sorted(vars(args).items())
                             if k not in ("train", "validation", "model_dir", "output_data_dir",
-                                         "checkpoint_dir", "feature_cache_dir", "job_name")},
+                                         "checkpoint_dir", "feature_cache_dir", "job_name", "code_version",
+                                         "data_manifest_sha256")},
         "training": {**{k: v for k, v in vars(config).items()}, "resumed_from_epoch": result.resumed_from_epoch},
         "base_weights": {"file": Path(_weights_path()).name, "sha256": sha256_file(_weights_path())}
         if config.pretrained else None,

@@ -234,13 +234,13 @@ class Deployment:
             fleet.supervise()
         strategy = self.routing.strategy
         if strategy == "canary":
-            steps = [self.routing.canary_percent, 100]
+            steps = sorted({self.routing.canary_percent, 100})
         elif strategy == "linear":
             step = self.routing.linear_step_percent
             steps = sorted({min(100, step * k) for k in range(1, math.ceil(100 / step) + 1)})
         else:
             steps = [100]
-        for number, percent in enumerate(steps):
+        for percent in steps:
             self._set_share(percent)
             if percent < 100:
                 await self._watch(self.routing.wait_seconds)

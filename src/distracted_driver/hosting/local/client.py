@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from distracted_driver.hosting.local.instances import SERVER_MODULE, log_tail
-from distracted_driver.hosting.local.state import RuntimePaths, load_state, read_json
+from distracted_driver.hosting.local.instances import OWNER_ENV, SERVER_MODULE, log_tail
+from distracted_driver.hosting.local.state import RuntimePaths, read_json
 
 RUNTIME_MODULE = "distracted_driver.hosting.local.runtime"
 START_TIMEOUT_S = 30.0
@@ -168,14 +168,13 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
 
 
 def kill_orphans(paths: RuntimePaths) -> list[int]:
-    """Model servers serving models from our state directory whose runtime is gone."""
+    """Model servers started by the runtime of these paths (found by their environment) that outlived it."""
     killed = []
-    marker = str(paths.models_dir)
-    recorded = {entry["pid"] for entry in load_state(paths).get("processes", [])}
     for process in psutil.process_iter(["pid", "cmdline"]):
-        command = " ".join(process.info.get("cmdline") or [])
-        if SERVER_MODULE in command and (marker in command or process.info["pid"] in recorded):
-            with contextlib.suppress(psutil.Error):
+        if SERVER_MODULE not in " ".join(process.info.get("cmdline") or []):
+            continue
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(OWNER_ENV) == str(paths.root):
                 process.kill()
                 killed.append(process.info["pid"])
     return killed

@@ -20,6 +20,7 @@ from distracted_driver.hosting.local.state import ModelRecord, RuntimePaths, Var
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
 HEALTH_INTERVAL_S = 2.0
+HEALTH_TIMEOUT_S = 5.0  # generous: a saturated server still answers /ping, just later
 PING_FAILURES_BEFORE_REPLACE = 3
 MAX_REPLACE_BACKOFF_S = 30.0
 
@@ -88,8 +89,8 @@ class Fleet:
     def _new_instance(self) -> Instance:
         instance_id = self.new_instance_id()
         instance = Instance(
-            instance_id, self.model.name, self.model.model_dir,
-            self.paths.instance_logs / f"{instance_id}.log", self.variant.instance_threads,
+            instance_id, self.model.name, self.model.model_dir, self.paths.instance_logs / f"{instance_id}.log",
+            owner=str(self.paths.root), threads=self.variant.instance_threads,
         )
         self.instances.append(instance)
         return instance
@@ -160,7 +161,7 @@ class Fleet:
             await asyncio.gather(*(self._check(i) for i in self.in_service()))
 
     async def _check(self, instance: Instance) -> None:
-        if await instance.ping():
+        if await instance.ping(HEALTH_TIMEOUT_S):
             instance.ping_failures = 0
             return
         instance.ping_failures += 1

@@ -84,7 +84,7 @@ class LocalHosting(Hosting):
             return DeployResult("unchanged", self.endpoint_name, live, f"{live} is already live on {self.endpoint_name}")
         model_dir = self._fetch_model(model)
         runtime.post("models", {"name": model.version, "model_dir": str(model_dir), "artifact_key": model.artifact_key})
-        config = self._put_config(runtime, model, endpoint)
+        config = self._put_config(runtime, model)
         prepared = time.monotonic() - started
         images = smoke_images or default_smoke_images(self.storage, self.settings)
         record = runtime.post(f"endpoints/{self.endpoint_name}/deployments", {
@@ -125,7 +125,7 @@ class LocalHosting(Hosting):
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
-    def _put_config(self, runtime: daemon.RuntimeClient, model: ModelSpec, endpoint: dict | None) -> str:
+    def _put_config(self, runtime: daemon.RuntimeClient, model: ModelSpec) -> str:
         variant = {
             "variant_name": self.settings.variant_name,
             "model_name": model.version,
@@ -160,7 +160,7 @@ class LocalHosting(Hosting):
         try:
             current = registry.live()
             if current is None or current.get("job") != version or "deployment" in info:
-                registry.set_live(version, **info)
+                registry.set_live(version, backend="local", **info)
         except RegistryError as error:  # a model deployed by hand that training never registered
             log.warning("live version not recorded in the registry: %s", error)
 
@@ -168,8 +168,8 @@ class LocalHosting(Hosting):
 
     def rollback(self, smoke_images: list[bytes] | None = None) -> DeployResult:
         """Stop the swap in progress (traffic back to blue), or swap back to the previous model."""
-        runtime = self.runtime()
-        before = self._serving_version(self._require_endpoint(runtime))
+        runtime = self._runtime_with_endpoint()
+        before = self._serving_version(self._settled_endpoint(runtime))
         images = smoke_images or default_smoke_images(self.storage, self.settings)
         try:
             record = runtime.post(f"endpoints/{self.endpoint_name}/rollback",
@@ -188,8 +188,8 @@ class LocalHosting(Hosting):
 
     def set_autoscaling(self, policy: ScalingPolicy | None) -> None:
         """Register (or with None, remove) target tracking for the variant."""
-        runtime = self.runtime()
-        self._require_endpoint(runtime)
+        runtime = self._runtime_with_endpoint()
+        self._settled_endpoint(runtime)
         path = f"endpoints/{self.endpoint_name}/autoscaling/{self.settings.variant_name}"
         try:
             runtime.call("DELETE", path) if policy is None else runtime.put(path, asdict(policy))
@@ -243,14 +243,15 @@ class LocalHosting(Hosting):
         return answer["Body"].read(), answer["InvokedProductionVariant"]
 
     def delete(self) -> None:
-        """Delete the endpoint; once no endpoint is left, stop the runtime. Nothing of it keeps running."""
+        """Delete the endpoint and stop the runtime: no process of ours keeps running.
+
+        Other endpoints of the runtime (made through its control API) stay in
+        state.json and come back when the runtime next starts.
+        """
         info = daemon.running_runtime(self.paths)
         if info:
-            runtime = daemon.RuntimeClient(info.url)
             with contextlib.suppress(daemon.RuntimeApiError):
-                runtime.delete(f"endpoints/{self.endpoint_name}")
-            if runtime.get("status")["endpoints"]:
-                return
+                daemon.RuntimeClient(info.url).delete(f"endpoints/{self.endpoint_name}")
         self.stop_runtime()
         self._forget_endpoint()
 
@@ -281,11 +282,11 @@ class LocalHosting(Hosting):
             endpoint = self._endpoint(runtime)
         return endpoint
 
-    def _require_endpoint(self, runtime: daemon.RuntimeClient) -> dict:
-        endpoint = self._endpoint(runtime)
-        if endpoint is None:
+    def _runtime_with_endpoint(self) -> daemon.RuntimeClient:
+        """The runtime, for an endpoint that exists (state.json says so before any daemon is started)."""
+        if self.endpoint_name not in load_state(self.paths)["endpoints"]:
             raise HostingError(f"there is no endpoint {self.endpoint_name}; deploy a model first")
-        return endpoint
+        return self.runtime()
 
     def _serving_version(self, endpoint: dict | None) -> str | None:
         """The model of our variant in the endpoint config in service."""

@@ -30,6 +30,9 @@ STOP_TIMEOUT_S = 15.0
 PR_SET_PDEATHSIG = 1
 
 STARTING, IN_SERVICE, DRAINING, STOPPED, FAILED = "starting", "in-service", "draining", "stopped", "failed"
+# Set in every instance's environment to the runtime's state directory, so that
+# whatever serves for a runtime can be found (psutil) even if the runtime is gone.
+OWNER_ENV = "DD_HOSTING_RUNTIME"
 
 
 class InstanceError(RuntimeError):
@@ -57,11 +60,13 @@ def log_tail(path: Path, lines: int = 8) -> str:
 
 
 class Instance:
-    def __init__(self, instance_id: str, model_name: str, model_dir: str, log_path: Path, threads: int | None = None):
+    def __init__(self, instance_id: str, model_name: str, model_dir: str, log_path: Path, owner: str,
+                 threads: int | None = None):
         self.id = instance_id
         self.model_name = model_name
         self.model_dir = model_dir
         self.log_path = log_path
+        self.owner = owner
         self.threads = threads
         self.state = STARTING
         self.port: int | None = None
@@ -116,7 +121,7 @@ class Instance:
                 stdout=log_file,
                 stderr=log_file,
                 preexec_fn=_die_with_parent,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", OWNER_ENV: self.owner},
             )
         self.session = aiohttp.ClientSession(
             base_url=self.url,

@@ -25,7 +25,6 @@ import signal
 import sys
 import time
 
-import psutil
 from aiohttp import web
 
 from distracted_driver.hosting.base import AlarmThresholds, ScalingPolicy, TrafficRouting
@@ -34,7 +33,8 @@ from distracted_driver.hosting.local.autoscaling import ScalerState, decide, rec
 from distracted_driver.hosting.local.bluegreen import Deployment
 from distracted_driver.hosting.local.endpoint import Endpoint
 from distracted_driver.hosting.local.fleet import Fleet
-from distracted_driver.hosting.local.instances import SERVER_MODULE, InstanceError
+from distracted_driver.hosting.local.client import kill_orphans
+from distracted_driver.hosting.local.instances import InstanceError
 from distracted_driver.hosting.local.router import Router
 from distracted_driver.hosting.local.state import (
     EndpointConfigRecord,
@@ -67,10 +67,11 @@ class Runtime:
         self.models = {name: ModelRecord(**m) for name, m in state["models"].items()}
         self.configs = {name: EndpointConfigRecord(**c) for name, c in state["endpoint_configs"].items()}
         self.endpoints = {name: Endpoint(name, e) for name, e in state["endpoints"].items()}
-        self._leftover_processes = state.get("processes", [])
         self._next_instance = state.get("next_instance", 1)
+        self.last_port = state.get("runtime_port")
         self.started = time.time()
         self.url = ""
+        self.port: int | None = None
         self.stopping = asyncio.Event()
         self._capacity = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -93,6 +94,7 @@ class Runtime:
             "endpoints": {name: e.to_record() for name, e in self.endpoints.items()},
             "processes": processes,
             "next_instance": self._next_instance,
+            "runtime_port": self.port,
         })
 
     def new_instance_id(self) -> str:
@@ -162,12 +164,8 @@ class Runtime:
 
     def _kill_leftovers(self) -> None:
         """Instances of a previous runtime that somehow outlived it (they should not)."""
-        for entry in self._leftover_processes:
-            with contextlib.suppress(psutil.Error):
-                process = psutil.Process(entry["pid"])
-                command = " ".join(process.cmdline())
-                if SERVER_MODULE in command and str(self.paths.models_dir) in command:
-                    process.kill()
+        for pid in kill_orphans(self.paths):
+            log.warning("killed model server %d left by a previous runtime", pid)
 
     async def shutdown(self) -> None:
         log.info("runtime stopping: retiring every instance")
@@ -440,6 +438,24 @@ async def _json(request: web.Request) -> dict:
     return body
 
 
+async def _listen(runner: web.AppRunner, host: str, port: int | None) -> int:
+    """Listen on ``port``, else on a free one; returns the port.
+
+    The runtime asks for the port it had last time, so its URL (which a
+    gateway or a client may hold) survives a restart when the port is free.
+    """
+    for candidate in ([port] if port else []) + [0]:
+        site = web.TCPSite(runner, host, candidate)
+        try:
+            await site.start()
+        except OSError as error:
+            await site.stop()
+            log.warning("port %s is taken (%s); listening on a free one", candidate, error)
+            continue
+        return site._server.sockets[0].getsockname()[1]
+    raise OSError(f"cannot listen on {host}")
+
+
 async def serve(paths: RuntimePaths, host: str, port: int) -> None:
     runtime = Runtime(paths)
     loop = asyncio.get_running_loop()
@@ -447,10 +463,8 @@ async def serve(paths: RuntimePaths, host: str, port: int) -> None:
         loop.add_signal_handler(sig, runtime.stopping.set)
     runner = web.AppRunner(make_app(runtime), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = site._server.sockets[0].getsockname()[1]
-    runtime.url = f"http://{host}:{bound}"
+    bound = await _listen(runner, host, port or runtime.last_port)
+    runtime.port, runtime.url = bound, f"http://{host}:{bound}"
     write_json_atomic(paths.runtime_file, {
         "pid": os.getpid(), "url": runtime.url, "port": bound, "started": runtime.started, "log": str(paths.log_file),
     })
@@ -472,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distracted_driver.hosting.local.runtime", description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", required=True, help="the settings' state_dir; the runtime keeps its files under hosting/")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only by default)")
-    parser.add_argument("--port", type=int, default=0, help="port (default 0: a free one, written to runtime.json)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="port (default 0: the one used last time if free, else any free one; see runtime.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     paths = RuntimePaths.under(args.state_dir)

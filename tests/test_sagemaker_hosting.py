@@ -1,0 +1,360 @@
+"""SageMakerHosting: moto for create/describe/delete, autoscaling and the runtime; botocore's Stubber
+(which validates every request against the service model) for update_endpoint, which moto lacks.
+
+The last test runs the same behaviour on the local runtime and on (mocked) SageMaker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import boto3
+import pytest
+from botocore.stub import ANY, Stubber
+from botocore.validate import ParamValidator
+
+from distracted_driver.config import Settings
+from distracted_driver.hosting import open_hosting
+from distracted_driver.hosting.aws import (
+    HostingError,
+    SageMakerHosting,
+    deployment_config,
+    rollback_alarm_names,
+    scalable_resource_id,
+    scaling_policy_name,
+    version_resource_name,
+)
+from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, ScalingPolicy, TrafficRouting
+from distracted_driver.storage.s3 import S3Storage
+from distracted_driver.train.registry import Registry
+
+BUCKET = "dd-hosting-bucket"
+ROLE = "arn:aws:iam::123456789012:role/dd-dev-sagemaker"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/dd-dev-serving:0123abcd"
+V1, V2, V0 = "dd-20260101-000000-aaaa", "dd-20260102-000000-bbbb", "dd-20251231-000000-cccc"
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _settings(tmp_path) -> Settings:
+    return Settings(backend="aws", root=tmp_path, bucket=BUCKET, role_arn=ROLE, serving_image=IMAGE)
+
+
+@pytest.fixture
+def env(aws, tmp_path, make_artifact):
+    """A bucket with two registered model versions, the rollback alarms Terraform creates, and the hosting."""
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    settings = _settings(tmp_path)
+    storage = S3Storage(BUCKET)
+    for version, seed in ((V1, 1), (V2, 2)):
+        make_artifact(version, seed=seed).publish(storage, settings)
+    cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
+    for name in rollback_alarm_names(settings.endpoint_name):
+        cloudwatch.put_metric_alarm(AlarmName=name, Namespace="AWS/SageMaker", MetricName="ModelLatency",
+                                    Statistic="Average", Period=60, EvaluationPeriods=2, Threshold=2_000_000,
+                                    ComparisonOperator="GreaterThanThreshold")
+    hosting = SageMakerHosting(settings, storage=storage, poll_seconds=0, progress=False, keep=2)
+    return settings, storage, hosting
+
+
+def _spec(settings, version) -> ModelSpec:
+    return ModelSpec(version, f"{settings.models_prefix}/{version}/output/model.tar.gz")
+
+
+# --- requests, checked against botocore's service model ------------------------------------
+
+
+def _valid(operation: str, params: dict) -> None:
+    model = boto3.client("sagemaker", region_name="us-east-1").meta.service_model
+    report = ParamValidator().validate(params, model.operation_model(operation).input_shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+@pytest.mark.parametrize("routing, expected", [
+    (TrafficRouting(strategy="all-at-once", bake_seconds=45),
+     {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 45}),
+    (TrafficRouting(strategy="canary", canary_percent=10, wait_seconds=120),
+     {"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10}, "WaitIntervalInSeconds": 120}),
+    (TrafficRouting(strategy="linear", linear_step_percent=25, wait_seconds=60),
+     {"Type": "LINEAR", "LinearStepSize": {"Type": "CAPACITY_PERCENT", "Value": 25}, "WaitIntervalInSeconds": 60}),
+])
+def test_deployment_config_per_strategy(routing, expected):
+    config = deployment_config(routing, ["a-errors", "a-latency"])
+    policy = config["BlueGreenUpdatePolicy"]
+    assert policy["TrafficRoutingConfiguration"] == expected
+    assert policy["MaximumExecutionTimeoutInSeconds"] == 1800
+    assert config["AutoRollbackConfiguration"] == {"Alarms": [{"AlarmName": "a-errors"}, {"AlarmName": "a-latency"}]}
+    _valid("UpdateEndpoint", {"EndpointName": "e", "EndpointConfigName": "c", "RetainAllVariantProperties": True,
+                              "DeploymentConfig": config})
+
+
+def test_deployment_config_keeps_to_the_service_limits():
+    config = deployment_config(TrafficRouting(strategy="all-at-once", bake_seconds=9000, max_execution_seconds=60), [])
+    policy = config["BlueGreenUpdatePolicy"]
+    assert policy["TrafficRoutingConfiguration"]["WaitIntervalInSeconds"] == 3600
+    assert policy["MaximumExecutionTimeoutInSeconds"] == 600
+    assert "AutoRollbackConfiguration" not in config  # an empty alarm list is invalid
+    with pytest.raises(HostingError, match="at most 50%"):
+        deployment_config(TrafficRouting(strategy="canary", canary_percent=60), [])
+    with pytest.raises(HostingError, match="10..50%"):
+        deployment_config(TrafficRouting(strategy="linear", linear_step_percent=5), [])
+
+
+def test_names_fit_sagemaker():
+    assert version_resource_name("distracted-driver", V1) == f"distracted-driver-{V1}"
+    with pytest.raises(HostingError, match="shorten"):
+        version_resource_name("x" * 40, V1)
+
+
+# --- create, no-op, status, invoke, delete on moto -------------------------------------------
+
+
+def test_first_deploy_creates_the_endpoint_and_registers_autoscaling(env):
+    settings, storage, hosting = env
+    result = hosting.deploy(_spec(settings, V1), TrafficRouting(), AlarmThresholds())
+    assert (result.outcome, result.live_version) == ("deployed", V1)
+    assert "create" in result.timings
+
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    name = f"{settings.endpoint_name}-{V1}"
+    endpoint = sm.describe_endpoint(EndpointName=settings.endpoint_name)
+    assert (endpoint["EndpointStatus"], endpoint["EndpointConfigName"]) == ("InService", name)
+    container = sm.describe_model(ModelName=name)["PrimaryContainer"]
+    assert container["Image"] == IMAGE
+    assert container["ModelDataUrl"] == f"s3://{BUCKET}/models/{V1}/output/model.tar.gz"
+    variant = sm.describe_endpoint_config(EndpointConfigName=name)["ProductionVariants"][0]
+    assert (variant["VariantName"], variant["ModelName"], variant["InstanceType"]) == ("AllTraffic", name, "ml.c5.large")
+
+    scaling = boto3.client("application-autoscaling", region_name="us-east-1")
+    target = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][0]
+    assert target["ResourceId"] == scalable_resource_id(settings.endpoint_name, "AllTraffic")
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (ScalingPolicy().min_instances, ScalingPolicy().max_instances)
+    policy = scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"][0]
+    assert policy["PolicyName"] == scaling_policy_name(settings.endpoint_name, "AllTraffic")
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == "SageMakerVariantInvocationsPerInstance"
+
+    assert Registry(storage, settings).live()["job"] == V1
+    status = hosting.status()
+    assert (status["status"], status["live_version"], status["instance_count"]) == ("InService", V1, 1)
+    assert status["autoscaling"]["AllTraffic"]["target_invocations_per_instance"] == 600.0
+    assert status["runtime_url"] == "https://runtime.sagemaker.us-east-1.amazonaws.com"
+
+    again = hosting.deploy(_spec(settings, V1), TrafficRouting(), AlarmThresholds())
+    assert (again.outcome, again.live_version) == ("unchanged", V1)
+    assert len(sm.list_endpoint_configs()["EndpointConfigs"]) == 1
+
+    body, variant_name = hosting.invoke(b"image bytes", "image/jpeg")  # moto decodes bodies as text
+    assert isinstance(body, bytes) and variant_name
+
+
+def test_a_builtin_algorithm_model_is_served_by_its_own_image(env):
+    settings, storage, hosting = env
+    from sagemaker.core import image_uris
+
+    storage.put_bytes(f"models/{V0}/status.json", json.dumps({"job": V0, "algorithm": "builtin"}).encode())
+    storage.put_bytes(f"models/{V0}/output/model.tar.gz", b"mxnet symbol and params")
+    result = hosting.deploy(_spec(settings, V0))
+    assert result.outcome == "deployed"
+    image = boto3.client("sagemaker", region_name="us-east-1").describe_model(
+        ModelName=f"{settings.endpoint_name}-{V0}")["PrimaryContainer"]["Image"]
+    assert image == image_uris.retrieve("image-classification", "us-east-1")
+    assert Registry(storage, settings).live() is None  # not in the registry: nothing to gate it by
+
+
+def test_deploy_without_an_image_or_role_says_what_to_set(env, tmp_path):
+    settings, storage, _ = env
+    bare = SageMakerHosting(Settings(backend="aws", root=tmp_path, bucket=BUCKET, role_arn=ROLE), storage=storage,
+                            poll_seconds=0, progress=False)
+    with pytest.raises(HostingError, match="DD_SERVING_IMAGE"):
+        bare.deploy(_spec(settings, V1))
+
+
+def test_delete_leaves_nothing(env):
+    settings, _, hosting = env
+    hosting.deploy(_spec(settings, V1))
+    hosting.delete()
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    assert sm.list_endpoints()["Endpoints"] == []
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == [] and sm.list_models()["Models"] == []
+    scaling = boto3.client("application-autoscaling", region_name="us-east-1")
+    assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
+    assert hosting.status()["status"] == "absent"
+
+
+def test_open_hosting_picks_sagemaker(tmp_path):
+    assert isinstance(open_hosting(_settings(tmp_path)), SageMakerHosting)
+
+
+# --- blue/green updates through the Stubber --------------------------------------------------
+
+
+def _endpoint(settings, config, status="InService", modified=T0, failure=None, pending=None) -> dict:
+    answer = {
+        "EndpointName": settings.endpoint_name,
+        "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{settings.endpoint_name}",
+        "EndpointConfigName": config,
+        "EndpointStatus": status,
+        "CreationTime": T0,
+        "LastModifiedTime": modified,
+        "ProductionVariants": [{"VariantName": "AllTraffic", "CurrentWeight": 1.0, "DesiredWeight": 1.0,
+                                "CurrentInstanceCount": 2, "DesiredInstanceCount": 2}],
+    }
+    if failure:
+        answer["FailureReason"] = failure
+    if pending:
+        answer["PendingDeploymentSummary"] = pending
+    return answer
+
+
+def _not_found(stub: Stubber, operation: str, params: dict) -> None:
+    stub.add_client_error(operation, service_error_code="ValidationException", http_status_code=400,
+                          service_message=f"Could not find {operation[8:]}", expected_params=params)
+
+
+def _stub_update_start(stub: Stubber, settings, routing: TrafficRouting, blue: str, green: str, version: str):
+    stub.add_response("describe_endpoint", _endpoint(settings, blue), {"EndpointName": settings.endpoint_name})
+    _not_found(stub, "describe_model", {"ModelName": green})
+    stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{green}"}, {
+        "ModelName": green,
+        "PrimaryContainer": {"Image": IMAGE, "ModelDataUrl": f"s3://{BUCKET}/models/{version}/output/model.tar.gz",
+                             "Environment": {"MODEL_VERSION": version}},
+        "ExecutionRoleArn": ROLE,
+        "Tags": ANY,
+    })
+    _not_found(stub, "describe_endpoint_config", {"EndpointConfigName": green})
+    stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{green}"}, {
+        "EndpointConfigName": green,
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": green, "InitialInstanceCount": 1,
+                                "InstanceType": "ml.c5.large", "InitialVariantWeight": 1.0}],
+        "Tags": ANY,
+    })
+    # The full update request: blue/green canary with the Terraform alarms, instance counts retained.
+    stub.add_response("update_endpoint", {"EndpointArn": f"arn:aws:sagemaker:us-east-1:1:endpoint/{settings.endpoint_name}"}, {
+        "EndpointName": settings.endpoint_name,
+        "EndpointConfigName": green,
+        "RetainAllVariantProperties": True,
+        "DeploymentConfig": {
+            "BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": {"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 20},
+                                                "WaitIntervalInSeconds": 300},
+                "TerminationWaitInSeconds": 120,
+                "MaximumExecutionTimeoutInSeconds": 3600,
+            },
+            "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": name} for name in rollback_alarm_names(settings.endpoint_name)]},
+        },
+    })
+    pending = {"EndpointConfigName": green, "ProductionVariants": [
+        {"VariantName": "AllTraffic", "CurrentWeight": 0.2, "DesiredWeight": 1.0, "CurrentInstanceCount": 1}]}
+    stub.add_response("describe_endpoint", _endpoint(settings, blue, "Updating", T0 + dt.timedelta(seconds=5), pending=pending))
+
+
+CANARY = TrafficRouting(strategy="canary", canary_percent=20, wait_seconds=300, termination_wait_seconds=120,
+                        max_execution_seconds=3600)
+
+
+def test_update_is_a_blue_green_canary_with_auto_rollback(env):
+    settings, storage, _ = env
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    blue, green = version_resource_name(settings.endpoint_name, V1), version_resource_name(settings.endpoint_name, V2)
+    old = version_resource_name(settings.endpoint_name, V0)
+    hosting = SageMakerHosting(settings, sagemaker=client, storage=storage, poll_seconds=0, progress=False, keep=2)
+    with Stubber(client) as stub:
+        _stub_update_start(stub, settings, CANARY, blue, green, V2)
+        stub.add_response("describe_endpoint", _endpoint(settings, green, "InService", T0 + dt.timedelta(seconds=900)))
+        # Cleanup keeps the newest two configs (green and blue) and their models.
+        configs = [{"EndpointConfigName": n, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{n}",
+                    "CreationTime": T0} for n in (green, blue, old)]
+        stub.add_response("list_endpoint_configs", {"EndpointConfigs": configs},
+                          {"NameContains": f"{settings.endpoint_name}-", "SortBy": "CreationTime", "SortOrder": "Descending"})
+        stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": old})
+        models = [{"ModelName": n, "ModelArn": f"arn:aws:sagemaker:us-east-1:1:model/{n}", "CreationTime": T0}
+                  for n in (green, blue, old)]
+        stub.add_response("list_models", {"Models": models}, {"NameContains": f"{settings.endpoint_name}-"})
+        stub.add_response("delete_model", {}, {"ModelName": old})
+        result = hosting.deploy(_spec(settings, V2), CANARY, AlarmThresholds())
+        stub.assert_no_pending_responses()
+    assert (result.outcome, result.live_version) == ("deployed", V2)
+    assert result.reason == f"replaced {V1}" and "swap" in result.timings
+    assert Registry(storage, settings).live()["job"] == V2
+
+
+def test_an_alarm_during_the_canary_rolls_back_and_keeps_the_live_record(env):
+    settings, storage, _ = env
+    Registry(storage, settings).set_live(V1)
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    blue, green = version_resource_name(settings.endpoint_name, V1), version_resource_name(settings.endpoint_name, V2)
+    hosting = SageMakerHosting(settings, sagemaker=client, storage=storage, poll_seconds=0, progress=False)
+    with Stubber(client) as stub:
+        _stub_update_start(stub, settings, CANARY, blue, green, V2)
+        stub.add_response("describe_endpoint", _endpoint(settings, blue, "RollingBack", T0 + dt.timedelta(seconds=400)))
+        reason = f"Alarm {rollback_alarm_names(settings.endpoint_name)[0]} went into ALARM during the canary"
+        stub.add_response("describe_endpoint", _endpoint(settings, blue, "InService", T0 + dt.timedelta(seconds=500), reason))
+        result = hosting.deploy(_spec(settings, V2), CANARY, AlarmThresholds())
+        stub.assert_no_pending_responses()  # and no cleanup calls: the Stubber refuses unexpected ones
+    assert (result.outcome, result.live_version, result.reason) == ("rolled-back", V1, reason)
+    assert Registry(storage, settings).live()["job"] == V1
+
+
+def test_rollback_swaps_back_to_the_previous_config(env):
+    settings, storage, _ = env
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    current, previous = version_resource_name(settings.endpoint_name, V2), version_resource_name(settings.endpoint_name, V1)
+    hosting = SageMakerHosting(settings, sagemaker=client, storage=storage, poll_seconds=0, progress=False)
+    with Stubber(client) as stub:
+        stub.add_response("describe_endpoint", _endpoint(settings, current), {"EndpointName": settings.endpoint_name})
+        configs = [{"EndpointConfigName": n, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{n}",
+                    "CreationTime": T0} for n in (current, previous)]
+        stub.add_response("list_endpoint_configs", {"EndpointConfigs": configs},
+                          {"NameContains": f"{settings.endpoint_name}-", "SortBy": "CreationTime", "SortOrder": "Descending"})
+        stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"}, {
+            "EndpointName": settings.endpoint_name, "EndpointConfigName": previous, "RetainAllVariantProperties": True,
+            "DeploymentConfig": {"BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+                "TerminationWaitInSeconds": 0, "MaximumExecutionTimeoutInSeconds": 1800}},
+        })
+        stub.add_response("describe_endpoint", _endpoint(settings, previous, "InService", T0 + dt.timedelta(seconds=60)))
+        result = hosting.rollback()
+        stub.assert_no_pending_responses()
+    assert (result.outcome, result.live_version) == ("deployed", V1)
+    assert Registry(storage, settings).live()["job"] == V1
+
+
+# --- one behaviour, two backends --------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", pytest.param("aws")])
+def any_hosting(request, tmp_path):
+    """(hosting, storage, settings) of either backend."""
+    if request.param == "local":
+        from hosting_support import hosted_env
+
+        with hosted_env(tmp_path) as hosted:
+            yield hosted.hosting, hosted.storage, hosted.settings
+        return
+    request.getfixturevalue("aws")
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    settings, storage = _settings(tmp_path), S3Storage(BUCKET)
+    yield SageMakerHosting(settings, storage=storage, poll_seconds=0, progress=False), storage, settings
+
+
+@pytest.mark.slow
+def test_both_backends_create_noop_scale_and_delete_alike(any_hosting, make_artifact):
+    hosting, storage, settings = any_hosting
+    spec = ModelSpec("both-v1", make_artifact("both-v1", seed=4).publish(storage, settings))
+    routing = TrafficRouting(strategy="all-at-once", bake_seconds=0)
+
+    created = hosting.deploy(spec, routing, AlarmThresholds())
+    assert (created.outcome, created.live_version) == ("deployed", "both-v1")
+    status = hosting.status()
+    assert (status["status"], status["live_version"], status["instance_count"]) == ("InService", "both-v1", 1)
+    assert Registry(storage, settings).live()["job"] == "both-v1"
+
+    assert hosting.deploy(spec, routing, AlarmThresholds()).outcome == "unchanged"
+
+    hosting.set_autoscaling(ScalingPolicy(min_instances=1, max_instances=3, target_invocations_per_instance=300))
+    scaling = hosting.status()["autoscaling"][settings.variant_name]
+    assert (scaling["max_instances"], scaling["target_invocations_per_instance"]) == (3, 300)
+
+    hosting.delete()
+    assert hosting.status()["status"] == "absent"

@@ -1,0 +1,171 @@
+"""terraform/ checked statically: the wiring (python-hcl2), checkov, and the outputs → settings conversion.
+
+No terraform binary and no provider: the checks read the files. Each wiring check is
+also shown to fail on a copy of the configuration broken in the way it guards against.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import boto3
+import pytest
+
+from distracted_driver.config import Settings
+from distracted_driver.infra import terraform as tf
+from distracted_driver.infra.check import MANIFESTS_DIR, run_checkov, wiring_findings
+from distracted_driver.infra.hcl import Configuration
+
+REPO = Path(__file__).resolve().parents[1]
+TERRAFORM = REPO / "terraform"
+SAMPLE_OUTPUTS = Path(__file__).parent / "data" / "terraform_output.json"
+
+
+def test_the_configuration_is_wired_to_the_code():
+    report = wiring_findings(TERRAFORM, REPO)
+    assert report.ok, "\n".join(str(f) for f in report.failures)
+    checks = {f.check for f in report.findings}
+    assert {"lambda-endpoint", "lambda-invokes-only-its-endpoint", "binary-media-types", "autoscaling-resource-id",
+            "rollback-alarm-names", "trigger-prefix", "trigger-policy-project-only", "defaults-agree",
+            "checkov-skips-justified", "lambda-timeouts"} <= checks
+    assert {f.variant for f in report.findings} == {"defaults", "dev", "prod"}
+
+
+def test_values_flow_through_modules():
+    config = Configuration(TERRAFORM, TERRAFORM / "envs" / "dev.tfvars")
+    assert config.variable("endpoint_name") == "distracted-driver-dev"
+    autoscaling = config.instance("autoscaling")
+    assert autoscaling.value(autoscaling.module.locals["resource_id"]) == "endpoint/distracted-driver-dev/variant/AllTraffic"
+    trigger = config.instance("trigger")
+    assert trigger.inputs["codebuild_project_arn"] == "${codebuild:aws_codebuild_project.this.arn}"
+    assert trigger.inputs["manifest_prefix"] == f"raw/{MANIFESTS_DIR}/"
+
+
+def test_the_manifest_directory_is_the_one_ingest_writes():
+    from distracted_driver.data.ingest import MANIFESTS
+
+    assert MANIFESTS == MANIFESTS_DIR
+
+
+# --- each check fails on the mistake it guards against -------------------------------------------
+
+
+def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
+    copy = tmp_path / "repo"
+    shutil.copytree(TERRAFORM, copy / "terraform", ignore=shutil.ignore_patterns(".terraform"))
+    shutil.copytree(REPO / "lambda", copy / "lambda", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "buildspec.yml", copy / "buildspec.yml")
+    target = copy / "terraform" / path
+    text = target.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    target.write_text(text.replace(old, new, 1))
+    return copy
+
+
+@pytest.mark.parametrize("path, old, new, check", [
+    ("modules/api/main.tf", "ENDPOINT_NAME     = var.endpoint_name", 'ENDPOINT_NAME     = "other-endpoint"',
+     "lambda-endpoint"),
+    ("modules/iam/main.tf", 'endpoint_arn    = "${local.sagemaker_arn}:endpoint/${var.endpoint_name}"',
+     'endpoint_arn    = "${local.sagemaker_arn}:endpoint/*"', "lambda-invokes-only-its-endpoint"),
+    ("modules/api/main.tf", '"image/png", ', "", "binary-media-types"),
+    ("modules/autoscaling/main.tf", 'resource_id = "endpoint/${var.endpoint_name}/variant/${var.variant_name}"',
+     'resource_id = "endpoint/${var.endpoint_name}/variant/Blue"', "autoscaling-resource-id"),
+    ("modules/alarms/main.tf", '"${var.endpoint_name}-model-latency"', '"${var.endpoint_name}-latency"',
+     "rollback-alarm-names"),
+    ("modules/alarms/main.tf", "threshold           = var.p99_latency_ms * 1000",
+     "threshold           = var.p99_latency_ms", "latency-alarm-microseconds"),
+    ("main.tf", 'manifest_prefix        = "${var.raw_prefix}/manifests/"',
+     'manifest_prefix        = "${var.data_prefix}/manifests/"', "trigger-prefix"),
+    ("modules/trigger/main.tf", "resources = [var.codebuild_project_arn]", 'resources = ["*"]',
+     "trigger-policy-project-only"),
+    ("modules/api/main.tf", "connect_timeout_seconds = 2", "connect_timeout_seconds = 5", "lambda-timeouts"),
+    ("variables.tf", 'default     = "AllTraffic"', 'default     = "Primary"', "defaults-agree"),
+    ("modules/storage/main.tf", "#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; everything here is rebuilt from the raw images, which are versioned.",
+     "#checkov:skip=CKV_AWS_144:cost", "checkov-skips-justified"),
+])
+def test_a_broken_wiring_is_caught(tmp_path, path, old, new, check):
+    copy = _broken(tmp_path, path, old, new)
+    report = wiring_findings(copy / "terraform", copy)
+    assert check in {f.check for f in report.failures}, [str(f) for f in report.failures]
+
+
+# --- checkov ---------------------------------------------------------------------------------------
+
+
+def test_checkov_finds_nothing(tmp_path):
+    """Zero failed checks; every skip carries its reason inline. Builds .venvs/checkov once (make checkov-env)."""
+    checkov = REPO / ".venvs" / "checkov" / "bin" / "checkov"
+    if not checkov.exists():
+        subprocess.run(["make", "checkov-env"], cwd=REPO, check=True, timeout=900)
+    result = run_checkov(TERRAFORM, checkov)
+    assert result.ok, str(result)
+    assert result.passed > 200 and result.skipped > 0
+
+
+# --- terraform outputs → the pipeline's settings ---------------------------------------------------
+
+
+def test_outputs_become_the_settings_of_the_aws_backend(tmp_path, monkeypatch):
+    outputs = json.loads(SAMPLE_OUTPUTS.read_text())
+    settings = Settings(root=tmp_path)
+    path, values = tf.refresh_env_file(settings, outputs)
+    assert path == tmp_path / ".state" / "aws.env"
+    assert values["DD_BUCKET"] == "distracted-driver-dev-data-123456789012-eu-west-1"
+    assert "api_key" not in path.read_text() and "Zq3Example" not in path.read_text()  # the secret stays out
+
+    for name in [n for n in __import__("os").environ if n.startswith("DD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DD_ROOT", str(tmp_path))
+    aws = Settings.from_env(backend="aws")
+    assert (aws.bucket, aws.region, aws.endpoint_name) == (values["DD_BUCKET"], "eu-west-1", "distracted-driver-dev")
+    assert aws.role_arn.endswith(":role/distracted-driver-dev-sagemaker") and aws.kms_key_id.startswith("arn:aws:kms:")
+    monkeypatch.setenv("DD_ENDPOINT_NAME", "from-the-environment")
+    assert Settings.from_env(backend="aws").endpoint_name == "from-the-environment"  # the environment wins
+    assert Settings.from_env(backend="local").bucket == Settings().bucket  # local ignores aws.env
+
+    # A pushed image survives a refresh of the outputs.
+    tf.record_serving_image(settings, f"{values['DD_SERVING_IMAGE_REPOSITORY']}:0123abcd")
+    tf.refresh_env_file(settings, outputs)
+    assert Settings.from_env(backend="aws").serving_image.endswith("-serving:0123abcd")
+
+
+def test_outputs_that_cannot_be_settings_are_refused():
+    outputs = json.loads(SAMPLE_OUTPUTS.read_text())
+    with pytest.raises(tf.OutputsError, match="infra.apply"):
+        tf.settings_from_outputs({})
+    unsafe = json.loads(json.dumps(outputs))
+    unsafe["pipeline_settings"]["value"]["DD_BUCKET"] = "bucket; rm -rf /"
+    with pytest.raises(tf.OutputsError, match="DD_BUCKET"):
+        tf.settings_from_outputs(unsafe)
+    missing = json.loads(json.dumps(outputs))
+    del missing["pipeline_settings"]["value"]["DD_ROLE_ARN"]
+    with pytest.raises(tf.OutputsError, match="DD_ROLE_ARN"):
+        tf.settings_from_outputs(missing)
+
+
+def test_terraform_command_lines(tmp_path):
+    settings = Settings(root=REPO)
+    plan = tf.command(settings, "plan", "dev", endpoint_exists=False, plan_file="dev.tfplan")
+    assert plan == (f"terraform -chdir={TERRAFORM} plan -input=false -var-file=envs/dev.tfvars "
+                    "-var=endpoint_exists=false -out=dev.tfplan")
+    apply = tf.command(settings, "apply", "prod", endpoint_exists=True, auto_approve=True)
+    assert apply.endswith("apply -input=false -var-file=envs/prod.tfvars -var=endpoint_exists=true -auto-approve")
+    assert tf.output_command(settings) == f"terraform -chdir={TERRAFORM} output -json"
+    with pytest.raises(ValueError, match="environments: dev, prod"):
+        tf.command(settings, "plan", "qa")
+    assert tf.endpoint_of(settings, "dev") == ("us-east-1", "distracted-driver-dev")
+    assert tf.image_tag("0123abcd") == "0123abcd" and tf.image_tag("0123abcd-dirty").startswith("0123abcd-dirty-")
+
+
+def test_endpoint_existence_decides_the_autoscaling_module(aws):
+    assert tf.endpoint_exists("us-east-1", "distracted-driver-dev") is False
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    sm.create_model(ModelName="m", PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1"},
+                    ExecutionRoleArn="arn:aws:iam::123456789012:role/r")
+    sm.create_endpoint_config(EndpointConfigName="c", ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": "m", "InitialInstanceCount": 1, "InstanceType": "ml.c5.large"}])
+    sm.create_endpoint(EndpointName="distracted-driver-dev", EndpointConfigName="c")
+    assert tf.endpoint_exists("us-east-1", "distracted-driver-dev") is True
