@@ -7,6 +7,7 @@ endpoint (default ``local``; ``DD_BACKEND`` overrides).
 from __future__ import annotations
 
 from invoke import Collection, task
+from invoke.exceptions import Exit
 
 from distracted_driver.config import Settings
 
@@ -37,7 +38,6 @@ data = Collection("data")
 def data_sample(c, out=None, drivers=26, images_per_class_driver=3, test_images=40, seed=0,
                 first_driver=None, overwrite=False):
     """Draw synthetic cabin images in the exact State Farm layout (imgs/, driver_imgs_list.csv, ...)."""
-    from invoke.exceptions import Exit
 
     from distracted_driver.data.channels import WorkDirs
     from distracted_driver.data.sample import SampleError, generate_sample
@@ -61,7 +61,6 @@ def data_sample(c, out=None, drivers=26, images_per_class_driver=3, test_images=
 )
 def data_add(c, from_=None, backend=None):
     """Add a labelled batch to the bucket's raw data and write a new data manifest (exit 2 if anything was refused)."""
-    from invoke.exceptions import Exit
 
     from distracted_driver.data.ingest import IngestError, add_data
     from distracted_driver.storage import open_storage
@@ -103,7 +102,6 @@ def _optional(value, kind):
 )
 def data_split(c, root=None, out=None, val_drivers=None, val_fraction=None, fold=None, folds=5, seed=0):
     """Split the images into train/validation by driver (no driver on both sides) and write MXNet .lst files."""
-    from invoke.exceptions import Exit
 
     from distracted_driver.data.channels import WorkDirs
     from distracted_driver.data.split import split_dataset
@@ -137,7 +135,6 @@ def data_split(c, root=None, out=None, val_drivers=None, val_fraction=None, fold
 def data_convert(c, lists=None, out=None, images=None, resize=256, center_crop=False, quality=None, encoding=".jpg",
                  pass_through=False, workers=0, interpolation="linear"):
     """Convert the .lst files to RecordIO channels (.rec + .idx + .lst) and write manifest.json (im2rec's job)."""
-    from invoke.exceptions import Exit
 
     from distracted_driver.data.channels import WorkDirs
     from distracted_driver.data.convert import ConvertOptions, convert_lists
@@ -163,7 +160,6 @@ def data_convert(c, lists=None, out=None, images=None, resize=256, center_crop=F
 )
 def data_upload(c, directory=None, prefix=None, backend=None):
     """Copy the channels and their manifest to the bucket (<prefix>/train/, <prefix>/validation/), skipping unchanged files."""
-    from invoke.exceptions import Exit
 
     from distracted_driver.data.channels import ChannelsError, WorkDirs, upload_channels
     from distracted_driver.storage import open_storage
@@ -208,7 +204,6 @@ train = Collection("train")
 def train_run(c, epochs=40, learning_rate=None, mini_batch_size=32, image_size=224, freeze_backbone=True,
               augmentation=None, seed=0, patience=5, extra="", resume=None, backend=None, algorithm="script"):
     """Run scripts/train.py as a local SageMaker-style job on the bucket's channels; store and register the model."""
-    from invoke.exceptions import Exit
 
     from distracted_driver.train.runner import TrainingJobFailed, run_local_job
 
@@ -302,7 +297,6 @@ def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, js
     """Quality gate: exit 1 with the reason when the candidate is worse than the live model (or the uniform guess)."""
     import json as jsonlib
 
-    from invoke.exceptions import Exit
 
     from distracted_driver.storage import open_storage
     from distracted_driver.train.registry import DEFAULT_BASELINE_FRACTION, DEFAULT_TOLERANCE, Registry, RegistryError
@@ -490,7 +484,6 @@ loadtest = Collection("loadtest")
 )
 def loadtest_run(c, users=8, spawn_rate=4.0, run_time="20s", host=None, api_key=None, slo=None, backend=None):
     """Run Locust headless against the API; exit non-zero naming each missed SLO. Reports in reports/loadtest/."""
-    from invoke.exceptions import Exit
 
     from distracted_driver.loadtest import SLO, LoadTestError, run_loadtest
 
@@ -523,7 +516,6 @@ def loadtest_run(c, users=8, spawn_rate=4.0, run_time="20s", host=None, api_key=
 def loadtest_find_capacity(c, start_users=2, step_users=2, max_users=32, step_time="15s", safety_factor=0.5,
                            instances=None, host=None, api_key=None, backend=None):
     """Ramp users until failures pass 1% or p99 its SLO; report the highest sustainable RPS and autoscaling target."""
-    from invoke.exceptions import Exit
 
     from distracted_driver.loadtest import LoadTestError, find_capacity
 
@@ -561,7 +553,6 @@ def _hosting(settings):
 
 def _model_spec(settings, model, instances):
     """The registry's entry for MODEL ('latest', 'live' or a job name) as a ModelSpec."""
-    from invoke.exceptions import Exit
 
     from distracted_driver.hosting.base import ModelSpec
     from distracted_driver.storage import open_storage
@@ -576,7 +567,6 @@ def _model_spec(settings, model, instances):
 
 def _hosting_call(call, *args):
     """Run a hosting call; a refusal (each backend's HostingError, a bad artifact) exits 2 with its message."""
-    from invoke.exceptions import Exit
 
     try:
         return call(*args)
@@ -585,7 +575,6 @@ def _hosting_call(call, *args):
 
 
 def _report(result):
-    from invoke.exceptions import Exit
 
     print(f"{result.outcome}: endpoint {result.endpoint}, live model {result.live_version}"
           + (f" ({result.reason})" if result.reason else ""))
@@ -612,7 +601,6 @@ _ALARM_HELP = {
 )
 def deploy_create(c, model="latest", instances=1, backend=None):
     """Create the endpoint with a model (health check and smoke test first); refuses if it exists (use deploy.swap)."""
-    from invoke.exceptions import Exit
 
     from distracted_driver.hosting.base import AlarmThresholds, TrafficRouting
 
@@ -716,7 +704,6 @@ def deploy_invoke(c, image, variant=None, backend=None):
     from distracted_driver.data.layout import CLASSES, DESCRIPTIONS
 
     from botocore.exceptions import ClientError
-    from invoke.exceptions import Exit
 
     body = Path(image).read_bytes()
     content_type = "image/png" if body.startswith(b"\x89PNG") else "image/jpeg"
@@ -763,6 +750,8 @@ _PIPELINE_HELP = {
     "canary_percent": "canary: share of capacity that gets traffic first (default 10)",
     "wait_seconds": "wait between traffic shifts (default 10)",
     "bake_seconds": "alarm watch with all traffic on green (default 10)",
+    "alarm_max_p99_ms": "roll back when green's p99 latency passes this (default 2000)",
+    "alarm_max_error_rate": "roll back when green's error rate passes this (default 0.05)",
     "load_users": "load test: Locust users (default 4)",
     "load_seconds": "load test: seconds (default 15; 0 skips the load test)",
     "api_url": "REST API to smoke-test and load (default: the local gateway; the API stage URL on aws)",
@@ -770,7 +759,6 @@ _PIPELINE_HELP = {
 
 
 def _pipeline_options(**flags):
-    from invoke.exceptions import Exit
 
     from distracted_driver.pipeline.options import options_from_flags
 
@@ -785,13 +773,12 @@ def _pipeline_options(**flags):
 def pipeline_run(c, resume=False, backend=None, strategy="canary", epochs=None, learning_rate=None,
                  mini_batch_size=None, image_size=None, seed=None, extra="", val_fraction=None, val_drivers=None,
                  resize=None, gate_tolerance=None, canary_percent=None, wait_seconds=None, bake_seconds=None,
-                 load_users=None, load_seconds=None, api_url=None):
+                 alarm_max_p99_ms=None, alarm_max_error_rate=None, load_users=None, load_seconds=None, api_url=None):
     """Run the pipeline once: convert, upload, train, evaluate, gate, deploy blue/green, smoke, load test.
 
     Stages whose inputs did not change are reused. Exit status: 0 deployed or nothing-to-do,
     3 rejected-by-gate, 4 rolled-back, 9 another run holds the lock, 10-18 failed:<stage>.
     """
-    from invoke.exceptions import Exit
 
     from distracted_driver.pipeline.run import print_summary, run_pipeline
 
@@ -799,7 +786,8 @@ def pipeline_run(c, resume=False, backend=None, strategy="canary", epochs=None, 
         resume=resume, strategy=strategy, epochs=epochs, learning_rate=learning_rate, mini_batch_size=mini_batch_size,
         image_size=image_size, seed=seed, extra=extra, val_fraction=val_fraction, val_drivers=val_drivers,
         resize=resize, gate_tolerance=gate_tolerance, canary_percent=canary_percent, wait_seconds=wait_seconds,
-        bake_seconds=bake_seconds, load_users=load_users, load_seconds=load_seconds, api_url=api_url)
+        bake_seconds=bake_seconds, alarm_max_p99_ms=alarm_max_p99_ms, alarm_max_error_rate=alarm_max_error_rate,
+        load_users=load_users, load_seconds=load_seconds, api_url=api_url)
     record = run_pipeline(_settings(backend), options)
     print_summary(record)
     if record.exit_code:
@@ -828,7 +816,8 @@ def pipeline_history(c, json=False, limit=0, backend=None):
 def pipeline_watch(c, interval=10.0, max_runs=None, timeout=None, backend=None, strategy="canary", epochs=None,
                    learning_rate=None, mini_batch_size=None, image_size=None, seed=None, extra="",
                    val_fraction=None, val_drivers=None, resize=None, gate_tolerance=None, canary_percent=None,
-                   wait_seconds=None, bake_seconds=None, load_users=None, load_seconds=None, api_url=None):
+                   wait_seconds=None, bake_seconds=None, alarm_max_p99_ms=None, alarm_max_error_rate=None,
+                   load_users=None, load_seconds=None, api_url=None):
     """Watch the bucket's raw-data manifests and run the pipeline when new data lands (one run at a time)."""
     import logging
 
@@ -839,7 +828,8 @@ def pipeline_watch(c, interval=10.0, max_runs=None, timeout=None, backend=None, 
         strategy=strategy, epochs=epochs, learning_rate=learning_rate, mini_batch_size=mini_batch_size,
         image_size=image_size, seed=seed, extra=extra, val_fraction=val_fraction, val_drivers=val_drivers,
         resize=resize, gate_tolerance=gate_tolerance, canary_percent=canary_percent, wait_seconds=wait_seconds,
-        bake_seconds=bake_seconds, load_users=load_users, load_seconds=load_seconds, api_url=api_url)
+        bake_seconds=bake_seconds, alarm_max_p99_ms=alarm_max_p99_ms, alarm_max_error_rate=alarm_max_error_rate,
+        load_users=load_users, load_seconds=load_seconds, api_url=api_url)
     runs = watch(_settings(backend), options, interval=float(interval),
                  max_runs=None if max_runs is None else int(max_runs), timeout=None if timeout is None else float(timeout))
     for run in runs:
@@ -874,7 +864,6 @@ def _checkov(c) -> str:
 )
 def infra_check(c, checkov=True, verbose=False):
     """Static checks of terraform/: module wiring against the code (python-hcl2), then checkov with zero failures."""
-    from invoke.exceptions import Exit
 
     from distracted_driver.infra.check import run_checkov, wiring_findings
     from distracted_driver.infra.terraform import terraform_dir
@@ -1005,7 +994,9 @@ def demo(c):
     """Run the main job end to end on generated sample data and leave the stack up."""
     from distracted_driver import demo as demo_job
 
-    demo_job.run(_settings())
+    code = demo_job.run(_settings())
+    if code:
+        raise Exit(code=code)
 
 
 @task

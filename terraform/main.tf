@@ -102,14 +102,14 @@ module "alarms" {
 module "autoscaling" {
   source = "./modules/autoscaling"
 
-  enabled                     = var.endpoint_exists
-  endpoint_name               = var.endpoint_name
-  variant_name                = var.variant_name
-  min_instances               = var.autoscaling_min_instances
-  max_instances               = var.autoscaling_max_instances
-  target_invocations          = var.autoscaling_target_invocations
-  scale_out_cooldown_seconds  = var.autoscaling_scale_out_cooldown_seconds
-  scale_in_cooldown_seconds   = var.autoscaling_scale_in_cooldown_seconds
+  enabled                    = var.endpoint_exists
+  endpoint_name              = var.endpoint_name
+  variant_name               = var.variant_name
+  min_instances              = var.autoscaling_min_instances
+  max_instances              = var.autoscaling_max_instances
+  target_invocations         = var.autoscaling_target_invocations
+  scale_out_cooldown_seconds = var.autoscaling_scale_out_cooldown_seconds
+  scale_in_cooldown_seconds  = var.autoscaling_scale_in_cooldown_seconds
 }
 
 module "api" {

@@ -103,7 +103,7 @@ def stop_stack(settings: Settings) -> None:
 
 
 def first_driver_keeping_validation_unseen(existing: dict[str, int], validation: set[str], drivers: int,
-                                           split_seed: int = 0, start: int = 90) -> int:
+                                           split_seed: int = 0) -> int:
     """A first driver number for a batch of ``drivers`` new subjects after which the driver split
     still keeps every driver the live model trained on out of validation.
 
@@ -117,8 +117,11 @@ def first_driver_keeping_validation_unseen(existing: dict[str, int], validation:
     from distracted_driver.data.split import choose_validation
 
     trained_on = set(existing) - validation
-    for first in range(start, start + 1000):
-        groups = {**existing, **{subject_name(first + i): 1 for i in range(drivers)}}
+    for first in range(1, 1000 - drivers):
+        newcomers = {subject_name(first + i): 1 for i in range(drivers)}
+        if newcomers.keys() & existing.keys():
+            continue
+        groups = {**existing, **newcomers}
         chosen, _ = choose_validation(groups, val_count=CONVERT["val_drivers"], val_fraction=None, fold=None,
                                       folds=5, seed=split_seed)
         if not chosen & trained_on:

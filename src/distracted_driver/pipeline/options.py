@@ -23,6 +23,9 @@ class RunOptions:
     linear_step_percent: int = 25
     wait_seconds: float = 10.0
     bake_seconds: float = 10.0
+    # Alarms on the green fleet during the swap; a breach rolls traffic back to blue.
+    alarm_max_error_rate: float = 0.05
+    alarm_max_p99_ms: float = 2000.0
     # Verification after a deploy: one smoke request, then a bounded load test (0 s: none).
     smoke_images: int = 3
     load_users: int = 4
@@ -68,6 +71,7 @@ def options_from_flags(*, epochs=None, learning_rate=None, mini_batch_size=None,
                "val_drivers": None if val_drivers is None else int(val_drivers),
                "resize": None if resize is None else int(resize)}
     numeric = {"canary_percent": int, "linear_step_percent": int, "wait_seconds": float, "bake_seconds": float,
+               "alarm_max_error_rate": float, "alarm_max_p99_ms": float,
                "gate_tolerance": float, "smoke_images": int, "load_users": int, "load_spawn_rate": float,
                "load_seconds": float}
     given = {k: (numeric[k](v) if k in numeric else v) for k, v in rest.items() if v is not None}

@@ -405,7 +405,8 @@ class Deploy(Stage):
     def inputs(self, context):
         train = context.outputs["train"]
         return {"candidate": train["job"], "artifact_key": train["artifact_key"],
-                "artifact_sha256": train["artifact_sha256"], "routing": self.routing(context).__dict__}
+                "artifact_sha256": train["artifact_sha256"], "routing": self.routing(context).__dict__,
+                "alarms": self.alarms(context).__dict__}
 
     @staticmethod
     def routing(context: RunContext):
@@ -416,15 +417,22 @@ class Deploy(Stage):
                               linear_step_percent=o.linear_step_percent, wait_seconds=o.wait_seconds,
                               bake_seconds=o.bake_seconds)
 
+    @staticmethod
+    def alarms(context: RunContext):
+        from distracted_driver.hosting.base import AlarmThresholds
+
+        o = context.options
+        return AlarmThresholds(max_error_rate=o.alarm_max_error_rate, max_p99_latency_ms=o.alarm_max_p99_ms)
+
     def cacheable(self, outputs):
         return False  # a deploy changes the endpoint; whether it holds is asked of the endpoint each time
 
     def run(self, context, record):
-        from distracted_driver.hosting.base import AlarmThresholds, ModelSpec
+        from distracted_driver.hosting.base import ModelSpec
 
         train = context.outputs["train"]
         result = hosting(context).deploy(ModelSpec(train["job"], train["artifact_key"]), self.routing(context),
-                                         AlarmThresholds())
+                                         self.alarms(context))
         context.memo_clear("live")
         outputs = {"outcome": result.outcome, "live_version": result.live_version, "reason": result.reason,
                    "timings": result.timings, "strategy": context.options.strategy,

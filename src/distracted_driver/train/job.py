@@ -32,7 +32,7 @@ from distracted_driver.train.channel import record_files
 DEFAULT_LEARNING_RATE = {"frozen": 3e-3, "finetune": 3e-4}
 SAGEMAKER_CHECKPOINTS = Path("/opt/ml/checkpoints")
 # Validation log loss of the exported ONNX model and of the PyTorch model it came from
-# must agree this closely (same images, float32 on the CPU in both).
+# must agree this closely when both ran in float32 on the CPU (frozen backbone).
 EXPORT_AGREEMENT = 1e-3
 
 
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> dict:
     gap = abs(metrics["log_loss"] - best["val_log_loss"])
     _log(f"exported ONNX model on validation: log_loss={metrics['log_loss']:.4f} accuracy={metrics['accuracy']:.3f} "
          f"(PyTorch {best['val_log_loss']:.4f})")
-    if config.mode == "frozen" and gap > EXPORT_AGREEMENT:
+    if config.mode == "frozen" and config.device == "cpu" and gap > EXPORT_AGREEMENT:
         raise RuntimeError(f"the exported model's validation log loss differs from PyTorch's by {gap:.2e}")
 
     metrics.update({

@@ -212,7 +212,8 @@ class FeatureExtractor:
         if self.config.device != "cpu":
             device = torch.device(self.config.device)
             self.model.to(device)
-            with torch.inference_mode():
+            # Features are computed once and kept: full float32, no TF32 shortcuts in the convolutions.
+            with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
                 x = torch.from_numpy(images).to(device).contiguous(memory_format=torch.channels_last)
                 return self.model.features(x).float().cpu()
         if self._session is None:

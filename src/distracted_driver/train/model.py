@@ -155,6 +155,11 @@ def build_model(pretrained: bool = True, num_classes: int = len(CLASSES), seed: 
     return model
 
 
+# Running statistics of a network trained from random weights move fast; the shipped
+# weights' momentum (TF's 0.99 decay) would leave them far behind in a short run.
+SCRATCH_BN_MOMENTUM = 0.1
+
+
 def _init_random(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -162,6 +167,7 @@ def _init_random(model: nn.Module) -> None:
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+            module.momentum = SCRATCH_BN_MOMENTUM
 
 
 class Classifier(nn.Module):

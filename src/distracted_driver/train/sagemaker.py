@@ -297,7 +297,12 @@ class SageMakerTrainer:
         self._record(job, status)
         self.sagemaker.create_training_job(**request)
         self._say(f"training job {job} ({algorithm}, {instance_type}) started")
-        described = self.wait(job)
+        try:
+            described = self.wait(job)
+        except KeyboardInterrupt:  # do not leave a paid job running behind an interrupted command
+            self.sagemaker.stop_training_job(TrainingJobName=job)
+            self._record(job, {**status, "status": "Stopped", "ended": _now(), "failure_reason": "interrupted"})
+            raise
         status.update(ended=_now(), status=described["TrainingJobStatus"],
                       billable_seconds=described.get("BillableTimeInSeconds"),
                       final_metrics={m["MetricName"]: m["Value"] for m in described.get("FinalMetricDataList", [])})

@@ -59,7 +59,7 @@ def stage_source_dir(tar_path: str | Path, entry_point: str | Path = ENTRY_POINT
         if "__pycache__" not in path.parts:
             files[f"distracted_driver/{path.relative_to(PACKAGE_DIR).as_posix()}"] = path.read_bytes()
     with atomic_path(tar_path) as tmp:
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped:
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as zipped:
             with tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as archive:
                 for name in sorted(files):
                     _add(archive, name, files[name])

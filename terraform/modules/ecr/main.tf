@@ -18,11 +18,11 @@ resource "aws_ecr_repository" "this" {
 
 resource "aws_ecr_lifecycle_policy" "this" {
   repository = aws_ecr_repository.this.name
-  policy = jsonencode({
+  policy     = jsonencode({
     rules = [{
       rulePriority = 1
       description  = "keep the newest ${var.images_to_keep} images"
-      selection = {
+      selection    = {
         tagStatus   = "any"
         countType   = "imageCountMoreThan"
         countNumber = var.images_to_keep

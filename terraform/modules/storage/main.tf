@@ -2,7 +2,7 @@ locals {
   data_bucket      = "${var.name}-data-${var.account_id}-${var.region}"
   artifacts_bucket = "${var.name}-artifacts-${var.account_id}-${var.region}"
   logs_bucket      = "${var.name}-logs-${var.account_id}-${var.region}"
-  encrypted = {
+  encrypted        = {
     data      = aws_s3_bucket.data.id
     artifacts = aws_s3_bucket.artifacts.id
   }

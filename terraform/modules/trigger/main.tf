@@ -48,8 +48,9 @@ data "aws_iam_policy_document" "trigger" {
   }
 
   statement {
-    sid       = "DecryptEnvironment"
-    actions   = ["kms:Decrypt"]
+    # decrypt its environment; encrypt what it sends to the dead-letter queue
+    sid       = "UseKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [var.kms_key_arn]
   }
 

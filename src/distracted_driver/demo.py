@@ -1,0 +1,121 @@
+"""The main job behind ``make demo``: generated sample data through the whole pipeline to a live REST API.
+
+Each step is a library call that the invoke tasks also expose; this module
+only chains them and tells the operator where every output went. Running it
+again is cheap: the data is already in the bucket, so the pipeline finds
+nothing to do and the demo goes straight to the live stack.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from distracted_driver.config import Settings
+from distracted_driver.data.layout import TEST_DIR
+from distracted_driver.storage import open_storage
+
+SAMPLE_QUERIES = 3
+
+
+def _say(message: str) -> None:
+    print(f"\n== {message}", flush=True)
+
+
+def run(settings: Settings) -> int:
+    """Run the demo; return the pipeline's exit code (0 when a model is live)."""
+    from distracted_driver.data.ingest import add_data
+    from distracted_driver.data.sample import generate_sample
+    from distracted_driver.pipeline.outcomes import exit_code
+    from distracted_driver.pipeline.run import print_summary, run_pipeline
+
+    storage = open_storage(settings)
+    sample_dir = settings.work_dir / "sample"
+
+    _say(f"sample data -> {sample_dir}")
+    generate_sample(sample_dir, overwrite=True)
+    _say(f"add it to the bucket -> {storage.uri(settings.raw_prefix + '/')}")
+    print(add_data(storage, settings, sample_dir))
+
+    _say("pipeline: convert, upload, train, evaluate, gate, deploy, smoke, load test")
+    record = run_pipeline(settings)
+    print_summary(record)
+    code = exit_code(record.outcome)
+    if code != 0:
+        print(f"\nthe pipeline ended {record.outcome}; see `inv pipeline.history`", file=sys.stderr)
+        return code
+
+    test_images = sorted((sample_dir / TEST_DIR).glob("*.jpg"))
+    _batch_prediction(settings, sample_dir / TEST_DIR)
+    _endpoint_queries(settings, test_images[:SAMPLE_QUERIES])
+    _rest_api(settings, test_images[0], record)
+    _where_things_are(settings, storage)
+    return 0
+
+
+def _batch_prediction(settings: Settings, images: Path) -> None:
+    from distracted_driver.serve.batch_predict import predict_directory
+
+    out = settings.root / "reports" / "submission.csv"
+    _say(f"batch prediction of {images} with the live model -> {out}")
+    result = predict_directory(settings, "live", images, out, progress=False)
+    print(f"{len(result.names)} images classified, {len(result.failed)} unreadable, {result.seconds:.1f} s")
+
+
+def _endpoint_queries(settings: Settings, images: list[Path]) -> None:
+    from distracted_driver.hosting import open_hosting
+    from distracted_driver.hosting.local.client import sagemaker_runtime_client
+
+    url = open_hosting(settings).status()["runtime_url"]
+    _say(f"endpoint {settings.endpoint_name!r} through boto3's sagemaker-runtime client at {url}")
+    client = sagemaker_runtime_client(url, settings.region)
+    for path in images:
+        answer = client.invoke_endpoint(
+            EndpointName=settings.endpoint_name, ContentType="image/jpeg",
+            Accept="application/json;verbose=true", Body=path.read_bytes(),
+        )
+        body = json.loads(answer["Body"].read())
+        print(f"{path.name}: {body['class']} ({body['label']}, {body['confidence']:.2f}) "
+              f"from variant {answer['InvokedProductionVariant']}, model {body['model_version']}")
+
+
+def _rest_api(settings: Settings, image: Path, record) -> None:
+    from distracted_driver.gateway import predict_image, start_gateway
+    from distracted_driver.loadtest import run_loadtest
+
+    status = start_gateway(settings)
+    _say(f"REST API at {status['predict_url']} (docs: {status.get('docs_url', status['url'] + '/docs')})")
+    print(f"curl -s -H 'x-api-key: {status['api_key']}' -H 'Content-Type: image/jpeg' "
+          f"--data-binary @{image} {status['predict_url']}")
+    code, answer = predict_image(status["predict_url"], status["api_key"], image)
+    print(f"-> {code} {json.dumps(answer)[:300]}")
+
+    loadtest = next((s for s in record.stages if s.name == "loadtest" and s.outputs), None)
+    if loadtest is not None and loadtest.status == "done" and loadtest.outputs.get("summary"):
+        _say(f"load test of this run: {loadtest.outputs['summary']} (report: {loadtest.outputs.get('report')})")
+        return
+    _say("short load test (4 users, 10 s)")
+    result = run_loadtest(settings, users=4, spawn_rate=4, run_time="10s")
+    print(f"{result.summary.line()} | report: {result.report_dir} | SLO: {'met' if result.passed else result.misses}")
+
+
+def _where_things_are(settings: Settings, storage) -> None:
+    _say("where things are")
+    print(f"bucket:        {storage.uri('')}")
+    print(f"models:        inv model.list")
+    print(f"endpoint:      inv deploy.status --json")
+    print(f"REST API:      inv api.status --json")
+    print(f"runs:          inv pipeline.history")
+    print(f"plots/reports: {settings.root / 'reports'}")
+    print("stop it all:   make down")
+
+
+def down(settings: Settings) -> None:
+    """Stop the REST API and the local endpoint; nothing of ours is left running."""
+    from distracted_driver.gateway import stop_gateway
+    from distracted_driver.hosting import open_hosting
+
+    stop_gateway(settings)
+    open_hosting(settings).delete()
+    print("REST API and endpoint stopped")
