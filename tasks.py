@@ -795,10 +795,12 @@ def pipeline_run(c, resume=False, backend=None, strategy="canary", epochs=None, 
 
 
 @task(name="history", help={"json": "print the run records as JSON", "limit": "only the last N runs (default all)",
+                            "plot": "also draw seconds per stage of each run as a PNG at this path",
                             "backend": "local or aws bucket"})
-def pipeline_history(c, json=False, limit=0, backend=None):
+def pipeline_history(c, json=False, limit=0, plot=None, backend=None):
     """List pipeline runs: outcome, model version, stage timings and the reason."""
     import json as jsonlib
+    import sys
 
     from distracted_driver.pipeline.records import RunStore
     from distracted_driver.pipeline.run import format_history
@@ -807,6 +809,10 @@ def pipeline_history(c, json=False, limit=0, backend=None):
     settings = _settings(backend)
     records = RunStore(open_storage(settings), settings).history(int(limit) or None)
     print(jsonlib.dumps([r.to_dict() for r in records], indent=2) if json else format_history(records))
+    if plot:
+        from distracted_driver.pipeline.report import plot_history
+
+        print(f"plot: {plot_history(records, plot)}", file=sys.stderr)
 
 
 @task(name="watch", auto_shortflags=False, help={"interval": "seconds between polls of raw/manifests/ (default 10)",

@@ -1,6 +1,6 @@
 """Does ImageNet initialisation help? The same fine-tuning run from the shipped weights and from random ones.
 
-    .venv/bin/python benchmarks/pretrained_vs_scratch.py [--epochs 4] [--image-size 128] [--device cpu]
+    .venv/bin/python benchmarks/pretrained_vs_scratch.py [--epochs 3] [--image-size 96] [--device cpu]
 
 Fair comparison: both runs train every weight (``--freeze-backbone false``) with the
 same recipe and budget: the same images (the default demo sample, drivers split as
@@ -48,8 +48,8 @@ def run(pretrained: bool, args, train_records, val_records) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)

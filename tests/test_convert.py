@@ -108,8 +108,13 @@ def test_same_inputs_give_identical_files_whatever_the_workers(built, tmp_path):
 def test_fast_jpeg_decoder_gives_opencvs_pixels(kaggle_root):
     if convert.simplejpeg is None:
         pytest.skip("simplejpeg not installed: the converter uses OpenCV alone")
-    for path in sorted((kaggle_root / layout.TRAIN_DIR / "c0").glob("*.jpg")):
-        data = path.read_bytes()
+    gray = np.random.default_rng(0).integers(0, 256, (60, 80), dtype=np.uint8)
+    progressive = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
+    samples = [p.read_bytes() for p in sorted((kaggle_root / layout.TRAIN_DIR / "c0").glob("*.jpg"))] + [
+        cv2.imencode(".jpg", gray)[1].tobytes(),
+        cv2.imencode(".jpg", cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), progressive)[1].tobytes(),
+    ]
+    for data in samples:
         np.testing.assert_array_equal(convert.decode(data, "auto"), convert.decode(data, "opencv"))
     # EXIF-tagged JPEGs go to OpenCV, which applies the orientation.
     assert not convert._plain_jpeg(b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00MM")
@@ -152,7 +157,8 @@ def test_invalid_options_are_refused():
     assert ConvertOptions(encoding=".png").effective_quality == 3
 
 
-def test_interrupted_conversion_leaves_no_complete_looking_output(kaggle_root, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_interrupted_conversion_leaves_no_complete_looking_output(kaggle_root, tmp_path, workers):
     """A run stuck on one image (a FIFO nobody writes) is interrupted, then killed; then rerun."""
     source = tmp_path / "src"
     shutil.copytree(kaggle_root, source)
@@ -164,11 +170,12 @@ def test_interrupted_conversion_leaves_no_complete_looking_output(kaggle_root, t
     out = tmp_path / "out"
     script = (
         "import sys; from distracted_driver.data.convert import convert_lists; "
-        "convert_lists(sys.argv[1], sys.argv[2], workers=1, progress=False)"
+        "convert_lists(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]), progress=False)"
     )
 
     def run_until_stuck():
-        process = subprocess.Popen([sys.executable, "-c", script, str(lists), str(out)])
+        process = subprocess.Popen([sys.executable, "-c", script, str(lists), str(out), str(workers)],
+                                   start_new_session=True)
         deadline = time.monotonic() + 30
         while not list((out / "train").glob(".train.rec.*.tmp")):
             assert process.poll() is None and time.monotonic() < deadline
@@ -179,11 +186,13 @@ def test_interrupted_conversion_leaves_no_complete_looking_output(kaggle_root, t
     process = run_until_stuck()  # Ctrl-C: temporary files are removed
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) != 0
+    with pytest.raises(ProcessLookupError):  # its workers are gone with it
+        os.killpg(process.pid, 0)
     assert sorted(p.name for p in (out / "train").iterdir()) == []
     assert not (out / "manifest.json").exists()
 
-    process = run_until_stuck()  # kill -9: only temporary names remain
-    process.kill()
+    process = run_until_stuck()  # kill -9 of the whole group: only temporary names remain
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     assert all(p.name.endswith(".tmp") for p in (out / "train").iterdir())
     assert not (out / "manifest.json").exists()

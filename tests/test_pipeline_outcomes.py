@@ -81,9 +81,11 @@ def test_the_cli_exits_with_the_outcome_status_and_history_lists_the_run(setting
     assert len(runs) == 1 and runs[0]["outcome"] == "failed:materialize" and runs[0]["exit_code"] == 10
     assert [s["name"] for s in runs[0]["stages"]] == list(outcomes.STAGES)
     assert all("seconds" in s and "status" in s for s in runs[0]["stages"])
-    text = subprocess.run([str(INV), "pipeline.history"], cwd=REPO, env=_env(settings), capture_output=True,
-                          text=True, timeout=60)
+    png = settings.root / "history.png"
+    text = subprocess.run([str(INV), "pipeline.history", f"--plot={png}"], cwd=REPO, env=_env(settings),
+                          capture_output=True, text=True, timeout=60)
     assert runs[0]["run_id"] in text.stdout and "failed:materialize" in text.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_flags_become_options_and_bad_ones_are_refused():
@@ -142,3 +144,31 @@ def test_the_watcher_waits_while_another_run_holds_the_lock_and_stops_at_its_tim
     assert "newest raw/manifests/000001.json not yet run" in caplog.text
     assert "another pipeline run holds the lock" in caplog.text and "timeout of 6 s reached" in caplog.text
     assert RunStore(storage, settings).run_ids() == []
+
+
+def test_a_run_still_going_at_the_watchers_timeout_is_stopped_and_records_where(settings, tmp_path, caplog):
+    import psutil
+
+    from distracted_driver.data.ingest import add_data
+    from distracted_driver.data.sample import generate_sample
+
+    storage = open_storage(settings)
+    generate_sample(tmp_path / "batch", drivers=2, images_per_class_driver=1, test_images=0, seed=3, progress=False)
+    add_data(storage, settings, tmp_path / "batch", progress=False)
+    options = RunOptions(convert={"val_drivers": 1}, hyperparameters={"epochs": 50, "image-size": 96},
+                         load_seconds=0)
+    with caplog.at_level(logging.INFO, logger="distracted_driver.pipeline.watch"):
+        runs = watch(settings, options, interval=0.5, max_runs=1, timeout=8)
+    assert len(runs) == 1 and runs[0].outcome.startswith("failed:"), runs
+    record = RunStore(storage, settings).load(runs[0].run_id)
+    stage = record.outcome.split(":", 1)[1]
+    assert record.stage(stage).status == FAILED and record.stage(stage).reason == "interrupted"
+    assert runs[0].exit_code == outcomes.exit_code(record.outcome)
+    assert "timeout reached during run: stopping it (SIGTERM)" in caplog.text
+    assert not storage.exists("pipeline/lock")
+    # Nothing of the run is left: its training job, its converter's worker processes (which exit once
+    # they notice their parent is gone).
+    ours = [p for p in psutil.process_iter(["cmdline"])
+            if any(str(settings.root) in part for part in (p.info["cmdline"] or []))]
+    _, alive = psutil.wait_procs(ours, timeout=15)
+    assert [p.info["cmdline"] for p in alive] == []

@@ -42,6 +42,18 @@ def test_hyperparameters_become_sagemaker_style_flags():
     assert (parsed.learning_rate, parsed.freeze_backbone, parsed.epochs) == (0.01, False, 3)
 
 
+def test_script_runs_on_its_own_as_a_sagemaker_entry_point(tmp_path):
+    """``python train.py --help`` from elsewhere: it finds the package and documents its SageMaker inputs."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    for name in ("SM_CHANNEL_TRAIN", "SM_CHANNEL_VALIDATION", "SM_MODEL_DIR", "--freeze-backbone", "--learning-rate"):
+        assert name in result.stdout
+    missing = subprocess.run([sys.executable, str(SCRIPT)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin"})
+    assert missing.returncode == 2 and "SM_CHANNEL_TRAIN" in missing.stderr
+
+
 @pytest.mark.slow
 def test_local_job_leaves_a_valid_artifact_in_the_bucket(trained_job, tmp_path):
     settings, job = trained_job

@@ -20,6 +20,7 @@ so a run with nothing to do takes about a second.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -35,6 +36,8 @@ from distracted_driver.pipeline.records import (
     DONE, FAILED, FINISHED, PENDING, REUSED, RUNNING, SKIPPED, RunRecord, RunStore, StageRecord, new_run_id, now_iso,
 )
 from distracted_driver.storage import Storage, open_storage
+
+logger = logging.getLogger(__name__)
 
 
 class StageFailed(Exception):
@@ -100,22 +103,32 @@ def run_pipeline(settings: Settings, options: RunOptions | None = None, *, stora
     store = RunStore(storage, settings)
     record = RunRecord(new_run_id(), settings.backend, options.to_dict())
     lock = PipelineLock(storage, settings, record.run_id, options.lock_max_age_seconds or DEFAULT_MAX_AGE_SECONDS)
-    try:
-        lock.acquire()
-    except LockBusy as busy:
-        record.outcome, record.reason, record.finished = outcomes.failed("lock"), str(busy), now_iso()
-        return record  # never started: no record in the bucket
-    try:
-        record = _open_record(store, record, options, log)
-        lock.refresh(run_id=record.run_id)
-        context = RunContext(settings, storage, store, options, record, log, stream, progress)
-        with _sigterm_as_interrupt():
-            _walk(context, PIPELINE, lock)
-    finally:
-        record.finished = now_iso()
-        store.save(record)
-        lock.release()
+    with sigterm_as_interrupt():
+        try:
+            lock.acquire()
+        except LockBusy as busy:
+            record.outcome, record.reason, record.finished = outcomes.failed("lock"), str(busy), now_iso()
+            return record  # never started: no record in the bucket
+        try:
+            record = _open_record(store, record, options, log)
+            lock.refresh(run_id=record.run_id)
+            _walk(RunContext(settings, storage, store, options, record, log, stream, progress), PIPELINE, lock)
+        except (Interrupted, KeyboardInterrupt):  # between stages: the record says how far it got
+            record.outcome = record.outcome or outcomes.failed(_current_stage(record))
+            record.reason = record.reason or "interrupted"
+        finally:
+            record.finished = now_iso()
+            store.save(record)
+            lock.release()
     return record
+
+
+def _current_stage(record: RunRecord) -> str:
+    """The stage a run stopped in: the one running, else the first not finished."""
+    for stage in record.stages:
+        if stage.status not in FINISHED:
+            return stage.name
+    return record.stages[-1].name
 
 
 def _open_record(store: RunStore, fresh: RunRecord, options: RunOptions, log) -> RunRecord:
@@ -154,7 +167,9 @@ def _walk(context: RunContext, pipeline, lock: PipelineLock) -> None:
         stage_record = record.stage(stage.name)
         try:
             stop = _advance(context, stage, stage_record)
-        except (StageFailed, Exception, Interrupted, KeyboardInterrupt) as error:
+        except (Exception, Interrupted, KeyboardInterrupt) as error:
+            if not isinstance(error, (StageFailed, Interrupted, KeyboardInterrupt)):
+                logger.exception("stage %s failed unexpectedly", stage.name)  # a bug: keep its traceback
             reason = _reason(error)
             stage_record.status, stage_record.reason = FAILED, reason
             record.outcome, record.reason = outcomes.failed(stage.name), f"{stage.name}: {reason}"
@@ -236,7 +251,7 @@ def _reason(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
+def sigterm_as_interrupt():
     """Let ``kill`` (SIGTERM) unwind the run so its record says where it stopped."""
     if threading.current_thread() is not threading.main_thread():
         yield

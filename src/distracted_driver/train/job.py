@@ -31,6 +31,8 @@ from distracted_driver.train.channel import record_files
 
 DEFAULT_LEARNING_RATE = {"frozen": 3e-3, "finetune": 3e-4}
 SAGEMAKER_CHECKPOINTS = Path("/opt/ml/checkpoints")
+REQUIRED_INPUTS = {"train": "SM_CHANNEL_TRAIN", "validation": "SM_CHANNEL_VALIDATION",
+                   "model_dir": "SM_MODEL_DIR", "output_data_dir": "SM_OUTPUT_DATA_DIR"}
 # Validation log loss of the exported ONNX model and of the PyTorch model it came from
 # must agree this closely when both ran in float32 on the CPU (frozen backbone).
 EXPORT_AGREEMENT = 1e-3
@@ -105,9 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     # SageMaker may pass hyperparameters the script does not know (e.g. its own sagemaker_* ones).
     args, unknown = parser.parse_known_args(argv)
-    for name in ("train", "validation", "model_dir", "output_data_dir"):
+    for name, env in REQUIRED_INPUTS.items():
         if not getattr(args, name):
-            parser.error(f"--{name.replace('_', '-')} is required (or its SM_* environment variable)")
+            parser.error(f"--{name.replace('_', '-')} is required (or the environment variable {env})")
     if unknown:
         print(f"ignoring unknown arguments: {' '.join(unknown)}", flush=True)
     if args.checkpoint_dir is None:
