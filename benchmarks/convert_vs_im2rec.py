@@ -29,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 
 from distracted_driver.data import layout, recordio
 from distracted_driver.data.convert import ConvertOptions, convert_list, default_workers
@@ -76,9 +77,20 @@ def warm_page_cache(image_root: Path) -> int:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its reaped children (our forked workers are joined before we read it)."""
-    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-               for f in ("ru_utime", "ru_stime"))
+    """CPU time of this process and all its descendants that have ended.
+
+    Our workers are children of the fork server (a child of ours that lives on), which reaps them:
+    their time shows in its ``children_*`` times.
+    """
+    total = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                for f in ("ru_utime", "ru_stime"))
+    for child in psutil.Process().children():
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def run_im2rec(lst: Path, image_root: Path, workers: int) -> tuple[float, float]:

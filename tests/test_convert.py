@@ -157,6 +157,17 @@ def test_invalid_options_are_refused():
     assert ConvertOptions(encoding=".png").effective_quality == 3
 
 
+def group_alive(group: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_interrupted_conversion_leaves_no_complete_looking_output(kaggle_root, tmp_path, workers):
     """A run stuck on one image (a FIFO nobody writes) is interrupted, then killed; then rerun."""
@@ -186,8 +197,7 @@ def test_interrupted_conversion_leaves_no_complete_looking_output(kaggle_root, t
     process = run_until_stuck()  # Ctrl-C: temporary files are removed
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) != 0
-    with pytest.raises(ProcessLookupError):  # its workers are gone with it
-        os.killpg(process.pid, 0)
+    assert not group_alive(process.pid, within=10)  # its workers (and fork server) are gone with it
     assert sorted(p.name for p in (out / "train").iterdir()) == []
     assert not (out / "manifest.json").exists()
 

@@ -11,9 +11,10 @@ number of chunks in flight (memory stays flat whatever the data size), and
 written by this process in ``.lst`` order. Baseline JPEGs are decoded with
 libjpeg-turbo through ``simplejpeg`` when it is installed: its pixels are
 identical to ``cv2.imdecode``'s (both are libjpeg-turbo with the same IDCT
-and upsampling; a test pins this) at about half the cost, because it skips
-OpenCV's codec dispatch and copies. Anything else (PNG, EXIF-rotated or
-CMYK JPEGs, damaged files) goes through OpenCV, the reference path.
+and upsampling; a test pins this) and in the workers it costs about 1 ms
+less per image (``benchmarks/convert_vs_im2rec.py`` prints both paths).
+Anything else (PNG, EXIF-rotated or CMYK JPEGs, damaged files) goes through
+OpenCV, the reference path.
 
 Atomic: the channel files are written under temporary names and renamed when
 complete; ``manifest.json`` is removed first and written last, so a directory
@@ -53,8 +54,9 @@ CONVERTER_VERSION = 1
 ENCODINGS = (".jpg", ".png")
 INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
 DECODERS = ("auto", "opencv")
-CHUNK = 8  # images per task sent to a worker
+MAX_CHUNK = 32  # images per task sent to a worker; each task costs the pool's threads about half a millisecond
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: enough to keep it busy, small enough to bound memory
+WORKER_START_TIMEOUT = 30  # seconds; workers start in well under one
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class ConvertOptions:
 
 def _plain_jpeg(data: bytes) -> bool:
     """A JPEG that libjpeg-turbo can decode exactly as OpenCV does (no EXIF orientation to apply)."""
-    return data[:2] == b"\xff\xd8" and b"Exif\x00\x00" not in data[:65536]
+    return data[:2] == b"\xff\xd8" and data.find(b"Exif\x00\x00", 0, 65536) == -1
 
 
 def decode(data: bytes, decoder: str = "auto") -> np.ndarray:
@@ -190,6 +192,10 @@ def _start_worker(image_root: Path, options: ConvertOptions, decoder: str) -> No
     _worker_encoder = _Encoder(image_root, options, decoder)
 
 
+def _worker_ready() -> bool:
+    return _worker_encoder is not None
+
+
 def _encode_chunk(entries: list[ListEntry]) -> list[Encoded]:
     return [_worker_encoder(entry) for entry in entries]
 
@@ -204,11 +210,11 @@ def default_workers() -> int:
 class EncoderPool:
     """The worker processes of a conversion; with ``workers <= 1`` images are encoded in this process.
 
-    Workers are forked, as PyTorch's DataLoader and im2rec do: they start in milliseconds with OpenCV
-    already imported, and it works from any caller (a forkserver or spawn pool needs an importable,
-    guarded ``__main__`` and would respawn dying workers forever without one). A forked worker runs
-    only ``_encode_chunk`` (file reads, OpenCV, libjpeg-turbo, hashing) and the pool's own queues, so
-    no lock held by another thread of the parent is ever taken in the child.
+    Workers come from a fork server that has this module (OpenCV included) preloaded, so each starts in
+    milliseconds, and none inherits the caller's threads: a plain fork of a process that has used OpenCV
+    deadlocks in the child on OpenCV's thread pool. Like every spawn/forkserver pool, this needs the
+    caller's ``__main__`` to be importable and guarded (``if __name__ == "__main__":``); workers that
+    cannot start are reported as an error instead of being respawned forever.
     """
 
     def __init__(self, image_root: str | Path, options: ConvertOptions, workers: int | None = None,
@@ -221,8 +227,18 @@ class EncoderPool:
 
     def __enter__(self) -> "EncoderPool":
         if self.workers > 1:
-            context = multiprocessing.get_context("fork")
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([__name__])
             self._pool = context.Pool(self.workers, initializer=_start_worker, initargs=self.args)
+            try:
+                self._pool.apply_async(_worker_ready).get(timeout=WORKER_START_TIMEOUT)
+            except multiprocessing.TimeoutError:
+                self.__exit__()
+                raise RuntimeError(
+                    f"the {self.workers} converter worker processes did not start within {WORKER_START_TIMEOUT} s; "
+                    "a script that converts must guard its top level with `if __name__ == '__main__':` "
+                    "(or use workers=1)"
+                ) from None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -237,9 +253,10 @@ class EncoderPool:
             encoder = _Encoder(*self.args)
             yield from (encoder(entry) for entry in entries)
             return
+        chunk = max(1, min(MAX_CHUNK, len(entries) // (self.workers * IN_FLIGHT_PER_WORKER * 2)))
         pending: collections.deque = collections.deque()
-        for i in range(0, len(entries), CHUNK):
-            pending.append(self._pool.apply_async(_encode_chunk, (entries[i : i + CHUNK],)))
+        for i in range(0, len(entries), chunk):
+            pending.append(self._pool.apply_async(_encode_chunk, (entries[i : i + chunk],)))
             if len(pending) >= self.workers * IN_FLIGHT_PER_WORKER:
                 yield from pending.popleft().get()
         while pending:

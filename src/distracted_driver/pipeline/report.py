@@ -17,7 +17,7 @@ def plot_history(records: list[RunRecord], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     records = records[-30:]
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.45 * max(len(records), 1)))
+    fig, ax = plt.subplots(figsize=(11, 1.6 + 0.45 * max(len(records), 1)))
     colors = plt.get_cmap("tab10").colors
     labels = [f"{r.run_id}  {r.outcome or 'unfinished'}" for r in records]
     left = [0.0] * len(records)
@@ -29,7 +29,7 @@ def plot_history(records: list[RunRecord], path: str | Path) -> Path:
         ax.text(total, y, f" {total:.1f} s", va="center", fontsize=8)
     ax.set_xlabel("wall time (s)")
     ax.set_title("pipeline runs: seconds per stage")
-    ax.legend(ncol=5, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.4 / max(len(records), 1)))
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

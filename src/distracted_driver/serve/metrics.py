@@ -81,6 +81,15 @@ class Histogram:
 
 
 def _max_rss_bytes() -> int:
+    # getrusage's ru_maxrss survives exec, so a server started by a large parent would report
+    # the parent's peak; the kernel's per-address-space high-water mark (VmHWM) is the server's own.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
