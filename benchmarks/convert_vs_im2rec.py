@@ -137,7 +137,8 @@ def agreement() -> tuple[int, int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000, help="at least this many images (default 2000)")
-    parser.add_argument("--workers", type=int, default=default_workers(), help="processes for both (default: all cores)")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="processes for both (default: all cores)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each, best kept (default 2)")
     args = parser.parse_args()
 
@@ -169,7 +170,8 @@ def main() -> None:
     identical, total, worst = agreement()
     print(f"records byte-identical to im2rec's: {identical}/{total}"
           + ("" if identical == total else f"; lowest PSNR of the others {worst:.1f} dB"))
-    print("runs (wall s, CPU s): " + json.dumps({k: [[round(w, 2), round(c, 2)] for w, c in v] for k, v in runs.items()}))
+    rounded = {name: [[round(wall, 2), round(cpu, 2)] for wall, cpu in timed] for name, timed in runs.items()}
+    print("runs (wall s, CPU s): " + json.dumps(rounded))
     print(f"cpu_ratio {cpu_ms['im2rec'] / cpu_ms['auto']:.2f}  (im2rec CPU per image / ours)")
     print(f"ratio {rate['auto'] / rate['im2rec']:.2f}")
 

@@ -211,7 +211,7 @@ def test_interrupted_conversion_leaves_no_complete_looking_output(kaggle_root, t
 
     (source / layout.TRAIN_DIR / stuck).unlink()
     shutil.copy(kaggle_root / layout.TRAIN_DIR / stuck, source / layout.TRAIN_DIR / stuck)
-    report = convert.convert_lists(lists, out, workers=1, progress=False)
+    convert.convert_lists(lists, out, workers=1, progress=False)
     assert sorted(p.name for p in (out / "train").iterdir()) == ["train.idx", "train.lst", "train.rec"]
     bad = {"c4/img_broken.jpg", "c5/img_missing.jpg"}
     expected = [e.path for e in read_lst(lists / "train.lst") if e.path not in bad]

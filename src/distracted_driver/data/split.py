@@ -305,5 +305,6 @@ def read_lst(path: str | Path) -> list[ListEntry]:
                     raise ValueError("fewer than 3 fields")
                 entries.append(ListEntry(int(fields[0]), float(fields[1]), fields[-1]))
             except ValueError as error:
-                raise ValueError(f"{path}:{number}: not 'index<TAB>label<TAB>path' ({error}): {line.rstrip()!r}") from None
+                message = f"not 'index<TAB>label<TAB>path' ({error}): {line.rstrip()!r}"
+                raise ValueError(f"{path}:{number}: {message}") from None
     return entries
