@@ -155,8 +155,10 @@ def test_a_run_still_going_at_the_watchers_timeout_is_stopped_and_records_where(
     storage = open_storage(settings)
     generate_sample(tmp_path / "batch", drivers=2, images_per_class_driver=1, test_images=0, seed=3, progress=False)
     add_data(storage, settings, tmp_path / "batch", progress=False)
-    options = RunOptions(convert={"val_drivers": 1}, hyperparameters={"epochs": 50, "image-size": 96},
-                         load_seconds=0)
+    # Fine-tuning every weight with no early stopping: training outlasts the timeout on any machine.
+    options = RunOptions(convert={"val_drivers": 1}, load_seconds=0,
+                         hyperparameters={"epochs": 100000, "patience": 100000, "freeze-backbone": "false",
+                                          "image-size": 96})
     with caplog.at_level(logging.INFO, logger="distracted_driver.pipeline.watch"):
         runs = watch(settings, options, interval=0.5, max_runs=1, timeout=8)
     assert len(runs) == 1 and runs[0].outcome.startswith("failed:"), runs

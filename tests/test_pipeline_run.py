@@ -24,7 +24,7 @@ from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.storage import open_storage
 from distracted_driver.train.registry import Registry
 from pipeline_support import (
-    add_batch, cli_flags, environment, fast_options, mislabeled_batch, run_cli, sample_batch, stop_stack,
+    add_batch, cli_flags, environment, fast_options, run_cli, sample_batch, stop_stack,
 )
 
 pytestmark = pytest.mark.slow

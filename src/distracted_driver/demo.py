@@ -102,7 +102,7 @@ def _rest_api(settings: Settings, image: Path, record) -> None:
 
 def _where_things_are(settings: Settings, storage) -> None:
     _say("where things are")
-    print(f"bucket:        {storage.uri('')}")
+    print(f"bucket:        {storage.uri(settings.data_prefix)} (and models/, registry/, pipeline/ beside it)")
     print(f"models:        inv model.list")
     print(f"endpoint:      inv deploy.status --json")
     print(f"REST API:      inv api.status --json")

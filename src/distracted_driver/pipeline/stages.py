@@ -26,7 +26,6 @@ from distracted_driver.pipeline import outcomes
 from distracted_driver.pipeline.fingerprint import convert_code_version, training_code_version
 from distracted_driver.pipeline.records import DONE, StageRecord
 from distracted_driver.pipeline.run import RunContext, StageFailed, Stop
-from distracted_driver.storage import KeyNotFound
 
 DATA_MANIFEST = "manifest.json"
 SPLIT_OPTIONS = ("val_drivers", "val_fraction", "fold", "folds", "seed")
@@ -125,8 +124,8 @@ def convert_settings(context: RunContext) -> tuple[dict, dict]:
         split["val_fraction"] = DEFAULT_VAL_FRACTION
     try:
         converter = ConvertOptions(**given).to_dict()
-    except TypeError as error:
-        raise StageFailed(f"unknown convert option: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise StageFailed(f"convert options: {error}") from None
     return split, converter
 
 
@@ -137,11 +136,9 @@ def bucket_holds_channels(context: RunContext, data_sha256: str) -> bool:
         prefix = context.settings.data_prefix.strip("/")
         if context.storage.checksum(f"{prefix}/{DATA_MANIFEST}") != data_sha256:
             return False
-        from distracted_driver.data.channels import _split_of, channel_files
-
         manifest = json.loads(context.storage.get_bytes(f"{prefix}/{DATA_MANIFEST}"))
-        return all(context.storage.checksum(f"{prefix}/{name}") == _split_of(manifest, name)["files"][name]["sha256"]
-                   for name in channel_files(manifest))
+        return all(context.storage.checksum(f"{prefix}/{name}") == info["sha256"]
+                   for split in manifest["splits"].values() for name, info in split["files"].items())
 
     return context.memo(f"bucket_holds:{data_sha256}", check)
 
@@ -184,8 +181,7 @@ class Convert(Stage):
         if not source:
             raise StageFailed("the raw data was not materialized")
         split, converter = convert_settings(context)
-        quality = converter.pop("quality")
-        options = ConvertOptions(**converter, quality=quality)
+        options = ConvertOptions(**converter)
         directory = _work(context, "channels")
         try:
             report = build_channels(source, directory, options=options, progress=context.progress, **split)
