@@ -14,6 +14,7 @@ the split was made, the drivers and the class balance of each side).
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import random
 from collections import Counter
@@ -157,6 +158,16 @@ def grouped_folds(groups: dict[str, int], folds: int, seed: int) -> list[list[st
     return [sorted(bucket) for bucket in buckets]
 
 
+def stable_order(groups, seed: int) -> list[str]:
+    """Group names in an order set by a hash of (seed, name).
+
+    A seeded shuffle would re-deal every driver when one is added; ranking each
+    driver by its own hash keeps the others' order, so validation stays nearly the
+    same drivers as data grows and the gate keeps comparing models on unseen drivers.
+    """
+    return sorted(groups, key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).digest())
+
+
 def choose_validation(
     groups: dict[str, int],
     *,
@@ -173,8 +184,7 @@ def choose_validation(
         if not 0 <= fold < folds:
             raise ValueError(f"--fold must be between 0 and {folds - 1}, not {fold}")
         return set(grouped_folds(groups, folds, seed)[fold]), f"fold {fold} of {folds}"
-    names = sorted(groups)
-    random.Random(seed).shuffle(names)
+    names = stable_order(groups, seed)
     if val_count is not None:
         if not 1 <= val_count < len(names):
             raise ValueError(f"--val-drivers must be between 1 and {len(names) - 1}, not {val_count}")
