@@ -171,7 +171,20 @@ def unpack(record: bytes) -> tuple[ImageHeader, bytes]:
 # --- files ---------------------------------------------------------------------
 
 
-class RecordWriter:
+class _Closing:
+    """Context-manager support for the readers and writers: ``with`` closes the files."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RecordWriter(_Closing):
     """Appends records to a ``.rec`` file."""
 
     def __init__(self, path: str | Path):
@@ -190,14 +203,8 @@ class RecordWriter:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class RecordReader:
+class RecordReader(_Closing):
     """Reads a ``.rec`` file front to back (``read()`` returns None at the end)."""
 
     def __init__(self, path: str | Path):
@@ -227,14 +234,8 @@ class RecordReader:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class IndexedRecordWriter:
+class IndexedRecordWriter(_Closing):
     """Writes a ``.rec`` and its ``.idx`` (``key<TAB>offset``) together, as MXIndexedRecordIO does."""
 
     def __init__(self, idx_path: str | Path, rec_path: str | Path):
@@ -253,12 +254,6 @@ class IndexedRecordWriter:
         self._records.close()
         self._index.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def read_index(idx_path: str | Path) -> dict[int, int]:
     """``.idx`` → {key: offset}, in file order."""
@@ -275,7 +270,7 @@ def read_index(idx_path: str | Path) -> dict[int, int]:
     return offsets
 
 
-class IndexedRecordReader:
+class IndexedRecordReader(_Closing):
     """Random access to a ``.rec`` through its ``.idx``.
 
     Reads with ``os.pread`` (no shared file position), so one reader can be
@@ -328,12 +323,6 @@ class IndexedRecordReader:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
