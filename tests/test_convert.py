@@ -72,7 +72,10 @@ def test_channels_hold_every_good_image_with_header_and_resized_pixels(built, ka
 
 def test_bad_images_are_skipped_with_reasons(built):
     skipped = {path: reason for c in built.convert.channels for path, reason in c.skipped}
-    assert skipped == {"c4/img_broken.jpg": "not a decodable JPEG or PNG image", "c5/img_missing.jpg": "missing file"}
+    assert skipped == {
+        "c4/img_broken.jpg": "image header is incomplete: no width and height found",
+        "c5/img_missing.jpg": "missing file",
+    }
     manifest = json.loads((built.directory / "manifest.json").read_text())
     listed = {s["path"]: s["reason"] for split in manifest["splits"].values() for s in split["skipped"]}
     assert listed == skipped
@@ -272,3 +275,13 @@ def test_tasks_chain_with_default_paths(tmp_path):
     failed = subprocess.run([*inv, "data.split", "--val-drivers", "9"], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=60)
     assert failed.returncode == 1 and "--val-drivers must be between 1 and 3" in failed.stderr
+
+
+@pytest.mark.parametrize("decoder", ["auto", "opencv"])
+def test_a_jpeg_cut_before_its_end_marker_is_refused_not_stored_with_grey_rows(decoder):
+    frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    whole = cv2.imencode(".jpg", frame)[1].tobytes()
+    assert convert.transform(whole, ConvertOptions(), decoder)
+    for cut in (whole[:-2], whole[: len(whole) // 2]):
+        with pytest.raises(convert.ImageError, match="truncated"):
+            convert.transform(cut, ConvertOptions(), decoder)

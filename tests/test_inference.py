@@ -13,7 +13,8 @@ import pytest
 
 from distracted_driver.data.imaging import ImageError, Preprocessing, preprocess
 from distracted_driver.serve.batching import DynamicBatcher
-from distracted_driver.serve.inference import Classifier, read_image
+from distracted_driver.data.imaging import decode_image as read_image
+from distracted_driver.serve.inference import Classifier
 from distracted_driver.train.artifact import ArtifactError, load_artifact
 
 

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from distracted_driver.data import layout, recordio
-from distracted_driver.data.imaging import MAX_PIXELS, ImageError, decode_image, image_dimensions
+from distracted_driver.data.imaging import ImageError, check_image_bytes, decode_image
 from distracted_driver.data.split import SPLIT_INFO, SPLITS, ListEntry, class_histogram, format_lst_line, read_lst
 from distracted_driver.fsutil import atomic_path, write_json_atomic
 from distracted_driver.hashing import sha256_file, sha256_json
@@ -102,12 +102,11 @@ def _plain_jpeg(data: bytes) -> bool:
 def decode(data: bytes, decoder: str = "auto") -> np.ndarray:
     """Bytes → BGR uint8, as ``imaging.decode_image`` (OpenCV) decodes them; raises ImageError."""
     if decoder == "auto" and simplejpeg is not None and _plain_jpeg(data):
-        dims = image_dimensions(data)
-        if dims is not None and dims[0] * dims[1] <= MAX_PIXELS:
-            try:
-                return simplejpeg.decode_jpeg(data, colorspace="BGR")
-            except ValueError:
-                pass  # CMYK, damaged, unusual: OpenCV decides
+        check_image_bytes(data)
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace="BGR")
+        except ValueError:
+            pass  # CMYK, damaged, unusual: OpenCV decides
     return decode_image(data)
 
 
@@ -131,8 +130,7 @@ def resized_shape(width: int, height: int, shorter_edge: int) -> tuple[int, int]
 def transform(data: bytes, options: ConvertOptions, decoder: str = "auto") -> bytes:
     """Source image bytes → the payload stored in the record."""
     if options.pass_through:
-        if image_dimensions(data) is None:
-            raise ImageError("not a JPEG or PNG image")
+        check_image_bytes(data)
         return data
     image = decode(data, decoder)
     if options.center_crop:

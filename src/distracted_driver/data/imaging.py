@@ -72,13 +72,51 @@ def image_dimensions(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode JPEG/PNG bytes to a BGR uint8 array, refusing what is empty, broken or too large."""
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_START_OF_SCAN = b"\xff\xda"
+_JPEG_END_OF_IMAGE = b"\xff\xd9"
+_PNG_END_CHUNK = b"IEND"
+
+
+def _is_complete(data: bytes) -> bool:
+    """Whether the stream reaches its end marker.
+
+    OpenCV decodes a JPEG that lacks its tail with only a warning (grey rows
+    where data is missing). Inside entropy-coded data every 0xFF is stuffed, so
+    an end-of-image marker after the last start-of-scan means the last scan
+    was complete.
+    """
+    if data.startswith(PNG_MAGIC):
+        return data.rfind(_PNG_END_CHUNK) > len(PNG_MAGIC)
+    return data.rfind(_JPEG_END_OF_IMAGE) > data.rfind(_JPEG_START_OF_SCAN) > 0
+
+
+def check_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """Width and height of a whole JPEG or PNG, checked before any decoding; raises ``ImageError``.
+
+    Only JPEG and PNG whose header states the size get through, so the pixel
+    limit (against decompression bombs) is applied before a row is decoded.
+    """
     if not data:
         raise ImageError("empty image")
+    if not (data.startswith(JPEG_MAGIC) or data.startswith(PNG_MAGIC)):
+        raise ImageError("not a JPEG or PNG image (unrecognised file signature)")
     dims = image_dimensions(data)
-    if dims is not None and dims[0] * dims[1] > max_pixels:
+    if dims is None:
+        raise ImageError("image header is incomplete: no width and height found")
+    if 0 in dims:
+        raise ImageError(f"image header states an empty image of {dims[0]}x{dims[1]} pixels")
+    if dims[0] * dims[1] > max_pixels:
         raise ImageError(f"image of {dims[0]}x{dims[1]} pixels exceeds the limit of {max_pixels} pixels")
+    if not _is_complete(data):
+        raise ImageError("image is truncated: its end marker is missing")
+    return dims
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode whole JPEG/PNG bytes to a BGR uint8 array, refusing what is empty, broken, cut or too large."""
+    check_image_bytes(data, max_pixels)
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise ImageError("not a decodable JPEG or PNG image")

@@ -1,8 +1,8 @@
 """The classifier behind the model server and batch prediction: ONNX Runtime on an artifact.
 
 Pixels are prepared only through ``data.imaging`` with the artifact's own
-``Preprocessing``, so serving sees exactly what training saw. ``read_image``
-adds the checks a server needs before it lets OpenCV near untrusted bytes.
+``Preprocessing``, so serving sees exactly what training saw; ``decode_image``
+checks untrusted bytes (signature, size, completeness) before OpenCV sees them.
 """
 
 from __future__ import annotations
@@ -12,14 +12,8 @@ import os
 import numpy as np
 import onnxruntime as ort
 
-from distracted_driver.data.imaging import MAX_PIXELS, ImageError, decode_image, image_dimensions, preprocess
+from distracted_driver.data.imaging import MAX_PIXELS, decode_image, preprocess
 from distracted_driver.train.artifact import INPUT_NAME, OUTPUT_NAME, ArtifactError, ModelArtifact
-
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-JPEG_START_OF_SCAN = b"\xff\xda"
-JPEG_END_OF_IMAGE = b"\xff\xd9"
-PNG_END_CHUNK = b"IEND"
 
 
 def cpu_count() -> int:
@@ -28,40 +22,6 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def _is_complete(data: bytes) -> bool:
-    """Whether the stream reaches its end marker.
-
-    OpenCV decodes a JPEG that lacks its tail with only a warning (grey rows
-    where data is missing), so a truncated upload must be caught here. Inside
-    entropy-coded data every 0xFF is stuffed, so an end-of-image marker after
-    the last start-of-scan means the last scan was complete.
-    """
-    if data.startswith(PNG_MAGIC):
-        return data.rfind(PNG_END_CHUNK) > len(PNG_MAGIC)
-    return data.rfind(JPEG_END_OF_IMAGE) > data.rfind(JPEG_START_OF_SCAN) > 0
-
-
-def read_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Untrusted bytes → BGR pixels, or ``ImageError`` saying why not.
-
-    Only JPEG and PNG are let through, and only when their header states the
-    size: ``decode_image`` then refuses an image above ``max_pixels`` (a
-    decompression bomb) before decoding a single row.
-    """
-    if not data:
-        raise ImageError("empty image")
-    if not (data.startswith(JPEG_MAGIC) or data.startswith(PNG_MAGIC)):
-        raise ImageError("not a JPEG or PNG image (unrecognised file signature)")
-    dims = image_dimensions(data)
-    if dims is None:
-        raise ImageError("image header is incomplete: no width and height found")
-    if 0 in dims:
-        raise ImageError(f"image header states an empty image of {dims[0]}x{dims[1]} pixels")
-    if dims[0] * dims[1] <= max_pixels and not _is_complete(data):
-        raise ImageError("image is truncated: its end marker is missing")
-    return decode_image(data, max_pixels)
 
 
 class Classifier:
@@ -113,7 +73,7 @@ class Classifier:
 
     def prepare(self, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         """Image bytes → one preprocessed input ``[3, S, S]``; raises ``ImageError``."""
-        return preprocess(read_image(data, max_pixels), self.artifact.preprocessing)
+        return preprocess(decode_image(data, max_pixels), self.artifact.preprocessing)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """``[N, 3, S, S]`` float32 → ``[N, 10]`` probabilities."""
