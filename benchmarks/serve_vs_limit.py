@@ -209,14 +209,6 @@ def direct_endpoint(tar_path: Path, batch_size: int, log_path: Path):
             proc.kill()
 
 
-def router_available() -> bool:
-    try:
-        from distracted_driver.hosting.local import LocalHosting  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -230,7 +222,7 @@ def main() -> None:
     parser.add_argument("--direct", action="store_true", help="bypass the router: one model server only")
     args = parser.parse_args()
     clients = args.clients or 3 * args.batch_size
-    use_router = not args.direct and router_available()
+    use_router = not args.direct
 
     CACHE.mkdir(parents=True, exist_ok=True)
     tar_path = build_artifact(CACHE / VERSION)

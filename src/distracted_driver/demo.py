@@ -103,10 +103,10 @@ def _rest_api(settings: Settings, image: Path, record) -> None:
 def _where_things_are(settings: Settings, storage) -> None:
     _say("where things are")
     print(f"bucket:        {storage.uri(settings.data_prefix)} (and models/, registry/, pipeline/ beside it)")
-    print(f"models:        inv model.list")
-    print(f"endpoint:      inv deploy.status --json")
-    print(f"REST API:      inv api.status --json")
-    print(f"runs:          inv pipeline.history")
+    print("models:        inv model.list")
+    print("endpoint:      inv deploy.status --json")
+    print("REST API:      inv api.status --json")
+    print("runs:          inv pipeline.history")
     print(f"plots/reports: {settings.root / 'reports'}")
     print("stop it all:   make down")
 

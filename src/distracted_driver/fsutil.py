@@ -20,8 +20,11 @@ _FILE_MODE = 0o666 & ~_read_umask()
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path):
-    """Yield a temporary path beside ``target``; rename it over ``target`` only on success."""
+def atomic_path(target: str | Path, mode: int | None = None):
+    """Yield a temporary path beside ``target``; rename it over ``target`` only on success.
+
+    The result gets ``mode``, or by default what a plain ``open()`` would give under the umask.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -29,7 +32,7 @@ def atomic_path(target: str | Path):
     try:
         yield Path(tmp)
         # mkstemp creates 0600; give the result the mode a plain open() would have.
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, _FILE_MODE if mode is None else mode)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

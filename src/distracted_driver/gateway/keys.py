@@ -9,7 +9,6 @@ at once, 429 past them (API Gateway's usage-plan throttle).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import string
 import threading
@@ -102,9 +101,8 @@ class KeyStore:
             return []
 
     def _write(self, keys: list[dict]) -> None:
-        with atomic_path(self.path) as tmp:
+        with atomic_path(self.path, mode=0o600) as tmp:  # the keys are secrets
             tmp.write_text(json.dumps({"keys": keys}, indent=2) + "\n")
-            os.chmod(tmp, 0o600)
 
 
 class TokenBucket:
