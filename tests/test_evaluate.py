@@ -97,7 +97,7 @@ def test_evaluate_artifact_skips_bad_records_with_reasons(tmp_path, tiny_channel
     assert metrics["examples"] == len(good)
     reasons = {entry["record"]: entry["reason"] for entry in metrics["skipped"]}
     assert set(reasons) == {"v:3", "v:4"}
-    assert "decodable" in reasons["v:3"] and "class index" in reasons["v:4"]
+    assert "not a JPEG or PNG image" in reasons["v:3"] and "class index" in reasons["v:4"]
     assert 0 <= metrics["accuracy"] <= 1 and metrics["log_loss"] > 0
 
 
