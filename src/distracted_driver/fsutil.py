@@ -1,4 +1,4 @@
-"""Atomic file writes: an interrupted job never leaves a half-written output."""
+"""File helpers: atomic writes (an interrupted job never leaves a half-written output), JSON and log reads."""
 
 from __future__ import annotations
 
@@ -47,3 +47,19 @@ def write_bytes_atomic(target: str | Path, data: bytes) -> None:
 
 def write_json_atomic(target: str | Path, value) -> None:
     write_bytes_atomic(target, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | Path) -> dict | None:
+    """A JSON file, or None when it does not exist or is unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def log_tail(path: str | Path, lines: int = 20) -> str:
+    """The last lines of a log file ("" when there is none), to quote in an error."""
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""

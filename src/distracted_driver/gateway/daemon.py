@@ -9,7 +9,6 @@ for, reused by the next ``api.up``).
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 import psutil
 
 from distracted_driver.config import Settings
-from distracted_driver.fsutil import write_json_atomic
+from distracted_driver.fsutil import log_tail, read_json, write_json_atomic
 from distracted_driver.gateway.keys import KeyStore, UsagePlan
 
 DEFAULT_PORT = 8088
@@ -124,7 +123,7 @@ def stop_gateway(settings: Settings, timeout_s: float = 10.0) -> bool:
 def gateway_status(settings: Settings) -> dict:
     """``running``, ``url``, ``api_key``, ``endpoint``, ``runtime_url``, ``plan``, ``pid``, ``log``."""
     process = _process(settings)
-    state = _read_json(_state_file(settings)) if process else {}
+    state = read_json(_state_file(settings)) if process else {}
     key = key_store(settings).first()
     running = bool(process) and bool(state) and _healthy(state.get("url"))
     return {
@@ -137,7 +136,7 @@ def gateway_status(settings: Settings) -> dict:
         "runtime_url": state.get("runtime_url"),
         "plan": state.get("plan"),
         "pid": process.pid if process else None,
-        "log": str(gateway_dir(settings) / "gateway.log"),
+        "log": str(_log_file(settings)),
     }
 
 
@@ -161,7 +160,7 @@ def _spawn(settings: Settings, runtime_url: str, port: int, plan: UsagePlan) -> 
     ]
     if not plan.require_key:
         command.append("--no-require-key")
-    with open(directory / "gateway.log", "ab") as log:
+    with open(_log_file(settings), "ab") as log:
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             cwd=settings.root, start_new_session=True,  # outlives the command that started it
@@ -176,15 +175,15 @@ def _wait_ready(settings: Settings, process: subprocess.Popen, timeout_s: float)
     while time.monotonic() < deadline:
         if process.poll() is not None:
             _pid_file(settings).unlink(missing_ok=True)
-            raise GatewayError(f"the gateway exited with {process.returncode}:\n{_log_tail(settings)}")
-        state = _read_json(ready)
+            raise GatewayError(f"the gateway exited with {process.returncode}:\n{log_tail(_log_file(settings))}")
+        state = read_json(ready)
         if state and _healthy(state["url"]):
             return state
         time.sleep(0.1)
     process.terminate()
     process.wait(10)
     _pid_file(settings).unlink(missing_ok=True)
-    raise GatewayError(f"the gateway did not come up within {timeout_s:.0f} s:\n{_log_tail(settings)}")
+    raise GatewayError(f"the gateway did not come up within {timeout_s:.0f} s:\n{log_tail(_log_file(settings))}")
 
 
 def _process(settings: Settings) -> psutil.Process | None:
@@ -219,21 +218,11 @@ def _port_free(port: int) -> bool:
 
 
 def _saved_settings(settings: Settings) -> dict:
-    return _read_json(gateway_dir(settings) / "settings.json") or {}
+    return read_json(gateway_dir(settings) / "settings.json") or {}
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _log_tail(settings: Settings, lines: int = 20) -> str:
-    try:
-        return "\n".join((gateway_dir(settings) / "gateway.log").read_text().splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
+def _log_file(settings: Settings) -> Path:
+    return gateway_dir(settings) / "gateway.log"
 
 
 def _pid_file(settings: Settings) -> Path:

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import psutil
 
-from distracted_driver.hosting.local.instances import OWNER_ENV, SERVER_MODULE, log_tail
-from distracted_driver.hosting.local.state import RuntimePaths, read_json
+from distracted_driver.fsutil import log_tail, read_json
+from distracted_driver.hosting.local.instances import OWNER_ENV, SERVER_MODULE
+from distracted_driver.hosting.local.state import RuntimePaths
 
 RUNTIME_MODULE = "distracted_driver.hosting.local.runtime"
 START_TIMEOUT_S = 30.0
@@ -129,7 +130,7 @@ def ensure_runtime(paths: RuntimePaths) -> RuntimeInfo:
             if process.poll() is not None:
                 raise RuntimeError(
                     f"the runtime exited with code {process.returncode} at start; "
-                    f"{paths.log_file} ends:\n{log_tail(paths.log_file)}"
+                    f"{paths.log_file} ends:\n{log_tail(paths.log_file, lines=8)}"
                 )
             info = running_runtime(paths)
             if info and info.pid == process.pid:

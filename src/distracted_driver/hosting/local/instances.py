@@ -22,6 +22,8 @@ from pathlib import Path
 
 import aiohttp
 
+from distracted_driver.fsutil import log_tail
+
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
 SERVER_MODULE = "distracted_driver.serve.server"
@@ -50,13 +52,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:  # pragma: no cover - not glibc; the runtime still stops its children itself
         pass
-
-
-def log_tail(path: Path, lines: int = 8) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
 
 
 class Instance:
@@ -136,7 +131,7 @@ class Instance:
             if self.process.returncode is not None:
                 raise InstanceError(
                     f"instance {self.id} exited with code {self.process.returncode} before it was healthy; "
-                    f"its log ({self.log_path}) ends:\n{log_tail(self.log_path)}"
+                    f"its log ({self.log_path}) ends:\n{log_tail(self.log_path, lines=8)}"
                 )
             if await self.ping(timeout_s=2.0):
                 self.state = IN_SERVICE

@@ -14,12 +14,11 @@ Everything lives under ``<state_dir>/hosting/``:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from distracted_driver.fsutil import write_json_atomic
+from distracted_driver.fsutil import read_json, write_json_atomic
 
 STATE_VERSION = 1
 HISTORY = 20  # deployments kept per endpoint
@@ -112,14 +111,6 @@ class EndpointConfigRecord:
 
     def variant(self, name: str) -> VariantConfig | None:
         return next((v for v in self.variants if v.variant_name == name), None)
-
-
-def read_json(path: Path) -> dict | None:
-    """A JSON file, or None when it does not exist or is unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def empty_state() -> dict:
