@@ -43,7 +43,8 @@ from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.data.layout import labels_document
 from distracted_driver.fsutil import write_json_atomic
 from distracted_driver.serve.batch_predict import predict_payloads
-from distracted_driver.serve.inference import Classifier, cpu_count
+from distracted_driver.serve.inference import Classifier
+from distracted_driver.system import cpu_count
 from distracted_driver.train import artifact as contract
 
 ROOT = Path(__file__).resolve().parents[1]

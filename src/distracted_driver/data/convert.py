@@ -27,7 +27,6 @@ import collections
 import hashlib
 import json
 import multiprocessing
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from distracted_driver.data.imaging import ImageError, check_image_bytes, decode
 from distracted_driver.data.split import SPLIT_INFO, SPLITS, ListEntry, class_histogram, format_lst_line, read_lst
 from distracted_driver.fsutil import atomic_path, write_json_atomic
 from distracted_driver.hashing import sha256_file, sha256_json
+from distracted_driver.system import cpu_count
 
 try:
     import simplejpeg
@@ -199,10 +199,7 @@ def _encode_chunk(entries: list[ListEntry]) -> list[Encoded]:
 
 
 def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return cpu_count()
 
 
 class EncoderPool:

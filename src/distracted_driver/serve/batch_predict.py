@@ -24,7 +24,8 @@ from tqdm import tqdm
 from distracted_driver.data.imaging import ImageError
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path
-from distracted_driver.serve.inference import Classifier, cpu_count
+from distracted_driver.serve.inference import Classifier
+from distracted_driver.system import cpu_count
 from distracted_driver.train.artifact import ModelArtifact
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

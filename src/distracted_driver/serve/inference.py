@@ -7,21 +7,12 @@ checks untrusted bytes (signature, size, completeness) before OpenCV sees them.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnxruntime as ort
 
 from distracted_driver.data.imaging import MAX_PIXELS, decode_image, preprocess
+from distracted_driver.system import cpu_count
 from distracted_driver.train.artifact import INPUT_NAME, OUTPUT_NAME, ArtifactError, ModelArtifact
-
-
-def cpu_count() -> int:
-    """Cores this process may use (the affinity mask, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class Classifier:

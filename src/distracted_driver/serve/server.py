@@ -37,7 +37,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from distracted_driver.data.imaging import MAX_PIXELS, ImageError
 from distracted_driver.serve.batching import DynamicBatcher
-from distracted_driver.serve.inference import Classifier, cpu_count
+from distracted_driver.serve.inference import Classifier
+from distracted_driver.system import cpu_count
 from distracted_driver.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from distracted_driver.serve.metrics import ServerMetrics
 from distracted_driver.train.artifact import ArtifactError, load_artifact

@@ -7,7 +7,6 @@ a batch at a time, so memory stays bounded whatever the channel's size.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from distracted_driver.data import recordio
 from distracted_driver.data.imaging import ImageError, Preprocessing, decode_image, preprocess
 from distracted_driver.data.layout import CLASSES
+from distracted_driver.system import cpu_count
 
 
 class ChannelError(ValueError):
@@ -103,7 +103,7 @@ def decoded_batches(
 
     ``augment(image, position)`` is applied to the decoded BGR frame of ``records[position]``.
     """
-    workers = workers or os.cpu_count() or 1
+    workers = workers or cpu_count()
     with ThreadPoolExecutor(workers) as pool:
         pending = None
         for start in range(0, len(records), batch_size):

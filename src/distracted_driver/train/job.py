@@ -26,6 +26,7 @@ from pathlib import Path
 from distracted_driver.data.layout import labels_document
 from distracted_driver.fsutil import write_bytes_atomic, write_json_atomic
 from distracted_driver.hashing import code_version, sha256_file, sha256_json
+from distracted_driver.system import cpu_count
 from distracted_driver.train import artifact as artifact_files
 from distracted_driver.train.channel import record_files
 
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
     from distracted_driver.train.loop import Checkpoints, train_finetune, train_frozen
 
     job_started = time.perf_counter()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(cpu_count())
     config = _config(args)
     _log(f"job {args.job_name}: {config.mode} backbone, device {config.device}, {torch.get_num_threads()} threads")
 
