@@ -127,7 +127,7 @@ def data_split(c, root=None, out=None, val_drivers=None, val_fraction=None, fold
         "center_crop": "crop the centred square first",
         "quality": "JPEG quality 1-100 (default 95) or PNG compression 0-9 (default 3)",
         "encoding": ".jpg or .png (default .jpg)",
-        "pass_through": "store the source files' bytes unchanged (no decode, no resize)",
+        "pass_through": "store the source files' bytes unchanged (decoded only to check them; no resize)",
         "workers": "worker processes (default: all cores)",
         "interpolation": "linear (im2rec's) or area (default linear)",
     },
