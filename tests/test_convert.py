@@ -259,7 +259,7 @@ def test_tasks_chain_with_default_paths(tmp_path):
     assert sum(c["written"] for c in manifest["counts"].values()) == 40
     failed = subprocess.run([*inv, "data.split", "--val-drivers", "9"], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=60)
-    assert failed.returncode == 1 and "--val-drivers must be between 1 and 3" in failed.stderr
+    assert failed.returncode == 2 and "--val-drivers must be between 1 and 3" in failed.stderr
 
 
 def test_a_jpeg_cut_before_its_end_marker_is_refused_not_stored_with_grey_rows():

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from distracted_driver.data import layout, recordio
 from distracted_driver.data.imaging import ImageError, decode_image
 from distracted_driver.data.split import SPLIT_INFO, SPLITS, ListEntry, class_histogram, format_lst_line, read_lst
-from distracted_driver.fsutil import atomic_path, write_json_atomic
+from distracted_driver.fsutil import atomic_path, naming_failed_writes, write_json_atomic
 from distracted_driver.hashing import sha256_file, sha256_json
 from distracted_driver.system import cpu_count
 
@@ -291,6 +291,7 @@ def _write_channel(entries: list[ListEntry], pool: EncoderPool, report: ChannelR
     inputs = hashlib.sha256()
     written: list[ListEntry] = []
     with (
+        naming_failed_writes(paths[0]),  # the big one; the .idx and .lst are beside it
         atomic_path(paths[0]) as tmp_rec,
         atomic_path(paths[1]) as tmp_idx,
         atomic_path(paths[2]) as tmp_lst,
