@@ -809,7 +809,9 @@ def _pipeline_options(**flags):
         raise Exit(f"pipeline: {error}", code=2) from None
 
 
-@task(name="run", auto_shortflags=False, help={"resume": "continue the latest interrupted or failed run from the stage that did not finish",
+@task(name="run", auto_shortflags=False, help={"resume": "continue the latest interrupted or failed run, with the "
+                                                         "options it was started with, from the stage that did not "
+                                                         "finish (a new run record that names it)",
                         **_PIPELINE_HELP})
 def pipeline_run(c, resume=False, backend=None, strategy="canary", epochs=None, learning_rate=None,
                  mini_batch_size=None, image_size=None, seed=None, extra="", val_fraction=None, val_drivers=None,
@@ -818,7 +820,8 @@ def pipeline_run(c, resume=False, backend=None, strategy="canary", epochs=None, 
     """Run the pipeline once: convert, upload, train, evaluate, gate, deploy blue/green, smoke, load test.
 
     Stages whose inputs did not change are reused. Exit status: 0 deployed or nothing-to-do,
-    3 rejected-by-gate, 4 rolled-back, 9 another run holds the lock, 10-18 failed:<stage>.
+    3 rejected-by-gate, 4 rolled-back, 9 another run holds the lock, 10-18 failed:<stage>,
+    2 a bad option (e.g. --resume with options other than the resumed run's).
     """
 
     from distracted_driver.pipeline.run import print_summary, run_pipeline
