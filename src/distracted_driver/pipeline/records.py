@@ -45,8 +45,13 @@ def now_iso() -> str:
 
 
 def new_run_id() -> str:
-    """``YYYYMMDD-HHMMSS-<4 hex>``: unique and sortable by start time."""
-    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    """``YYYYMMDD-HHMMSS-mmm-<4 hex>``: unique, and sortable by start time to the millisecond.
+
+    The milliseconds matter: runs that fail fast, and the resume that follows, start within one
+    second, and the latest run is the last id in sorted order.
+    """
+    now = datetime.now(timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
 
 
 @dataclass
