@@ -259,3 +259,36 @@ def test_a_feature_cache_file_that_would_run_code_is_ignored_and_replaced(tmp_pa
     assert x.shape == (2, 1280) and y.tolist() == [0, 1] and failed == [] and rate
     again = cached_features(extractor, records, config, "train", tmp_path, "data-1", logged.append)
     assert torch.equal(again[0], x) and again[3] is None and "from cache" in logged[-1]
+
+
+@pytest.mark.slow
+def test_a_training_script_killed_with_sigkill_fails_its_job_naming_the_signal(tmp_path, tiny_channels):
+    import os
+    import threading
+    import time
+
+    from train_support import bucket_with_channels
+
+    settings = bucket_with_channels(tmp_path, tiny_channels)
+    outcome = []
+
+    def train():
+        try:
+            outcome.append(run_local_job(settings, {"epochs": 30, "image-size": 64, "patience": 30}, stream=None))
+        except TrainingJobFailed as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    deadline, script = time.monotonic() + 120, None
+    while script is None and time.monotonic() < deadline:
+        for path in (settings.work_dir / "jobs").glob("*/status.json"):
+            script = json.loads(path.read_text()).get("script")
+        time.sleep(0.1)
+    assert script is not None, "the training script never started"
+    os.kill(script["pid"], signal.SIGKILL)
+    thread.join(timeout=120)
+    assert isinstance(outcome[0], TrainingJobFailed) and "killed by SIGKILL" in str(outcome[0])
+    status = json.loads(open_storage(settings).get_bytes(f"models/{outcome[0].job}/status.json"))
+    assert status["status"] == "Failed" and status["failure_reason"].startswith("killed by SIGKILL")
+    assert status["runner"]["pid"] == os.getpid() and status["script"]["pid"] == script["pid"]

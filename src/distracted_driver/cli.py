@@ -70,17 +70,18 @@ def explain(error: BaseException, arguments: dict | None = None) -> Failure | No
         return _explain_os(error, arguments)
     module = type(error).__module__
     if module.startswith(("botocore", "boto3")):
-        return Failure(f"AWS: {_one_line(error)}", EXIT_FAILED)
+        return Failure(f"AWS: {_message(error)}", EXIT_FAILED)
     ours = module.split(".")[0] == _PACKAGE
     if isinstance(error, ValueError):  # a value that is wrong: a flag's, or an input's (an image, a file)
-        return Failure(_with_flag(_one_line(error), arguments), EXIT_USAGE)
+        return Failure(_with_flag(_message(error), arguments), EXIT_USAGE)
     if ours and isinstance(error, Exception):  # e.g. no such model (LookupError), a failed job (RuntimeError)
-        flagged = _with_flag(_one_line(error), arguments)
+        flagged = _with_flag(_message(error), arguments)
         return Failure(flagged, EXIT_USAGE if isinstance(error, LookupError) and "--" in flagged else EXIT_FAILED)
     return None
 
 
-def _one_line(error: BaseException) -> str:
+def _message(error: BaseException) -> str:
+    """The error's own words; the class name too where they are not meant for people (e.g. OSError's)."""
     text = str(error).strip() or type(error).__name__
     return text if isinstance(error, (ValueError, LookupError, RuntimeError)) else f"{type(error).__name__}: {text}"
 
@@ -119,7 +120,7 @@ def _explain_disk(error: OSError, arguments: dict) -> Failure:
         cap = "" if limit == resource.RLIM_INFINITY else f" of {_size(limit)}"
         return Failure(f"file too large{where}: the file-size limit{cap} was reached; raise it (ulimit -f) "
                        "and run again", EXIT_FAILED)
-    flag = _flag_for(path, arguments) if path else None
+    flag = (_flag_for(path, arguments) or ("--out" if "out" in arguments else None)) if path else None
     elsewhere = f", or write elsewhere with {flag}" if flag else ""
     free = _free_space(path) if path else None
     room = f" ({_size(free[1])} free on {free[0]})" if free else ""
@@ -144,14 +145,14 @@ def _explain_os(error: OSError, arguments: dict) -> Failure:
 
 
 def _flag_for(path: Path, arguments: dict) -> str | None:
-    """The flag whose value is ``path`` or a folder above it; else ``--out`` when the task has one."""
+    """The flag whose value is ``path`` or a folder above it."""
     target = Path(path).resolve()
     for name, value in arguments.items():
-        if isinstance(value, (str, Path)) and str(value).strip():
+        if isinstance(value, (str, Path)) and str(value).strip() not in ("", "."):
             given = Path(value).resolve()
             if target == given or target.is_relative_to(given):
                 return _flag(name)
-    return "--out" if "out" in arguments else None
+    return None
 
 
 def _free_space(path: Path) -> tuple[Path, int] | None:
@@ -162,9 +163,9 @@ def _free_space(path: Path) -> tuple[Path, int] | None:
     return None
 
 
-def _size(count: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TB"
+def _size(count: float) -> str:
+    units = ("bytes", "KB", "MB", "GB", "TB")
+    index = 0
+    while count >= 1024 and index < len(units) - 1:
+        count, index = count / 1024, index + 1
+    return f"{count:.0f} bytes" if index == 0 else f"{count:.1f} {units[index]}"

@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -129,7 +130,8 @@ def _failure_reason(job: LocalJob, returncode: int) -> str:
     if failure.is_file():
         return failure.read_text().strip()
     lines = job.log_path.read_text(errors="replace").strip().splitlines() if job.log_path.exists() else []
-    return f"exit status {returncode}" + (f": {lines[-1]}" if lines else "")
+    how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
+    return how + (f" (last output: {lines[-1]})" if lines else "")
 
 
 def run_local_job(
