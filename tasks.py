@@ -6,10 +6,57 @@ endpoint (default ``local``; ``DD_BACKEND`` overrides).
 
 from __future__ import annotations
 
-from invoke import Collection, task
+import functools
+
+from invoke import Argument, Collection, Task
+from invoke import task as invoke_task
 from invoke.exceptions import Exit
 
+from distracted_driver.cli import bad_value, explain, missing_arguments
 from distracted_driver.config import Settings
+
+
+class _Task(Task):
+    """Every task: flags only (so no argument swallows ``--help``), and an expected failure ends in one line
+    with the exit status ``distracted_driver.cli`` documents; a bug keeps its traceback."""
+
+    def __init__(self, body, *args, **kwargs):
+        kwargs.setdefault("positional", ())
+        super().__init__(body, *args, **kwargs)
+
+    def get_arguments(self, ignore_unknown_help=None):
+        arguments = super().get_arguments(ignore_unknown_help)
+        for argument in arguments:
+            if argument.kind in (int, float):
+                argument.__class__ = _NumberArgument
+        return arguments
+
+    def __call__(self, *args, **kwargs):
+        failure = missing_arguments(self.body, kwargs)
+        if failure is None:
+            try:
+                return super().__call__(*args, **kwargs)
+            except Exit:
+                raise
+            except BaseException as error:
+                failure = explain(error, kwargs)
+                if failure is None:
+                    raise
+        raise Exit(failure.message, code=failure.code)
+
+
+class _NumberArgument(Argument):
+    """A flag whose default is a number: invoke converts its value, and would raise a bare ValueError."""
+
+    def set_value(self, value, cast=True):
+        try:
+            super().set_value(value, cast)
+        except ValueError:
+            failure = bad_value(f"--{self.names[0]}", value, self.kind)
+            raise Exit(failure.message, code=failure.code) from None
+
+
+task = functools.partial(invoke_task, klass=_Task)
 
 
 def _settings(backend: str | None = None) -> Settings:
@@ -107,13 +154,10 @@ def data_split(c, root=None, out=None, val_drivers=None, val_fraction=None, fold
     from distracted_driver.data.split import split_dataset
 
     dirs = WorkDirs.of(_settings())
-    try:
-        report = split_dataset(
-            root or dirs.sample, out or dirs.lists, val_drivers=_optional(val_drivers, int),
-            val_fraction=_optional(val_fraction, float), fold=_optional(fold, int), folds=int(folds), seed=int(seed),
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        raise Exit(f"split failed: {exc}", code=1)
+    report = split_dataset(
+        root or dirs.sample, out or dirs.lists, val_drivers=_optional(val_drivers, int),
+        val_fraction=_optional(val_fraction, float), fold=_optional(fold, int), folds=int(folds), seed=int(seed),
+    )
     print(report.summary())
 
 
@@ -127,7 +171,7 @@ def data_split(c, root=None, out=None, val_drivers=None, val_fraction=None, fold
         "center_crop": "crop the centred square first",
         "quality": "JPEG quality 1-100 (default 95) or PNG compression 0-9 (default 3)",
         "encoding": ".jpg or .png (default .jpg)",
-        "pass_through": "store the source files' bytes unchanged (no decode, no resize)",
+        "pass_through": "store the source files' bytes unchanged (decoded only to check them; no resize)",
         "workers": "worker processes (default: all cores)",
         "interpolation": "linear (im2rec's) or area (default linear)",
     },
@@ -140,13 +184,10 @@ def data_convert(c, lists=None, out=None, images=None, resize=256, center_crop=F
     from distracted_driver.data.convert import ConvertOptions, convert_lists
 
     dirs = WorkDirs.of(_settings())
-    try:
-        options = ConvertOptions(resize=int(resize), center_crop=center_crop, quality=_optional(quality, int),
-                                 encoding=encoding, pass_through=pass_through, interpolation=interpolation)
-        report = convert_lists(lists or dirs.lists, out or dirs.channels, options, workers=int(workers) or None,
-                               image_root=images)
-    except (ValueError, FileNotFoundError) as exc:
-        raise Exit(f"convert failed: {exc}", code=1)
+    options = ConvertOptions(resize=int(resize), center_crop=center_crop, quality=_optional(quality, int),
+                             encoding=encoding, pass_through=pass_through, interpolation=interpolation)
+    report = convert_lists(lists or dirs.lists, out or dirs.channels, options, workers=int(workers) or None,
+                           image_root=images)
     print(report.summary())
 
 
@@ -768,7 +809,9 @@ def _pipeline_options(**flags):
         raise Exit(f"pipeline: {error}", code=2) from None
 
 
-@task(name="run", auto_shortflags=False, help={"resume": "continue the latest interrupted or failed run from the stage that did not finish",
+@task(name="run", auto_shortflags=False, help={"resume": "continue the latest interrupted or failed run, with the "
+                                                         "options it was started with, from the stage that did not "
+                                                         "finish (a new run record that names it)",
                         **_PIPELINE_HELP})
 def pipeline_run(c, resume=False, backend=None, strategy="canary", epochs=None, learning_rate=None,
                  mini_batch_size=None, image_size=None, seed=None, extra="", val_fraction=None, val_drivers=None,
@@ -777,7 +820,8 @@ def pipeline_run(c, resume=False, backend=None, strategy="canary", epochs=None, 
     """Run the pipeline once: convert, upload, train, evaluate, gate, deploy blue/green, smoke, load test.
 
     Stages whose inputs did not change are reused. Exit status: 0 deployed or nothing-to-do,
-    3 rejected-by-gate, 4 rolled-back, 9 another run holds the lock, 10-18 failed:<stage>.
+    3 rejected-by-gate, 4 rolled-back, 9 another run holds the lock, 10-18 failed:<stage>,
+    2 a bad option (e.g. --resume with options other than the resumed run's).
     """
 
     from distracted_driver.pipeline.run import print_summary, run_pipeline

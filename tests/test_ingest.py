@@ -265,3 +265,37 @@ def test_add_task_reports_and_exits_non_zero_on_refusals(tmp_path, batch):
     assert (tmp_path / "bucket/raw/manifests/000001.json").is_file()
     bad = run("data.add", "--from", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and "driver_imgs_list.csv is missing" in bad.stderr
+
+
+def test_symlinks_out_of_the_batch_are_refused_and_links_inside_it_kept(bucket, batch, tmp_path):
+    storage, settings = bucket
+    secret = tmp_path / "elsewhere" / "secret.jpg"
+    secret.parent.mkdir()
+    rows = _rows(batch / "driver_imgs_list.csv")[1:]
+    (_, c_out, outside), (_, c_in, inside), (_, c_dir, _) = rows[0], rows[1], rows[2]
+    shutil.copyfile(batch / "imgs/train" / c_out / outside, secret)  # a readable JPEG: only where it lives is wrong
+    (batch / "imgs/train" / c_out / outside).unlink()
+    (batch / "imgs/train" / c_out / outside).symlink_to(secret)
+    kept = batch / "kept.jpg"  # a link to a file of the batch itself is fine
+    os.replace(batch / "imgs/train" / c_in / inside, kept)
+    (batch / "imgs/train" / c_in / inside).symlink_to(kept)
+    # a whole class folder that is a link to a folder elsewhere
+    moved = shutil.move(batch / "imgs/train" / c_dir, tmp_path / "elsewhere" / c_dir)
+    (batch / "imgs/train" / c_dir).symlink_to(moved)
+    in_moved = {p.name for p in Path(moved).iterdir()}
+
+    report = add_data(storage, settings, batch, progress=False)
+    refused = dict(report.refused)
+    assert set(refused) == {outside} | in_moved
+    assert all(why == "a symlink to a file outside the batch" for why in refused.values())
+    listed = {e["key"].rsplit("/", 1)[1] for e in report.manifest["images"]}
+    assert inside in listed and not listed & set(refused)
+    assert not storage.exists(f"raw/imgs/train/{c_out}/{outside}")
+
+
+def test_a_driver_list_linked_from_outside_the_batch_is_a_layout_error(batch, tmp_path):
+    elsewhere = tmp_path / "list.csv"
+    os.replace(batch / "driver_imgs_list.csv", elsewhere)
+    (batch / "driver_imgs_list.csv").symlink_to(elsewhere)
+    with pytest.raises(LayoutError, match="driver_imgs_list.csv is a symlink to a file outside the batch"):
+        read_batch(batch)

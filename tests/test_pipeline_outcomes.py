@@ -174,3 +174,54 @@ def test_a_run_still_going_at_the_watchers_timeout_is_stopped_and_records_where(
             if any(str(settings.root) in part for part in (p.info["cmdline"] or []))]
     _, alive = psutil.wait_procs(ours, timeout=15)
     assert [p.info["cmdline"] for p in alive] == []
+
+
+# --- resume: a new record, with the interrupted run's own options; closed records never change ---------
+
+
+def _record_bytes(settings: Settings, run_id: str) -> bytes:
+    return open_storage(settings).get_bytes(f"pipeline/runs/{run_id}.json")
+
+
+def test_resume_without_options_continues_the_failed_run_with_its_options_in_a_new_record(settings):
+    asked = RunOptions(hyperparameters={"epochs": 14, "image-size": 96}, convert={"val_drivers": 2}, strategy="linear")
+    failed = run_pipeline(settings, asked, log=lambda message: None)
+    assert failed.outcome == "failed:materialize"
+    before = _record_bytes(settings, failed.run_id)
+    logged = []
+
+    resumed = run_pipeline(settings, RunOptions(resume=True), log=logged.append)  # `inv pipeline.run --resume`
+    assert resumed.run_id != failed.run_id and resumed.resumes == failed.run_id
+    assert resumed.options == {**asked.to_dict(), "resume": True}
+    assert resumed.outcome == "failed:materialize"  # still no raw data: the same stage fails again, in this record
+    assert any(f"resuming run {failed.run_id}" in line for line in logged)
+    assert _record_bytes(settings, failed.run_id) == before  # the failure stays in history as it was
+    store = RunStore(open_storage(settings), settings)
+    assert store.run_ids() == sorted([failed.run_id, resumed.run_id])
+    assert store.load(resumed.run_id).resumes == failed.run_id
+
+
+def test_resume_given_other_options_is_refused_and_records_nothing(settings):
+    failed = run_pipeline(settings, RunOptions(hyperparameters={"epochs": 14}), log=lambda message: None)
+    with pytest.raises(ValueError, match=f"--resume continues run {failed.run_id} with the options it was started"):
+        run_pipeline(settings, RunOptions(resume=True, hyperparameters={"epochs": 3}), log=lambda message: None)
+    store = RunStore(open_storage(settings), settings)
+    assert store.run_ids() == [failed.run_id]
+    assert not open_storage(settings).exists("pipeline/lock")
+    same = run_pipeline(settings, RunOptions(resume=True, hyperparameters={"epochs": 14}), log=lambda message: None)
+    assert same.resumes == failed.run_id  # repeating the run's own options is not a conflict
+    refused = subprocess.run([str(INV), "pipeline.run", "--resume", "--epochs", "3"], cwd=REPO, env=_env(settings),
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().startswith(f"--resume continues run {same.run_id}")
+
+
+def test_a_closed_record_is_never_written_again(settings):
+    from distracted_driver.pipeline.records import RecordClosed
+
+    record = run_pipeline(settings, RunOptions(), log=lambda message: None)
+    store = RunStore(open_storage(settings), settings)
+    record.reason = "something else"
+    with pytest.raises(RecordClosed):
+        store.save(record)
+    assert store.load(record.run_id).reason.startswith("materialize: no raw data")

@@ -7,6 +7,7 @@ run records to see which stages did work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,9 +20,11 @@ import time
 import pytest
 
 from distracted_driver.config import Settings
-from distracted_driver.pipeline.records import DONE, REUSED, RUNNING, SKIPPED, RunStore
+from distracted_driver.pipeline.options import RunOptions
+from distracted_driver.pipeline.records import DONE, FAILED, REUSED, RUNNING, SKIPPED, RunStore
 from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.storage import open_storage
+from distracted_driver.system import process_gone
 from distracted_driver.train.registry import Registry
 from pipeline_support import (
     add_batch, cli_flags, environment, fast_options, run_cli, sample_batch, stop_stack,
@@ -167,33 +170,79 @@ def _wait_for_stage(settings: Settings, run_ids_before: set[str], stage: str, ti
     raise AssertionError(f"no run reached {stage} within {timeout} s")
 
 
-def test_a_run_killed_during_training_resumes_from_training(first_run, tmp_path, caplog):
-    settings, _ = first_run
+def _wait_for_training_epochs(settings: Settings, jobs_before: set[str], timeout: float = 180) -> str:
+    """The new training job, once its script has logged its first epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for status in settings.work_dir.glob("jobs/*/status.json"):
+            job = status.parent.name
+            log = status.parent / "train.log"
+            if job not in jobs_before and log.is_file() and "epoch 1/" in log.read_text(errors="replace"):
+                return job
+        time.sleep(0.2)
+    raise AssertionError(f"no training job reached its first epoch within {timeout} s")
+
+
+def test_a_run_killed_during_training_is_resumed_with_its_own_options_in_a_new_record(first_run, tmp_path, caplog):
+    """`pipeline.run --resume` with no flags, after SIGKILL of a run asked for other hyperparameters: the resume
+    retrains with those, in a record of its own; the killed run's record and its training job are closed, with why."""
+    settings, first = first_run
     add_batch(settings, sample_batch(tmp_path / "new-drivers", drivers=2, per_class=3, seed=7, first_driver=90))
-    options = fast_options()
-    store = store_of(settings)
-    before = set(store.run_ids())
+    options = fast_options(hyperparameters={"epochs": 13, "image-size": 96})
+    store, storage = store_of(settings), open_storage(settings)
+    runs_before = set(store.run_ids())
+    jobs_before = {p.parent.name for p in settings.work_dir.glob("jobs/*/status.json")}
     child = subprocess.Popen(
         [sys.executable, "-m", "distracted_driver.pipeline", "run", "--options", json.dumps(options.to_dict())],
         env=environment(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        run_id = _wait_for_stage(settings, before, "train")
-        time.sleep(3)  # well into the training job
+        run_id = _wait_for_stage(settings, runs_before, "train")
+        job = _wait_for_training_epochs(settings, jobs_before)
     finally:
-        os.killpg(child.pid, signal.SIGKILL)  # the run and its training job, with no chance to clean up
+        os.kill(child.pid, signal.SIGKILL)  # the run, with no chance to clean up; its training script is orphaned
         child.wait()
+    try:
+        _resume_after_the_kill(settings, first, options, run_id, job, caplog)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # whatever of the group a failed check left running
+
+
+def _resume_after_the_kill(settings, first, options, run_id, job, caplog):
+    store, storage = store_of(settings), open_storage(settings)
     killed = store.load(run_id)
     assert killed.outcome == "" and killed.stage("train").status == RUNNING
     assert [killed.stage(n).status for n in ("materialize", "convert", "upload")] == [DONE, DONE, DONE]
+    assert json.loads(storage.get_bytes(f"models/{job}/status.json"))["status"] == "InProgress"
 
+    logged = []
     with caplog.at_level(logging.WARNING, logger="distracted_driver.pipeline.lock"):
-        resumed = run_pipeline(settings, fast_options(resume=True), log=quiet, stream=None, progress=False)
+        resumed = run_pipeline(settings, RunOptions(resume=True), log=logged.append, stream=None, progress=False)
     assert "taking over a stale pipeline lock of run" in caplog.text  # the killed run's lock
-    assert resumed.run_id == run_id and len(resumed.resumed) == 1
+
+    # The killed run's record: closed as failed:train with the reason, and otherwise as it was left.
+    closed = store.load(run_id)
+    assert closed.outcome == "failed:train" and closed.reason.startswith("interrupted: its process (pid ")
+    assert closed.finished and closed.stage("train").status == FAILED
+    for name in ("materialize", "convert", "upload"):
+        assert closed.stage(name) == killed.stage(name)
+    # Its training job: Stopped, with the reason, and its script no longer running.
+    status = json.loads(storage.get_bytes(f"models/{job}/status.json"))
+    assert status["status"] == "Stopped" and status["ended"]
+    assert "is gone" in status["failure_reason"] and f"pipeline run {resumed.run_id}" in status["failure_reason"]
+    script = status["script"]
+    assert process_gone(script["host"], script["pid"], script["pid_started"])
+
+    # The resume: a new record naming the killed run, with the killed run's options, retraining as asked.
+    assert resumed.run_id not in (run_id, first.run_id) and resumed.resumes == run_id
+    assert resumed.options == {**options.to_dict(), "resume": True}
     assert resumed.outcome in ("deployed", "rejected-by-gate"), resumed.reason
-    for name in ("materialize", "convert", "upload"):  # kept as the killed run left them
-        before_kill, after = killed.stage(name), resumed.stage(name)
-        assert (after.status, after.attempts, after.seconds) == (DONE, 1, before_kill.seconds)
-    assert resumed.stage("train").status == DONE and resumed.stage("train").attempts == 2
-    assert resumed.raw_manifest == "000002"
-    assert not open_storage(settings).exists("pipeline/lock")
+    for name in ("materialize", "convert", "upload"):  # taken over from the killed run, not redone
+        stage = resumed.stage(name)
+        assert (stage.status, stage.source_run, stage.outputs) == (REUSED, run_id, killed.stage(name).outputs)
+    train = resumed.stage("train")
+    assert train.status == DONE and train.inputs["hyperparameters"] == {"epochs": "13", "image-size": "96"}
+    assert resumed.model_version not in (job, first.model_version) and resumed.raw_manifest == "000002"
+    assert any(f"training job {job}: recorded as Stopped" in line for line in logged)
+    assert set(store.run_ids()) >= {run_id, resumed.run_id}
+    assert not storage.exists("pipeline/lock")

@@ -187,3 +187,108 @@ def test_checkpoint_of_other_hyperparameters_is_not_resumed(tmp_path, tiny_chann
     assert train_job.main(_script_args(tiny_channels, out, *common, "--seed", "2")) == 1
     assert "other hyperparameters" in (out / "failure").read_text()
     assert train_job.main(_script_args(tiny_channels, out, *common, "--seed", "2", "--resume", "false")) == 0
+
+
+# --- loading only tensors: a planted checkpoint or feature cache cannot run code ---------------------
+
+
+class _RunsCode:
+    """Unpickling this creates ``marker``: what a planted pickle could do, made visible."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_a_real_checkpoint_loads_with_tensors_only(tmp_path):
+    import math
+
+    import torch
+
+    from distracted_driver.train.loop import Checkpoints
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    checkpoints = Checkpoints(tmp_path, "fingerprint-1")
+    history = [{"epoch": 1, "val_log_loss": 0.5}]
+    checkpoints.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "early_stopping": {"best": math.inf, "best_epoch": 0},
+                      "history": history, "best_state": model.state_dict(), "epoch": 1})
+    state = checkpoints.load()
+    assert state["history"] == history and state["early_stopping"]["best"] == math.inf
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unopened(tmp_path):
+    import torch
+
+    from distracted_driver.train.loop import CheckpointMismatch, Checkpoints
+
+    marker = tmp_path / "code-ran"
+    checkpoints = Checkpoints(tmp_path, "fingerprint-1")
+    torch.save({"fingerprint": "fingerprint-1", "history": _RunsCode(marker)}, checkpoints.path)
+    with pytest.raises(CheckpointMismatch, match="more than tensors"):
+        checkpoints.load()
+    assert not marker.exists()
+
+
+def test_a_feature_cache_file_that_would_run_code_is_ignored_and_replaced(tmp_path):
+    import torch
+
+    from distracted_driver.train.channel import Record
+    from distracted_driver.train.loop import FeatureExtractor, TrainConfig, _feature_cache_key, cached_features
+    from distracted_driver.train.model import build_model
+    from hostile_images import camera_like_jpeg
+
+    config = TrainConfig(image_size=32, pretrained=False, batch_size=2, workers=1)
+    records = [Record(f"train:{i}", i, camera_like_jpeg(64, 48, seed=i)) for i in range(2)]
+    planted = tmp_path / f"train-{_feature_cache_key(config, 'data-1')}.pt"
+    marker = tmp_path / "code-ran"
+    torch.save({"features": torch.zeros(2, 1280), "labels": torch.zeros(2), "failed": [_RunsCode(marker)]}, planted)
+    logged = []
+    extractor = FeatureExtractor(build_model(pretrained=False, seed=0), config)
+    x, y, failed, rate = cached_features(extractor, records, config, "train", tmp_path, "data-1", logged.append)
+    assert not marker.exists() and "ignoring the unreadable cache file" in logged[0]
+    assert x.shape == (2, 1280) and y.tolist() == [0, 1] and failed == [] and rate
+    again = cached_features(extractor, records, config, "train", tmp_path, "data-1", logged.append)
+    assert torch.equal(again[0], x) and again[3] is None and "from cache" in logged[-1]
+
+
+@pytest.mark.slow
+def test_a_training_script_killed_with_sigkill_fails_its_job_naming_the_signal(tmp_path, tiny_channels):
+    import os
+    import threading
+    import time
+
+    from train_support import bucket_with_channels
+
+    settings = bucket_with_channels(tmp_path, tiny_channels)
+    outcome = []
+
+    def train():
+        try:
+            outcome.append(run_local_job(settings, {"epochs": 30, "image-size": 64, "patience": 30}, stream=None))
+        except TrainingJobFailed as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    deadline, script = time.monotonic() + 120, None
+    while script is None and time.monotonic() < deadline:
+        for path in (settings.work_dir / "jobs").glob("*/status.json"):
+            script = json.loads(path.read_text()).get("script")
+        time.sleep(0.1)
+    assert script is not None, "the training script never started"
+    os.kill(script["pid"], signal.SIGKILL)
+    thread.join(timeout=120)
+    assert isinstance(outcome[0], TrainingJobFailed) and "killed by SIGKILL" in str(outcome[0])
+    status = json.loads(open_storage(settings).get_bytes(f"models/{outcome[0].job}/status.json"))
+    assert status["status"] == "Failed" and status["failure_reason"].startswith("killed by SIGKILL")
+    assert status["runner"]["pid"] == os.getpid() and status["script"]["pid"] == script["pid"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -40,8 +41,28 @@ def atomic_path(target: str | Path, mode: int | None = None):
         raise
 
 
+# What a write can fail with that is about the place written to, not the data.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+@contextlib.contextmanager
+def naming_failed_writes(path: str | Path):
+    """A failed write (a full disk, a file-size limit) inside the block names ``path``, and only once.
+
+    A file object's write or flush raises such an error without a file name, and
+    each close that follows raises it again, chained to the first; what leaves
+    this block is one error that says where.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None and error.errno in _WRITE_ERRNOS:
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
+
+
 def write_bytes_atomic(target: str | Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
+    with naming_failed_writes(target), atomic_path(target) as tmp:
         tmp.write_bytes(data)
 
 

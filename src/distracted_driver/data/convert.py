@@ -8,13 +8,11 @@ id = the ``.lst`` index).
 
 Speed: images are processed in worker processes, in chunks, with a bounded
 number of chunks in flight (memory stays flat whatever the data size), and
-written by this process in ``.lst`` order. Baseline JPEGs are decoded with
-libjpeg-turbo through ``simplejpeg`` when it is installed: its pixels are
-identical to ``cv2.imdecode``'s (both are libjpeg-turbo with the same IDCT
-and upsampling; a test pins this) and in the workers it costs about 1 ms
-less per image (``benchmarks/convert_vs_im2rec.py`` prints both paths).
-Anything else (PNG, EXIF-rotated or CMYK JPEGs, damaged files) goes through
-OpenCV, the reference path.
+written by this process in ``.lst`` order. Images are decoded by
+``imaging.decode_image``, the one strict decoder of every stage: JPEGs by
+libjpeg-turbo through ``simplejpeg``, whose pixels are ``cv2.imread``'s
+(what im2rec uses; a test pins this) at about 1 ms less per image, and a
+damaged image is skipped with the reason rather than stored with grey rows.
 
 Atomic: the channel files are written under temporary names and renamed when
 complete; ``manifest.json`` is removed first and written last, so a directory
@@ -37,23 +35,17 @@ import numpy as np
 from tqdm import tqdm
 
 from distracted_driver.data import layout, recordio
-from distracted_driver.data.imaging import ImageError, check_image_bytes, decode_image
+from distracted_driver.data.imaging import ImageError, decode_image
 from distracted_driver.data.split import SPLIT_INFO, SPLITS, ListEntry, class_histogram, format_lst_line, read_lst
-from distracted_driver.fsutil import atomic_path, write_json_atomic
+from distracted_driver.fsutil import atomic_path, naming_failed_writes, write_json_atomic
 from distracted_driver.hashing import sha256_file, sha256_json
 from distracted_driver.system import cpu_count
-
-try:
-    import simplejpeg
-except ImportError:  # optional: OpenCV alone gives the same pixels, slower
-    simplejpeg = None
 
 MANIFEST = "manifest.json"
 FORMAT = "mxnet-recordio"
 CONVERTER_VERSION = 1
 ENCODINGS = (".jpg", ".png")
 INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA}
-DECODERS = ("auto", "opencv")
 MAX_CHUNK = 32  # images per task sent to a worker; each task costs the pool's threads about half a millisecond
 IN_FLIGHT_PER_WORKER = 4  # chunks queued per worker: enough to keep it busy, small enough to bound memory
 WORKER_START_TIMEOUT = 30  # seconds; workers start in well under one
@@ -94,22 +86,6 @@ class ConvertOptions:
 # --- one image --------------------------------------------------------------------
 
 
-def _plain_jpeg(data: bytes) -> bool:
-    """A JPEG that libjpeg-turbo can decode exactly as OpenCV does (no EXIF orientation to apply)."""
-    return data[:2] == b"\xff\xd8" and data.find(b"Exif\x00\x00", 0, 65536) == -1
-
-
-def decode(data: bytes, decoder: str = "auto") -> np.ndarray:
-    """Bytes → BGR uint8, as ``imaging.decode_image`` (OpenCV) decodes them; raises ImageError."""
-    if decoder == "auto" and simplejpeg is not None and _plain_jpeg(data):
-        check_image_bytes(data)
-        try:
-            return simplejpeg.decode_jpeg(data, colorspace="BGR")
-        except ValueError:
-            pass  # CMYK, damaged, unusual: OpenCV decides
-    return decode_image(data)
-
-
 def center_crop(image: np.ndarray) -> np.ndarray:
     """The centred square, as im2rec's ``--center-crop``."""
     height, width = image.shape[:2]
@@ -127,12 +103,11 @@ def resized_shape(width: int, height: int, shorter_edge: int) -> tuple[int, int]
     return width * shorter_edge // height, shorter_edge
 
 
-def transform(data: bytes, options: ConvertOptions, decoder: str = "auto") -> bytes:
-    """Source image bytes → the payload stored in the record."""
+def transform(data: bytes, options: ConvertOptions) -> bytes:
+    """Source image bytes → the payload stored in the record (raises ImageError for a damaged image)."""
+    image = decode_image(data)  # with --pass-through too: only images every later stage can decode are stored
     if options.pass_through:
-        check_image_bytes(data)
         return data
-    image = decode(data, decoder)
     if options.center_crop:
         image = center_crop(image)
     if options.resize:
@@ -157,10 +132,9 @@ class Encoded:
 
 
 class _Encoder:
-    def __init__(self, image_root: Path, options: ConvertOptions, decoder: str):
+    def __init__(self, image_root: Path, options: ConvertOptions):
         self.image_root = image_root
         self.options = options
-        self.decoder = decoder
 
     def __call__(self, entry: ListEntry) -> Encoded:
         path = self.image_root / entry.path
@@ -172,7 +146,7 @@ class _Encoder:
             return Encoded(entry, None, f"unreadable: {error.strerror or error}")
         digest = hashlib.sha256(data).hexdigest()
         try:
-            payload = transform(data, self.options, self.decoder)
+            payload = transform(data, self.options)
         except ImageError as error:
             return Encoded(entry, None, str(error), digest)
         except cv2.error as error:
@@ -184,10 +158,10 @@ class _Encoder:
 _worker_encoder: _Encoder | None = None
 
 
-def _start_worker(image_root: Path, options: ConvertOptions, decoder: str) -> None:
+def _start_worker(image_root: Path, options: ConvertOptions) -> None:
     global _worker_encoder
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would only contend
-    _worker_encoder = _Encoder(image_root, options, decoder)
+    _worker_encoder = _Encoder(image_root, options)
 
 
 def _worker_ready() -> bool:
@@ -212,11 +186,8 @@ class EncoderPool:
     cannot start are reported as an error instead of being respawned forever.
     """
 
-    def __init__(self, image_root: str | Path, options: ConvertOptions, workers: int | None = None,
-                 decoder: str = "auto"):
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, not {decoder!r}")
-        self.args = (Path(image_root), options, decoder)
+    def __init__(self, image_root: str | Path, options: ConvertOptions, workers: int | None = None):
+        self.args = (Path(image_root), options)
         self.workers = workers or default_workers()
         self._pool = None
 
@@ -297,7 +268,6 @@ def convert_list(
     options: ConvertOptions = ConvertOptions(),
     workers: int | None = None,
     progress: bool = True,
-    decoder: str = "auto",
     pool: EncoderPool | None = None,
 ) -> ChannelReport:
     """Convert one ``.lst`` into ``out_dir/<name>.rec``, ``.idx`` and ``.lst`` (the entries written).
@@ -311,7 +281,7 @@ def convert_list(
     report = ChannelReport(name or Path(lst_path).stem, Path(out_dir))
     if pool is not None:
         return _write_channel(entries, pool, report, progress)
-    with EncoderPool(image_root, options, workers, decoder) as own_pool:
+    with EncoderPool(image_root, options, workers) as own_pool:
         return _write_channel(entries, own_pool, report, progress)
 
 
@@ -321,6 +291,7 @@ def _write_channel(entries: list[ListEntry], pool: EncoderPool, report: ChannelR
     inputs = hashlib.sha256()
     written: list[ListEntry] = []
     with (
+        naming_failed_writes(paths[0]),  # the big one; the .idx and .lst are beside it
         atomic_path(paths[0]) as tmp_rec,
         atomic_path(paths[1]) as tmp_idx,
         atomic_path(paths[2]) as tmp_lst,
@@ -374,7 +345,6 @@ def convert_lists(
     workers: int | None = None,
     image_root: str | Path | None = None,
     progress: bool = True,
-    decoder: str = "auto",
 ) -> ConvertReport:
     """Convert ``lists_dir/{train,validation}.lst`` into ``out_dir/<split>/`` and write ``out_dir/manifest.json``.
 
@@ -393,7 +363,7 @@ def convert_lists(
     if "train" not in names:
         raise FileNotFoundError(f"no train.lst in {lists_dir}")
     _start_over(out_dir)
-    with EncoderPool(image_root, options, workers, decoder) as pool:
+    with EncoderPool(image_root, options, workers) as pool:
         channels = [
             convert_list(lists_dir / f"{name}.lst", image_root, out_dir / name, name, options, progress=progress,
                          pool=pool)

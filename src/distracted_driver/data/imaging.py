@@ -1,8 +1,10 @@
 """Decoding and preprocessing of images, shared by training and serving.
 
 Training and serving must prepare pixels identically, so both call
-``preprocess`` with the ``Preprocessing`` stored in the model artifact.
-Only OpenCV and numpy here: the serving install has no torch.
+``preprocess`` with the ``Preprocessing`` stored in the model artifact, and
+every stage decodes with ``decode_image``, which refuses what it cannot
+decode whole. Only OpenCV, simplejpeg and numpy here: the serving install has
+no torch.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
 
 # Far above a camera frame, far below what would exhaust memory when decoded.
 MAX_PIXELS = 40_000_000
@@ -49,34 +52,92 @@ class Preprocessing:
         return params
 
 
-def image_dimensions(data: bytes) -> tuple[int, int] | None:
-    """Width and height read from a PNG or JPEG header, without decoding; None if not found."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        width, height = struct.unpack(">II", data[16:24])
-        return width, height
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-                i += 1 if marker == 0xFF else 2
-                continue
-            length = struct.unpack(">H", data[i + 2 : i + 4])[0]
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-                return width, height
-            i += 2 + length
-    return None
-
-
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_START_OF_SCAN = b"\xff\xda"
 _JPEG_END_OF_IMAGE = b"\xff\xd9"
 _PNG_END_CHUNK = b"IEND"
+# Start-of-frame markers: every SOFn except DHT (C4), JPG (C8) and DAC (CC). SOF9 and up are arithmetic-coded.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_ARITHMETIC_SOF = 0xC9
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RST0-7 carry no length
+# zlib's documented ceiling on deflate's compression ratio.
+_DEFLATE_MAX_RATIO = 1032
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+
+
+@dataclass(frozen=True)
+class JpegFrame:
+    """What a JPEG's headers say, read up to its first scan."""
+
+    width: int
+    height: int
+    sampling: tuple[tuple[int, int], ...]  # (horizontal, vertical) sampling factor of each component
+    arithmetic: bool
+    scan_offset: int  # where the first scan's entropy-coded data starts
+
+    def blocks(self) -> int:
+        """8x8 blocks the frame holds over all components: each costs a Huffman-coded scan at least one bit."""
+        h_max = max(h for h, _ in self.sampling)
+        v_max = max(v for _, v in self.sampling)
+        total = 0
+        for h, v in self.sampling:
+            columns = -(-self.width * h // h_max)
+            rows = -(-self.height * v // v_max)
+            total += -(-columns // 8) * -(-rows // 8)
+        return total
+
+
+def jpeg_frame(data: bytes) -> JpegFrame | None:
+    """The frame header of a JPEG and where its first scan starts; None when the headers end first."""
+    frame = None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None  # a segment must start with a marker
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            i += 2
+            continue
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if length < 2 or i + 2 + length > len(data):
+            return None
+        segment = data[i + 4 : i + 2 + length]
+        if marker in _SOF_MARKERS and frame is None and len(segment) >= 6:
+            height, width, count = struct.unpack(">HHB", segment[1:6])
+            sampling = tuple((b >> 4, b & 0x0F) for b in segment[7 : 6 + 3 * count : 3])
+            if len(sampling) != count or count == 0 or not all(h and v for h, v in sampling):
+                return None
+            frame = (width, height, sampling, marker >= _ARITHMETIC_SOF)
+        elif marker == 0xDA:
+            return JpegFrame(*frame, i + 2 + length) if frame else None
+        elif marker == 0xD9:
+            return None
+        i += 2 + length
+    return None
+
+
+def _png_size(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, bytes of raw scanlines) from a PNG's IHDR; None if it is not there."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    channels = _PNG_CHANNELS.get(colour, 4)
+    return width, height, height * (1 + -(-width * channels * depth // 8))
+
+
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """Width and height read from a PNG or JPEG header, without decoding; None if not found."""
+    if data.startswith(PNG_MAGIC):
+        size = _png_size(data)
+        return size[:2] if size else None
+    if data.startswith(JPEG_MAGIC):
+        frame = jpeg_frame(data)
+        return (frame.width, frame.height) if frame else None
+    return None
 
 
 def _is_complete(data: bytes) -> bool:
@@ -92,11 +153,28 @@ def _is_complete(data: bytes) -> bool:
     return data.rfind(_JPEG_END_OF_IMAGE) > data.rfind(_JPEG_START_OF_SCAN) > 0
 
 
+def _data_can_hold(data: bytes) -> bool:
+    """Whether the file is large enough for the size its header states.
+
+    A Huffman-coded JPEG spends at least one bit on every 8x8 block of every
+    component (its DC code), and deflate cannot compress more than 1032:1; a
+    header that claims more pixels than that is lying, and decoding it would
+    cost the full size in memory and time. Arithmetic-coded JPEGs have no
+    such floor; strict decoding still refuses one whose data runs out.
+    """
+    if data.startswith(PNG_MAGIC):
+        size = _png_size(data)
+        return size is not None and size[2] <= len(data) * _DEFLATE_MAX_RATIO
+    frame = jpeg_frame(data)
+    return frame is not None and (frame.arithmetic or (len(data) - frame.scan_offset) * 8 >= frame.blocks())
+
+
 def check_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
     """Width and height of a whole JPEG or PNG, checked before any decoding; raises ``ImageError``.
 
     Only JPEG and PNG whose header states the size get through, so the pixel
-    limit (against decompression bombs) is applied before a row is decoded.
+    limit (against decompression bombs) and the size the data can hold are
+    checked before a row is decoded.
     """
     if not data:
         raise ImageError("empty image")
@@ -111,16 +189,45 @@ def check_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, i
         raise ImageError(f"image of {dims[0]}x{dims[1]} pixels exceeds the limit of {max_pixels} pixels")
     if not _is_complete(data):
         raise ImageError("image is truncated: its end marker is missing")
+    if not _data_can_hold(data):
+        raise ImageError(f"image header states {dims[0]}x{dims[1]} pixels, more than its "
+                         f"{len(data)} bytes can hold")
     return dims
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode whole JPEG/PNG bytes to a BGR uint8 array, refusing what is empty, broken, cut or too large."""
+    """Decode whole JPEG/PNG bytes to a BGR uint8 array, refusing what is empty, broken, cut or too large.
+
+    The one decoder of every stage (conversion, ingest, training, evaluation,
+    batch prediction, the model server). JPEGs are decoded strictly by
+    libjpeg-turbo through simplejpeg: what libjpeg only warns about (corrupt
+    data, a premature end) is an error here, where OpenCV would return grey
+    or garbled rows. Its pixels are OpenCV's (the same library; a test pins
+    it). OpenCV gives the pixels of PNGs, and of JPEGs with EXIF (it applies
+    the orientation) or in CMYK, once the strict decode has passed them.
+    """
     check_image_bytes(data, max_pixels)
+    if data.startswith(JPEG_MAGIC):
+        image = _decode_jpeg_strictly(data)
+        if image is not None:
+            return image
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
         raise ImageError("not a decodable JPEG or PNG image")
     return image
+
+
+def _decode_jpeg_strictly(data: bytes) -> np.ndarray | None:
+    """BGR pixels, or None when the JPEG is sound but OpenCV must give the pixels; raises ImageError."""
+    try:
+        colorspace = simplejpeg.decode_jpeg_header(data)[2]
+        if colorspace in ("CMYK", "YCCK"):
+            simplejpeg.decode_jpeg(data, colorspace="CMYK", strict=True)
+            return None
+        image = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+    except ValueError as error:
+        raise ImageError(f"corrupt JPEG: {error}") from None
+    return None if data.find(b"Exif\x00\x00", 0, 65536) != -1 else image
 
 
 def preprocess(image_bgr: np.ndarray, params: Preprocessing) -> np.ndarray:

@@ -24,7 +24,7 @@ import io
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -99,6 +99,8 @@ def read_batch(source_dir: str | Path) -> list[BatchImage]:
     problems: list[str] = []
     if not csv_path.is_file():
         problems.append(f"{DRIVER_LIST} is missing")
+    elif not _inside(csv_path, source):
+        problems.append(f"{DRIVER_LIST} is a symlink to a file outside the batch")
     if not train.is_dir():
         problems.append(f"{TRAIN_DIR}/ is missing")
     if problems:
@@ -177,14 +179,26 @@ def _files_on_disk(train: Path, problems: list[str]) -> dict[str, str]:
     return found
 
 
-def _inspect(image: BatchImage) -> tuple[str | None, str | None]:
-    """(sha256, None) for a usable image, (None, reason) for one we refuse."""
+def _inside(path: Path, source: Path) -> bool:
+    """Whether ``path``, symlinks followed, is a file of the batch ``source``."""
+    return path.resolve().is_relative_to(source.resolve())
+
+
+def _inspect(image: BatchImage, source: Path) -> tuple[BatchImage, str | None, str | None]:
+    """(image at its real path, sha256, None) for a usable image, (image, None, reason) for one we refuse.
+
+    A symlink that leads out of the batch is refused: data.add uploads what is in the batch, never
+    another file of this machine that a link points at.
+    """
+    real = image.path.resolve()
+    if not real.is_relative_to(source.resolve()):
+        return image, None, "a symlink to a file outside the batch"
     try:
-        data = image.path.read_bytes()
+        data = real.read_bytes()
         decode_image(data)
     except (OSError, ImageError) as error:
-        return None, str(error)
-    return sha256_bytes(data), None
+        return image, None, f"unreadable: {error}"
+    return replace(image, path=real), sha256_bytes(data), None
 
 
 # --- the bucket side --------------------------------------------------------------
@@ -211,8 +225,9 @@ def add_data(storage: Storage, settings: Settings, source_dir: str | Path, progr
     """Put a Kaggle-layout batch into the raw prefix; write a new manifest when anything was added.
 
     Raises LayoutError (nothing added) when the batch's layout or labels are
-    wrong. Unreadable images, and names already in the bucket with other
-    content, are refused and listed; the rest of the batch still goes in.
+    wrong. Unreadable images, symlinks that lead out of the batch, and names
+    already in the bucket with other content, are refused and listed; the
+    rest of the batch still goes in.
     """
     source = Path(source_dir).resolve()
     batch = read_batch(source)
@@ -220,9 +235,9 @@ def add_data(storage: Storage, settings: Settings, source_dir: str | Path, progr
     existing = {Path(e["key"]).name: e for e in parent["images"]} if parent else {}
     report = IngestReport()
     with ThreadPoolExecutor(_WORKERS) as pool:
-        checked = list(tqdm(pool.map(_inspect, batch), total=len(batch), desc="checking images", unit="img",
-                            disable=not progress))
-        new = _select_new(storage, settings, batch, checked, existing, report)
+        checked = list(tqdm(pool.map(lambda image: _inspect(image, source), batch), total=len(batch),
+                            desc="checking images", unit="img", disable=not progress))
+        new = _select_new(storage, settings, checked, existing, report)
         list(tqdm(pool.map(lambda item: storage.put_file(item[0].path, item[1]["key"]), new), total=len(new),
                   desc="uploading", unit="img", disable=not progress))
     if not new:
@@ -242,13 +257,13 @@ def add_data(storage: Storage, settings: Settings, source_dir: str | Path, progr
     return report
 
 
-def _select_new(storage, settings, batch, checked, existing, report) -> list[tuple[BatchImage, dict]]:
-    """Sort each readable image into skipped, refused or new (image, manifest entry)."""
+def _select_new(storage, settings, checked, existing, report) -> list[tuple[BatchImage, dict]]:
+    """Sort each inspected image into skipped, refused or new (image, manifest entry)."""
     by_hash = {e["sha256"]: e["key"] for e in existing.values()}
     new = []
-    for image, (sha, error) in zip(batch, checked):
+    for image, sha, error in checked:
         if error:
-            report.refused.append((image.img, f"unreadable: {error}"))
+            report.refused.append((image.img, error))
             continue
         key = image_key(settings, image.classname, image.img)
         known = existing.get(image.img)

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 from dataclasses import asdict, dataclass
 
-import psutil
-
 from distracted_driver.config import Settings
 from distracted_driver.storage import KeyNotFound, Storage
+from distracted_driver.system import process_gone, process_identity
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +45,7 @@ class LockHolder:
     @classmethod
     def current(cls, run_id: str) -> "LockHolder":
         now = time.time()
-        return cls(run_id, socket.gethostname(), os.getpid(), _process_start(os.getpid()), now, now)
+        return cls(run_id, **process_identity(), started=now, refreshed=now)
 
     def describe(self) -> str:
         age = time.time() - self.started
@@ -70,23 +67,14 @@ class LockBusy(RuntimeError):
         super().__init__(f"the pipeline lock is held by {who}")
 
 
-def _process_start(pid: int) -> float:
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return 0.0
-
-
 def stale_reason(holder: LockHolder | None, max_age_seconds: float, now: float | None = None) -> str:
     """Why the lock may be taken over, or "" while its holder may still be working."""
     if holder is None:
         return "the lock object is unreadable"
     now = time.time() if now is None else now
-    if holder.host == socket.gethostname():
-        if not psutil.pid_exists(holder.pid):
-            return f"its holder (pid {holder.pid}) is gone"
-        if abs(_process_start(holder.pid) - holder.pid_started) > 1.0:
-            return f"pid {holder.pid} now belongs to another process"
+    gone = process_gone(holder.host, holder.pid, holder.pid_started)
+    if gone:
+        return f"its holder's {gone}"
     idle = now - holder.refreshed
     if idle > max_age_seconds:
         return f"no progress for {idle:.0f} s (max age {max_age_seconds:.0f} s)"

@@ -1,11 +1,14 @@
 """Run records and the stage cache, both kept in the bucket.
 
 ``pipeline/runs/<run-id>.json`` holds one run: its options, each stage's
-inputs (and their hash), outputs, status and wall time, and the outcome. It is
-rewritten (atomically: a temp-and-rename locally, a single PUT on S3) after
-every stage, so a run killed at any point leaves a record that says which
-stage was running and what the finished ones produced; ``--resume`` continues
-from there.
+inputs (and their hash), outputs, status and wall time, and the outcome. While
+the run goes on it is rewritten (atomically: a temp-and-rename locally, a
+single PUT on S3) after every stage, so a run killed at any point leaves a
+record that says which stage was running and what the finished ones produced.
+Once closed (``finished`` set: by the run itself, or by the next run when it
+was killed) a record is never written again: history is append-only, and
+``--resume`` starts a new record that names the run it continues
+(``resumes``).
 
 ``pipeline/cache/<stage>/<input-hash>.json`` maps a stage's input hash to the
 outputs it produced the last time it finished. That is what makes a run
@@ -42,8 +45,13 @@ def now_iso() -> str:
 
 
 def new_run_id() -> str:
-    """``YYYYMMDD-HHMMSS-<4 hex>``: unique and sortable by start time."""
-    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    """``YYYYMMDD-HHMMSS-mmm-<4 hex>``: unique, and sortable by start time to the millisecond.
+
+    The milliseconds matter: runs that fail fast, and the resume that follows, start within one
+    second, and the latest run is the last id in sorted order.
+    """
+    now = datetime.now(timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
 
 
 @dataclass
@@ -57,7 +65,7 @@ class StageRecord:
     started: str = ""
     reason: str = ""
     source_run: str = ""  # for a reused stage: the run that did the work
-    attempts: int = 0  # times the stage's work was started in this run (resume counts again)
+    attempts: int = 0  # times the stage's work was started in this run
 
     @staticmethod
     def hash_inputs(inputs: dict) -> str:
@@ -79,7 +87,7 @@ class RunRecord:
     model_version: str = ""  # the candidate this run trained or reused
     live_before: str = ""
     live_after: str = ""
-    resumed: list[str] = field(default_factory=list)  # when --resume picked it up again
+    resumes: str = ""  # with --resume: the interrupted or failed run this one continues
     stages: list[StageRecord] = field(default_factory=lambda: [StageRecord(name) for name in STAGES])
 
     @property
@@ -113,6 +121,10 @@ class RunRecord:
         return record
 
 
+class RecordClosed(RuntimeError):
+    """A write to a run record that is closed: records are append-only."""
+
+
 class RunStore:
     """Run records and stage cache entries in the bucket."""
 
@@ -127,7 +139,15 @@ class RunStore:
         return f"{self.prefix}/cache/{stage}/{input_hash}.json"
 
     def save(self, record: RunRecord) -> None:
-        self.storage.put_bytes(self.run_key(record.run_id), _dump(record.to_dict()))
+        """Write a run's record; a record already closed is never written again (``RecordClosed``)."""
+        key = self.run_key(record.run_id)
+        try:
+            stored = json.loads(self.storage.get_bytes(key))
+        except KeyNotFound:
+            stored = None
+        if stored and stored.get("finished"):
+            raise RecordClosed(f"run {record.run_id} is closed ({stored.get('outcome')}); its record stays as it is")
+        self.storage.put_bytes(key, _dump(record.to_dict()))
 
     def load(self, run_id: str) -> RunRecord:
         return RunRecord.from_dict(json.loads(self.storage.get_bytes(self.run_key(run_id))))

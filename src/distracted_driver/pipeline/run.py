@@ -1,8 +1,11 @@
 """One pipeline run: every stage in order, each skipped when its inputs are unchanged.
 
-``run_pipeline(settings, options)`` takes the bucket lock, opens a run record
-(or reopens the latest unfinished one with ``--resume``) and walks the stages
-of ``pipeline.stages``. For each stage it
+``run_pipeline(settings, options)`` takes the bucket lock, closes what a
+killed run left open (its record, its training job), opens a new run record
+and walks the stages of ``pipeline.stages``. With ``--resume`` the new record
+continues the latest interrupted or failed run: it takes that run's options
+and the stages it finished whose inputs and outputs still hold. For each
+stage it
 
 1. asks whether the stage is needed at all in this run (e.g. no smoke test
    when nothing was deployed);
@@ -56,6 +59,10 @@ class Interrupted(BaseException):
     """SIGTERM: unwind like Ctrl-C so the record and the lock are settled."""
 
 
+class ResumeConflict(ValueError):
+    """``--resume`` was given options other than those of the run it would continue."""
+
+
 @dataclass
 class RunContext:
     settings: Settings
@@ -66,7 +73,9 @@ class RunContext:
     log: Callable[[str], None]
     stream: TextIO | None = None  # where long stages (training) copy their output; None: quiet
     progress: bool = True  # progress bars of long stages
+    resumed: RunRecord | None = None  # with --resume: the run this one continues
     outputs: dict[str, dict] = field(default_factory=dict)  # outputs of finished stages, by stage name
+    carried: dict[str, StageRecord] = field(default_factory=dict)  # stages the resumed run finished, taken over
     _memo: dict = field(default_factory=dict)
 
     def memo(self, key: str, compute: Callable):
@@ -94,7 +103,10 @@ class RunContext:
 def run_pipeline(settings: Settings, options: RunOptions | None = None, *, storage: Storage | None = None,
                  log: Callable[[str], None] | None = None, stream: TextIO | None = sys.stderr,
                  progress: bool = True) -> RunRecord:
-    """Run (or resume) the pipeline once; the returned record carries the outcome and exit code."""
+    """Run the pipeline once (or continue an interrupted run); the returned record carries the outcome and exit code.
+
+    Raises ``ResumeConflict`` (nothing recorded) when ``--resume`` comes with options of its own.
+    """
     from distracted_driver.pipeline.stages import PIPELINE
 
     options = options or RunOptions()
@@ -109,16 +121,22 @@ def run_pipeline(settings: Settings, options: RunOptions | None = None, *, stora
         except LockBusy as busy:
             record.outcome, record.reason, record.finished = outcomes.failed("lock"), str(busy), now_iso()
             return record  # never started: no record in the bucket
+        opened = False
         try:
-            record = _open_record(store, record, options, log)
+            resumed = _begin(store, settings, storage, record, options, log)
+            store.save(record)
+            opened = True
             lock.refresh(run_id=record.run_id)
-            _walk(RunContext(settings, storage, store, options, record, log, stream, progress), PIPELINE, lock)
+            context = RunContext(settings, storage, store, RunOptions.from_dict(record.options), record, log, stream,
+                                 progress, resumed)
+            _walk(context, PIPELINE, lock)
         except (Interrupted, KeyboardInterrupt):  # between stages: the record says how far it got
             record.outcome = record.outcome or outcomes.failed(_current_stage(record))
             record.reason = record.reason or "interrupted"
         finally:
-            record.finished = now_iso()
-            store.save(record)
+            if opened:
+                record.finished = now_iso()
+                store.save(record)
             lock.release()
     return record
 
@@ -131,34 +149,60 @@ def _current_stage(record: RunRecord) -> str:
     return record.stages[-1].name
 
 
-def _open_record(store: RunStore, fresh: RunRecord, options: RunOptions, log) -> RunRecord:
-    """The record this run writes: a fresh one, or with ``resume`` the latest unfinished or failed one.
+def _begin(store: RunStore, settings: Settings, storage: Storage, record: RunRecord, options: RunOptions,
+           log) -> RunRecord | None:
+    """With the lock held: close what a killed run left open; with ``resume``, the run to continue (else None).
 
-    Called with the lock held, so an unfinished record belongs to a run that is gone.
+    A record without an outcome belongs to a run that is gone (the lock is ours), and a training job
+    InProgress whose runner is gone was killed with it: both are closed, with the reason, before
+    anything else. ``record`` gets the resumed run's options and its id in ``resumes``.
     """
     latest = store.latest()
     if latest is not None and not latest.outcome:
-        running = next((s for s in latest.stages if s.status == RUNNING), None)
-        if not options.resume:
-            latest.outcome = outcomes.failed(running.name if running else outcomes.STAGES[0])
-            latest.reason = "interrupted: its process is gone"
-            if running:
-                running.status, running.reason = FAILED, latest.reason
-            store.save(latest)
+        _close_killed_run(store, latest, record.run_id)
+        log(f"run {latest.run_id} was killed: recorded as {latest.outcome}")
+    if settings.backend == "local":
+        from distracted_driver.train.runner import close_orphaned_jobs
+
+        for job, reason in close_orphaned_jobs(storage, settings, closed_by=f"pipeline run {record.run_id}"):
+            log(f"training job {job}: recorded as Stopped ({reason})")
     if not options.resume:
-        store.save(fresh)
-        return fresh
-    if latest is None or not (not latest.outcome or latest.outcome.startswith(outcomes.FAILED_PREFIX)):
+        return None
+    if latest is None or not latest.outcome.startswith(outcomes.FAILED_PREFIX):
         what = f"the latest run {latest.run_id} ended {latest.outcome}" if latest else "no run recorded"
-        log(f"nothing to resume ({what}); starting run {fresh.run_id}")
-        store.save(fresh)
-        return fresh
-    log(f"resuming run {latest.run_id} (it ended {latest.outcome or 'unfinished'})")
-    latest.resumed.append(now_iso())
-    latest.options = {**options.to_dict(), "resume": True}
-    latest.outcome = latest.reason = ""
-    store.save(latest)
+        log(f"nothing to resume ({what}); starting run {record.run_id}")
+        return None
+    conflicts = _conflicting_options(options, latest.options)
+    if conflicts:
+        raise ResumeConflict(f"--resume continues run {latest.run_id} with the options it was started with, "
+                             f"and these differ: {'; '.join(conflicts)}. Drop them, or start a new run without --resume")
+    record.options = {**latest.options, "resume": True}
+    record.resumes = latest.run_id
+    log(f"resuming run {latest.run_id} ({latest.outcome}: {latest.reason}) with its options, as run {record.run_id}")
     return latest
+
+
+def _close_killed_run(store: RunStore, killed: RunRecord, closed_by: str) -> None:
+    running = next((s for s in killed.stages if s.status == RUNNING), None)
+    killed.outcome = outcomes.failed(running.name if running else _current_stage(killed))
+    killed.reason = f"interrupted: its process (pid {killed.pid} on {killed.host}) is gone; closed by run {closed_by}"
+    if running:
+        running.status, running.reason = FAILED, "interrupted: its process is gone"
+    killed.finished = now_iso()
+    store.save(killed)
+
+
+# Options that only say how this process runs, not what the run does.
+_OPERATIONAL_OPTIONS = ("resume", "lock_max_age_seconds")
+
+
+def _conflicting_options(given: RunOptions, recorded: dict) -> list[str]:
+    """The options set (away from their defaults) in ``given`` that differ from the recorded run's."""
+    defaults = RunOptions().to_dict()
+    return [f"{name} {value!r} (the run had {recorded.get(name, defaults[name])!r})"
+            for name, value in given.to_dict().items()
+            if name not in _OPERATIONAL_OPTIONS and value != defaults[name]
+            and value != recorded.get(name, defaults[name])]
 
 
 def _walk(context: RunContext, pipeline, lock: PipelineLock) -> None:
@@ -188,8 +232,9 @@ def _walk(context: RunContext, pipeline, lock: PipelineLock) -> None:
 def _advance(context: RunContext, stage, stage_record: StageRecord) -> Stop | None:
     """Bring one stage to a finished state; return a Stop when the run must end here."""
     start = time.perf_counter()
-    if context.options.resume and stage_record.status in (DONE, REUSED) and _still_holds(context, stage, stage_record):
-        return stage.verdict(context, stage_record)  # finished before the interruption: keep it as recorded
+    if _carry_over(context, stage, stage_record):
+        stage_record.seconds = round(time.perf_counter() - start, 3)
+        return stage.verdict(context, stage_record)
     why_not = stage.not_needed(context)
     if why_not:
         stage_record.status, stage_record.reason = SKIPPED, why_not
@@ -221,18 +266,33 @@ def _advance(context: RunContext, stage, stage_record: StageRecord) -> Stop | No
     return stage.verdict(context, stage_record)
 
 
-def _still_holds(context: RunContext, stage, stage_record: StageRecord) -> bool:
-    """A stage finished by the run being resumed: are its inputs the same and its outputs still there?"""
-    return (StageRecord.hash_inputs(stage.inputs(context)) == stage_record.input_hash
-            and stage.still_valid(context, stage_record.outputs))
+def _carry_over(context: RunContext, stage, stage_record: StageRecord) -> bool:
+    """Take over what the resumed run finished in this stage, when its inputs and outputs still hold."""
+    previous = context.resumed.stage(stage.name) if context.resumed else None
+    if previous is None or previous.status not in (DONE, REUSED):
+        return False
+    if not (StageRecord.hash_inputs(stage.inputs(context)) == previous.input_hash
+            and stage.still_valid(context, previous.outputs)):
+        return False
+    stage_record.status, stage_record.source_run = REUSED, previous.source_run or context.resumed.run_id
+    stage_record.inputs, stage_record.input_hash, stage_record.outputs = previous.inputs, previous.input_hash, \
+        previous.outputs
+    stage_record.reason = f"finished by run {context.resumed.run_id}, which this run resumes"
+    context.carried[stage.name] = previous
+    return True
 
 
 def _conclude(context: RunContext) -> tuple[str, str]:
     record = context.record
+
+    def done(name: str) -> bool:  # by this run, or by the run it resumes
+        carried = context.carried.get(name)
+        return record.stage(name).status == DONE or (carried is not None and carried.status == DONE)
+
     version = record.model_version
-    if record.stage("deploy").status == DONE:
+    if done("deploy"):
         return outcomes.DEPLOYED, f"model {version} is live"
-    redone = [s.name for s in record.stages if s.status == DONE]
+    redone = [s.name for s in record.stages if done(s.name)]
     if not redone:
         return outcomes.NOTHING_TO_DO, f"no input changed; model {version} is live"
     return outcomes.NOTHING_TO_DO, f"model {version} is live; redid {', '.join(redone)} with the same result"
@@ -302,8 +362,9 @@ def format_history(records: list[RunRecord]) -> str:
     lines = []
     for record in records:
         outcome = record.outcome or "(unfinished)"
+        resumes = f"(resumes {record.resumes}) " if record.resumes else ""
         lines.append(f"{record.run_id}  {outcome:<18} {record.model_version or '-':<26} "
-                     f"{record.total_seconds:>8.1f} s  {record.reason}")
+                     f"{record.total_seconds:>8.1f} s  {resumes}{record.reason}")
         stages = [f"{s.name} {s.status} {s.seconds:.1f}s" for s in record.stages if s.status != PENDING]
         lines.append(f"    {' · '.join(stages)}")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -107,7 +108,16 @@ class EarlyStopping:
 
 
 class CheckpointMismatch(RuntimeError):
-    """The checkpoint on disk belongs to a run with other settings or other data."""
+    """The checkpoint on disk belongs to a run with other settings or other data, or is not ours at all."""
+
+
+def load_tensors(path: Path):
+    """A file written by ``torch.save`` of tensors and plain containers, and nothing else.
+
+    ``weights_only=True`` unpickles only tensors, numbers, strings and containers, so a
+    planted file cannot run code; anything else raises ``pickle.UnpicklingError``.
+    """
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class Checkpoints:
@@ -124,8 +134,12 @@ class Checkpoints:
     def load(self) -> dict | None:
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != self.fingerprint:
+        try:
+            state = load_tensors(self.path)
+        except pickle.UnpicklingError as error:
+            raise CheckpointMismatch(f"{self.path} holds more than tensors and plain values, so it is not loaded "
+                                     f"({str(error).splitlines()[0]}); remove it or pass --resume false") from None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             raise CheckpointMismatch(
                 f"{self.path} was written by a run with other hyperparameters or data; "
                 "remove it or pass --resume false to start over"
@@ -266,9 +280,12 @@ def cached_features(extractor, records, config, desc, cache_dir, data_fingerprin
     """Features from the cache when the same data, preprocessing and weights were seen before."""
     path = Path(cache_dir) / f"{desc}-{_feature_cache_key(config, data_fingerprint)}.pt" if cache_dir else None
     if path is not None and path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        log(f"features {desc}: {len(saved['labels'])} from cache {path}")
-        return saved["features"], saved["labels"], saved["failed"], None
+        try:
+            saved = load_tensors(path)
+            log(f"features {desc}: {len(saved['labels'])} from cache {path}")
+            return saved["features"], saved["labels"], [tuple(f) for f in saved["failed"]], None
+        except (pickle.UnpicklingError, KeyError, TypeError, RuntimeError) as error:
+            log(f"features {desc}: ignoring the unreadable cache file {path} ({str(error).splitlines()[0]})")
     x, y, failed, rate = extract_features(extractor, records, config, desc)
     log(f"features {desc}: {len(y)} images at {rate:.1f} images/s, {len(failed)} skipped")
     if path is not None:

@@ -15,25 +15,37 @@ and the bucket gets what SageMaker would put there::
     models/<job>/output/output.tar.gz    history and plots
     models/<job>/output/train.log        always
     models/<job>/status.json             InProgress, Completed, Failed or Stopped, with the reason
+
+The status names the process that runs the job (host, pid, start time) and its
+training script's. A job whose runner was killed outright (SIGKILL) cannot say
+how it ended; ``close_orphaned_jobs``, which every run and every pipeline run
+calls first, records it Stopped with the reason, and stops its script if that
+still runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
+
+import psutil
 
 from distracted_driver.config import Settings
 from distracted_driver.data.channels import download_channels
-from distracted_driver.fsutil import atomic_path, write_json_atomic
-from distracted_driver.storage import open_storage
+from distracted_driver.fsutil import atomic_path, write_bytes_atomic, write_json_atomic
+from distracted_driver.storage import KeyNotFound, Storage, open_storage
+from distracted_driver.system import process_gone, process_identity
 from distracted_driver.train.artifact import load_artifact, pack_artifact
 from distracted_driver.train.registry import Registry
 
@@ -85,12 +97,14 @@ class LocalJob:
         return self.root / "input" / "data" / channel
 
 
-def _run_script(command: list[str], env: dict, log_path: Path, stream: IO[str] | None) -> int:
+def _run_script(command: list[str], env: dict, log_path: Path, stream: IO[str] | None,
+                on_start: Callable[[int], None]) -> int:
     """Run the script, copying its combined output to the log file and to ``stream`` as it comes."""
     with open(log_path, "ab") as log, subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
     ) as process:
         try:
+            on_start(process.pid)
             while chunk := process.stdout.read1(65536):
                 log.write(chunk)
                 log.flush()
@@ -116,7 +130,8 @@ def _failure_reason(job: LocalJob, returncode: int) -> str:
     if failure.is_file():
         return failure.read_text().strip()
     lines = job.log_path.read_text(errors="replace").strip().splitlines() if job.log_path.exists() else []
-    return f"exit status {returncode}" + (f": {lines[-1]}" if lines else "")
+    how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
+    return how + (f" (last output: {lines[-1]})" if lines else "")
 
 
 def run_local_job(
@@ -134,6 +149,7 @@ def run_local_job(
     """
     storage = open_storage(settings)
     job = LocalJob(settings, job_name or new_job_name())
+    close_orphaned_jobs(storage, settings, closed_by=f"training job {job.name}")
     previous = storage.get_bytes(job.status_key) if job_name and storage.exists(job.status_key) else None
     if previous and json.loads(previous).get("status") == "Completed":
         raise ValueError(f"training job {job.name} already completed; start a new job instead")
@@ -143,6 +159,7 @@ def run_local_job(
         "status": "InProgress",
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hyperparameters": dict(hyperparameters or {}),
+        "runner": process_identity(),
     }
     timings: dict[str, float] = {}
 
@@ -164,7 +181,8 @@ def run_local_job(
         if stream is not None:
             stream.write(f"training job {job.name}: {' '.join(command[1:])}\n")
         step = time.perf_counter()
-        returncode = _run_script(command, _sagemaker_env(job), job.log_path, stream)
+        returncode = _run_script(command, _sagemaker_env(job), job.log_path, stream,
+                                 on_start=lambda pid: record(script=process_identity(pid)))
         timings["train_seconds"] = time.perf_counter() - step
         if job.output_data_dir.is_dir():
             storage.put_file(_tar_dir(job.output_data_dir, job.output_dir / "output.tar.gz"), job.output_key)
@@ -183,7 +201,7 @@ def run_local_job(
         return job.name
     except BaseException as error:
         reason = error.reason if isinstance(error, TrainingJobFailed) else f"{type(error).__name__}: {error}"
-        stopped = isinstance(error, KeyboardInterrupt)
+        stopped = not isinstance(error, Exception)  # Ctrl-C, or SIGTERM of the pipeline run that started it
         timings["total_seconds"] = time.perf_counter() - started
         if storage.exists(job.artifact_key):  # failed after the upload (e.g. registering): no artifact stays
             storage.delete(job.artifact_key)
@@ -198,6 +216,48 @@ def run_local_job(
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def close_orphaned_jobs(storage: Storage, settings: Settings, closed_by: str) -> list[tuple[str, str]]:
+    """Record as Stopped every job left InProgress by a runner that is gone; returns (job, reason) pairs.
+
+    A runner killed with SIGKILL never writes how its job ended. Its training
+    script, if it still runs (it dies at its next write to the closed pipe),
+    is stopped. Jobs of other hosts, or of a runner that may still be alive,
+    are left alone.
+    """
+    closed = []
+    for key in storage.list_keys(f"{settings.models_prefix}/"):
+        if not key.endswith("/status.json"):
+            continue
+        try:
+            status = json.loads(storage.get_bytes(key))
+        except (KeyNotFound, ValueError):
+            continue
+        runner = status.get("runner") or {}
+        gone = process_gone(runner.get("host"), runner.get("pid"), runner.get("pid_started"))
+        if status.get("status") != "InProgress" or not gone:
+            continue
+        _stop_script(status.get("script") or {})
+        reason = f"its runner's {gone}: it was killed before it could record how the job ended (closed by {closed_by})"
+        status.update(status="Stopped", ended=_now(), failure_reason=reason)
+        body = (json.dumps(status, indent=2, sort_keys=True) + "\n").encode()
+        storage.put_bytes(key, body)
+        local = LocalJob(settings, status["job"]).status_path
+        if local.parent.is_dir():
+            write_bytes_atomic(local, body)
+        closed.append((status["job"], reason))
+    return closed
+
+
+def _stop_script(script: dict) -> None:
+    """Kill an orphaned training script, if the process with its pid is still that script."""
+    pid = script.get("pid")
+    if not pid or script.get("host") != socket.gethostname() or process_gone(script["host"], pid,
+                                                                             script.get("pid_started")):
+        return
+    with contextlib.suppress(psutil.Error):
+        psutil.Process(script["pid"]).kill()
 
 
 def _fetch_channels(storage, settings: Settings, job: LocalJob) -> None:
