@@ -147,6 +147,8 @@ module "codebuild" {
   parameter_path        = local.parameter_path
   settings              = local.pipeline_settings
   api_key_value         = module.api.api_key_value
+  github_token          = var.github_token
+  codeconnections_arn   = var.codeconnections_arn
 }
 
 module "trigger" {
@@ -161,4 +163,5 @@ module "trigger" {
   codebuild_project_arn  = module.codebuild.project_arn
   kms_key_arn            = module.storage.kms_key_arn
   log_retention_days     = var.log_retention_days
+  reserved_concurrency   = var.trigger_reserved_concurrency
 }

@@ -151,7 +151,7 @@ resource "aws_api_gateway_stage" "this" {
 
   access_log_settings {
     destination_arn = aws_cloudwatch_log_group.access.arn
-    format          = jsonencode({
+    format = jsonencode({
       requestId      = "$context.requestId"
       ip             = "$context.identity.sourceIp"
       apiKeyId       = "$context.identity.apiKeyId"
@@ -252,6 +252,10 @@ resource "aws_api_gateway_account" "this" {
   count = var.manage_account_logging_role ? 1 : 0
 
   cloudwatch_role_arn = aws_iam_role.apigateway_logs[0].arn
+
+  # API Gateway checks the role can write to CloudWatch Logs when the account setting is made;
+  # without this the apply races IAM's propagation of the attachment.
+  depends_on = [aws_iam_role_policy_attachment.apigateway_logs]
 }
 
 data "aws_partition" "current" {}

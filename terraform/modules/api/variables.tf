@@ -49,8 +49,9 @@ variable "endpoint_read_timeout_seconds" {
 }
 
 variable "reserved_concurrency" {
-  description = "Most concurrent executions."
+  description = "Reserved concurrent executions; null reserves none (the usage plan's throttle bounds traffic)."
   type        = number
+  default     = null
 }
 
 variable "throttle_rate_limit" {

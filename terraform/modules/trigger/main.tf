@@ -85,7 +85,7 @@ resource "aws_lambda_function" "trigger" {
   source_code_hash               = data.archive_file.trigger.output_base64sha256
   memory_size                    = 128
   timeout                        = 30
-  reserved_concurrent_executions = 1
+  reserved_concurrent_executions = var.reserved_concurrency
   kms_key_arn                    = var.kms_key_arn
 
   environment {

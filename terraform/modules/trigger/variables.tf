@@ -43,6 +43,12 @@ variable "kms_key_arn" {
   type        = string
 }
 
+variable "reserved_concurrency" {
+  description = "Reserved concurrent executions; null reserves none (the CodeBuild project's build limit serializes builds)."
+  type        = number
+  default     = null
+}
+
 variable "log_retention_days" {
   description = "Retention of the trigger's log group."
   type        = number
