@@ -197,3 +197,30 @@ def test_an_interrupted_wait_stops_the_job(env, monkeypatch):
             trainer.run({"epochs": 1}, algorithm="builtin", job_name=JOB)
         stub.assert_no_pending_responses()
     assert json.loads(storage.get_bytes(f"models/{JOB}/status.json"))["status"] == "Stopped"
+
+
+def test_a_denied_log_read_never_stops_the_wait(env):
+    """Logs authorizes FilterLogEvents on ``log-group:NAME:*``; a role without it is denied. The job
+    runs (and bills) on regardless, so the wait must go on to the job's end and say what it lacked."""
+    settings, storage, trainer, _, stream = env
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    logs = boto3.client("logs", region_name="us-east-1")
+    trainer.sagemaker, trainer.logs = client, logs
+    described = {"TrainingJobName": JOB, "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:training-job/{JOB}",
+                 "ModelArtifacts": {"S3ModelArtifacts": ""}, "AlgorithmSpecification": {"TrainingInputMode": "File"},
+                 "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+                 "StoppingCondition": {"MaxRuntimeInSeconds": 3600}, "CreationTime": datetime.datetime(2026, 1, 3)}
+    denied = ("User: arn:aws:sts::123456789012:assumed-role/dd-dev-codebuild/build is not authorized to perform: "
+              "logs:FilterLogEvents on resource: arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/TrainingJobs:*")
+    with Stubber(client) as stub, Stubber(logs) as log_stub:
+        for status in ("InProgress", "InProgress", "Completed"):
+            stub.add_response("describe_training_job", {**described, "TrainingJobStatus": status, "SecondaryStatus": "Training"},
+                              {"TrainingJobName": JOB})
+        for _ in range(4):  # one read per poll, and one after the end
+            log_stub.add_client_error("filter_log_events", service_error_code="AccessDeniedException",
+                                      http_status_code=400, service_message=denied)
+        final = trainer.wait(JOB)
+        stub.assert_no_pending_responses()
+    assert final["TrainingJobStatus"] == "Completed"
+    said = stream.getvalue()
+    assert said.count("AccessDeniedException") == 1 and "waiting on without it" in said

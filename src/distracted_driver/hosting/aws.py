@@ -365,8 +365,7 @@ class SageMakerHosting(Hosting):
         if found is None:
             return
         repository, tag = found
-        images = self.ecr.batch_get_image(repositoryName=repository, imageIds=[{"imageTag": tag}],
-                                          acceptedMediaTypes=[]).get("images", [])
+        images = self.ecr.batch_get_image(repositoryName=repository, imageIds=[{"imageTag": tag}]).get("images", [])
         if not images:
             raise HostingError(f"image {image} is not in ECR: run `inv infra.push-image` first")
         request = {"repositoryName": repository, "imageManifest": images[0]["imageManifest"],
