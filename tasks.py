@@ -975,17 +975,45 @@ def infra_push_image(c, tag=None):
     from distracted_driver.hashing import code_version
     from distracted_driver.infra.terraform import image_tag, record_serving_image, serving_repository
 
+    from distracted_driver.infra.ecr import image_exists, split_image
+
     settings = _settings("aws")
     repository = serving_repository(settings)
     image = f"{repository}:{tag or image_tag(code_version())}"
-    registry = repository.split("/", 1)[0]
-    c.run(f"aws ecr get-login-password --region {settings.region} | docker login --username AWS --password-stdin {registry}")
-    c.run(f"docker build -f docker/serve.Dockerfile -t {image} .")
-    c.run(f"docker push {image}")
-    print(f"pushed {image}; recorded in {record_serving_image(settings, image)}")
+    registry, name, image_tag_ = split_image(image)
+    if image_exists(_boto_client("ecr", settings), name, image_tag_):
+        print(f"{image} is in ECR already (tags are immutable): not built, not pushed")
+    else:
+        c.run(f"aws ecr get-login-password --region {settings.region} | docker login --username AWS --password-stdin {registry}")
+        c.run(f"docker build -f docker/serve.Dockerfile -t {image} .")
+        c.run(f"docker push {image}")
+        print(f"pushed {image}")
+    print(f"serving image recorded in {record_serving_image(settings, image)}")
+
+
+def _boto_client(service, settings):
+    import boto3
+
+    return boto3.session.Session(region_name=settings.region).client(service)
+
+
+@task(name="preflight", help={"env": "environment: terraform/envs/<env>.tfvars (default dev)",
+                               "build": "inside CodeBuild: skip the source credential and the state bucket"})
+def infra_preflight(c, env="dev", build=False):
+    """Before terraform apply: can this account take the env (identity, Lambda concurrency, SageMaker quotas,
+    instance types offered, CodeBuild's GitHub credential, the state bucket)? Non-zero exit if not."""
+    from distracted_driver.infra.preflight import preflight
+    from distracted_driver.infra.terraform import terraform_dir
+
+    report = preflight(terraform_dir(_settings("aws")), env, build=build)
+    print(report)
+    if not report.ok:
+        raise Exit(f"preflight: apply or the first build would fail in this account ({env})", code=1)
+    print(f"preflight: the account can take {env}")
 
 
 infra.add_task(infra_check)
+infra.add_task(infra_preflight)
 infra.add_task(infra_plan)
 infra.add_task(infra_apply)
 infra.add_task(infra_destroy)

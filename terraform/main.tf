@@ -41,6 +41,7 @@ locals {
     DD_TRAINING_INSTANCE_TYPE   = var.training_instance_type
     DD_SERVING_IMAGE_REPOSITORY = module.ecr.repository_url
     DD_API_URL                  = module.api.api_url
+    DD_ENV                      = var.environment
   }
 }
 

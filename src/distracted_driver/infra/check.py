@@ -52,6 +52,7 @@ TRIGGER_ACTIONS = {"codebuild:StartBuild", "codebuild:ListBuildsForProject", "co
 EXTRA_SETTINGS = {
     "DD_SERVING_IMAGE_REPOSITORY": "infra.push-image tags and pushes the serving image here",
     "DD_API_URL": "buildspec.yml's smoke and load tests",
+    "DD_ENV": "buildspec.yml's preflight reads envs/<env>.tfvars",
 }
 PROJECT_ARN = "${codebuild:aws_codebuild_project.this.arn}"
 # Application Auto Scaling checks that the caller of RegisterScalableTarget may do these on the

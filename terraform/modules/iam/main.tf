@@ -194,6 +194,15 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   statement {
+    sid = "Preflight"
+    # `inv infra.preflight --build` reads the account's limits; none of these has resource-level permissions.
+    actions = [
+      "lambda:GetAccountSettings", "servicequotas:ListServiceQuotas", "servicequotas:ListAWSDefaultServiceQuotas",
+    ]
+    resources = ["*"]
+  }
+
+  statement {
     sid       = "ListSageMaker"
     actions   = ["sagemaker:ListModels", "sagemaker:ListEndpointConfigs", "sagemaker:ListTrainingJobs"]
     resources = ["*"] # List actions have no resource-level permissions
