@@ -143,9 +143,15 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   statement {
+    sid       = "BuildArtifactsBucket"
+    actions   = ["s3:GetBucketAcl", "s3:GetBucketLocation"]
+    resources = [var.artifacts_bucket_arn]
+  }
+
+  statement {
     sid       = "BuildArtifacts"
-    actions   = ["s3:PutObject", "s3:GetObject", "s3:GetBucketAcl", "s3:GetBucketLocation"]
-    resources = [var.artifacts_bucket_arn, "${var.artifacts_bucket_arn}/*"]
+    actions   = ["s3:PutObject", "s3:GetObject"]
+    resources = ["${var.artifacts_bucket_arn}/*"]
   }
 
   statement {
