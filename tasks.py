@@ -875,6 +875,7 @@ def infra_check(c, checkov=True, verbose=False):
     from distracted_driver.infra.check import run_checkov, wiring_findings
     from distracted_driver.infra.terraform import terraform_dir
 
+    from distracted_driver.infra import iam
     from distracted_driver.infra.core import TERRAFORM_VENV, binary_checks, library_checks
 
     settings = _settings()
@@ -891,6 +892,13 @@ def infra_check(c, checkov=True, verbose=False):
     for core in (library_checks(terraform_dir(settings), python), binary_checks(terraform_dir(settings), envs)):
         print(core)
         failed = failed or not core.ok
+    for env in envs:  # the catalogue, and what the services do as each role (tests/test_iam.py adds our calls)
+        report = iam.check(terraform_dir(settings), terraform_dir(settings) / "envs" / f"{env}.tfvars", [])
+        for finding in report.findings:
+            if verbose or not finding.ok:
+                print(finding)
+        print(f"iam [{env}]: {report.summary()}")
+        failed = failed or not report.ok
     if checkov:
         result = run_checkov(terraform_dir(settings), _checkov(c))
         print(result)

@@ -30,12 +30,13 @@ from distracted_driver.train.sagemaker import (
 BUCKET = "dd-training-bucket"
 ROLE = "arn:aws:iam::123456789012:role/dd-dev-sagemaker"
 JOB = "dd-20260103-000000-dddd"
+KEY = "arn:aws:kms:us-east-1:123456789012:key/0c0ffee0-1111-4000-8000-000000000000"  # Terraform's pipeline key
 
 
 @pytest.fixture
 def env(aws, tmp_path, tiny_channels):
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    settings = Settings(backend="aws", root=tmp_path, bucket=BUCKET, role_arn=ROLE)
+    settings = Settings(backend="aws", root=tmp_path, bucket=BUCKET, role_arn=ROLE, kms_key_id=KEY)
     storage = S3Storage(BUCKET)
     upload_channels(storage, tiny_channels, settings.data_prefix)
     stream = io.StringIO()
@@ -77,7 +78,9 @@ def test_script_mode_runs_our_script_in_the_pytorch_container_and_registers_the_
     assert hp["sagemaker_program"] == "train.py"
     assert hp["sagemaker_submit_directory"] == f"s3://{BUCKET}/models/{JOB}/source/sourcedir.tar.gz"
     assert hp["data-manifest-sha256"] == storage.checksum("data/manifest.json")
-    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/models"}
+    # SageMaker encrypts the artifacts with the pipeline's key, as the execution role (kms:Encrypt is checked
+    # by tests/test_iam.py against the role's policy)
+    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/models", "KmsKeyId": KEY}
     assert request["RoleArn"] == ROLE and request["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
 
     # The staged source: the entry point, the package beside it, and what the container installs.

@@ -516,7 +516,8 @@ def env_names(rendered: Rendered) -> dict[str, str]:
     settings = rendered.concrete(config.root.value(config.root_module.locals["pipeline_settings"]))
     return {"bucket": settings["DD_BUCKET"], "endpoint": settings["DD_ENDPOINT_NAME"],
             "repository": settings["DD_SERVING_IMAGE_REPOSITORY"].split("/", 1)[1],
-            "role": settings["DD_ROLE_ARN"].rsplit("/", 1)[1], "key": settings["DD_KMS_KEY_ID"]}
+            "role": settings["DD_ROLE_ARN"].rsplit("/", 1)[1], "key": settings["DD_KMS_KEY_ID"],
+            "project": rendered.concrete(config.instance("codebuild").inputs["project_name"])}
 
 
 # Which request fields carry which of the names the settings give.
@@ -526,10 +527,12 @@ NAMED_BY = {
     "repository": {"repositoryName", "Image"},
     "role": {"RoleArn", "ExecutionRoleArn"},
     "key": {"KmsKeyId", "SSEKMSKeyId"},
+    "project": {"projectName", "ids"},
 }
 _FOUND_BY = {
     "bucket": r"^s3://([^/]+)|^([a-z0-9][a-z0-9.-]*)$", "endpoint": r"^(?:endpoint/)?([a-zA-Z0-9-]+?)(?:/|$)",
     "repository": r"(?:\.amazonaws\.com/)?([a-z0-9._/-]+?)(?::|@|$)", "role": r":role/([\w+=,.@-]+)$", "key": r"^(.+)$",
+    "project": r"^([\w-]+?)(?::|$)",
 }
 
 
@@ -561,9 +564,11 @@ def rename(calls: list[dict], names: dict[str, str]) -> list[dict]:
     def replace(key, text):
         for kind, keys in NAMED_BY.items():
             if key in keys and tables[kind]:
-                olds = sorted(tables[kind], key=len, reverse=True)
-                pattern = r"(?<![\w.])(" + "|".join(map(re.escape, olds)) + r")(?![\w.])"
-                text = re.sub(pattern, lambda m: tables[kind][m.group(1)], text)
+                for old in sorted(tables[kind], key=len, reverse=True):
+                    new = tables[kind][old]
+                    # "distracted-driver" → "distracted-driver-dev" must leave "distracted-driver-dev-…" alone
+                    keep = f"(?!{re.escape(new[len(old):])})" if new.startswith(old) else ""
+                    text = re.sub(rf"(?<![\w.]){re.escape(old)}(?![\w.]){keep}", new, text)
         return text
 
     return [{**call, "params": _walk(call.get("params") or {}, "", replace)} for call in calls]
