@@ -870,13 +870,15 @@ def _checkov(c) -> str:
 )
 def infra_check(c, checkov=True, verbose=False):
     """Checks of terraform/: wiring against the code (python-hcl2), Terraform core (fmt, loading every module; validate
-    and terraform test where terraform and its providers are installed), then checkov with zero failures."""
+    and terraform test where terraform and its providers are installed), the AWS provider's schema, IAM against AWS's
+    action catalogue, then checkov with zero failures."""
 
     from distracted_driver.infra.check import run_checkov, wiring_findings
     from distracted_driver.infra.terraform import terraform_dir
 
-    from distracted_driver.infra import iam
+    from distracted_driver.infra import iam, provider_schema
     from distracted_driver.infra.core import TERRAFORM_VENV, binary_checks, library_checks
+    from distracted_driver.infra.provider_schema import SCHEMA_DIR, schemas
 
     settings = _settings()
     report = wiring_findings(terraform_dir(settings), settings.root)
@@ -892,6 +894,15 @@ def infra_check(c, checkov=True, verbose=False):
     for core in (library_checks(terraform_dir(settings), python), binary_checks(terraform_dir(settings), envs)):
         print(core)
         failed = failed or not core.ok
+    if not (settings.root / SCHEMA_DIR / ".installed").exists():
+        c.run("make provider-schema")
+    for schema in schemas(settings.root / SCHEMA_DIR):
+        results = provider_schema.findings(terraform_dir(settings), schema)
+        for finding in results:
+            if verbose or not finding.ok:
+                print(finding)
+        print(f"provider schema aws {schema['provider_version']}: {sum(f.ok for f in results)} of {len(results)} blocks fit")
+        failed = failed or not all(f.ok for f in results)
     for env in envs:  # the catalogue, and what the services do as each role (tests/test_iam.py adds our calls)
         report = iam.check(terraform_dir(settings), terraform_dir(settings) / "envs" / f"{env}.tfvars", [])
         for finding in report.findings:
