@@ -922,8 +922,10 @@ def _terraform_prepare(c, settings, env, endpoint_exists):
     from pathlib import Path
 
     from distracted_driver.infra.terraform import endpoint_exists as lookup
-    from distracted_driver.infra.terraform import endpoint_of, init_command, terraform_dir
+    from distracted_driver.infra.terraform import endpoint_of, init_command, package_lambdas, terraform_dir
 
+    packages = package_lambdas(terraform_dir(settings))
+    print(f"packaged {', '.join(str(p.relative_to(settings.root)) for p in packages.values())}")
     if not (Path(terraform_dir(settings)) / ".terraform").is_dir():
         c.run(init_command(settings))
     if endpoint_exists in (None, ""):
@@ -1041,7 +1043,17 @@ def infra_preflight(c, env="dev", build=False):
     print(f"preflight: the account can take {env}")
 
 
+@task(name="package")
+def infra_package(c):
+    """Zip lambda/handler.py and lambda/trigger.py for Terraform (terraform/.build/); infra.plan and apply do it too."""
+    from distracted_driver.infra.terraform import package_lambdas, terraform_dir
+
+    for name, path in package_lambdas(terraform_dir(_settings())).items():
+        print(f"{name}: {path}")
+
+
 infra.add_task(infra_check)
+infra.add_task(infra_package)
 infra.add_task(infra_preflight)
 infra.add_task(infra_plan)
 infra.add_task(infra_apply)

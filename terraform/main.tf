@@ -119,7 +119,7 @@ module "api" {
   name                          = local.name
   function_name                 = local.api_function_name
   role_arn                      = module.iam.api_lambda_role_arn
-  source_file                   = "${path.module}/../lambda/handler.py"
+  package_file                  = "${path.module}/.build/handler.zip"
   endpoint_name                 = var.endpoint_name
   kms_key_arn                   = module.storage.kms_key_arn
   log_retention_days            = var.log_retention_days
@@ -156,7 +156,7 @@ module "trigger" {
   source = "./modules/trigger"
 
   function_name          = local.trigger_function_name
-  source_file            = "${path.module}/../lambda/trigger.py"
+  package_file           = "${path.module}/.build/trigger.zip"
   data_bucket_name       = module.storage.data_bucket_name
   data_bucket_arn        = module.storage.data_bucket_arn
   manifest_prefix        = "${var.raw_prefix}/manifests/"

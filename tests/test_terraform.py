@@ -204,6 +204,7 @@ case "$*" in *"output -json"*) cat {SAMPLE_OUTPUTS} ;; esac
     fake.chmod(0o755)
     root = tmp_path / "root"
     shutil.copytree(TERRAFORM, root / "terraform", ignore=shutil.ignore_patterns(".terraform"))
+    shutil.copytree(REPO / "lambda", root / "lambda", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DD_ROOT": str(root)}
     inv = Path(sys.executable).with_name("inv")
 

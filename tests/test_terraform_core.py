@@ -60,7 +60,7 @@ def test_a_module_terraform_cannot_load_is_reported(core_python, tmp_path):
 
 def test_validate_and_test_run_or_say_why_not(tmp_path, monkeypatch):
     """Whatever is installed decides; a skip names what is missing (nothing may be downloaded)."""
-    assert required_providers(TERRAFORM) == {"aws": "hashicorp/aws", "archive": "hashicorp/archive"}
+    assert required_providers(TERRAFORM) == {"aws": "hashicorp/aws"}
     result = binary_checks(TERRAFORM, ["dev", "prod"])
     assert result.ok, str(result)
     if result.skipped:
@@ -68,11 +68,37 @@ def test_validate_and_test_run_or_say_why_not(tmp_path, monkeypatch):
     else:
         assert [check for check, _, _ in result.findings] == ["validate", "test [dev]", "test [prod]"]
 
-    only_aws = tmp_path / "plugins" / "registry.terraform.io" / "hashicorp" / "aws" / "5.100.0" / "linux_amd64"
-    only_aws.mkdir(parents=True)
-    (only_aws / "terraform-provider-aws_v5.100.0_x5").write_bytes(b"")
+    elsewhere = tmp_path / "plugins" / "registry.terraform.io" / "hashicorp" / "random" / "3.6.0" / "linux_amd64"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "terraform-provider-random_v3.6.0_x5").write_bytes(b"")
     found, missing = plugin_dir(required_providers(TERRAFORM), candidates=[str(tmp_path / "plugins")])
-    assert found is None and missing == [f"{tmp_path / 'plugins'} lacks hashicorp/archive"]
+    assert found is None and missing == [f"{tmp_path / 'plugins'} lacks hashicorp/aws"]
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no terraform binary
     assert "no terraform binary on PATH" in binary_checks(TERRAFORM, ["dev"]).skipped[0]
+
+
+def _runnable() -> None:
+    if shutil.which("terraform") is None or plugin_dir(required_providers(TERRAFORM))[0] is None:
+        pytest.skip("needs a terraform binary and the AWS provider installed locally (nothing may be downloaded)")
+
+
+def test_validate_applies_the_providers_own_value_checks(tmp_path):
+    """What a schema of names cannot see: the provider refuses a value outside its enumeration."""
+    _runnable()
+    copy = _copy(tmp_path)
+    ecr = copy / "modules" / "ecr" / "main.tf"
+    ecr.write_text(ecr.read_text().replace('image_tag_mutability = "IMMUTABLE"', 'image_tag_mutability = "FROZEN"'))
+    validate = binary_checks(copy, []).findings[0]
+    assert validate[0] == "validate" and not validate[1] and "image_tag_mutability" in validate[2]
+
+
+def test_a_failed_precondition_fails_the_plan_of_an_env(tmp_path):
+    """terraform test plans each env: a Lambda timeout that cannot hold two endpoint attempts fails dev's plan."""
+    _runnable()
+    copy = _copy(tmp_path)
+    dev = copy / "envs" / "dev.tfvars"
+    dev.write_text(dev.read_text() + "\nlambda_endpoint_read_timeout_seconds = 20\nlambda_timeout_seconds = 25\n")
+    results = dict((check, (ok, detail)) for check, ok, detail in binary_checks(copy, ["dev"]).findings)
+    assert results["validate"][0] and not results["test [dev]"][0]
+    assert "Two invoke_endpoint attempts must fit" in results["test [dev]"][1]

@@ -1,5 +1,5 @@
-# `terraform test -var-file=envs/<env>.tfvars` plans an environment against mocked
-# providers: every expression, type, validation and precondition is evaluated by
+# `terraform test -var-file=envs/<env>.tfvars` plans an environment against the mocked
+# AWS provider (after `inv infra.package` wrote the Lambda zips): every expression, type, validation and precondition is evaluated by
 # Terraform core and checked against the real provider schemas, with no account and
 # no credentials. `inv infra.check` runs it for dev and prod where terraform and the
 # providers are installed (it says so when they are not).
@@ -30,8 +30,6 @@ mock_provider "aws" {
   }
 }
 
-mock_provider "archive" {}
-
 variables {
   endpoint_exists = false
 }
@@ -40,8 +38,8 @@ run "plan" {
   command = plan
 
   assert {
-    condition     = var.lambda_reserved_concurrency == null || var.lambda_reserved_concurrency > 0
-    error_message = "reserve no Lambda concurrency unless the account's quota allows it (inv infra.preflight)"
+    condition     = output.pipeline_settings["DD_ENDPOINT_NAME"] == var.endpoint_name && output.pipeline_settings["DD_ENV"] == var.environment
+    error_message = "the pipeline's settings name this env's endpoint"
   }
 }
 

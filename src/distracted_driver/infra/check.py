@@ -155,9 +155,13 @@ class _Checker:
                         f"{attempts} x {per_attempt:g} s < timeout {timeout:g} s <= {API_GATEWAY_TIMEOUT_SECONDS} s")
         self.handler_file("api", function, "handler")
 
+    def lambda_source(self, package: str) -> Path:
+        """``.build/<name>.zip`` holds ``lambda/<name>.py`` alone (``infra.terraform.package_lambdas``)."""
+        return (self.repo_root / "lambda" / f"{Path(package).stem}.py").resolve()
+
     def handler_file(self, module: str, function: dict, stem: str) -> Path | None:
         context = self.config.instance(module)
-        source = Path(context.inputs["source_file"]).resolve()
+        source = self.lambda_source(context.inputs["package_file"])
         ok = source.is_file() and source.stem == stem and function["handler"] == f"{stem}.handler"
         self.expect(f"{module}-lambda-source", ok, f"{function['handler']} from {source}")
         if not ok:
@@ -171,7 +175,7 @@ class _Checker:
     def rest_api(self) -> None:
         _, api = self.resource("api", "aws_api_gateway_rest_api", "this")
         _, function = self.resource("api", "aws_lambda_function", "predict")
-        source = Path(self.config.instance("api").inputs["source_file"]).resolve()
+        source = self.lambda_source(self.config.instance("api").inputs["package_file"])
         spec = importlib.util.spec_from_file_location("_infra_check_api_handler", source)
         handler = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(handler)

@@ -148,6 +148,9 @@ def binary_checks(terraform_dir: str | Path, envs: list[str], terraform: str | N
             return subprocess.run([terraform, f"-chdir={copy}", *args], capture_output=True, text=True,
                                   timeout=timeout, env=env)
 
+        from distracted_driver.infra.terraform import package_lambdas
+
+        package_lambdas(copy)  # the Lambda zips the plan reads (filebase64sha256)
         init = run("init", "-backend=false", "-input=false", f"-plugin-dir={plugins}")
         if init.returncode != 0:
             result.findings.append(("init", False, _errors(init.stderr + init.stdout)))

@@ -13,8 +13,8 @@ variable "role_arn" {
   type        = string
 }
 
-variable "source_file" {
-  description = "lambda/handler.py; boto3 only, packaged alone."
+variable "package_file" {
+  description = "Zip of lambda/handler.py alone (boto3 only), written by `inv infra.package` (infra.plan and infra.apply run it)."
   type        = string
 }
 

@@ -3,8 +3,8 @@ variable "function_name" {
   type        = string
 }
 
-variable "source_file" {
-  description = "lambda/trigger.py; boto3 only, packaged alone."
+variable "package_file" {
+  description = "Zip of lambda/trigger.py alone (boto3 only), written by `inv infra.package` (infra.plan and infra.apply run it)."
   type        = string
 }
 
