@@ -10,6 +10,7 @@ import datetime
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import boto3
 import pytest
@@ -227,3 +228,18 @@ def test_a_denied_log_read_never_stops_the_wait(env):
     assert final["TrainingJobStatus"] == "Completed"
     said = stream.getvalue()
     assert said.count("AccessDeniedException") == 1 and "waiting on without it" in said
+
+
+def test_the_aws_extra_admits_only_sagemaker_core_with_the_image_uri_table():
+    """``from sagemaker.core import image_uris`` exists from sagemaker-core 2.0 on (1.x is the ``sagemaker_core``
+    package without it), so the aws extra must not admit 1.x."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    extra = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    requirement = next(Requirement(r) for r in extra["project"]["optional-dependencies"]["aws"]
+                       if Requirement(r).name == "sagemaker-core")
+    assert not requirement.specifier.contains("1.0.78") and requirement.specifier.contains("2.0")
+    assert requirement.specifier.contains(version("sagemaker-core"))
