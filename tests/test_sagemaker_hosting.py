@@ -369,6 +369,7 @@ def any_hosting(request, tmp_path):
         return
     request.getfixturevalue("aws")
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    _push_image()
     settings, storage = _settings(tmp_path), S3Storage(BUCKET)
     yield SageMakerHosting(settings, storage=storage, poll_seconds=0, progress=False), storage, settings
 
