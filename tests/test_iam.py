@@ -91,7 +91,7 @@ def test_a_missing_grant_names_the_operation_the_role_and_the_statement(tmp_path
     broken = _broken(tmp_path, old, new)
     report = iam.check(broken, broken / "envs" / "dev.tfvars", [call])
     failures = [f for f in report.failures if f.check == "coverage"]
-    assert any(f.role == role and f.detail.startswith(f"{action} on ") and statement in f.detail for f in failures), \
+    assert any(f.variant == role and f.detail.startswith(f"{action} on ") and statement in f.detail for f in failures), \
         [str(f) for f in report.failures]
 
 
@@ -106,7 +106,7 @@ def test_the_catalogue_refuses_unknown_actions_and_misfit_resources(tmp_path, ol
     assert iam.check(TERRAFORM, TERRAFORM / "envs" / "dev.tfvars", []).ok
     broken = _broken(tmp_path, old, new)
     report = iam.check(broken, broken / "envs" / "dev.tfvars", [])
-    assert any(f.check == check and f.role == "codebuild" and words in f.detail for f in report.failures), \
+    assert any(f.check == check and f.variant == "codebuild" and words in f.detail for f in report.failures), \
         [str(f) for f in report.failures]
 
 

@@ -444,13 +444,19 @@ def test_a_canary_on_one_instance_goes_all_at_once_and_says_so(env):
     with Stubber(client) as stub:
         _stub_update_start(stub, settings, CANARY, blue, green, V2, instances=1,
                            routing_config={"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 300})
-        stub.add_response("describe_endpoint", _endpoint(settings, green, "InService", T0 + dt.timedelta(seconds=900)))
-        stub.add_response("list_endpoint_configs", {"EndpointConfigs": []})
-        stub.add_response("list_models", {"Models": []})
-        result = hosting.deploy(_spec(settings, V2), CANARY, AlarmThresholds())
-        stub.assert_no_pending_responses()
+        result = _swap_completes(stub, hosting, settings, green)
     assert result.outcome == "deployed"
     assert "canary needs at least 2 instances" in result.reason and "all at once" in result.reason
+
+
+def _swap_completes(stub: Stubber, hosting, settings, green: str):
+    """The rest of a swap to V2 that SageMaker finishes: in service on green, nothing to clean up."""
+    stub.add_response("describe_endpoint", _endpoint(settings, green, "InService", T0 + dt.timedelta(seconds=900)))
+    stub.add_response("list_endpoint_configs", {"EndpointConfigs": []})
+    stub.add_response("list_models", {"Models": []})
+    result = hosting.deploy(_spec(settings, V2), CANARY, AlarmThresholds())
+    stub.assert_no_pending_responses()
+    return result
 
 
 @pytest.mark.parametrize("strategy", ["canary", "linear"])
@@ -479,11 +485,7 @@ def test_an_instance_type_change_takes_the_scaling_registration_off_for_the_swap
 
     with Stubber(client) as stub:
         _stub_update_start(stub, settings, CANARY, blue, green, V2, blue_type="ml.m5.large")
-        stub.add_response("describe_endpoint", _endpoint(settings, green, "InService", T0 + dt.timedelta(seconds=900)))
-        stub.add_response("list_endpoint_configs", {"EndpointConfigs": []})
-        stub.add_response("list_models", {"Models": []})
-        result = hosting.deploy(_spec(settings, V2), CANARY, AlarmThresholds())
-        stub.assert_no_pending_responses()
+        result = _swap_completes(stub, hosting, settings, green)
     assert result.outcome == "deployed"
     assert order.index("DeregisterScalableTarget") < order.index("UpdateEndpoint") < order.index("RegisterScalableTarget")
     target = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][0]

@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distracted_driver.infra.check import Finding
+from distracted_driver.infra.check import Report as check_report
 from distracted_driver.infra.hcl import Configuration
 
 ACCOUNT = "123456789012"
@@ -81,28 +83,10 @@ class Operation:
 
 
 @dataclass
-class Finding:
-    check: str
-    role: str
-    ok: bool
-    detail: str
+class Report(check_report):
+    """Findings (``variant`` is the role) and the operations judged."""
 
-    def __str__(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'} [{self.role}] {self.check}: {self.detail}"
-
-
-@dataclass
-class Report:
-    findings: list[Finding] = field(default_factory=list)
     operations: list[Operation] = field(default_factory=list)
-
-    @property
-    def failures(self) -> list[Finding]:
-        return [f for f in self.findings if not f.ok]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
 
     def summary(self) -> str:
         roles = {op.role for op in self.operations}
@@ -246,9 +230,9 @@ def catalogue_findings(rendered: Rendered) -> list[Finding]:
                     else:
                         bad = [r for r in resources if not fits(r, formats)]
                     misfits += [f"{action} on {r} ({document['Name']}/{statement.get('Sid') or '?'})" for r in bad]
-        findings.append(Finding("known-actions", role, not unknown, f"{count} actions; unknown: {unknown or 'none'}"))
-        findings.append(Finding("resources-fit", role, not misfits,
-                                f"resource ARNs that fit no resource type of their action: {misfits or 'none'}"))
+        findings.append(Finding("known-actions", not unknown, f"{count} actions; unknown: {unknown or 'none'}", role))
+        findings.append(Finding("resources-fit", not misfits,
+                                f"resource ARNs that fit no resource type of their action: {misfits or 'none'}", role))
     return findings
 
 
@@ -496,7 +480,7 @@ def coverage_findings(rendered: Rendered, operations: list[Operation]) -> list[F
     for operation in sorted(set(operations), key=lambda op: (op.role, op.action, op.resource)):
         documents = rendered.policies.get(operation.role)
         if documents is None:
-            findings.append(Finding("coverage", operation.role, False, f"unknown role for {operation.action}"))
+            findings.append(Finding("coverage", False, f"unknown role for {operation.action}", operation.role))
             continue
         allowed = denied = False
         for document in documents:
@@ -506,7 +490,7 @@ def coverage_findings(rendered: Rendered, operations: list[Operation]) -> list[F
         detail = f"{operation.action} on {operation.resource} ({operation.origin})"
         if not ok:
             detail += f": not granted; the statement that should allow it: {_should_allow(documents, operation)}"
-        findings.append(Finding("coverage", operation.role, ok, detail))
+        findings.append(Finding("coverage", ok, detail, operation.role))
     return findings
 
 
@@ -579,7 +563,7 @@ def check(terraform_dir: str | Path, tfvars: str | Path | None, calls: list[dict
     rendered = Rendered(terraform_dir, tfvars)
     report = Report()
     unresolved = rendered.unresolved()
-    report.findings.append(Finding("rendered", "all", not unresolved, f"unresolved references: {unresolved or 'none'}"))
+    report.findings.append(Finding("rendered", not unresolved, f"unresolved references: {unresolved or 'none'}", "all"))
     report.findings += catalogue_findings(rendered)
     calls = rename(calls, env_names(rendered))
     operations = operations_from_calls(calls, rendered.region) + service_operations(rendered)

@@ -24,8 +24,9 @@ import json
 import re
 import tarfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
+
+from distracted_driver.infra.check import Finding
 
 SCHEMA_DIR = Path(".venvs") / "provider-schema"
 ASSEMBLY = "@cdktf/provider-aws"
@@ -111,17 +112,6 @@ def build(wheel: str | Path, out_dir: str | Path) -> Path:
 # --- checking the configuration -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Finding:
-    provider_version: str
-    where: str
-    ok: bool
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'} [aws {self.provider_version}] {self.where}: {self.detail}"
-
-
 def _parse(path: Path) -> dict:
     import hcl2
     from hcl2 import SerializationOptions
@@ -164,8 +154,9 @@ def _check_block(body: dict, schema: dict, where: str, top: bool) -> list[str]:
 
 
 def findings(terraform_dir: str | Path, schema: dict) -> list[Finding]:
-    """Each resource and data block of every module, checked against ``schema``."""
-    version = schema["provider_version"]
+    """Each resource and data block of every module, checked against ``schema`` (``infra.check.Finding``s whose
+    check is the block and whose variant is the provider release)."""
+    version = f"aws {schema['provider_version']}"
     results = []
     for path in sorted(Path(terraform_dir).rglob("*.tf")):
         if ".terraform" in path.parts:
@@ -182,11 +173,11 @@ def findings(terraform_dir: str | Path, schema: dict) -> list[Finding]:
                         where = f"{path.relative_to(terraform_dir)} {'data.' if kind == 'data' else ''}{type_}.{name}"
                         known = schema[kind].get(type_)
                         if known is None:
-                            results.append(Finding(version, where, False, f"the provider has no {kind} {type_}"))
+                            results.append(Finding(where, False, f"the provider has no {kind} {type_}", version))
                             continue
                         problems = _check_block(body, known, f"{type_}.{name}", True)
-                        results.append(Finding(version, where, not problems,
-                                               "; ".join(problems) or "every argument and block is in the schema"))
+                        results.append(Finding(where, not problems,
+                                               "; ".join(problems) or "every argument and block is in the schema", version))
     return results
 
 
