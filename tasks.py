@@ -913,10 +913,16 @@ def _checkov(c) -> str:
     },
 )
 def infra_check(c, checkov=True, verbose=False):
-    """Static checks of terraform/: module wiring against the code (python-hcl2), then checkov with zero failures."""
+    """Checks of terraform/: wiring against the code (python-hcl2), Terraform core (fmt, loading every module; validate
+    and terraform test where terraform and its providers are installed), the AWS provider's schema, IAM against AWS's
+    action catalogue, then checkov with zero failures."""
 
     from distracted_driver.infra.check import run_checkov, wiring_findings
     from distracted_driver.infra.terraform import terraform_dir
+
+    from distracted_driver.infra import iam, provider_schema
+    from distracted_driver.infra.core import TERRAFORM_VENV, binary_checks, library_checks
+    from distracted_driver.infra.provider_schema import SCHEMA_DIR, schemas
 
     settings = _settings()
     report = wiring_findings(terraform_dir(settings), settings.root)
@@ -925,6 +931,29 @@ def infra_check(c, checkov=True, verbose=False):
             print(finding)
     print(f"wiring: {len(report.findings) - len(report.failures)} of {len(report.findings)} checks passed")
     failed = not report.ok
+    python = settings.root / TERRAFORM_VENV / "bin" / "python"
+    if not python.exists():
+        c.run("make terraform-env")
+    envs = sorted(p.stem for p in (terraform_dir(settings) / "envs").glob("*.tfvars"))
+    for core in (library_checks(terraform_dir(settings), python), binary_checks(terraform_dir(settings), envs)):
+        print(core)
+        failed = failed or not core.ok
+    if not (settings.root / SCHEMA_DIR / ".installed").exists():
+        c.run("make provider-schema")
+    for schema in schemas(settings.root / SCHEMA_DIR):
+        results = provider_schema.findings(terraform_dir(settings), schema)
+        for finding in results:
+            if verbose or not finding.ok:
+                print(finding)
+        print(f"provider schema aws {schema['provider_version']}: {sum(f.ok for f in results)} of {len(results)} blocks fit")
+        failed = failed or not all(f.ok for f in results)
+    for env in envs:  # the catalogue, and what the services do as each role (tests/test_iam.py adds our calls)
+        report = iam.check(terraform_dir(settings), terraform_dir(settings) / "envs" / f"{env}.tfvars", [])
+        for finding in report.findings:
+            if verbose or not finding.ok:
+                print(finding)
+        print(f"iam [{env}]: {report.summary()}")
+        failed = failed or not report.ok
     if checkov:
         result = run_checkov(terraform_dir(settings), _checkov(c))
         print(result)
@@ -937,8 +966,10 @@ def _terraform_prepare(c, settings, env, endpoint_exists):
     from pathlib import Path
 
     from distracted_driver.infra.terraform import endpoint_exists as lookup
-    from distracted_driver.infra.terraform import endpoint_of, init_command, terraform_dir
+    from distracted_driver.infra.terraform import endpoint_of, init_command, package_lambdas, terraform_dir
 
+    packages = package_lambdas(terraform_dir(settings))
+    print(f"packaged {', '.join(str(p.relative_to(settings.root)) for p in packages.values())}")
     if not (Path(terraform_dir(settings)) / ".terraform").is_dir():
         c.run(init_command(settings))
     if endpoint_exists in (None, ""):
@@ -1019,17 +1050,55 @@ def infra_push_image(c, tag=None):
     from distracted_driver.hashing import code_version
     from distracted_driver.infra.terraform import image_tag, record_serving_image, serving_repository
 
+    from distracted_driver.infra.ecr import image_exists, split_image
+
     settings = _settings("aws")
     repository = serving_repository(settings)
     image = f"{repository}:{tag or image_tag(code_version())}"
-    registry = repository.split("/", 1)[0]
-    c.run(f"aws ecr get-login-password --region {settings.region} | docker login --username AWS --password-stdin {registry}")
-    c.run(f"docker build -f docker/serve.Dockerfile -t {image} .")
-    c.run(f"docker push {image}")
-    print(f"pushed {image}; recorded in {record_serving_image(settings, image)}")
+    registry, name, image_tag_ = split_image(image)
+    if image_exists(_boto_client("ecr", settings), name, image_tag_):
+        print(f"{image} is in ECR already (tags are immutable): not built, not pushed")
+    else:
+        c.run(f"aws ecr get-login-password --region {settings.region} | docker login --username AWS --password-stdin {registry}")
+        c.run(f"docker build -f docker/serve.Dockerfile -t {image} .")
+        c.run(f"docker push {image}")
+        print(f"pushed {image}")
+    print(f"serving image recorded in {record_serving_image(settings, image)}")
+
+
+def _boto_client(service, settings):
+    import boto3
+
+    return boto3.session.Session(region_name=settings.region).client(service)
+
+
+@task(name="preflight", help={"env": "environment: terraform/envs/<env>.tfvars (default dev)",
+                               "build": "inside CodeBuild: skip the source credential and the state bucket"})
+def infra_preflight(c, env="dev", build=False):
+    """Before terraform apply: can this account take the env (identity, Lambda concurrency, SageMaker quotas,
+    instance types offered, CodeBuild's GitHub credential, the state bucket)? Non-zero exit if not."""
+    from distracted_driver.infra.preflight import preflight
+    from distracted_driver.infra.terraform import terraform_dir
+
+    report = preflight(terraform_dir(_settings("aws")), env, build=build)
+    print(report)
+    if not report.ok:
+        raise Exit(f"preflight: apply or the first build would fail in this account ({env})", code=1)
+    print(f"preflight: the account can take {env}")
+
+
+@task(name="package")
+def infra_package(c):
+    """Zip lambda/handler.py and lambda/trigger.py for Terraform (terraform/.build/); infra.plan and apply do it too."""
+    from distracted_driver.infra.terraform import package_lambdas, terraform_dir
+
+    for name, path in package_lambdas(terraform_dir(_settings())).items():
+        print(f"{name}: {path}")
 
 
 infra.add_task(infra_check)
+infra.add_task(infra_package)
+infra.add_task(infra_preflight)
 infra.add_task(infra_plan)
 infra.add_task(infra_apply)
 infra.add_task(infra_destroy)

@@ -41,6 +41,7 @@ locals {
     DD_TRAINING_INSTANCE_TYPE   = var.training_instance_type
     DD_SERVING_IMAGE_REPOSITORY = module.ecr.repository_url
     DD_API_URL                  = module.api.api_url
+    DD_ENV                      = var.environment
   }
 }
 
@@ -118,7 +119,7 @@ module "api" {
   name                          = local.name
   function_name                 = local.api_function_name
   role_arn                      = module.iam.api_lambda_role_arn
-  source_file                   = "${path.module}/../lambda/handler.py"
+  package_file                  = "${path.module}/.build/handler.zip"
   endpoint_name                 = var.endpoint_name
   kms_key_arn                   = module.storage.kms_key_arn
   log_retention_days            = var.log_retention_days
@@ -147,13 +148,15 @@ module "codebuild" {
   parameter_path        = local.parameter_path
   settings              = local.pipeline_settings
   api_key_value         = module.api.api_key_value
+  github_token          = var.github_token
+  codeconnections_arn   = var.codeconnections_arn
 }
 
 module "trigger" {
   source = "./modules/trigger"
 
   function_name          = local.trigger_function_name
-  source_file            = "${path.module}/../lambda/trigger.py"
+  package_file           = "${path.module}/.build/trigger.zip"
   data_bucket_name       = module.storage.data_bucket_name
   data_bucket_arn        = module.storage.data_bucket_arn
   manifest_prefix        = "${var.raw_prefix}/manifests/"
@@ -161,4 +164,5 @@ module "trigger" {
   codebuild_project_arn  = module.codebuild.project_arn
   kms_key_arn            = module.storage.kms_key_arn
   log_retention_days     = var.log_retention_days
+  reserved_concurrency   = var.trigger_reserved_concurrency
 }

@@ -329,9 +329,33 @@ variable "lambda_endpoint_read_timeout_seconds" {
 }
 
 variable "lambda_reserved_concurrency" {
-  description = "Most concurrent executions of the predict Lambda (protects the endpoint and the account's pool)."
+  description = "Concurrent executions reserved for the predict Lambda; null (default) reserves none. Lambda keeps 100 of the account's ConcurrentExecutions unreserved and new accounts often have 10 in all, so only set this where `inv infra.preflight` says the quota allows it. The usage plan's throttle is what bounds abuse."
   type        = number
-  default     = 100
+  default     = null
+}
+
+variable "trigger_reserved_concurrency" {
+  description = "Concurrent executions reserved for the trigger Lambda; null (default) reserves none. Builds are serialized by the CodeBuild project's concurrent build limit of 1, not by this."
+  type        = number
+  default     = null
+}
+
+variable "github_token" {
+  description = "GitHub personal access token that CodeBuild uses for the source and the webhook (stored by aws_codebuild_source_credential). Leave null when the account already has a GitHub source credential, or use codeconnections_arn."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "codeconnections_arn" {
+  description = "ARN of an AWS CodeConnections (CodeStar Connections) connection to GitHub, registered as CodeBuild's source credential instead of a token. null: none."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.codeconnections_arn == null || can(regex("^arn:aws[a-z-]*:(codeconnections|codestar-connections):", var.codeconnections_arn))
+    error_message = "codeconnections_arn must be a CodeConnections connection ARN."
+  }
 }
 
 # --- storage and logs ------------------------------------------------------------------

@@ -89,7 +89,7 @@ def test_every_inv_task_exists_with_its_options(commands):
 
 def test_the_pipeline_stages_run_on_aws_in_order(commands):
     tasks = [call[0] for call in _invocations(commands, "inv")]
-    assert tasks == ["infra.check", "infra.push-image", "pipeline.run", "pipeline.history", "loadtest"]
+    assert tasks == ["infra.preflight", "infra.check", "infra.push-image", "pipeline.run", "pipeline.history", "loadtest"]
     pipeline = next(call for call in _invocations(commands, "inv") if call[0] == "pipeline.run")
     assert pipeline[pipeline.index("--backend") + 1] == "aws"
     assert pipeline[pipeline.index("--strategy") + 1] == "canary"

@@ -31,7 +31,11 @@ from distracted_driver.train.registry import Registry
 
 BUCKET = "dd-hosting-bucket"
 ROLE = "arn:aws:iam::123456789012:role/dd-dev-sagemaker"
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/dd-dev-serving:0123abcd"
+REPOSITORY, TAG = "dd-dev-serving", "0123abcd"
+IMAGE = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{REPOSITORY}:{TAG}"
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                       "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7,
+                                  "digest": "sha256:" + "a" * 64}, "layers": []})
 V1, V2, V0 = "dd-20260101-000000-aaaa", "dd-20260102-000000-bbbb", "dd-20251231-000000-cccc"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -42,8 +46,10 @@ def _settings(tmp_path) -> Settings:
 
 @pytest.fixture
 def env(aws, tmp_path, make_artifact):
-    """A bucket with two registered model versions, the rollback alarms Terraform creates, and the hosting."""
+    """A bucket with two registered model versions, the rollback alarms Terraform creates, the pushed
+    serving image, and the hosting."""
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    _push_image()
     settings = _settings(tmp_path)
     storage = S3Storage(BUCKET)
     for version, seed in ((V1, 1), (V2, 2)):
@@ -55,6 +61,17 @@ def env(aws, tmp_path, make_artifact):
                                     ComparisonOperator="GreaterThanThreshold")
     hosting = SageMakerHosting(settings, storage=storage, poll_seconds=0, progress=False, keep=2)
     return settings, storage, hosting
+
+
+def _push_image() -> None:
+    ecr = boto3.client("ecr", region_name="us-east-1")
+    ecr.create_repository(repositoryName=REPOSITORY, imageTagMutability="IMMUTABLE")
+    ecr.put_image(repositoryName=REPOSITORY, imageManifest=MANIFEST, imageTag=TAG)
+
+
+def _tags() -> set[str]:
+    images = boto3.client("ecr", region_name="us-east-1").describe_images(repositoryName=REPOSITORY)["imageDetails"]
+    return {tag for image in images for tag in image.get("imageTags", [])}
 
 
 def _spec(settings, version) -> ModelSpec:
@@ -189,7 +206,7 @@ def test_open_hosting_picks_sagemaker(tmp_path):
 # --- blue/green updates through the Stubber --------------------------------------------------
 
 
-def _endpoint(settings, config, status="InService", modified=T0, failure=None, pending=None) -> dict:
+def _endpoint(settings, config, status="InService", modified=T0, failure=None, pending=None, instances=2) -> dict:
     answer = {
         "EndpointName": settings.endpoint_name,
         "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{settings.endpoint_name}",
@@ -198,7 +215,7 @@ def _endpoint(settings, config, status="InService", modified=T0, failure=None, p
         "CreationTime": T0,
         "LastModifiedTime": modified,
         "ProductionVariants": [{"VariantName": "AllTraffic", "CurrentWeight": 1.0, "DesiredWeight": 1.0,
-                                "CurrentInstanceCount": 2, "DesiredInstanceCount": 2}],
+                                "CurrentInstanceCount": instances, "DesiredInstanceCount": instances}],
     }
     if failure:
         answer["FailureReason"] = failure
@@ -212,8 +229,21 @@ def _not_found(stub: Stubber, operation: str, params: dict) -> None:
                           service_message=f"Could not find {operation[8:]}", expected_params=params)
 
 
-def _stub_update_start(stub: Stubber, settings, routing: TrafficRouting, blue: str, green: str, version: str):
-    stub.add_response("describe_endpoint", _endpoint(settings, blue), {"EndpointName": settings.endpoint_name})
+def _config(name: str, instance_type: str) -> dict:
+    return {"EndpointConfigName": name, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{name}",
+            "CreationTime": T0, "ProductionVariants": [
+                {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": instance_type}]}
+
+
+def _stub_instance_types(stub: Stubber, *configs: tuple[str, str]) -> None:
+    for name, instance_type in configs:
+        stub.add_response("describe_endpoint_config", _config(name, instance_type), {"EndpointConfigName": name})
+
+
+def _stub_update_start(stub: Stubber, settings, routing: TrafficRouting, blue: str, green: str, version: str,
+                       instances: int = 2, routing_config: dict | None = None, blue_type: str = "ml.c5.large"):
+    stub.add_response("describe_endpoint", _endpoint(settings, blue, instances=instances),
+                      {"EndpointName": settings.endpoint_name})
     _not_found(stub, "describe_model", {"ModelName": green})
     stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{green}"}, {
         "ModelName": green,
@@ -229,6 +259,7 @@ def _stub_update_start(stub: Stubber, settings, routing: TrafficRouting, blue: s
                                 "InstanceType": "ml.c5.large", "InitialVariantWeight": 1.0}],
         "Tags": ANY,
     })
+    _stub_instance_types(stub, (blue, blue_type), (green, "ml.c5.large"))
     # The full update request: blue/green canary with the Terraform alarms, instance counts retained.
     stub.add_response("update_endpoint", {"EndpointArn": f"arn:aws:sagemaker:us-east-1:1:endpoint/{settings.endpoint_name}"}, {
         "EndpointName": settings.endpoint_name,
@@ -236,8 +267,8 @@ def _stub_update_start(stub: Stubber, settings, routing: TrafficRouting, blue: s
         "RetainAllVariantProperties": True,
         "DeploymentConfig": {
             "BlueGreenUpdatePolicy": {
-                "TrafficRoutingConfiguration": {"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 20},
-                                                "WaitIntervalInSeconds": 300},
+                "TrafficRoutingConfiguration": routing_config or {
+                    "Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 20}, "WaitIntervalInSeconds": 300},
                 "TerminationWaitInSeconds": 120,
                 "MaximumExecutionTimeoutInSeconds": 3600,
             },
@@ -271,6 +302,9 @@ def test_update_is_a_blue_green_canary_with_auto_rollback(env):
         models = [{"ModelName": n, "ModelArn": f"arn:aws:sagemaker:us-east-1:1:model/{n}", "CreationTime": T0}
                   for n in (green, blue, old)]
         stub.add_response("list_models", {"Models": models}, {"NameContains": f"{settings.endpoint_name}-"})
+        stub.add_response("describe_model", {"ModelName": old, "ModelArn": f"arn:aws:sagemaker:us-east-1:1:model/{old}",
+                                             "CreationTime": T0, "PrimaryContainer": {"Image": IMAGE}},
+                          {"ModelName": old})  # its image loses the model-<version> tag that kept it
         stub.add_response("delete_model", {}, {"ModelName": old})
         result = hosting.deploy(_spec(settings, V2), CANARY, AlarmThresholds())
         stub.assert_no_pending_responses()
@@ -307,6 +341,7 @@ def test_rollback_swaps_back_to_the_previous_config(env):
                     "CreationTime": T0} for n in (current, previous)]
         stub.add_response("list_endpoint_configs", {"EndpointConfigs": configs},
                           {"NameContains": f"{settings.endpoint_name}-", "SortBy": "CreationTime", "SortOrder": "Descending"})
+        _stub_instance_types(stub, (current, "ml.c5.large"), (previous, "ml.c5.large"))
         stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"}, {
             "EndpointName": settings.endpoint_name, "EndpointConfigName": previous, "RetainAllVariantProperties": True,
             "DeploymentConfig": {"BlueGreenUpdatePolicy": {
@@ -334,6 +369,7 @@ def any_hosting(request, tmp_path):
         return
     request.getfixturevalue("aws")
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    _push_image()
     settings, storage = _settings(tmp_path), S3Storage(BUCKET)
     yield SageMakerHosting(settings, storage=storage, poll_seconds=0, progress=False), storage, settings
 
@@ -358,3 +394,102 @@ def test_both_backends_create_noop_scale_and_delete_alike(any_hosting, make_arti
 
     hosting.delete()
     assert hosting.status()["status"] == "absent"
+
+
+# --- first contact with a real account (issue 11) ----------------------------------------------
+
+
+def test_kept_models_keep_their_image_from_the_ecr_lifecycle(env):
+    """Each kept model's image carries model-<version> (ECR's lifecycle rule 1 never expires those);
+    deleting the model takes the tag off again."""
+    settings, _, hosting = env
+    hosting.deploy(_spec(settings, V1))
+    assert _tags() == {TAG, f"model-{V1}"}
+    hosting.delete()
+    assert _tags() == {TAG}
+
+
+def test_a_missing_image_is_refused_before_any_model_is_made(env, tmp_path):
+    settings, storage, _ = env
+    moved = Settings(backend="aws", root=tmp_path, bucket=BUCKET, role_arn=ROLE, serving_image=IMAGE[:-8] + "feedbeef")
+    hosting = SageMakerHosting(moved, storage=storage, poll_seconds=0, progress=False)
+    with pytest.raises(HostingError, match="infra.push-image"):
+        hosting.deploy(_spec(settings, V1))
+    assert boto3.client("sagemaker", region_name="us-east-1").list_models()["Models"] == []
+
+
+def test_a_refused_autoscaling_registration_leaves_registry_and_endpoint_agreeing(env):
+    """Application Auto Scaling validates the caller's SageMaker permissions when it registers the
+    variant; when it refuses, the endpoint already serves V1, and the registry must say so."""
+    settings, storage, _ = env
+    scaling = boto3.client("application-autoscaling", region_name="us-east-1")
+    hosting = SageMakerHosting(settings, storage=storage, autoscaling=scaling, poll_seconds=0, progress=False)
+    with Stubber(scaling) as stub:
+        stub.add_client_error(
+            "register_scalable_target", service_error_code="ValidationException", http_status_code=400,
+            service_message="The caller is not authorized to perform sagemaker:UpdateEndpointWeightsAndCapacities")
+        with pytest.raises(HostingError, match="recorded as live.*UpdateEndpointWeightsAndCapacities.*deploy.autoscale"):
+            hosting.deploy(_spec(settings, V1))
+    served = boto3.client("sagemaker", region_name="us-east-1").describe_endpoint(EndpointName=settings.endpoint_name)
+    assert served["EndpointConfigName"] == version_resource_name(settings.endpoint_name, V1)
+    assert Registry(storage, settings).live()["job"] == V1
+
+
+def test_a_canary_on_one_instance_goes_all_at_once_and_says_so(env):
+    """CanarySize is at most 50% of the fleet: a one-instance variant cannot take a canary."""
+    settings, storage, _ = env
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    blue, green = version_resource_name(settings.endpoint_name, V1), version_resource_name(settings.endpoint_name, V2)
+    hosting = SageMakerHosting(settings, sagemaker=client, storage=storage, poll_seconds=0, progress=False, keep=5)
+    with Stubber(client) as stub:
+        _stub_update_start(stub, settings, CANARY, blue, green, V2, instances=1,
+                           routing_config={"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 300})
+        result = _swap_completes(stub, hosting, settings, green)
+    assert result.outcome == "deployed"
+    assert "canary needs at least 2 instances" in result.reason and "all at once" in result.reason
+
+
+def _swap_completes(stub: Stubber, hosting, settings, green: str):
+    """The rest of a swap to V2 that SageMaker finishes: in service on green, nothing to clean up."""
+    stub.add_response("describe_endpoint", _endpoint(settings, green, "InService", T0 + dt.timedelta(seconds=900)))
+    stub.add_response("list_endpoint_configs", {"EndpointConfigs": []})
+    stub.add_response("list_models", {"Models": []})
+    result = hosting.deploy(_spec(settings, V2), CANARY, AlarmThresholds())
+    stub.assert_no_pending_responses()
+    return result
+
+
+@pytest.mark.parametrize("strategy", ["canary", "linear"])
+def test_routing_for_a_small_fleet(strategy):
+    from distracted_driver.hosting.aws import routing_for_fleet
+
+    routing = TrafficRouting(strategy=strategy, wait_seconds=120)
+    assert routing_for_fleet(routing, 2) == (routing, "")
+    fallback, note = routing_for_fleet(routing, 1)
+    assert fallback.strategy == "all-at-once" and fallback.bake_seconds == 120 and strategy in note
+
+
+def test_an_instance_type_change_takes_the_scaling_registration_off_for_the_swap(env):
+    """Updating an autoscaled variant to another instance type fails while it is registered."""
+    settings, storage, _ = env
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    scaling = boto3.client("application-autoscaling", region_name="us-east-1")
+    blue, green = version_resource_name(settings.endpoint_name, V1), version_resource_name(settings.endpoint_name, V2)
+    hosting = SageMakerHosting(settings, sagemaker=client, autoscaling=scaling, storage=storage, poll_seconds=0,
+                               progress=False, keep=5)
+    policy = ScalingPolicy(min_instances=2, max_instances=6, target_invocations_per_instance=300)
+    hosting.set_autoscaling(policy)
+    order = []
+    for service in (client, scaling):
+        service.meta.events.register("before-parameter-build", lambda model, **kw: order.append(model.name))
+
+    with Stubber(client) as stub:
+        _stub_update_start(stub, settings, CANARY, blue, green, V2, blue_type="ml.m5.large")
+        result = _swap_completes(stub, hosting, settings, green)
+    assert result.outcome == "deployed"
+    assert order.index("DeregisterScalableTarget") < order.index("UpdateEndpoint") < order.index("RegisterScalableTarget")
+    target = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"][0]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (2, 6)
+    tracking = scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"][0][
+        "TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["TargetValue"] == 300

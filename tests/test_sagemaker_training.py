@@ -10,6 +10,7 @@ import datetime
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import boto3
 import pytest
@@ -30,12 +31,13 @@ from distracted_driver.train.sagemaker import (
 BUCKET = "dd-training-bucket"
 ROLE = "arn:aws:iam::123456789012:role/dd-dev-sagemaker"
 JOB = "dd-20260103-000000-dddd"
+KEY = "arn:aws:kms:us-east-1:123456789012:key/0c0ffee0-1111-4000-8000-000000000000"  # Terraform's pipeline key
 
 
 @pytest.fixture
 def env(aws, tmp_path, tiny_channels):
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    settings = Settings(backend="aws", root=tmp_path, bucket=BUCKET, role_arn=ROLE)
+    settings = Settings(backend="aws", root=tmp_path, bucket=BUCKET, role_arn=ROLE, kms_key_id=KEY)
     storage = S3Storage(BUCKET)
     upload_channels(storage, tiny_channels, settings.data_prefix)
     stream = io.StringIO()
@@ -77,7 +79,9 @@ def test_script_mode_runs_our_script_in_the_pytorch_container_and_registers_the_
     assert hp["sagemaker_program"] == "train.py"
     assert hp["sagemaker_submit_directory"] == f"s3://{BUCKET}/models/{JOB}/source/sourcedir.tar.gz"
     assert hp["data-manifest-sha256"] == storage.checksum("data/manifest.json")
-    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/models"}
+    # SageMaker encrypts the artifacts with the pipeline's key, as the execution role (kms:Encrypt is checked
+    # by tests/test_iam.py against the role's policy)
+    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{BUCKET}/models", "KmsKeyId": KEY}
     assert request["RoleArn"] == ROLE and request["ResourceConfig"]["InstanceType"] == "ml.m5.xlarge"
 
     # The staged source: the entry point, the package beside it, and what the container installs.
@@ -197,3 +201,45 @@ def test_an_interrupted_wait_stops_the_job(env, monkeypatch):
             trainer.run({"epochs": 1}, algorithm="builtin", job_name=JOB)
         stub.assert_no_pending_responses()
     assert json.loads(storage.get_bytes(f"models/{JOB}/status.json"))["status"] == "Stopped"
+
+
+def test_a_denied_log_read_never_stops_the_wait(env):
+    """Logs authorizes FilterLogEvents on ``log-group:NAME:*``; a role without it is denied. The job
+    runs (and bills) on regardless, so the wait must go on to the job's end and say what it lacked."""
+    settings, storage, trainer, _, stream = env
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    logs = boto3.client("logs", region_name="us-east-1")
+    trainer.sagemaker, trainer.logs = client, logs
+    described = {"TrainingJobName": JOB, "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:training-job/{JOB}",
+                 "ModelArtifacts": {"S3ModelArtifacts": ""}, "AlgorithmSpecification": {"TrainingInputMode": "File"},
+                 "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+                 "StoppingCondition": {"MaxRuntimeInSeconds": 3600}, "CreationTime": datetime.datetime(2026, 1, 3)}
+    denied = ("User: arn:aws:sts::123456789012:assumed-role/dd-dev-codebuild/build is not authorized to perform: "
+              "logs:FilterLogEvents on resource: arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/TrainingJobs:*")
+    with Stubber(client) as stub, Stubber(logs) as log_stub:
+        for status in ("InProgress", "InProgress", "Completed"):
+            stub.add_response("describe_training_job", {**described, "TrainingJobStatus": status, "SecondaryStatus": "Training"},
+                              {"TrainingJobName": JOB})
+        for _ in range(4):  # one read per poll, and one after the end
+            log_stub.add_client_error("filter_log_events", service_error_code="AccessDeniedException",
+                                      http_status_code=400, service_message=denied)
+        final = trainer.wait(JOB)
+        stub.assert_no_pending_responses()
+    assert final["TrainingJobStatus"] == "Completed"
+    said = stream.getvalue()
+    assert said.count("AccessDeniedException") == 1 and "waiting on without it" in said
+
+
+def test_the_aws_extra_admits_only_sagemaker_core_with_the_image_uri_table():
+    """``from sagemaker.core import image_uris`` exists from sagemaker-core 2.0 on (1.x is the ``sagemaker_core``
+    package without it), so the aws extra must not admit 1.x."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    extra = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    requirement = next(Requirement(r) for r in extra["project"]["optional-dependencies"]["aws"]
+                       if Requirement(r).name == "sagemaker-core")
+    assert not requirement.specifier.contains("1.0.78") and requirement.specifier.contains("2.0")
+    assert requirement.specifier.contains(version("sagemaker-core"))

@@ -30,7 +30,8 @@ def test_the_configuration_is_wired_to_the_code():
     checks = {f.check for f in report.findings}
     assert {"lambda-endpoint", "lambda-invokes-only-its-endpoint", "binary-media-types", "autoscaling-resource-id",
             "rollback-alarm-names", "trigger-prefix", "trigger-policy-project-only", "defaults-agree",
-            "checkov-skips-justified", "lambda-timeouts"} <= checks
+            "checkov-skips-justified", "lambda-timeouts", "autoscaling-validation-grants", "ecr-keeps-model-images",
+            "lambda-no-reservation-unless-asked", "logs-arn-form", "lifecycle-filter-not-empty"} <= checks
     assert {f.variant for f in report.findings} == {"defaults", "dev", "prod"}
 
 
@@ -83,6 +84,22 @@ def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
      "trigger-policy-project-only"),
     ("modules/api/main.tf", "connect_timeout_seconds = 2", "connect_timeout_seconds = 5", "lambda-timeouts"),
     ("variables.tf", 'default     = "AllTraffic"', 'default     = "Primary"', "defaults-agree"),
+    # what a fresh account's first apply and first build need (issue 11)
+    ("modules/iam/main.tf", '"sagemaker:UpdateEndpointWeightsAndCapacities",', "", "autoscaling-validation-grants"),
+    ("modules/iam/main.tf", '["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"]',
+     '["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"]', "training-output-kms"),
+    ("modules/iam/main.tf", '"${local.logs_arn}:log-group:${local.training_logs}:*",',
+     '"${local.logs_arn}:log-group:${local.training_logs}",', "logs-arn-form"),
+    ("modules/trigger/main.tf", "reserved_concurrent_executions = var.reserved_concurrency",
+     "reserved_concurrent_executions = 1", "lambda-no-reservation-unless-asked"),
+    ("modules/api/main.tf", "reserved_concurrent_executions = var.reserved_concurrency",
+     "reserved_concurrent_executions = 100", "lambda-no-reservation-unless-asked"),
+    ("modules/ecr/main.tf", "tag_prefix_list = [var.model_tag_prefix]", 'tag_prefix_list = ["release-"]',
+     "ecr-keeps-model-images"),
+    ("modules/storage/main.tf", 'filter {\n      prefix = "" # every object; an empty filter {} warns from provider 5.90 on\n    }',
+     "filter {}", "lifecycle-filter-not-empty"),
+    ("modules/api/main.tf", "depends_on = [aws_iam_role_policy_attachment.apigateway_logs]", "",
+     "api-account-after-role-policy"),
     ("modules/storage/main.tf", "#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; everything here is rebuilt from the raw images, which are versioned.",
      "#checkov:skip=CKV_AWS_144:cost", "checkov-skips-justified"),
 ])
@@ -187,6 +204,7 @@ case "$*" in *"output -json"*) cat {SAMPLE_OUTPUTS} ;; esac
     fake.chmod(0o755)
     root = tmp_path / "root"
     shutil.copytree(TERRAFORM, root / "terraform", ignore=shutil.ignore_patterns(".terraform"))
+    shutil.copytree(REPO / "lambda", root / "lambda", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DD_ROOT": str(root)}
     inv = Path(sys.executable).with_name("inv")
 
@@ -201,3 +219,17 @@ case "$*" in *"output -json"*) cat {SAMPLE_OUTPUTS} ;; esac
         f"-chdir={root / 'terraform'} output -json",
     ]
     assert "DD_BUCKET=distracted-driver-dev-data-123456789012-eu-west-1" in (root / ".state" / "aws.env").read_text()
+
+
+def test_the_lifecycle_model_follows_ecr_rule_order():
+    """A rule's matches are out of reach of later rules; ``any`` must come last."""
+    from distracted_driver.infra.ecr import Image, lifecycle_expired
+
+    rules = [{"priority": 2, "selection": [{"tag_status": "any", "count_type": "imageCountMoreThan", "count_number": 1}]},
+             {"priority": 1, "selection": [{"tag_status": "tagged", "tag_prefix_list": ["model-"],
+                                            "count_type": "imageCountMoreThan", "count_number": 5}]}]
+    images = [Image("old-model", ("a", "model-v1"), 0), Image("old", ("b",), 1), Image("new", ("c",), 2)]
+    assert lifecycle_expired(rules, images) == {"old"}
+    assert lifecycle_expired(rules[:1], images) == {"old-model", "old"}  # the old policy: any, newest N
+    with pytest.raises(ValueError, match="last"):
+        lifecycle_expired([{**rules[0], "priority": 0}, rules[1]], images)

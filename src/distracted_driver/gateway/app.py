@@ -36,6 +36,10 @@ from distracted_driver.gateway.keys import KeyStore, Throttle, UsagePlan
 from distracted_driver.gateway.openapi import DOCS_PAGE, openapi_document
 
 API_GATEWAY_MAX_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
+# Lambda's limit on a synchronous invocation's request: the whole proxy event as JSON, the
+# image base64 inside it. Above it AWS answers 413 {"message": "Request Too Long"} and the
+# handler never runs (docs/aws.md, "How large an image").
+LAMBDA_REQUEST_MAX_BYTES = 6_291_456
 access_log = logging.getLogger("gateway.access")
 
 
@@ -112,6 +116,8 @@ def make_app(config: GatewayConfig) -> web.Application:
             request.method, "/predict", request.path, request.headers, request.query, body,
             config.stage, caller, request_id,
         )
+        if len(json.dumps(event)) > LAMBDA_REQUEST_MAX_BYTES:
+            return _message(413, "Request Too Long")
         context = LambdaContext(aws_request_id=str(uuid.uuid4()), timeout_s=config.lambda_timeout_s)
         loop = asyncio.get_running_loop()
         try:

@@ -32,6 +32,21 @@ How ``TrafficRouting`` maps onto ``BlueGreenUpdatePolicy``:
 Alarm thresholds live in Terraform (``alarm_*`` variables), not here: ``deploy``
 checks that the rollback alarms exist and warns when their thresholds differ
 from the ``AlarmThresholds`` it was given.
+
+What a first contact with a real account taught:
+
+- SageMaker refuses a CANARY or LINEAR step above 50% of the fleet, so a
+  variant of one instance cannot take either: below ``MIN_INSTANCES_FOR_STEPS``
+  the swap goes all at once, and the result says so.
+- Application Auto Scaling refuses to update an endpoint whose instance type
+  changes while its variant is registered: the registration is taken off for
+  the swap and put back after it, with the values it had.
+- The ECR lifecycle policy keeps every image tagged ``model-<version>``; the
+  deploy tags the image of each model it keeps and untags it when it deletes
+  the model, so a kept model's image can always be pulled again.
+- Once the endpoint serves a version, that is recorded before anything else
+  can fail (autoscaling's registration, the cleanup): registry and endpoint
+  never disagree.
 """
 
 from __future__ import annotations
@@ -68,6 +83,10 @@ WAIT_RANGE = (0, 3600)
 EXECUTION_RANGE = (600, 28800)
 CANARY_MAX_PERCENT = 50
 LINEAR_PERCENT_RANGE = (10, 50)
+# A canary or linear step is at most 50% of the fleet and at least one instance.
+MIN_INSTANCES_FOR_STEPS = 2
+# Tag that keeps a kept model's image from the ECR lifecycle policy (terraform/modules/ecr).
+MODEL_IMAGE_TAG_PREFIX = "model-"
 
 
 class HostingError(RuntimeError):
@@ -123,6 +142,33 @@ def traffic_routing_config(routing: TrafficRouting) -> dict:
     return {"Type": "LINEAR", "LinearStepSize": size, "WaitIntervalInSeconds": wait}
 
 
+def routing_for_fleet(routing: TrafficRouting, instances: int) -> tuple[TrafficRouting, str]:
+    """The routing SageMaker will take for a variant of ``instances``, and a note when it differs.
+
+    CanarySize and LinearStepSize must be at most half the fleet and at least one
+    instance, so below two instances a canary or linear swap goes all at once
+    (baking for the canary's wait), which is what the note says.
+    """
+    if routing.strategy == "all-at-once" or instances >= MIN_INSTANCES_FOR_STEPS:
+        return routing, ""
+    fallback = TrafficRouting(
+        strategy="all-at-once",
+        bake_seconds=max(routing.bake_seconds, routing.wait_seconds),
+        termination_wait_seconds=routing.termination_wait_seconds,
+        max_execution_seconds=routing.max_execution_seconds,
+    )
+    note = (f"{routing.strategy} needs at least {MIN_INSTANCES_FOR_STEPS} instances (each step is at most "
+            f"{CANARY_MAX_PERCENT}% of the fleet); the variant has {instances}: swapped all at once instead")
+    return fallback, note
+
+
+def ecr_image(uri: str) -> tuple[str, str, str] | None:
+    """``(registry, repository, tag)`` of an ECR image URI, or None for any other registry or a digest."""
+    match = re.match(r"^(?P<registry>\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?)/"
+                     r"(?P<repository>[a-z0-9._/-]+):(?P<tag>[A-Za-z0-9_.-]+)$", uri or "")
+    return (match["registry"], match["repository"], match["tag"]) if match else None
+
+
 def deployment_config(routing: TrafficRouting, alarm_names: list[str]) -> dict:
     config = {
         "BlueGreenUpdatePolicy": {
@@ -164,6 +210,7 @@ class SageMakerHosting(Hosting):
         autoscaling=None,
         cloudwatch=None,
         runtime=None,
+        ecr=None,
         storage=None,
         registry=None,
         keep: int = 3,
@@ -180,6 +227,7 @@ class SageMakerHosting(Hosting):
         self.autoscaling = autoscaling or session.client("application-autoscaling", config=retries)
         self.cloudwatch = cloudwatch or session.client("cloudwatch", config=retries)
         self.runtime = runtime or session.client("sagemaker-runtime")
+        self.ecr = ecr or session.client("ecr", config=retries)
         self._storage = storage
         self._registry = registry
         self.keep = max(1, keep)
@@ -289,16 +337,59 @@ class SageMakerHosting(Hosting):
             return
         if not self.settings.role_arn:
             raise HostingError("no execution role: set DD_ROLE_ARN (Terraform output sagemaker_role_arn)")
+        image = self._image_for(model.version)
+        self._keep_image(image, model.version)
         self.sagemaker.create_model(
             ModelName=name,
             PrimaryContainer={
-                "Image": self._image_for(model.version),
+                "Image": image,
                 "ModelDataUrl": f"s3://{self.settings.bucket}/{model.artifact_key}",
                 "Environment": {"MODEL_VERSION": model.version},
             },
             ExecutionRoleArn=self.settings.role_arn,
             Tags=[{"Key": "model-version", "Value": model.version}, {"Key": "endpoint", "Value": self.endpoint}],
         )
+
+    # -- the serving image: kept while a kept model names it ---------------------------
+
+    def _ours(self, image: str) -> tuple[str, str] | None:
+        """(repository, tag) when ``image`` is in the serving image's repository (not AWS's algorithm images)."""
+        parsed, ours = ecr_image(image), ecr_image(self.settings.serving_image)
+        if parsed is None or ours is None or parsed[:2] != ours[:2]:
+            return None
+        return parsed[1], parsed[2]
+
+    def _keep_image(self, image: str, version: str) -> None:
+        """Tag ``image`` ``model-<version>`` so that the ECR lifecycle policy never expires it."""
+        found = self._ours(image)
+        if found is None:
+            return
+        repository, tag = found
+        images = self.ecr.batch_get_image(repositoryName=repository, imageIds=[{"imageTag": tag}]).get("images", [])
+        if not images:
+            raise HostingError(f"image {image} is not in ECR: run `inv infra.push-image` first")
+        request = {"repositoryName": repository, "imageManifest": images[0]["imageManifest"],
+                   "imageTag": f"{MODEL_IMAGE_TAG_PREFIX}{version}"}
+        if images[0].get("imageManifestMediaType"):
+            request["imageManifestMediaType"] = images[0]["imageManifestMediaType"]
+        try:
+            self.ecr.put_image(**request)
+        except ClientError as error:
+            if _error_code(error) not in ("ImageAlreadyExistsException", "ImageTagAlreadyExistsException"):
+                raise
+
+    def _release_image(self, model_name: str) -> None:
+        """Remove the ``model-<version>`` tag of a model being deleted (the image itself stays while tagged otherwise)."""
+        version = self._version_of(model_name)
+        try:
+            image = self.sagemaker.describe_model(ModelName=model_name)["PrimaryContainer"]["Image"]
+        except (ClientError, KeyError):
+            return
+        found = self._ours(image)
+        if found is None or version is None:
+            return
+        self.ecr.batch_delete_image(repositoryName=found[0],
+                                    imageIds=[{"imageTag": f"{MODEL_IMAGE_TAG_PREFIX}{version}"}])
 
     def _ensure_config(self, name: str, model: ModelSpec) -> None:
         if self._exists(self.sagemaker.describe_endpoint_config, EndpointConfigName=name):
@@ -362,7 +453,10 @@ class SageMakerHosting(Hosting):
             alarm_names = self._check_alarms(alarms)
             result = self._update(name, model, routing, alarm_names, state, timings)
         if result.outcome == "deployed":
+            # Recorded first: whatever fails after this, the registry names what the endpoint serves.
             self._record_live(model.version, config=name)
+            if state is None:
+                self._register_first_scaling(model.version)
             self._cleanup(keep_also={name})
         timings["total"] = round(time.monotonic() - started, 3)
         return result
@@ -378,19 +472,63 @@ class SageMakerHosting(Hosting):
         timings["create"] = round(time.monotonic() - began, 3)
         if state.status != "InService":
             return DeployResult("failed", self.endpoint, None, state.failure or state.status, timings)
-        # Nothing could register autoscaling before the endpoint existed; Terraform's
-        # autoscaling module adopts this registration once enabled (same names, same values).
-        self.set_autoscaling(ScalingPolicy())
         return DeployResult("deployed", self.endpoint, model.version, "endpoint created", timings)
+
+    def _register_first_scaling(self, version: str) -> None:
+        """Nothing could register autoscaling before the endpoint existed; Terraform's autoscaling
+        module adopts this registration once enabled (same names, same values)."""
+        try:
+            self.set_autoscaling(ScalingPolicy())
+        except ClientError as error:
+            raise HostingError(
+                f"endpoint {self.endpoint} serves {version} (recorded as live), but registering its autoscaling "
+                f"failed: {error}. Application Auto Scaling needs sagemaker:DescribeEndpoint, "
+                "DescribeEndpointConfig and UpdateEndpointWeightsAndCapacities for the caller; fix the role, "
+                "then run `inv deploy.autoscale --backend aws` (or `inv infra.apply`)"
+            ) from error
+
+    def _instances(self, blue: _Endpoint) -> int:
+        """The variant's instance count now: the green fleet gets the same (RetainAllVariantProperties)."""
+        for variant in (blue.raw or {}).get("ProductionVariants", []):
+            if variant.get("VariantName") == self.variant:
+                return int(variant.get("DesiredInstanceCount") or variant.get("CurrentInstanceCount") or 0)
+        return 0
+
+    def _instance_type(self, config: str) -> str | None:
+        described = self.sagemaker.describe_endpoint_config(EndpointConfigName=config)
+        for variant in described.get("ProductionVariants", []):
+            if variant.get("VariantName") == self.variant:
+                return variant.get("InstanceType")
+        return None
 
     def _update(self, name, model, routing, alarm_names, blue: _Endpoint, timings) -> DeployResult:
         began = time.monotonic()
-        self.sagemaker.update_endpoint(
-            EndpointName=self.endpoint,
-            EndpointConfigName=name,
-            RetainAllVariantProperties=True,
-            DeploymentConfig=deployment_config(routing, alarm_names),
-        )
+        routing, note = routing_for_fleet(routing, self._instances(blue))
+        if note:
+            log.warning("%s", note)
+        # Application Auto Scaling refuses an instance-type change on a registered variant:
+        # take the registration off for the swap, put the same values back after it.
+        registered = {}
+        if self._instance_type(blue.config) != self._instance_type(name):
+            registered = self._scaling().get(self.variant, {})
+            if registered:
+                self._deregister()
+        try:
+            self.sagemaker.update_endpoint(
+                EndpointName=self.endpoint,
+                EndpointConfigName=name,
+                RetainAllVariantProperties=True,
+                DeploymentConfig=deployment_config(routing, alarm_names),
+            )
+            result = self._await_update(name, model, routing, blue, began, timings)
+        finally:
+            if registered:
+                self.set_autoscaling(ScalingPolicy(**{k: v for k, v in registered.items() if v is not None}))
+        if note:
+            result.reason = f"{result.reason} ({note})"
+        return result
+
+    def _await_update(self, name, model, routing, blue: _Endpoint, began: float, timings) -> DeployResult:
         timeout = _clamp(routing.max_execution_seconds, EXECUTION_RANGE) + self.create_timeout_seconds
         # update_endpoint may return before the status leaves InService: the update is
         # over once the endpoint settles with a modification time later than blue's.
@@ -461,6 +599,7 @@ class SageMakerHosting(Hosting):
             for summary in page["Models"]:
                 model = summary["ModelName"]
                 if model.startswith(f"{self.endpoint}-") and model not in kept:
+                    self._release_image(model)
                     self.sagemaker.delete_model(ModelName=model)
                     deleted.append(model)
         return deleted
@@ -582,4 +721,5 @@ class SageMakerHosting(Hosting):
         for page in paginator.paginate(NameContains=f"{self.endpoint}-"):
             for summary in page["Models"]:
                 if summary["ModelName"].startswith(f"{self.endpoint}-"):
+                    self._release_image(summary["ModelName"])
                     self.sagemaker.delete_model(ModelName=summary["ModelName"])

@@ -12,7 +12,14 @@ variable defaults and once per ``envs/<env>.tfvars`` and asks, for each:
   writes) into the trigger Lambda, whose role may start builds of the pipeline's
   project and nothing else;
 - variable defaults agree with ``Settings``, ``ScalingPolicy`` and ``AlarmThresholds``;
-- every variable has a description and a type; every checkov skip has a reason.
+- every variable has a description and a type; every checkov skip has a reason;
+- what a fresh account's first apply and first build need: no reserved Lambda
+  concurrency unless asked for, the grants AWS checks beyond the call itself
+  (Application Auto Scaling's validation of the caller, ``kms:Encrypt`` for a
+  KMS-encrypted training output), Logs ARNs in the ``log-group:NAME:*`` form, an
+  ECR lifecycle policy that never expires an image a kept model names, no empty
+  ``filter {}`` in S3 lifecycle rules, and the API Gateway account setting made
+  only after its role's policy is attached.
 
 ``run_checkov`` runs checkov from its own virtual environment (``make checkov-env``).
 """
@@ -27,6 +34,7 @@ from pathlib import Path
 
 from distracted_driver.config import Settings
 from distracted_driver.hosting.aws import (
+    MODEL_IMAGE_TAG_PREFIX,
     SCALABLE_DIMENSION,
     SCALING_METRIC,
     rollback_alarm_names,
@@ -34,6 +42,7 @@ from distracted_driver.hosting.aws import (
     scaling_policy_name,
 )
 from distracted_driver.hosting.base import AlarmThresholds, ScalingPolicy
+from distracted_driver.infra.ecr import Image, lifecycle_expired
 from distracted_driver.infra.hcl import Configuration, Context, HclError, Module, skip_comments
 
 API_GATEWAY_TIMEOUT_SECONDS = 29
@@ -43,8 +52,14 @@ TRIGGER_ACTIONS = {"codebuild:StartBuild", "codebuild:ListBuildsForProject", "co
 EXTRA_SETTINGS = {
     "DD_SERVING_IMAGE_REPOSITORY": "infra.push-image tags and pushes the serving image here",
     "DD_API_URL": "buildspec.yml's smoke and load tests",
+    "DD_ENV": "buildspec.yml's preflight reads envs/<env>.tfvars",
 }
 PROJECT_ARN = "${codebuild:aws_codebuild_project.this.arn}"
+# Application Auto Scaling checks that the caller of RegisterScalableTarget may do these on the
+# variant's endpoint (Application Auto Scaling User Guide, "Identity and access management",
+# permissions for SageMaker AI); a missing one is a ValidationException.
+AUTOSCALING_VALIDATION = {"sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig",
+                          "sagemaker:UpdateEndpointWeightsAndCapacities"}
 MIN_SKIP_REASON = 20
 
 
@@ -140,9 +155,13 @@ class _Checker:
                         f"{attempts} x {per_attempt:g} s < timeout {timeout:g} s <= {API_GATEWAY_TIMEOUT_SECONDS} s")
         self.handler_file("api", function, "handler")
 
+    def lambda_source(self, package: str) -> Path:
+        """``.build/<name>.zip`` holds ``lambda/<name>.py`` alone (``infra.terraform.package_lambdas``)."""
+        return (self.repo_root / "lambda" / f"{Path(package).stem}.py").resolve()
+
     def handler_file(self, module: str, function: dict, stem: str) -> Path | None:
         context = self.config.instance(module)
-        source = Path(context.inputs["source_file"]).resolve()
+        source = self.lambda_source(context.inputs["package_file"])
         ok = source.is_file() and source.stem == stem and function["handler"] == f"{stem}.handler"
         self.expect(f"{module}-lambda-source", ok, f"{function['handler']} from {source}")
         if not ok:
@@ -156,7 +175,7 @@ class _Checker:
     def rest_api(self) -> None:
         _, api = self.resource("api", "aws_api_gateway_rest_api", "this")
         _, function = self.resource("api", "aws_lambda_function", "predict")
-        source = Path(self.config.instance("api").inputs["source_file"]).resolve()
+        source = self.lambda_source(self.config.instance("api").inputs["package_file"])
         spec = importlib.util.spec_from_file_location("_infra_check_api_handler", source)
         handler = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(handler)
@@ -253,8 +272,6 @@ class _Checker:
                     env.get("PROJECT_NAME") == "${codebuild:aws_codebuild_project.this.name}"
                     and env.get("MANIFEST_PREFIX") == manifest_prefix,
                     f"PROJECT_NAME={env.get('PROJECT_NAME')}, MANIFEST_PREFIX={env.get('MANIFEST_PREFIX')}")
-        self.expect("trigger-serialized", function.get("reserved_concurrent_executions") == 1,
-                    "one trigger at a time")
         self.handler_file("trigger", function, "trigger")
 
     def codebuild(self) -> None:
@@ -280,6 +297,52 @@ class _Checker:
                     all(r.endswith((f":endpoint/{endpoint}", f":model/{endpoint}-*", f":endpoint-config/{endpoint}-*",
                                     ":training-job/dd-*")) for r in named),
                     f"SageMaker resources {named}")
+
+    def lambda_concurrency(self) -> None:
+        """Lambda keeps 100 executions unreserved; new accounts often have 10 in all."""
+        for module, name, variable in (("api", "predict", "lambda_reserved_concurrency"),
+                                       ("trigger", "trigger", "trigger_reserved_concurrency")):
+            _, function = self.resource(module, "aws_lambda_function", name)
+            reserved, asked = function.get("reserved_concurrent_executions"), self.var(variable)
+            self.expect("lambda-no-reservation-unless-asked", reserved == asked and (asked is None or self.variant != "defaults"),
+                        f"{name}: reserves {reserved!r} ({variable} = {asked!r})")
+
+    def implicit_grants(self) -> None:
+        statements = self.policy("iam", "codebuild")
+        on_endpoint = {a for s in statements for a in s["actions"]
+                       if any(r.endswith(f":endpoint/{self.var('endpoint_name')}") for r in s["resources"])}
+        on_configs = {a for s in statements for a in s["actions"] if any(":endpoint-config/" in r for r in s["resources"])}
+        granted = on_endpoint | (on_configs & {"sagemaker:DescribeEndpointConfig"})
+        self.expect("autoscaling-validation-grants", AUTOSCALING_VALIDATION <= granted,
+                    f"CodeBuild role lacks {sorted(AUTOSCALING_VALIDATION - granted) or 'nothing'} for Application Auto Scaling's check")
+        sagemaker = {a for s in self.policy("iam", "sagemaker") for a in s["actions"] if a.startswith("kms:")}
+        self.expect("training-output-kms", {"kms:Encrypt", "kms:GenerateDataKey", "kms:Decrypt"} <= sagemaker,
+                    f"SageMaker role's KMS actions {sorted(sagemaker)} (OutputDataConfig.KmsKeyId needs kms:Encrypt)")
+        for module, document in (("iam", "codebuild"), ("iam", "sagemaker"), ("iam", "api_lambda"), ("trigger", "trigger")):
+            for statement in self.policy(module, document):
+                if not any(a.startswith("logs:") and a != "logs:CreateLogGroup" for a in statement["actions"]):
+                    continue
+                bare = [r for r in statement["resources"] if ":log-group:" in r
+                        and not (r.endswith(":*") or r.endswith("/*") or ":log-stream:" in r)]
+                self.expect("logs-arn-form", not bare,
+                            f"{document}/{statement.get('sid', '?')}: {bare or 'log-group:NAME:* form'}")
+
+    def ecr_lifecycle(self) -> None:
+        """The policy, applied to a repository whose oldest images are the live model's and the rollback target's."""
+        context = self.config.instance("ecr")
+        body = context.module.data.get(("aws_ecr_lifecycle_policy_document", "this"))
+        if body is None:
+            raise HclError("module ecr has no aws_ecr_lifecycle_policy_document.this (the policy's rules must be readable)")
+        rules = context.value(body)["rule"]
+        _, policy = self.resource("ecr", "aws_ecr_lifecycle_policy", "this")
+        keep = int(context.inputs["images_to_keep"])
+        kept = [Image("sha256:live", ("c0ffee1", f"{MODEL_IMAGE_TAG_PREFIX}dd-2", f"{MODEL_IMAGE_TAG_PREFIX}dd-3"), 0),
+                Image("sha256:rollback", ("c0ffee0", f"{MODEL_IMAGE_TAG_PREFIX}dd-1"), -1)]
+        builds = [Image(f"sha256:build{i}", (f"commit{i}",), i + 1) for i in range(keep + 5)]
+        expired = lifecycle_expired(rules, kept + builds)
+        self.expect("ecr-keeps-model-images", not expired & {i.digest for i in kept} and len(expired) == 5
+                    and policy.get("policy") == "${ecr:data.aws_ecr_lifecycle_policy_document.this.json}",
+                    f"after {len(builds)} newer pushes it expires {sorted(expired)} (never the kept models' images)")
 
     def sagemaker_role(self) -> None:
         statements = {s.get("sid"): s for s in self.policy("iam", "sagemaker")}
@@ -343,6 +406,17 @@ def _hygiene(config: Configuration) -> list[Finding]:
         blocks = list(module.resources.values()) + list(module.data.values())
         short = [(check, reason) for body in blocks for check, reason in skip_comments(body) if len(reason) < MIN_SKIP_REASON]
         findings.append(Finding("checkov-skips-justified", not short, f"{name}: {short or 'every skip has a reason'}"))
+        empty = [f"{rname} rule {rule.get('id')}"
+                 for rname, body in module.resources_of("aws_s3_bucket_lifecycle_configuration").items()
+                 for rule in body.get("rule", []) for block in rule.get("filter", [])
+                 if not {k: v for k, v in block.items() if not k.startswith("__")}]
+        findings.append(Finding("lifecycle-filter-not-empty", not empty,
+                                f"{name}: {empty or 'no empty filter {} (a warning from provider 5.90, an error later)'}"))
+        for rname, body in module.resources_of("aws_api_gateway_account").items():
+            after = " ".join(map(str, body.get("depends_on", [])))
+            findings.append(Finding("api-account-after-role-policy",
+                                    "aws_iam_role_policy_attachment.apigateway_logs" in after,
+                                    f"{name}: aws_api_gateway_account.{rname} depends_on {after or 'nothing'}"))
     return findings
 
 
@@ -357,7 +431,8 @@ def wiring_findings(terraform_dir: str | Path, repo_root: str | Path | None = No
             config = Configuration(terraform_dir, tfvars)
             checker = _Checker(config, variant, repo_root)
             for check in (checker.predict_lambda, checker.rest_api, checker.autoscaling, checker.alarms,
-                          checker.trigger, checker.codebuild, checker.sagemaker_role, checker.pipeline_settings):
+                          checker.trigger, checker.codebuild, checker.sagemaker_role, checker.pipeline_settings,
+                          checker.lambda_concurrency, checker.implicit_grants, checker.ecr_lifecycle):
                 try:
                     check()
                 except (HclError, KeyError, IndexError, TypeError, AttributeError) as error:

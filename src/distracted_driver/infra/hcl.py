@@ -9,9 +9,10 @@ this the ARN attribute of that very resource?". Strings are partly resolved:
 ``arn:${data.aws_partition.current.partition}:sagemaker:...:endpoint/distracted-driver``.
 
 Supported: ``var.*``, ``local.*``, ``module.<name>.<output>``, string
-interpolation, ``tostring``/``lower``/``upper`` of one value, and ``a * b`` /
-``a + b`` of numbers. Anything else (function
-calls, conditionals, ``for`` expressions) stays symbolic.
+interpolation, ``tostring``/``lower``/``upper`` of one value, ``a * b`` /
+``a + b`` of numbers, and ``[for x in <reference> : "<template>"]`` over a known
+list. Anything else (function calls, conditionals, other ``for`` expressions)
+stays symbolic.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from hcl2 import SerializationOptions
 _OPTIONS = SerializationOptions(strip_string_quotes=True, explicit_blocks=False, with_comments=True)
 _REFERENCE = re.compile(r"^[A-Za-z_][\w-]*(\[\d+\])?(\.[A-Za-z_][\w-]*(\[\d+\])?)*$")
 _FUNCTION = re.compile(r"^(?P<name>tostring|lower|upper)\((?P<arg>[^()]*)\)$")
+_FOR_LIST = re.compile(r'^\$\{\[for (?P<name>\w+) in (?P<items>[\w.\[\]]+)\s*:\s*"(?P<template>.*)"\]\}$', re.S)
 _ARITHMETIC = re.compile(r"^(?P<a>[\w.\[\]]+)\s*(?P<op>[*+])\s*(?P<b>[\w.\[\]]+)$")
 
 
@@ -108,6 +110,12 @@ class Context:
             return [self.value(item) for item in expression]
         if not isinstance(expression, str) or "${" not in expression:
             return expression
+        for_list = _FOR_LIST.match(expression)
+        if for_list:
+            items = self.reference(for_list["items"]) if _REFERENCE.match(for_list["items"]) else None
+            if isinstance(items, list):
+                template = for_list["template"].replace('\\"', '"')
+                return [self.value(template.replace(f"${{{for_list['name']}}}", str(item))) for item in items]
         whole = re.fullmatch(r"\$\{(.*)\}", expression, re.S)
         if whole and "${" not in whole.group(1):
             return self._expression(whole.group(1).strip())

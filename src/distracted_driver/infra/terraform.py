@@ -153,6 +153,34 @@ def serving_repository(settings: Settings) -> str:
     return repository
 
 
+LAMBDAS = ("handler", "trigger")  # lambda/<name>.py, each zipped alone (boto3 is in the Lambda runtime)
+BUILD_DIR = ".build"
+
+
+def package_lambdas(terraform_root: str | Path, lambda_dir: str | Path | None = None) -> dict[str, Path]:
+    """Zip each Lambda's source alone into ``terraform/.build/<name>.zip``, byte for byte the same for the same
+    source (fixed time stamps and modes), so ``source_code_hash`` changes only when the code does."""
+    import zipfile
+
+    terraform_root = Path(terraform_root)
+    lambda_dir = Path(lambda_dir) if lambda_dir else terraform_root.resolve().parent / "lambda"
+    out = terraform_root / BUILD_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    packages = {}
+    for name in LAMBDAS:
+        source = lambda_dir / f"{name}.py"
+        entry = zipfile.ZipInfo(source.name, date_time=(1980, 1, 1, 0, 0, 0))
+        entry.external_attr = 0o644 << 16
+        entry.compress_type = zipfile.ZIP_DEFLATED
+        target = out / f"{name}.zip"
+        tmp = target.with_suffix(".zip.tmp")
+        with zipfile.ZipFile(tmp, "w") as archive:
+            archive.writestr(entry, source.read_bytes())
+        tmp.replace(target)
+        packages[name] = target
+    return packages
+
+
 def image_tag(code_version: str, now: datetime | None = None) -> str:
     """Tags are immutable in ECR here: one per commit; a dirty tree gets a time-stamped tag of its own."""
     tag = re.sub(r"[^A-Za-z0-9_.-]", "-", code_version)

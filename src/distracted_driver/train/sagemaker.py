@@ -31,7 +31,7 @@ from typing import IO
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
@@ -356,9 +356,18 @@ class SageMakerTrainer:
                     cursor["seen"].add(event["eventId"])
                     cursor["start"] = max(cursor["start"], event["timestamp"])
                     lines.append(event["message"].rstrip("\n"))
-        except ClientError as error:  # no log group or stream before the instance starts
-            if error.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
-                raise
+        except ClientError as error:
+            # No log group or stream before the instance starts: nothing to say. Anything else
+            # (AccessDenied, throttling) costs the log, never the wait: the job runs and bills on.
+            code = error.response.get("Error", {}).get("Code")
+            if code != "ResourceNotFoundException" and code not in cursor.setdefault("warned", set()):
+                cursor["warned"].add(code)
+                self._say(f"{job}: cannot read its log from CloudWatch ({code}: "
+                          f"{error.response.get('Error', {}).get('Message', '')}); waiting on without it")
+        except BotoCoreError as error:
+            if "connection" not in cursor.setdefault("warned", set()):
+                cursor["warned"].add("connection")
+                self._say(f"{job}: cannot reach CloudWatch Logs ({error}); waiting on without the log")
         return lines
 
     # -- registering -------------------------------------------------------------------

@@ -10,12 +10,6 @@ locals {
 
 # --- the Lambda ----------------------------------------------------------------------
 
-data "archive_file" "handler" {
-  type        = "zip"
-  source_file = var.source_file
-  output_path = "${path.root}/.terraform/build/${var.function_name}.zip"
-}
-
 resource "aws_cloudwatch_log_group" "lambda" {
   name              = "/aws/lambda/${var.function_name}"
   retention_in_days = var.log_retention_days
@@ -25,14 +19,14 @@ resource "aws_cloudwatch_log_group" "lambda" {
 resource "aws_lambda_function" "predict" {
   #checkov:skip=CKV_AWS_117:The function only calls the public SageMaker Runtime API; a VPC would add NAT or interface endpoints and cold-start time for no isolation gain.
   #checkov:skip=CKV_AWS_116:Invoked synchronously by API Gateway; the caller gets the error, so there is nothing for a dead-letter queue to hold.
-  #checkov:skip=CKV_AWS_272:The package is built by Terraform from this repository (archive_file); no third-party code is deployed, so there is nothing to sign.
+  #checkov:skip=CKV_AWS_272:The package is this repository's lambda/handler.py alone, zipped by `inv infra.package`; no third-party code is deployed, so there is nothing to sign.
   function_name                  = var.function_name
   description                    = "POST /predict: image → SageMaker endpoint ${var.endpoint_name} → class and probabilities"
   role                           = var.role_arn
   runtime                        = "python3.12"
   handler                        = "handler.handler"
-  filename                       = data.archive_file.handler.output_path
-  source_code_hash               = data.archive_file.handler.output_base64sha256
+  filename                       = var.package_file
+  source_code_hash               = filebase64sha256(var.package_file)
   memory_size                    = var.memory_mb
   timeout                        = var.timeout_seconds
   reserved_concurrent_executions = var.reserved_concurrency
@@ -151,7 +145,7 @@ resource "aws_api_gateway_stage" "this" {
 
   access_log_settings {
     destination_arn = aws_cloudwatch_log_group.access.arn
-    format          = jsonencode({
+    format = jsonencode({
       requestId      = "$context.requestId"
       ip             = "$context.identity.sourceIp"
       apiKeyId       = "$context.identity.apiKeyId"
@@ -252,6 +246,10 @@ resource "aws_api_gateway_account" "this" {
   count = var.manage_account_logging_role ? 1 : 0
 
   cloudwatch_role_arn = aws_iam_role.apigateway_logs[0].arn
+
+  # API Gateway checks the role can write to CloudWatch Logs when the account setting is made;
+  # without this the apply races IAM's propagation of the attachment.
+  depends_on = [aws_iam_role_policy_attachment.apigateway_logs]
 }
 
 data "aws_partition" "current" {}

@@ -13,8 +13,8 @@ variable "role_arn" {
   type        = string
 }
 
-variable "source_file" {
-  description = "lambda/handler.py; boto3 only, packaged alone."
+variable "package_file" {
+  description = "Zip of lambda/handler.py alone (boto3 only), written by `inv infra.package` (infra.plan and infra.apply run it)."
   type        = string
 }
 
@@ -49,8 +49,9 @@ variable "endpoint_read_timeout_seconds" {
 }
 
 variable "reserved_concurrency" {
-  description = "Most concurrent executions."
+  description = "Reserved concurrent executions; null reserves none (the usage plan's throttle bounds traffic)."
   type        = number
+  default     = null
 }
 
 variable "throttle_rate_limit" {

@@ -88,8 +88,26 @@ resource "aws_codebuild_project" "this" {
   }
 }
 
-# A push to the branch starts a build. The webhook needs CodeBuild connected to GitHub
-# once per account and region (console, or `aws codebuild import-source-credentials`).
+# CodeBuild reaches GitHub with one source credential per account and region. With
+# github_token or codeconnections_arn set, Terraform registers it; with neither, the
+# account must already have one (`inv infra.preflight` checks, and says how to add it).
+locals {
+  source_credential = (
+    var.codeconnections_arn != null ? { auth_type = "CODECONNECTIONS", token = var.codeconnections_arn } :
+    var.github_token != null ? { auth_type = "PERSONAL_ACCESS_TOKEN", token = var.github_token } : null
+  )
+}
+
+resource "aws_codebuild_source_credential" "github" {
+  count = local.source_credential == null ? 0 : 1
+
+  server_type = "GITHUB"
+  auth_type   = local.source_credential.auth_type
+  token       = local.source_credential.token
+}
+
+# A push to the branch starts a build (the webhook needs the source credential above, or
+# one the account already has).
 resource "aws_codebuild_webhook" "push" {
   project_name = aws_codebuild_project.this.name
   build_type   = "BUILD"
@@ -105,4 +123,6 @@ resource "aws_codebuild_webhook" "push" {
       pattern = "^refs/heads/${var.branch}$"
     }
   }
+
+  depends_on = [aws_codebuild_source_credential.github]
 }

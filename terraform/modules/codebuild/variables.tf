@@ -68,3 +68,16 @@ variable "api_key_value" {
   type        = string
   sensitive   = true
 }
+
+variable "github_token" {
+  description = "GitHub personal access token registered as CodeBuild's source credential; null: none."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "codeconnections_arn" {
+  description = "CodeConnections connection ARN registered as CodeBuild's source credential (wins over github_token); null: none."
+  type        = string
+  default     = null
+}

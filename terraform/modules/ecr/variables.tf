@@ -18,3 +18,9 @@ variable "force_delete" {
   type        = bool
   default     = false
 }
+
+variable "model_tag_prefix" {
+  description = "Tag prefix the deploy task gives the image of each kept model version (hosting.aws MODEL_IMAGE_TAG_PREFIX)."
+  type        = string
+  default     = "model-"
+}

@@ -41,8 +41,8 @@ data "aws_iam_policy_document" "sagemaker" {
   }
 
   statement {
-    sid       = "ReadChannelsAndModels"
-    actions   = ["s3:GetObject"]
+    sid     = "ReadChannelsAndModels"
+    actions = ["s3:GetObject"]
     resources = [
       "${var.data_bucket_arn}/${var.data_prefix}/*",
       "${var.data_bucket_arn}/${var.models_prefix}/*",
@@ -56,8 +56,9 @@ data "aws_iam_policy_document" "sagemaker" {
   }
 
   statement {
-    sid       = "UseKey"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
+    sid = "UseKey"
+    # Encrypt: OutputDataConfig.KmsKeyId makes SageMaker encrypt the model artifacts with this role.
+    actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
     resources = [var.kms_key_arn]
   }
 
@@ -74,8 +75,8 @@ data "aws_iam_policy_document" "sagemaker" {
   }
 
   statement {
-    sid       = "Logs"
-    actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    sid     = "Logs"
+    actions = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
     resources = [
       "${local.logs_arn}:log-group:/aws/sagemaker/*",
       "${local.logs_arn}:log-group:/aws/sagemaker/*:log-stream:*",
@@ -111,19 +112,20 @@ resource "aws_iam_role_policy" "sagemaker" {
 
 data "aws_iam_policy_document" "codebuild" {
   statement {
-    sid       = "BuildLogs"
-    actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
+    sid     = "BuildLogs"
+    actions = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
     resources = [
-      "${local.logs_arn}:log-group:${local.codebuild_logs}",
+      "${local.logs_arn}:log-group:${local.codebuild_logs}:*",
       "${local.logs_arn}:log-group:${local.codebuild_logs}:log-stream:*",
     ]
   }
 
   statement {
-    sid       = "ReadTrainingLogs"
-    actions   = ["logs:FilterLogEvents", "logs:GetLogEvents", "logs:DescribeLogStreams"]
+    sid     = "ReadTrainingLogs"
+    actions = ["logs:FilterLogEvents", "logs:GetLogEvents", "logs:DescribeLogStreams"]
+    # Logs authorizes FilterLogEvents and DescribeLogStreams on "log-group:NAME:*", not on the bare name.
     resources = [
-      "${local.logs_arn}:log-group:${local.training_logs}",
+      "${local.logs_arn}:log-group:${local.training_logs}:*",
       "${local.logs_arn}:log-group:${local.training_logs}:log-stream:*",
     ]
   }
@@ -141,9 +143,15 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   statement {
+    sid       = "BuildArtifactsBucket"
+    actions   = ["s3:GetBucketAcl", "s3:GetBucketLocation"]
+    resources = [var.artifacts_bucket_arn]
+  }
+
+  statement {
     sid       = "BuildArtifacts"
-    actions   = ["s3:PutObject", "s3:GetObject", "s3:GetBucketAcl", "s3:GetBucketLocation"]
-    resources = [var.artifacts_bucket_arn, "${var.artifacts_bucket_arn}/*"]
+    actions   = ["s3:PutObject", "s3:GetObject"]
+    resources = ["${var.artifacts_bucket_arn}/*"]
   }
 
   statement {
@@ -171,7 +179,7 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   statement {
-    sid     = "EndpointConfigs"
+    sid = "EndpointConfigs"
     actions = [
       "sagemaker:CreateEndpointConfig", "sagemaker:DescribeEndpointConfig", "sagemaker:DeleteEndpointConfig",
       "sagemaker:AddTags", "sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint",
@@ -180,12 +188,24 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   statement {
-    sid     = "Endpoint"
+    sid = "Endpoint"
     actions = [
       "sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:DescribeEndpoint",
       "sagemaker:DeleteEndpoint", "sagemaker:InvokeEndpoint", "sagemaker:AddTags",
+      # Application Auto Scaling checks the caller may describe the endpoint (and its config,
+      # granted above) and change its instance counts when it registers the variant.
+      "sagemaker:UpdateEndpointWeightsAndCapacities",
     ]
     resources = [local.endpoint_arn]
+  }
+
+  statement {
+    sid = "Preflight"
+    # `inv infra.preflight --build` reads the account's limits; none of these has resource-level permissions.
+    actions = [
+      "lambda:GetAccountSettings", "servicequotas:ListServiceQuotas", "servicequotas:ListAWSDefaultServiceQuotas",
+    ]
+    resources = ["*"]
   }
 
   statement {
@@ -207,7 +227,7 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   statement {
-    sid     = "Autoscaling"
+    sid = "Autoscaling"
     actions = [
       "application-autoscaling:RegisterScalableTarget", "application-autoscaling:DeregisterScalableTarget",
       "application-autoscaling:PutScalingPolicy", "application-autoscaling:DescribeScalableTargets",
@@ -236,8 +256,8 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   statement {
-    sid       = "Alarms"
-    actions   = ["cloudwatch:DescribeAlarms", "cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"]
+    sid     = "Alarms"
+    actions = ["cloudwatch:DescribeAlarms", "cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms"]
     resources = [
       # the blue/green rollback alarms, and those target tracking creates for the variant
       "${local.arn_prefix}:cloudwatch:${var.region}:${var.account_id}:alarm:${var.endpoint_name}-*",
@@ -246,11 +266,11 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   statement {
-    sid     = "PushServingImage"
+    sid = "PushServingImage"
     actions = [
       "ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
       "ecr:CompleteLayerUpload", "ecr:PutImage", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
-      "ecr:DescribeImages",
+      "ecr:DescribeImages", "ecr:BatchDeleteImage", # BatchDeleteImage removes a retired model's model-<version> tag only
     ]
     resources = [var.ecr_repository_arn]
   }
@@ -262,7 +282,7 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   statement {
-    sid     = "TestReports"
+    sid = "TestReports"
     actions = [
       "codebuild:CreateReportGroup", "codebuild:CreateReport", "codebuild:UpdateReport",
       "codebuild:BatchPutTestCases", "codebuild:BatchPutCodeCoverages",

@@ -2,7 +2,7 @@ locals {
   data_bucket      = "${var.name}-data-${var.account_id}-${var.region}"
   artifacts_bucket = "${var.name}-artifacts-${var.account_id}-${var.region}"
   logs_bucket      = "${var.name}-logs-${var.account_id}-${var.region}"
-  encrypted        = {
+  encrypted = {
     data      = aws_s3_bucket.data.id
     artifacts = aws_s3_bucket.artifacts.id
   }
@@ -201,7 +201,9 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
     id     = "abort-incomplete-uploads"
     status = "Enabled"
 
-    filter {}
+    filter {
+      prefix = "" # every object; an empty filter {} warns from provider 5.90 on
+    }
 
     abort_incomplete_multipart_upload {
       days_after_initiation = 7
@@ -218,7 +220,9 @@ resource "aws_s3_bucket_lifecycle_configuration" "artifacts" {
     id     = "expire-build-artifacts"
     status = "Enabled"
 
-    filter {}
+    filter {
+      prefix = "" # every object; an empty filter {} warns from provider 5.90 on
+    }
 
     expiration {
       days = var.artifact_expiration_days
@@ -243,7 +247,9 @@ resource "aws_s3_bucket_lifecycle_configuration" "logs" {
     id     = "expire-access-logs"
     status = "Enabled"
 
-    filter {}
+    filter {
+      prefix = "" # every object; an empty filter {} warns from provider 5.90 on
+    }
 
     expiration {
       days = 365

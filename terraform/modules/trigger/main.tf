@@ -3,12 +3,6 @@
 # already in progress (the running pipeline, or the next one, converts from the newest
 # manifest, so a skipped event loses no data). Reserved concurrency 1 serializes the
 # trigger itself; the project's concurrent_build_limit of 1 is the last line.
-data "archive_file" "trigger" {
-  type        = "zip"
-  source_file = var.source_file
-  output_path = "${path.root}/.terraform/build/${var.function_name}.zip"
-}
-
 data "aws_caller_identity" "current" {}
 
 resource "aws_cloudwatch_log_group" "trigger" {
@@ -75,17 +69,17 @@ resource "aws_iam_role_policy" "trigger" {
 
 resource "aws_lambda_function" "trigger" {
   #checkov:skip=CKV_AWS_117:The function only calls the public CodeBuild API; a VPC would add NAT or interface endpoints for no isolation gain.
-  #checkov:skip=CKV_AWS_272:The package is built by Terraform from this repository (archive_file); no third-party code is deployed, so there is nothing to sign.
+  #checkov:skip=CKV_AWS_272:The package is this repository's lambda/trigger.py alone, zipped by `inv infra.package`; no third-party code is deployed, so there is nothing to sign.
   function_name                  = var.function_name
   description                    = "New data manifest in s3://${var.data_bucket_name}/${var.manifest_prefix} → CodeBuild ${var.codebuild_project_name}"
   role                           = aws_iam_role.trigger.arn
   runtime                        = "python3.12"
   handler                        = "trigger.handler"
-  filename                       = data.archive_file.trigger.output_path
-  source_code_hash               = data.archive_file.trigger.output_base64sha256
+  filename                       = var.package_file
+  source_code_hash               = filebase64sha256(var.package_file)
   memory_size                    = 128
   timeout                        = 30
-  reserved_concurrent_executions = 1
+  reserved_concurrent_executions = var.reserved_concurrency
   kms_key_arn                    = var.kms_key_arn
 
   environment {

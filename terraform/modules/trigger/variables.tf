@@ -3,8 +3,8 @@ variable "function_name" {
   type        = string
 }
 
-variable "source_file" {
-  description = "lambda/trigger.py; boto3 only, packaged alone."
+variable "package_file" {
+  description = "Zip of lambda/trigger.py alone (boto3 only), written by `inv infra.package` (infra.plan and infra.apply run it)."
   type        = string
 }
 
@@ -41,6 +41,12 @@ variable "codebuild_project_arn" {
 variable "kms_key_arn" {
   description = "Key for the Lambda's environment and logs."
   type        = string
+}
+
+variable "reserved_concurrency" {
+  description = "Reserved concurrent executions; null reserves none (the CodeBuild project's build limit serializes builds)."
+  type        = number
+  default     = null
 }
 
 variable "log_retention_days" {
