@@ -22,6 +22,7 @@ from distracted_driver.config import Settings
 from distracted_driver.pipeline.records import DONE, REUSED, RUNNING, SKIPPED, RunStore
 from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.storage import open_storage
+from distracted_driver.train.gate import SMOKE_TOLERANCE
 from distracted_driver.train.registry import Registry
 from pipeline_support import (
     add_batch, cli_flags, environment, fast_options, run_cli, sample_batch, stop_stack,
@@ -69,6 +70,10 @@ def test_the_first_run_does_every_stage_and_deploys(first_run):
     assert train.inputs["data_sha256"] == convert.outputs["data_sha256"] == stored.stage("upload").outputs["data_sha256"]
     assert train.inputs["hyperparameters"] == {"epochs": "15", "image-size": "96"}
     assert stored.stage("gate").outputs["passed"] and stored.stage("deploy").outputs["outcome"] == "deployed"
+    gate, evaluate, smoke = (stored.stage(name).outputs for name in ("gate", "evaluate", "smoke"))
+    assert gate["candidate_log_loss"] == pytest.approx(evaluate["log_loss"], abs=1e-6)  # scored by the gate itself
+    assert gate["smoke_images"] == 20 and smoke["requests"] == 20  # 2 validation images per class
+    assert smoke["max_difference"] < SMOKE_TOLERANCE and smoke["accuracy"] >= smoke["gate_accuracy"]
     assert stored.raw_manifest == "000001"
 
 
@@ -197,3 +202,28 @@ def test_a_run_killed_during_training_resumes_from_training(first_run, tmp_path,
     assert resumed.stage("train").status == DONE and resumed.stage("train").attempts == 2
     assert resumed.raw_manifest == "000002"
     assert not open_storage(settings).exists("pipeline/lock")
+
+
+def test_serving_that_differs_from_what_the_gate_scored_is_rolled_back_by_the_smoke_stage(first_run):
+    """Training/serving skew: the endpoint's copy of the candidate normalises pixels as ImageNet does."""
+    from distracted_driver.hosting import open_hosting
+    from model_fixtures import IMAGENET_NORMALISATION
+
+    settings, _ = first_run
+    live = live_of(settings)
+    hyperparameters = {"epochs": 15, "image-size": 96, "seed": 6}
+    # First the candidate is gated and deployed, but an alarm rolls the canary back: its copy stays on the endpoint.
+    alarmed = run_pipeline(settings, fast_options(hyperparameters=hyperparameters, gate_tolerance=5.0,
+                                                  canary_percent=50, alarm_max_p99_ms=0.01),
+                           log=quiet, stream=None, progress=False)
+    assert alarmed.outcome == "rolled-back" and "p99 latency" in alarmed.reason, alarmed.reason
+    candidate = alarmed.model_version
+    served_copy = open_hosting(settings).paths.model_dir(candidate) / "preprocess.json"
+    served_copy.write_text(json.dumps({**json.loads(served_copy.read_text()), **IMAGENET_NORMALISATION}))
+
+    record = run_pipeline(settings, fast_options(hyperparameters=hyperparameters, gate_tolerance=5.0),
+                          log=quiet, stream=None, progress=False)
+    assert record.outcome == "rolled-back" and record.exit_code == 4, record.reason
+    assert record.stage("gate").status == REUSED and record.stage("deploy").outputs["outcome"] == "deployed"
+    assert "serving differs from evaluation" in record.reason and f"rolled back to {live}" in record.reason
+    assert live_of(settings) == live and open_hosting(settings).status()["live_version"] == live
