@@ -492,8 +492,9 @@ class Smoke(Stage):
     name = "smoke"
 
     def inputs(self, context):
-        gate = context.outputs.get("gate") or {}
-        return {"version": context.outputs["train"]["job"], "gate_record": gate.get("record_key"),
+        # The smoke set is the gate's for this version and validation set (the gate may be skipped when the
+        # candidate is live already; the record it wrote before is the one used).
+        return {"version": context.outputs["train"]["job"], "data_sha256": context.outputs["upload"]["data_sha256"],
                 "api": context.options.api_url or ("local" if context.settings.backend == "local" else "")}
 
     def run(self, context, record):
