@@ -23,7 +23,7 @@ from pathlib import Path
 
 from distracted_driver.pipeline import outcomes
 from distracted_driver.pipeline.fingerprint import convert_code_version, training_code_version
-from distracted_driver.pipeline.records import DONE, StageRecord
+from distracted_driver.pipeline.records import DONE, SKIPPED, StageRecord
 from distracted_driver.pipeline.run import RunContext, StageFailed, Stop
 
 DATA_MANIFEST = "manifest.json"
@@ -491,6 +491,11 @@ class Smoke(Stage):
 
     name = "smoke"
 
+    def not_needed(self, context):
+        if context.record.stage("deploy").status == SKIPPED:
+            return "the endpoint did not change in this run"
+        return ""
+
     def inputs(self, context):
         # The smoke set is the gate's for this version and validation set (the gate may be skipped when the
         # candidate is live already; the record it wrote before is the one used).
@@ -529,7 +534,7 @@ class Smoke(Stage):
                 "summary": f"failed, rolled back to {result.live_version}: {reason}"}
 
     def cacheable(self, outputs):
-        return outputs.get("passed", True)
+        return False  # it runs after every deploy: a passed smoke test says nothing about the next deploy
 
     def verdict(self, context, record):
         if record.outputs.get("passed", True):
