@@ -163,10 +163,10 @@ def main() -> None:
         rotated_accuracy = float((np.roll(scored.probabilities, 1, axis=1).argmax(axis=1) == scored.labels).mean())
 
     print(f"\nsmoke set: {len(smoke)} validation images, gate accuracy on them {smoke.accuracy:.3f}")
-    print(f"{'what':<42} {'max |dp|':>10} {'accuracy':>9}  verdict")
+    print(f"{"what":<46} {'max |dp|':>10} {'accuracy':>9}  verdict")
     for name, difference, accuracy in rows:
         verdict = "passes" if difference <= SMOKE_TOLERANCE and accuracy >= smoke.accuracy else "rolls back"
-        print(f"{name:<42} {difference:>10.2e} {accuracy:>9.3f}  {verdict}")
+        print(f"{name:<46} {difference:>10.2e} {accuracy:>9.3f}  {verdict}")
     print(f"model: validation log loss {decision.candidate_log_loss:.4f}, accuracy {decision.candidate_accuracy:.3f}; "
           f"rotated by one: log loss {rotated_loss:.4f}, accuracy {rotated_accuracy:.3f} on {len(scored.labels)} images")
     plot(rows, SMOKE_TOLERANCE, Path(args.plot))

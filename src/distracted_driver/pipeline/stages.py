@@ -351,10 +351,8 @@ class Gate(Stage):
                 "smoke_per_class": context.options.smoke_images}
 
     def still_valid(self, context, outputs):
-        from distracted_driver.train.registry import Registry
-
-        registry = Registry(context.storage, context.settings)
-        return registry.storage.exists(outputs.get("record_key", "")) if outputs.get("record_key") else False
+        key = outputs.get("record_key")  # the deploy stage's clearance reads the stored decision
+        return bool(key) and context.storage.exists(key)
 
     def run(self, context, record):
         from distracted_driver.train.artifact import ArtifactError

@@ -194,7 +194,12 @@ def score_served_model(registry: Registry, job: str, channel: Path, workspace: P
     from distracted_driver.train.evaluate import classification_metrics, predict_channel
 
     artifact = registry.fetch_artifact(job, workspace)
-    predictions = predict_channel(artifact, channel, progress=False)
+    try:
+        predictions = predict_channel(artifact, channel, progress=False)
+    except ArtifactError:
+        raise
+    except ValueError as error:  # an unreadable channel, or not one usable image in it
+        raise GateError(f"cannot score {job} on the validation channel: {error}") from None
     metrics = classification_metrics(predictions.labels, predictions.probabilities)
     served = artifact.served_model_path
     return Scored(job, sha256_file(workspace / "model.tar.gz"), served.name, sha256_file(served),
