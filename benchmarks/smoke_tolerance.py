@@ -163,7 +163,7 @@ def main() -> None:
         rotated_accuracy = float((np.roll(scored.probabilities, 1, axis=1).argmax(axis=1) == scored.labels).mean())
 
     print(f"\nsmoke set: {len(smoke)} validation images, gate accuracy on them {smoke.accuracy:.3f}")
-    print(f"{"what":<46} {'max |dp|':>10} {'accuracy':>9}  verdict")
+    print(f"{'what':<46} {'max |dp|':>10} {'accuracy':>9}  verdict")
     for name, difference, accuracy in rows:
         verdict = "passes" if difference <= SMOKE_TOLERANCE and accuracy >= smoke.accuracy else "rolls back"
         print(f"{name:<46} {difference:>10.2e} {accuracy:>9.3f}  {verdict}")
