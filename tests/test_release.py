@@ -146,14 +146,19 @@ def test_a_served_copy_whose_preprocessing_drifted_is_rolled_back_by_the_smoke_t
 def test_a_trained_model_with_rotated_labels_is_rejected(trained_job, tmp_path):
     """The issue's case with a real trained network: the same weights, its ten classes rotated by one,
     claiming a near-perfect score, against the trained model as the live one."""
+    import shutil
+
+    from distracted_driver.config import Settings
     from distracted_driver.storage import open_storage
 
-    registry = Registry(open_storage(trained_job.settings), trained_job.settings)
+    settings = Settings(root=tmp_path / "root")  # a copy: the trained job's bucket is shared by other tests
+    shutil.copytree(trained_job.settings.bucket_dir, settings.bucket_dir)
+    registry = Registry(open_storage(settings), settings)
     registry.set_live(trained_job.job)
     trained = judge(registry, trained_job.job)
     artifact = registry.fetch_artifact(trained_job.job, tmp_path / "trained")
     derived_artifact(artifact.directory, tmp_path, "trained-rotated", model=rotated_classes,
-                     metrics=LIES).publish(registry.storage, trained_job.settings)
+                     metrics=LIES).publish(registry.storage, settings)
     decision = judge(registry, "trained-rotated")
     print(f"trained: log loss {trained.candidate_log_loss:.4f} accuracy {trained.candidate_accuracy:.3f}; "
           f"rotated: log loss {decision.candidate_log_loss:.4f} accuracy {decision.candidate_accuracy:.3f}")
