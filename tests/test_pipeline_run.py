@@ -22,7 +22,6 @@ from distracted_driver.config import Settings
 from distracted_driver.pipeline.records import DONE, REUSED, RUNNING, SKIPPED, RunStore
 from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.storage import open_storage
-from distracted_driver.train.gate import SMOKE_TOLERANCE
 from distracted_driver.train.registry import Registry
 from pipeline_support import (
     add_batch, cli_flags, environment, fast_options, run_cli, sample_batch, stop_stack,
@@ -57,6 +56,8 @@ def live_of(settings: Settings) -> str:
 
 
 def test_the_first_run_does_every_stage_and_deploys(first_run):
+    from distracted_driver.train.gate import SMOKE_TOLERANCE
+
     settings, record = first_run
     assert record.outcome == "deployed", record.reason
     assert [(s.name, s.status) for s in record.stages] == [

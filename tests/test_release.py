@@ -1,7 +1,8 @@
 """Deploys on the real local stack: only gated models get traffic, and serving must answer what the gate scored.
 
 Real processes on 127.0.0.1 (runtime daemon, model servers), real ONNX files, the real ``inv``
-tasks. Each bad model is one a real pipeline can produce: a model whose classes are rotated by one,
+tasks (driven only through the command line, so that each test runs, and fails, on the code before
+the gate scored models). Each bad model is one a real pipeline can produce: a model whose classes are rotated by one,
 one whose softmax was left out, an artifact replaced under a gated name, and an artifact whose
 ``preprocess.json`` no longer matches what the model was scored with.
 """
@@ -21,10 +22,7 @@ from hosting_support import hosted_env
 from model_fixtures import IMAGENET_NORMALISATION, derived_artifact, memorizing_artifact, rotated_classes, softmax_removed
 
 from distracted_driver.data.channels import upload_channels
-from distracted_driver.hosting.base import TrafficRouting
-from distracted_driver.hosting.release import release
 from distracted_driver.train.artifact import PREPROCESS_FILE, load_artifact
-from distracted_driver.train.gate import SMOKE_TOLERANCE, judge
 from distracted_driver.train.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -53,15 +51,18 @@ def _knowing(tmp_path, tiny_channels, version, sharpness=16.0, metrics=None):
     return memorizing_artifact(tmp_path / "models", version, tiny_channels / "validation", sharpness, metrics)
 
 
+def _gate(settings, version: str) -> subprocess.CompletedProcess:
+    return _inv(settings, "model.gate", "--candidate", version)
+
+
 def _live_model(stack, tmp_path, tiny_channels, version="incumbent"):
     """A good model, gated and deployed (all at once): what serves before each test's swap."""
     artifact = _knowing(tmp_path, tiny_channels, version)
     stack.publish(artifact)
-    assert judge(stack.registry, version).passed
-    done = release(stack.settings, stack.hosting, version, TrafficRouting(strategy="all-at-once", bake_seconds=0),
-                   storage=stack.storage)
-    assert done.result.outcome == "deployed", done.result
-    assert done.smoke.passed and done.smoke.max_difference < SMOKE_TOLERANCE, done.smoke.summary()
+    gated = _gate(stack.settings, version)
+    assert gated.returncode == 0, gated.stdout + gated.stderr
+    deployed = _inv(stack.settings, "deploy.swap", "--model", version, "--strategy", "all-at-once", "--bake", "0")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     return artifact
 
 
@@ -96,7 +97,7 @@ def test_an_artifact_changed_after_the_gate_is_refused_and_forced_through_it_is_
     live = _live_model(stack, tmp_path, tiny_channels).version
     candidate = _knowing(tmp_path, tiny_channels, "sharper", sharpness=32)
     stack.publish(candidate)
-    assert judge(stack.registry, "sharper").passed
+    assert _gate(stack.settings, "sharper").returncode == 0
     # The tar under the gated name is replaced: a wrong model, or the same weights with other preprocessing.
     if change == "rotated-weights":
         changed = derived_artifact(candidate, tmp_path / "changed", "sharper", model=rotated_classes)
@@ -122,10 +123,11 @@ def test_an_artifact_changed_after_the_gate_is_refused_and_forced_through_it_is_
 def test_a_served_copy_whose_preprocessing_drifted_is_rolled_back_by_the_smoke_test(stack, tmp_path, tiny_channels):
     live = _live_model(stack, tmp_path, tiny_channels).version
     stack.publish(_knowing(tmp_path, tiny_channels, "sharper", sharpness=32))
-    assert judge(stack.registry, "sharper").passed
+    assert _gate(stack.settings, "sharper").returncode == 0
     first = _inv(stack.settings, "deploy.swap", "--model", "sharper", *SWAP)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "smoke test: 20 smoke images answered as evaluated" in first.stdout
+    assert re.search(r"smoke test: 20 smoke images answered as evaluated: largest probability difference (\S+)",
+                     first.stdout)
     back = stack.hosting.rollback()
     assert back.outcome == "rolled-back" and back.live_version == live
 
@@ -155,14 +157,14 @@ def test_a_trained_model_with_rotated_labels_is_rejected(trained_job, tmp_path):
     shutil.copytree(trained_job.settings.bucket_dir, settings.bucket_dir)
     registry = Registry(open_storage(settings), settings)
     registry.set_live(trained_job.job)
-    trained = judge(registry, trained_job.job)
     artifact = registry.fetch_artifact(trained_job.job, tmp_path / "trained")
     derived_artifact(artifact.directory, tmp_path, "trained-rotated", model=rotated_classes,
                      metrics=LIES).publish(registry.storage, settings)
-    decision = judge(registry, "trained-rotated")
-    print(f"trained: log loss {trained.candidate_log_loss:.4f} accuracy {trained.candidate_accuracy:.3f}; "
-          f"rotated: log loss {decision.candidate_log_loss:.4f} accuracy {decision.candidate_accuracy:.3f}")
-    assert not decision.passed and "worse than the tolerance" in decision.reason
-    assert decision.live_log_loss == pytest.approx(trained.candidate_log_loss)
-    assert decision.candidate_log_loss > trained.candidate_log_loss + 0.5
-    assert decision.candidate_accuracy < trained.candidate_accuracy
+    gated = _inv(settings, "model.gate", "--candidate", "trained-rotated", "--json")
+    assert gated.returncode == 1, gated.stdout + gated.stderr
+    decision = json.loads(gated.stdout)
+    print(f"trained: log loss {decision['live_log_loss']:.4f} accuracy {decision['live_accuracy']:.3f}; rotated: "
+          f"log loss {decision['candidate_log_loss']:.4f} accuracy {decision['candidate_accuracy']:.3f}")
+    assert not decision["passed"] and "worse than the tolerance" in decision["reason"]
+    assert decision["candidate_log_loss"] > decision["live_log_loss"] + 0.5
+    assert decision["candidate_accuracy"] < decision["live_accuracy"]
