@@ -335,21 +335,22 @@ def model_list(c, json=False, backend=None):
     },
 )
 def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, json=False, backend=None):
-    """Quality gate: exit 1 with the reason when the candidate is worse than the live model (or the uniform guess)."""
+    """Quality gate: score the candidate's served model on the validation set; exit 1 with the reason if rejected."""
     import json as jsonlib
 
-
     from distracted_driver.storage import open_storage
-    from distracted_driver.train.registry import DEFAULT_BASELINE_FRACTION, DEFAULT_TOLERANCE, Registry, RegistryError
+    from distracted_driver.train.artifact import ArtifactError
+    from distracted_driver.train.gate import DEFAULT_BASELINE_FRACTION, DEFAULT_TOLERANCE, GateError, judge
+    from distracted_driver.train.registry import Registry, RegistryError
 
     settings = _settings(backend)
     try:
-        decision = Registry(open_storage(settings), settings).gate(
-            candidate,
+        decision = judge(
+            Registry(open_storage(settings), settings), candidate,
             tolerance=DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
             baseline_fraction=DEFAULT_BASELINE_FRACTION if baseline_fraction is None else float(baseline_fraction),
         )
-    except RegistryError as error:
+    except (RegistryError, GateError, ArtifactError) as error:
         raise Exit(str(error), code=2) from None
     print(jsonlib.dumps(decision.to_dict(), indent=2) if json else
           f"gate {'PASSED' if decision.passed else 'REJECTED'}: {decision.reason}")
@@ -592,18 +593,27 @@ def _hosting(settings):
     return open_hosting(settings, on_event=_print_event) if settings.backend == "local" else open_hosting(settings)
 
 
-def _model_spec(settings, model, instances):
-    """The registry's entry for MODEL ('latest', 'live' or a job name) as a ModelSpec."""
-
-    from distracted_driver.hosting.base import ModelSpec
-    from distracted_driver.storage import open_storage
-    from distracted_driver.train.registry import Registry, RegistryError
+def _release(settings, model, routing, alarms, instances, force):
+    """Deploy MODEL through ``hosting.release``: gate clearance (or --force), blue/green, smoke test, rollback."""
+    from distracted_driver.hosting.release import release
+    from distracted_driver.train.gate import NotCleared
+    from distracted_driver.train.registry import RegistryError
 
     try:
-        entry = Registry(open_storage(settings), settings).get(model)
+        done = release(settings, _hosting(settings), model, routing, alarms, instances=int(instances), force=force,
+                       by="inv deploy --force", log=print)
     except RegistryError as error:
         raise Exit(f"{error} (inv model.list shows the registered versions)", code=2) from None
-    return ModelSpec(entry["job"], entry["artifact_key"], int(instances))
+    except NotCleared as error:
+        raise Exit(f"refused: {error}; or deploy it anyway with --force (recorded in the model's entry)",
+                   code=3) from None
+    except (RuntimeError, ValueError, KeyError) as error:  # each backend's HostingError, a bad artifact
+        raise Exit(f"{type(error).__name__}: {error}", code=2) from None
+    for note in done.notes:
+        print(f"  note: {note}")
+    if done.smoke is not None:
+        print(f"  smoke test: {done.smoke.summary()}")
+    return done.result
 
 
 def _hosting_call(call, *args):
@@ -637,20 +647,22 @@ _ALARM_HELP = {
     help={
         "model": "training job name, 'latest' (default) or 'live'",
         "instances": "model-server instances (default 1)",
+        "force": "deploy even without a passing gate record (the override is written into the model's entry)",
         "backend": "local (default) or aws",
     },
 )
-def deploy_create(c, model="latest", instances=1, backend=None):
-    """Create the endpoint with a model (health check and smoke test first); refuses if it exists (use deploy.swap)."""
+def deploy_create(c, model="latest", instances=1, force=False, backend=None):
+    """Create the endpoint with a gated model, then smoke-test it; refuses if it exists (use deploy.swap).
+
+    Exit 3 when the model has no passing gate record (inv model.gate) and --force is not given."""
 
     from distracted_driver.hosting.base import AlarmThresholds, TrafficRouting
 
     settings = _settings(backend)
-    hosting = _hosting(settings)
-    if hosting.status().get("live_version"):
+    if _hosting(settings).status().get("live_version"):
         raise Exit(f"endpoint {settings.endpoint_name} exists already; update it with inv deploy.swap", code=2)
-    spec = _model_spec(settings, model, instances)
-    _report(_hosting_call(hosting.deploy, spec, TrafficRouting(strategy="all-at-once", bake_seconds=0), AlarmThresholds()))
+    _report(_release(settings, model, TrafficRouting(strategy="all-at-once", bake_seconds=0), AlarmThresholds(),
+                     instances, force))
 
 
 @task(
@@ -666,25 +678,28 @@ def deploy_create(c, model="latest", instances=1, backend=None):
         "max_execution": "roll back when the swap takes longer than this many seconds (default 1800)",
         "instances": "instances for the new fleet (default 1; with autoscaling, blue's current count)",
         **_ALARM_HELP,
+        "force": "deploy even without a passing gate record (the override is written into the model's entry)",
         "backend": "local (default) or aws",
     },
 )
 def deploy_swap(c, model="latest", strategy="canary", canary_percent=10, linear_step_percent=25, wait=30.0,
                 bake=30.0, termination_wait=0.0, max_execution=1800.0, instances=1, max_error_rate=0.05,
-                max_p99_ms=2000.0, alarm_window=60.0, backend=None):
-    """Blue/green deploy of a model (creates the endpoint the first time); exit 1 if it was rolled back or failed."""
+                max_p99_ms=2000.0, alarm_window=60.0, force=False, backend=None):
+    """Blue/green deploy of a gated model, then a smoke test that must get the gate's answers, else rollback.
+
+    Exit 1 if it was rolled back or failed; exit 3 (nothing deployed) when the model has no passing gate record
+    for the current validation set (inv model.gate) and --force is not given."""
     from distracted_driver.hosting.base import AlarmThresholds, TrafficRouting
 
     settings = _settings(backend)
-    spec = _model_spec(settings, model, instances)
     routing = TrafficRouting(strategy=strategy, canary_percent=int(canary_percent),
                              linear_step_percent=int(linear_step_percent), wait_seconds=float(wait),
                              bake_seconds=float(bake), termination_wait_seconds=float(termination_wait),
                              max_execution_seconds=float(max_execution))
     alarms = AlarmThresholds(max_error_rate=float(max_error_rate), max_p99_latency_ms=float(max_p99_ms),
                              window_seconds=float(alarm_window))
-    print(f"deploying {spec.version} to {settings.endpoint_name} ({strategy})")
-    _report(_hosting_call(_hosting(settings).deploy, spec, routing, alarms))
+    print(f"deploying {model} to {settings.endpoint_name} ({strategy})")
+    _report(_release(settings, model, routing, alarms, instances, force))
 
 
 @task(name="rollback", help={"backend": "local (default) or aws"})

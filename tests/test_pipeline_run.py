@@ -59,6 +59,8 @@ def live_of(settings: Settings) -> str:
 
 
 def test_the_first_run_does_every_stage_and_deploys(first_run):
+    from distracted_driver.train.gate import SMOKE_TOLERANCE
+
     settings, record = first_run
     assert record.outcome == "deployed", record.reason
     assert [(s.name, s.status) for s in record.stages] == [
@@ -72,6 +74,10 @@ def test_the_first_run_does_every_stage_and_deploys(first_run):
     assert train.inputs["data_sha256"] == convert.outputs["data_sha256"] == stored.stage("upload").outputs["data_sha256"]
     assert train.inputs["hyperparameters"] == {"epochs": "15", "image-size": "96"}
     assert stored.stage("gate").outputs["passed"] and stored.stage("deploy").outputs["outcome"] == "deployed"
+    gate, evaluate, smoke = (stored.stage(name).outputs for name in ("gate", "evaluate", "smoke"))
+    assert gate["candidate_log_loss"] == pytest.approx(evaluate["log_loss"], abs=1e-6)  # scored by the gate itself
+    assert gate["smoke_images"] == 20 and smoke["requests"] == 20  # 2 validation images per class
+    assert smoke["max_difference"] < SMOKE_TOLERANCE and smoke["accuracy"] >= smoke["gate_accuracy"]
     assert stored.raw_manifest == "000001"
 
 
@@ -246,3 +252,26 @@ def _resume_after_the_kill(settings, first, options, run_id, job, caplog):
     assert any(f"training job {job}: recorded as Stopped" in line for line in logged)
     assert set(store.run_ids()) >= {run_id, resumed.run_id}
     assert not storage.exists("pipeline/lock")
+
+def test_serving_that_differs_from_what_the_gate_scored_is_rolled_back_by_the_smoke_stage(first_run):
+    """Training/serving skew: the endpoint's copy of the candidate normalises pixels as ImageNet does."""
+    from distracted_driver.hosting import open_hosting
+    from model_fixtures import IMAGENET_NORMALISATION
+
+    settings, _ = first_run
+    live = live_of(settings)
+    options = fast_options(hyperparameters={"epochs": 15, "image-size": 96, "seed": 6}, gate_tolerance=5.0)
+    deployed = run_pipeline(settings, options, log=quiet, stream=None, progress=False)
+    assert deployed.outcome == "deployed" and deployed.stage("smoke").status == DONE, deployed.reason
+    candidate = deployed.model_version
+    hosting = open_hosting(settings)
+    assert hosting.rollback().live_version == live
+    # The candidate's copy on the endpoint drifts; the bucket's artifact and the gate's record stay as they were.
+    served_copy = hosting.paths.model_dir(candidate) / "preprocess.json"
+    served_copy.write_text(json.dumps({**json.loads(served_copy.read_text()), **IMAGENET_NORMALISATION}))
+
+    record = run_pipeline(settings, options, log=quiet, stream=None, progress=False)
+    assert record.outcome == "rolled-back" and record.exit_code == 4, record.reason
+    assert record.stage("gate").status == REUSED and record.stage("deploy").outputs["outcome"] == "deployed"
+    assert "serving differs from evaluation" in record.reason and f"rolled back to {live}" in record.reason
+    assert live_of(settings) == live and hosting.status()["live_version"] == live

@@ -5,7 +5,7 @@ README or the load test. Instead each stage hashes the files whose content can
 change what it produces: the converter hashes the split and RecordIO code, the
 trainer everything under ``train/`` that runs inside the training job plus the
 shared image and RecordIO code and ``scripts/train.py``. Bookkeeping around the
-job (the registry, the local runner, the SageMaker launcher) is left out: a
+job (the registry, the gate, the local runner, the SageMaker launcher) is left out: a
 change there does not change a model.
 """
 
@@ -20,7 +20,7 @@ REPOSITORY = PACKAGE.parents[1]  # src/distracted_driver -> the checkout (editab
 
 CONVERT_SOURCES = ("data/split.py", "data/convert.py", "data/recordio.py", "data/layout.py")
 TRAINING_SOURCES = ("train/*.py", "data/imaging.py", "data/recordio.py", "data/layout.py")
-TRAINING_EXCLUDED = ("train/registry.py", "train/runner.py", "train/sagemaker.py", "train/source_dir.py")
+TRAINING_EXCLUDED = ("train/registry.py", "train/gate.py", "train/runner.py", "train/sagemaker.py", "train/source_dir.py")
 TRAINING_SCRIPT = REPOSITORY / "scripts" / "train.py"
 
 

@@ -26,8 +26,9 @@ class RunOptions:
     # Alarms on the green fleet during the swap; a breach rolls traffic back to blue.
     alarm_max_error_rate: float = 0.05
     alarm_max_p99_ms: float = 2000.0
-    # Verification after a deploy: one smoke request, then a bounded load test (0 s: none).
-    smoke_images: int = 3
+    # Verification after a deploy: the gate keeps this many validation images per class as the smoke set,
+    # which the endpoint must answer as the gate scored them; then a bounded load test (0 s: none).
+    smoke_images: int = 2
     load_users: int = 4
     load_spawn_rate: float = 4.0
     load_seconds: float = 15.0

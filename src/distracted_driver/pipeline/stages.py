@@ -19,12 +19,11 @@ stays fast.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from distracted_driver.pipeline import outcomes
 from distracted_driver.pipeline.fingerprint import convert_code_version, training_code_version
-from distracted_driver.pipeline.records import DONE, StageRecord
+from distracted_driver.pipeline.records import DONE, SKIPPED, StageRecord
 from distracted_driver.pipeline.run import RunContext, StageFailed, Stop
 
 DATA_MANIFEST = "manifest.json"
@@ -330,7 +329,7 @@ class Evaluate(Stage):
 
 
 class Gate(Stage):
-    """May the candidate replace the live model? (the registry's quality gate)"""
+    """May the candidate replace the live model? The gate scores both served models itself (``train.gate``)."""
 
     name = "gate"
 
@@ -341,21 +340,39 @@ class Gate(Stage):
         return ""
 
     def inputs(self, context):
-        from distracted_driver.train.registry import DEFAULT_TOLERANCE
+        from distracted_driver.train.gate import DEFAULT_TOLERANCE
 
         tolerance = context.options.gate_tolerance
         return {"candidate": context.outputs["train"]["job"],
                 "candidate_sha256": context.outputs["train"]["artifact_sha256"],
+                "data_sha256": context.outputs["upload"]["data_sha256"],
                 "live": live_version(context),
-                "tolerance": DEFAULT_TOLERANCE if tolerance is None else tolerance}
+                "tolerance": DEFAULT_TOLERANCE if tolerance is None else tolerance,
+                "smoke_per_class": context.options.smoke_images}
+
+    def still_valid(self, context, outputs):
+        key = outputs.get("record_key")  # the deploy stage's clearance reads the stored decision
+        return bool(key) and context.storage.exists(key)
 
     def run(self, context, record):
-        from distracted_driver.train.registry import Registry
+        from distracted_driver.train.artifact import ArtifactError
+        from distracted_driver.train.gate import GateError, judge
+        from distracted_driver.train.registry import Registry, RegistryError
 
         inputs = record.inputs
-        decision = Registry(context.storage, context.settings).gate(inputs["candidate"], tolerance=inputs["tolerance"])
+        try:
+            decision = judge(Registry(context.storage, context.settings), inputs["candidate"],
+                             tolerance=inputs["tolerance"], smoke_per_class=inputs["smoke_per_class"])
+        except (GateError, RegistryError, ArtifactError) as error:
+            raise StageFailed(str(error)) from None
+        if decision.data_manifest_sha256 != inputs["data_sha256"]:
+            raise StageFailed(f"the bucket's data changed while the gate scored (data {decision.data_manifest_sha256[:12]}, "
+                              f"expected {inputs['data_sha256'][:12]}): run again")
         return {"passed": decision.passed, "reason": decision.reason,
-                "candidate_log_loss": decision.candidate_log_loss, "live_log_loss": decision.live_log_loss,
+                "candidate_log_loss": decision.candidate_log_loss, "candidate_accuracy": decision.candidate_accuracy,
+                "live_log_loss": decision.live_log_loss, "live_accuracy": decision.live_accuracy,
+                "examples": decision.examples, "smoke_images": decision.smoke_images,
+                "record_key": decision.record_key,
                 "summary": f"{'passed' if decision.passed else 'rejected'}: {decision.reason}"}
 
     def verdict(self, context, record):
@@ -425,8 +442,14 @@ class Deploy(Stage):
 
     def run(self, context, record):
         from distracted_driver.hosting.base import ModelSpec
+        from distracted_driver.train.gate import NotCleared, clearance
+        from distracted_driver.train.registry import Registry
 
         train = context.outputs["train"]
+        try:
+            clearance(Registry(context.storage, context.settings), train["job"])
+        except NotCleared as refusal:
+            raise StageFailed(f"not deployed: {refusal}") from None
         result = hosting(context).deploy(ModelSpec(train["job"], train["artifact_key"]), self.routing(context),
                                          self.alarms(context))
         context.memo_clear("live")
@@ -444,12 +467,6 @@ class Deploy(Stage):
         return None
 
 
-def _smoke_images(context: RunContext) -> list[bytes]:
-    from distracted_driver.hosting.local.smoke import smoke_images
-
-    return smoke_images(context.storage, context.settings, context.options.smoke_images)
-
-
 def _api_target(context: RunContext) -> tuple[str, str | None] | None:
     """(API base URL, key) when the REST API is known: ``--api-url``, else the local gateway if it is up."""
     if context.options.api_url:
@@ -465,37 +482,45 @@ def _api_target(context: RunContext) -> tuple[str, str | None] | None:
 
 
 class Smoke(Stage):
-    """A few real requests after a deploy: through the endpoint, and through the REST API when it is up."""
+    """The gate's smoke images through the endpoint: the gate's probabilities, else a rollback.
+
+    Also through the REST API when it is up, which must answer with the candidate's version.
+    """
 
     name = "smoke"
 
+    def not_needed(self, context):
+        if context.record.stage("deploy").status == SKIPPED:
+            return "the endpoint did not change in this run"
+        return ""
+
     def inputs(self, context):
-        return {"version": context.outputs["train"]["job"], "images": context.options.smoke_images,
+        # The smoke set is the gate's for this version and validation set (the gate may be skipped when the
+        # candidate is live already; the record it wrote before is the one used).
+        return {"version": context.outputs["train"]["job"], "data_sha256": context.outputs["upload"]["data_sha256"],
                 "api": context.options.api_url or ("local" if context.settings.backend == "local" else "")}
 
     def run(self, context, record):
-        from distracted_driver.hosting.local.bluegreen import check_probabilities
+        from distracted_driver.hosting.release import verify_endpoint
+        from distracted_driver.train.gate import smoke_set_for
+        from distracted_driver.train.registry import Registry
 
         version = context.outputs["train"]["job"]
-        images = _smoke_images(context)
-        problems, started = [], time.perf_counter()
-        for number, image in enumerate(images):
-            try:
-                body, variant = hosting(context).invoke(image, "image/jpeg")
-            except Exception as error:  # noqa: BLE001 - every failure of the request is the finding
-                problems.append(f"image {number}: endpoint request failed: {type(error).__name__}: {error}")
-                continue
-            if (why := check_probabilities(body)) is not None:
-                problems.append(f"image {number}: {why}")
+        smoke = smoke_set_for(Registry(context.storage, context.settings), version)
+        if smoke is None:
+            raise StageFailed(f"no smoke set: the gate never scored {version}")
+        check = verify_endpoint(hosting(context), smoke)
+        problems = list(check.problems)
         api = _api_target(context)
         if api is not None:
-            problems += _smoke_api(api, images, version)
+            problems += _smoke_api(api, list(smoke.images), version)
         if problems:
             return self._roll_back(context, version, problems)
         where = "endpoint and REST API" if api else "endpoint"
-        return {"version": version, "requests": len(images) * (2 if api else 1), "api": api[0] if api else None,
-                "seconds": round(time.perf_counter() - started, 3),
-                "summary": f"{len(images)} image(s) answered by {version} through the {where}"}
+        return {"version": version, "requests": check.requests * (2 if api else 1), "api": api[0] if api else None,
+                "max_difference": check.max_difference, "accuracy": check.accuracy,
+                "gate_accuracy": check.expected_accuracy, "seconds": check.seconds,
+                "summary": f"{check.summary()}; through the {where}"}
 
     def _roll_back(self, context, version: str, problems: list[str]) -> dict:
         reason = "; ".join(problems[:3])
@@ -507,7 +532,7 @@ class Smoke(Stage):
                 "summary": f"failed, rolled back to {result.live_version}: {reason}"}
 
     def cacheable(self, outputs):
-        return outputs.get("passed", True)
+        return False  # it runs after every deploy: a passed smoke test says nothing about the next deploy
 
     def verdict(self, context, record):
         if record.outputs.get("passed", True):
@@ -519,12 +544,13 @@ class Smoke(Stage):
 
 def _smoke_api(api: tuple[str, str | None], images: list[bytes], version: str) -> list[str]:
     from distracted_driver.gateway.client import predict_image
+    from distracted_driver.train.gate import SmokeSet
 
     url, key = api
     problems = []
     for number, image in enumerate(images):
         try:
-            status, answer = predict_image(f"{url}/predict", key, image, "image/jpeg")
+            status, answer = predict_image(f"{url}/predict", key, image, SmokeSet.content_type(image))
         except (OSError, ValueError) as error:
             problems.append(f"image {number}: REST API request failed: {error}")
             continue

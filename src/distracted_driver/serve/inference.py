@@ -31,10 +31,10 @@ class Classifier:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
-                str(artifact.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+                str(artifact.served_model_path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as error:  # ORT raises its own untyped errors for a broken graph
-            raise ArtifactError(f"{artifact.model_path} cannot be loaded by ONNX Runtime: {error}") from None
+            raise ArtifactError(f"{artifact.served_model_path} cannot be loaded by ONNX Runtime: {error}") from None
         self._check_signature()
 
     def _check_signature(self) -> None:

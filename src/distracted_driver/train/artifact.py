@@ -3,10 +3,15 @@
 Contents (flat, at the archive root):
 
 - ``model.onnx``: input ``input`` float32 ``[batch, 3, S, S]`` (dynamic batch),
-  output ``probabilities`` float32 ``[batch, 10]`` (softmax already applied);
+  output ``probabilities`` float32 ``[batch, 10]`` (softmax already applied:
+  every row non-negative and summing to 1, which ``probability_problem`` checks);
+  it is the file serving loads (``ModelArtifact.served_model_path``), so it is
+  the one the gate scores;
 - ``labels.json``: ``[{"index", "class", "label"}]`` for c0..c9;
 - ``preprocess.json``: ``distracted_driver.data.imaging.Preprocessing`` as a dict;
-- ``metrics.json``: validation metrics (``log_loss``, ``accuracy``, …);
+- ``metrics.json``: validation metrics (``log_loss``, ``accuracy``, …) as the
+  training job measured them: information for people, never evidence for the
+  gate, which scores the model itself;
 - ``provenance.json``: ``model_version`` (the training job name), data manifest
   hash, code version, hyperparameters, timings.
 
@@ -20,6 +25,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path
@@ -32,6 +39,8 @@ PROVENANCE_FILE = "provenance.json"
 REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, PREPROCESS_FILE, METRICS_FILE, PROVENANCE_FILE)
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
+# How far a row of the output may sum from 1 (float32 softmax over ten classes is within 1e-6).
+PROBABILITY_TOLERANCE = 1e-3
 
 
 class ArtifactError(ValueError):
@@ -51,8 +60,38 @@ class ModelArtifact:
         return self.directory / MODEL_FILE
 
     @property
+    def served_model_path(self) -> Path:
+        """The ONNX file a model server loads for this artifact: what the gate must score."""
+        return self.model_path
+
+    @property
     def version(self) -> str:
         return self.provenance["model_version"]
+
+
+class NotProbabilities(ArtifactError):
+    """The model's output rows are not probability distributions (e.g. the softmax is missing)."""
+
+
+def probability_problem(rows) -> str | None:
+    """Why ``rows`` (``[n, 10]`` model outputs) are not probabilities, or None.
+
+    Each row must hold ten finite values in [0, 1] that sum to 1 within ``PROBABILITY_TOLERANCE``.
+    """
+    try:
+        values = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        return "the output is not an array of numbers"
+    if values.ndim != 2 or values.shape[1] != len(CLASSES) or values.shape[0] == 0:
+        return f"expected rows of {len(CLASSES)} probabilities, got an output of shape {values.shape}"
+    if not np.isfinite(values).all():
+        return "the output holds NaN or infinite values"
+    if values.min() < 0.0 or values.max() > 1.0:
+        return f"probabilities outside [0, 1] (values from {values.min():.4g} to {values.max():.4g})"
+    sums = values.sum(axis=1)
+    if np.abs(sums - 1.0).max() > PROBABILITY_TOLERANCE:
+        return f"probabilities do not sum to 1 (row sums from {sums.min():.4f} to {sums.max():.4f})"
+    return None
 
 
 def _read_json(directory: Path, name: str):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from tqdm import tqdm
 
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path, write_json_atomic
-from distracted_driver.train.artifact import ModelArtifact
-from distracted_driver.train.channel import decoded_batches, read_records
+from distracted_driver.train.artifact import ModelArtifact, NotProbabilities, probability_problem
+from distracted_driver.train.channel import Record, decoded_batches, read_records
 
 EPS = 1e-15
 UNIFORM_LOG_LOSS = math.log(len(CLASSES))
@@ -115,35 +116,60 @@ def _save(fig, path: str | Path) -> Path:
     return Path(path)
 
 
-def predict_channel(artifact: ModelArtifact, channel_dir: str | Path, batch_size: int = 32, progress: bool = True):
-    """Run the artifact's ONNX model on every image of a channel, preprocessing only as the artifact says.
+@dataclass
+class Predictions:
+    """A model's answers on a channel, one row per usable record, in channel order."""
 
-    Returns ``(labels, probabilities, skipped)``, ``skipped`` listing ``(record, reason)``.
+    labels: np.ndarray  # int64 [n]
+    probabilities: np.ndarray  # float32 [n, 10]
+    records: list[Record]  # the records the rows belong to (their JPEG bytes are what was scored)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (record, reason)
+
+
+def predict_channel(artifact: ModelArtifact, channel_dir: str | Path, batch_size: int = 32,
+                    progress: bool = True) -> Predictions:
+    """Run the artifact's served model on every image of a channel, exactly as a model server would.
+
+    The ``Classifier`` is the model server's own, over ``artifact.served_model_path``, and pixels are
+    prepared only as the artifact's ``preprocess.json`` says. Raises ``NotProbabilities`` when the
+    outputs are not probability rows (a missing softmax, NaNs), so no metric is computed from them.
     """
     from distracted_driver.serve.inference import Classifier
 
     classifier = Classifier(artifact)
     records, skipped = read_records(channel_dir)
-    labels, probabilities = [], []
+    by_source = {record.source: record for record in records}
+    labels, probabilities, used = [], [], []
     with tqdm(total=len(records), unit="img", desc="evaluate", disable=not progress) as bar:
         for batch in decoded_batches(records, artifact.preprocessing, batch_size):
             skipped.extend(batch.failed)
             if len(batch.labels):
                 probabilities.append(classifier.predict(batch.images))
                 labels.append(batch.labels)
+                used.extend(by_source[source] for source in batch.sources)
             bar.update(len(batch.labels) + len(batch.failed))
     if not labels:
         raise ValueError(f"no usable image in {channel_dir}")
-    return np.concatenate(labels), np.concatenate(probabilities), skipped
+    probabilities = np.concatenate(probabilities)
+    problem = probability_problem(probabilities)
+    if problem is not None:
+        raise NotProbabilities(f"the outputs of {artifact.served_model_path.name} are not probabilities: {problem}")
+    return Predictions(np.concatenate(labels), probabilities, used, skipped)
 
 
 def evaluate_artifact(artifact: ModelArtifact, channel_dir: str | Path, progress: bool = True) -> dict:
     """Metrics of an artifact on a channel, plus what was skipped and how long it took."""
     start = time.perf_counter()
-    labels, probabilities, skipped = predict_channel(artifact, channel_dir, progress=progress)
-    metrics = classification_metrics(labels, probabilities)
-    metrics["skipped"] = [{"record": source, "reason": reason} for source, reason in skipped]
-    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    predictions = predict_channel(artifact, channel_dir, progress=progress)
+    return metrics_of(predictions, time.perf_counter() - start)
+
+
+def metrics_of(predictions: Predictions, seconds: float | None = None) -> dict:
+    """``classification_metrics`` of the predictions, with the skipped records (and the time taken)."""
+    metrics = classification_metrics(predictions.labels, predictions.probabilities)
+    metrics["skipped"] = [{"record": source, "reason": reason} for source, reason in predictions.skipped]
+    if seconds is not None:
+        metrics["seconds"] = round(seconds, 3)
     return metrics
 
 

@@ -1,53 +1,31 @@
-"""The model registry in the bucket, the live-model pointer, and the quality gate.
+"""The model registry in the bucket and the live-model pointer.
 
 Keys (``registry`` is ``settings.registry_prefix``)::
 
-    registry/models/<job>.json   one entry per trained version: metrics, provenance, artifact key
-    registry/live.json           the version serving traffic (written by deploy through ``set_live``)
+    registry/models/<job>.json            one entry per trained version: metrics as training reported
+                                          them, provenance, artifact key and checksum, forced deploys
+    registry/live.json                    the version serving traffic (written by deploy through ``set_live``)
+    registry/gates/<job>/<data>.json      the gate's decision on a version for one validation set
+                                          (``data`` is the data manifest's sha256; see ``train.gate``)
 
-The gate compares a candidate's validation log loss with the live model's. Log
-losses are only comparable on the same validation images, so when the two were
-trained on different data and the bucket still holds the candidate's data, the
-live model is re-evaluated on the candidate's validation channel first (with
-ONNX Runtime; the result is remembered in the live entry).
+The metrics in an entry are what the training job wrote into ``metrics.json``:
+information for people, never evidence. The quality gate (``train.gate``) scores
+every model itself.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import tempfile
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from distracted_driver.config import Settings
-from distracted_driver.data.layout import CLASSES
 from distracted_driver.storage import KeyNotFound, Storage
 from distracted_driver.train.artifact import ModelArtifact, unpack_artifact
-
-# A candidate may be worse than the live model by at most this much validation log loss.
-DEFAULT_TOLERANCE = 0.05
-# The first model must reach this fraction of ln(10), the log loss of a uniform guess.
-DEFAULT_BASELINE_FRACTION = 0.5
-UNIFORM_LOG_LOSS = math.log(len(CLASSES))
 
 
 class RegistryError(LookupError):
     """No such model version, or nothing registered yet."""
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    passed: bool
-    reason: str
-    candidate_log_loss: float | None
-    live_log_loss: float | None
-    candidate: str = ""
-    live: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _now() -> str:
@@ -70,6 +48,10 @@ class Registry:
 
     def artifact_key(self, job: str) -> str:
         return f"{self.settings.models_prefix}/{job}/output/model.tar.gz"
+
+    def data_manifest_sha256(self) -> str | None:
+        """The checksum of the data manifest in the bucket: it names the current validation set."""
+        return self.storage.checksum(f"{self.settings.data_prefix}/manifest.json")
 
     def _read(self, key: str) -> dict | None:
         try:
@@ -166,60 +148,35 @@ class Registry:
         self._write(self.live_key, live)
         return live
 
-    # --- the gate -------------------------------------------------------------
+    # --- gate records and forced deploys -------------------------------------------------------
 
-    def gate(
-        self,
-        candidate_job: str,
-        tolerance: float = DEFAULT_TOLERANCE,
-        baseline_fraction: float = DEFAULT_BASELINE_FRACTION,
-    ) -> GateDecision:
-        """May the candidate replace the live model? The reason says why or why not."""
-        candidate = self.get(candidate_job)
-        job = candidate["job"]
-        loss = candidate["metrics"]["log_loss"]
-        live = self.live()
-        if live is None:
-            threshold = baseline_fraction * UNIFORM_LOG_LOSS
-            passed = loss < threshold
-            reason = (f"no live model: {job} has validation log loss {loss:.4f}, "
-                      f"{'below' if passed else 'not below'} {threshold:.4f} "
-                      f"({baseline_fraction:g} x ln 10, the uniform guess's log loss)")
-            return GateDecision(passed, reason, loss, None, job, None)
-        if live["job"] == job:
-            return GateDecision(True, f"{job} is already the live model", loss, loss, job, job)
-        live_loss, basis = self._live_log_loss(live["job"], candidate)
-        limit = live_loss + tolerance
-        passed = loss <= limit
-        verdict = "within" if passed else "worse than"
-        reason = (f"{job} has validation log loss {loss:.4f}; live {live['job']} has {live_loss:.4f} {basis}; "
-                  f"{verdict} the tolerance of {tolerance:g} (limit {limit:.4f})")
-        return GateDecision(passed, reason, loss, live_loss, job, live["job"])
+    def gate_key(self, job: str, data_sha256: str) -> str:
+        return f"{self.settings.registry_prefix}/gates/{job}/{data_sha256}.json"
 
-    def _live_log_loss(self, live_job: str, candidate: dict) -> tuple[float, str]:
-        """The live model's log loss on the candidate's validation data when that can be had."""
-        live = self.get(live_job)
-        data = candidate.get("data_manifest_sha256")
-        if data is None or live.get("data_manifest_sha256") == data:
-            return live["metrics"]["log_loss"], "on the same validation data"
-        if data in live.get("evaluations", {}):
-            return live["evaluations"][data]["log_loss"], "re-evaluated on the candidate's validation data"
-        manifest_key = f"{self.settings.data_prefix}/manifest.json"
-        if self.storage.checksum(manifest_key) != data:
-            return live["metrics"]["log_loss"], ("as recorded on its own validation data "
-                                                 "(the candidate's data is no longer in the bucket)")
-        metrics = self._evaluate(live_job)
-        live.setdefault("evaluations", {})[data] = {
-            "log_loss": metrics["log_loss"], "accuracy": metrics["accuracy"], "evaluated": _now()}
-        self._write(self.entry_key(live_job), live)
-        return metrics["log_loss"], "re-evaluated on the candidate's validation data"
+    def save_gate_record(self, record: dict) -> str:
+        key = self.gate_key(record["candidate"], record["data_manifest_sha256"])
+        self._write(key, record)
+        return key
 
-    def _evaluate(self, job: str) -> dict:
-        from distracted_driver.train.evaluate import evaluate_artifact
+    def gate_record(self, job: str, data_sha256: str) -> dict | None:
+        return self._read(self.gate_key(self.resolve(job), data_sha256))
 
-        self.settings.work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.settings.work_dir, prefix="gate-") as tmp:
-            artifact = self.fetch_artifact(job, Path(tmp) / "artifact")
-            channel = Path(tmp) / "validation"
-            self.storage.download_prefix(f"{self.settings.data_prefix}/validation", channel)
-            return evaluate_artifact(artifact, channel, progress=False)
+    def gate_records(self, job: str) -> list[dict]:
+        """Every gate decision on ``job``, oldest first."""
+        prefix = f"{self.settings.registry_prefix}/gates/{self.resolve(job)}/"
+        records = [self._read(key) for key in self.storage.list_keys(prefix) if key.endswith(".json")]
+        return sorted((r for r in records if r), key=lambda r: r["gated"])
+
+    def record_evaluation(self, job: str, data_sha256: str, scores: dict) -> None:
+        """Remember the gate's own scores of ``job`` on a validation set (reused while its artifact is unchanged)."""
+        entry = self.get(job)
+        entry.setdefault("evaluations", {})[data_sha256] = {**scores, "scored": _now()}
+        self._write(self.entry_key(entry["job"]), entry)
+
+    def record_forced_deploy(self, job: str, **info) -> dict:
+        """Write into the version's entry that it was deployed with ``--force``, and why it needed it."""
+        entry = self.get(job)
+        forced = {"at": _now(), **info}
+        entry.setdefault("forced_deploys", []).append(forced)
+        self._write(self.entry_key(entry["job"]), entry)
+        return forced

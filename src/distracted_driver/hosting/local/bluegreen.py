@@ -35,12 +35,12 @@ from distracted_driver.hosting.local.alarms import breached
 from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.instances import InstanceError
 from distracted_driver.hosting.local.state import EndpointConfigRecord
+from distracted_driver.train.artifact import probability_problem
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
 ALARM_INTERVAL_S = 0.25
 SMOKE_TIMEOUT_S = 30.0
-PROBABILITY_TOLERANCE = 1e-3
 _ids = itertools.count(1)
 
 
@@ -57,18 +57,14 @@ def image_content_type(image: bytes) -> str:
 
 
 def check_probabilities(body: bytes, classes: int = 10) -> str | None:
-    """Why a smoke answer is not a valid probability list, or None."""
+    """Why a smoke answer is not a valid probability list (the artifact contract's check), or None."""
     try:
         values = json.loads(body)
     except ValueError:
         return f"the answer is not JSON: {body[:200]!r}"
     if not (isinstance(values, list) and len(values) == classes and all(isinstance(v, (int, float)) for v in values)):
         return f"expected a JSON list of {classes} numbers, got {body[:200]!r}"
-    if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
-        return f"probabilities outside [0, 1]: {values}"
-    if abs(sum(values) - 1.0) > PROBABILITY_TOLERANCE:
-        return f"probabilities sum to {sum(values):.4f}, not 1"
-    return None
+    return probability_problem([values])
 
 
 class Deployment:

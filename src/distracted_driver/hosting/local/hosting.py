@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from distracted_driver.config import Settings
+from distracted_driver.hashing import sha256_file
 from distracted_driver.hosting.base import AlarmThresholds, DeployResult, Hosting, ModelSpec, ScalingPolicy, TrafficRouting
 from distracted_driver.hosting.local import client as daemon
 from distracted_driver.hosting.local.smoke import smoke_images as default_smoke_images
@@ -105,10 +106,12 @@ class LocalHosting(Hosting):
         return DeployResult(outcome, self.endpoint_name, live, record["reason"], timings)
 
     def _fetch_model(self, model: ModelSpec) -> Path:
-        """The artifact unpacked under the state directory (fetched once per version)."""
+        """The artifact unpacked under the state directory (fetched again whenever the bucket's tar changed)."""
         target = self.paths.model_dir(model.version)
-        with contextlib.suppress(ArtifactError):
-            if load_artifact(target).version == model.version:
+        marker = target.with_name(f"{target.name}.artifact-sha256")  # the tar the unpacked copy came from
+        with contextlib.suppress(ArtifactError, OSError):
+            if (marker.read_text() == self.storage.checksum(model.artifact_key)
+                    and load_artifact(target).version == model.version):
                 return target
         staging = target.with_name(f".{model.version}.{os.getpid()}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
@@ -116,11 +119,14 @@ class LocalHosting(Hosting):
         try:
             tar = staging / "model.tar.gz"
             self.storage.get_file(model.artifact_key, tar)
+            fetched = sha256_file(tar)
             artifact = unpack_artifact(tar, staging / "model")
             if artifact.version != model.version:
                 raise ArtifactError(f"{model.artifact_key} holds model version {artifact.version}, not {model.version}")
+            marker.unlink(missing_ok=True)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging / "model", target)
+            marker.write_text(fetched)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target

@@ -3,6 +3,10 @@
 Real camera frames: a few labelled images from the bucket's raw prefix, one
 per class while they last; before any data was added, frames drawn by the
 sample generator's cabin renderer (the same scenes the sample data holds).
+This pre-traffic check only asks for valid probabilities. Whether serving
+answers what evaluation scored is the release smoke test's question: it sends
+the gate's smoke set (real validation images with the gate's probabilities)
+through the endpoint after the swap (``hosting.release.verify_endpoint``).
 """
 
 from __future__ import annotations
