@@ -65,12 +65,13 @@ class Hosted:
 
 
 def our_processes(settings: Settings) -> list[psutil.Process]:
-    """The runtime daemon and every model server it started (marked in their environment) for this state directory."""
+    """The supervisor, the runtime daemon and every model server it started (marked in their environment)
+    for this state directory."""
     state_dir = str(Path(settings.state_dir).resolve())
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         command = " ".join(process.info.get("cmdline") or [])
-        if "distracted_driver" not in command:
+        if "distracted_driver" not in command and "supervisord" not in command:
             continue
         with contextlib.suppress(psutil.Error):
             owner = process.environ().get(OWNER_ENV, "")

@@ -62,7 +62,8 @@ def test_runtime_outlives_the_deploying_command_and_down_stops_everything(hosted
     assert status["live_version"] == "lh-v1" and status["status"] == "InService"
     assert status["runtime_url"] == hosted.url()
     assert [i["state"] for i in status["instances"]] == ["in-service"]
-    pids = {status["runtime"]["pid"]} | {i["pid"] for i in status["instances"]}
+    supervisor = int((Path(hosted.settings.state_dir) / "supervisor" / "supervisord.pid").read_text())
+    pids = {supervisor, status["runtime"]["pid"]} | {i["pid"] for i in status["instances"]}
     assert {p.pid for p in our_processes(hosted.settings)} == pids
 
     down = _inv(hosted.settings, "deploy.down")
@@ -78,9 +79,10 @@ def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
     url = hosted.url()
     hosted.hosting.stop_runtime()
     assert our_processes(hosted.settings) == []
-    stopped = hosted.hosting.status()  # read from state.json alone
+    stopped = hosted.hosting.status()  # read from state.json alone: recorded InService, but nothing serves
     assert stopped["runtime"]["running"] is False
-    assert (stopped["status"], stopped["live_version"]) == ("InService", "lh-v1")
+    assert (stopped["status"], stopped["recorded_status"], stopped["live_version"]) == ("OutOfService", "InService", "lh-v1")
+    assert "the runtime is not running" in stopped["status_reason"]
 
     hosted.hosting.runtime()  # starts the daemon, which restores what state.json holds
     wait_until(lambda: hosted.hosting.status()["instance_count"] == 2, timeout_s=30, what="two instances restored")
@@ -89,10 +91,19 @@ def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
 
 
-def test_instances_do_not_outlive_a_killed_runtime(hosted, make_artifact):
+def test_a_killed_runtime_takes_its_instances_and_its_supervisor_brings_it_back(hosted, make_artifact):
     spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
     assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
-    status = hosted.hosting.status()
-    assert len(our_processes(hosted.settings)) == 3
-    os.kill(status["runtime"]["pid"], signal.SIGKILL)  # no chance to stop its instances itself
-    wait_until(lambda: not our_processes(hosted.settings), timeout_s=20, what="the instances to exit")
+    before = hosted.hosting.status()
+    killed = {before["runtime"]["pid"]} | {i["pid"] for i in before["instances"]}
+    assert killed < {p.pid for p in our_processes(hosted.settings)}
+    os.kill(before["runtime"]["pid"], signal.SIGKILL)  # no chance to stop its instances itself
+
+    wait_until(lambda: not killed & {p.pid for p in our_processes(hosted.settings)}, timeout_s=20,
+               what="the killed runtime's instances to exit")
+    after = wait_until(lambda: (s := hosted.hosting.status())["instance_count"] == 2 and s, timeout_s=30,
+                       what="the supervisor to restart the runtime and the runtime to restore two instances")
+    assert after["status"] == "InService" and after["runtime"]["pid"] not in killed
+    assert after["runtime_url"] == before["runtime_url"]  # the same port: clients holding the URL keep working
+    answer = hosted.client().invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0])
+    assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"

@@ -16,12 +16,14 @@ headers, and accepts connections without limit. Here:
 - past ``max_connections`` open connections, a new one gets a 503 and is closed.
 
 ``GuardedRunner`` is ``web.AppRunner`` with the above; its sites are the usual
-``web.TCPSite`` and ``web.SockSite``.
+``web.TCPSite`` and ``web.SockSite`` (``private_unix_socket`` makes a socket
+only its owner can reach, ``UnixHTTPConnection`` talks to one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import socket
@@ -252,3 +254,21 @@ def private_unix_socket(path: Path) -> socket.socket:
         staging.unlink(missing_ok=True)
         raise
     return sock
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """The standard library's HTTP client connection, over a Unix socket (with its timeout)."""
+
+    def __init__(self, socket_path: str | Path, timeout_s: float):
+        super().__init__("localhost", timeout=timeout_s)
+        self.socket_path = str(socket_path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 
 from distracted_driver.fsutil import log_tail
+from distracted_driver.logs import LogRotation
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
@@ -56,11 +57,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 class Instance:
     def __init__(self, instance_id: str, model_name: str, model_dir: str, log_path: Path, owner: str,
-                 threads: int | None = None):
+                 threads: int | None = None, log_rotation: LogRotation = LogRotation()):
         self.id = instance_id
         self.model_name = model_name
         self.model_dir = model_dir
-        self.log_path = log_path
+        self.log_path = log_path  # the server's own log, rotated
+        self.output_path = log_path.with_suffix(".out")  # what it writes outside its log (a crash, native warnings)
+        self.log_rotation = log_rotation
         self.owner = owner
         self.threads = threads
         self.state = STARTING
@@ -85,7 +88,8 @@ class Instance:
         return self.process.pid if self.process else None
 
     def command(self) -> list[str]:
-        command = [sys.executable, "-m", SERVER_MODULE, "--model-dir", self.model_dir, "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [sys.executable, "-m", SERVER_MODULE, "--model-dir", self.model_dir, "--host", "127.0.0.1",
+                   "--port", str(self.port), *self.log_rotation.arguments(self.log_path)]
         if self.threads:
             command += ["--threads", str(self.threads), "--decode-workers", str(self.threads)]
         return command
@@ -109,7 +113,7 @@ class Instance:
 
     async def _spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log_file:
+        with open(self.output_path, "ab") as log_file:
             self.process = await asyncio.create_subprocess_exec(
                 *self.command(),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -120,7 +124,8 @@ class Instance:
             )
         self.session = aiohttp.ClientSession(
             base_url=self.url,
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            # idle connections are dropped before the server's own idle timeout (15 s) could close one under us
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=5),
             auto_decompress=False,
         )
         log.info("instance %s: started pid %d on port %d for model %s", self.id, self.process.pid, self.port, self.model_name)
@@ -131,13 +136,17 @@ class Instance:
             if self.process.returncode is not None:
                 raise InstanceError(
                     f"instance {self.id} exited with code {self.process.returncode} before it was healthy; "
-                    f"its log ({self.log_path}) ends:\n{log_tail(self.log_path, lines=8)}"
+                    f"its log ({self.log_path}) ends:\n{self.log_tail()}"
                 )
             if await self.ping(timeout_s=2.0):
                 self.state = IN_SERVICE
                 return
             await asyncio.sleep(PING_INTERVAL_S)
         raise InstanceError(f"instance {self.id} did not answer /ping with 200 within {timeout_s:g} s; see {self.log_path}")
+
+    def log_tail(self, lines: int = 8) -> str:
+        """The end of its log, and of its raw output when there is any (a crash shows there)."""
+        return "\n".join(tail for tail in (log_tail(self.log_path, lines), log_tail(self.output_path, lines)) if tail)
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
         try:
