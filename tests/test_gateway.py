@@ -148,7 +148,8 @@ def test_daemon_status_and_restart_is_a_noop(gateway):
     settings, status = gateway
     assert status["running"] and status["url"].startswith("http://127.0.0.1:")
     assert status["api_key"] and status["pid"]
-    assert (Path(settings.state_dir) / "gateway" / "gateway.pid").read_text().strip() == str(status["pid"])
+    assert json.loads((Path(settings.state_dir) / "gateway" / "ready.json").read_text())["pid"] == status["pid"]
+    assert status["supervisor"].startswith("RUNNING")
     again = start_gateway(settings, runtime_url=status["runtime_url"], port=0, plan=UsagePlan(rate=500, burst=500))
     assert again["pid"] == status["pid"] and again["note"] == "already running"
 
