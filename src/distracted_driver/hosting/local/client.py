@@ -129,14 +129,14 @@ def runtime_program(paths: RuntimePaths, log_rotation: LogRotation = LogRotation
     )
 
 
-def ensure_runtime(paths: RuntimePaths) -> RuntimeInfo:
+def ensure_runtime(paths: RuntimePaths, log_rotation: LogRotation = LogRotation()) -> RuntimeInfo:
     """The running daemon, started under supervision if there is none."""
     with start_lock(paths):
         info = running_runtime(paths)
         if info:
             return info
         supervisor = Supervisor(paths.root.parent)
-        supervisor.ensure(runtime_program(paths))
+        supervisor.ensure(runtime_program(paths, log_rotation))
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             info = running_runtime(paths)

@@ -23,6 +23,7 @@ from distracted_driver.hosting.base import AlarmThresholds, DeployResult, Hostin
 from distracted_driver.hosting.local import client as daemon
 from distracted_driver.hosting.local.smoke import smoke_images as default_smoke_images
 from distracted_driver.hosting.local.state import RuntimePaths, load_state, save_state
+from distracted_driver.logs import LogRotation
 from distracted_driver.storage import Storage, open_storage
 from distracted_driver.train.artifact import ArtifactError, load_artifact, unpack_artifact
 
@@ -43,6 +44,7 @@ class LocalHosting(Hosting):
         instance_threads: int | None = None,
         startup_timeout_seconds: float = 120.0,
         on_event: Callable[[dict], None] | None = None,
+        log_rotation: LogRotation = LogRotation(),
     ):
         self.settings = settings
         self.paths = RuntimePaths.under(settings.state_dir)
@@ -50,6 +52,7 @@ class LocalHosting(Hosting):
         self.instance_threads = instance_threads
         self.startup_timeout_seconds = startup_timeout_seconds
         self.on_event = on_event or (lambda event: log.info("%s", event["message"]))
+        self.log_rotation = log_rotation  # of the runtime's log and its instances' logs
 
     @property
     def storage(self) -> Storage:
@@ -63,7 +66,7 @@ class LocalHosting(Hosting):
 
     def runtime(self) -> daemon.RuntimeClient:
         """A client of the runtime daemon, started if it is not running."""
-        daemon.ensure_runtime(self.paths)
+        daemon.ensure_runtime(self.paths, self.log_rotation)
         return daemon.RuntimeClient.of(self.paths)
 
     # --- deploy ---------------------------------------------------------------------------
