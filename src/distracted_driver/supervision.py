@@ -13,7 +13,10 @@ Under ``<state_dir>/supervisor/``: ``supervisord.conf``, ``programs/<name>.conf`
 (written by whoever starts the program), ``supervisord.sock`` (its XML-RPC
 socket, reachable by this user only), ``supervisord.log`` and
 ``supervisord.pid``. supervisord stops when its last program is removed, so a
-stopped stack leaves no process behind.
+stopped stack leaves no process behind. Every program (and what it starts)
+carries ``DD_SUPERVISED_BY=<that directory>`` in its environment: a
+supervisord that was killed leaves its programs running, and the next one
+stops them before starting its own, so no program ever runs twice.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ START_TIMEOUT_S = 15.0
 PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
 PASSED_PREFIXES = ("DD_", "AWS_")
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF")
+MARKER_ENV = "DD_SUPERVISED_BY"
 
 
 class SupervisorError(RuntimeError):
@@ -57,12 +61,13 @@ class Program:
     stop_wait_s: float = 30.0  # after SIGTERM, how long it may drain before SIGKILL (to its process group)
     environment: dict[str, str] = field(default_factory=dict)
 
-    def config(self) -> str:
+    def config(self, supervisor_root: Path) -> str:
         """The ``[program:x]`` section (``%`` doubled: supervisord expands ``%(name)s`` in its files)."""
         environment = {
             **{k: v for k, v in os.environ.items() if k in PASSED_ENVIRONMENT or k.startswith(PASSED_PREFIXES)},
             "PYTHONUNBUFFERED": "1",
             **self.environment,
+            MARKER_ENV: str(supervisor_root),
         }
         pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(environment.items()))
         lines = [
@@ -124,9 +129,10 @@ class Supervisor:
         """Run ``program`` under supervision: started if it is not running, restarted if its definition changed."""
         with self._locked():
             target = self._program_file(program.name)
-            if not target.exists() or target.read_text() != program.config():
+            config = program.config(self.root)
+            if not target.exists() or target.read_text() != config:
                 with atomic_path(target) as tmp:
-                    tmp.write_text(program.config())
+                    tmp.write_text(config)
             if not self._answers():
                 self._start_supervisord()
             self._apply_changes()
@@ -167,7 +173,7 @@ class Supervisor:
             return "not supervised (supervisord is not running it)"
         if info["statename"] == "FATAL":
             return f"FATAL: it kept exiting at start, supervisord gave up ({info['spawnerr'] or 'see ' + info['stdout_logfile']})"
-        return f"{info['statename']} ({info['description']})"
+        return info["statename"] + (f" ({info['description']})" if info["description"] else "")
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -219,6 +225,9 @@ class Supervisor:
     def _start_supervisord(self) -> None:
         if len(str(self.socket).encode()) > MAX_UNIX_PATH:
             raise SupervisorError(f"{self.socket} is too long for a Unix socket; use a shorter state directory")
+        for orphan in self._orphans():
+            with contextlib.suppress(psutil.Error):
+                orphan.kill()
         conf = self.root / "supervisord.conf"
         with atomic_path(conf) as tmp:
             tmp.write_text(self._config())
@@ -235,6 +244,15 @@ class Supervisor:
                     f"supervisord did not start (exit {started.returncode}): {started.stderr.strip()} "
                     f"{log_tail(self.log_file, lines=5)}")
             time.sleep(0.05)
+
+    def _orphans(self) -> list[psutil.Process]:
+        """Processes a previous supervisord of this directory started (or their children), still running."""
+        found = []
+        for process in psutil.process_iter(["pid"]):
+            with contextlib.suppress(psutil.Error):
+                if process.pid != os.getpid() and process.environ().get(MARKER_ENV) == str(self.root):
+                    found.append(process)
+        return found
 
     def _shutdown(self) -> None:
         pid = _pid_in(self.root / "supervisord.pid")

@@ -65,9 +65,10 @@ def _error_parts(code: str | None, message: str, **members) -> tuple[dict, dict]
     return body, headers
 
 
-def sagemaker_error(status: int, code: str | None, message: str, **members) -> web.Response:
+def sagemaker_error(http_status: int, code: str | None, message: str, **members) -> web.Response:
     body, headers = _error_parts(code, message, **members)
-    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
+    return web.Response(status=http_status, body=json.dumps(body).encode(), content_type="application/json",
+                        headers=headers)
 
 
 def sagemaker_shape(status: int, code: str, message: str) -> tuple[dict, dict]:
