@@ -91,19 +91,38 @@ def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
 
 
-def test_a_killed_runtime_takes_its_instances_and_its_supervisor_brings_it_back(hosted, make_artifact):
+def test_a_killed_runtime_is_restarted_and_takes_over_its_running_instances(hosted, make_artifact):
     spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
     assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
     before = hosted.hosting.status()
-    killed = {before["runtime"]["pid"]} | {i["pid"] for i in before["instances"]}
-    assert killed < {p.pid for p in our_processes(hosted.settings)}
-    os.kill(before["runtime"]["pid"], signal.SIGKILL)  # no chance to stop its instances itself
+    instances = {i["id"]: i["pid"] for i in before["instances"]}
+    os.kill(before["runtime"]["pid"], signal.SIGKILL)  # no chance to stop anything itself
 
-    wait_until(lambda: not killed & {p.pid for p in our_processes(hosted.settings)}, timeout_s=20,
-               what="the killed runtime's instances to exit")
-    after = wait_until(lambda: (s := hosted.hosting.status())["instance_count"] == 2 and s, timeout_s=30,
-                       what="the supervisor to restart the runtime and the runtime to restore two instances")
-    assert after["status"] == "InService" and after["runtime"]["pid"] not in killed
+    after = wait_until(lambda: (s := hosted.hosting.status())["runtime"]["running"] and s["instance_count"] == 2
+                       and s["runtime"]["pid"] != before["runtime"]["pid"] and s, timeout_s=30,
+                       what="the supervisor to restart the runtime with two instances")
+    assert after["status"] == "InService"
+    assert {i["id"]: i["pid"] for i in after["instances"]} == instances  # the same processes, warm
     assert after["runtime_url"] == before["runtime_url"]  # the same port: clients holding the URL keep working
     answer = hosted.client().invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0])
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
+    supervisor = int((Path(hosted.settings.state_dir) / "supervisor" / "supervisord.pid").read_text())
+    assert {p.pid for p in our_processes(hosted.settings)} == {supervisor, after["runtime"]["pid"], *instances.values()}
+
+
+def test_a_runtime_killed_with_nothing_to_restart_it_leaves_instances_the_next_one_takes_over_or_kills(hosted, make_artifact):
+    spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
+    assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
+    before = hosted.hosting.status()
+    supervisor_dir = Path(hosted.settings.state_dir) / "supervisor"
+    os.kill(int((supervisor_dir / "supervisord.pid").read_text()), signal.SIGKILL)
+    os.kill(before["runtime"]["pid"], signal.SIGKILL)
+    wait_until(lambda: not hosted.hosting.status()["runtime"]["running"], timeout_s=10, what="the runtime to be gone")
+    status = hosted.hosting.status()
+    assert status["status"] == "OutOfService" and "nothing restarts it" in status["status_reason"]
+
+    hosted.hosting.runtime()  # a new supervisor stops what the killed one left (instances included), then starts afresh
+    after = wait_until(lambda: (s := hosted.hosting.status())["instance_count"] == 2 and s, timeout_s=60,
+                       what="two instances in service again")
+    assert not {i["pid"] for i in before["instances"]} & {i["pid"] for i in after["instances"]}
+    assert len([p for p in our_processes(hosted.settings) if "serve.server" in " ".join(p.cmdline())]) == 2

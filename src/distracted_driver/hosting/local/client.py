@@ -171,7 +171,7 @@ def stop_runtime(paths: RuntimePaths) -> list[int]:
             RuntimeClient.of(paths, timeout_s=10).post("shutdown")
         if not _wait_gone(pid, STOP_TIMEOUT_S):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)  # its instances follow it (PR_SET_PDEATHSIG), and kill_orphans below
+                os.kill(pid, signal.SIGKILL)  # its instances are killed below (kill_orphans)
             killed.append(pid)
             _wait_gone(pid, 5)
     killed += kill_orphans(paths)
@@ -189,11 +189,12 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
     return not _alive(pid)
 
 
-def kill_orphans(paths: RuntimePaths) -> list[int]:
-    """Model servers started by the runtime of these paths (found by their environment) that outlived it."""
+def kill_orphans(paths: RuntimePaths, keep: frozenset[int] = frozenset()) -> list[int]:
+    """Model servers started by a runtime of these paths (found by their environment) that outlived it,
+    except the pids in ``keep``; returns the pids killed."""
     killed = []
     for process in psutil.process_iter(["pid", "cmdline"]):
-        if SERVER_MODULE not in " ".join(process.info.get("cmdline") or []):
+        if process.info["pid"] in keep or SERVER_MODULE not in " ".join(process.info.get("cmdline") or []):
             continue
         with contextlib.suppress(psutil.Error):
             if process.environ().get(OWNER_ENV) == str(paths.root):

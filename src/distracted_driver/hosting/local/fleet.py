@@ -9,9 +9,12 @@ that dies (once the fleet is in service), and grows or shrinks on request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from typing import Callable
+
+import psutil
 
 from distracted_driver.hosting.local.instances import FAILED, IN_SERVICE, STARTING, STOPPED, Instance, InstanceError
 from distracted_driver.hosting.local.requestlog import RequestLog
@@ -90,8 +93,27 @@ class Fleet:
             self.on_change()
             raise failures[0]
 
-    def _new_instance(self) -> Instance:
-        instance_id = self.new_instance_id()
+    async def bring_up(self, count: int, running: list[tuple[dict, psutil.Process]]) -> None:
+        """``count`` instances in service: first the ``running`` servers a previous runtime left (each taken
+        over if it answers ``/ping``, else killed), then new ones for what is missing."""
+        taken = 0
+        for record, process in running:
+            if taken == count:  # more than the fleet needs now
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+                continue
+            instance = self._new_instance(record["instance"])
+            if await instance.take_over(process, record["port"]):  # (it kills one that does not answer)
+                taken += 1
+                self._spawn_task(self._watch(instance))
+            else:
+                self.instances = [i for i in self.instances if i is not instance]
+        self.on_change()
+        if count > taken:
+            await self.start(count - taken)
+
+    def _new_instance(self, instance_id: str | None = None) -> Instance:
+        instance_id = instance_id or self.new_instance_id()
         instance = Instance(
             instance_id, self.model.name, self.model.model_dir, self.paths.instance_logs / f"{instance_id}.log",
             owner=str(self.paths.root), threads=self.variant.instance_threads, log_rotation=self.log_rotation,

@@ -2,16 +2,22 @@
 
 The runtime starts it, waits for ``/ping``, routes to it while it is in
 service, and stops it by first taking it out of rotation, then letting the
-requests it holds finish, then SIGTERM (the server drains too). Instances die
-with the runtime: each process asks the kernel for SIGTERM when its parent
-goes (``PR_SET_PDEATHSIG``), so even a killed runtime leaves nothing behind.
+requests it holds finish, then SIGTERM (the server drains too).
+
+A killed runtime does not take its instances with it: the supervisor starts
+the runtime again at once, and the new one takes over every instance that
+``state.json`` names and that still answers ``/ping`` (``AdoptedProcess``),
+so a runtime crash costs the router's restart, not the models' warm-up. It
+kills any other model server of its state directory (found by ``OWNER_ENV``).
+A runtime that stops (SIGTERM) stops its instances first, and one killed by
+the supervisor after its stop timeout is killed with its process group,
+instances included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -21,6 +27,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 from distracted_driver.fsutil import log_tail
 from distracted_driver.logs import LogRotation
@@ -30,7 +37,7 @@ log = logging.getLogger("distracted_driver.hosting.runtime")
 SERVER_MODULE = "distracted_driver.serve.server"
 PING_INTERVAL_S = 0.1
 STOP_TIMEOUT_S = 15.0
-PR_SET_PDEATHSIG = 1
+EXIT_POLL_S = 0.2
 
 STARTING, IN_SERVICE, DRAINING, STOPPED, FAILED = "starting", "in-service", "draining", "stopped", "failed"
 # Set in every instance's environment to the runtime's state directory, so that
@@ -48,11 +55,49 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+class AdoptedProcess:
+    """A model server that a previous runtime started, as this runtime holds it: the part of
+    ``asyncio.subprocess.Process`` an ``Instance`` uses. Not our child, so its exit is polled."""
+
+    def __init__(self, process: psutil.Process):
+        self._process = process
+        self.pid = process.pid
+        self._returncode: int | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        if self._returncode is None and not self._running():
+            self._returncode = -1  # not our child: its exit status is its parent's to read
+        return self._returncode
+
+    def _running(self) -> bool:
+        try:
+            return self._process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    async def wait(self) -> int:
+        while self.returncode is None:
+            await asyncio.sleep(EXIT_POLL_S)
+        return self._returncode
+
+    def send_signal(self, sig: int) -> None:
+        with contextlib.suppress(psutil.Error):
+            self._process.send_signal(sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def adoptable(record: dict, owner: str) -> psutil.Process | None:
+    """The live model server a ``state.json`` process record names, if it is still ours (not a reused pid)."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # pragma: no cover - not glibc; the runtime still stops its children itself
-        pass
+        process = psutil.Process(record["pid"])
+        if process.status() == psutil.STATUS_ZOMBIE or SERVER_MODULE not in " ".join(process.cmdline()):
+            return None
+        return process if process.environ().get(OWNER_ENV) == owner else None
+    except (psutil.Error, KeyError, TypeError):
+        return None
 
 
 class Instance:
@@ -119,16 +164,33 @@ class Instance:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
-                preexec_fn=_die_with_parent,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", OWNER_ENV: self.owner},
             )
+        self._open_session()
+        log.info("instance %s: started pid %d on port %d for model %s", self.id, self.process.pid, self.port, self.model_name)
+
+    def _open_session(self) -> None:
         self.session = aiohttp.ClientSession(
             base_url=self.url,
             # idle connections are dropped before the server's own idle timeout (15 s) could close one under us
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=5),
             auto_decompress=False,
         )
-        log.info("instance %s: started pid %d on port %d for model %s", self.id, self.process.pid, self.port, self.model_name)
+
+    async def take_over(self, process: psutil.Process, port: int) -> bool:
+        """Serve through a running server a previous runtime started; False (and it is killed) unless it
+        answers ``/ping`` with 200."""
+        self.process, self.port = AdoptedProcess(process), port
+        self.started = process.create_time()
+        self._open_session()
+        if await self.ping(timeout_s=5.0):
+            self.state = IN_SERVICE
+            log.info("instance %s: took over pid %d on port %d (model %s)", self.id, process.pid, port, self.model_name)
+            return True
+        log.warning("instance %s: pid %d does not answer /ping; killing it", self.id, process.pid)
+        await self.kill()
+        self.state = STOPPED
+        return False
 
     async def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -37,7 +37,7 @@ from distracted_driver.hosting.local.bluegreen import Deployment
 from distracted_driver.hosting.local.endpoint import Endpoint
 from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.client import kill_orphans
-from distracted_driver.hosting.local.instances import InstanceError
+from distracted_driver.hosting.local.instances import InstanceError, adoptable
 from distracted_driver.hosting.local.router import MAX_BODY_BYTES, ROUTES, Router, sagemaker_shape
 from distracted_driver.hosting.local.state import (
     EndpointConfigRecord,
@@ -82,6 +82,7 @@ class Runtime:
         self.configs = {name: EndpointConfigRecord(**c) for name, c in state["endpoint_configs"].items()}
         self.endpoints = {name: Endpoint(name, e) for name, e in state["endpoints"].items()}
         self._next_instance = state.get("next_instance", 1)
+        self._left_running = state.get("processes", [])  # instances a previous runtime started
         self.last_port = state.get("runtime_port")
         self.started = time.time()
         self.url = ""
@@ -95,9 +96,11 @@ class Runtime:
 
     def save(self) -> None:
         processes = [
-            {"pid": i.pid, "instance": i.id, "endpoint": name}
+            {"pid": i.pid, "instance": i.id, "port": i.port, "endpoint": name, "config": fleet.config_name,
+             "variant": fleet.name, "role": role}
             for name, endpoint in self.endpoints.items()
-            for fleet in endpoint.all_fleets()
+            for role, fleets in (("blue", endpoint.blue), ("green", endpoint.green or {}))
+            for fleet in fleets.values()
             for i in fleet.instances
             if i.pid and i.process.returncode is None
         ]
@@ -141,8 +144,15 @@ class Runtime:
     # --- start and stop -------------------------------------------------------------------
 
     async def restore(self) -> None:
-        """Bring back what state.json says was in service when the runtime last stopped."""
-        self._kill_leftovers()
+        """Bring back what state.json says was in service when the runtime last stopped.
+
+        The instances of a runtime that was killed are still running: those of
+        the configs in service are taken over, any other is killed.
+        """
+        running = self._servers_left_running()
+        kept = frozenset(process.pid for group in running.values() for _, process in group)
+        for pid in kill_orphans(self.paths, keep=kept):
+            log.warning("killed model server %d left by a previous runtime", pid)
         for endpoint in self.endpoints.values():
             for record in endpoint.deployments:
                 if record.get("outcome") is None:
@@ -152,16 +162,31 @@ class Runtime:
             if config is None:
                 endpoint.status = states.FAILED if endpoint.status != states.FAILED else endpoint.status
                 continue
-            self.spawn(self._bring_up(endpoint, config))
+            self.spawn(self._bring_up(endpoint, config, running))
         self.save()
 
-    async def _bring_up(self, endpoint: Endpoint, config: EndpointConfigRecord) -> None:
-        """Start the config in service again; requests meanwhile wait for the first instance."""
+    def _servers_left_running(self) -> dict[tuple, list]:
+        """Blue instances of the previous runtime still alive, by (endpoint, config, variant)."""
+        running: dict[tuple, list] = {}
+        for record in self._left_running:
+            endpoint = self.endpoints.get(record.get("endpoint"))
+            if endpoint is None or record.get("role") != "blue" or record.get("config") != endpoint.config_name:
+                continue
+            process = adoptable(record, str(self.paths.root))
+            if process is not None:
+                running.setdefault((endpoint.name, record["config"], record["variant"]), []).append((record, process))
+        return running
+
+    async def _bring_up(self, endpoint: Endpoint, config: EndpointConfigRecord, running: dict[tuple, list]) -> None:
+        """Put the config in service again (taking over its instances that still run); requests meanwhile
+        wait for the first instance."""
         endpoint.status = states.SYSTEM_UPDATING
         fleets = {v.variant_name: self.new_fleet(endpoint.name, config, v) for v in config.variants}
         endpoint.blue = fleets
         results = await asyncio.gather(*(
-            fleet.start(endpoint.instance_counts.get(name, fleet.variant.instance_count)) for name, fleet in fleets.items()
+            fleet.bring_up(endpoint.instance_counts.get(name, fleet.variant.instance_count),
+                           running.get((endpoint.name, config.name, name), []))
+            for name, fleet in fleets.items()
         ), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
@@ -175,11 +200,6 @@ class Runtime:
         endpoint.status = states.IN_SERVICE
         log.info("endpoint %s restored on config %s", endpoint.name, config.name)
         self._fleet_changed()
-
-    def _kill_leftovers(self) -> None:
-        """Instances of a previous runtime that somehow outlived it (they should not)."""
-        for pid in kill_orphans(self.paths):
-            log.warning("killed model server %d left by a previous runtime", pid)
 
     async def shutdown(self) -> None:
         log.info("runtime stopping: retiring every instance")
