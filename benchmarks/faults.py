@@ -1,6 +1,7 @@
-"""Requests failed and seconds to recovery when a part of the local stack is killed (SIGKILL) under load.
+"""Requests failed and seconds to recovery when a part of the local stack is killed (SIGKILL) under load,
+and what hostile clients (malformed requests, slow sockets) get from each server.
 
-    .venv/bin/python benchmarks/faults.py [--clients 4] [--instances 2] [--before 5] [--after 10]
+    .venv/bin/python benchmarks/faults.py [--clients 4] [--instances 2] [--before 5] [--after 10] [--slow-sockets 200]
 
 One local stack on loopback, as ``make demo`` leaves it: an endpoint of
 ``--instances`` model servers (EfficientNet-Lite0 at 224x224, the serving
@@ -22,7 +23,14 @@ load goes on until the killed part is back and ``--after`` seconds more
   replacement instance in service; a new runtime with the endpoint InService
   and all its instances; a new gateway process whose health check passes).
 
-The table is printed at the end; a timeline of every request around each
+Then, for each server (the gateway, the runtime's invocation port, one model
+server): the two requests aiohttp's parser refuses (``loadtest.hostile``)
+and what came back, and ``--slow-sockets`` connections that send their
+headers one byte a second while one client keeps posting to the API: how many
+the server closed, after how long, and how many of the client's requests
+failed meanwhile.
+
+The tables are printed at the end; a timeline of every request around each
 kill is drawn to ``reports/faults.png``.
 """
 
@@ -51,6 +59,7 @@ from distracted_driver.config import Settings  # noqa: E402
 from distracted_driver.gateway import UsagePlan, gateway_status, start_gateway, stop_gateway  # noqa: E402
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting  # noqa: E402
 from distracted_driver.hosting.local import LocalHosting  # noqa: E402
+from distracted_driver.loadtest.hostile import malformed_requests, raw_exchange, slowloris  # noqa: E402
 from distracted_driver.storage import open_storage  # noqa: E402
 from distracted_driver.train.artifact import load_artifact  # noqa: E402
 from distracted_driver.train.registry import Registry  # noqa: E402
@@ -162,7 +171,8 @@ def faults(settings: Settings, hosting: LocalHosting, instances: int) -> list[Fa
 
     return [
         Fault("model server", lambda: kill(instance_pids()[0]), endpoint_whole),
-        Fault("runtime (router, its instances die with it)", lambda: kill(hosting.status()["runtime"]["pid"]), runtime_back),
+        Fault("runtime (router; its instances keep running)", lambda: kill(hosting.status()["runtime"]["pid"]),
+              runtime_back),
         Fault("gateway (REST API)", lambda: kill(gateway_status(settings)["pid"]), gateway_back),
     ]
 
@@ -189,6 +199,46 @@ def table(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         back = f"{o.back_after_s:.1f}" if o.back_after_s is not None else "not back"
         lines.append(f"| {o.fault} | {len(o.after_kill):,} | {o.failed:,} | {o.outage_s:.1f} | {back} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Hostile:
+    server: str
+    malformed: list[str]  # "400 application/json" per malformed request
+    sockets: int
+    closed: int
+    longest_held_s: float | None
+    normal_ok: int
+    normal_failed: int
+
+
+def hostile_clients(servers: dict[str, tuple[str, str]], api: dict, payload: bytes, sockets: int) -> list[Hostile]:
+    """``servers``: name -> (base URL, the path its requests go to)."""
+    session = requests.Session()
+
+    def predict() -> bool:
+        return session.post(api["predict_url"], data=payload, timeout=30,
+                            headers={"x-api-key": api["api_key"], "Content-Type": "image/jpeg"}).status_code == 200
+
+    results = []
+    for name, (url, path) in servers.items():
+        answers = [raw_exchange(url, raw) for raw in malformed_requests(path).values()]
+        malformed = [f"{status} {headers.get('content-type', '-').split(';')[0]}" for status, headers, _ in answers]
+        slow = slowloris(url, predict, sockets=sockets, give_up_s=60)
+        results.append(Hostile(name, malformed, sockets, slow.closed, slow.longest_held_s, slow.normal_ok,
+                               len(slow.normal_failed)))
+        print(f"  {name}: {slow.closed} of {sockets} slow sockets closed", flush=True)
+    return results
+
+
+def hostile_table(results: list[Hostile]) -> str:
+    lines = ["| server | malformed requests (duplicated Content-Type; Content-Length + chunked) | slow sockets closed | "
+             "held at most (s) | API requests meanwhile | failed |", "|---|---|---|---|---|---|"]
+    for r in results:
+        held = f"{r.longest_held_s:.1f}" if r.longest_held_s is not None else "-"
+        lines.append(f"| {r.server} | {'; '.join(r.malformed)} | {r.closed} of {r.sockets} | {held} | "
+                     f"{r.normal_ok + r.normal_failed} | {r.normal_failed} |")
     return "\n".join(lines)
 
 
@@ -224,6 +274,7 @@ def main() -> None:
     parser.add_argument("--before", type=float, default=5.0, help="seconds of load before each kill (default 5)")
     parser.add_argument("--after", type=float, default=10.0, help="seconds of load once the part is back (default 10)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="longest wait for a part to come back")
+    parser.add_argument("--slow-sockets", type=int, default=200, help="slow-header connections per server (default 200)")
     parser.add_argument("--plot", type=Path, default=ROOT / "reports" / "faults.png", help="timeline PNG")
     args = parser.parse_args()
 
@@ -237,7 +288,7 @@ def main() -> None:
     storage.put_file(tar_path, key)
     Registry(storage, settings).register(VERSION, load_artifact(tar_path.parent / "model"))
     hosting = LocalHosting(settings, instance_threads=1, on_event=lambda event: None)
-    outcomes = []
+    outcomes, hostile = [], []
     try:
         deployed = hosting.deploy(ModelSpec(VERSION, key, args.instances),
                                   TrafficRouting(strategy="all-at-once", bake_seconds=0), AlarmThresholds(),
@@ -249,6 +300,13 @@ def main() -> None:
         load_args = {"url": api["predict_url"], "api_key": api["api_key"], "payloads": payloads, "clients": args.clients}
         for fault in faults(settings, hosting, args.instances):
             outcomes.append(run_fault(fault, load_args, args.before, args.after, args.max_seconds))
+        status = hosting.status()
+        servers = {
+            "gateway": (api["url"], "/predict"),
+            "runtime (invocation port)": (status["runtime_url"], f"/endpoints/{settings.endpoint_name}/invocations"),
+            "model server": (status["instances"][0]["url"], "/invocations"),
+        }
+        hostile = hostile_clients(servers, api, payloads[0], args.slow_sockets)
     finally:
         stop_gateway(settings)
         hosting.delete()
@@ -256,6 +314,8 @@ def main() -> None:
     plot(outcomes, args.plot)
     print(f"\ntimeline: {args.plot}\n")
     print(table(outcomes))
+    print()
+    print(hostile_table(hostile))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ import json
 import time
 
 from aiohttp import web
+from hostile_clients import json_error
 
 from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, plain_shape, read_body
+from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange
 
 LIMITS = Limits(header_timeout_s=0.5, body_timeout_s=0.5, idle_timeout_s=2.0, max_connections=8)
 
@@ -44,19 +46,8 @@ def serve_and(scenario, limits: Limits = LIMITS):
 
 
 async def exchange(port: int, raw: bytes) -> tuple[int, dict, bytes]:
-    """Send ``raw``, read the answer to the end; (status, headers, body)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    answer = await reader.read()
-    writer.close()
-    return parse(answer)
-
-
-def parse(answer: bytes) -> tuple[int, dict, bytes]:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
+    """Send ``raw``, read the answer to the end (from a thread: the server runs on this loop)."""
+    return await asyncio.to_thread(raw_exchange, f"http://127.0.0.1:{port}", raw)
 
 
 def good_request(body: bytes = b"abc") -> bytes:
@@ -65,22 +56,16 @@ def good_request(body: bytes = b"abc") -> bytes:
 
 
 def assert_json_error(status, headers, body, expected_status):
-    assert status == expected_status, body
-    assert headers["content-type"].startswith("application/json"), headers
-    document = json.loads(body)
-    assert document["message"] and document["error"], document
+    document = json_error((status, headers, body), expected_status)
+    assert document["error"], document
     return document
 
 
 def test_the_parsers_refusals_are_json():
-    duplicated_type = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Type: image/png\r\n"
-                       b"Content-Length: 3\r\n\r\nabc")
-    length_and_chunked = (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-                          b"3\r\nabc\r\n0\r\n\r\n")
     garbage = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n"
 
     async def scenario(port):
-        return [await exchange(port, raw) for raw in (duplicated_type, length_and_chunked, garbage)]
+        return [await exchange(port, raw) for raw in (*malformed_requests("/echo").values(), garbage)]
 
     for status, headers, body in serve_and(scenario):
         document = assert_json_error(status, headers, body, 400)
@@ -117,7 +102,7 @@ def test_a_slow_header_is_closed_while_others_are_served():
         return await asyncio.wait_for(closed, 5), time.monotonic() - opened, answered
 
     answer, held_s, answered = serve_and(scenario)
-    assert_json_error(*parse(answer), 408)
+    assert_json_error(*parse_answer(answer), 408)
     assert held_s < 2.0, held_s
     assert [a[0] for a in answered] == [200] * len(answered) and len(answered) >= 4
 
