@@ -46,6 +46,7 @@ from distracted_driver.logs import add_log_arguments, configure_logging
 
 API_GATEWAY_MAX_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 HEALTH_TIMEOUT_S = 3.0
+RUNTIME_SESSION = web.AppKey("runtime_session", aiohttp.ClientSession)  # for the health check's calls
 access_log = logging.getLogger("gateway.access")
 
 
@@ -144,7 +145,7 @@ def make_app(config: GatewayConfig) -> web.Application:
         return _proxy_response(result, request_id)
 
     async def health(request: web.Request) -> web.Response:
-        endpoint = await _endpoint_health(request.app["runtime"], config)
+        endpoint = await _endpoint_health(request.app[RUNTIME_SESSION], config)
         body = {"endpoint": config.endpoint_name, "runtime_url": config.runtime_url, "endpoint_health": endpoint}
         if endpoint.get("instances_in_service"):
             return web.json_response({"status": "ok", **body})
@@ -161,11 +162,11 @@ def make_app(config: GatewayConfig) -> web.Application:
         return _message(403, "Missing Authentication Token")
 
     async def open_runtime_session(app: web.Application) -> None:
-        app["runtime"] = aiohttp.ClientSession()
+        app[RUNTIME_SESSION] = aiohttp.ClientSession()
 
     async def shutdown(app: web.Application) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
-        await app["runtime"].close()
+        await app[RUNTIME_SESSION].close()
 
     app = web.Application(client_max_size=config.max_request_bytes, middlewares=[json_errors(gateway_shape)])
     app.router.add_post("/predict", predict)
@@ -189,9 +190,10 @@ async def _endpoint_health(session: aiohttp.ClientSession, config: GatewayConfig
                 "message": f"the endpoint's runtime at {config.runtime_url} does not answer ({type(error).__name__})"}
     if not isinstance(found, dict):
         found = {}
-    return {"status": found.get("status", "Unknown"), "instances_in_service": found.get("instances_in_service", 0),
-            **({"message": found.get("message") or f"the runtime answered {answer.status}"}
-               if not found.get("instances_in_service") else {})}
+    health = {"status": found.get("status", "Unknown"), "instances_in_service": found.get("instances_in_service") or 0}
+    if not health["instances_in_service"]:
+        health["message"] = found.get("message") or f"the runtime answered {answer.status}"
+    return health
 
 
 def _message(status: int, message: str) -> web.Response:
