@@ -135,6 +135,7 @@ class _GuardedHandler(RequestHandler):
         super().__init__(server, **kwargs)
         self._guard = server
         self._header_timer: asyncio.TimerHandle | None = None
+        self._refused = False  # answered and closing: what else arrives is read and dropped
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -150,6 +151,10 @@ class _GuardedHandler(RequestHandler):
             self._header_timer.cancel()
             self._header_timer = None
 
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
     def connection_lost(self, exc) -> None:
         self.request_started()
         super().connection_lost(exc)
@@ -161,9 +166,16 @@ class _GuardedHandler(RequestHandler):
                                f"the request headers did not arrive within {self._guard.limits.header_timeout_s:g} s")
 
     def _answer_and_close(self, status: int, code: str, message: str) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_raw_response(self._guard.shape, status, code, message))
-        self.force_close()
+        """Answer, then close our side and drop what the client still sends until it closes (``linger_s`` at
+        most): closing with its bytes unread would reset the connection, and the answer could be lost."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._refused = True
+        transport.write(_raw_response(self._guard.shape, status, code, message))
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(self._guard.limits.linger_s, self.force_close)
 
     def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs it; raises if an answer is under way
