@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from hosting_support import hosted, our_processes, wait_until  # noqa: F401
 
 from distracted_driver.hosting import open_hosting
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
 from distracted_driver.hosting.local import LocalHosting
+from distracted_driver.logs import LogRotation
 from distracted_driver.train.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -126,3 +128,18 @@ def test_a_runtime_killed_with_nothing_to_restart_it_leaves_instances_the_next_o
                        what="two instances in service again")
     assert not {i["pid"] for i in before["instances"]} & {i["pid"] for i in after["instances"]}
     assert len([p for p in our_processes(hosted.settings) if "serve.server" in " ".join(p.cmdline())]) == 2
+
+
+def test_the_runtime_and_instance_logs_are_rotated(hosted, make_artifact):
+    hosted.hosting.log_rotation = LogRotation(max_bytes=1024, backups=2)  # before the runtime starts
+    spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
+    assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
+    hosting_dir = Path(hosted.settings.state_dir) / "hosting"
+    runtime_logs = sorted(p.name for p in hosting_dir.glob("runtime.log*"))
+    assert runtime_logs[:2] == ["runtime.log", "runtime.log.1"] and len(runtime_logs) <= 3, runtime_logs
+    assert all((hosting_dir / name).stat().st_size <= 1024 for name in runtime_logs)
+    for instance in hosted.hosting.status()["instances"]:
+        command = psutil.Process(instance["pid"]).cmdline()
+        assert command[command.index("--log-file") + 1] == instance["log"]
+        assert command[command.index("--log-max-bytes") + 1] == "1024"
+        assert Path(instance["log"]).stat().st_size > 0  # the server writes it itself, through its handler
