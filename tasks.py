@@ -475,9 +475,10 @@ def api_down(c, backend=None):
     print("API stopped" if stop_gateway(_settings(backend)) else "API was not running")
 
 
-@task(name="status", help={"json": "print JSON (url, api_key, endpoint, runtime_url, plan, pid)", "backend": "local only"})
+@task(name="status", help={"json": "print JSON (running, healthy, problem, url, api_key, endpoint, runtime_url, "
+                                     "plan, pid, supervisor)", "backend": "local only"})
 def api_status(c, json=False, backend=None):
-    """Where the local API is and a key to call it with."""
+    """Where the local API is, whether the endpoint behind it serves, and a key to call it with."""
     import json as jsonlib
 
     from distracted_driver.gateway import gateway_status
@@ -487,9 +488,12 @@ def api_status(c, json=False, backend=None):
         print(jsonlib.dumps(status, indent=2))
     elif status["running"]:
         print(f"API running at {status['url']} -> endpoint {status['endpoint']} via {status['runtime_url']}")
+        if not status["healthy"]:
+            print(f"  but the endpoint does not serve: {status['problem']}")
         print(f"  API key {status['api_key']}; throttle {status['plan']}; log {status['log']}")
+        print(f"  supervisor: gateway {status['supervisor']}")
     else:
-        print("API not running (start it with: inv api.up)")
+        print(f"API not running (supervisor: gateway {status['supervisor']}); start it with: inv api.up")
 
 
 @task(name="key", help={"name": "a label for the key (default: cli)", "backend": "local only"})

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import boto3
 import cv2
@@ -65,12 +66,13 @@ class Hosted:
 
 
 def our_processes(settings: Settings) -> list[psutil.Process]:
-    """The runtime daemon and every model server it started (marked in their environment) for this state directory."""
+    """The supervisor, the runtime daemon and every model server it started (marked in their environment)
+    for this state directory."""
     state_dir = str(Path(settings.state_dir).resolve())
     found = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         command = " ".join(process.info.get("cmdline") or [])
-        if "distracted_driver" not in command:
+        if "distracted_driver" not in command and "supervisord" not in command:
             continue
         with contextlib.suppress(psutil.Error):
             owner = process.environ().get(OWNER_ENV, "")
@@ -112,18 +114,24 @@ class Outcome:
     variant: str | None = None
     error: str | None = None
     original_status: int | None = None
+    at: float = field(default_factory=time.monotonic)  # when the answer (or the failure) came
 
 
 @dataclass
 class LoadLoop:
-    """Threads that invoke the endpoint back to back until stopped (bounded in count and time)."""
+    """Threads that invoke the endpoint back to back until stopped (bounded in count and time).
 
-    hosted: Hosted
+    Each thread calls ``sender()`` once for its own ``send(image) -> Outcome``;
+    by default that is boto3's sagemaker-runtime client on ``hosted``'s endpoint.
+    """
+
+    hosted: Hosted | None
     images: list[bytes]
     threads: int = 2
     max_requests: int = 3000
     max_seconds: float = 90.0
     pause_s: float = 0.0
+    sender: Callable[[], Callable[[bytes], Outcome]] | None = None
     outcomes: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self):
@@ -146,21 +154,30 @@ class LoadLoop:
             worker.join(timeout=40)
         return self.outcomes
 
-    def _run(self, number: int) -> None:
+    def _boto3_sender(self) -> Callable[[bytes], Outcome]:
         client = self.hosted.client()
         name = self.hosted.settings.endpoint_name
+
+        def send(image: bytes) -> Outcome:
+            try:
+                answer = client.invoke_endpoint(EndpointName=name, ContentType="image/jpeg", Body=image)
+                answer["Body"].read()
+                return Outcome(True, answer["ResponseMetadata"]["HTTPHeaders"].get("x-model-version"),
+                               answer["InvokedProductionVariant"])
+            except ClientError as error:
+                return Outcome(False, error=error.response["Error"]["Code"],
+                               original_status=error.response.get("OriginalStatusCode"))
+
+        return send
+
+    def _run(self, number: int) -> None:
+        send = self.sender() if self.sender else self._boto3_sender()
         sent = 0
         while not self._stop.is_set() and time.monotonic() < self._deadline and len(self.outcomes) < self.max_requests:
             image = self.images[(sent + number) % len(self.images)]
             sent += 1
             try:
-                answer = client.invoke_endpoint(EndpointName=name, ContentType="image/jpeg", Body=image)
-                answer["Body"].read()
-                outcome = Outcome(True, answer["ResponseMetadata"]["HTTPHeaders"].get("x-model-version"),
-                                  answer["InvokedProductionVariant"])
-            except ClientError as error:
-                outcome = Outcome(False, error=error.response["Error"]["Code"],
-                                  original_status=error.response.get("OriginalStatusCode"))
+                outcome = send(image)
             except Exception as error:  # a transport failure is a failed request too
                 outcome = Outcome(False, error=repr(error))
             with self._lock:

@@ -24,13 +24,17 @@ import psutil
 import pytest
 import requests
 from multidict import CIMultiDict, MultiDict
+from hostile_clients import json_error
 from openapi_spec_validator import validate
 
 from distracted_driver.config import Settings
 from distracted_driver.gateway import UsagePlan, create_api_key, gateway_status, start_gateway, stop_gateway
+from distracted_driver.gateway import keys as keys_module
 from distracted_driver.gateway.events import BINARY_MEDIA_TYPES, Caller, build_proxy_event, load_handler
 from distracted_driver.gateway.keys import KeyStore, Throttle, TokenBucket
 from distracted_driver.gateway.openapi import DOCS_PAGE, openapi_document
+from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange, slowloris
+from distracted_driver.logs import LogRotation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +80,22 @@ def test_key_store_persists_privately(tmp_path):
     assert again.lookup(second["value"])["name"] == "b"
     assert again.lookup("nope") is None and again.lookup(None) is None
     assert again.first() == first
+
+
+def test_keys_are_compared_in_constant_time_with_every_stored_key(tmp_path, monkeypatch):
+    store = KeyStore(tmp_path / "keys.json")
+    first, second = store.create("a"), store.create("b")
+    compared = []
+
+    def compare_digest(a, b):
+        compared.append((a, b))
+        return a == b
+
+    monkeypatch.setattr(keys_module.hmac, "compare_digest", compare_digest)
+    assert store.lookup(first["value"])["id"] == first["id"]
+    assert len(compared) == 2  # the match did not end the loop early
+    compared.clear()
+    assert store.lookup(second["value"][:-1] + "x") is None and len(compared) == 2
 
 
 def test_proxy_event_for_a_binary_body():
@@ -148,7 +168,8 @@ def test_daemon_status_and_restart_is_a_noop(gateway):
     settings, status = gateway
     assert status["running"] and status["url"].startswith("http://127.0.0.1:")
     assert status["api_key"] and status["pid"]
-    assert (Path(settings.state_dir) / "gateway" / "gateway.pid").read_text().strip() == str(status["pid"])
+    assert json.loads((Path(settings.state_dir) / "gateway" / "ready.json").read_text())["pid"] == status["pid"]
+    assert status["supervisor"].startswith(("STARTING", "RUNNING"))
     again = start_gateway(settings, runtime_url=status["runtime_url"], port=0, plan=UsagePlan(rate=500, burst=500))
     assert again["pid"] == status["pid"] and again["note"] == "already running"
 
@@ -181,6 +202,39 @@ def test_payload_over_api_gateway_limit_is_413(gateway):
     _, status = gateway
     response = post(status["url"], status["api_key"], data=b"\0" * (10 * 1024 * 1024 + 1))
     assert response.status_code == 413 and response.json() == {"message": "Request Too Long"}
+
+
+def test_aiohttps_own_refusals_are_api_gateway_json(gateway):
+    _, status = gateway
+    for name, raw in malformed_requests("/predict").items():
+        answer = raw_exchange(status["url"], raw)
+        assert json_error(answer, 400)["message"].startswith("the request could not be parsed"), name
+        assert list(json.loads(answer[2])) == ["message"]
+
+
+def test_health_includes_the_endpoint(gateway):
+    settings, status = gateway
+    health = requests.get(f"{status['url']}/health", timeout=10)
+    assert health.status_code == 503  # the process runs, but its runtime (a closed port) does not answer
+    assert "does not answer" in health.json()["message"] and health.json()["endpoint_health"]["status"] == "Unreachable"
+    described = gateway_status(settings)
+    assert described["running"] is True and described["healthy"] is False
+    assert "does not answer" in described["problem"]
+
+
+def test_the_log_is_rotated(tmp_path):
+    settings = Settings(root=tmp_path)
+    status = start_gateway(settings, runtime_url=closed_port_url(), port=0, plan=UsagePlan(rate=5000, burst=5000),
+                           log_rotation=LogRotation(max_bytes=4096, backups=2))
+    try:
+        with requests.Session() as session:
+            for _ in range(150):  # one access-log line each, about 200 bytes
+                session.post(f"{status['url']}/predict", data=b"x", headers={"Content-Type": "image/jpeg"}, timeout=10)
+        logs = sorted(p.name for p in (tmp_path / ".state" / "gateway").glob("gateway.log*"))
+        assert logs == ["gateway.log", "gateway.log.1", "gateway.log.2"]
+        assert all((tmp_path / ".state" / "gateway" / name).stat().st_size <= 4096 for name in logs)
+    finally:
+        stop_gateway(settings)
 
 
 def test_unknown_route_is_missing_authentication_token(gateway):
@@ -228,8 +282,10 @@ def test_stop_leaves_nothing_running(tmp_path):
     settings = Settings(root=tmp_path)
     status = start_gateway(settings, runtime_url=closed_port_url(), port=0)
     pid = status["pid"]
+    supervisor = int((tmp_path / ".state" / "supervisor" / "supervisord.pid").read_text())
     assert stop_gateway(settings) is True
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    for gone in (pid, supervisor):  # the supervisor stops with its last program
+        assert not psutil.pid_exists(gone) or psutil.Process(gone).status() == psutil.STATUS_ZOMBIE
     assert gateway_status(settings)["running"] is False
     assert stop_gateway(settings) is False
 
@@ -315,3 +371,12 @@ def test_predict_image_client(api_stack, tmp_path):
     status, body = predict_image(api_stack.predict_url, api_stack.api_key, path)
     assert status == 200 and body["model_version"] == api_stack.model_version
     assert predict_image(api_stack.predict_url, "wrong", path) == (403, {"message": "Forbidden"})
+
+
+@pytest.mark.slow
+def test_slow_headers_are_closed_while_predictions_go_on(api_stack):
+    result = slowloris(api_stack.url, lambda: post(api_stack.url, api_stack.api_key, data=frame(5)).status_code == 200,
+                       sockets=200, give_up_s=40)
+    assert result.closed == 200 and result.longest_held_s < 20, result.closed_after_s
+    assert json_error(parse_answer(result.answers[0]), 408) == {"message": "the request headers did not arrive within 10 s"}
+    assert result.normal_ok >= 5 and not result.normal_failed, result.normal_failed[:3]

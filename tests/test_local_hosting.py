@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from hosting_support import hosted, our_processes, wait_until  # noqa: F401
 
 from distracted_driver.hosting import open_hosting
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
 from distracted_driver.hosting.local import LocalHosting
+from distracted_driver.logs import LogRotation
 from distracted_driver.train.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -64,7 +66,8 @@ def test_runtime_outlives_the_deploying_command_and_down_stops_everything(hosted
     assert status["live_version"] == "lh-v1" and status["status"] == "InService"
     assert status["runtime_url"] == hosted.url()
     assert [i["state"] for i in status["instances"]] == ["in-service"]
-    pids = {status["runtime"]["pid"]} | {i["pid"] for i in status["instances"]}
+    supervisor = int((Path(hosted.settings.state_dir) / "supervisor" / "supervisord.pid").read_text())
+    pids = {supervisor, status["runtime"]["pid"]} | {i["pid"] for i in status["instances"]}
     assert {p.pid for p in our_processes(hosted.settings)} == pids
 
     down = _inv(hosted.settings, "deploy.down")
@@ -80,9 +83,10 @@ def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
     url = hosted.url()
     hosted.hosting.stop_runtime()
     assert our_processes(hosted.settings) == []
-    stopped = hosted.hosting.status()  # read from state.json alone
+    stopped = hosted.hosting.status()  # read from state.json alone: recorded InService, but nothing serves
     assert stopped["runtime"]["running"] is False
-    assert (stopped["status"], stopped["live_version"]) == ("InService", "lh-v1")
+    assert (stopped["status"], stopped["recorded_status"], stopped["live_version"]) == ("OutOfService", "InService", "lh-v1")
+    assert "the runtime is not running" in stopped["status_reason"]
 
     hosted.hosting.runtime()  # starts the daemon, which restores what state.json holds
     wait_until(lambda: hosted.hosting.status()["instance_count"] == 2, timeout_s=30, what="two instances restored")
@@ -91,10 +95,53 @@ def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
 
 
-def test_instances_do_not_outlive_a_killed_runtime(hosted, make_artifact):
+def test_a_killed_runtime_is_restarted_and_takes_over_its_running_instances(hosted, make_artifact):
     spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
     assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
+    before = hosted.hosting.status()
+    instances = {i["id"]: i["pid"] for i in before["instances"]}
+    os.kill(before["runtime"]["pid"], signal.SIGKILL)  # no chance to stop anything itself
+
+    after = wait_until(lambda: (s := hosted.hosting.status())["runtime"]["running"] and s["instance_count"] == 2
+                       and s["runtime"]["pid"] != before["runtime"]["pid"] and s, timeout_s=30,
+                       what="the supervisor to restart the runtime with two instances")
+    assert after["status"] == "InService"
+    assert {i["id"]: i["pid"] for i in after["instances"]} == instances  # the same processes, warm
+    assert after["runtime_url"] == before["runtime_url"]  # the same port: clients holding the URL keep working
+    answer = hosted.client().invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0])
+    assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
+    supervisor = int((Path(hosted.settings.state_dir) / "supervisor" / "supervisord.pid").read_text())
+    assert {p.pid for p in our_processes(hosted.settings)} == {supervisor, after["runtime"]["pid"], *instances.values()}
+
+
+def test_a_runtime_killed_with_nothing_to_restart_it_leaves_instances_the_next_one_takes_over_or_kills(hosted, make_artifact):
+    spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
+    assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
+    before = hosted.hosting.status()
+    supervisor_dir = Path(hosted.settings.state_dir) / "supervisor"
+    os.kill(int((supervisor_dir / "supervisord.pid").read_text()), signal.SIGKILL)
+    os.kill(before["runtime"]["pid"], signal.SIGKILL)
+    wait_until(lambda: not hosted.hosting.status()["runtime"]["running"], timeout_s=10, what="the runtime to be gone")
     status = hosted.hosting.status()
-    assert len(our_processes(hosted.settings)) == 3
-    os.kill(status["runtime"]["pid"], signal.SIGKILL)  # no chance to stop its instances itself
-    wait_until(lambda: not our_processes(hosted.settings), timeout_s=20, what="the instances to exit")
+    assert status["status"] == "OutOfService" and "nothing restarts it" in status["status_reason"]
+
+    hosted.hosting.runtime()  # a new supervisor stops what the killed one left (instances included), then starts afresh
+    after = wait_until(lambda: (s := hosted.hosting.status())["instance_count"] == 2 and s, timeout_s=60,
+                       what="two instances in service again")
+    assert not {i["pid"] for i in before["instances"]} & {i["pid"] for i in after["instances"]}
+    assert len([p for p in our_processes(hosted.settings) if "serve.server" in " ".join(p.cmdline())]) == 2
+
+
+def test_the_runtime_and_instance_logs_are_rotated(hosted, make_artifact):
+    hosted.hosting.log_rotation = LogRotation(max_bytes=1024, backups=2)  # before the runtime starts
+    spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
+    assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
+    hosting_dir = Path(hosted.settings.state_dir) / "hosting"
+    runtime_logs = sorted(p.name for p in hosting_dir.glob("runtime.log*"))
+    assert runtime_logs[:2] == ["runtime.log", "runtime.log.1"] and len(runtime_logs) <= 3, runtime_logs
+    assert all((hosting_dir / name).stat().st_size <= 1024 for name in runtime_logs)
+    for instance in hosted.hosting.status()["instances"]:
+        command = psutil.Process(instance["pid"]).cmdline()
+        assert command[command.index("--log-file") + 1] == instance["log"]
+        assert command[command.index("--log-max-bytes") + 1] == "1024"
+        assert Path(instance["log"]).stat().st_size > 0  # the server writes it itself, through its handler

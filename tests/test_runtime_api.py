@@ -12,16 +12,20 @@ import json
 import os
 import shutil
 import signal
+import stat
 from collections import Counter
 
 import boto3
 import pytest
+import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from hosting_support import LoadLoop, hosted_env, wait_until
+from hostile_clients import json_error
 
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
 from distracted_driver.hosting.local.client import RuntimeClient
+from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange, slowloris
 
 pytestmark = pytest.mark.slow
 ALL_AT_ONCE = TrafficRouting(strategy="all-at-once", bake_seconds=0)
@@ -77,6 +81,7 @@ def test_sagemaker_runtime_errors(env):
     assert error["OriginalStatusCode"] == 400
     assert json.loads(error["OriginalMessage"])["message"]
     assert "Received client error (400)" in error["Error"]["Message"]
+    assert str(env.settings.state_dir) not in error["Error"]["Message"] and ".log" not in error["Error"]["Message"]
 
     with pytest.raises(client.exceptions.ModelError) as wrong_type:
         _invoke(client, env, b"hello", ContentType="text/plain")
@@ -92,6 +97,55 @@ def test_sagemaker_runtime_errors(env):
         _invoke(client, env, env.smoke[0], TargetVariant="NoSuchVariant")
 
     assert _invoke(client, env, env.smoke[0])["ResponseMetadata"]["HTTPStatusCode"] == 200  # still serving
+
+
+def test_control_is_on_a_private_unix_socket_only(env):
+    """The TCP port serves invocations alone: no status (pids, paths), no shutdown, no model loading."""
+    url = env.url()
+    for method, path in (("GET", "/_control/status"), ("GET", "/_control/health"), ("POST", "/_control/shutdown"),
+                         ("POST", "/_control/models"), ("DELETE", "/_control/endpoints/distracted-driver"),
+                         ("GET", "/status"), ("POST", "/shutdown")):
+        response = requests.request(method, url + path, json={}, timeout=10)
+        assert response.status_code in (404, 405), (method, path, response.status_code)
+        body = response.json()
+        assert body["__type"] == "UnknownOperationException" and body["message"], body
+        assert str(env.settings.state_dir) not in response.text and "pid" not in body
+    control = env.settings.state_dir / "hosting" / "control.sock"
+    assert stat.S_ISSOCK(control.stat().st_mode) and stat.S_IMODE(control.stat().st_mode) == 0o600
+    status = env.hosting.runtime().get("status")  # the owner's client reaches it
+    assert status["endpoints"]["distracted-driver"]["status"] == "InService"
+
+
+def test_every_refusal_on_the_invocation_port_is_a_sagemaker_error(env):
+    url = env.url()
+    for name, raw in malformed_requests("/endpoints/distracted-driver/invocations").items():
+        answer = raw_exchange(url, raw)
+        assert json_error(answer, 400)["__type"] == "ValidationError", name
+        assert answer[1]["x-amzn-errortype"] == "ValidationError"
+    assert json_error(raw_exchange(url, b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 404)
+    wrong_method = b"GET /endpoints/distracted-driver/invocations HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert json_error(raw_exchange(url, wrong_method), 405)["__type"] == "UnknownOperationException"
+
+
+def test_the_endpoint_health_check_shows_no_pid_and_no_path(env):
+    response = requests.get(f"{env.url()}/endpoints/distracted-driver/health", timeout=10)
+    assert response.status_code == 200
+    assert response.json() == {"endpoint": "distracted-driver", "status": "InService", "instances_in_service": 2}
+    missing = requests.get(f"{env.url()}/endpoints/no-such-endpoint/health", timeout=10)
+    assert missing.status_code == 400 and missing.json()["__type"] == "ValidationError"
+
+
+def test_slow_headers_are_closed_while_invocations_go_on(env):
+    client = env.client()
+
+    def invoke() -> bool:
+        answer = _invoke(client, env, env.smoke[0])
+        return len(json.loads(answer["Body"].read())) == 10
+
+    result = slowloris(env.url(), invoke, sockets=200, give_up_s=40)
+    assert result.closed == 200 and result.longest_held_s < 20, result.closed_after_s
+    assert json_error(parse_answer(result.answers[0]), 408)["__type"] == "RequestTimeout"
+    assert result.normal_ok >= 5 and not result.normal_failed, result.normal_failed[:3]
 
 
 def test_dead_instance_is_replaced_and_no_request_fails(env):

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -20,7 +21,10 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
+from hostile_clients import json_error
 
+from distracted_driver.hosting.local.instances import free_port
+from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange, slowloris
 from distracted_driver.serve.metrics import parse_text
 
 pytestmark = pytest.mark.slow  # every test here starts a real server process
@@ -332,8 +336,6 @@ def test_sagemaker_entry_point_reads_the_model_dir_from_the_environment(model, t
 
 
 def test_a_slow_or_vanished_client_neither_hangs_nor_leaks(start_server):
-    import socket
-
     process = start_server("--read-timeout", "0.5")
     process.wait_ready()
     host, port = process.url.removeprefix("http://").split(":")
@@ -371,3 +373,54 @@ def test_serves_the_real_trained_efficientnet(trained_job, tmp_path):
         assert answer["probabilities"] == pytest.approx(expected.tolist(), abs=1e-5)
     finally:
         assert process.stop() == 0
+
+
+# --- hostile clients: malformed requests, slow sockets, rotated logs ------------------------
+
+
+def test_aiohttps_own_refusals_are_json(server):
+    for name, raw in malformed_requests("/invocations").items():
+        document = json_error(raw_exchange(server.url, raw), 400)
+        assert set(document) == {"error", "message"} and document["error"] == "BadRequest", (name, document)
+    assert get(server.url + "/ping")[0] == 200
+
+
+def test_slow_headers_are_closed_while_normal_clients_are_served(start_server):
+    process = start_server("--header-timeout", "1")
+    process.wait_ready()
+    result = slowloris(process.url, lambda: invoke(process, GOOD)[0] == 200, sockets=200, give_up_s=30)
+    assert result.closed == 200 and result.longest_held_s < 8, result.closed_after_s
+    assert json_error(parse_answer(result.answers[0]), 408)["error"] == "RequestTimeout"
+    assert result.normal_ok >= 5 and not result.normal_failed, result.normal_failed[:3]
+
+
+def test_the_log_file_is_rotated(model, tmp_path):
+    log_file = tmp_path / "server.log"
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distracted_driver.serve.server", "--model-dir", str(model.directory), "--port", str(port),
+         "--header-timeout", "0.2", "--log-file", str(log_file), "--log-max-bytes", "2048", "--log-backups", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while request_status(url + "/ping") != 200:
+            assert time.monotonic() < deadline and proc.poll() is None, "the server did not come up"
+            time.sleep(0.05)
+        for _ in range(60):  # each idle connection closed at the header deadline is one log line
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
+                idle.recv(1024)
+        rotated = sorted(tmp_path.glob("server.log*"))
+        assert [p.name for p in rotated] == ["server.log", "server.log.1", "server.log.2"], rotated
+        assert all(p.stat().st_size <= 2048 for p in rotated)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def request_status(url: str) -> int | None:
+    try:
+        return get(url)[0]
+    except OSError:
+        return None

@@ -6,10 +6,16 @@ What API Gateway does in front of the Lambda, in its order: route (403
 proxy integration (the handler runs in a thread pool, like concurrent Lambda
 containers; a handler that raises or answers garbage is a 502, one that runs
 past the timeout a 504). ``/openapi.json``, ``/docs`` and ``/health`` are the
-local gateway's own.
+local gateway's own; ``/health`` includes the endpoint: 200 only while the
+runtime answers and an instance of the endpoint is in service, else 503 with
+the reason.
+
+Every refusal is JSON ``{"message": ...}``, aiohttp's own included; slow
+headers and bodies get a 408 and a connection cap holds (``httpserver``).
 
 Run it with ``python -m distracted_driver.gateway.app --runtime-url URL
---endpoint NAME --keys FILE`` (``inv api.up`` does, as a daemon).
+--endpoint NAME --keys FILE`` (``inv api.up`` does, under the state
+directory's supervisor, which starts it again if it dies).
 """
 
 from __future__ import annotations
@@ -28,19 +34,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
-from distracted_driver.fsutil import write_json_atomic
+from distracted_driver.fsutil import read_json, write_json_atomic
 from distracted_driver.gateway.events import HANDLER_PATH, Caller, LambdaContext, build_proxy_event, load_handler
 from distracted_driver.gateway.keys import KeyStore, Throttle, UsagePlan
 from distracted_driver.gateway.openapi import DOCS_PAGE, openapi_document
+from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, listen_tcp, read_body
+from distracted_driver.logs import add_log_arguments, configure_logging
 
 API_GATEWAY_MAX_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 # Lambda's limit on a synchronous invocation's request: the whole proxy event as JSON, the
 # image base64 inside it. Above it AWS answers 413 {"message": "Request Too Long"} and the
 # handler never runs (docs/aws.md, "How large an image").
 LAMBDA_REQUEST_MAX_BYTES = 6_291_456
+HEALTH_TIMEOUT_S = 3.0
+RUNTIME_SESSION = web.AppKey("runtime_session", aiohttp.ClientSession)  # for the health check's calls
 access_log = logging.getLogger("gateway.access")
+
+
+def gateway_shape(status: int, code: str, message: str) -> tuple[dict, dict]:
+    """API Gateway's own errors are ``{"message": ...}`` and nothing else."""
+    return {"message": message}, {}
 
 
 @dataclass
@@ -54,6 +70,7 @@ class GatewayConfig:
     lambda_timeout_s: float = 29.0  # API Gateway's integration timeout
     max_request_bytes: int = API_GATEWAY_MAX_BYTES
     handler_path: Path = HANDLER_PATH
+    limits: Limits = field(default_factory=lambda: Limits(max_connections=1024))
 
 
 def lambda_environment(config: GatewayConfig) -> dict[str, str]:
@@ -103,9 +120,11 @@ def make_app(config: GatewayConfig) -> web.Application:
         if (request.content_length or 0) > config.max_request_bytes:
             return _message(413, "Request Too Long")
         try:
-            body = await request.read()
+            body = await read_body(request, config.limits.body_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             return _message(413, "Request Too Long")
+        except web.HTTPException as refusal:  # a body too slow (408) or broken (400)
+            return _message(refusal.status, refusal.text)
         caller = Caller(
             source_ip=request.remote or "127.0.0.1",
             user_agent=request.headers.get("User-Agent"),
@@ -132,7 +151,11 @@ def make_app(config: GatewayConfig) -> web.Application:
         return _proxy_response(result, request_id)
 
     async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "endpoint": config.endpoint_name, "runtime_url": config.runtime_url})
+        endpoint = await _endpoint_health(request.app[RUNTIME_SESSION], config)
+        body = {"endpoint": config.endpoint_name, "runtime_url": config.runtime_url, "endpoint_health": endpoint}
+        if endpoint.get("instances_in_service"):
+            return web.json_response({"status": "ok", **body})
+        return web.json_response({"status": "unhealthy", "message": endpoint["message"], **body}, status=503)
 
     async def openapi(request: web.Request) -> web.Response:
         server = f"{request.scheme}://{request.host}"
@@ -144,17 +167,39 @@ def make_app(config: GatewayConfig) -> web.Application:
     async def missing(request: web.Request) -> web.Response:
         return _message(403, "Missing Authentication Token")
 
+    async def open_runtime_session(app: web.Application) -> None:
+        app[RUNTIME_SESSION] = aiohttp.ClientSession()
+
     async def shutdown(app: web.Application) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
+        await app[RUNTIME_SESSION].close()
 
-    app = web.Application(client_max_size=config.max_request_bytes)
+    app = web.Application(client_max_size=config.max_request_bytes, middlewares=[json_errors(gateway_shape)])
     app.router.add_post("/predict", predict)
     app.router.add_get("/health", health)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/docs", docs)
     app.router.add_route("*", "/{tail:.*}", missing)
+    app.on_startup.append(open_runtime_session)
     app.on_shutdown.append(shutdown)
     return app
+
+
+async def _endpoint_health(session: aiohttp.ClientSession, config: GatewayConfig) -> dict:
+    """The local runtime's word on the endpoint: ``status``, ``instances_in_service``, and ``message`` when none."""
+    url = f"{config.runtime_url.rstrip('/')}/endpoints/{config.endpoint_name}/health"
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as answer:
+            found = await answer.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+        return {"status": "Unreachable", "instances_in_service": 0,
+                "message": f"the endpoint's runtime at {config.runtime_url} does not answer ({type(error).__name__})"}
+    if not isinstance(found, dict):
+        found = {}
+    health = {"status": found.get("status", "Unknown"), "instances_in_service": found.get("instances_in_service") or 0}
+    if not health["instances_in_service"]:
+        health["message"] = found.get("message") or f"the runtime answered {answer.status}"
+    return health
 
 
 def _message(status: int, message: str) -> web.Response:
@@ -194,20 +239,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-require-key", action="store_true", help="accept requests without an API key")
     parser.add_argument("--stage", default="local")
     parser.add_argument("--workers", type=int, default=32, help="concurrent handler invocations")
-    parser.add_argument("--ready-file", type=Path, help="written with the URL once listening")
+    parser.add_argument("--ready-file", type=Path,
+                        help="written with the URL and pid once listening; with --port 0, the port it names is tried "
+                             "first, so a restarted gateway keeps its URL")
+    add_log_arguments(parser)
     return parser.parse_args(argv)
 
 
 async def serve(config: GatewayConfig, host: str, port: int, ready_file: Path | None) -> None:
-    runner = web.AppRunner(make_app(config), access_log=None)
+    runner = GuardedRunner(make_app(config), gateway_shape, config.limits, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1]
+    previous = (read_json(ready_file) or {}).get("port") if ready_file and not port else None
+    bound = await listen_tcp(runner, host, port or previous)
     url = f"http://{host}:{bound}"
     logging.getLogger("gateway").info(json.dumps({"event": "listening", "url": url, "pid": os.getpid()}))
     if ready_file:
-        write_json_atomic(ready_file, {"url": url, "pid": os.getpid()})
+        write_json_atomic(ready_file, {"url": url, "port": bound, "pid": os.getpid()})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -222,7 +269,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit("the local gateway binds to loopback only")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    configure_logging(args, "%(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     config = GatewayConfig(
         endpoint_name=args.endpoint,

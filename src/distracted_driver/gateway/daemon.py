@@ -1,17 +1,20 @@
-"""Start, stop and describe the local API gateway as a detached process.
+"""Start, stop and describe the local API gateway, a program of the state directory's supervisor.
 
-Everything it keeps is under ``<state_dir>/gateway/``: ``gateway.pid``,
-``gateway.log``, ``gateway.json`` (URL, endpoint, runtime URL, usage plan),
-``api_keys.json`` and ``settings.json`` (the usage plan and port last asked
-for, reused by the next ``api.up``).
+The supervisor (``distracted_driver.supervision``) starts the gateway again
+at once if it dies, on the port it had. Everything the gateway keeps is under
+``<state_dir>/gateway/``: ``ready.json`` (URL, port and pid, written by the
+running gateway), ``gateway.log`` (its log, one line per request, rotated),
+``gateway.out`` (what it wrote outside its log: a crash), ``gateway.json``
+(endpoint, runtime URL, usage plan), ``api_keys.json`` and ``settings.json``
+(the usage plan and port last asked for, reused by the next ``api.up``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -23,9 +26,13 @@ import psutil
 from distracted_driver.config import Settings
 from distracted_driver.fsutil import log_tail, read_json, write_json_atomic
 from distracted_driver.gateway.keys import KeyStore, UsagePlan
+from distracted_driver.logs import LogRotation
+from distracted_driver.supervision import Program, Supervisor
 
 DEFAULT_PORT = 8088
 MODULE = "distracted_driver.gateway.app"
+PROGRAM = "gateway"  # its name under supervisord
+STOP_WAIT_S = 10.0
 
 
 class GatewayError(RuntimeError):
@@ -70,8 +77,9 @@ def start_gateway(
     port: int | None = None,
     plan: UsagePlan | None = None,
     timeout_s: float = 30.0,
+    log_rotation: LogRotation = LogRotation(),
 ) -> dict:
-    """Start the gateway daemon (or keep the running one if nothing changed); returns its status."""
+    """Start the gateway under supervision (or keep the running one if nothing changed); returns its status."""
     saved = _saved_settings(settings)
     plan = plan or saved_plan(settings)
     port = saved.get("port", DEFAULT_PORT) if port is None else port
@@ -87,8 +95,9 @@ def start_gateway(
     if port and not _port_free(port):
         note = f"port {port} is in use; picked a free one"
         port = 0
-    process = _spawn(settings, runtime_url, port, plan)
-    state = _wait_ready(settings, process, timeout_s)
+    _ready_file(settings).unlink(missing_ok=True)  # a fresh start takes the port asked for, not the last one
+    Supervisor(settings.state_dir).ensure(_program(settings, runtime_url, port, plan, log_rotation))
+    state = _wait_ready(settings, timeout_s)
     write_json_atomic(
         _state_file(settings),
         {**state, "endpoint": settings.endpoint_name, "runtime_url": runtime_url, "plan": plan.to_dict(),
@@ -102,11 +111,11 @@ def saved_plan(settings: Settings) -> UsagePlan:
     return UsagePlan.from_dict(_saved_settings(settings).get("plan", {}))
 
 
-def stop_gateway(settings: Settings, timeout_s: float = 10.0) -> bool:
-    """Stop the daemon if it runs; True when one was stopped."""
+def stop_gateway(settings: Settings, timeout_s: float = STOP_WAIT_S) -> bool:
+    """Stop the gateway if it runs (and take it from supervision); True when one was stopped."""
+    stopped = Supervisor(settings.state_dir).remove(PROGRAM, timeout_s)
     process = _process(settings)
-    stopped = False
-    if process is not None:
+    if process is not None:  # one started outside supervision
         with contextlib.suppress(psutil.NoSuchProcess):
             process.send_signal(signal.SIGTERM)
             try:
@@ -115,39 +124,46 @@ def stop_gateway(settings: Settings, timeout_s: float = 10.0) -> bool:
                 process.kill()
                 process.wait(5)
         stopped = True
-    for path in (_pid_file(settings), _state_file(settings)):
+    for path in (_ready_file(settings), _state_file(settings)):
         path.unlink(missing_ok=True)
     return stopped
 
 
 def gateway_status(settings: Settings) -> dict:
-    """``running``, ``url``, ``api_key``, ``endpoint``, ``runtime_url``, ``plan``, ``pid``, ``log``."""
+    """``running`` (the process answers), ``healthy`` (and the endpoint behind it serves), ``problem`` when
+    it does not, ``url``, ``api_key``, ``endpoint``, ``runtime_url``, ``plan``, ``pid``, ``log``, ``supervisor``."""
     process = _process(settings)
-    state = read_json(_state_file(settings)) if process else {}
+    ready = read_json(_ready_file(settings)) or {}
+    state = read_json(_state_file(settings)) or {}
+    health = _health(ready.get("url")) if process else None
+    running = health is not None
+    healthy = running and health[0] == 200
     key = key_store(settings).first()
-    running = bool(process) and bool(state) and _healthy(state.get("url"))
+    url = ready.get("url") if running else None
     return {
         "running": running,
-        "url": state.get("url") if running else None,
-        "predict_url": f"{state['url']}/predict" if running else None,
-        "docs_url": f"{state['url']}/docs" if running else None,
+        "healthy": healthy,
+        "problem": None if healthy else (health[1].get("message") if running else "the gateway is not running"),
+        "url": url,
+        "predict_url": f"{url}/predict" if url else None,
+        "docs_url": f"{url}/docs" if url else None,
         "api_key": key["value"] if key else None,
         "endpoint": state.get("endpoint", settings.endpoint_name),
         "runtime_url": state.get("runtime_url"),
+        "endpoint_health": health[1].get("endpoint_health") if running else None,
         "plan": state.get("plan"),
         "pid": process.pid if process else None,
         "log": str(_log_file(settings)),
+        "supervisor": Supervisor(settings.state_dir).describe(PROGRAM),
     }
 
 
 # --- internals ---------------------------------------------------------------
 
 
-def _spawn(settings: Settings, runtime_url: str, port: int, plan: UsagePlan) -> subprocess.Popen:
+def _program(settings: Settings, runtime_url: str, port: int, plan: UsagePlan, log_rotation: LogRotation) -> Program:
     directory = gateway_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
-    ready = directory / "ready.json"
-    ready.unlink(missing_ok=True)
     command = [
         sys.executable, "-m", MODULE,
         "--runtime-url", runtime_url,
@@ -156,56 +172,59 @@ def _spawn(settings: Settings, runtime_url: str, port: int, plan: UsagePlan) -> 
         "--port", str(port),
         "--rate", str(plan.rate),
         "--burst", str(plan.burst),
-        "--ready-file", str(ready),
+        "--ready-file", str(_ready_file(settings)),
+        *log_rotation.arguments(_log_file(settings)),
     ]
     if not plan.require_key:
         command.append("--no-require-key")
-    with open(_log_file(settings), "ab") as log:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=settings.root, start_new_session=True,  # outlives the command that started it
-        )
-    _pid_file(settings).write_text(f"{process.pid}\n")
-    return process
+    return Program(PROGRAM, command, directory=Path(settings.root), output_log=directory / "gateway.out",
+                   stop_wait_s=STOP_WAIT_S)
 
 
-def _wait_ready(settings: Settings, process: subprocess.Popen, timeout_s: float) -> dict:
-    ready = gateway_dir(settings) / "ready.json"
+def _wait_ready(settings: Settings, timeout_s: float) -> dict:
+    supervisor = Supervisor(settings.state_dir)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            _pid_file(settings).unlink(missing_ok=True)
-            raise GatewayError(f"the gateway exited with {process.returncode}:\n{log_tail(_log_file(settings))}")
-        state = read_json(ready)
-        if state and _healthy(state["url"]):
+        state = read_json(_ready_file(settings))
+        if state and _process(settings) and _health(state["url"]) is not None:
             return state
+        program = supervisor.info(PROGRAM)
+        if program is None or program["statename"] in ("FATAL", "STOPPED"):
+            break
         time.sleep(0.1)
-    process.terminate()
-    process.wait(10)
-    _pid_file(settings).unlink(missing_ok=True)
-    raise GatewayError(f"the gateway did not come up within {timeout_s:.0f} s:\n{log_tail(_log_file(settings))}")
+    failure = supervisor.describe(PROGRAM)
+    stop_gateway(settings)
+    raise GatewayError(f"the gateway did not come up within {timeout_s:.0f} s ({failure}):\n"
+                       f"{log_tail(_log_file(settings))}\n{log_tail(gateway_dir(settings) / 'gateway.out')}".rstrip())
 
 
 def _process(settings: Settings) -> psutil.Process | None:
-    """The daemon named by the pid file, if that pid is still our gateway (not a reused pid)."""
+    """The gateway named by ``ready.json``, if that pid is still our gateway (not a reused pid)."""
     try:
-        pid = int(_pid_file(settings).read_text().strip())
+        pid = int((read_json(_ready_file(settings)) or {})["pid"])
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE or MODULE not in " ".join(process.cmdline()):
             return None
         return process
-    except (FileNotFoundError, ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
+    except (KeyError, TypeError, ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
 
-def _healthy(url: str | None) -> bool:
+def _health(url: str | None) -> tuple[int, dict] | None:
+    """(status, body) of the gateway's ``/health`` (200, or 503 when the endpoint does not serve); None if it
+    does not answer."""
     if not url:
-        return False
+        return None
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        try:
+            return error.code, json.loads(error.read())
+        except ValueError:
+            return error.code, {"message": f"/health answered {error.code}"}
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def _port_free(port: int) -> bool:
@@ -225,8 +244,8 @@ def _log_file(settings: Settings) -> Path:
     return gateway_dir(settings) / "gateway.log"
 
 
-def _pid_file(settings: Settings) -> Path:
-    return gateway_dir(settings) / "gateway.pid"
+def _ready_file(settings: Settings) -> Path:
+    return gateway_dir(settings) / "ready.json"
 
 
 def _state_file(settings: Settings) -> Path:

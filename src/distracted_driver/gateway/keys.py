@@ -1,13 +1,16 @@
 """API keys and the usage plan's throttle, as API Gateway applies them before the Lambda.
 
 Keys live in one JSON file in the state directory (readable by its owner
-only); the running gateway notices new keys without a restart. The throttle
+only); the running gateway notices new keys without a restart. A presented
+key is compared with every stored one by ``hmac.compare_digest``, so the time
+a refusal takes says nothing about how much of a key was right. The throttle
 is a token bucket per key: ``rate`` requests per second on average, ``burst``
 at once, 429 past them (API Gateway's usage-plan throttle).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import secrets
 import string
@@ -47,7 +50,7 @@ class KeyStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._by_value: dict[str, dict] = {}
+        self._keys: list[dict] = []
         self._mtime: float | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
@@ -78,7 +81,12 @@ class KeyStore:
         if not value:
             return None
         self._refresh()
-        return self._by_value.get(value)
+        presented = value.encode("utf-8", "surrogateescape")
+        found = None
+        for key in self._keys:  # no early exit: every key is compared, whichever matches
+            if hmac.compare_digest(key["value"].encode("utf-8", "surrogateescape"), presented):
+                found = key
+        return found
 
     def _refresh(self) -> None:
         now = time.monotonic()
@@ -88,10 +96,10 @@ class KeyStore:
         try:
             mtime = self.path.stat().st_mtime
         except FileNotFoundError:
-            self._by_value, self._mtime = {}, 0.0
+            self._keys, self._mtime = [], 0.0
             return
         if mtime != self._mtime:
-            self._by_value = {k["value"]: k for k in self._read()}
+            self._keys = self._read()
             self._mtime = mtime
 
     def _read(self) -> list[dict]:

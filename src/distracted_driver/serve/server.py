@@ -7,7 +7,10 @@ inference went through (503 before, and again while draining);
 with ``Accept: application/json;verbose=true``, class, label, confidence,
 probabilities and model version); ``GET /metrics`` is Prometheus text.
 Every response carries ``X-Model-Version``; every error is JSON
-``{"error", "message"}``.
+``{"error", "message"}``, aiohttp's own refusals included. Headers must
+arrive within ``--header-timeout`` seconds and a body within
+``--read-timeout`` (408 otherwise); past ``--max-connections`` a connection
+gets a 503 (``distracted_driver.httpserver``).
 
 The event loop only moves bytes: decoding and preprocessing run on a thread
 pool, inference on the batcher's thread (OpenCV and ONNX Runtime both release
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -32,10 +36,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from aiohttp import ClientPayloadError, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
 from distracted_driver.data.imaging import MAX_PIXELS, ImageError
+from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, plain_shape, read_body
+from distracted_driver.logs import add_log_arguments, configure_logging
 from distracted_driver.serve.batching import DynamicBatcher
 from distracted_driver.serve.inference import Classifier
 from distracted_driver.system import cpu_count
@@ -50,6 +55,7 @@ MAX_BODY_BYTES = 6_291_456
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
 VERSION_HEADER = "X-Model-Version"
 KNOWN_PATHS = ("/ping", "/invocations", "/metrics")
+ROUTES = "GET /ping, POST /invocations, GET /metrics"
 DEFAULT_PORT = 8080
 WARMUP_FRAME = (480, 640)  # height, width of a camera frame
 
@@ -66,12 +72,14 @@ class ServerConfig:
     decode_workers: int | None = None  # decode + preprocess threads; default all cores
     max_pixels: int = MAX_PIXELS
     warmup_runs: int = 2
-    read_timeout_s: float = 30.0
+    read_timeout_s: float = 30.0  # the body, once the headers are in
+    header_timeout_s: float = 10.0
+    max_connections: int = 256
     shutdown_timeout_s: float = 30.0
 
-
-def error_response(status: int, error: str, message: str) -> web.Response:
-    return web.json_response({"error": error, "message": message}, status=status)
+    def limits(self) -> Limits:
+        return Limits(header_timeout_s=self.header_timeout_s, body_timeout_s=self.read_timeout_s,
+                      max_connections=self.max_connections)
 
 
 def wants_verbose(accept: str) -> bool:
@@ -111,7 +119,8 @@ class ModelServer:
     # --- application -------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._errors_as_json])
+        app = web.Application(client_max_size=MAX_BODY_BYTES,
+                              middlewares=[self._count, json_errors(plain_shape, routes=ROUTES)])
         app.router.add_get("/ping", self.ping)
         app.router.add_post("/invocations", self.invocations)
         app.router.add_get("/metrics", self.metrics_page)
@@ -122,20 +131,14 @@ class ModelServer:
         response.headers[VERSION_HEADER] = self.version
 
     @web.middleware
-    async def _errors_as_json(self, request: web.Request, handler) -> web.StreamResponse:
+    async def _count(self, request: web.Request, handler) -> web.StreamResponse:
+        """Every answer in the metrics: requests by path and status, errors by name, latency."""
         started = time.monotonic()
-        try:
-            response = await handler(request)
-        except web.HTTPException as error:  # routing (404, 405) and aiohttp's own refusals
-            message = f"{request.method} {request.path}: {error.reason.lower()}"
-            if error.status in (404, 405):
-                message += "; this server answers GET /ping, POST /invocations, GET /metrics"
-            response = self._error(error.status, error.reason.replace(" ", ""), message)
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            response = self._error(500, "InternalFailure", "the model server failed on this request")
+        response = await handler(request)
         path = request.path if request.path in KNOWN_PATHS else "other"
         self.metrics.requests.inc(path, response.status)
+        if response.status >= 400 and isinstance(response, web.Response) and response.body:
+            self.metrics.errors.inc(json.loads(response.body).get("error", "unknown"))
         if path == "/invocations":
             self.metrics.latency.observe(time.monotonic() - started)
         return response
@@ -171,14 +174,9 @@ class ModelServer:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             return self._too_large(request.content_length)
         try:
-            body = await asyncio.wait_for(request.read(), self.config.read_timeout_s)
+            body = await read_body(request, self.config.read_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             return self._too_large(None)
-        except TimeoutError:
-            return self._error(408, "RequestTimeout", f"the body did not arrive within {self.config.read_timeout_s:g} s")
-        except (ConnectionError, HttpProcessingError, ClientPayloadError) as error:
-            # The client went away or broke the framing mid-body; the answer is unlikely to reach it.
-            return self._error(400, "IncompleteBody", f"the request body could not be read: {error}")
         loop = asyncio.get_running_loop()
         try:
             tensor = await loop.run_in_executor(
@@ -195,9 +193,9 @@ class ModelServer:
         stated = f"{size} bytes" if size is not None else "the body"
         return self._error(413, "PayloadTooLarge", f"{stated} exceeds the limit of {MAX_BODY_BYTES} bytes")
 
-    def _error(self, status: int, error: str, message: str) -> web.Response:
-        self.metrics.errors.inc(error)
-        return error_response(status, error, message)
+    @staticmethod
+    def _error(status: int, error: str, message: str) -> web.Response:
+        return web.json_response({"error": error, "message": message}, status=status)
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -239,9 +237,8 @@ class ModelServer:
         self.stop_event = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
-        runner = web.AppRunner(
-            self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=self.config.shutdown_timeout_s
-        )
+        runner = GuardedRunner(self.make_app(), plain_shape, self.config.limits(), access_log=None,
+                               handle_signals=False, shutdown_timeout=self.config.shutdown_timeout_s)
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port)
         await site.start()
@@ -261,7 +258,7 @@ class ModelServer:
         return 1 if self.failure else 0
 
 
-def parse_args(argv: list[str] | None = None) -> ServerConfig:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, ServerConfig]:
     parser = argparse.ArgumentParser(prog="python -m distracted_driver.serve.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", required=True, type=Path, help="unpacked model.tar.gz")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -277,21 +274,26 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image accepted, in pixels")
     parser.add_argument("--warmup-runs", type=int, default=2, help="warm-up inferences before /ping turns 200")
     parser.add_argument("--read-timeout", type=float, default=30.0, help="seconds allowed for a request body to arrive")
+    parser.add_argument("--header-timeout", type=float, default=10.0,
+                        help="seconds allowed for a request's headers to arrive once connected")
+    parser.add_argument("--max-connections", type=int, default=256, help="open connections at most; more get 503")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds to drain on SIGTERM")
+    add_log_arguments(parser)
     args = parser.parse_args(argv)
     if args.max_batch_size < 1 or args.queue_size < 1:
         parser.error("--max-batch-size and --queue-size must be at least 1")
-    return ServerConfig(
+    return args, ServerConfig(
         model_dir=args.model_dir, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms, queue_size=args.queue_size, threads=args.threads,
         decode_workers=args.decode_workers, max_pixels=args.max_pixels, warmup_runs=args.warmup_runs,
-        read_timeout_s=args.read_timeout, shutdown_timeout_s=args.shutdown_timeout,
+        read_timeout_s=args.read_timeout, header_timeout_s=args.header_timeout, max_connections=args.max_connections,
+        shutdown_timeout_s=args.shutdown_timeout,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = parse_args(argv)
+    args, config = parse_args(argv)
+    configure_logging(args, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     cv2.setNumThreads(1)  # parallelism comes from the decode pool; OpenCV's own pool would oversubscribe
     try:
         server = ModelServer(config)

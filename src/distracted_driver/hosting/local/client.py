@@ -1,9 +1,11 @@
-"""Talking to the runtime daemon: start it detached, call its control API, stop it.
+"""Talking to the runtime daemon: start it under supervision, call its control API, stop it.
 
-The daemon is started in its own session (``start_new_session``) with its
-output in ``runtime.log``, so it outlives the ``inv`` command that started it.
-``runtime.json`` says where it listens; a file lock makes two commands that
-start it at once share one daemon.
+The daemon runs as the ``runtime`` program of the state directory's
+supervisord (``distracted_driver.supervision``), so it outlives the ``inv``
+command that started it and is started again, from ``state.json``, when it
+dies. ``runtime.json`` says where it listens; its control API is the Unix
+socket ``control.sock`` (mode 0600); a file lock makes two commands that start
+it at once share one daemon.
 """
 
 from __future__ import annotations
@@ -13,20 +15,22 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
 from distracted_driver.fsutil import log_tail, read_json
 from distracted_driver.hosting.local.instances import OWNER_ENV, SERVER_MODULE
 from distracted_driver.hosting.local.state import RuntimePaths
+from distracted_driver.httpserver import UnixHTTPConnection
+from distracted_driver.logs import LogRotation
+from distracted_driver.supervision import Program, Supervisor
 
 RUNTIME_MODULE = "distracted_driver.hosting.local.runtime"
+PROGRAM = "runtime"  # its name under supervisord
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 60.0
 
@@ -46,28 +50,33 @@ class RuntimeInfo:
 
 
 class RuntimeClient:
-    """JSON over HTTP to ``/_control/``; stdlib only, so any process can use it."""
+    """JSON over HTTP to the control socket; stdlib only, so any process of this user can use it."""
 
-    def __init__(self, url: str, timeout_s: float = 120.0):
-        self.url = url.rstrip("/")
+    def __init__(self, socket_path: str | Path, timeout_s: float = 120.0):
+        self.socket_path = Path(socket_path)
         self.timeout_s = timeout_s
+
+    @classmethod
+    def of(cls, paths: RuntimePaths, timeout_s: float = 120.0) -> "RuntimeClient":
+        return cls(paths.control_socket, timeout_s)
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.url}/_control/{path.lstrip('/')}", data=data, method=method,
-            headers={"Content-Type": "application/json"} if data is not None else {},
-        )
+        connection = UnixHTTPConnection(self.socket_path, self.timeout_s)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as error:
-            payload = error.read()
+            connection.request(method, f"/{path.lstrip('/')}", body=data,
+                               headers={"Content-Type": "application/json"} if data is not None else {})
+            response = connection.getresponse()
+            payload = response.read()
+        finally:
+            connection.close()
+        if response.status >= 400:
             try:
                 message = json.loads(payload).get("message", payload.decode(errors="replace"))
             except ValueError:
                 message = payload.decode(errors="replace")
-            raise RuntimeApiError(error.code, message) from None
+            raise RuntimeApiError(response.status, message)
+        return json.loads(payload or b"{}")
 
     def get(self, path: str) -> dict:
         return self.call("GET", path)
@@ -95,8 +104,8 @@ def running_runtime(paths: RuntimePaths) -> RuntimeInfo | None:
     if not info or not _alive(info.get("pid", -1)):
         return None
     try:
-        health = RuntimeClient(info["url"], timeout_s=5).get("health")
-    except (OSError, RuntimeApiError):
+        health = RuntimeClient.of(paths, timeout_s=5).get("health")
+    except (OSError, ValueError, RuntimeApiError):
         return None
     if health.get("pid") != info["pid"]:
         return None
@@ -111,51 +120,63 @@ def start_lock(paths: RuntimePaths):
         yield
 
 
-def ensure_runtime(paths: RuntimePaths) -> RuntimeInfo:
-    """The running daemon, started (detached) if there is none."""
+def runtime_program(paths: RuntimePaths, log_rotation: LogRotation = LogRotation()) -> Program:
+    return Program(
+        PROGRAM,
+        [sys.executable, "-m", RUNTIME_MODULE, "--state-dir", str(paths.root.parent),
+         *log_rotation.arguments(paths.log_file)],
+        directory=paths.root, output_log=paths.output_file, stop_wait_s=STOP_TIMEOUT_S,
+    )
+
+
+def ensure_runtime(paths: RuntimePaths, log_rotation: LogRotation = LogRotation()) -> RuntimeInfo:
+    """The running daemon, started under supervision if there is none."""
     with start_lock(paths):
         info = running_runtime(paths)
         if info:
             return info
-        with contextlib.suppress(FileNotFoundError):
-            paths.runtime_file.unlink()
-        with open(paths.log_file, "ab") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", RUNTIME_MODULE, "--state-dir", str(paths.root.parent)],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                start_new_session=True, close_fds=True, cwd=paths.root,
-            )
+        supervisor = Supervisor(paths.root.parent)
+        supervisor.ensure(runtime_program(paths, log_rotation))
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"the runtime exited with code {process.returncode} at start; "
-                    f"{paths.log_file} ends:\n{log_tail(paths.log_file, lines=8)}"
-                )
             info = running_runtime(paths)
-            if info and info.pid == process.pid:
+            if info:
                 return info
+            program = supervisor.info(PROGRAM)
+            if program is None or program["statename"] in ("FATAL", "STOPPED"):
+                raise RuntimeError(f"the runtime did not start: {supervisor.describe(PROGRAM)}; "
+                                   f"{paths.log_file} ends:\n{_tails(paths)}")
             time.sleep(0.1)
-        process.kill()
-        raise RuntimeError(f"the runtime did not come up within {START_TIMEOUT_S:g} s; see {paths.log_file}")
+        raise RuntimeError(f"the runtime did not come up within {START_TIMEOUT_S:g} s; "
+                           f"{paths.log_file} ends:\n{_tails(paths)}")
+
+
+def _tails(paths: RuntimePaths) -> str:
+    return "\n".join(tail for tail in (log_tail(paths.log_file, 8), log_tail(paths.output_file, 8)) if tail)
+
+
+def supervision_of(paths: RuntimePaths) -> str:
+    """What the supervisor does about the runtime now, in one line."""
+    return Supervisor(paths.root.parent).describe(PROGRAM)
 
 
 def stop_runtime(paths: RuntimePaths) -> list[int]:
     """Stop the daemon (it drains and stops its instances) and anything of ours it left; returns pids killed."""
     killed = []
+    Supervisor(paths.root.parent).remove(PROGRAM, STOP_TIMEOUT_S)  # SIGTERM; its group is SIGKILLed past the wait
     info = read_json(paths.runtime_file)
     pid = info.get("pid") if info else None
-    if pid and _alive(pid):
+    if pid and _alive(pid):  # a runtime started by hand, outside supervision
         with contextlib.suppress(OSError, RuntimeApiError):
-            RuntimeClient(info["url"], timeout_s=10).post("shutdown")
+            RuntimeClient.of(paths, timeout_s=10).post("shutdown")
         if not _wait_gone(pid, STOP_TIMEOUT_S):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)  # the daemon leads its session: this takes its instances too
+                os.kill(pid, signal.SIGKILL)  # its instances are killed below (kill_orphans)
             killed.append(pid)
             _wait_gone(pid, 5)
     killed += kill_orphans(paths)
-    with contextlib.suppress(FileNotFoundError):
-        paths.runtime_file.unlink()
+    for leftover in (paths.runtime_file, paths.control_socket):
+        leftover.unlink(missing_ok=True)
     return killed
 
 
@@ -168,11 +189,12 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
     return not _alive(pid)
 
 
-def kill_orphans(paths: RuntimePaths) -> list[int]:
-    """Model servers started by the runtime of these paths (found by their environment) that outlived it."""
+def kill_orphans(paths: RuntimePaths, keep: frozenset[int] = frozenset()) -> list[int]:
+    """Model servers started by a runtime of these paths (found by their environment) that outlived it,
+    except the pids in ``keep``; returns the pids killed."""
     killed = []
     for process in psutil.process_iter(["pid", "cmdline"]):
-        if SERVER_MODULE not in " ".join(process.info.get("cmdline") or []):
+        if process.info["pid"] in keep or SERVER_MODULE not in " ".join(process.info.get("cmdline") or []):
             continue
         with contextlib.suppress(psutil.Error):
             if process.environ().get(OWNER_ENV) == str(paths.root):

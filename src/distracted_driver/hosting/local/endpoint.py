@@ -19,8 +19,8 @@ from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.instances import Instance
 from distracted_driver.hosting.local.state import ACTIVITIES, HISTORY, EndpointConfigRecord
 
-CREATING, IN_SERVICE, UPDATING, ROLLING_BACK, DELETING, FAILED, SYSTEM_UPDATING = (
-    "Creating", "InService", "Updating", "RollingBack", "Deleting", "Failed", "SystemUpdating",
+CREATING, IN_SERVICE, UPDATING, ROLLING_BACK, DELETING, FAILED, SYSTEM_UPDATING, OUT_OF_SERVICE = (
+    "Creating", "InService", "Updating", "RollingBack", "Deleting", "Failed", "SystemUpdating", "OutOfService",
 )
 
 
@@ -82,6 +82,27 @@ class Endpoint:
             return None
         return random.choices(ready, weights=[f.variant.weight for f in ready])[0]
 
+    # --- what is true now ---------------------------------------------------------------
+
+    def instances_in_service(self) -> int:
+        """Instances that take this endpoint's traffic now (blue's; green gets traffic only through blue's place)."""
+        return sum(len(fleet.in_service()) for fleet in self.blue.values())
+
+    def availability(self) -> tuple[str, str]:
+        """(status, reason): the recorded status, except OutOfService while it says InService and nothing serves.
+
+        The recorded status stays as it is (a restart restores what it says); this
+        is what callers are told.
+        """
+        if self.status == IN_SERVICE and not self.instances_in_service():
+            causes = [f"{fleet.name}: {fleet.last_failure}" for fleet in self.blue.values() if fleet.last_failure]
+            return OUT_OF_SERVICE, "no instance is in service" + (f" ({'; '.join(causes)})" if causes else "")
+        if self.status == FAILED:
+            return FAILED, self.failure_reason
+        if self.status == SYSTEM_UPDATING:
+            return SYSTEM_UPDATING, "the runtime (re)started: the endpoint's instances are starting"
+        return self.status, ""
+
     # --- records ---------------------------------------------------------------------
 
     def all_fleets(self) -> list[Fleet]:
@@ -112,6 +133,9 @@ class Endpoint:
     def to_json(self) -> dict:
         """The live view for ``status``: the record plus fleets, instances and traffic."""
         view = self.to_record()
+        view["recorded_status"] = self.status
+        view["status"], view["status_reason"] = self.availability()
+        view["instances_in_service"] = self.instances_in_service()
         view["variants"] = []
         for variant, fleet in self.blue.items():
             entry = {

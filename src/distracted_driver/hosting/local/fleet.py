@@ -9,13 +9,17 @@ that dies (once the fleet is in service), and grows or shrinks on request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from typing import Callable
 
+import psutil
+
 from distracted_driver.hosting.local.instances import FAILED, IN_SERVICE, STARTING, STOPPED, Instance, InstanceError
 from distracted_driver.hosting.local.requestlog import RequestLog
 from distracted_driver.hosting.local.state import ModelRecord, RuntimePaths, VariantConfig
+from distracted_driver.logs import LogRotation
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
@@ -35,6 +39,7 @@ class Fleet:
         paths: RuntimePaths,
         new_instance_id: Callable[[], str],
         on_change: Callable[[], None],
+        log_rotation: LogRotation = LogRotation(),
     ):
         self.endpoint = endpoint
         self.config_name = config_name
@@ -43,6 +48,8 @@ class Fleet:
         self.paths = paths
         self.new_instance_id = new_instance_id
         self.on_change = on_change  # the runtime persists its state and wakes waiting requests
+        self.log_rotation = log_rotation
+        self.last_failure = ""  # what last took an instance out or kept a replacement from starting
         self.instances: list[Instance] = []
         self.log = RequestLog()
         self.replace_failed = False  # turned on once the fleet is in service
@@ -86,11 +93,30 @@ class Fleet:
             self.on_change()
             raise failures[0]
 
-    def _new_instance(self) -> Instance:
-        instance_id = self.new_instance_id()
+    async def bring_up(self, count: int, running: list[tuple[dict, psutil.Process]]) -> None:
+        """``count`` instances in service: first the ``running`` servers a previous runtime left (each taken
+        over if it answers ``/ping``, else killed), then new ones for what is missing."""
+        taken = 0
+        for record, process in running:
+            if taken == count:  # more than the fleet needs now
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+                continue
+            instance = self._new_instance(record["instance"])
+            if await instance.take_over(process, record["port"]):  # (it kills one that does not answer)
+                taken += 1
+                self._spawn_task(self._watch(instance))
+            else:
+                self.instances = [i for i in self.instances if i is not instance]
+        self.on_change()
+        if count > taken:
+            await self.start(count - taken)
+
+    def _new_instance(self, instance_id: str | None = None) -> Instance:
+        instance_id = instance_id or self.new_instance_id()
         instance = Instance(
             instance_id, self.model.name, self.model.model_dir, self.paths.instance_logs / f"{instance_id}.log",
-            owner=str(self.paths.root), threads=self.variant.instance_threads,
+            owner=str(self.paths.root), threads=self.variant.instance_threads, log_rotation=self.log_rotation,
         )
         self.instances.append(instance)
         return instance
@@ -144,6 +170,7 @@ class Fleet:
         if instance.state in (IN_SERVICE, STARTING):
             instance.state = FAILED
             instance.failure = f"exited with code {code} while in service"
+            self.last_failure = f"instance {instance.id} {instance.failure}"
             log.warning("%s/%s: instance %s (pid %s) exited with code %s; out of rotation", self.endpoint, self.name, instance.id, instance.pid, code)
             await instance.kill()
             self.on_change()
@@ -176,10 +203,12 @@ class Fleet:
             try:
                 await self._launch(replacement)
                 self._replace_backoff = 1.0
+                self.last_failure = ""
                 log.info("%s/%s: instance %s replaces %s", self.endpoint, self.name, replacement.id, dead.id)
                 return
             except InstanceError as error:
                 self.instances = [i for i in self.instances if i is not replacement]
+                self.last_failure = f"its replacement {replacement.id} did not start: {str(error).splitlines()[0]}"
                 log.error("%s/%s: replacement failed (%s); retrying in %g s", self.endpoint, self.name, error, self._replace_backoff)
                 await asyncio.sleep(self._replace_backoff)
                 self._replace_backoff = min(MAX_REPLACE_BACKOFF_S, self._replace_backoff * 2)
@@ -193,5 +222,6 @@ class Fleet:
             "instances": [i.to_json() for i in self.instances],
             "requests": self.log.total,
             "errors": self.log.total_errors,
+            "last_failure": self.last_failure or None,
             "last_window": self.log.window(window_seconds).to_json(),
         }

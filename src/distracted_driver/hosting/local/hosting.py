@@ -24,6 +24,7 @@ from distracted_driver.hosting.base import AlarmThresholds, DeployResult, Hostin
 from distracted_driver.hosting.local import client as daemon
 from distracted_driver.hosting.local.smoke import smoke_images as default_smoke_images
 from distracted_driver.hosting.local.state import RuntimePaths, load_state, save_state
+from distracted_driver.logs import LogRotation
 from distracted_driver.storage import Storage, open_storage
 from distracted_driver.train.artifact import ArtifactError, load_artifact, unpack_artifact
 
@@ -44,6 +45,7 @@ class LocalHosting(Hosting):
         instance_threads: int | None = None,
         startup_timeout_seconds: float = 120.0,
         on_event: Callable[[dict], None] | None = None,
+        log_rotation: LogRotation = LogRotation(),
     ):
         self.settings = settings
         self.paths = RuntimePaths.under(settings.state_dir)
@@ -51,6 +53,7 @@ class LocalHosting(Hosting):
         self.instance_threads = instance_threads
         self.startup_timeout_seconds = startup_timeout_seconds
         self.on_event = on_event or (lambda event: log.info("%s", event["message"]))
+        self.log_rotation = log_rotation  # of the runtime's log and its instances' logs
 
     @property
     def storage(self) -> Storage:
@@ -64,7 +67,8 @@ class LocalHosting(Hosting):
 
     def runtime(self) -> daemon.RuntimeClient:
         """A client of the runtime daemon, started if it is not running."""
-        return daemon.RuntimeClient(daemon.ensure_runtime(self.paths).url)
+        daemon.ensure_runtime(self.paths, self.log_rotation)
+        return daemon.RuntimeClient.of(self.paths)
 
     # --- deploy ---------------------------------------------------------------------------
 
@@ -205,15 +209,23 @@ class LocalHosting(Hosting):
     # --- status, invoke, delete ----------------------------------------------------------------
 
     def status(self) -> dict:
-        """Endpoint, variants, instances, live version and runtime URL; read-only, starts nothing."""
+        """Endpoint, variants, instances, live version and runtime URL; read-only, starts nothing.
+
+        ``status`` is what is true now: never InService while nothing serves
+        (``OutOfService``, with ``status_reason``); ``recorded_status`` is what
+        ``state.json`` holds, which a restarted runtime brings back.
+        """
         info = daemon.running_runtime(self.paths)
+        supervision = daemon.supervision_of(self.paths)
         if info:
-            full = daemon.RuntimeClient(info.url).get("status")
+            full = daemon.RuntimeClient.of(self.paths).get("status")
             endpoint = full["endpoints"].get(self.endpoint_name)
-            runtime = {"running": True, "pid": info.pid, "url": info.url, "log": info.log}
+            runtime = {"running": True, "pid": info.pid, "url": info.url, "log": info.log, "supervisor": supervision}
         else:
             endpoint = load_state(self.paths)["endpoints"].get(self.endpoint_name)
-            runtime = {"running": False, "log": str(self.paths.log_file)}
+            runtime = {"running": False, "log": str(self.paths.log_file), "supervisor": supervision}
+            if endpoint:
+                endpoint = {**endpoint, **_without_runtime(endpoint, supervision)}
         instances = [
             {**instance, "variant": variant["name"], "role": fleet["role"]}
             for variant in (endpoint or {}).get("variants", [])
@@ -225,6 +237,8 @@ class LocalHosting(Hosting):
             "backend": "local",
             "endpoint": self.endpoint_name,
             "status": endpoint["status"] if endpoint else "absent",
+            "status_reason": (endpoint or {}).get("status_reason") or None,
+            "recorded_status": (endpoint or {}).get("recorded_status", (endpoint or {}).get("status")),
             "runtime_url": info.url if info else None,
             "runtime": runtime,
             "live_version": self._serving_version(endpoint),
@@ -257,7 +271,7 @@ class LocalHosting(Hosting):
         info = daemon.running_runtime(self.paths)
         if info:
             with contextlib.suppress(daemon.RuntimeApiError):
-                daemon.RuntimeClient(info.url).delete(f"endpoints/{self.endpoint_name}")
+                daemon.RuntimeClient.of(self.paths).delete(f"endpoints/{self.endpoint_name}")
         self.stop_runtime()
         self._forget_endpoint()
 
@@ -309,6 +323,17 @@ class LocalHosting(Hosting):
             if variant["variant_name"] == self.settings.variant_name:
                 return variant["model_name"]
         return None
+
+
+def _without_runtime(record: dict, supervision: str) -> dict:
+    """What a stopped runtime's endpoint is: recorded InService, but nothing answers."""
+    if record.get("status") in ("Failed",):
+        return {"recorded_status": record["status"], "status_reason": record.get("failure_reason", "")}
+    restarting = supervision.startswith(("STARTING", "BACKOFF", "RUNNING"))
+    then = ("the supervisor is starting it again" if restarting else
+            "nothing restarts it; any deploy command starts it (inv deploy.swap --model live)")
+    return {"recorded_status": record.get("status"), "status": "OutOfService",
+            "status_reason": f"the runtime is not running ({supervision}); {then}"}
 
 
 def _summary(record: dict) -> dict:

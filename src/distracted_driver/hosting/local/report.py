@@ -15,6 +15,10 @@ def status_lines(status: dict) -> list[str]:
     runtime = status["runtime"]
     where = f"runtime {runtime['url']} (pid {runtime['pid']})" if runtime["running"] else "runtime not running"
     lines = [f"endpoint {status['endpoint']}: {status['status']}, live model {status['live_version'] or '-'}; {where}"]
+    if status.get("status_reason"):
+        lines.append(f"  why: {status['status_reason']}")
+    if runtime.get("supervisor"):
+        lines.append(f"  supervisor: runtime {runtime['supervisor']}")
     for variant in status["variants"]:
         lines.append(f"  variant {variant['name']} (weight {variant['weight']:g}, desired {variant.get('desired_instances', '-')} instances)")
         for fleet in variant["fleets"]:

@@ -10,7 +10,14 @@ in ``x-amzn-ErrorType`` and ``__type``, the text in ``message``):
 - no instance in service → 503 ``ServiceUnavailable`` (boto3 retries it);
 - a body above 6,291,456 bytes → 413 with no error code, which is what the
   real service sends ("HTTP content length exceeded ... bytes"); boto3 raises
-  a ``ClientError`` whose code is ``"413"``.
+  a ``ClientError`` whose code is ``"413"``;
+- anything else refused (a request aiohttp cannot parse, an unknown route, a
+  body slower than the read timeout) is an error of the same shape
+  (``sagemaker_shape``), never text and never a path of ours.
+
+``GET /endpoints/{name}/health`` (not SageMaker's; the local gateway's health
+check calls it) answers 200 while an instance is in service, else 503
+``ServiceUnavailable`` saying why; it shows no pid and no path.
 
 A request whose connection to an instance fails (refused, reset, closed before
 an answer: the instance died) is retried on another instance; inference has no
@@ -28,6 +35,8 @@ import uuid
 import aiohttp
 from aiohttp import web
 
+from distracted_driver.httpserver import read_body
+
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
 MAX_BODY_BYTES = 6_291_456
@@ -41,13 +50,30 @@ VARIANT_HEADER = "x-Amzn-Invoked-Production-Variant"
 TARGET_VARIANT_HEADER = "X-Amzn-SageMaker-Target-Variant"
 
 
-def sagemaker_error(status: int, code: str | None, message: str, **members) -> web.Response:
+# The modelled SageMaker Runtime error for a status, where one fits a refusal that is not the router's own.
+SAGEMAKER_CODES = {400: "ValidationError", 404: "UnknownOperationException", 405: "UnknownOperationException",
+                   500: "InternalFailure", 503: "ServiceUnavailable"}
+ROUTES = "POST /endpoints/{name}/invocations, GET /endpoints/{name}/health"
+
+
+def _error_parts(code: str | None, message: str, **members) -> tuple[dict, dict]:
     body = {"message": message, **members}
     headers = {"x-amzn-RequestId": str(uuid.uuid4())}
     if code:
         body["__type"] = code
         headers["x-amzn-ErrorType"] = code
-    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
+    return body, headers
+
+
+def sagemaker_error(http_status: int, code: str | None, message: str, **members) -> web.Response:
+    body, headers = _error_parts(code, message, **members)
+    return web.Response(status=http_status, body=json.dumps(body).encode(), content_type="application/json",
+                        headers=headers)
+
+
+def sagemaker_shape(status: int, code: str, message: str) -> tuple[dict, dict]:
+    """The ``httpserver.ErrorShape`` of the invocation port: rest-json errors botocore parses."""
+    return _error_parts(SAGEMAKER_CODES.get(status, code), message)
 
 
 def _original_message(body: bytes) -> str:
@@ -56,12 +82,29 @@ def _original_message(body: bytes) -> str:
 
 
 class Router:
-    def __init__(self, runtime):
-        self.runtime = runtime  # runtime.endpoints, runtime.capacity_changed
+    def __init__(self, runtime, body_timeout_s: float):
+        self.runtime = runtime  # runtime.endpoints, runtime.wait_for_capacity
+        self.body_timeout_s = body_timeout_s
+
+    async def health(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        endpoint = self.runtime.endpoints.get(name)
+        if endpoint is None:
+            return sagemaker_error(400, "ValidationError", f"Endpoint {name} of account 000000000000 not found.")
+        status, _ = endpoint.availability()  # the reason may name paths: deploy.status shows it, this port does not
+        serving = endpoint.instances_in_service()
+        facts = {"endpoint": name, "status": status, "instances_in_service": serving}
+        if serving:
+            return web.json_response(facts)
+        return sagemaker_error(503, "ServiceUnavailable",
+                               f"Endpoint {name} is {status}: no instance is in service; inv deploy.status says why.",
+                               **facts)
 
     async def invocations(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._invocations(request)
+        except web.HTTPException:  # a refusal (a slow or broken body): the app's JSON errors answer it
+            raise
         except Exception:  # a fault of ours: answered as SageMaker's InternalFailure, never a bare 500
             log.exception("router failed on %s", request.path)
             return sagemaker_error(500, "InternalFailure", "An internal failure occurred in the local runtime; see its log.")
@@ -75,7 +118,10 @@ class Router:
             return sagemaker_error(400, "ValidationError", f"Endpoint {name} is not in service (status {endpoint.status}).")
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             return self._too_large()
-        body = await request.read()
+        try:
+            body = await read_body(request, self.body_timeout_s)
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large()
         if len(body) > MAX_BODY_BYTES:
             return self._too_large()
         target = request.headers.get(TARGET_VARIANT_HEADER)
@@ -117,7 +163,8 @@ class Router:
                 return sagemaker_error(
                     424, "ModelError",
                     f"Your invocation timed out while waiting for a response from container primary "
-                    f"(instance {instance.id}, variant {fleet.name}). See {instance.log_path} for more information.",
+                    f"(instance {instance.id}, variant {fleet.name}). See its log for more information "
+                    "(inv deploy.status lists each instance's log).",
                 )
             except aiohttp.ClientError as error:
                 self._record(fleet, instance, ok=False, started=started)
@@ -152,7 +199,7 @@ class Router:
         return sagemaker_error(
             424, "ModelError",
             f'Received {kind} error ({status}) from primary with message "{original}". '
-            f"See {instance.log_path} for more information.",
+            f"See the log of instance {instance.id} for more information (inv deploy.status lists it).",
             OriginalStatusCode=status,
             OriginalMessage=original,
             LogStreamArn=f"arn:aws:logs:local:000000000000:log-group:/aws/sagemaker/Endpoints/{fleet.endpoint}:log-stream:{fleet.name}/{instance.id}",

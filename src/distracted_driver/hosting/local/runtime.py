@@ -1,14 +1,17 @@
 """The local runtime: one long-lived process that is SageMaker hosting on this machine.
 
 It owns the endpoints and their instances (model-server processes), the router
-(``POST /endpoints/{name}/invocations``), blue/green deployments, autoscaling
-and instance supervision. It is a daemon, so the endpoint outlives the command
-that deployed it; tasks drive it through a small control API on the same
-loopback server, under ``/_control/``. It alone writes ``state.json``, the one
+(``POST /endpoints/{name}/invocations`` on a loopback TCP port), blue/green
+deployments, autoscaling and instance supervision. It is a daemon, run by the
+state directory's supervisord (``distracted_driver.supervision``), so the
+endpoint outlives the command that deployed it and comes back when the
+runtime is killed. Tasks drive it through a small control API on a Unix
+socket only this user can open (``control.sock``, mode 0600); the TCP port
+serves invocations and nothing else. It alone writes ``state.json``, the one
 source of truth, after every change; after a restart it brings the endpoints
 in service back up from there.
 
-    python -m distracted_driver.hosting.local.runtime --state-dir .state [--port 0]
+    python -m distracted_driver.hosting.local.runtime --state-dir .state [--port 0] [--log-file F]
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from distracted_driver.hosting.local.bluegreen import Deployment
 from distracted_driver.hosting.local.endpoint import Endpoint
 from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.client import kill_orphans
-from distracted_driver.hosting.local.instances import InstanceError
-from distracted_driver.hosting.local.router import Router
+from distracted_driver.hosting.local.instances import InstanceError, adoptable
+from distracted_driver.hosting.local.router import MAX_BODY_BYTES, ROUTES, Router, sagemaker_shape
 from distracted_driver.hosting.local.state import (
     EndpointConfigRecord,
     ModelRecord,
@@ -45,13 +48,22 @@ from distracted_driver.hosting.local.state import (
     save_state,
     to_json,
 )
-from distracted_driver.fsutil import write_json_atomic
-from distracted_driver.train.artifact import ArtifactError, load_artifact
+from distracted_driver.fsutil import read_json, write_json_atomic
+from distracted_driver.httpserver import (
+    GuardedRunner,
+    Limits,
+    json_errors,
+    listen_tcp,
+    plain_shape,
+    private_unix_socket,
+)
+from distracted_driver.logs import LogRotation, add_log_arguments, configure_logging
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
 AUTOSCALE_INTERVAL_S = 0.5
 CONTROL_BODY_LIMIT = 64 * 1024 * 1024  # smoke images travel base64 in control requests
+INVOCATION_LIMITS = Limits(max_connections=1024)
 
 
 class ControlError(Exception):
@@ -61,13 +73,15 @@ class ControlError(Exception):
 
 
 class Runtime:
-    def __init__(self, paths: RuntimePaths):
+    def __init__(self, paths: RuntimePaths, log_rotation: LogRotation = LogRotation()):
         self.paths = paths
+        self.log_rotation = log_rotation
         state = load_state(paths)
         self.models = {name: ModelRecord(**m) for name, m in state["models"].items()}
         self.configs = {name: EndpointConfigRecord(**c) for name, c in state["endpoint_configs"].items()}
         self.endpoints = {name: Endpoint(name, e) for name, e in state["endpoints"].items()}
         self._next_instance = state.get("next_instance", 1)
+        self._left_running = state.get("processes", [])  # instances a previous runtime started
         self.last_port = state.get("runtime_port")
         self.started = time.time()
         self.url = ""
@@ -75,15 +89,17 @@ class Runtime:
         self.stopping = asyncio.Event()
         self._capacity = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
-        self.router = Router(self)
+        self.router = Router(self, INVOCATION_LIMITS.body_timeout_s)
 
     # --- persistence --------------------------------------------------------------------
 
     def save(self) -> None:
         processes = [
-            {"pid": i.pid, "instance": i.id, "endpoint": name}
+            {"pid": i.pid, "instance": i.id, "port": i.port, "endpoint": name, "config": fleet.config_name,
+             "variant": fleet.name, "role": role}
             for name, endpoint in self.endpoints.items()
-            for fleet in endpoint.all_fleets()
+            for role, fleets in (("blue", endpoint.blue), ("green", endpoint.green or {}))
+            for fleet in fleets.values()
             for i in fleet.instances
             if i.pid and i.process.returncode is None
         ]
@@ -103,7 +119,7 @@ class Runtime:
 
     def new_fleet(self, endpoint_name: str, config: EndpointConfigRecord, variant: VariantConfig) -> Fleet:
         return Fleet(endpoint_name, config.name, variant, self.models[variant.model_name], self.paths,
-                     self.new_instance_id, self._fleet_changed)
+                     self.new_instance_id, self._fleet_changed, self.log_rotation)
 
     def _fleet_changed(self) -> None:
         self.save()
@@ -127,8 +143,15 @@ class Runtime:
     # --- start and stop -------------------------------------------------------------------
 
     async def restore(self) -> None:
-        """Bring back what state.json says was in service when the runtime last stopped."""
-        self._kill_leftovers()
+        """Bring back what state.json says was in service when the runtime last stopped.
+
+        The instances of a runtime that was killed are still running: those of
+        the configs in service are taken over, any other is killed.
+        """
+        running = self._servers_left_running()
+        kept = frozenset(process.pid for group in running.values() for _, process in group)
+        for pid in kill_orphans(self.paths, keep=kept):
+            log.warning("killed model server %d left by a previous runtime", pid)
         for endpoint in self.endpoints.values():
             for record in endpoint.deployments:
                 if record.get("outcome") is None:
@@ -138,16 +161,31 @@ class Runtime:
             if config is None:
                 endpoint.status = states.FAILED if endpoint.status != states.FAILED else endpoint.status
                 continue
-            self.spawn(self._bring_up(endpoint, config))
+            self.spawn(self._bring_up(endpoint, config, running))
         self.save()
 
-    async def _bring_up(self, endpoint: Endpoint, config: EndpointConfigRecord) -> None:
-        """Start the config in service again; requests meanwhile wait for the first instance."""
+    def _servers_left_running(self) -> dict[tuple, list]:
+        """Blue instances of the previous runtime still alive, by (endpoint, config, variant)."""
+        running: dict[tuple, list] = {}
+        for record in self._left_running:
+            endpoint = self.endpoints.get(record.get("endpoint"))
+            if endpoint is None or record.get("role") != "blue" or record.get("config") != endpoint.config_name:
+                continue
+            process = adoptable(record, str(self.paths.root))
+            if process is not None:
+                running.setdefault((endpoint.name, record["config"], record["variant"]), []).append((record, process))
+        return running
+
+    async def _bring_up(self, endpoint: Endpoint, config: EndpointConfigRecord, running: dict[tuple, list]) -> None:
+        """Put the config in service again (taking over its instances that still run); requests meanwhile
+        wait for the first instance."""
         endpoint.status = states.SYSTEM_UPDATING
         fleets = {v.variant_name: self.new_fleet(endpoint.name, config, v) for v in config.variants}
         endpoint.blue = fleets
         results = await asyncio.gather(*(
-            fleet.start(endpoint.instance_counts.get(name, fleet.variant.instance_count)) for name, fleet in fleets.items()
+            fleet.bring_up(endpoint.instance_counts.get(name, fleet.variant.instance_count),
+                           running.get((endpoint.name, config.name, name), []))
+            for name, fleet in fleets.items()
         ), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
@@ -161,11 +199,6 @@ class Runtime:
         endpoint.status = states.IN_SERVICE
         log.info("endpoint %s restored on config %s", endpoint.name, config.name)
         self._fleet_changed()
-
-    def _kill_leftovers(self) -> None:
-        """Instances of a previous runtime that somehow outlived it (they should not)."""
-        for pid in kill_orphans(self.paths):
-            log.warning("killed model server %d left by a previous runtime", pid)
 
     async def shutdown(self) -> None:
         log.info("runtime stopping: retiring every instance")
@@ -233,13 +266,18 @@ class Runtime:
 
     def status(self) -> dict:
         return {
-            "runtime": {"pid": os.getpid(), "url": self.url, "started": self.started, "log": str(self.paths.log_file)},
+            "runtime": {"pid": os.getpid(), "url": self.url, "started": self.started, "log": str(self.paths.log_file),
+                        "control_socket": str(self.paths.control_socket)},
             "models": {name: to_json(m) for name, m in self.models.items()},
             "endpoint_configs": {name: to_json(c) for name, c in self.configs.items()},
             "endpoints": {name: e.to_json() for name, e in self.endpoints.items()},
         }
 
     def put_model(self, body: dict) -> dict:
+        # Imported here: the artifact reader brings OpenCV and numpy, which a restarted runtime need not
+        # load before it serves again.
+        from distracted_driver.train.artifact import ArtifactError, load_artifact
+
         name, model_dir = _required(body, "name"), _required(body, "model_dir")
         try:
             artifact = load_artifact(model_dir)
@@ -364,54 +402,62 @@ def _required(body: dict, key: str):
 # --- HTTP -----------------------------------------------------------------------------------
 
 
-def make_app(runtime: Runtime) -> web.Application:
-    app = web.Application(client_max_size=CONTROL_BODY_LIMIT, middlewares=[_control_errors])
+def make_invocation_app(runtime: Runtime) -> web.Application:
+    """The TCP port: SageMaker Runtime's invocations, the endpoint health check, nothing else."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES + 1, middlewares=[json_errors(sagemaker_shape, ROUTES)])
     app.router.add_post("/endpoints/{name}/invocations", runtime.router.invocations)
+    app.router.add_get("/endpoints/{name}/health", runtime.router.health)
+    return app
+
+
+def make_control_app(runtime: Runtime) -> web.Application:
+    """The control socket: models, endpoint configs, deployments, autoscaling, status, shutdown."""
+    app = web.Application(client_max_size=CONTROL_BODY_LIMIT, middlewares=[json_errors(plain_shape), _control_errors])
     routes = web.RouteTableDef()
 
-    @routes.get("/_control/health")
+    @routes.get("/health")
     async def health(request):
         return web.json_response({"pid": os.getpid(), "url": runtime.url, "started": runtime.started})
 
-    @routes.get("/_control/status")
+    @routes.get("/status")
     async def status(request):
         return web.json_response(runtime.status())
 
-    @routes.post("/_control/models")
+    @routes.post("/models")
     async def models(request):
         return web.json_response(runtime.put_model(await _json(request)))
 
-    @routes.post("/_control/endpoint-configs")
+    @routes.post("/endpoint-configs")
     async def endpoint_configs(request):
         return web.json_response(runtime.put_endpoint_config(await _json(request)))
 
-    @routes.post("/_control/endpoints/{name}/deployments")
+    @routes.post("/endpoints/{name}/deployments")
     async def deploy(request):
         return web.json_response(runtime.deploy(request.match_info["name"], await _json(request)), status=202)
 
-    @routes.get("/_control/endpoints/{name}/deployments/{id}")
+    @routes.get("/endpoints/{name}/deployments/{id}")
     async def deployment(request):
         return web.json_response(runtime.deployment(request.match_info["name"], request.match_info["id"]))
 
-    @routes.post("/_control/endpoints/{name}/rollback")
+    @routes.post("/endpoints/{name}/rollback")
     async def rollback(request):
         return web.json_response(runtime.rollback(request.match_info["name"], await _json(request)), status=202)
 
-    @routes.put("/_control/endpoints/{name}/autoscaling/{variant}")
+    @routes.put("/endpoints/{name}/autoscaling/{variant}")
     async def autoscaling(request):
         info = request.match_info
         return web.json_response(runtime.set_autoscaling(info["name"], info["variant"], await _json(request)))
 
-    @routes.delete("/_control/endpoints/{name}/autoscaling/{variant}")
+    @routes.delete("/endpoints/{name}/autoscaling/{variant}")
     async def no_autoscaling(request):
         return web.json_response(runtime.set_autoscaling(request.match_info["name"], request.match_info["variant"], None))
 
-    @routes.delete("/_control/endpoints/{name}")
+    @routes.delete("/endpoints/{name}")
     async def delete(request):
         await runtime.delete_endpoint(request.match_info["name"])
         return web.json_response({"deleted": request.match_info["name"]})
 
-    @routes.post("/_control/shutdown")
+    @routes.post("/shutdown")
     async def shutdown(request):
         runtime.stopping.set()
         return web.json_response({"stopping": True})
@@ -438,47 +484,37 @@ async def _json(request: web.Request) -> dict:
     return body
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int | None) -> int:
-    """Listen on ``port``, else on a free one; returns the port.
-
-    The runtime asks for the port it had last time, so its URL (which a
-    gateway or a client may hold) survives a restart when the port is free.
-    """
-    for candidate in ([port] if port else []) + [0]:
-        site = web.TCPSite(runner, host, candidate)
-        try:
-            await site.start()
-        except OSError as error:
-            await site.stop()
-            log.warning("port %s is taken (%s); listening on a free one", candidate, error)
-            continue
-        return site._server.sockets[0].getsockname()[1]
-    raise OSError(f"cannot listen on {host}")
-
-
-async def serve(paths: RuntimePaths, host: str, port: int) -> None:
-    runtime = Runtime(paths)
+async def serve(paths: RuntimePaths, host: str, port: int, log_rotation: LogRotation = LogRotation()) -> None:
+    runtime = Runtime(paths, log_rotation)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stopping.set)
-    runner = web.AppRunner(make_app(runtime), access_log=None, handle_signals=False)
-    await runner.setup()
-    bound = await _listen(runner, host, port or runtime.last_port)
+    invocations = GuardedRunner(make_invocation_app(runtime), sagemaker_shape, INVOCATION_LIMITS,
+                                access_log=None, handle_signals=False)
+    control = GuardedRunner(make_control_app(runtime), plain_shape, Limits(max_connections=64),
+                            access_log=None, handle_signals=False)
+    await invocations.setup()
+    await control.setup()
+    # The port it had last time, so that its URL (which a gateway or a client may hold) survives a restart.
+    bound = await listen_tcp(invocations, host, port or runtime.last_port)
+    await web.SockSite(control, private_unix_socket(paths.control_socket)).start()
     runtime.port, runtime.url = bound, f"http://{host}:{bound}"
     write_json_atomic(paths.runtime_file, {
         "pid": os.getpid(), "url": runtime.url, "port": bound, "started": runtime.started, "log": str(paths.log_file),
+        "control_socket": str(paths.control_socket),
     })
-    log.info("runtime %d listening on %s (state in %s)", os.getpid(), runtime.url, paths.root)
+    log.info("runtime %d listening on %s, control on %s (state in %s)", os.getpid(), runtime.url,
+             paths.control_socket, paths.root)
     await runtime.restore()
     scaler = loop.create_task(runtime.autoscale_loop())
     await runtime.stopping.wait()
     scaler.cancel()
     await runtime.shutdown()
-    await runner.cleanup()
-    with contextlib.suppress(FileNotFoundError):
-        info = paths.runtime_file.read_text()
-        if f'"pid": {os.getpid()}' in info:
-            paths.runtime_file.unlink()
+    await invocations.cleanup()
+    await control.cleanup()
+    if (read_json(paths.runtime_file) or {}).get("pid") == os.getpid():
+        paths.runtime_file.unlink(missing_ok=True)
+        paths.control_socket.unlink(missing_ok=True)
     log.info("runtime %d stopped", os.getpid())
 
 
@@ -488,8 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only by default)")
     parser.add_argument("--port", type=int, default=0,
                         help="port (default 0: the one used last time if free, else any free one; see runtime.json)")
+    add_log_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    configure_logging(args, "%(asctime)s %(levelname)s %(message)s")
     paths = RuntimePaths.under(args.state_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
     lock = open(paths.daemon_lock, "w")
@@ -498,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     except BlockingIOError:
         log.error("another runtime already runs on %s", paths.root)
         return 3
-    asyncio.run(serve(paths, args.host, args.port))
+    asyncio.run(serve(paths, args.host, args.port, LogRotation(args.log_max_bytes, args.log_backups)))
     return 0
 
 

@@ -6,9 +6,14 @@ Everything lives under ``<state_dir>/hosting/``:
   autoscaling policies, instance counts, deployments and scaling activities)
   and the instance processes running now. Only the runtime daemon writes it,
   atomically, after every change; so a new shell reads the same truth;
-- ``runtime.json``: the daemon's pid and URL while it runs;
-- ``runtime.log``: the daemon's log (routing, deployments, scaling decisions);
-- ``instances/<id>.log``: each model-server process's own log;
+- ``runtime.json``: the daemon's pid, invocation URL and control socket while it runs;
+- ``control.sock``: the control API (models, endpoint configs, deployments,
+  status, shutdown), a Unix socket only this user can open (mode 0600);
+  invocations go to the TCP port, which serves nothing else;
+- ``runtime.log``: the daemon's log (routing, deployments, scaling decisions),
+  rotated; ``runtime.out``: what the process wrote outside its log (a crash);
+- ``instances/<id>.log``: each model-server process's own log, rotated, and
+  ``instances/<id>.out`` its raw output;
 - ``models/<version>/``: unpacked artifacts that instances serve.
 """
 
@@ -50,8 +55,16 @@ class RuntimePaths:
         return self.root / "start.lock"
 
     @property
+    def control_socket(self) -> Path:
+        return self.root / "control.sock"
+
+    @property
     def log_file(self) -> Path:
         return self.root / "runtime.log"
+
+    @property
+    def output_file(self) -> Path:
+        return self.root / "runtime.out"
 
     @property
     def instance_logs(self) -> Path:
