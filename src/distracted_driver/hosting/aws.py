@@ -332,6 +332,13 @@ class SageMakerHosting(Hosting):
             return None
         return status.get("algorithm")
 
+    def ensure_model(self, model: ModelSpec) -> str:
+        """The SageMaker model that serves ``model`` (``<endpoint>-<version>``), made once: the endpoint's
+        configs and Batch Transform jobs (``hosting.batch_transform``) run the same one."""
+        name = version_resource_name(self.endpoint, model.version)
+        self._ensure_model(name, model)
+        return name
+
     def _ensure_model(self, name: str, model: ModelSpec) -> None:
         if self._exists(self.sagemaker.describe_model, ModelName=name):
             return

@@ -8,6 +8,8 @@ variable defaults and once per ``envs/<env>.tfvars`` and asks, for each:
 - the API's ``binary_media_types`` cover every image type ``lambda/handler.py`` takes;
 - autoscaling and the rollback alarms name ``endpoint/<name>/variant/<variant>``
   exactly as ``hosting.aws`` does (resource id, policy name, alarm names);
+- CodeBuild may run transform jobs named as ``hosting.batch_transform`` names them,
+  and the SageMaker role reads the transform prefix and writes only its jobs' outputs;
 - the S3 notification fires on ``<raw_prefix>/manifests/*.json`` (what ``data.add``
   writes) into the trigger Lambda, whose role may start builds of the pipeline's
   project and nothing else;
@@ -42,6 +44,7 @@ from distracted_driver.hosting.aws import (
     scaling_policy_name,
 )
 from distracted_driver.hosting.base import AlarmThresholds, ScalingPolicy
+from distracted_driver.hosting.batch_transform import job_prefix
 from distracted_driver.infra.ecr import Image, lifecycle_expired
 from distracted_driver.infra.hcl import Configuration, Context, HclError, Module, skip_comments
 
@@ -295,8 +298,12 @@ class _Checker:
         named = [r for s in statements for r in s["resources"] if ":sagemaker:" in r]
         self.expect("codebuild-sagemaker-names",
                     all(r.endswith((f":endpoint/{endpoint}", f":model/{endpoint}-*", f":endpoint-config/{endpoint}-*",
-                                    ":training-job/dd-*")) for r in named),
+                                    ":training-job/dd-*", f":transform-job/{job_prefix(endpoint)}*")) for r in named),
                     f"SageMaker resources {named}")
+        transform = [r for s in statements if "sagemaker:CreateTransformJob" in s["actions"] for r in s["resources"]]
+        self.expect("transform-job-names",
+                    len(transform) == 1 and transform[0].endswith(f":transform-job/{job_prefix(endpoint)}*"),
+                    f"CreateTransformJob on {transform} (hosting.batch_transform names jobs {job_prefix(endpoint)}…)")
 
     def lambda_concurrency(self) -> None:
         """Lambda keeps 100 executions unreserved; new accounts often have 10 in all."""
@@ -353,6 +360,14 @@ class _Checker:
                     sorted(r.rsplit("/", 2)[-2] for r in read) == sorted([data, models])
                     and [r.rsplit("/", 2)[-2] for r in write] == [models],
                     f"reads {read}, writes {write}")
+        transform = self.var("transform_prefix")
+        inputs = statements.get("ReadTransformInputs", {}).get("resources", [])
+        outputs = statements.get("WriteTransformOutputs", {}).get("resources", [])
+        self.expect("transform-prefixes",
+                    [r.split("/", 1)[-1] for r in inputs] == [f"{transform}/*"]
+                    and [r.split("/", 1)[-1] for r in outputs] == [f"{transform}/*/output/*"],
+                    f"Batch Transform reads {inputs}, writes {outputs} (hosting.batch_transform: images under "
+                    f"{transform}/, outputs under {transform}/<job>/output/)")
 
     def pipeline_settings(self) -> None:
         values = self.config.root.value(self.config.root_module.locals["pipeline_settings"])
@@ -363,6 +378,7 @@ class _Checker:
             "DD_ENDPOINT_NAME": "endpoint_name", "DD_VARIANT_NAME": "variant_name", "DD_REGION": "region",
             "DD_DATA_PREFIX": "data_prefix", "DD_RAW_PREFIX": "raw_prefix", "DD_MODELS_PREFIX": "models_prefix",
             "DD_REGISTRY_PREFIX": "registry_prefix", "DD_PIPELINE_PREFIX": "pipeline_prefix",
+            "DD_TRANSFORM_PREFIX": "transform_prefix",
         }
         wrong = {key: values.get(key) for key, var in same.items() if values.get(key) != self.var(var)}
         self.expect("settings-match-variables", not wrong, f"mismatched {wrong}" if wrong else "names and prefixes agree")
@@ -378,7 +394,7 @@ def _defaults_agree(config: Configuration) -> list[Finding]:
         "endpoint_name": settings.endpoint_name, "variant_name": settings.variant_name, "region": settings.region,
         "data_prefix": settings.data_prefix, "raw_prefix": settings.raw_prefix, "models_prefix": settings.models_prefix,
         "registry_prefix": settings.registry_prefix, "pipeline_prefix": settings.pipeline_prefix,
-        "serving_instance_type": settings.serving_instance_type,
+        "transform_prefix": settings.transform_prefix, "serving_instance_type": settings.serving_instance_type,
         "training_instance_type": settings.training_instance_type,
         "autoscaling_min_instances": scaling.min_instances, "autoscaling_max_instances": scaling.max_instances,
         "autoscaling_target_invocations": scaling.target_invocations_per_instance,
