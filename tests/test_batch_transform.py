@@ -395,3 +395,28 @@ def test_the_task_runs_batch_transform_and_exits_1_on_a_partial_result(account, 
     assert f"transform job {agent.jobs[0]} (2 x ml.c5.xlarge) Failed: 3 images predicted, 6 unreadable" in printed
     assert "  skipped img_corrupt.jpg: image header is incomplete" in printed
     assert len(_rows(out)) == 3
+
+
+def test_ctrl_c_while_uploading_stops_at_once(account, tmp_path):
+    """An interrupted upload ends at once: Executor.map cancels the images not yet started."""
+    settings, storage = account
+    directory = tmp_path / "many"
+    directory.mkdir()
+    frame = camera_like_jpeg(seed=1)
+    for i in range(60):
+        (directory / f"img_{i:02d}.jpg").write_bytes(frame)
+    sent = []
+    put_bytes = storage.put_bytes
+
+    def put_then_interrupt(key, data):
+        sent.append(key)
+        if len(sent) == 3:
+            raise KeyboardInterrupt
+        time.sleep(0.02)
+        put_bytes(key, data)
+
+    storage.put_bytes = put_then_interrupt
+    runner, agent = _transform(settings, storage, tmp_path, workers=2)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("latest", directory, tmp_path / "out.csv")
+    assert len(sent) <= 6 and agent.jobs == []
