@@ -379,6 +379,7 @@ predict = Collection("predict")
 
 @task(
     name="batch",
+    auto_shortflags=False,  # invoke would give --max-payload-mb the short flag "-" (m, a and x are taken)
     help={
         "images": "directory of JPEG/PNG images to classify (e.g. a Kaggle imgs/test); with --backend aws also "
                   "s3://<bucket>/<transform prefix>/... (a directory is uploaded there first)",
