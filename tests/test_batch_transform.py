@@ -253,7 +253,7 @@ def test_an_s3_prefix_is_checked_where_it_lies(account, tmp_path):
     assert sorted(key for key, _, _ in agent.requests) == [f"transform/kaggle-test/{name}" for name in GOOD]
 
 
-@pytest.mark.parametrize("where", [f"s3://other-bucket/transform/x", f"s3://{BUCKET}/raw/imgs/test"])
+@pytest.mark.parametrize("where", ["s3://other-bucket/transform/x", f"s3://{BUCKET}/raw/imgs/test"])
 def test_images_outside_the_transform_prefix_are_refused_before_anything_starts(account, tmp_path, where):
     settings, storage = account
     runner, agent = _transform(settings, storage, tmp_path)

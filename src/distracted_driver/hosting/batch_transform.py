@@ -60,7 +60,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import boto3
 import numpy as np
@@ -368,35 +367,21 @@ class BatchTransform:
         batch, unexplained = self.collect(job, staged, described)
         batch.seconds = time.monotonic() - started
         write_submission(batch, out_csv)
-        result = TransformResult(job, described["TransformJobStatus"], instance_type, self.options.instance_count,
-                                 batch, notes)
-        if described["TransformJobStatus"] == "Failed" and not unexplained:
-            result.notes.append("SageMaker marks a job Failed when any image is refused; every refusal is listed")
+        status = described["TransformJobStatus"]
+        result = TransformResult(job, status, instance_type, self.options.instance_count, batch, notes)
         if unexplained:
-            why = described.get("FailureReason") or "no reason given"
-            result.error = (f"transform job {job} {described['TransformJobStatus'].lower()} ({why}): "
-                            f"{len(unexplained)} of {len(staged.names)} images have no output and no refusal from "
+            result.error = (f"transform job {job} {status.lower()} ({described.get('FailureReason') or 'no reason given'})"
+                            f": {len(unexplained)} of {len(staged.names)} images have no output and no refusal from "
                             f"the model server; the {len(batch.names)} scored are in {out_csv}")
+        elif status == "Failed":
+            result.notes.append("SageMaker marks a job Failed when any image is refused; every refusal is listed")
         return result
 
     # -- 1. the images ----------------------------------------------------------------
 
     def stage(self, images: str | Path, job: str) -> StagedImages:
         """Check every image; upload a local directory's accepted ones; the job's input, with what was refused."""
-        upload: Callable[[str, bytes], None] | None = None
-        if str(images).startswith("s3://"):
-            prefix = self._readable_prefix(str(images))
-            names = [key[len(prefix):] for key in self.storage.list_keys(prefix)
-                     if Path(key).suffix.lower() in CONTENT_TYPES]
-            read = lambda name: self.storage.get_bytes(prefix + name)  # noqa: E731
-        else:
-            by_name = {path.name: path for path in list_images(images)}
-            names = sorted(by_name)
-            prefix = self._job_key(job, "input/")
-            read = lambda name: by_name[name].read_bytes()  # noqa: E731
-            upload = lambda name, data: self.storage.put_bytes(prefix + name, data)  # noqa: E731
-        if not names:
-            raise TransformInputError(f"no JPEG or PNG images in {str(images)!r}")
+        prefix, names, read, upload = self._source(images, job)
         limit = self.options.body_limit
 
         def check(name: str) -> str | None:
@@ -424,6 +409,23 @@ class BatchTransform:
                 (refused.append((name, reason)) if reason else accepted.append(name))
                 bar.update(1)
         return StagedImages(prefix, accepted, refused)
+
+    def _source(self, images: str | Path, job: str):
+        """``(key prefix of the job's input, names, read(name), upload(name, bytes) or None)``."""
+        if str(images).startswith("s3://"):
+            prefix = self._readable_prefix(str(images))
+            names = [key[len(prefix):] for key in self.storage.list_keys(prefix)
+                     if Path(key).suffix.lower() in CONTENT_TYPES]
+            read, upload = (lambda name: self.storage.get_bytes(prefix + name)), None
+        else:
+            by_name = {path.name: path for path in list_images(images)}
+            names = sorted(by_name)
+            prefix = self._job_key(job, "input/")
+            read = lambda name: by_name[name].read_bytes()  # noqa: E731
+            upload = lambda name, data: self.storage.put_bytes(prefix + name, data)  # noqa: E731
+        if not names:
+            raise TransformInputError(f"no JPEG or PNG images in {str(images)!r}")
+        return prefix, names, read, upload
 
     def _readable_prefix(self, uri: str) -> str:
         bucket, _, key = uri.removeprefix("s3://").partition("/")
