@@ -406,14 +406,12 @@ def test_ctrl_c_while_uploading_stops_at_once(account, tmp_path):
     for i in range(60):
         (directory / f"img_{i:02d}.jpg").write_bytes(frame)
     sent = []
-    put_bytes = storage.put_bytes
 
-    def put_then_interrupt(key, data):
+    def put_then_interrupt(key, data):  # an upload taking 50 ms, and Ctrl-C during the third
         sent.append(key)
         if len(sent) == 3:
             raise KeyboardInterrupt
         time.sleep(0.05)
-        put_bytes(key, data)
 
     storage.put_bytes = put_then_interrupt
     runner, agent = _transform(settings, storage, tmp_path, workers=2)
