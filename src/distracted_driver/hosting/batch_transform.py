@@ -69,7 +69,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from distracted_driver.config import Settings
 from distracted_driver.data.imaging import ImageError, check_image_bytes
 from distracted_driver.data.layout import CLASSES
-from distracted_driver.hosting.aws import NAME_PATTERN, SageMakerHosting
+from distracted_driver.hosting.aws import NAME_PATTERN, SageMakerHosting, transform_job_prefix
 from distracted_driver.hosting.base import ModelSpec
 from distracted_driver.serve.batch_predict import BatchResult, list_images, write_submission
 from distracted_driver.serve.server import MAX_BODY_BYTES, ServerConfig
@@ -77,7 +77,6 @@ from distracted_driver.storage import KeyNotFound, Storage, open_storage
 
 LOG_GROUP = "/aws/sagemaker/TransformJobs"
 TERMINAL = ("Completed", "Failed", "Stopped")
-JOB_INFIX = "batch"  # job names are <endpoint>-batch-<UTC time>-<4 hex>; Terraform grants that pattern
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 MIXED_CONTENT_TYPE = "application/x-image"  # the model server takes either image under this type
 ACCEPT = "application/json"
@@ -156,14 +155,9 @@ class TransformResult:
 # --- names and requests ---------------------------------------------------------------------
 
 
-def job_prefix(endpoint: str) -> str:
-    """What every transform job name of this endpoint starts with (Terraform's grant names the same)."""
-    return f"{endpoint}-{JOB_INFIX}-"
-
-
 def transform_job_name(endpoint: str, now: datetime | None = None, token: str | None = None) -> str:
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
-    name = f"{job_prefix(endpoint)}{stamp}-{token or secrets.token_hex(2)}"
+    name = f"{transform_job_prefix(endpoint)}{stamp}-{token or secrets.token_hex(2)}"
     if len(name) > 63 or not NAME_PATTERN.match(name):
         raise TransformInputError(f"{name!r} is not a valid transform job name (letters, digits, '-', at most 63): "
                                   "shorten the endpoint name")

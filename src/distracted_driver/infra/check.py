@@ -42,9 +42,9 @@ from distracted_driver.hosting.aws import (
     rollback_alarm_names,
     scalable_resource_id,
     scaling_policy_name,
+    transform_job_prefix,
 )
 from distracted_driver.hosting.base import AlarmThresholds, ScalingPolicy
-from distracted_driver.hosting.batch_transform import job_prefix
 from distracted_driver.infra.ecr import Image, lifecycle_expired
 from distracted_driver.infra.hcl import Configuration, Context, HclError, Module, skip_comments
 
@@ -296,14 +296,15 @@ class _Checker:
                     "PassRole only of the SageMaker execution role, only to SageMaker")
         endpoint = self.var("endpoint_name")
         named = [r for s in statements for r in s["resources"] if ":sagemaker:" in r]
+        jobs = transform_job_prefix(endpoint)
         self.expect("codebuild-sagemaker-names",
                     all(r.endswith((f":endpoint/{endpoint}", f":model/{endpoint}-*", f":endpoint-config/{endpoint}-*",
-                                    ":training-job/dd-*", f":transform-job/{job_prefix(endpoint)}*")) for r in named),
+                                    ":training-job/dd-*", f":transform-job/{jobs}*")) for r in named),
                     f"SageMaker resources {named}")
         transform = [r for s in statements if "sagemaker:CreateTransformJob" in s["actions"] for r in s["resources"]]
         self.expect("transform-job-names",
-                    len(transform) == 1 and transform[0].endswith(f":transform-job/{job_prefix(endpoint)}*"),
-                    f"CreateTransformJob on {transform} (hosting.batch_transform names jobs {job_prefix(endpoint)}…)")
+                    len(transform) == 1 and transform[0].endswith(f":transform-job/{jobs}*"),
+                    f"CreateTransformJob on {transform} (hosting.batch_transform names jobs {jobs}…)")
 
     def lambda_concurrency(self) -> None:
         """Lambda keeps 100 executions unreserved; new accounts often have 10 in all."""

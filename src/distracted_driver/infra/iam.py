@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distracted_driver.hosting.batch_transform import JOB_INFIX
+from distracted_driver.hosting.aws import TRANSFORM_JOB_INFIX
 from distracted_driver.infra.check import Finding
 from distracted_driver.infra.check import Report as check_report
 from distracted_driver.infra.hcl import Configuration
@@ -574,7 +574,7 @@ def rename(calls: list[dict], names: dict[str, str]) -> list[dict]:
             if key in keys:
                 found = re.search(_FOUND_BY[kind], text)
                 if key == "TransformJobName":  # <endpoint>-batch-<time>-<hex>
-                    found = re.search(rf"^(.+?)-{JOB_INFIX}-\d{{8}}-\d{{6}}-[0-9a-f]+$", text)
+                    found = re.search(rf"^(.+?)-{TRANSFORM_JOB_INFIX}-\d{{8}}-\d{{6}}-[0-9a-f]+$", text)
                 if found and (kind != "endpoint" or key in ("EndpointName", "ResourceId", "TransformJobName")):
                     seen[kind].add(next(group for group in found.groups() if group))
         return text
