@@ -244,6 +244,7 @@ def _stub_update_start(stub: Stubber, settings, routing: TrafficRouting, blue: s
                        instances: int = 2, routing_config: dict | None = None, blue_type: str = "ml.c5.large"):
     stub.add_response("describe_endpoint", _endpoint(settings, blue, instances=instances),
                       {"EndpointName": settings.endpoint_name})
+    _stub_instance_types(stub, (blue, blue_type))  # its DataCaptureConfig (none here) is copied into green's
     _not_found(stub, "describe_model", {"ModelName": green})
     stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{green}"}, {
         "ModelName": green,
@@ -341,6 +342,7 @@ def test_rollback_swaps_back_to_the_previous_config(env):
                     "CreationTime": T0} for n in (current, previous)]
         stub.add_response("list_endpoint_configs", {"EndpointConfigs": configs},
                           {"NameContains": f"{settings.endpoint_name}-", "SortBy": "CreationTime", "SortOrder": "Descending"})
+        _stub_instance_types(stub, (current, "ml.c5.large"))  # the live capture (none), kept by the rollback
         _stub_instance_types(stub, (current, "ml.c5.large"), (previous, "ml.c5.large"))
         stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"}, {
             "EndpointName": settings.endpoint_name, "EndpointConfigName": previous, "RetainAllVariantProperties": True,

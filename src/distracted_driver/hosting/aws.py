@@ -638,10 +638,12 @@ class SageMakerHosting(Hosting):
         older = [c["EndpointConfigName"] for c in self._our_configs() if self._version_of(c["EndpointConfigName"]) != live]
         if not older:
             raise HostingError("no earlier endpoint config to roll back to")
-        version = self._version_of(older[0])
+        previous = older[0]
+        version = self._version_of(previous)
         capture = self._live_capture(state.config)  # the previous model, with the capture the endpoint has now
         target = version_resource_name(self.endpoint, version, capture)
-        self._ensure_config(target, ModelSpec(version, ""), capture, self._variants_of(older[0]))
+        if target != previous:
+            self._ensure_config(target, ModelSpec(version, ""), capture, self._variants_of(previous))
         routing = TrafficRouting(strategy="all-at-once", bake_seconds=0)
         timings: dict[str, float] = {}
         result = self._update(target, ModelSpec(version, ""), routing, [], state, timings)

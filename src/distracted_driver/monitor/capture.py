@@ -209,6 +209,11 @@ def _decode(part: dict, what: str) -> bytes:
     raise CaptureFormatError(f"{what}: unknown encoding {how!r}")
 
 
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
 def parse_capture_line(line: bytes | str, endpoint: str, variant: str, key: str = "") -> CaptureRecord:
     """One JSON line → a ``CaptureRecord``; raises ``CaptureFormatError`` when it is not one."""
     try:
@@ -225,10 +230,11 @@ def parse_capture_line(line: bytes | str, endpoint: str, variant: str, key: str 
     output_text, output = None, None
     if isinstance(answer, dict):
         output_text = _decode(answer, "endpointOutput").decode("utf-8", errors="replace")
-        try:
-            output = json.loads(output_text)
-        except ValueError:
-            output = None
+        if answer.get("encoding") == JSON or _is_json(answer.get("observedContentType") or ""):
+            try:
+                output = json.loads(output_text)
+            except ValueError:
+                output = None
     return CaptureRecord(
         event_id=event_id, inference_time=when, endpoint=endpoint, variant=variant,
         input_content_type=request.get("observedContentType") if isinstance(request, dict) else None,

@@ -48,6 +48,7 @@ from aiohttp import web
 
 from distracted_driver.httpserver import read_body
 from distracted_driver.monitor.capture import Invocation
+from distracted_driver.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
@@ -123,8 +124,7 @@ class Router:
             return sagemaker_error(500, "InternalFailure", "An internal failure occurred in the local runtime; see its log.")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.runtime.metrics_text(), content_type="text/plain",
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return web.Response(body=self.runtime.metrics_text().encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _invocations(self, request: web.Request) -> web.StreamResponse:
         arrived = datetime.now(timezone.utc)
