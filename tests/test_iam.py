@@ -71,6 +71,11 @@ TRAIN = {"role": "codebuild", "service": "sagemaker", "operation": "CreateTraini
     "TrainingJobName": "dd-20260101-000000-aaaa", "RoleArn": f"arn:aws:iam::{ACCOUNT}:role/dd-sagemaker",
     "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3Uri": "s3://b/data/train/"}}}],
     "OutputDataConfig": {"S3OutputPath": "s3://b/models", "KmsKeyId": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/k"}}}
+CAPTURE = {"role": "codebuild", "service": "sagemaker", "operation": "CreateEndpointConfig", "params": {
+    "EndpointConfigName": "distracted-driver-dev-dd-1--cap25-0c0ffe",
+    "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "distracted-driver-dev-dd-1"}],
+    "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 25, "DestinationS3Uri": "s3://b/capture",
+                          "CaptureOptions": [{"CaptureMode": "Input"}], "KmsKeyId": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/k"}}}
 READ_LOG = {"role": "codebuild", "service": "logs", "operation": "FilterLogEvents",
             "params": {"logGroupName": "/aws/sagemaker/TrainingJobs", "logStreamNamePrefix": "dd-1/"}}
 
@@ -85,6 +90,9 @@ READ_LOG = {"role": "codebuild", "service": "logs", "operation": "FilterLogEvent
      READ_LOG, "codebuild", "logs:FilterLogEvents", "codebuild/ReadTrainingLogs"),
     ('    resources = [aws_iam_role.sagemaker.arn]\n', '    resources = ["arn:aws:iam::123456789012:role/other"]\n',
      TRAIN, "codebuild", "iam:PassRole", "codebuild/PassExecutionRole"),
+    ('    actions   = ["s3:PutObject"]\n    resources = ["${var.data_bucket_arn}/${var.capture_prefix}/*"]',
+     '    actions   = ["s3:GetObject"]\n    resources = ["${var.data_bucket_arn}/${var.capture_prefix}/*"]',
+     CAPTURE, "sagemaker-execution", "s3:PutObject", "sagemaker/WriteDataCapture"),
 ])
 def test_a_missing_grant_names_the_operation_the_role_and_the_statement(tmp_path, old, new, call, role, action, statement):
     assert iam.check(TERRAFORM, TERRAFORM / "envs" / "dev.tfvars", [call]).ok  # granted as it is

@@ -20,10 +20,11 @@ def capture_text(capture: dict | None) -> str:
         share = f"{capture['sampling_percent']}% of invocations" if capture["sampling_percent"] else "off"
         return f"{share} -> {capture.get('destination_uri', capture.get('destination'))}{counts}"
     percent = capture.get("CurrentSamplingPercentage", capture.get("InitialSamplingPercentage"))
-    if not capture.get("EnableCapture", True) or not percent:
+    if not capture.get("EnableCapture", True) or percent == 0:
         return "off"
+    share = "on" if percent is None else f"{percent}% of invocations"
     state = f", {capture['CaptureStatus']}" if capture.get("CaptureStatus") else ""
-    return f"{percent}% of invocations -> {capture.get('DestinationS3Uri')}{state}"
+    return f"{share} -> {capture.get('DestinationS3Uri')}{state}"
 
 
 def status_lines(status: dict) -> list[str]:
