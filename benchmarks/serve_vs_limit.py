@@ -158,6 +158,14 @@ async def open_loop(url: str, payloads: list[bytes], rate: float, seconds: float
 @contextmanager
 def router_endpoint(tar_path: Path, workdir: Path):
     """One-instance endpoint of the local runtime; yields its invocation URL."""
+    with router_hosting(tar_path, workdir) as hosting:
+        base = hosting.status()["runtime_url"].rstrip("/")
+        yield f"{base}/endpoints/{hosting.settings.endpoint_name}/invocations"
+
+
+@contextmanager
+def router_hosting(tar_path: Path, workdir: Path, **options):
+    """One-instance endpoint of the local runtime; yields its ``LocalHosting`` (``options`` go to it)."""
     from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting
     from distracted_driver.hosting.local import LocalHosting
     from distracted_driver.storage import open_storage
@@ -170,13 +178,12 @@ def router_endpoint(tar_path: Path, workdir: Path):
     key = f"{settings.models_prefix}/{VERSION}/output/model.tar.gz"
     storage.put_file(tar_path, key)
     Registry(storage, settings).register(VERSION, load_artifact(tar_path.parent / "model"))
-    hosting = LocalHosting(settings)
+    hosting = LocalHosting(settings, **options)
     try:
         result = hosting.deploy(ModelSpec(VERSION, key), TrafficRouting(strategy="all-at-once"), AlarmThresholds())
         if result.outcome != "deployed":
             raise RuntimeError(f"deploy failed: {result.outcome} {result.reason}")
-        base = hosting.status()["runtime_url"].rstrip("/")
-        yield f"{base}/endpoints/{settings.endpoint_name}/invocations"
+        yield hosting
     finally:
         hosting.delete()
 

@@ -652,8 +652,9 @@ def test_the_reader_reads_capture_from_s3_as_from_the_local_bucket(env):
     fixtures = Path(__file__).parent / "data" / "capture"
     first = f"capture/{settings.endpoint_name}/AllTraffic/2022/02/14/17/25-49-000-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee.jsonl"
     later = f"capture/{settings.endpoint_name}/AllTraffic/2022/02/14/17/40-02-000-0f3c2b1a-4d5e-4f60-8a7b-9c0d1e2f3a4b.jsonl"
-    storage.put_bytes(first, (fixtures / "documented-csv.jsonl").read_bytes())
-    storage.put_bytes(later, (fixtures / "image-json.jsonl").read_bytes())
+    s3 = boto3.client("s3", region_name="us-east-1")  # SageMaker writes these, not our code (nor our role)
+    s3.put_object(Bucket=BUCKET, Key=first, Body=(fixtures / "documented-csv.jsonl").read_bytes())
+    s3.put_object(Bucket=BUCKET, Key=later, Body=(fixtures / "image-json.jsonl").read_bytes())
     records = list(iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name))
     assert [r.key for r in records] == [first, first, later]
     since = dt.datetime(2022, 2, 14, 17, 30, tzinfo=dt.timezone.utc)  # the same hour's folder, a later record
