@@ -8,7 +8,9 @@ The endpoint, model and payloads are those of ``benchmarks/serve_vs_limit.py``
 local bucket, in SageMaker's layout, with the runtime's default writer limits.
 
 - **saturated**: a closed loop of ``--clients`` concurrent requests with
-  capture at 0% and at 100%, in alternating rounds; each side keeps its best.
+  capture at 0% and at 100%, in alternating rounds; each side keeps its best;
+  and the runtime process's CPU time per request answered (router and capture
+  writer, independent of the machine's load).
 - **latency**: an open loop at half the 0% saturated rate, alternating 0% and
   100% for ``--rounds`` rounds each; every latency of a side is pooled; p50
   and p99 of each.
@@ -31,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_vs_limit as serving  # noqa: E402  (the serving benchmark: model, payloads, load loops, endpoint)
@@ -79,21 +82,24 @@ def main() -> None:
           f"(mean {np.mean([len(p) for p in payloads]) / 1024:.0f} KiB), one instance, {args.clients} clients, "
           f"{args.seconds:g} s per measurement, {args.rounds} rounds per side")
 
-    workdir = Path(tempfile.mkdtemp(prefix="capture-bench-", dir=serving.CACHE))
+    workdir = Path(tempfile.mkdtemp(prefix="cap-", dir=serving.CACHE))  # short: AF_UNIX paths are at most 107 bytes
     try:
         with serving.router_hosting(tar_path, workdir) as hosting:
             url = f"{hosting.status()['runtime_url'].rstrip('/')}/endpoints/{hosting.settings.endpoint_name}/invocations"
             hosting.set_capture(100)
             asyncio.run(serving.closed_loop(url, payloads, args.clients, 2.0))  # warm: connections, arenas, writer
 
-            rates = {percent: [] for percent in SIDES}
+            runtime = psutil.Process(hosting.status()["runtime"]["pid"])
+            rates, cpu_ms = {percent: [] for percent in SIDES}, {percent: [] for percent in SIDES}
             for round_ in range(2):
                 for percent in SIDES if round_ % 2 == 0 else SIDES[::-1]:
                     hosting.set_capture(percent)
+                    cpu = sum(runtime.cpu_times()[:2])
                     rate, failures = asyncio.run(serving.closed_loop(url, payloads, args.clients, args.seconds))
                     if failures:
                         raise SystemExit(f"{failures} requests failed during a saturated run at {percent}% capture")
                     rates[percent].append(rate)
+                    cpu_ms[percent].append(1000 * (sum(runtime.cpu_times()[:2]) - cpu) / (rate * args.seconds))
                 print(f"saturated round {round_ + 1}: capture 0% {rates[0][-1]:.1f} requests/s, "
                       f"100% {rates[100][-1]:.1f} requests/s")
 
@@ -125,6 +131,9 @@ def main() -> None:
     dropped = stats["dropped"] - before["dropped"]
     print(f"saturated: capture 0% {max(rates[0]):.1f} requests/s, 100% {max(rates[100]):.1f} requests/s "
           f"(ratio {max(rates[100]) / max(rates[0]):.3f})")
+    print(f"runtime process CPU per request: capture 0% {np.median(cpu_ms[0]):.2f} ms, 100% "
+          f"{np.median(cpu_ms[100]):.2f} ms (capture adds {np.median(cpu_ms[100]) - np.median(cpu_ms[0]):.2f} ms, "
+          f"in the writer thread)")
     noise = [float(np.percentile(s * 1000, 99)) for s in latencies[0]]
     for percent in SIDES:
         p50, p99 = np.percentile(pooled[percent] * 1000, [50, 99])

@@ -38,6 +38,7 @@ from distracted_driver.hosting.local.endpoint import Endpoint
 from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.client import kill_orphans
 from distracted_driver.hosting.local.instances import InstanceError, adoptable
+from distracted_driver.hosting.local.metrics import capture_metrics
 from distracted_driver.hosting.local.router import MAX_BODY_BYTES, ROUTES, Router, sagemaker_shape
 from distracted_driver.hosting.local.state import (
     EndpointConfigRecord,
@@ -59,7 +60,6 @@ from distracted_driver.httpserver import (
 )
 from distracted_driver.logs import LogRotation, add_log_arguments, configure_logging
 from distracted_driver.monitor.capture import CaptureConfig, CaptureWriter
-from distracted_driver.serve.metrics import Counter
 from distracted_driver.storage.local import LocalStorage
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
@@ -397,15 +397,15 @@ class Runtime:
         return endpoint.to_json()["data_capture"]
 
     async def _apply_capture(self, endpoint: Endpoint, config: CaptureConfig) -> None:
-        before, writer = endpoint.data_capture, endpoint.capture_writer
+        before, old = endpoint.data_capture, endpoint.capture_writer
         endpoint.data_capture = config
-        if writer is not None and config.enabled and before is not None and before.with_percent(0) == config.with_percent(0):
+        if old is not None and config.enabled and before.with_percent(0) == config.with_percent(0):
             log.info("data capture of %s: %d%% of invocations", endpoint.name, config.sampling_percent)
             return  # only the share changed: the router samples, the writer goes on
-        if writer is not None:  # written out off the event loop; its counts stay in the endpoint's totals
-            endpoint.capture_writer = None
-            await self._close_writer(endpoint, writer, "capture settings changed")
-        self._start_capture(endpoint)
+        endpoint.capture_writer = None
+        self._start_capture(endpoint)  # the new writer takes the invocations from now on...
+        if old is not None:  # ...while the old one writes out what it holds, off the event loop
+            await self._close_writer(endpoint, old, "capture settings changed")
 
     def _start_capture(self, endpoint: Endpoint) -> None:
         config = endpoint.data_capture
@@ -435,28 +435,7 @@ class Runtime:
                 await self._close_writer(endpoint, writer, "the runtime is stopping")
 
     def metrics_text(self) -> str:
-        """Prometheus text: each endpoint's capture counters (records written, dropped, lost; files; queued)."""
-        counters = {
-            "written": Counter("runtime_capture_records_written_total", "Captured invocations written to the bucket.",
-                               ("endpoint",)),
-            "dropped": Counter("runtime_capture_records_dropped_total",
-                               "Sampled invocations not captured because the capture queue was full.", ("endpoint",)),
-            "lost": Counter("runtime_capture_records_lost_total",
-                            "Captured invocations accepted but never written (a failed write).", ("endpoint",)),
-            "files": Counter("runtime_capture_files_written_total", "Capture files written to the bucket.",
-                             ("endpoint",)),
-        }
-        queued = ["# HELP runtime_capture_queued_records Captured invocations waiting to be written.",
-                  "# TYPE runtime_capture_queued_records gauge"]
-        for name, endpoint in sorted(self.endpoints.items()):
-            if endpoint.data_capture is None:
-                continue
-            stats = endpoint.capture_stats()
-            for key, counter in counters.items():
-                counter.inc(name, amount=stats[key])
-            queued.append(f'runtime_capture_queued_records{{endpoint="{name}"}} {stats["queued"]}')
-        lines = [line for counter in counters.values() for line in counter.render()] + queued
-        return "\n".join(lines) + "\n"
+        return capture_metrics({name: e.capture_stats() for name, e in self.endpoints.items() if e.data_capture})
 
     async def delete_endpoint(self, name: str) -> None:
         endpoint = self._endpoint(name)
