@@ -190,9 +190,12 @@ def test_a_full_queue_drops_and_counts_and_a_record_too_big_for_it_is_dropped(tm
 def test_close_writes_what_is_queued_and_a_closed_writer_takes_nothing(tmp_path):
     storage = LocalStorage(tmp_path)
     writer = CaptureWriter(storage, CaptureConfig(100, str(tmp_path), limits=CaptureLimits(flush_seconds=3600)))
+    soon = datetime.now(timezone.utc) + timedelta(days=1)  # an hour not over yet: nothing is due
     for number in range(20):
-        writer.offer(_invocation(number))
-    assert capture_keys(storage, "capture", "ep") == []  # nothing due yet
+        writer.offer(_invocation(number, soon))
+    wait_until(lambda: writer.stats().accepted == 20, timeout_s=5, what="the records queued")
+    time.sleep(0.3)
+    assert capture_keys(storage, "capture", "ep") == []
     final = writer.close()
     assert (final.written, final.lost, final.queued) == (20, 0, 0)
     assert writer.offer(_invocation(99)) is False and writer.stats().dropped == 1
@@ -404,3 +407,18 @@ def _send_for(client, images: list[bytes], seconds: float) -> int:
         except Exception:  # noqa: BLE001 - the runtime is being killed
             time.sleep(0.05)
     return answered
+
+
+def test_the_settings_capture_percent_comes_from_the_environment_and_reaches_a_watched_run(tmp_path, monkeypatch):
+    from distracted_driver.config import Settings
+    from distracted_driver.pipeline.watch import settings_environment
+
+    monkeypatch.setenv("DD_CAPTURE_PERCENT", "30")
+    assert Settings.from_env(root=tmp_path).capture_percent == 30
+    monkeypatch.setenv("DD_CAPTURE_PERCENT", "half")
+    with pytest.raises(ValueError, match="DD_CAPTURE_PERCENT takes a whole number within 0..100, not 'half'"):
+        Settings.from_env(root=tmp_path)
+    monkeypatch.delenv("DD_CAPTURE_PERCENT")
+    unset = Settings(root=tmp_path)
+    assert unset.capture_percent is None and "DD_CAPTURE_PERCENT" not in settings_environment(unset)
+    assert settings_environment(Settings(root=tmp_path, capture_percent=5))["DD_CAPTURE_PERCENT"] == "5"
