@@ -66,7 +66,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from distracted_driver.config import parse_percent
+from distracted_driver.config import Settings, parse_percent
 from distracted_driver.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ BASE64, JSON, CSV = "BASE64", "JSON", "CSV"  # the record's "encoding"
 CAPTURE_MODES = ("Input", "Output")  # DataCaptureConfig.CaptureOptions[].CaptureMode
 JSON_CONTENT_TYPES = ("application/json",)  # our CaptureContentTypeHeader.JsonContentTypes
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # eventMetadata.inferenceTime, as documented
-DEFAULT_PREFIX = "capture"
+DEFAULT_PREFIX = Settings.capture_prefix  # the settings' default, "capture"
 
 
 # --- where files go --------------------------------------------------------------------------
@@ -100,6 +100,11 @@ def _utc(when: datetime) -> datetime:
     return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
 
 
+def _media_type(content_type: str) -> str:
+    """``application/json; charset=utf-8`` → ``application/json``."""
+    return content_type.split(";")[0].strip().lower()
+
+
 # --- one record ---------------------------------------------------------------------------------
 
 
@@ -111,7 +116,7 @@ class CaptureEncoding:
     csv_content_types: tuple[str, ...] = ()
 
     def encoding_of(self, content_type: str) -> str:
-        media = content_type.split(";")[0].strip().lower()
+        media = _media_type(content_type)
         if media in (t.lower() for t in self.json_content_types):
             return JSON
         if media in (t.lower() for t in self.csv_content_types):
@@ -210,7 +215,7 @@ def _decode(part: dict, what: str) -> bytes:
 
 
 def _is_json(content_type: str) -> bool:
-    media = content_type.split(";")[0].strip().lower()
+    media = _media_type(content_type)
     return media == "application/json" or media.endswith("+json")
 
 
