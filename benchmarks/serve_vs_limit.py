@@ -126,18 +126,27 @@ async def closed_loop(url: str, payloads: list[bytes], clients: int, seconds: fl
 
 async def open_loop(url: str, payloads: list[bytes], rate: float, seconds: float) -> tuple[np.ndarray, int]:
     """Requests started at a fixed ``rate`` for ``seconds`` whatever the answers; (latencies in s, failures)."""
-    latencies, failures = [], 0
+    latencies, _, failures = await tagged_open_loop(url, payloads, rate, seconds, tag=lambda: None)
+    return latencies, failures
+
+
+async def tagged_open_loop(url: str, payloads: list[bytes], rate: float, seconds: float,
+                           tag) -> tuple[np.ndarray, list, int]:
+    """``open_loop``, each answer also tagged with ``tag()`` as it was when its request started;
+    (latencies in s, their tags, failures)."""
+    latencies, tags, failures = [], [], 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
         headers = {"Content-Type": "image/jpeg"}
 
         async def one(i: int) -> None:
             nonlocal failures
-            started = time.perf_counter()
+            started, label = time.perf_counter(), tag()
             async with session.post(url, data=payloads[i % len(payloads)], headers=headers) as response:
                 await response.read()
                 if response.status == 200:
                     latencies.append(time.perf_counter() - started)
+                    tags.append(label)
                 else:
                     failures += 1
 
@@ -149,7 +158,7 @@ async def open_loop(url: str, payloads: list[bytes], rate: float, seconds: float
                 await asyncio.sleep(delay)
             tasks.append(asyncio.ensure_future(one(i)))
         await asyncio.gather(*tasks)
-    return np.asarray(latencies), failures
+    return np.asarray(latencies), tags, failures
 
 
 # --- endpoints ----------------------------------------------------------------------------
