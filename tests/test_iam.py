@@ -82,6 +82,11 @@ TRANSFORM = {"role": "codebuild", "service": "sagemaker", "operation": "CreateTr
     "TransformOutput": {"S3OutputPath": "s3://b/transform/distracted-driver-batch-20260101-000000-abcd/output/",
                         "KmsKeyId": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/k"},
     "TransformResources": {"InstanceType": "ml.c5.xlarge", "InstanceCount": 1}}}
+CAPTURE = {"role": "codebuild", "service": "sagemaker", "operation": "CreateEndpointConfig", "params": {
+    "EndpointConfigName": "distracted-driver-dev-dd-1--cap25-0c0ffe",
+    "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "distracted-driver-dev-dd-1"}],
+    "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 25, "DestinationS3Uri": "s3://b/capture",
+                          "CaptureOptions": [{"CaptureMode": "Input"}], "KmsKeyId": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/k"}}}
 READ_LOG = {"role": "codebuild", "service": "logs", "operation": "FilterLogEvents",
             "params": {"logGroupName": "/aws/sagemaker/TrainingJobs", "logStreamNamePrefix": "dd-1/"}}
 
@@ -103,6 +108,9 @@ READ_LOG = {"role": "codebuild", "service": "logs", "operation": "FilterLogEvent
     ('resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*/output/*"]',
      'resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*/results/*"]',
      TRANSFORM, "sagemaker-execution", "s3:PutObject", "sagemaker/"),
+    ('    actions   = ["s3:PutObject"]\n    resources = ["${var.data_bucket_arn}/${var.capture_prefix}/*"]',
+     '    actions   = ["s3:GetObject"]\n    resources = ["${var.data_bucket_arn}/${var.capture_prefix}/*"]',
+     CAPTURE, "sagemaker-execution", "s3:PutObject", "sagemaker/WriteDataCapture"),
 ])
 def test_a_missing_grant_names_the_operation_the_role_and_the_statement(tmp_path, old, new, call, role, action, statement):
     assert iam.check(TERRAFORM, TERRAFORM / "envs" / "dev.tfvars", [call]).ok  # granted as it is
