@@ -13,8 +13,8 @@ Which bytes: with ``--pass-through`` the records hold the source files, so the
 training reader and serving see the same file; with the converter's default
 ``--resize 256`` the records hold a 341x256 re-encoding, and the same tensors
 come out when those stored bytes are served. The DCT scale is chosen from the
-stored image's size (1/2 for a 640x480 camera frame, 7/8 for a 341x256 record
-at a 224 input), so it is the same wherever the same bytes are decoded.
+stored image's size (1/2 for a 640x480 camera frame, full size for a 341x256
+record at a 224 input), so it is the same wherever the same bytes are decoded.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from model_fixtures import build_artifact
 pytestmark = pytest.mark.slow  # starts a model server process
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = 224  # the real input size: camera frames decode at 1/2, the converter's records at 7/8
+SIZE = 224  # the real input size: camera frames decode at 1/2, the converter's records at full size
 PARAMS = Preprocessing(input_size=SIZE)
 
 

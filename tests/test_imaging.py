@@ -76,17 +76,18 @@ def test_a_corrupt_jpeg_that_ends_with_its_end_marker_is_refused(name, min_size)
         decode_image(data, min_size=min_size)  # a reduced scale still entropy-decodes every block
 
 
-def test_dct_scaled_decoding_takes_the_smallest_eighth_that_keeps_both_edges():
+def test_dct_scaled_decoding_takes_the_smallest_power_of_two_scale_that_keeps_both_edges():
     frame = cv2.imdecode(np.frombuffer(camera_like_jpeg(seed=1), np.uint8), cv2.IMREAD_COLOR)
     record = cv2.imencode(".jpg", cv2.resize(frame, (341, 256)), _flags([]))[1].tobytes()  # as data.convert stores it
     camera = cv2.imencode(".jpg", frame, _flags([]))[1].tobytes()
     expected = {  # (bytes, min_size) -> decoded height, width
-        (camera, 224): (240, 320),  # 4/8; 3/8 would give 180 rows
-        (camera, 96): (120, 160),  # 2/8
+        (camera, 224): (240, 320),  # 1/2
+        (camera, 128): (240, 320),  # 1/2, not 3/8 (240x180): only power-of-two scales
+        (camera, 96): (120, 160),  # 1/4
         (camera, 60): (60, 80),  # 1/8 exactly reaches 60
-        (camera, 481): (480, 640),  # nothing smaller keeps 481 rows: full size
-        (record, 224): (224, 299),  # 7/8: the converter's 256-pixel edge -> 224
-        (record, 96): (96, 128),  # 3/8
+        (camera, 241): (480, 640),  # 1/2 would give 240 rows: full size
+        (record, 224): (256, 341),  # the converter's 341x256 records: 1/2 is too small, not 7/8
+        (record, 96): (128, 171),  # 1/2, rounded up as libjpeg does
         (camera, 0): (480, 640),
     }
     for (data, min_size), shape in expected.items():

@@ -36,8 +36,8 @@ class Preprocessing:
     scale: float = 1.0 / 255.0
     mean: tuple[float, float, float] = (0.498, 0.498, 0.498)
     std: tuple[float, float, float] = (0.502, 0.502, 0.502)
-    # JPEGs decoded at the smallest DCT scale (n/8) that keeps both edges at least input_size
-    # (see decode_image). A preprocess.json without this field predates it: full decode.
+    # JPEGs decoded at the smallest DCT scale (1/8, 1/4, 1/2) that keeps both edges at least
+    # input_size (see jpeg_scale). A preprocess.json without this field predates it: full decode.
     jpeg_dct_scaling: bool = True
 
     @property
@@ -217,17 +217,17 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, min_size: int = 0) -
     it). OpenCV gives the pixels of PNGs, and of JPEGs with EXIF (it applies
     the orientation) or in CMYK, once the strict decode has passed them.
 
-    ``min_size > 0`` lets a JPEG decode at a reduced scale: libjpeg-turbo's
-    DCT scaling, at the smallest factor n/8 (n = 1..8) that keeps both edges
-    at least ``min_size`` pixels, chosen from the stored image's own size
-    (640x480 at 224: 1/2, 320x240; 341x256 at 224: 7/8, 299x224; an image
-    already smaller: full size). The entropy-coded data is decoded whole at
+    ``min_size > 0`` lets a JPEG decode at a reduced scale (libjpeg-turbo's
+    DCT scaling): the smallest of 1/8, 1/4 and 1/2 that keeps both edges at
+    least ``min_size`` pixels, else full size, chosen from the stored image's
+    own size (``jpeg_scale``). The entropy-coded data is decoded whole at
     every scale, so strictness is the same. PNGs and the JPEGs OpenCV gives
     the pixels of are decoded at full size.
     """
-    check_image_bytes(data, max_pixels)
+    width, height = check_image_bytes(data, max_pixels)
     if data.startswith(JPEG_MAGIC):
-        image = _decode_jpeg_strictly(data, min_size)
+        denominator = jpeg_scale(width, height, min_size)
+        image = _decode_jpeg_strictly(data, -(-width // denominator), -(-height // denominator))
         if image is not None:
             return image
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
@@ -236,8 +236,26 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, min_size: int = 0) -
     return image
 
 
-def _decode_jpeg_strictly(data: bytes, min_size: int) -> np.ndarray | None:
-    """BGR pixels, or None when the JPEG is sound but OpenCV must give the pixels; raises ImageError."""
+def jpeg_scale(width: int, height: int, min_size: int) -> int:
+    """The denominator d (8, 4, 2, or 1: full size) a JPEG of this size decodes at, to ceil(width/d) x ceil(height/d).
+
+    The largest d that keeps both edges at least ``min_size``. Only the power-of-two
+    scales: libjpeg-turbo's reduced inverse DCTs for 1/2 and 1/4 have SIMD versions and 1/8
+    keeps only the DC coefficient, while 3/8 to 7/8 run in plain C (7/8 measured slower than
+    a full decode); and 7/8 on the converter's 341x256 records moved the training input
+    further from what serving decodes from the camera frame (``benchmarks/decode_scaled.py``).
+    640x480 at 224: 2 (320x240); 341x256 at 224: 1 (full size).
+    """
+    if min_size > 0:
+        for denominator in (8, 4, 2):
+            if -(-width // denominator) >= min_size and -(-height // denominator) >= min_size:
+                return denominator
+    return 1
+
+
+def _decode_jpeg_strictly(data: bytes, width: int, height: int) -> np.ndarray | None:
+    """BGR pixels at the scale giving ``width`` x ``height``, or None when the JPEG is sound but OpenCV must give
+    the pixels (at full size); raises ImageError."""
     try:
         colorspace = simplejpeg.decode_jpeg_header(data)[2]
         if colorspace in ("CMYK", "YCCK"):
@@ -246,7 +264,8 @@ def _decode_jpeg_strictly(data: bytes, min_size: int) -> np.ndarray | None:
         if data.find(b"Exif\x00\x00", 0, 65536) != -1:
             simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
             return None
-        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, min_width=min_size, min_height=min_size)
+        # simplejpeg decodes at the smallest scale n/8 that reaches both sizes: 1/d for ceil(edge/d).
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, min_width=width, min_height=height)
     except ValueError as error:
         raise ImageError(f"corrupt JPEG: {error}") from None
 

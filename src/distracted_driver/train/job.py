@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--mini-batch-size", type=int, default=32, help="images per step")
     hp.add_argument("--image-size", type=int, default=224, help="network input size S (images resized to SxS)")
     hp.add_argument("--jpeg-dct-scaling", type=_bool, default=True,
-                    help="decode JPEGs at the smallest DCT scale n/8 that keeps both edges >= S, then resize "
-                         "(recorded in preprocess.json; false: full-size decode)")
+                    help="decode JPEGs at the smallest DCT scale (1/8, 1/4, 1/2) that keeps both edges >= S, "
+                         "then resize (recorded in preprocess.json; false: full-size decode)")
     hp.add_argument("--freeze-backbone", type=_bool, default=True,
                     help="true: compute backbone features once and train the head (fast on CPUs); "
                          "false: fine-tune every weight")
