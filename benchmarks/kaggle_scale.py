@@ -18,9 +18,10 @@ JPEGs; the default 0.1 is a tenth of it. Stages, each in its own process(es):
 Then the endpoint is stopped. Per stage: wall seconds (the pipeline's own run
 record for its stages), images, images/s, and peak RSS: the sum over the
 stage's processes (the one running it and its descendants: converter
-workers, the training job), sampled every 0.1 s. The endpoint's model servers
-belong to the local runtime, not to the stage that started them, and are not
-counted. Printed as a table, drawn as ``reports/benchmarks/kaggle_scale.png``,
+workers, the training job, and from deploy on the endpoint it started, the
+local runtime and its model server), sampled every 0.1 s. In-process stages
+also carry what the pipeline process kept from earlier ones. Printed as a
+table, drawn as ``reports/benchmarks/kaggle_scale.png``,
 and written as JSON with ``--json`` (``tests/test_kaggle_scale.py`` reads it).
 The last lines compare batch prediction with its target (79,726 images in
 under 8 minutes on 2 cores) at the rate measured here.
