@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import pyplot, save_figure  # noqa: E402
 from sample_channels import sample_channels  # noqa: E402
 
 from distracted_driver.data.imaging import Preprocessing, decode_image, model_input  # noqa: E402
@@ -146,11 +147,7 @@ def log_losses(sample: Path, channels: Path, size: int, seeds: int) -> dict[tupl
 
 
 def plot(costs: dict[str, dict[str, float]], size: int) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     names = list(next(iter(costs.values())))
     width = 0.8 / len(names)
@@ -163,10 +160,7 @@ def plot(costs: dict[str, dict[str, float]], size: int) -> Path:
     ax.set_title(f"decode + INTER_AREA resize to {size}x{size}")
     ax.legend()
     fig.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PLOT, dpi=100)
-    plt.close(fig)
-    return PLOT
+    return save_figure(fig, PLOT)
 
 
 def main() -> None:

@@ -46,13 +46,16 @@ from pathlib import Path
 
 import psutil
 
-from distracted_driver.config import Settings
-from distracted_driver.data.layout import DRIVER_LIST, TEST_DIR
-from distracted_driver.data.sample import KAGGLE_TEST_IMAGES, generate_sample, kaggle_size
-from distracted_driver.pipeline.options import RunOptions
-from distracted_driver.pipeline.records import RunStore
-from distracted_driver.storage import open_storage
-from distracted_driver.system import cpu_count
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import pyplot, save_figure  # noqa: E402
+
+from distracted_driver.config import Settings  # noqa: E402
+from distracted_driver.data.layout import DRIVER_LIST, TEST_DIR  # noqa: E402
+from distracted_driver.data.sample import KAGGLE_TEST_IMAGES, generate_sample, kaggle_size  # noqa: E402
+from distracted_driver.pipeline.options import RunOptions  # noqa: E402
+from distracted_driver.pipeline.records import RunStore  # noqa: E402
+from distracted_driver.storage import open_storage  # noqa: E402
+from distracted_driver.system import cpu_count  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 INV = Path(sys.executable).parent / "inv"
@@ -227,11 +230,7 @@ def print_table(stages: list[Stage]) -> None:
 
 
 def plot(stages: list[Stage], scale: float) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     shown = [s for s in stages if s.seconds]
     names = [s.name for s in shown][::-1]
     fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
@@ -241,10 +240,7 @@ def plot(stages: list[Stage], scale: float) -> Path:
     memory_ax.set_xlabel("peak RSS, MB (all processes of the stage)")
     fig.suptitle(f"Kaggle scale {scale:g} on {cpu_count()} cores")
     fig.tight_layout()
-    PLOT.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(PLOT, dpi=100)
-    plt.close(fig)
-    return PLOT
+    return save_figure(fig, PLOT)
 
 
 def main() -> int:
