@@ -80,10 +80,11 @@ data = Collection("data")
         "seed": "random seed; the same seed gives the same bytes (default 0)",
         "first_driver": "number of the first subject, e.g. 90 for p090, p091, ... (default: Kaggle's p002..p081)",
         "overwrite": "replace OUT if it already holds a sample (never a directory that does not)",
+        "workers": "processes drawing in parallel, the same bytes whatever the number (default 1; 0: all cores)",
     },
 )
 def data_sample(c, out=None, drivers=26, images_per_class_driver=3, test_images=40, seed=0,
-                first_driver=None, overwrite=False):
+                first_driver=None, overwrite=False, workers=1):
     """Draw synthetic cabin images in the exact State Farm layout (imgs/, driver_imgs_list.csv, ...)."""
 
     from distracted_driver.data.channels import WorkDirs
@@ -93,7 +94,7 @@ def data_sample(c, out=None, drivers=26, images_per_class_driver=3, test_images=
         report = generate_sample(out or WorkDirs.of(_settings()).sample, drivers=int(drivers),
                                  images_per_class_driver=int(images_per_class_driver), test_images=int(test_images),
                                  seed=int(seed), first_driver=None if first_driver is None else int(first_driver),
-                                 overwrite=overwrite or not out)
+                                 overwrite=overwrite or not out, workers=int(workers))
     except SampleError as error:
         raise Exit(str(error), code=2) from None
     print(report)
@@ -386,7 +387,7 @@ predict = Collection("predict")
                   "s3://<bucket>/<transform prefix>/... (a directory is uploaded there first)",
         "model": "training job name, 'latest' (newest trained) or 'live' (deployed); default latest",
         "out": "CSV to write in sample_submission.csv format (default submission.csv)",
-        "batch_size": "local: images per ONNX Runtime run (default 32)",
+        "batch_size": "local: images per ONNX Runtime run (default 8: as fast as 32 on CPUs, a third of the memory)",
         "workers": "local: decode threads (default: all cores); aws: threads checking and moving images (default 16)",
         "backend": "local (this machine) or aws (SageMaker Batch Transform); default local",
         "instances": "aws: instances of the transform job (default 1)",
@@ -395,7 +396,7 @@ predict = Collection("predict")
         "max_payload_mb": "aws: MaxPayloadInMB, the largest image a request carries (default 6)",
     },
 )
-def predict_batch(c, images, model="latest", out="submission.csv", batch_size=32, workers=0, backend=None,
+def predict_batch(c, images, model="latest", out="submission.csv", batch_size=8, workers=0, backend=None,
                   instances=1, instance_type="", max_concurrent=8, max_payload_mb=6):
     """Classify images with a trained model and write a Kaggle submission CSV (here, or on SageMaker Batch Transform)."""
     settings = _settings(backend)

@@ -65,7 +65,7 @@ def _batch_prediction(settings: Settings, images: Path) -> None:
     out = settings.root / "reports" / "submission.csv"
     _say(f"batch prediction of {images} with the live model -> {out}")
     result = predict_directory(settings, "live", images, out, progress=False)
-    print(f"{len(result.names)} images classified, {len(result.failed)} unreadable, {result.seconds:.1f} s")
+    print(f"{result.predicted} images classified, {len(result.failed)} unreadable, {result.seconds:.1f} s")
 
 
 def _endpoint_queries(settings: Settings, images: list[Path]) -> None:
