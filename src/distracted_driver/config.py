@@ -42,6 +42,9 @@ class Settings:
     models_prefix: str = "models"
     registry_prefix: str = "registry"
     pipeline_prefix: str = "pipeline"
+    # Serving precision: int8 is served when its validation log loss is within this of fp32's
+    # (train.precision: "0.01,3%" = 0.01 or 3 %, whichever is larger; negative: always fp32).
+    int8_tolerance: str = "0.01,3%"
     # Hosting.
     endpoint_name: str = "distracted-driver"
     variant_name: str = "AllTraffic"

@@ -3,7 +3,9 @@
 Keys (``registry`` is ``settings.registry_prefix``)::
 
     registry/models/<job>.json            one entry per trained version: metrics as training reported
-                                          them, provenance, artifact key and checksum, forced deploys
+                                          them, the precision it serves (fp32/int8) with training's scores of
+                                          both, provenance, artifact key and checksum, the gate's own scores
+                                          per validation set (``evaluations``), forced deploys
     registry/live.json                    the version serving traffic (written by deploy through ``set_live``)
     registry/gates/<job>/<data>.json      the gate's decision on a version for one validation set
                                           (``data`` is the data manifest's sha256; see ``train.gate``)
@@ -88,6 +90,8 @@ class Registry:
                 "mode": metrics.get("mode"),
                 "best_epoch": metrics.get("best_epoch"),
             },
+            "serving": {"precision": artifact.served_precision, "tolerance": artifact.serving.get("tolerance"),
+                        "scores": artifact.serving.get("scores", {}), "chosen_by": artifact.serving.get("chosen_by")},
             "data_manifest_sha256": provenance.get("data_manifest_sha256"),
             "code_version": provenance.get("code_version"),
             "hyperparameters": provenance.get("hyperparameters", {}),
