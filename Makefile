@@ -24,10 +24,11 @@ help:
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# docker/serve-constraints.txt: the gate runs here with the serving image's ONNX Runtime and decoders.
+$(VENV)/.installed: pyproject.toml docker/serve-constraints.txt
 	$(PY) -m venv $(VENV)
 	$(PIP) install --upgrade pip 2>&1 | grep -v 'is ignored' || true
-	$(PIP) install -e '.[$(EXTRAS)]' 2>&1 | grep -v 'is ignored' || true
+	$(PIP) install -c docker/serve-constraints.txt -e '.[$(EXTRAS)]' 2>&1 | grep -v 'is ignored' || true
 	$(BIN)/python -c "import distracted_driver, torch, onnxruntime, cv2, invoke"
 	touch $@
 

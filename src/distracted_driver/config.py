@@ -52,6 +52,12 @@ class Settings:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {self.backend!r}")
+        from distracted_driver.train.precision import Tolerance, ToleranceError
+
+        try:
+            object.__setattr__(self, "int8_tolerance", str(Tolerance.parse(self.int8_tolerance)))
+        except ToleranceError as error:
+            raise ValueError(f"DD_INT8_TOLERANCE: {error}") from None
         root = Path(self.root)
         object.__setattr__(self, "root", root)
         for name, default in (("bucket_dir", ".bucket"), ("state_dir", ".state"), ("work_dir", ".work")):

@@ -144,7 +144,9 @@ class ModelServer:
 
     async def ping(self, request: web.Request) -> web.Response:
         if self.ready and not self.draining:
-            return web.json_response({"status": "healthy", "model_version": self.version})
+            return web.json_response({"status": "healthy", "model_version": self.version,
+                                      "precision": self.artifact.served_precision,
+                                      "model_file": self.artifact.served_model_path.name})
         state = "draining" if self.draining else "loading"
         return web.json_response({"status": state, "model_version": self.version}, status=503)
 
@@ -227,7 +229,8 @@ class ModelServer:
             return
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("model %s ready after %.2f s (warm-up included)", self.version, time.monotonic() - started)
+        log.info("model %s ready after %.2f s (warm-up included), serving %s (%s)", self.version,
+                 time.monotonic() - started, self.artifact.served_precision, self.artifact.served_model_path.name)
 
     def _record_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)

@@ -257,6 +257,14 @@ class GateDecision:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def precision_line(self) -> str:
+        """Which precision the candidate serves, with the gate's own log loss of each."""
+        def loss(value):
+            return "-" if value is None else f"{value:.4f}"
+
+        return (f"{self.candidate} serves {self.precision}: validation log loss fp32 {loss(self.fp32_log_loss)}, "
+                f"int8 {loss(self.int8_log_loss)} (the gate's own scores)")
+
 
 def judge(
     registry: Registry,
@@ -412,3 +420,16 @@ def smoke_set_for(registry: Registry, job: str) -> SmokeSet | None:
         with_smoke = [r for r in registry.gate_records(job) if r.get("smoke")]
         record = with_smoke[-1] if with_smoke else None
     return SmokeSet.from_dict(record["smoke"]) if record else None
+
+
+def serving_line(registry: Registry, job: str) -> str:
+    """Which precision ``job`` serves and why, from its gate record on the current validation set
+    (the training job's choice when the gate has not scored it)."""
+    entry = registry.get(job)
+    data_sha256 = registry.data_manifest_sha256()
+    record = registry.gate_record(entry["job"], data_sha256) if data_sha256 else None
+    precision = (record or {}).get("precision")
+    if precision:
+        return f"{entry['job']} serves {precision['served']} (gate, on its own scores: {precision['reason']})"
+    serving = entry.get("serving") or {}
+    return f"{entry['job']} serves {serving.get('precision', FP32)} (training job's choice; the gate has not scored it)"
