@@ -96,6 +96,7 @@ def _tidy(path: Path) -> None:
         ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         model = onnx.load(options.optimized_model_filepath)
     fold_pads_into_convs(model)
+    _drop_unused_initializers(model)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
@@ -130,6 +131,14 @@ def fold_pads_into_convs(model) -> int:
         graph.node.remove(pad)
         folded += 1
     return folded
+
+
+def _drop_unused_initializers(model) -> None:
+    """Constants no node reads any more (the folded Pads' amounts): ONNX Runtime warns about each at load."""
+    graph = model.graph
+    read = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(tensor)
 
 
 def _zero_spatial_pads(pad, constants: dict, helper) -> list[int] | None:
