@@ -29,7 +29,7 @@ CALIBRATION_IMAGES = 64
 # Left in fp32 when quantizing: the stem and the first block, at full resolution, where the image's
 # whole 8-bit range meets the largest weights. On CPUs without VNNI (AVX2) ONNX Runtime's uint8 x int8
 # kernels saturate there: quantizing the stem alone raised the demo model's validation log loss from
-# 0.037 to 0.38, the first block alone to 0.21, every later block alone by under 0.006
+# 0.037 to 0.41, the first block alone to 0.21, any later block alone by under 0.005
 # (benchmarks/int8_sensitivity.py). They hold about 5 % of the network's multiply-adds.
 FLOAT_NODE_PREFIXES = ("/model/_conv_stem/", "/model/_blocks.0/")
 
