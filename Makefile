@@ -27,6 +27,7 @@ help:
 	@echo "make demo   - run the whole pipeline on bundled sample data, leave the stack up"
 	@echo "make test   - install what tests need and run them"
 	@echo "make down   - stop every local server the demo started"
+	@echo "make peers-env - LitServe and BentoML for benchmarks/serve_vs_peers.py (not needed by make test)"
 
 install: $(VENV)/.installed
 

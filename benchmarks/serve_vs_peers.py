@@ -25,7 +25,9 @@ closed loop of ``--clients`` requests always in flight for ``--seconds``; **late
 at half of *our endpoint's* saturated rate, the same rate for every contender, for ``--seconds``
 (p50/p99 of the answered requests). Failures are any answer but 200, and timeouts. Rounds alternate
 the contenders so that load from elsewhere on the machine hits all alike; each keeps its best round.
-The ratios come last.
+CPU per image counts every process involved (servers, their workers, the load generator) over the
+saturated run: on a machine shared with other jobs the cores' share varies from round to round, and
+images per CPU-second compare the contenders whatever share they got. The ratios come last.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_vs_limit as serving  # noqa: E402  (the payloads)
@@ -210,10 +213,35 @@ def our_stack(settings: Settings, job: str):
 # --- measuring ----------------------------------------------------------------------------------------
 
 
+def process_tree(pids: list[int]) -> list:
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent = psutil.Process(pid)
+            found += [parent, *parent.children(recursive=True)]
+    return found
+
+
+def cpu_seconds(processes: list) -> float:
+    """User + system CPU seconds so far of ``processes`` (each once; gone ones count 0)."""
+    total = 0.0
+    for process in {process.pid: process for process in processes}.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def ours(root: Path) -> list[int]:
+    """Our stack's processes: the runtime (router), its model servers and the gateway, all under ``root``."""
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if str(root) in " ".join(p.info["cmdline"] or [])]
+
+
 @dataclass
 class Result:
     name: str
     rates: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # CPU per image: server side and load generator, every process
     failures: int = 0
     p50: float | None = None
     p99: float | None = None
@@ -223,6 +251,10 @@ class Result:
     @property
     def rate(self) -> float:
         return max(self.rates)
+
+    @property
+    def cpu(self) -> float:
+        return min(self.cpu_ms)
 
 
 @dataclass(frozen=True)
@@ -395,16 +427,28 @@ def main() -> None:
             for predict in sessions.values():
                 bare_loop(reference, predict, payloads[:BATCH], 0.5)
             reference_rates: dict[str, list[float]] = {name: [] for name in sessions}
+            reference_cpu: dict[str, list[float]] = {name: [] for name in sessions}
+            me = [psutil.Process()]  # the reference loop and the load generator
+            servers = {"endpoint": ours(root), "api": ours(root),
+                       **{f"peer{i}": [p.proc.pid] for i, p in enumerate(peers)}}
             for round_ in range(args.rounds):
                 order = ["reference", *targets]
                 for key in order if round_ % 2 == 0 else order[::-1]:
                     if key == "reference":
                         for name, predict in sessions.items():
-                            reference_rates[name].append(bare_loop(reference, predict, payloads, args.seconds))
-                        results[key].rates.append(max(rates[-1] for rates in reference_rates.values()))
+                            before = cpu_seconds(me)
+                            rate = bare_loop(reference, predict, payloads, args.seconds)
+                            reference_rates[name].append(rate)
+                            reference_cpu[name].append(1000 * (cpu_seconds(me) - before) / (rate * args.seconds))
+                        best = max(reference_rates, key=lambda name: reference_rates[name][-1])
+                        results[key].rates.append(reference_rates[best][-1])
+                        results[key].cpu_ms.append(reference_cpu[best][-1])
                     else:
+                        processes = me + process_tree(servers[key])
+                        before = cpu_seconds(processes)
                         rate, failures = saturate(targets[key], args.clients, args.seconds)
                         results[key].rates.append(rate)
+                        results[key].cpu_ms.append(1000 * (cpu_seconds(processes) - before) / (rate * args.seconds))
                         results[key].failures += failures
                 print(f"round {round_ + 1} (load average {load_average()}): " + ", ".join(
                     f"{results[key].name} {results[key].rates[-1]:.1f}" for key in order), flush=True)
@@ -419,18 +463,25 @@ def main() -> None:
     print(f"\nload average at the start {started_load}, at the end {load_average()}")
     print("reference loop, best round: " + ", ".join(f"{name} {max(rates):.1f} images/s"
                                                       for name, rates in reference_rates.items()))
-    print(f"{'what':<44} {'images/s':>9} {'failed':>7}   at {half:.1f} req/s: {'p50 ms':>7} {'p99 ms':>7} {'failed':>7}")
+    print(f"{'what':<44} {'images/s':>9} {'CPU ms/image':>13} {'failed':>7}   at {half:.1f} req/s: "
+          f"{'p50 ms':>7} {'p99 ms':>7} {'failed':>7}")
     for r in ordered:
         latency = (f"{r.p50:7.1f} {r.p99:7.1f} {r.latency_failures:7d}" if r.p99 is not None else
                    f"{'-':>7} {'-':>7} {'-':>7}")
-        print(f"{r.name:<44} {r.rate:9.1f} {r.failures:7d}   {'':>{len(f'at {half:.1f} req/s:') - 3}}{latency}")
+        print(f"{r.name:<44} {r.rate:9.1f} {r.cpu:13.1f} {r.failures:7d}   "
+              f"{'':>{len(f'at {half:.1f} req/s:') - 3}}{latency}")
     print(f"plot: {plot(ordered, PLOT)}")
     endpoint, ref, api = results["endpoint"], results["reference"], results["api"]
-    print(f"endpoint_vs_reference {endpoint.rate / ref.rate:.2f} (target >= {TARGETS['reference']})")
+    # Throughput ratios, then the same ratios in images per CPU-second (every process involved, the load
+    # generator included): those hold when other jobs take a varying share of the cores.
+    print(f"endpoint_vs_reference {endpoint.rate / ref.rate:.2f} (target >= {TARGETS['reference']}); "
+          f"per CPU-second {ref.cpu / endpoint.cpu:.2f}")
     for i, peer in enumerate(peers):
-        print(f"endpoint_vs_{peer.name.split()[0].lower()} {endpoint.rate / results[f'peer{i}'].rate:.2f} "
-              f"(target >= {TARGETS['peers']})")
-    print(f"api_vs_endpoint {api.rate / endpoint.rate:.2f} (target >= {TARGETS['api']})")
+        other = results[f"peer{i}"]
+        print(f"endpoint_vs_{peer.name.split()[0].lower()} {endpoint.rate / other.rate:.2f} "
+              f"(target >= {TARGETS['peers']}); per CPU-second {other.cpu / endpoint.cpu:.2f}")
+    print(f"api_vs_endpoint {api.rate / endpoint.rate:.2f} (target >= {TARGETS['api']}); "
+          f"per CPU-second {endpoint.cpu / api.cpu:.2f}")
     print(f"endpoint_p99_ms_at_half_load {endpoint.p99:.1f} (target < {TARGETS['p99_ms']:g})")
 
 
