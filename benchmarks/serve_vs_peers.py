@@ -364,7 +364,8 @@ def plot(results: list[Result], path: Path) -> Path:
     latency_ax.barh(y + 0.2, [r.p99 for r in served], height=0.4, label="p99")
     latency_ax.set_yticks(y, [r.name for r in served])
     latency_ax.invert_yaxis()
-    latency_ax.set_xlabel("ms at half of our endpoint's saturation")
+    latency_ax.set_xscale("log")
+    latency_ax.set_xlabel("ms at half of our endpoint's saturation (log scale)")
     latency_ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
