@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow  # about 5 minutes: draws 5,106 images, trains, de
 
 ROOT = Path(__file__).resolve().parents[1]
 # MB of RSS, summed over a stage's processes. Training holds torch, the network, ONNX Runtime's
-# calibration and both precisions' sessions in one process (about 1.2 GB at 0.05 and 0.1 alike):
+# calibration and both precisions' sessions in one process (1.18 GB measured at 0.05):
 TRAIN_STAGE_CEILING_MB = 1536
 # Other stages that run a network (ONNX Runtime):
 MODEL_STAGE_CEILING_MB = 1024
