@@ -191,16 +191,6 @@ class LoadLoop:
             time.sleep(0.05)
 
 
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-
-
 # --- images ---------------------------------------------------------------------------------
 
 
