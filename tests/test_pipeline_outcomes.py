@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from distracted_driver.pipeline.records import FAILED, PENDING, RunStore
 from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.pipeline.watch import watch
 from distracted_driver.storage import open_storage
+from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 INV = Path(sys.executable).parent / "inv"
@@ -114,8 +114,8 @@ def test_the_watcher_starts_a_run_when_a_manifest_lands_and_stops_at_max_runs(se
     storage = open_storage(settings)
     batch = _tiny_batch(tmp_path / "batch")
 
-    def land_later():
-        time.sleep(1.0)
+    def land_later():  # once the watcher has listed what was there: nothing
+        wait_until(lambda: "watching " in caplog.text, timeout_s=30, what="the watcher to start")
         add_data(storage, settings, batch, progress=False)
 
     lander = threading.Thread(target=land_later)
