@@ -116,8 +116,9 @@ def test_version_phases_reports_and_artifacts(buildspec):
 def test_the_junit_report_the_tests_write_is_the_one_declared_and_kept(buildspec, calls):
     """pytest's --junitxml path is matched by the report group's files and by the artifacts."""
     make_test = _first(calls, "make", "test")
-    command = next(c for phase in PHASES for c in buildspec["phases"].get(phase, {}).get("commands", [])
-                   if "make test" in c)
+    command = next(
+        c for phase in PHASES for c in buildspec["phases"].get(phase, {}).get("commands", []) if "make test" in c
+    )
     written = re.search(r"--junitxml=(\S+?)[\"' ]", command)
     assert written, f"make test in {make_test.phase} writes no JUnit report"
     path = written.group(1)
@@ -150,7 +151,9 @@ def test_every_inv_task_exists_with_its_options(calls, namespace):
 
 def test_every_task_that_takes_a_backend_is_told_aws(calls, namespace):
     for call in calls:
-        if call.program == "inv" and "--backend" in {f"--{a.name}" for a in _task(namespace, call.name).get_arguments()}:
+        if call.program == "inv" and "--backend" in {
+            f"--{a.name}" for a in _task(namespace, call.name).get_arguments()
+        }:
             assert call.option("--backend") in (None, "aws"), f"inv {call.name} --backend {call.option('--backend')}"
 
 
@@ -180,7 +183,9 @@ def test_the_pipeline_run_deploys_with_a_canary_and_only_a_gate_rejection_is_tol
     assert pipeline.tolerated == "" or tolerated == [outcomes.exit_code(outcomes.REJECTED_BY_GATE)], pipeline.tolerated
     for call in calls:
         if call is not pipeline:
-            assert not re.search(r"\btrue\b|\$\? -eq", call.tolerated), f"{call.program} {call.name}: || {call.tolerated}"
+            assert not re.search(r"\btrue\b|\$\? -eq", call.tolerated), (
+                f"{call.program} {call.name}: || {call.tolerated}"
+            )
 
 
 def test_the_load_test_runs_bounded_after_the_deploy_and_only_on_a_good_build(buildspec, calls):

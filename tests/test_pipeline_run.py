@@ -195,7 +195,7 @@ def test_a_run_killed_during_training_is_resumed_with_its_own_options_in_a_new_r
     settings, first = first_run
     add_batch(settings, sample_batch(tmp_path / "new-drivers", drivers=2, per_class=3, seed=7, first_driver=90))
     options = fast_options(hyperparameters={"epochs": 13, "image-size": 96})
-    store, storage = store_of(settings), open_storage(settings)
+    store = store_of(settings)
     runs_before = set(store.run_ids())
     jobs_before = {p.parent.name for p in settings.work_dir.glob("jobs/*/status.json")}
     child = subprocess.Popen(

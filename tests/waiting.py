@@ -18,9 +18,15 @@ from typing import IO, TypeVar
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout_s: float, *, what: str = "the condition",
-               interval_s: float = 0.05, process: subprocess.Popen | None = None,
-               details: Callable[[], str] | None = None) -> T:
+def wait_until(
+    condition: Callable[[], T],
+    timeout_s: float,
+    *,
+    what: str = "the condition",
+    interval_s: float = 0.05,
+    process: subprocess.Popen | None = None,
+    details: Callable[[], str] | None = None,
+) -> T:
     """Poll ``condition`` until it returns something truthy, and return that.
 
     ``process``: fail at once if it exits first. ``details``: more to say on failure (a log's text).
@@ -37,8 +43,9 @@ def wait_until(condition: Callable[[], T], timeout_s: float, *, what: str = "the
         time.sleep(interval_s)
 
 
-async def wait_until_async(condition: Callable[[], T], timeout_s: float, *, what: str = "the condition",
-                           interval_s: float = 0.02) -> T:
+async def wait_until_async(
+    condition: Callable[[], T], timeout_s: float, *, what: str = "the condition", interval_s: float = 0.02
+) -> T:
     """``wait_until`` for a coroutine: the event loop keeps running between polls.
 
     ``condition`` runs on a thread, so it may block (an HTTP request to a server on this loop).
@@ -74,8 +81,13 @@ class OutputLines:
 
     def wait_for(self, fragment: str, timeout_s: float, process: subprocess.Popen | None = None) -> str:
         """The first line containing ``fragment``, once it is written."""
-        return wait_until(lambda: next((line for line in self.lines if fragment in line), None), timeout_s,
-                          what=f"a line with {fragment!r}", process=process, details=self.text)
+        return wait_until(
+            lambda: next((line for line in self.lines if fragment in line), None),
+            timeout_s,
+            what=f"a line with {fragment!r}",
+            process=process,
+            details=self.text,
+        )
 
     def until_closed(self, timeout_s: float) -> str:
         """Everything, once the process closed its output."""
