@@ -408,7 +408,7 @@ def _send_for(client, images: list[bytes], seconds: float) -> int:
             client.invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=images[answered % 2])
             answered += 1
         except Exception:  # noqa: BLE001 - the runtime is being killed
-            time.sleep(0.05)
+            time.sleep(0.05)  # a pause between retries while the runtime is down
     return answered
 
 
