@@ -180,8 +180,9 @@ def test_interrupted_conversion_leaves_no_complete_looking_output(kaggle_root, t
     (source / layout.TRAIN_DIR / stuck).unlink()
     os.mkfifo(source / layout.TRAIN_DIR / stuck)
     out = tmp_path / "out"
-    script = (
-        "import sys; from distracted_driver.data.convert import convert_lists; "
+    script = (  # Ctrl-C as from a terminal, even when this test runs in the background (SIGINT ignored there)
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from distracted_driver.data.convert import convert_lists; "
         "convert_lists(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]), progress=False)"
     )
 
