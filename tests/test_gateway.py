@@ -302,6 +302,7 @@ def test_stop_leaves_nothing_running(tmp_path):
     assert stop_gateway(settings) is False
 
 
+@pytest.mark.slow  # `inv` processes
 def test_invoke_tasks_up_status_key_down(tmp_path):
     env = {**os.environ, "DD_ROOT": str(tmp_path)}
     inv = [sys.executable, "-m", "invoke", "-r", str(ROOT)]

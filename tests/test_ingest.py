@@ -251,6 +251,7 @@ def test_materialize_raw_mirrors_the_newest_manifest(bucket, batches, tmp_path):
     assert len(read_batch(local)) == 20
 
 
+@pytest.mark.slow  # `inv` processes
 def test_add_task_reports_and_exits_non_zero_on_refusals(tmp_path, batch):
     env = {**os.environ, "DD_BUCKET_DIR": str(tmp_path / "bucket")}
     rows = _rows(batch / "driver_imgs_list.csv")

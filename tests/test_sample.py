@@ -213,6 +213,7 @@ def test_each_class_changes_the_frame_where_its_cue_is(driver):
         assert diff[:60, :120].max() < 1, classname  # the windshield corner never moves
 
 
+@pytest.mark.slow  # `inv` processes
 def test_sample_task_help_and_the_reviewers_check(tmp_path):
     env = {**os.environ, "DD_WORK_DIR": str(tmp_path / "work")}
     def run(*args):
