@@ -20,7 +20,8 @@ import pytest
 import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from hosting_support import LoadLoop, hosted_env, wait_until
+from hosting_support import LoadLoop, hosted_env
+from waiting import wait_until
 from hostile_clients import json_error
 
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
