@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 import pytest
 from hostile_clients import json_error
+from metrics_support import parse_metrics
 
 from distracted_driver.hosting.local.instances import free_port
 from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange, slowloris
-from distracted_driver.serve.metrics import parse_text
 
 pytestmark = pytest.mark.slow  # every test here starts a real server process
 
@@ -65,7 +65,7 @@ class ServerProcess:
         raise AssertionError("server never became ready")
 
     def metrics(self) -> dict[str, float]:
-        return parse_text(get(self.url + "/metrics")[2])
+        return parse_metrics(get(self.url + "/metrics")[2])
 
     def stop(self) -> int:
         if self.proc.poll() is None:

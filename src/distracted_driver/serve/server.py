@@ -136,9 +136,9 @@ class ModelServer:
         started = time.monotonic()
         response = await handler(request)
         path = request.path if request.path in KNOWN_PATHS else "other"
-        self.metrics.requests.inc(path, response.status)
+        self.metrics.requests.labels(path, response.status).inc()
         if response.status >= 400 and isinstance(response, web.Response) and response.body:
-            self.metrics.errors.inc(json.loads(response.body).get("error", "unknown"))
+            self.metrics.errors.labels(json.loads(response.body).get("error", "unknown")).inc()
         if path == "/invocations":
             self.metrics.latency.observe(time.monotonic() - started)
         return response
@@ -154,7 +154,7 @@ class ModelServer:
         return web.json_response({"status": state, "model_version": self.version}, status=503)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render().encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def invocations(self, request: web.Request) -> web.Response:
         if not self.ready:

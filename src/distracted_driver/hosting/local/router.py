@@ -124,7 +124,7 @@ class Router:
             return sagemaker_error(500, "InternalFailure", "An internal failure occurred in the local runtime; see its log.")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.runtime.metrics_text().encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        return web.Response(body=self.runtime.metrics_exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _invocations(self, request: web.Request) -> web.StreamResponse:
         arrived = datetime.now(timezone.utc)

@@ -435,7 +435,7 @@ class Runtime:
             if writer is not None:
                 await self._close_writer(endpoint, writer, "the runtime is stopping")
 
-    def metrics_text(self) -> str:
+    def metrics_exposition(self) -> bytes:
         return capture_metrics({name: e.capture_stats() for name, e in self.endpoints.items() if e.data_capture})
 
     async def delete_endpoint(self, name: str) -> None:
