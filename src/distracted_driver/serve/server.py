@@ -39,7 +39,7 @@ import numpy as np
 from aiohttp import web
 
 from distracted_driver.data.imaging import MAX_PIXELS, ImageError
-from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, plain_shape, read_body
+from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, listen_on, plain_shape, read_body
 from distracted_driver.logs import add_log_arguments, configure_logging
 from distracted_driver.serve.batching import DynamicBatcher
 from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
@@ -244,9 +244,7 @@ class ModelServer:
         runner = GuardedRunner(self.make_app(), plain_shape, self.config.limits(), access_log=None,
                                handle_signals=False, shutdown_timeout=self.config.shutdown_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = await listen_on(runner, self.config.host, self.config.port)
         log.info("model server listening on http://%s:%d (model %s)", self.config.host, self.port, self.version)
         loader = loop.create_task(self.load())
         await self.stop_event.wait()

@@ -569,7 +569,7 @@ async def serve(paths: RuntimePaths, host: str, port: int, log_rotation: LogRota
     await control.setup()
     # The port it had last time, so that its URL (which a gateway or a client may hold) survives a restart.
     bound = await listen_tcp(invocations, host, port or runtime.last_port)
-    await web.SockSite(control, private_unix_socket(paths.control_socket)).start()
+    await control.serve(private_unix_socket(paths.control_socket))
     runtime.port, runtime.url = bound, f"http://{host}:{bound}"
     write_json_atomic(paths.runtime_file, {
         "pid": os.getpid(), "url": runtime.url, "port": bound, "started": runtime.started, "log": str(paths.log_file),
