@@ -61,11 +61,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import boto3
 import numpy as np
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from distracted_driver.awsclient import aws_client
 from distracted_driver.config import Settings
 from distracted_driver.data.imaging import ImageError, check_image_bytes
 from distracted_driver.data.layout import CLASSES
@@ -313,10 +312,8 @@ class BatchTransform:
         self.settings = settings
         self.options = options or TransformOptions()
         self.storage = storage or open_storage(settings)
-        session = boto3.session.Session(region_name=settings.region)
-        retries = Config(retries={"max_attempts": 10, "mode": "adaptive"})
-        self.sagemaker = sagemaker or session.client("sagemaker", config=retries)
-        self.logs = logs or session.client("logs", config=retries)
+        self.sagemaker = sagemaker or aws_client("sagemaker", settings.region)
+        self.logs = logs or aws_client("logs", settings.region)
         self.hosting = hosting or SageMakerHosting(settings, sagemaker=self.sagemaker, storage=self.storage,
                                                    progress=self.options.progress)
 
