@@ -97,7 +97,7 @@ def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
      "reserved_concurrent_executions = 100", "lambda-no-reservation-unless-asked"),
     ("modules/ecr/main.tf", "tag_prefix_list = [var.model_tag_prefix]", 'tag_prefix_list = ["release-"]',
      "ecr-keeps-model-images"),
-    ("modules/storage/main.tf", 'filter {\n      prefix = "" # every object; an empty filter {} warns from provider 5.90 on\n    }',
+    ("modules/storage/main.tf", 'filter {\n        prefix = rule.value.prefix # "" is every object; an empty filter {} warns from provider 5.90 on\n      }',
      "filter {}", "lifecycle-filter-not-empty"),
     ("modules/api/main.tf", "depends_on = [aws_iam_role_policy_attachment.apigateway_logs]", "",
      "api-account-after-role-policy"),
@@ -108,8 +108,13 @@ def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
      'resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*"]', "transform-prefixes"),
     ("main.tf", "DD_TRANSFORM_PREFIX         = var.transform_prefix", 'DD_TRANSFORM_PREFIX         = "batch"',
      "settings-match-variables"),
-    ("modules/storage/main.tf", "#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; everything here is rebuilt from the raw images, which are versioned.",
-     "#checkov:skip=CKV_AWS_144:cost", "checkov-skips-justified"),
+    ("modules/storage/main.tf", "#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; the data bucket's contents are rebuilt from its versioned raw images, build artifacts by rerunning a build, and access logs stay in-region.",
+     "#checkov:skip=CKV_AWS_144:cost.", "checkov-skips-justified"),
+    # the notification and the permission are on the storage module's data bucket, not another of its buckets
+    ("main.tf", "data_bucket_name       = module.storage.data_bucket_name",
+     "data_bucket_name       = module.storage.artifacts_bucket_name", "trigger-bucket"),
+    ("modules/trigger/main.tf", "source_arn     = var.data_bucket_arn", "source_arn     = var.kms_key_arn",
+     "trigger-permission"),
 ])
 def test_a_broken_wiring_is_caught(tmp_path, path, old, new, check):
     copy = _broken(tmp_path, path, old, new)

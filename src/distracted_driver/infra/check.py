@@ -46,7 +46,15 @@ from distracted_driver.hosting.aws import (
 )
 from distracted_driver.hosting.base import AlarmThresholds, ScalingPolicy
 from distracted_driver.infra.ecr import Image, lifecycle_expired
-from distracted_driver.infra.hcl import Configuration, Context, HclError, Module, skip_comments
+from distracted_driver.infra.hcl import (
+    Configuration,
+    Context,
+    HclError,
+    Module,
+    nested_blocks,
+    requirements,
+    skip_comments,
+)
 
 API_GATEWAY_TIMEOUT_SECONDS = 29
 MANIFESTS_DIR = "manifests"  # distracted_driver.data.ingest.MANIFESTS (a test keeps them equal)
@@ -108,6 +116,10 @@ class _Checker:
         if body is None:
             raise HclError(f"module {module} has no {type_}.{name}")
         return context, context.value(body)
+
+    def output(self, module: str, name: str):
+        context = self.config.instance(module)
+        return context.value(context.module.outputs[name]["value"])
 
     def policy(self, module: str, name: str) -> list[dict]:
         context = self.config.instance(module)
@@ -248,8 +260,9 @@ class _Checker:
         manifest_prefix = f"{self.var('raw_prefix')}/{MANIFESTS_DIR}/"
         _, notification = self.resource("trigger", "aws_s3_bucket_notification", "manifests")
         rule = notification["lambda_function"][0]
-        self.expect("trigger-bucket", notification["bucket"] == "${storage:aws_s3_bucket.data.id}",
-                    f"notification on {notification['bucket']}")
+        data_bucket = {attribute: self.output("storage", f"data_bucket_{attribute}") for attribute in ("name", "arn")}
+        self.expect("trigger-bucket", notification["bucket"] == data_bucket["name"],
+                    f"notification on {notification['bucket']} (the storage module's data bucket)")
         self.expect("trigger-prefix",
                     rule.get("filter_prefix") == manifest_prefix and rule.get("filter_suffix") == ".json",
                     f"{rule.get('filter_prefix')}*{rule.get('filter_suffix')} (data.add writes {manifest_prefix}<id>.json)")
@@ -260,7 +273,7 @@ class _Checker:
         _, permission = self.resource("trigger", "aws_lambda_permission", "s3")
         self.expect("trigger-permission",
                     permission["principal"] == "s3.amazonaws.com"
-                    and permission["source_arn"] == "${storage:aws_s3_bucket.data.arn}",
+                    and permission["source_arn"] == data_bucket["arn"],
                     f"{permission['principal']} from {permission['source_arn']}")
         statements = self.policy("trigger", "trigger")
         codebuild = [s for s in statements if any(a.startswith("codebuild:") for a in s["actions"])]
@@ -415,11 +428,43 @@ def _defaults_agree(config: Configuration) -> list[Finding]:
     return findings
 
 
+def _floor(constraint: str | None) -> str | None:
+    """The ``>= x`` part of a version constraint such as ``">= 5.40, < 7.0"``."""
+    floors = [part.strip() for part in (constraint or "").split(",") if part.strip().startswith(">=")]
+    return floors[0] if len(floors) == 1 else None
+
+
+def _versions(directory: Path, module: Module, root: tuple[str | None, dict[str, dict]]) -> Finding:
+    """A module's versions.tf: the root's Terraform floor, and each provider it uses from the root's source with
+    the root's floor (a module states what it needs; the root alone caps versions)."""
+    name = directory.name
+    version, providers = requirements(directory)
+    if version is None and not providers:
+        return Finding("module-versions", False, f"{name}: no versions.tf with required_version and required_providers")
+    root_version, root_providers = root
+    used = {type_.split("_")[0] for type_, _ in list(module.resources) + list(module.data)}
+    problems = [] if _floor(version) == _floor(root_version) else [
+        f"required_version {version!r}, the root's floor is {_floor(root_version)!r}"]
+    for provider in sorted(used | set(providers)):
+        spec, expected = providers.get(provider), root_providers.get(provider)
+        if spec is None or expected is None:
+            problems.append(f"uses {provider} without requiring it" if spec is None else f"requires {provider}, the root does not")
+        elif spec.get("source") != expected["source"] or spec.get("version") != _floor(expected.get("version")):
+            problems.append(f"{provider} {spec.get('source')!r} {spec.get('version')!r}, the root's is "
+                            f"{expected['source']!r} {_floor(expected.get('version'))!r}")
+    return Finding("module-versions", not problems, f"{name}: {'; '.join(problems) or f'requires {sorted(providers)} with the root floors'}")
+
+
 def _hygiene(config: Configuration) -> list[Finding]:
     findings = []
+    root_requirements = requirements(config.root_dir)
+    findings.append(Finding("module-versions", bool(root_requirements[1]) and _floor(root_requirements[0]) is not None,
+                            f"root: versions.tf {root_requirements}"))
     for directory in config.module_dirs():
         module = Module.load(directory)
         name = directory.name if directory != config.root_dir else "root"
+        if directory != config.root_dir:
+            findings.append(_versions(directory, module, root_requirements))
         undocumented = [v for v, spec in module.variables.items() if not spec.get("description") or "type" not in spec]
         findings.append(Finding("variables-documented", not undocumented,
                                 f"{name}: {undocumented or 'every variable has a description and a type'}"))
@@ -429,7 +474,7 @@ def _hygiene(config: Configuration) -> list[Finding]:
         findings.append(Finding("checkov-skips-justified", not short, f"{name}: {short or 'every skip has a reason'}"))
         empty = [f"{rname} rule {rule.get('id')}"
                  for rname, body in module.resources_of("aws_s3_bucket_lifecycle_configuration").items()
-                 for rule in body.get("rule", []) for block in rule.get("filter", [])
+                 for rule in nested_blocks(body, "rule") for block in nested_blocks(rule, "filter")
                  if not {k: v for k, v in block.items() if not k.startswith("__")}]
         findings.append(Finding("lifecycle-filter-not-empty", not empty,
                                 f"{name}: {empty or 'no empty filter {} (a warning from provider 5.90, an error later)'}"))

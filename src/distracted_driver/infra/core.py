@@ -27,6 +27,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distracted_driver.infra.hcl import requirements
+
 DRIVER = Path(__file__).with_name("tfcore_driver.py")
 TERRAFORM_VENV = Path(".venvs") / "terraform"
 # Where provider plugins are found without a download (Terraform's implied local mirrors and ours).
@@ -96,15 +98,7 @@ def _errors(text: str) -> str:
 
 def required_providers(terraform_dir: str | Path) -> dict[str, str]:
     """``{name: source}`` from versions.tf, e.g. ``{"aws": "hashicorp/aws"}``."""
-    from distracted_driver.infra.hcl import parse_file
-
-    found = {}
-    for block in parse_file(Path(terraform_dir) / "versions.tf").get("terraform", []):
-        for providers in block.get("required_providers", []):
-            for name, spec in providers.items():
-                if not name.startswith("__"):
-                    found[name] = spec["source"]
-    return found
+    return {name: spec["source"] for name, spec in requirements(terraform_dir)[1].items()}
 
 
 def plugin_dir(sources: dict[str, str], candidates=PLUGIN_DIRS) -> tuple[Path | None, list[str]]:
