@@ -15,9 +15,10 @@ import boto3
 import pytest
 
 from distracted_driver.config import Settings
+from distracted_driver.infra import docs
 from distracted_driver.infra import terraform as tf
 from distracted_driver.infra.check import MANIFESTS_DIR, run_checkov, wiring_findings
-from distracted_driver.infra.hcl import Configuration
+from distracted_driver.infra.hcl import Configuration, Module
 
 REPO = Path(__file__).resolve().parents[1]
 TERRAFORM = REPO / "terraform"
@@ -110,6 +111,9 @@ def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
      "settings-match-variables"),
     ("modules/storage/main.tf", "#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; the data bucket's contents are rebuilt from its versioned raw images, build artifacts by rerunning a build, and access logs stay in-region.",
      "#checkov:skip=CKV_AWS_144:cost.", "checkov-skips-justified"),
+    ("modules/ecr/variables.tf", 'description = "Newest images kept; older ones expire."',
+     'description = "Images kept."', "module-docs"),
+    ("modules/ecr/versions.tf", 'version = ">= 5.40"', 'version = ">= 5.0"', "module-versions"),
     # the notification and the permission are on the storage module's data bucket, not another of its buckets
     ("main.tf", "data_bucket_name       = module.storage.data_bucket_name",
      "data_bucket_name       = module.storage.artifacts_bucket_name", "trigger-bucket"),
@@ -120,6 +124,46 @@ def test_a_broken_wiring_is_caught(tmp_path, path, old, new, check):
     copy = _broken(tmp_path, path, old, new)
     report = wiring_findings(copy / "terraform", copy)
     assert check in {f.check for f in report.failures}, [str(f) for f in report.failures]
+
+
+# --- module READMEs -------------------------------------------------------------------------------
+
+
+def test_every_readme_lists_its_modules_inputs_and_outputs():
+    assert docs.stale(TERRAFORM) == []
+    for directory in docs.module_dirs(TERRAFORM):
+        readme = (directory / "README.md").read_text()
+        module = Module.load(directory)
+        section = readme[readme.index(docs.BEGIN):]
+        assert all(f"| `{name}` |" in section for name in [*module.variables, *module.outputs]), directory
+
+
+def test_infra_docs_rewrites_only_the_tables(tmp_path):
+    copy = tmp_path / "terraform"
+    shutil.copytree(TERRAFORM, copy, ignore=shutil.ignore_patterns(".terraform", ".build"))
+    variables = copy / "modules" / "ecr" / "variables.tf"
+    variables.write_text(variables.read_text() + '''
+variable "scan_on_push" {
+  description = "Scan | each image when pushed to <repository>."
+  type        = bool
+  default     = true
+}
+''')
+    (copy / "modules" / "alarms" / "outputs.tf").unlink()
+    readme = copy / "modules" / "ecr" / "README.md"
+    prose = readme.read_text().split(docs.BEGIN)[0]
+    assert docs.stale(copy) == [copy / "modules" / "alarms" / "README.md", readme]
+
+    assert docs.write(copy) == [copy / "modules" / "alarms" / "README.md", readme]
+    assert docs.stale(copy) == [] and docs.write(copy) == []
+    text = readme.read_text()
+    assert text.startswith(prose) and text.count(docs.BEGIN) == 1 and text.endswith(docs.END + "\n")
+    assert r"| `scan_on_push` | `bool` | `true` | Scan \| each image when pushed to \<repository>. |" in text
+    assert "## Outputs\n\nNone." in (copy / "modules" / "alarms" / "README.md").read_text()
+
+    bare = copy / "modules" / "trigger" / "README.md"
+    bare.write_text("# trigger\n\nHand-written prose.\n")  # no section yet: one is added at the end
+    assert docs.write(copy) == [bare] and bare.read_text().startswith("# trigger\n\nHand-written prose.\n\n" + docs.BEGIN)
 
 
 # --- checkov ---------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ variable defaults and once per ``envs/<env>.tfvars`` and asks, for each:
   project and nothing else;
 - variable defaults agree with ``Settings``, ``ScalingPolicy`` and ``AlarmThresholds``;
 - every variable has a description and a type; every checkov skip has a reason;
+  every module has a versions.tf with the root's floors, and a README whose inputs
+  and outputs tables match its .tf files (``infra.docs``);
 - what a fresh account's first apply and first build need: no reserved Lambda
   concurrency unless asked for, the grants AWS checks beyond the call itself
   (Application Auto Scaling's validation of the caller, ``kms:Encrypt`` for a
@@ -45,6 +47,7 @@ from distracted_driver.hosting.aws import (
     transform_job_prefix,
 )
 from distracted_driver.hosting.base import AlarmThresholds, ScalingPolicy
+from distracted_driver.infra import docs
 from distracted_driver.infra.ecr import Image, lifecycle_expired
 from distracted_driver.infra.hcl import (
     Configuration,
@@ -486,6 +489,13 @@ def _hygiene(config: Configuration) -> list[Finding]:
     return findings
 
 
+def _module_docs(terraform_dir: Path) -> Finding:
+    outdated = [str(path.relative_to(terraform_dir)) for path in docs.stale(terraform_dir)]
+    return Finding("module-docs", not outdated,
+                   f"inputs/outputs tables differ from the .tf files in {outdated} (`inv infra.docs` rewrites them)"
+                   if outdated else "every README's inputs and outputs tables match the .tf files")
+
+
 def wiring_findings(terraform_dir: str | Path, repo_root: str | Path | None = None) -> Report:
     """Every wiring check, with the defaults and with each ``envs/*.tfvars``."""
     terraform_dir = Path(terraform_dir)
@@ -507,6 +517,7 @@ def wiring_findings(terraform_dir: str | Path, repo_root: str | Path | None = No
             if tfvars is None:
                 report.findings.extend(_defaults_agree(config))
                 report.findings.extend(_hygiene(config))
+                report.findings.append(_module_docs(terraform_dir))
         except HclError as error:
             report.findings.append(Finding("parse", False, str(error), variant))
     return report
