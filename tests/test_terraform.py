@@ -58,7 +58,7 @@ def test_the_manifest_directory_is_the_one_ingest_writes():
 
 def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
     copy = tmp_path / "repo"
-    shutil.copytree(TERRAFORM, copy / "terraform", ignore=shutil.ignore_patterns(".terraform"))
+    shutil.copytree(TERRAFORM, copy / "terraform", ignore=shutil.ignore_patterns(".terraform"), symlinks=True)
     shutil.copytree(REPO / "lambda", copy / "lambda", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "buildspec.yml", copy / "buildspec.yml")
     target = copy / "terraform" / path
@@ -111,6 +111,12 @@ def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
      "settings-match-variables"),
     ("modules/storage/main.tf", "#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; the data bucket's contents are rebuilt from its versioned raw images, build artifacts by rerunning a build, and access logs stay in-region.",
      "#checkov:skip=CKV_AWS_144:cost.", "checkov-skips-justified"),
+    # examples/<env>: the root module with exactly the env's values, every output returned
+    ("examples/dev/main.tf", "  tags                                   = var.tags\n", "", "example"),
+    ("examples/dev/main.tf", "  region                                 = var.region",
+     '  region                                 = "eu-west-1"', "example"),
+    ("examples/dev/outputs.tf", "  sensitive = true\n", "", "example"),
+    ("examples/dev/main.tf", 'source = "../.."', 'source = "../../modules/storage"', "example"),
     ("modules/ecr/variables.tf", 'description = "Newest images kept; older ones expire."',
      'description = "Images kept."', "module-docs"),
     ("modules/ecr/versions.tf", 'version = ">= 5.40"', 'version = ">= 5.0"', "module-versions"),
@@ -124,6 +130,24 @@ def test_a_broken_wiring_is_caught(tmp_path, path, old, new, check):
     copy = _broken(tmp_path, path, old, new)
     report = wiring_findings(copy / "terraform", copy)
     assert check in {f.check for f in report.failures}, [str(f) for f in report.failures]
+
+
+def test_each_env_is_an_example_that_reads_its_tfvars(tmp_path):
+    for env in ("dev", "prod"):
+        example = Configuration(TERRAFORM / "examples" / env, TERRAFORM / "examples" / env / "terraform.tfvars")
+        assert example.instance("distracted_driver").inputs["environment"] == env
+        assert example.variable("endpoint_name") == Configuration(TERRAFORM, TERRAFORM / "envs" / f"{env}.tfvars").variable("endpoint_name")
+
+    copy = _broken(tmp_path, "envs/prod.tfvars", "force_destroy = false", "force_destroy = false")
+    values = copy / "terraform" / "examples" / "prod" / "terraform.tfvars"
+    text = values.read_text()
+    values.unlink()
+    values.write_text(text)  # a copy of the values instead of the link: a second copy that can drift
+    (copy / "terraform" / "examples" / "staging").mkdir()
+    shutil.copy(copy / "terraform" / "examples" / "dev" / "main.tf", copy / "terraform" / "examples" / "staging")
+    failures = {(f.variant, f.detail) for f in wiring_findings(copy / "terraform", copy).failures if f.check == "example"}
+    assert failures == {("prod", "examples/prod/terraform.tfvars is not a link to envs/prod.tfvars"),
+                        ("defaults", "examples without an envs/<env>.tfvars: ['staging']")}
 
 
 # --- module READMEs -------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from distracted_driver.infra.hcl import (
     Context,
     HclError,
     Module,
+    example_dirs,
     nested_blocks,
     requirements,
     skip_comments,
@@ -489,6 +490,31 @@ def _hygiene(config: Configuration) -> list[Finding]:
     return findings
 
 
+EXAMPLE_CALL = "distracted_driver"  # the module call of each examples/<env>/main.tf
+
+
+def _example(terraform_dir: Path, env: str, tfvars: Path, root: Configuration) -> Finding:
+    """``examples/<env>``: a root that reads the env's tfvars (a link), passes every variable on to the root
+    module and returns every output, so that the module gets exactly what ``-var-file=envs/<env>.tfvars`` gives."""
+    directory = terraform_dir / "examples" / env
+    values = directory / "terraform.tfvars"
+    if not values.is_file() or not values.samefile(tfvars):
+        return Finding("example", False, f"examples/{env}/terraform.tfvars is not a link to envs/{env}.tfvars", env)
+    example = Configuration(directory, values)
+    call = example.root_module.modules.get(EXAMPLE_CALL, {})
+    problems = [] if (directory / call.get("source", "-")).resolve() == terraform_dir.resolve() else [
+        f"module {EXAMPLE_CALL} does not call the root module"]
+    problems += [f"{name} is not passed on as var.{name}" for name in root.root_module.variables
+                 if call.get(name) != f"${{var.{name}}}"]
+    if not problems and example.instance(EXAMPLE_CALL).inputs != root.root.inputs:
+        problems.append(f"the module gets other values than envs/{env}.tfvars gives the root")
+    outputs = example.root_module.outputs
+    problems += [f"output {name} is not returned as it is" for name, spec in root.root_module.outputs.items()
+                 if outputs.get(name, {}).get("value") != f"${{module.{EXAMPLE_CALL}.{name}}}"
+                 or outputs[name].get("sensitive", False) != spec.get("sensitive", False)]
+    return Finding("example", not problems, f"examples/{env}: {'; '.join(problems) or f'the root module with envs/{env}.tfvars'}", env)
+
+
 def _module_docs(terraform_dir: Path) -> Finding:
     outdated = [str(path.relative_to(terraform_dir)) for path in docs.stale(terraform_dir)]
     return Finding("module-docs", not outdated,
@@ -514,10 +540,16 @@ def wiring_findings(terraform_dir: str | Path, repo_root: str | Path | None = No
                 except (HclError, KeyError, IndexError, TypeError, AttributeError) as error:
                     checker.expect(check.__name__, False, f"cannot evaluate: {type(error).__name__}: {error}")
             report.findings.extend(checker.findings)
+            if tfvars is not None:
+                report.findings.append(_example(terraform_dir, variant, tfvars, config))
             if tfvars is None:
                 report.findings.extend(_defaults_agree(config))
                 report.findings.extend(_hygiene(config))
                 report.findings.append(_module_docs(terraform_dir))
+                unmatched = sorted({path.name for path in example_dirs(terraform_dir)} - {env for env, _ in variants})
+                report.findings.append(Finding("example", not unmatched,
+                                               f"examples without an envs/<env>.tfvars: {unmatched}" if unmatched
+                                               else "every example is an environment's"))
         except HclError as error:
             report.findings.append(Finding("parse", False, str(error), variant))
     return report

@@ -243,6 +243,11 @@ class Configuration:
         return [self.root_dir] + [(self.root_dir / call["source"]).resolve() for call in self.root_module.modules.values()]
 
 
+def example_dirs(terraform_dir: str | Path) -> list[Path]:
+    """The runnable roots under ``examples/`` (``examples/<env>`` calls the root module with an env's values)."""
+    return sorted(path for path in (Path(terraform_dir) / "examples").glob("*") if any(path.glob("*.tf")))
+
+
 def requirements(directory: str | Path) -> tuple[str | None, dict[str, dict]]:
     """``required_version`` and ``{provider: {"source": ..., "version": ...}}`` of a module's versions.tf
     (``(None, {})`` where it has none)."""
