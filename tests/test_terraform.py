@@ -120,6 +120,14 @@ def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
     ("modules/ecr/variables.tf", 'description = "Newest images kept; older ones expire."',
      'description = "Images kept."', "module-docs"),
     ("modules/ecr/versions.tf", 'version = ">= 5.40"', 'version = ">= 5.0"', "module-versions"),
+    # the storage module's buckets, where checkov cannot follow its for_each
+    ("modules/storage/main.tf", 'sse_kms           = true    # SSE-KMS', 'sse_kms           = false   # SSE-KMS',
+     "bucket-encryption"),
+    ("modules/storage/main.tf", "noncurrent_days = null, abort_upload_days = 7 }",
+     "noncurrent_days = null, abort_upload_days = null }", "bucket-abort-uploads"),
+    ("modules/storage/main.tf", 'access_log_prefix = "artifacts/"', "access_log_prefix = null", "bucket-access-logs"),
+    ("modules/storage/main.tf", 'resource "aws_s3_bucket_versioning" "this" {\n  for_each = local.buckets',
+     'resource "aws_s3_bucket_versioning" "this" {\n  for_each = local.access_logged', "bucket-settings"),
     # the notification and the permission are on the storage module's data bucket, not another of its buckets
     ("main.tf", "data_bucket_name       = module.storage.data_bucket_name",
      "data_bucket_name       = module.storage.artifacts_bucket_name", "trigger-bucket"),

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,6 +260,30 @@ class _Checker:
                     latency["metric_name"] == "ModelLatency" and latency["dimensions"] == dims
                     and latency["threshold"] == expected,
                     f"ModelLatency p99 > {latency['threshold']} us ({self.var('alarm_p99_latency_ms')} ms)")
+
+    def storage_buckets(self) -> None:
+        """What checkov cannot follow through the storage module's for_each: every bucket has each setting, KMS
+        encryption but on the access-log target, access logs into that target, and a rule aborting stale uploads."""
+        storage = self.config.instance("storage")
+        resources = storage.module.resources
+        buckets = storage.value(resources[("aws_s3_bucket", "this")]["for_each"])
+        settings = [type_ for (type_, name), body in resources.items()
+                    if type_.startswith("aws_s3_bucket_") and type_ != "aws_s3_bucket_logging"]
+        partial = [type_ for type_ in settings if storage.value(resources[(type_, "this")].get("for_each")) != buckets]
+        self.expect("bucket-settings", not partial,
+                    f"{partial} do not cover every bucket" if partial else f"{sorted(settings)} for {sorted(buckets)}")
+        logging = resources[("aws_s3_bucket_logging", "this")]
+        target = re.fullmatch(r'\$\{storage:aws_s3_bucket\.this\["(\w+)"\]\.id\}', storage.value(logging["target_bucket"]))
+        target = target.group(1) if target else None
+        unlogged = sorted(name for name, bucket in buckets.items() if bucket["access_log_prefix"] is None)
+        self.expect("bucket-access-logs", unlogged == [target] and logging["for_each"] == "${local.access_logged}",
+                    f"every bucket logs into {target!r} but {unlogged}")
+        plain = sorted(name for name, bucket in buckets.items() if not bucket["sse_kms"])
+        self.expect("bucket-encryption", plain == [target], f"SSE-KMS for every bucket but {plain} (SSE-S3)")
+        endless = sorted(name for name, bucket in buckets.items()
+                         if not any(rule.get("abort_upload_days") for rule in bucket["lifecycle_rules"]))
+        self.expect("bucket-abort-uploads", not endless,
+                    f"{endless} keep incomplete uploads" if endless else "every bucket aborts incomplete uploads")
 
     def trigger(self) -> None:
         manifest_prefix = f"{self.var('raw_prefix')}/{MANIFESTS_DIR}/"
@@ -534,7 +559,8 @@ def wiring_findings(terraform_dir: str | Path, repo_root: str | Path | None = No
             checker = _Checker(config, variant, repo_root)
             for check in (checker.predict_lambda, checker.rest_api, checker.autoscaling, checker.alarms,
                           checker.trigger, checker.codebuild, checker.sagemaker_role, checker.pipeline_settings,
-                          checker.lambda_concurrency, checker.implicit_grants, checker.ecr_lifecycle):
+                          checker.lambda_concurrency, checker.implicit_grants, checker.ecr_lifecycle,
+                          checker.storage_buckets):
                 try:
                     check()
                 except (HclError, KeyError, IndexError, TypeError, AttributeError) as error:
