@@ -243,7 +243,8 @@ def test_the_sagemaker_entry_point_and_batch_prediction_run_the_served_file(fp32
                                progress=False)
     with open(tmp_path / "submission.csv") as handle:
         rows = {row[0]: [float(v) for v in row[1:]] for row in list(csv.reader(handle))[1:]}
-    assert result.names == [path.name for path in images]
+    assert (result.predicted, result.failed) == (len(images), [])
+    assert sorted(rows) == [path.name for path in images]
     np.testing.assert_allclose([rows[path.name] for path in images], expected, atol=1e-5)
 
 

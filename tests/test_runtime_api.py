@@ -25,6 +25,7 @@ from hostile_clients import json_error
 
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
 from distracted_driver.hosting.local.client import RuntimeClient
+from distracted_driver.system import unix_socket_path
 from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange, slowloris
 
 pytestmark = pytest.mark.slow
@@ -110,7 +111,7 @@ def test_control_is_on_a_private_unix_socket_only(env):
         body = response.json()
         assert body["__type"] == "UnknownOperationException" and body["message"], body
         assert str(env.settings.state_dir) not in response.text and "pid" not in body
-    control = env.settings.state_dir / "hosting" / "control.sock"
+    control = unix_socket_path(env.settings.state_dir / "hosting" / "control.sock")
     assert stat.S_ISSOCK(control.stat().st_mode) and stat.S_IMODE(control.stat().st_mode) == 0o600
     status = env.hosting.runtime().get("status")  # the owner's client reaches it
     assert status["endpoints"]["distracted-driver"]["status"] == "InService"
