@@ -1171,7 +1171,18 @@ def infra_package(c):
         print(f"{name}: {path}")
 
 
+@task(name="docs")
+def infra_docs(c):
+    """Rewrite the inputs/outputs tables of terraform/'s READMEs from the .tf files (infra.check fails on stale ones)."""
+    from distracted_driver.infra import docs
+    from distracted_driver.infra.terraform import terraform_dir
+
+    changed = docs.write(terraform_dir(_settings()))
+    print("\n".join(f"rewrote {path}" for path in changed) or "every README is up to date")
+
+
 infra.add_task(infra_check)
+infra.add_task(infra_docs)
 infra.add_task(infra_package)
 infra.add_task(infra_preflight)
 infra.add_task(infra_plan)

@@ -51,7 +51,7 @@ ARN_OF = {
     "aws_cloudwatch_log_group": ("name", "arn:{p}:logs:{r}:{a}:log-group:{name}"),
     "aws_sqs_queue": ("name", "arn:{p}:sqs:{r}:{a}:{name}"),
 }
-_SYMBOL = re.compile(r"\$\{(\w+):(?:(data)\.)?(\w+)\.(\w+)(?:\[\d+\])?\.(\w+)\}")
+_SYMBOL = re.compile(r'\$\{(\w+):(?:(data)\.)?(\w+)\.(\w+)(?:\[\d+\]|\["(\w+)"\])?\.(\w+)\}')
 # Operations whose IAM action is not named like the API call (Amazon S3's "Actions" page:
 # https://docs.aws.amazon.com/AmazonS3/latest/API/API_Operations_Amazon_Simple_Storage_Service.html
 # and the "Policy actions" table of the S3 User Guide).
@@ -134,7 +134,7 @@ class Rendered:
         return value
 
     def _symbol(self, match: re.Match) -> str:
-        module, data, kind, name, attribute = match.groups()
+        module, data, kind, name, key, attribute = match.groups()
         if data and kind == "aws_partition":
             return PARTITION
         if data and kind == "aws_caller_identity":
@@ -144,7 +144,10 @@ class Rendered:
         if data or kind not in ARN_OF:
             return match.group(0)
         context = self.config.root if module == "root" else self.config.instance(module)
-        body = context.value(context.module.resources[(kind, name)])
+        block = context.module.resources[(kind, name)]
+        if key is not None:  # one instance of a for_each resource
+            context = context.for_each_instance(block, key)
+        body = context.value(block)
         field_name, template = ARN_OF[kind]
         named = self.concrete(body.get(field_name, name)) if field_name else name
         if attribute == "arn":
