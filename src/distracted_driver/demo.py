@@ -80,19 +80,14 @@ def _batch_prediction(settings: Settings, images: Path) -> None:
 
 def _endpoint_queries(settings: Settings, images: list[Path]) -> None:
     from distracted_driver.hosting import open_hosting
-    from distracted_driver.hosting.local.client import sagemaker_runtime_client
 
-    url = open_hosting(settings).status()["runtime_url"]
-    _say(f"endpoint {settings.endpoint_name!r} through boto3's sagemaker-runtime client at {url}")
-    client = sagemaker_runtime_client(url, settings.region)
+    hosting = open_hosting(settings)
+    _say(f"endpoint {settings.endpoint_name!r} through boto3's sagemaker-runtime client at {hosting.status().runtime_url}")
     for path in images:
-        answer = client.invoke_endpoint(
-            EndpointName=settings.endpoint_name, ContentType="image/jpeg",
-            Accept="application/json;verbose=true", Body=path.read_bytes(),
-        )
-        body = json.loads(answer["Body"].read())
+        answer, variant = hosting.invoke(path.read_bytes(), "image/jpeg", accept="application/json;verbose=true")
+        body = json.loads(answer)
         print(f"{path.name}: {body['class']} ({body['label']}, {body['confidence']:.2f}) "
-              f"from variant {answer['InvokedProductionVariant']}, model {body['model_version']}")
+              f"from variant {variant}, model {body['model_version']}")
 
 
 def _rest_api(settings: Settings, image: Path, record) -> None:
@@ -129,10 +124,10 @@ def _where_things_are(settings: Settings, storage) -> None:
 def _data_capture(settings: Settings, storage) -> None:
     """Where the endpoint's captured traffic lands, and how much of it is there."""
     from distracted_driver.hosting import open_hosting
-    from distracted_driver.hosting.local.report import capture_text
+    from distracted_driver.hosting.report import capture_text
     from distracted_driver.monitor.capture import capture_keys
 
-    capture = open_hosting(settings).status().get("data_capture")
+    capture = open_hosting(settings).status().data_capture
     _say(f"data capture: {capture_text(capture)}")
     files = capture_keys(storage, settings.capture_prefix, settings.endpoint_name)
     where = storage.uri(f"{settings.capture_prefix}/{settings.endpoint_name}")

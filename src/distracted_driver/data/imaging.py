@@ -65,6 +65,17 @@ class Preprocessing:
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def image_content_type(payload: bytes) -> str | None:
+    """``image/jpeg`` or ``image/png`` by the file signature; None for anything else."""
+    if payload.startswith(JPEG_MAGIC):
+        return "image/jpeg"
+    if payload.startswith(PNG_MAGIC):
+        return "image/png"
+    return None
+
+
 _JPEG_START_OF_SCAN = b"\xff\xda"
 _JPEG_END_OF_IMAGE = b"\xff\xd9"
 _PNG_END_CHUNK = b"IEND"

@@ -61,8 +61,7 @@ def runtime_url_of(settings: Settings) -> str:
     """The local SageMaker Runtime URL of the running endpoint, from the hosting status."""
     from distracted_driver.hosting import open_hosting
 
-    status = open_hosting(settings).status()
-    url = status.get("runtime_url")
+    url = open_hosting(settings).status().runtime_url
     if not url:
         raise GatewayError(
             f"no endpoint {settings.endpoint_name!r} is running (hosting status has no runtime_url); "

@@ -196,12 +196,6 @@ def _instances(settings: Settings, host: str | None) -> int:
     try:
         from distracted_driver.hosting import open_hosting
 
-        instances = open_hosting(settings).status().get("instances", 1)
+        return max(open_hosting(settings).status().instance_count, 1)
     except Exception:  # the hosting status is informative here, never a reason to fail the search
-        return 1
-    if isinstance(instances, (list, tuple, dict)):
-        return max(len(instances), 1)
-    try:
-        return max(int(instances), 1)
-    except (TypeError, ValueError):
         return 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from distracted_driver.config import parse_percent
-from distracted_driver.hosting.base import STRATEGIES
+from distracted_driver.hosting import STRATEGIES
 
 
 @dataclass(frozen=True)

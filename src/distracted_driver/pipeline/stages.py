@@ -275,22 +275,13 @@ class Train(Stage):
     def run(self, context, record):
         from distracted_driver.train.registry import Registry
 
+        from distracted_driver.train import TrainingFailed, open_trainer
+
         hyperparameters = normalized_hyperparameters(context.options.hyperparameters)
+        trainer = open_trainer(context.settings, algorithm=context.options.algorithm, stream=context.stream)
         try:
-            if context.settings.backend == "aws":
-                from distracted_driver.train.sagemaker import run_sagemaker_job
-
-                job = run_sagemaker_job(context.settings, hyperparameters, algorithm=context.options.algorithm)
-            else:
-                from distracted_driver.train.runner import TrainingJobFailed, run_local_job
-
-                try:
-                    job = run_local_job(context.settings, hyperparameters, stream=context.stream)
-                except TrainingJobFailed as error:
-                    raise StageFailed(str(error)) from None
-        except StageFailed:
-            raise
-        except RuntimeError as error:  # the SageMaker job failed: its reason is in the message
+            job = trainer.train(hyperparameters)
+        except TrainingFailed as error:  # its reason (and, locally, its log) is in the message
             raise StageFailed(str(error)) from None
         entry = Registry(context.storage, context.settings).get(job)
         metrics = entry["metrics"]
@@ -402,13 +393,6 @@ def hosting(context: RunContext):
     return context.memo("hosting", open_it)
 
 
-def serving(status: dict, version: str) -> bool:
-    """The endpoint is in service with ``version`` on its live variant (and, locally, its runtime is up)."""
-    state = status.get("endpoint_status") or status.get("status")
-    running = status.get("runtime", {}).get("running", True)
-    return status.get("live_version") == version and state == "InService" and running
-
-
 class Deploy(Stage):
     """Blue/green update of the endpoint to the candidate (canary by default), rolled back on alarms."""
 
@@ -416,7 +400,7 @@ class Deploy(Stage):
 
     def not_needed(self, context):
         candidate = context.outputs["train"]["job"]
-        if live_version(context) == candidate and serving(hosting(context).status(), candidate):
+        if live_version(context) == candidate and hosting(context).status().serves(candidate):
             return f"{candidate} is live and in service"
         return ""
 
@@ -428,7 +412,7 @@ class Deploy(Stage):
 
     @staticmethod
     def routing(context: RunContext):
-        from distracted_driver.hosting.base import TrafficRouting
+        from distracted_driver.hosting import TrafficRouting
 
         o = context.options
         return TrafficRouting(strategy=o.strategy, canary_percent=o.canary_percent,
@@ -437,7 +421,7 @@ class Deploy(Stage):
 
     @staticmethod
     def alarms(context: RunContext):
-        from distracted_driver.hosting.base import AlarmThresholds
+        from distracted_driver.hosting import AlarmThresholds
 
         o = context.options
         return AlarmThresholds(max_error_rate=o.alarm_max_error_rate, max_p99_latency_ms=o.alarm_max_p99_ms)
@@ -446,7 +430,7 @@ class Deploy(Stage):
         return False  # a deploy changes the endpoint; whether it holds is asked of the endpoint each time
 
     def run(self, context, record):
-        from distracted_driver.hosting.base import ModelSpec
+        from distracted_driver.hosting import ModelSpec
         from distracted_driver.train.gate import NotCleared, clearance
         from distracted_driver.train.registry import Registry
 

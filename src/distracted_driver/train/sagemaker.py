@@ -37,6 +37,7 @@ from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.storage import Storage, open_storage
 from distracted_driver.train.precision import with_tolerance
+from distracted_driver.train.trainer import Trainer, TrainingFailed
 
 ALGORITHMS = ("script", "builtin")
 # The SageMaker PyTorch training container (sagemaker-core's table; newest with a CPU image at writing).
@@ -71,7 +72,7 @@ BUILTIN_DEFAULTS = {
 }
 
 
-class SageMakerJobFailed(RuntimeError):
+class SageMakerJobFailed(TrainingFailed):
     def __init__(self, job: str, status: str, reason: str):
         super().__init__(f"training job {job} {status.lower()}: {reason}")
         self.job, self.status, self.reason = job, status, reason
@@ -141,11 +142,12 @@ def script_hyperparameters(hyperparameters: dict, source_uri: str, region: str) 
     return values
 
 
-class SageMakerTrainer:
+class SageMakerTrainer(Trainer):
     def __init__(
         self,
         settings: Settings,
         *,
+        algorithm: str = "script",
         storage: Storage | None = None,
         sagemaker=None,
         logs=None,
@@ -154,6 +156,7 @@ class SageMakerTrainer:
         progress: bool = True,
     ):
         self.settings = settings
+        self.algorithm = algorithm  # of train(): script or builtin
         self.storage = storage or open_storage(settings)
         session = boto3.session.Session(region_name=settings.region)
         retries = Config(retries={"max_attempts": 10, "mode": "adaptive"})
@@ -273,6 +276,11 @@ class SageMakerTrainer:
     def _record(self, job: str, status: dict) -> None:
         body = (json.dumps(status, indent=2, sort_keys=True, default=str) + "\n").encode()
         self.storage.put_bytes(f"{self._prefix(job)}/status.json", body)
+
+    def train(self, hyperparameters: dict, *, resume: str | None = None) -> str:
+        if resume:
+            raise ValueError("--resume continues local jobs; a SageMaker job name cannot be reused")
+        return self.run(hyperparameters, algorithm=self.algorithm)
 
     def run(
         self,

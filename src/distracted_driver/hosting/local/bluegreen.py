@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import math
 import time
@@ -35,7 +34,7 @@ from distracted_driver.hosting.local.alarms import breached
 from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.instances import InstanceError
 from distracted_driver.hosting.local.state import EndpointConfigRecord
-from distracted_driver.train.artifact import probability_problem
+from distracted_driver.hosting.smoke import answer_problem
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
@@ -54,17 +53,6 @@ class SmokeTestFailed(Exception):
 
 def image_content_type(image: bytes) -> str:
     return "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
-
-
-def check_probabilities(body: bytes, classes: int = 10) -> str | None:
-    """Why a smoke answer is not a valid probability list (the artifact contract's check), or None."""
-    try:
-        values = json.loads(body)
-    except ValueError:
-        return f"the answer is not JSON: {body[:200]!r}"
-    if not (isinstance(values, list) and len(values) == classes and all(isinstance(v, (int, float)) for v in values)):
-        return f"expected a JSON list of {classes} numbers, got {body[:200]!r}"
-    return probability_problem([values])
 
 
 class Deployment:
@@ -218,7 +206,7 @@ class Deployment:
             raise SmokeTestFailed(f"{where}: no answer ({error!r})") from None
         if status != 200:
             raise SmokeTestFailed(f"{where}: status {status}: {body[:300].decode(errors='replace')}")
-        problem = check_probabilities(body)
+        problem = answer_problem(body)
         if problem:
             raise SmokeTestFailed(f"{where}: {problem}")
         if version != fleet.model.name:
