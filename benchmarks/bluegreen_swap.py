@@ -108,7 +108,7 @@ def main() -> None:
     try:
         created = hosting.deploy(specs[0], routing, AlarmThresholds(), smoke_images=payloads[:3])
         assert created.outcome == "deployed", created
-        with Load(hosting.status()["runtime_url"], settings.endpoint_name, payloads) as load:
+        with Load(hosting.status().runtime_url, settings.endpoint_name, payloads) as load:
             time.sleep(1.0)
             for swap in range(args.swaps):
                 spec = specs[(swap + 1) % 2]

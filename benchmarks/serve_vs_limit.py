@@ -168,7 +168,7 @@ async def tagged_open_loop(url: str, payloads: list[bytes], rate: float, seconds
 def router_endpoint(tar_path: Path, workdir: Path):
     """One-instance endpoint of the local runtime; yields its invocation URL."""
     with router_hosting(tar_path, workdir) as hosting:
-        base = hosting.status()["runtime_url"].rstrip("/")
+        base = hosting.status().runtime_url.rstrip("/")
         yield f"{base}/endpoints/{hosting.settings.endpoint_name}/invocations"
 
 

@@ -201,7 +201,7 @@ def our_stack(settings: Settings, job: str):
         done = release(settings, hosting, job)
         if done.result.outcome != "deployed" or not (done.smoke and done.smoke.passed):
             raise SystemExit(f"deploy failed: {done.result.outcome} {done.result.reason}")
-        runtime_url = hosting.status()["runtime_url"].rstrip("/")
+        runtime_url = hosting.status().runtime_url.rstrip("/")
         status = start_gateway(settings, runtime_url=runtime_url, port=0,
                                plan=UsagePlan(rate=1e6, burst=10**6, require_key=False))
         yield f"{runtime_url}/endpoints/{settings.endpoint_name}/invocations", status["predict_url"], done.smoke

@@ -68,8 +68,8 @@ def _live_model(stack, tmp_path, tiny_channels, version="incumbent"):
 
 def _serves_only(stack, version):
     status = stack.hosting.status()
-    assert status["live_version"] == version and status["status"] == "InService"
-    assert [i["model"] for i in status["instances"]] == [version]
+    assert status.live_version == version and status.status == "InService"
+    assert [i["model"] for i in status.instances] == [version]
     assert stack.registry.live()["job"] == version
 
 

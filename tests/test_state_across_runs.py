@@ -45,7 +45,7 @@ def _tasks():
 
 
 @pytest.fixture
-def account(aws, tmp_path, monkeypatch, make_artifact):
+def account(aws, tmp_path, monkeypatch, make_artifact, runtime_answers):
     """What `terraform apply` leaves: the bucket, the repository, the rollback alarms, the CodeBuild project;
     and a registered model version, as the pipeline's train and gate stages leave it."""
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
