@@ -69,10 +69,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from distracted_driver.config import Settings
 from distracted_driver.data.imaging import ImageError, check_image_bytes
 from distracted_driver.data.layout import CLASSES
+from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
 from distracted_driver.hosting.aws import NAME_PATTERN, SageMakerHosting, transform_job_prefix
 from distracted_driver.hosting.base import ModelSpec
 from distracted_driver.serve.batch_predict import BatchResult, list_images, write_submission
-from distracted_driver.serve.server import MAX_BODY_BYTES, ServerConfig
+from distracted_driver.serve.server import ServerConfig
 from distracted_driver.storage import KeyNotFound, Storage, open_storage
 
 LOG_GROUP = "/aws/sagemaker/TransformJobs"
@@ -118,7 +119,7 @@ class TransformOptions:
     @property
     def body_limit(self) -> int:
         """The largest image one request may carry: the job's payload limit and the model server's."""
-        return min(self.max_payload_mb * MiB, MAX_BODY_BYTES)
+        return min(self.max_payload_mb * MiB, INVOKE_ENDPOINT_MAX_BYTES)
 
 
 @dataclass

@@ -23,8 +23,8 @@ import numpy as np
 
 from distracted_driver.config import Settings
 from distracted_driver.data import cabin
-from distracted_driver.data.imaging import image_content_type
 from distracted_driver.data.layout import CLASSES, TRAIN_DIR
+from distracted_driver.data.payload import image_content_type
 from distracted_driver.storage import Storage
 from distracted_driver.train.artifact import probability_problem
 

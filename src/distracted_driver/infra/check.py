@@ -159,7 +159,7 @@ class _Checker:
         self.handler_file("api", function, "handler")
 
     def lambda_source(self, package: str) -> Path:
-        """``.build/<name>.zip`` holds ``lambda/<name>.py`` alone (``infra.terraform.package_lambdas``)."""
+        """``.build/<name>.zip`` holds ``lambda/<name>.py`` at its root (``infra.terraform.package_lambdas``)."""
         return (self.repo_root / "lambda" / f"{Path(package).stem}.py").resolve()
 
     def handler_file(self, module: str, function: dict, stem: str) -> Path | None:

@@ -42,6 +42,7 @@ from distracted_driver.data.imaging import MAX_PIXELS, ImageError
 from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, plain_shape, read_body
 from distracted_driver.logs import add_log_arguments, configure_logging
 from distracted_driver.serve.batching import DynamicBatcher
+from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
 from distracted_driver.serve.inference import Classifier
 from distracted_driver.system import cpu_count
 from distracted_driver.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -50,8 +51,6 @@ from distracted_driver.train.artifact import ArtifactError, load_artifact
 
 log = logging.getLogger("distracted_driver.serve")
 
-# SageMaker Runtime refuses larger request bodies; so do we, with the same limit.
-MAX_BODY_BYTES = 6_291_456
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
 VERSION_HEADER = "X-Model-Version"
 KNOWN_PATHS = ("/ping", "/invocations", "/metrics")
@@ -120,7 +119,7 @@ class ModelServer:
     # --- application -------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES,
+        app = web.Application(client_max_size=INVOKE_ENDPOINT_MAX_BYTES,
                               middlewares=[self._count, json_errors(plain_shape, routes=ROUTES)])
         app.router.add_get("/ping", self.ping)
         app.router.add_post("/invocations", self.invocations)
@@ -174,7 +173,7 @@ class ModelServer:
             self.in_flight -= 1
 
     async def _classify(self, request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        if request.content_length is not None and request.content_length > INVOKE_ENDPOINT_MAX_BYTES:
             return self._too_large(request.content_length)
         try:
             body = await read_body(request, self.config.read_timeout_s)
@@ -194,7 +193,7 @@ class ModelServer:
 
     def _too_large(self, size: int | None) -> web.Response:
         stated = f"{size} bytes" if size is not None else "the body"
-        return self._error(413, "PayloadTooLarge", f"{stated} exceeds the limit of {MAX_BODY_BYTES} bytes")
+        return self._error(413, "PayloadTooLarge", f"{stated} exceeds the limit of {INVOKE_ENDPOINT_MAX_BYTES} bytes")
 
     @staticmethod
     def _error(status: int, error: str, message: str) -> web.Response:

@@ -132,9 +132,6 @@ class EfficientNetLite0(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x))
 
-    def backbone_parameters(self):
-        return (p for name, p in self.named_parameters() if not name.startswith("_fc."))
-
 
 def imagenet_model() -> EfficientNetLite0:
     """The network with its 1000-class ImageNet head, every weight loaded strictly."""

@@ -34,7 +34,7 @@ from distracted_driver.hosting.local.alarms import breached
 from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.instances import InstanceError
 from distracted_driver.hosting.local.state import EndpointConfigRecord
-from distracted_driver.hosting.smoke import answer_problem
+from distracted_driver.hosting.smoke import answer_problem, content_type
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
@@ -49,10 +49,6 @@ class RollBack(Exception):
 
 class SmokeTestFailed(Exception):
     pass
-
-
-def image_content_type(image: bytes) -> str:
-    return "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
 
 
 class Deployment:
@@ -196,7 +192,7 @@ class Deployment:
         where = f"smoke image {number} on instance {instance.id} ({fleet.model.name})"
         try:
             async with instance.session.post(
-                "/invocations", data=image, headers={"Content-Type": image_content_type(image)},
+                "/invocations", data=image, headers={"Content-Type": content_type(image)},
                 timeout=aiohttp.ClientTimeout(total=SMOKE_TIMEOUT_S),
             ) as answer:
                 body = await answer.read()
