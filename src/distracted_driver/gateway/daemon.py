@@ -157,6 +157,28 @@ def gateway_status(settings: Settings) -> dict:
     }
 
 
+def started_lines(status: dict) -> list[str]:
+    """``inv api.up``: where the API is, its docs, a key, and a request to try."""
+    return [
+        f"API up at {status['url']} ({status.get('note') or 'started'}; pid {status['pid']}, log {status['log']})",
+        f"  docs:    {status['docs_url']}",
+        f"  API key: {status['api_key']}",
+        f"  try:     curl -s -X POST {status['predict_url']} -H 'x-api-key: {status['api_key']}' "
+        "-H 'Content-Type: image/jpeg' --data-binary @IMAGE.jpg",
+    ]
+
+
+def status_lines(status: dict) -> list[str]:
+    """``inv api.status``: where the API is, whether the endpoint behind it serves, a key to call it with."""
+    if not status["running"]:
+        return [f"API not running (supervisor: gateway {status['supervisor']}); start it with: inv api.up"]
+    lines = [f"API running at {status['url']} -> endpoint {status['endpoint']} via {status['runtime_url']}"]
+    if not status["healthy"]:
+        lines.append(f"  but the endpoint does not serve: {status['problem']}")
+    return lines + [f"  API key {status['api_key']}; throttle {status['plan']}; log {status['log']}",
+                    f"  supervisor: gateway {status['supervisor']}"]
+
+
 # --- internals ---------------------------------------------------------------
 
 

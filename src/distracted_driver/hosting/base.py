@@ -82,6 +82,18 @@ class DeployResult:
     reason: str = ""
     timings: dict = field(default_factory=dict)  # seconds per phase
 
+    @property
+    def succeeded(self) -> bool:
+        """The model asked for serves (deployed now, or already)."""
+        return self.outcome in ("deployed", "unchanged")
+
+    def report_lines(self) -> list[str]:
+        lines = [f"{self.outcome}: endpoint {self.endpoint}, live model {self.live_version}"
+                 + (f" ({self.reason})" if self.reason else "")]
+        if self.timings:
+            lines.append("  timings (s): " + ", ".join(f"{k} {v:g}" for k, v in self.timings.items()))
+        return lines
+
 
 @dataclass(frozen=True)
 class EndpointStatus:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
-from distracted_driver.hosting.base import EndpointStatus
+from distracted_driver.data.layout import CLASSES, DESCRIPTIONS
+from distracted_driver.hosting.base import EndpointStatus, Hosting
+from distracted_driver.hosting.smoke import content_type
 
 
 def _ago(stamp: float | None) -> str:
@@ -111,3 +115,18 @@ def _deployment_lines(deployment: dict | None) -> list[str]:
     if deployment["timings"]:
         lines.append("    timings (s): " + ", ".join(f"{k} {v:g}" for k, v in deployment["timings"].items()))
     return lines
+
+
+def top_classes(answer: bytes, count: int = 3) -> list[tuple[str, str, float]]:
+    """(class, description, probability) of an endpoint's answer (ten probabilities), most likely first."""
+    probabilities = json.loads(answer)
+    ranked = sorted(zip(CLASSES, probabilities), key=lambda pair: -pair[1])[:count]
+    return [(name, DESCRIPTIONS[name], float(p)) for name, p in ranked]
+
+
+def invoke_lines(hosting: Hosting, image: str | Path, variant: str | None = None) -> list[str]:
+    """``inv deploy.invoke``: one JPEG/PNG through the endpoint; the variant that answered and the top classes."""
+    body = Path(image).read_bytes()
+    answer, answered_by = hosting.invoke(body, content_type(body), variant)
+    return [f"{image}: answered by variant {answered_by}"] + [
+        f"  {name} {description:<26} {p:.3f}" for name, description, p in top_classes(answer)]

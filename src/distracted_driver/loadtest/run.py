@@ -38,6 +38,9 @@ class LoadTestResult:
     def passed(self) -> bool:
         return not self.misses
 
+    def report_lines(self) -> list[str]:
+        return [self.summary.line(), f"report: {self.report_dir}"] + (["all SLOs met"] if self.passed else [])
+
 
 def resolve_target(settings: Settings, host: str | None = None, api_key: str | None = None) -> Target:
     """The URL and key to load: given ones, else the local API's (``inv api.status``)."""
@@ -123,6 +126,16 @@ class CapacityResult:
     def target_invocations_per_instance(self) -> float:
         """SageMaker's guidance: max RPS per instance × safety factor × 60 (a per-minute metric)."""
         return self.rps_per_instance * self.safety_factor * 60
+
+    def report_lines(self) -> list[str]:
+        return [
+            f"stopped: {self.stop_reason}",
+            f"highest sustainable: {self.max_rps:.1f} requests/s at {self.users_at_max} users "
+            f"({self.rps_per_instance:.1f} per instance, {self.instances} instance(s))",
+            f"autoscaling target (SageMakerVariantInvocationsPerInstance, per minute): "
+            f"{self.rps_per_instance:.1f} x {self.safety_factor} x 60 = {self.target_invocations_per_instance:.0f}",
+            f"report: {self.report_dir}",
+        ]
 
     def to_dict(self) -> dict:
         return {

@@ -23,6 +23,7 @@ so a run with nothing to do takes about a second.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -353,6 +354,11 @@ def print_summary(record: RunRecord, file=None) -> None:
     if record.outcome != outcomes.NOTHING_TO_DO and any(s.status != PENDING for s in record.stages):
         print(format_stages(record), file=file)
     print(summary_line(record), file=file)
+
+
+def history_text(records: list[RunRecord], as_json: bool = False) -> str:
+    """``inv pipeline.history``: the runs as JSON, or as ``format_history``'s table."""
+    return json.dumps([r.to_dict() for r in records], indent=2) if as_json else format_history(records)
 
 
 def format_history(records: list[RunRecord]) -> str:

@@ -258,6 +258,11 @@ class GateDecision:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def report_lines(self) -> list[str]:
+        """``inv model.gate``: the verdict with its reason, and the precision the candidate serves."""
+        lines = [f"gate {'PASSED' if self.passed else 'REJECTED'}: {self.reason}"]
+        return lines + ([self.precision_line()] if self.precision else [])
+
     def precision_line(self) -> str:
         """Which precision the candidate serves, with the gate's own log loss of each."""
         def loss(value):
