@@ -659,3 +659,30 @@ def test_the_reader_reads_capture_from_s3_as_from_the_local_bucket(env):
     since = dt.datetime(2022, 2, 14, 17, 30, tzinfo=dt.timezone.utc)  # the same hour's folder, a later record
     [image] = iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since)
     assert image.input_bytes.startswith(b"\xff\xd8") and len(image.output) == 10
+
+
+# --- the typed status, and the smoke check through SageMaker Runtime ----------------------------------
+
+
+def test_status_is_typed_on_sagemaker_absent_and_in_service(env):
+    settings, storage, hosting = env
+    absent = hosting.status()
+    assert isinstance(absent, EndpointStatus) and not absent.exists and absent.live_version is None
+    assert hosting.deploy(_spec(settings, V1), TrafficRouting(), AlarmThresholds()).outcome == "deployed"
+    status = hosting.status()
+    assert (status.backend, status.exists, status.serves(V1), status.serves(V2)) == ("aws", True, True, False)
+    assert status.details["config"] == version_resource_name(settings.endpoint_name, V1)
+    assert status.to_dict()["live_version"] == V1
+
+
+def test_a_new_endpoint_whose_answers_fail_the_smoke_check_is_removed(aws, tmp_path, make_artifact, runtime_answers):
+    runtime_answers(b"<html>not probabilities</html>")
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    _push_image()
+    settings, storage = _settings(tmp_path), S3Storage(BUCKET)
+    make_artifact(V1, seed=1).publish(storage, settings)
+    hosting = SageMakerHosting(settings, storage=storage, poll_seconds=0, progress=False)
+    result = hosting.deploy(_spec(settings, V1), TrafficRouting(), AlarmThresholds(), smoke_images=[b"\xff\xd8\xffjpeg"])
+    assert result.outcome == "failed" and "smoke test" in result.reason and "not JSON" in result.reason
+    assert not hosting.status().exists  # nothing serves what failed
+    assert Registry(storage, settings).live() is None
