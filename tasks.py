@@ -284,7 +284,7 @@ def train_run(c, epochs=40, learning_rate=None, mini_batch_size=32, image_size=2
 )
 def train_evaluate(c, model="latest", out=None, backend=None):
     """Re-evaluate a model's ONNX file on the validation channel (ONNX Runtime): metrics.json and PNG plots."""
-    from distracted_driver.train.evaluate import evaluate_model, summary_lines
+    from distracted_driver.model.evaluate import evaluate_model, summary_lines
 
     job, metrics, paths = evaluate_model(_settings(backend), model, out)
     print(f"model {job}")
@@ -306,7 +306,7 @@ def model_list(c, json=False, backend=None):
     import json as jsonlib
 
     from distracted_driver.storage import open_storage
-    from distracted_driver.train.registry import Registry, version_rows
+    from distracted_driver.model.registry import Registry, version_rows
 
     settings = _settings(backend)
     registry = Registry(open_storage(settings), settings)
@@ -339,10 +339,10 @@ def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, in
     import json as jsonlib
 
     from distracted_driver.storage import open_storage
-    from distracted_driver.train.artifact import ArtifactError
+    from distracted_driver.model.artifact import ArtifactError
     from distracted_driver.train.gate import DEFAULT_BASELINE_FRACTION, DEFAULT_TOLERANCE, GateError, judge
-    from distracted_driver.train.precision import ToleranceError
-    from distracted_driver.train.registry import Registry, RegistryError
+    from distracted_driver.model.precision import ToleranceError
+    from distracted_driver.model.registry import Registry, RegistryError
 
     settings = _settings(backend)
     try:
@@ -370,7 +370,7 @@ def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, in
 def model_set_live(c, job="latest", backend=None):
     """Point registry/live.json at a version by hand (deploy does this itself after a swap)."""
     from distracted_driver.storage import open_storage
-    from distracted_driver.train.registry import Registry
+    from distracted_driver.model.registry import Registry
 
     settings = _settings(backend)
     live = Registry(open_storage(settings), settings).set_live(job, by="inv model.set-live")
@@ -450,7 +450,7 @@ def serve_run(c, model="latest", port=8080, max_batch_size=8, max_batch_delay_ms
     from pathlib import Path
 
     from distracted_driver.serve import server
-    from distracted_driver.serve.model_cache import fetch_artifact
+    from distracted_driver.model.cache import fetch_artifact
 
     model_dir = Path(model) if Path(model).is_dir() else fetch_artifact(_settings(backend), model).directory
     args = ["--model-dir", str(model_dir), "--port", str(port), "--max-batch-size", str(max_batch_size),
@@ -632,7 +632,7 @@ def _release(settings, model, routing, alarms, instances, force, capture_percent
     from distracted_driver.config import parse_percent
     from distracted_driver.hosting.release import release
     from distracted_driver.train.gate import NotCleared
-    from distracted_driver.train.registry import RegistryError
+    from distracted_driver.model.registry import RegistryError
 
     capture_percent = parse_percent(capture_percent)
     try:

@@ -62,7 +62,7 @@ def run(settings: Settings) -> int:
 
 def _served_precision(settings: Settings, storage) -> None:
     from distracted_driver.train.gate import serving_line
-    from distracted_driver.train.registry import Registry
+    from distracted_driver.model.registry import Registry
 
     registry = Registry(storage, settings)
     _say("served precision (the endpoint, the REST API and batch prediction all run this file)")

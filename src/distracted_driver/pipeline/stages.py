@@ -24,7 +24,7 @@ from pathlib import Path
 from distracted_driver.pipeline import outcomes
 from distracted_driver.pipeline.fingerprint import convert_code_version, training_code_version
 from distracted_driver.pipeline.records import DONE, SKIPPED, StageRecord
-from distracted_driver.pipeline.run import RunContext, StageFailed, Stop
+from distracted_driver.pipeline.context import RunContext, StageFailed, Stop
 
 DATA_MANIFEST = "manifest.json"
 SPLIT_OPTIONS = ("val_drivers", "val_fraction", "fold", "folds", "seed")
@@ -240,7 +240,7 @@ def live_version(context: RunContext) -> str | None:
     """The version the registry records as serving traffic."""
 
     def read():
-        from distracted_driver.train.registry import Registry
+        from distracted_driver.model.registry import Registry
 
         live = Registry(context.storage, context.settings).live()
         return live["job"] if live else None
@@ -264,7 +264,7 @@ class Train(Stage):
         return inputs
 
     def still_valid(self, context, outputs):
-        from distracted_driver.train.registry import Registry, RegistryError
+        from distracted_driver.model.registry import Registry, RegistryError
 
         try:
             Registry(context.storage, context.settings).get(outputs["job"])
@@ -273,7 +273,7 @@ class Train(Stage):
         return context.storage.checksum(outputs["artifact_key"]) == outputs["artifact_sha256"]
 
     def run(self, context, record):
-        from distracted_driver.train.registry import Registry
+        from distracted_driver.model.registry import Registry
 
         hyperparameters = normalized_hyperparameters(context.options.hyperparameters)
         try:
@@ -314,7 +314,7 @@ class Evaluate(Stage):
                 "data_sha256": context.outputs["upload"]["data_sha256"]}
 
     def run(self, context, record):
-        from distracted_driver.train.evaluate import evaluate_model
+        from distracted_driver.model.evaluate import evaluate_model
 
         job = context.outputs["train"]["job"]
         report_dir = context.settings.root / "reports" / "pipeline" / context.record.run_id / "evaluate"
@@ -357,9 +357,9 @@ class Gate(Stage):
         return bool(key) and context.storage.exists(key)
 
     def run(self, context, record):
-        from distracted_driver.train.artifact import ArtifactError
+        from distracted_driver.model.artifact import ArtifactError
         from distracted_driver.train.gate import GateError, judge
-        from distracted_driver.train.registry import Registry, RegistryError
+        from distracted_driver.model.registry import Registry, RegistryError
 
         inputs = record.inputs
         try:
@@ -448,7 +448,7 @@ class Deploy(Stage):
     def run(self, context, record):
         from distracted_driver.hosting.base import ModelSpec
         from distracted_driver.train.gate import NotCleared, clearance
-        from distracted_driver.train.registry import Registry
+        from distracted_driver.model.registry import Registry
 
         train = context.outputs["train"]
         try:
@@ -508,7 +508,7 @@ class Smoke(Stage):
     def run(self, context, record):
         from distracted_driver.hosting.release import verify_endpoint
         from distracted_driver.train.gate import smoke_set_for
-        from distracted_driver.train.registry import Registry
+        from distracted_driver.model.registry import Registry
 
         version = context.outputs["train"]["job"]
         smoke = smoke_set_for(Registry(context.storage, context.settings), version)

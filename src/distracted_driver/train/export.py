@@ -1,4 +1,4 @@
-"""Export the trained network to ONNX as the artifact contract in ``train/artifact.py`` says, in fp32 and int8.
+"""Export the trained network to ONNX as the artifact contract in ``model/artifact.py`` says, in fp32 and int8.
 
 ``export_onnx`` writes the fp32 model: traced by torch, then tidied (constants
 folded by ONNX Runtime's basic, hardware-independent optimizations; the
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from distracted_driver.fsutil import atomic_path
-from distracted_driver.train.artifact import INPUT_NAME, OUTPUT_NAME
+from distracted_driver.model.artifact import INPUT_NAME, OUTPUT_NAME
 from distracted_driver.train.model import Classifier, EfficientNetLite0
 
 OPSET = 17

@@ -8,10 +8,10 @@ labels or no softmax can carry any numbers. Instead the gate
    file checked against the manifest: the manifest's sha256 names the
    validation set);
 2. runs the candidate's served model on it exactly as a model server does
-   (``serve.inference.Classifier`` over ``ModelArtifact.served_model_path``,
+   (``model.inference.Classifier`` over ``ModelArtifact.served_model_path``,
    pixels prepared by the artifact's own ``preprocess.json``), refusing outputs
    that are not probabilities; and its other precision too (fp32 and int8, when
-   the artifact holds both), to apply the precision rule (``train.precision``)
+   the artifact holds both), to apply the precision rule (``model.precision``)
    to its own scores: an artifact that serves a precision the rule does not
    choose from them is rejected, so int8 serves only where the gate saw it
    within the tolerance of fp32;
@@ -41,9 +41,9 @@ from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.hashing import sha256_bytes, sha256_file
 from distracted_driver.storage import KeyNotFound, Storage
-from distracted_driver.train.artifact import ArtifactError, NotProbabilities
-from distracted_driver.train.precision import FP32, INT8, Tolerance, choose_from_scores
-from distracted_driver.train.registry import Registry, RegistryError
+from distracted_driver.model.artifact import ArtifactError, NotProbabilities
+from distracted_driver.model.precision import FP32, INT8, Tolerance, choose_from_scores
+from distracted_driver.model.registry import Registry, RegistryError
 
 # A candidate may be worse than the live model by at most this much validation log loss.
 DEFAULT_TOLERANCE = 0.05
@@ -201,7 +201,7 @@ def score_served_model(registry: Registry, job: str, channel: Path, workspace: P
     Raises ``NotProbabilities`` when the served model's outputs are not probabilities, ``RegistryError``
     or ``ArtifactError`` when it cannot be fetched or loaded.
     """
-    from distracted_driver.train.evaluate import classification_metrics, precision_summary, predict_precisions
+    from distracted_driver.model.evaluate import classification_metrics, precision_summary, predict_precisions
 
     artifact = registry.fetch_artifact(job, workspace)
     precisions = artifact.precisions if every_precision else [artifact.served_precision]

@@ -24,10 +24,10 @@ from tqdm import tqdm
 from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.fsutil import atomic_path
 from distracted_driver.hashing import sha256_file, sha256_json
-from distracted_driver.train.artifact import INPUT_NAME
+from distracted_driver.model.artifact import INPUT_NAME
 from distracted_driver.train.augment import Augmentation, augmenter
-from distracted_driver.train.channel import Record, decoded_batches
-from distracted_driver.train.evaluate import log_loss
+from distracted_driver.data.channel import Record, decoded_batches
+from distracted_driver.model.evaluate import log_loss
 from distracted_driver.train.model import EfficientNetLite0, build_model, pretrained_weights_path
 
 MODES = ("frozen", "finetune")

@@ -36,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.storage import Storage, open_storage
-from distracted_driver.train.precision import with_tolerance
+from distracted_driver.model.precision import with_tolerance
 
 ALGORITHMS = ("script", "builtin")
 # The SageMaker PyTorch training container (sagemaker-core's table; newest with a CPU image at writing).
@@ -386,7 +386,7 @@ class SageMakerTrainer:
                       "not registered (no log loss for the gate); final metrics "
                       f"{status.get('final_metrics')}")
             return dict(status.get("final_metrics") or {})
-        from distracted_driver.train.registry import Registry
+        from distracted_driver.model.registry import Registry
 
         registry = Registry(self.storage, self.settings)
         with tempfile.TemporaryDirectory(prefix=f"{job}-") as tmp:

@@ -35,7 +35,7 @@ from distracted_driver.hosting.local.alarms import breached
 from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.instances import InstanceError
 from distracted_driver.hosting.local.state import EndpointConfigRecord
-from distracted_driver.train.artifact import probability_problem
+from distracted_driver.model.artifact import probability_problem
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 

@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path, write_json_atomic
-from distracted_driver.train.artifact import ModelArtifact, NotProbabilities, probability_problem
-from distracted_driver.train.channel import Record, decoded_batches, read_records
+from distracted_driver.model.artifact import ModelArtifact, NotProbabilities, probability_problem
+from distracted_driver.data.channel import Record, decoded_batches, read_records
 
 EPS = 1e-15
 UNIFORM_LOG_LOSS = math.log(len(CLASSES))
@@ -150,7 +150,7 @@ def predict_precisions(artifact: ModelArtifact, channel_dir: str | Path, precisi
 
     A model whose outputs are not probabilities gets its ``NotProbabilities`` error instead of predictions.
     """
-    from distracted_driver.serve.inference import Classifier
+    from distracted_driver.model.inference import Classifier
 
     classifiers = {precision: Classifier(artifact.serving_as(precision)) for precision in precisions}
     records, skipped = read_records(channel_dir)
@@ -234,7 +234,7 @@ def evaluate_model(settings, model: str = "latest", report_dir: str | Path | Non
     """
     import tempfile
 
-    from distracted_driver.serve.model_cache import fetch_artifact
+    from distracted_driver.model.cache import fetch_artifact
     from distracted_driver.storage import open_storage
 
     storage = open_storage(settings)
