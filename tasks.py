@@ -341,7 +341,7 @@ def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, in
     from distracted_driver.storage import open_storage
     from distracted_driver.model.artifact import ArtifactError
     from distracted_driver.train.gate import DEFAULT_BASELINE_FRACTION, DEFAULT_TOLERANCE, GateError, judge
-    from distracted_driver.model.precision import ToleranceError
+    from distracted_driver.config import ToleranceError
     from distracted_driver.model.registry import Registry, RegistryError
 
     settings = _settings(backend)

@@ -24,7 +24,8 @@ from distracted_driver.model.artifact import (
 from distracted_driver.model.evaluate import evaluate_precisions, precision_summary
 from distracted_driver.train.export import FLOAT_NODE_PREFIXES, fold_pads_into_convs
 from distracted_driver.train.gate import judge, smoke_set_for
-from distracted_driver.model.precision import FP32, INT8, Tolerance, ToleranceError, choose, choose_from_scores
+from distracted_driver.config import Tolerance, ToleranceError
+from distracted_driver.model.precision import FP32, INT8, choose, choose_from_scores
 from distracted_driver.model.registry import Registry, version_rows
 
 # With no live model the tiny 2-epoch model (log loss ~1.7) must only beat a uniform guess (ln 10).

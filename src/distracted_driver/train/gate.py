@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from distracted_driver.config import Settings
+from distracted_driver.config import Settings, Tolerance
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.hashing import sha256_bytes, sha256_file
 from distracted_driver.storage import KeyNotFound, Storage
 from distracted_driver.model.artifact import ArtifactError, NotProbabilities
-from distracted_driver.model.precision import FP32, INT8, Tolerance, choose_from_scores
+from distracted_driver.model.precision import FP32, INT8, choose_from_scores
 from distracted_driver.model.registry import Registry, RegistryError
 
 # A candidate may be worse than the live model by at most this much validation log loss.

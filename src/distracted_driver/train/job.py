@@ -23,13 +23,14 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+from distracted_driver.config import DEFAULT_INT8_TOLERANCE, Tolerance, ToleranceError
 from distracted_driver.data.layout import labels_document
 from distracted_driver.fsutil import write_bytes_atomic, write_json_atomic
 from distracted_driver.hashing import code_version, sha256_file, sha256_json
 from distracted_driver.system import cpu_count
 from distracted_driver.model import artifact as artifact_files
 from distracted_driver.data.channel import record_files
-from distracted_driver.model.precision import DEFAULT_INT8_TOLERANCE, FP32, INT8, Tolerance, ToleranceError
+from distracted_driver.model.precision import FP32, INT8
 
 DEFAULT_LEARNING_RATE = {"frozen": 3e-3, "finetune": 3e-4}
 SAGEMAKER_CHECKPOINTS = Path("/opt/ml/checkpoints")
