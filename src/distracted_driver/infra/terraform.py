@@ -10,13 +10,19 @@ the same map CodeBuild reads from SSM); ``write_env_file`` puts it in
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import boto3
+from botocore.exceptions import ClientError
+
 from distracted_driver.config import Settings, read_env_file
 from distracted_driver.fsutil import write_bytes_atomic
+from distracted_driver.infra.hcl import Configuration
 
 TERRAFORM_DIR = "terraform"
 ENV_FILE = "aws.env"
@@ -71,17 +77,12 @@ def output_command(settings: Settings) -> str:
 
 def endpoint_of(settings: Settings, env: str) -> tuple[str, str]:
     """(region, endpoint name) that ``envs/<env>.tfvars`` configures, read statically."""
-    from distracted_driver.infra.hcl import Configuration
-
     config = Configuration(terraform_dir(settings), var_file(settings, env))
     return config.variable("region"), config.variable("endpoint_name")
 
 
 def endpoint_exists(region: str, endpoint: str, client=None) -> bool:
     """Does the deploy task's endpoint exist yet? (The autoscaling module waits for it.)"""
-    import boto3
-    from botocore.exceptions import ClientError
-
     client = client or boto3.client("sagemaker", region_name=region)
     try:
         client.describe_endpoint(EndpointName=endpoint)
@@ -144,8 +145,6 @@ def record_serving_image(settings: Settings, image: str) -> Path:
 
 def serving_repository(settings: Settings) -> str:
     """The ECR repository of the serving image (Terraform output, via SSM in CI or .state/aws.env)."""
-    import os
-
     repository = os.environ.get("DD_SERVING_IMAGE_REPOSITORY") or read_env_file(env_file(settings)).get(
         "DD_SERVING_IMAGE_REPOSITORY")
     if not repository:
@@ -160,8 +159,6 @@ BUILD_DIR = ".build"
 def package_lambdas(terraform_root: str | Path, lambda_dir: str | Path | None = None) -> dict[str, Path]:
     """Zip each Lambda's source alone into ``terraform/.build/<name>.zip``, byte for byte the same for the same
     source (fixed time stamps and modes), so ``source_code_hash`` changes only when the code does."""
-    import zipfile
-
     terraform_root = Path(terraform_root)
     lambda_dir = Path(lambda_dir) if lambda_dir else terraform_root.resolve().parent / "lambda"
     out = terraform_root / BUILD_DIR

@@ -36,10 +36,22 @@ from distracted_driver.pipeline.context import RunContext, StageFailed, Stop
 from distracted_driver.pipeline.lock import DEFAULT_MAX_AGE_SECONDS, LockBusy, PipelineLock
 from distracted_driver.pipeline.options import RunOptions
 from distracted_driver.pipeline.records import (
-    DONE, FAILED, FINISHED, PENDING, REUSED, RUNNING, SKIPPED, RunRecord, RunStore, StageRecord, new_run_id, now_iso,
+    DONE,
+    FAILED,
+    FINISHED,
+    PENDING,
+    REUSED,
+    RUNNING,
+    SKIPPED,
+    RunRecord,
+    RunStore,
+    StageRecord,
+    new_run_id,
+    now_iso,
 )
 from distracted_driver.pipeline.stages import PIPELINE
 from distracted_driver.storage import Storage, open_storage
+from distracted_driver.train.runner import close_orphaned_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +124,6 @@ def _begin(store: RunStore, settings: Settings, storage: Storage, record: RunRec
         _close_killed_run(store, latest, record.run_id)
         log(f"run {latest.run_id} was killed: recorded as {latest.outcome}")
     if settings.backend == "local":
-        from distracted_driver.train.runner import close_orphaned_jobs
-
         for job, reason in close_orphaned_jobs(storage, settings, closed_by=f"pipeline run {record.run_id}"):
             log(f"training job {job}: recorded as Stopped ({reason})")
     if not options.resume:

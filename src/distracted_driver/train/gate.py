@@ -29,6 +29,7 @@ A deploy asks ``clearance`` for a passing one.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -40,10 +41,11 @@ import numpy as np
 from distracted_driver.config import Settings, Tolerance
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.hashing import sha256_bytes, sha256_file
-from distracted_driver.storage import KeyNotFound, Storage
 from distracted_driver.model.artifact import ArtifactError, NotProbabilities
+from distracted_driver.model.evaluate import classification_metrics, precision_summary, predict_precisions
 from distracted_driver.model.precision import FP32, INT8, choose_from_scores
 from distracted_driver.model.registry import Registry, RegistryError
+from distracted_driver.storage import KeyNotFound, Storage
 
 # A candidate may be worse than the live model by at most this much validation log loss.
 DEFAULT_TOLERANCE = 0.05
@@ -147,8 +149,6 @@ def choose_smoke_set(predictions, per_class: int = DEFAULT_SMOKE_PER_CLASS, mode
 def fetch_validation(storage: Storage, settings: Settings, directory: Path) -> str:
     """Download the bucket's validation channel into ``directory/validation``, each file checked against
     the data manifest; returns the manifest's sha256 (the name of this validation set)."""
-    import json
-
     prefix = settings.data_prefix.strip("/")
     try:
         raw = storage.get_bytes(f"{prefix}/{MANIFEST}")
@@ -201,8 +201,6 @@ def score_served_model(registry: Registry, job: str, channel: Path, workspace: P
     Raises ``NotProbabilities`` when the served model's outputs are not probabilities, ``RegistryError``
     or ``ArtifactError`` when it cannot be fetched or loaded.
     """
-    from distracted_driver.model.evaluate import classification_metrics, precision_summary, predict_precisions
-
     artifact = registry.fetch_artifact(job, workspace)
     precisions = artifact.precisions if every_precision else [artifact.served_precision]
     try:
