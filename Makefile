@@ -21,11 +21,12 @@ LITSERVE_SPEC := litserve==0.2.19
 BENTOML_SPEC  := bentoml==1.4.40
 PROVIDER_WHEELS  := cdktf-cdktf-provider-aws==19.54.0 cdktf-cdktf-provider-aws==21.22.1
 
-.PHONY: demo test install mxnet-env checkov-env terraform-env provider-schema peers-env down clean help
+.PHONY: demo test lint-imports install mxnet-env checkov-env terraform-env provider-schema peers-env down clean help
 
 help:
 	@echo "make demo   - run the whole pipeline on bundled sample data, leave the stack up"
-	@echo "make test   - install what tests need and run them"
+	@echo "make test   - install what tests need and run them (after make lint-imports)"
+	@echo "make lint-imports - check the package's layers (pyproject.toml, docs/architecture.md)"
 	@echo "make down   - stop every local server the demo started"
 	@echo "make peers-env - LitServe and BentoML for benchmarks/serve_vs_peers.py (not needed by make test)"
 
@@ -86,8 +87,12 @@ $(PROVIDER_SCHEMA)/.installed: $(VENV)/.installed
 demo: install
 	$(BIN)/inv demo
 
-test: install mxnet-env checkov-env terraform-env provider-schema
+test: install mxnet-env checkov-env terraform-env provider-schema lint-imports
 	$(BIN)/pytest
+
+# The layers contract in pyproject.toml (docs/architecture.md): no module imports from a layer above it.
+lint-imports: install
+	$(BIN)/lint-imports --no-cache
 
 down: install
 	$(BIN)/inv down

@@ -267,7 +267,7 @@ def train_run(c, epochs=40, learning_rate=None, mini_batch_size=32, image_size=2
 )
 def train_evaluate(c, model="latest", out=None, backend=None):
     """Re-evaluate a model's ONNX file on the validation channel (ONNX Runtime): metrics.json and PNG plots."""
-    from distracted_driver.train.evaluate import evaluate_model, summary_lines
+    from distracted_driver.model.evaluate import evaluate_model, summary_lines
 
     job, metrics, paths = evaluate_model(_settings(backend), model, out)
     print("\n".join([f"model {job}"] + [f"  {line}" for line in summary_lines(metrics)]
@@ -282,7 +282,7 @@ model = Collection("model")
 
 def _registry(backend):
     from distracted_driver.storage import open_storage
-    from distracted_driver.train.registry import Registry
+    from distracted_driver.model.registry import Registry
 
     settings = _settings(backend)
     return Registry(open_storage(settings), settings)
@@ -291,7 +291,7 @@ def _registry(backend):
 @task(name="list", help={"json": "print the registry entries as JSON", "backend": "local or aws bucket"})
 def model_list(c, json=False, backend=None):
     """List the registered model versions: the precision each serves and both precisions' validation scores; * live."""
-    from distracted_driver.train.registry import version_listing
+    from distracted_driver.model.registry import version_listing
 
     print(version_listing(_registry(backend), as_json=json))
 
@@ -312,10 +312,10 @@ def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, in
     """Quality gate: score the candidate's served model on the validation set; exit 1 with the reason if rejected."""
     import json as jsonlib
 
-    from distracted_driver.train.artifact import ArtifactError
+    from distracted_driver.config import ToleranceError
+    from distracted_driver.model.artifact import ArtifactError
+    from distracted_driver.model.registry import RegistryError
     from distracted_driver.train.gate import DEFAULT_BASELINE_FRACTION, DEFAULT_TOLERANCE, GateError, judge
-    from distracted_driver.train.precision import ToleranceError
-    from distracted_driver.train.registry import RegistryError
 
     try:
         decision = judge(_registry(backend), candidate,
@@ -396,7 +396,7 @@ def serve_run(c, model="latest", port=8080, max_batch_size=8, max_batch_delay_ms
     from pathlib import Path
 
     from distracted_driver.serve import server
-    from distracted_driver.serve.model_cache import fetch_artifact
+    from distracted_driver.model.cache import fetch_artifact
 
     model_dir = Path(model) if Path(model).is_dir() else fetch_artifact(_settings(backend), model).directory
     sys.exit(server.main(["--model-dir", str(model_dir), "--port", str(port), "--max-batch-size", str(max_batch_size),
@@ -558,7 +558,7 @@ def _release(settings, model, routing, alarms, instances, force, capture_percent
     from distracted_driver.config import parse_percent
     from distracted_driver.hosting.release import release
     from distracted_driver.train.gate import NotCleared
-    from distracted_driver.train.registry import RegistryError
+    from distracted_driver.model.registry import RegistryError
 
     try:
         done = _refusals_exit(release, settings, _hosting(settings), model, routing, alarms, instances=int(instances),

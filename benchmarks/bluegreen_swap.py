@@ -34,8 +34,8 @@ from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRo
 from distracted_driver.hosting.local import LocalHosting  # noqa: E402
 from distracted_driver.hosting.local.client import sagemaker_runtime_client  # noqa: E402
 from distracted_driver.storage import open_storage  # noqa: E402
-from distracted_driver.train import artifact as contract  # noqa: E402
-from distracted_driver.train.registry import Registry  # noqa: E402
+from distracted_driver.model import artifact as contract  # noqa: E402
+from distracted_driver.model.registry import Registry  # noqa: E402
 
 PHASES = ("prepare", "provisioning", "smoke_test", "swap_to_all_traffic_on_green", "retiring_blue", "client_total")
 

@@ -61,8 +61,8 @@ from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRo
 from distracted_driver.hosting.local import LocalHosting  # noqa: E402
 from distracted_driver.loadtest.hostile import malformed_requests, raw_exchange, slowloris  # noqa: E402
 from distracted_driver.storage import open_storage  # noqa: E402
-from distracted_driver.train.artifact import load_artifact  # noqa: E402
-from distracted_driver.train.registry import Registry  # noqa: E402
+from distracted_driver.model.artifact import load_artifact  # noqa: E402
+from distracted_driver.model.registry import Registry  # noqa: E402
 
 ROOT = BENCHMARKS.parent
 POLL_S = 0.05

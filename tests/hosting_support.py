@@ -38,7 +38,7 @@ from distracted_driver.hosting.local import LocalHosting
 from distracted_driver.hosting.local.instances import OWNER_ENV
 from distracted_driver.hosting.smoke import drawn_images
 from distracted_driver.storage import open_storage
-from distracted_driver.train import artifact as contract
+from distracted_driver.model import artifact as contract
 
 # --- a hosted environment --------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from hosting_support import LoadLoop, fails_on_dark_frames, hosted, night_frames
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting
 from distracted_driver.hosting.local.alarms import breached
 from distracted_driver.hosting.local.requestlog import RequestLog, WindowStats
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 ALL_AT_ONCE = TrafficRouting(strategy="all-at-once", bake_seconds=0)
 

@@ -26,17 +26,8 @@ from hosting_support import hosted, wait_until  # noqa: F401
 
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
 from distracted_driver.hosting.local import LocalHosting
-from distracted_driver.monitor.capture import (
-    CaptureConfig,
-    CaptureLimits,
-    CaptureWriter,
-    Invocation,
-    capture_keys,
-    capture_line,
-    hour_prefix,
-    iter_capture_records,
-    parse_capture_line,
-)
+from distracted_driver.monitor.capture import capture_keys, iter_capture_records, parse_capture_line
+from distracted_driver.serve.capture import CaptureConfig, CaptureLimits, CaptureWriter, Invocation, capture_line, hour_prefix
 from distracted_driver.serve.metrics import parse_text
 from distracted_driver.storage.local import LocalStorage
 

@@ -21,13 +21,13 @@ from distracted_driver.hosting.local import LocalHosting
 from distracted_driver.hosting.smoke import answer_problem
 from distracted_driver.hosting.release import release
 from distracted_driver.storage import open_storage
-from distracted_driver.train.artifact import NotProbabilities, load_artifact, probability_problem
-from distracted_driver.train.channel import read_records
-from distracted_driver.train.evaluate import evaluate_artifact, predict_channel
+from distracted_driver.model.artifact import NotProbabilities, load_artifact, probability_problem
+from distracted_driver.data.channel import read_records
+from distracted_driver.model.evaluate import evaluate_artifact, predict_channel
 from distracted_driver.train.gate import (
     GateError, NotCleared, SmokeSet, clearance, judge, smoke_set_for,
 )
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 LIES = {"log_loss": 0.001, "accuracy": 1.0}  # what a bad candidate's metrics.json claims
 

@@ -17,7 +17,7 @@ from distracted_driver.hosting import open_hosting
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
 from distracted_driver.hosting.local import LocalHosting
 from distracted_driver.logs import LogRotation
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

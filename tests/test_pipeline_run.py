@@ -25,7 +25,7 @@ from distracted_driver.pipeline.records import DONE, FAILED, REUSED, RUNNING, SK
 from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.storage import open_storage
 from distracted_driver.system import process_gone
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 from pipeline_support import (
     add_batch, cli_flags, environment, fast_options, run_cli, sample_batch, stop_stack,
 )

@@ -27,7 +27,7 @@ from distracted_driver.hosting.aws import (
 )
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, ScalingPolicy, TrafficRouting
 from distracted_driver.storage.s3 import S3Storage
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 BUCKET = "dd-hosting-bucket"
 ROLE = "arn:aws:iam::123456789012:role/dd-dev-sagemaker"

@@ -23,7 +23,7 @@ from distracted_driver.hosting.aws import SageMakerHosting, rollback_alarm_names
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting
 from distracted_driver.infra.terraform import env_file
 from distracted_driver.storage.s3 import S3Storage
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dd-runs-bucket"

@@ -26,6 +26,7 @@ import psutil
 from distracted_driver.config import Settings
 from distracted_driver.fsutil import log_tail, read_json, write_json_atomic
 from distracted_driver.gateway.keys import KeyStore, UsagePlan
+from distracted_driver.hosting import open_hosting
 from distracted_driver.logs import LogRotation
 from distracted_driver.supervision import Program, Supervisor
 
@@ -59,8 +60,6 @@ def default_api_key(settings: Settings) -> dict:
 
 def runtime_url_of(settings: Settings) -> str:
     """The local SageMaker Runtime URL of the running endpoint, from the hosting status."""
-    from distracted_driver.hosting import open_hosting
-
     url = open_hosting(settings).status().runtime_url
     if not url:
         raise GatewayError(

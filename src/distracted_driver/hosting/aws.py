@@ -23,7 +23,7 @@ bakes, watches the alarms and rolls back by itself; this module waits,
 reports and records the outcome. Older configs and models beyond the last
 ``keep`` are deleted.
 
-Data capture (``DataCaptureConfig``, see ``monitor.capture``) is part of the
+Data capture (``DataCaptureConfig``, see ``serve.capture``) is part of the
 endpoint config: each new config copies the live one's, so a swap or a
 rollback keeps it, unless a capture percent is given (``--capture-percent``,
 ``DD_CAPTURE_PERCENT``); ``set_capture`` (``inv deploy.capture``) creates a
@@ -86,7 +86,7 @@ from distracted_driver.hosting.base import (
 )
 from distracted_driver.hosting.smoke import smoke_images as default_smoke_images
 from distracted_driver.hosting.smoke import smoke_problems
-from distracted_driver.monitor.capture import CaptureConfig
+from distracted_driver.serve.capture import CaptureConfig
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ class SageMakerHosting(Hosting):
     @property
     def registry(self):
         if self._registry is None:
-            from distracted_driver.train.registry import Registry
+            from distracted_driver.model.registry import Registry
 
             self._registry = Registry(self.storage, self.settings)
         return self._registry
@@ -700,7 +700,7 @@ class SageMakerHosting(Hosting):
         return result
 
     def _record_live(self, version: str, **info) -> None:
-        from distracted_driver.train.registry import RegistryError
+        from distracted_driver.model.registry import RegistryError
 
         try:
             self.registry.set_live(version, endpoint=self.endpoint, backend="aws", **info)

@@ -30,11 +30,11 @@ from distracted_driver.hosting.base import (
 )
 from distracted_driver.hosting.smoke import content_type
 from distracted_driver.storage import Storage, open_storage
-from distracted_driver.train.artifact import probability_problem
+from distracted_driver.model.artifact import probability_problem
 from distracted_driver.train.gate import (
     SMOKE_TOLERANCE, GateError, NotCleared, SmokeSet, clearance, judge, smoke_set_for,
 )
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 EXAMPLES_IN_REASON = 3
 

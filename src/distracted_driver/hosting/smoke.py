@@ -26,7 +26,7 @@ from distracted_driver.data import cabin
 from distracted_driver.data.layout import CLASSES, TRAIN_DIR
 from distracted_driver.data.payload import image_content_type
 from distracted_driver.storage import Storage
-from distracted_driver.train.artifact import probability_problem
+from distracted_driver.model.artifact import probability_problem
 
 DEFAULT_COUNT = 3
 

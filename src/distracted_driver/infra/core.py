@@ -27,6 +27,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distracted_driver.infra.hcl import parse_file
+from distracted_driver.infra.terraform import package_lambdas
+
 DRIVER = Path(__file__).with_name("tfcore_driver.py")
 TERRAFORM_VENV = Path(".venvs") / "terraform"
 # Where provider plugins are found without a download (Terraform's implied local mirrors and ours).
@@ -96,8 +99,6 @@ def _errors(text: str) -> str:
 
 def required_providers(terraform_dir: str | Path) -> dict[str, str]:
     """``{name: source}`` from versions.tf, e.g. ``{"aws": "hashicorp/aws"}``."""
-    from distracted_driver.infra.hcl import parse_file
-
     found = {}
     for block in parse_file(Path(terraform_dir) / "versions.tf").get("terraform", []):
         for providers in block.get("required_providers", []):
@@ -148,7 +149,6 @@ def binary_checks(terraform_dir: str | Path, envs: list[str], terraform: str | N
             return subprocess.run([terraform, f"-chdir={copy}", *args], capture_output=True, text=True,
                                   timeout=timeout, env=env)
 
-        from distracted_driver.infra.terraform import package_lambdas
 
         package_lambdas(copy)  # the Lambda zips the plan reads (filebase64sha256)
         init = run("init", "-backend=false", "-input=false", f"-plugin-dir={plugins}")

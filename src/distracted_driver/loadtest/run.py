@@ -9,13 +9,9 @@ from pathlib import Path
 
 from distracted_driver.config import Settings
 from distracted_driver.fsutil import write_json_atomic
-from distracted_driver.loadtest.locust_run import (
-    LOCUSTFILE,
-    LoadTestError,
-    LoadTestSummary,
-    parse_run_time,
-    run_locust,
-)
+from distracted_driver.gateway import daemon, gateway_status
+from distracted_driver.hosting import open_hosting
+from distracted_driver.loadtest.locust_run import LOCUSTFILE, LoadTestError, LoadTestSummary, parse_run_time, run_locust
 from distracted_driver.loadtest.report import plot_capacity, plot_history
 from distracted_driver.loadtest.slo import SLO
 
@@ -48,12 +44,9 @@ def resolve_target(settings: Settings, host: str | None = None, api_key: str | N
         if api_key is None:
             api_key = os.environ.get("DD_API_KEY")
         if api_key is None:
-            from distracted_driver.gateway import daemon
-
             local = daemon.key_store(settings).first()
             api_key = local["value"] if local else None
         return Target(host.rstrip("/"), api_key)
-    from distracted_driver.gateway import gateway_status
 
     status = gateway_status(settings)
     if not status["running"]:
@@ -207,8 +200,6 @@ def _instances(settings: Settings, host: str | None) -> int:
     if host:
         return 1
     try:
-        from distracted_driver.hosting import open_hosting
-
         return max(open_hosting(settings).status().instance_count, 1)
     except Exception:  # the hosting status is informative here, never a reason to fail the search
         return 1

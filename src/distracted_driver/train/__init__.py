@@ -1,7 +1,7 @@
-"""Training stage: model, loop, evaluation, export, artifact, registry.
+"""Training stage: the model, the loop, the export, the job, the quality gate and the job launchers.
 
-Importing this package must not import torch: the artifact reader and the
-registry are used by serving installs that have no torch.
+Importing this package must not import torch: the gate and the launchers run on
+installs that have no torch (the artifact, its evaluation and the registry are ``model``'s).
 
 ``open_trainer`` is the one door to the training backends, as ``open_hosting`` is to hosting.
 """

@@ -46,9 +46,9 @@ from distracted_driver.data.channels import download_channels
 from distracted_driver.fsutil import atomic_path, write_bytes_atomic, write_json_atomic
 from distracted_driver.storage import KeyNotFound, Storage, open_storage
 from distracted_driver.system import process_gone, process_identity
-from distracted_driver.train.artifact import load_artifact, pack_artifact
-from distracted_driver.train.precision import with_tolerance
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.artifact import load_artifact, pack_artifact
+from distracted_driver.model.precision import with_tolerance
+from distracted_driver.model.registry import Registry
 from distracted_driver.train.trainer import Trainer, TrainingFailed
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "train.py"

@@ -32,11 +32,15 @@ from typing import IO
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from tqdm import tqdm
 
 from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
+from distracted_driver.model.precision import with_tolerance
+from distracted_driver.model.registry import Registry
 from distracted_driver.storage import Storage, open_storage
-from distracted_driver.train.precision import with_tolerance
+from distracted_driver.train.runner import new_job_name
+from distracted_driver.train.source_dir import stage_source_dir
 from distracted_driver.train.trainer import Trainer, TrainingFailed
 
 ALGORITHMS = ("script", "builtin")
@@ -83,7 +87,7 @@ def _now() -> str:
 
 
 def image_uri(algorithm: str, region: str, instance_type: str) -> str:
-    from sagemaker.core import image_uris
+    from sagemaker.core import image_uris  # sagemaker-core (aws extra): local installs and the serving image lack it
 
     if algorithm == "builtin":
         return image_uris.retrieve("image-classification", region)
@@ -188,8 +192,6 @@ class SageMakerTrainer(Trainer):
         return self._s3(key)
 
     def _stage_source(self, job: str) -> str:
-        from distracted_driver.train.source_dir import stage_source_dir
-
         key = f"{self._prefix(job)}/source/sourcedir.tar.gz"
         with tempfile.TemporaryDirectory(prefix="sourcedir-") as tmp:
             tar = stage_source_dir(Path(tmp) / "sourcedir.tar.gz")
@@ -294,8 +296,6 @@ class SageMakerTrainer(Trainer):
         register: bool = True,
     ) -> str:
         """Start a job, wait for it with its log streaming, store its log and register its model."""
-        from distracted_driver.train.runner import new_job_name
-
         job = job_name or new_job_name()
         hyperparameters = dict(hyperparameters or {})
         instance_type = instance_type or (
@@ -328,14 +328,10 @@ class SageMakerTrainer(Trainer):
 
     def _say(self, line: str) -> None:
         if self.stream is not None:
-            from tqdm import tqdm
-
             tqdm.write(line, file=self.stream)
 
     def wait(self, job: str) -> dict:
         """Poll until the job ends; print its CloudWatch log as it comes; keep a copy in the bucket."""
-        from tqdm import tqdm
-
         lines: list[str] = []
         cursor: dict = {"start": 0, "seen": set()}
         with tqdm(total=0, bar_format="{desc} [{elapsed}]", disable=not self.progress) as bar:
@@ -394,7 +390,6 @@ class SageMakerTrainer(Trainer):
                       "not registered (no log loss for the gate); final metrics "
                       f"{status.get('final_metrics')}")
             return dict(status.get("final_metrics") or {})
-        from distracted_driver.train.registry import Registry
 
         registry = Registry(self.storage, self.settings)
         with tempfile.TemporaryDirectory(prefix=f"{job}-") as tmp:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from distracted_driver.config import Settings
 from distracted_driver.storage import KeyNotFound, Storage
-from distracted_driver.train.artifact import ModelArtifact, unpack_artifact
+from distracted_driver.model.artifact import ModelArtifact, unpack_artifact
 
 
 class RegistryError(LookupError):
