@@ -48,8 +48,10 @@ def run(settings: Settings) -> int:
     _say(f"add it to the bucket -> {storage.uri(settings.raw_prefix + '/')}")
     print(add_data(storage, settings, sample_dir))
 
-    _say(f"pipeline: convert, upload, train, evaluate, gate, deploy (capturing {DEMO_CAPTURE_PERCENT}% of the "
-         "invocations), smoke, load test")
+    _say(
+        f"pipeline: convert, upload, train, evaluate, gate, deploy (capturing {DEMO_CAPTURE_PERCENT}% of the "
+        "invocations), smoke, load test"
+    )
     record = run_pipeline(settings, RunOptions(capture_percent=DEMO_CAPTURE_PERCENT))
     print_summary(record)
     code = exit_code(record.outcome)
@@ -82,19 +84,25 @@ def _batch_prediction(settings: Settings, images: Path) -> None:
 
 def _endpoint_queries(settings: Settings, images: list[Path]) -> None:
     hosting = open_hosting(settings)
-    _say(f"endpoint {settings.endpoint_name!r} through boto3's sagemaker-runtime client at {hosting.status().runtime_url}")
+    _say(
+        f"endpoint {settings.endpoint_name!r} through boto3's sagemaker-runtime client at {hosting.status().runtime_url}"
+    )
     for path in images:
         answer, variant = hosting.invoke(path.read_bytes(), "image/jpeg", accept="application/json;verbose=true")
         body = json.loads(answer)
-        print(f"{path.name}: {body['class']} ({body['label']}, {body['confidence']:.2f}) "
-              f"from variant {variant}, model {body['model_version']}")
+        print(
+            f"{path.name}: {body['class']} ({body['label']}, {body['confidence']:.2f}) "
+            f"from variant {variant}, model {body['model_version']}"
+        )
 
 
 def _rest_api(settings: Settings, image: Path, record) -> None:
     status = start_gateway(settings)
     _say(f"REST API at {status['predict_url']} (docs: {status.get('docs_url', status['url'] + '/docs')})")
-    print(f"curl -s -H 'x-api-key: {status['api_key']}' -H 'Content-Type: image/jpeg' "
-          f"--data-binary @{image} {status['predict_url']}")
+    print(
+        f"curl -s -H 'x-api-key: {status['api_key']}' -H 'Content-Type: image/jpeg' "
+        f"--data-binary @{image} {status['predict_url']}"
+    )
     code, answer = predict_image(status["predict_url"], status["api_key"], image)
     print(f"-> {code} {json.dumps(answer)[:300]}")
 
@@ -124,8 +132,10 @@ def _data_capture(settings: Settings, storage) -> None:
     _say(f"data capture: {capture_text(capture)}")
     files = capture_keys(storage, settings.capture_prefix, settings.endpoint_name)
     where = storage.uri(f"{settings.capture_prefix}/{settings.endpoint_name}")
-    print(f"captured traffic: {where}/<variant>/yyyy/mm/dd/hh/*.jsonl ({len(files)} files so far; "
-          f"SageMaker's layout and record shape); change the share with inv deploy.capture --percent P")
+    print(
+        f"captured traffic: {where}/<variant>/yyyy/mm/dd/hh/*.jsonl ({len(files)} files so far; "
+        f"SageMaker's layout and record shape); change the share with inv deploy.capture --percent P"
+    )
 
 
 def down(settings: Settings) -> None:

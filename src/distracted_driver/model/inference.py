@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime as ort
 
 from distracted_driver.data.imaging import MAX_PIXELS, model_input
-from distracted_driver.system import cpu_count
 from distracted_driver.model.artifact import INPUT_NAME, OUTPUT_NAME, ArtifactError, ModelArtifact
+from distracted_driver.system import cpu_count
 
 
 class Classifier:

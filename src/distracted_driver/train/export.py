@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import onnx
@@ -179,6 +179,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Ite
     come from them (min/max). Weights are int8 per output channel, activations uint8 (what ONNX Runtime's
     x86 kernels run fastest); the softmax and ``FLOAT_NODE_PREFIXES`` stay fp32.
     """
+
     class Reader(_Batches, CalibrationDataReader):
         pass
 
@@ -195,20 +196,33 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Ite
         nodes = onnx.load(str(prepared)).graph.node
         kept = [node.name for node in nodes if node.name.startswith(FLOAT_NODE_PREFIXES)]
         if not kept:
-            raise ValueError(f"{fp32_path} has no node under {', '.join(FLOAT_NODE_PREFIXES)}: the network's layout "
-                             "changed, and the layers to keep in fp32 must be named again")
+            raise ValueError(
+                f"{fp32_path} has no node under {', '.join(FLOAT_NODE_PREFIXES)}: the network's layout "
+                "changed, and the layers to keep in fp32 must be named again"
+            )
         softmax = [node.name for node in nodes if node.op_type == "Softmax"]
         with atomic_path(int8_path) as tmp:
             quantize_static(
-                str(prepared), str(tmp), Reader(counting(calibration)), quant_format=QuantFormat.QDQ,
-                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                str(prepared),
+                str(tmp),
+                Reader(counting(calibration)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
                 nodes_to_exclude=kept + softmax,
             )
     if not counted:
         raise ValueError("no calibration images: int8 needs training images to calibrate on")
-    return {"format": "QDQ", "weights": "int8, per output channel", "activations": "uint8",
-            "calibration": "min/max", "calibration_images": int(sum(counted)),
-            "fp32_nodes": sorted(kept + softmax), "onnxruntime": _ort_version()}
+    return {
+        "format": "QDQ",
+        "weights": "int8, per output channel",
+        "activations": "uint8",
+        "calibration": "min/max",
+        "calibration_images": int(sum(counted)),
+        "fp32_nodes": sorted(kept + softmax),
+        "onnxruntime": _ort_version(),
+    }
 
 
 def _ort_version() -> str:
