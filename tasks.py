@@ -37,6 +37,8 @@ class _Task(Task):
 
     def __init__(self, body, *args, help=None, **kwargs):  # noqa: A002 - invoke's keyword
         kwargs.setdefault("positional", ())
+        # named after the function, less its collection: model_set_live is model.set-live
+        kwargs.setdefault("name", body.__name__.partition("_")[2].replace("_", "-") or body.__name__)
         super().__init__(body, *args, help=help_table(body, help), **kwargs)
 
     def get_arguments(self, ignore_unknown_help=None):
@@ -72,14 +74,6 @@ class _NumberArgument(Argument):
 
 
 task = functools.partial(invoke_task, klass=_Task)
-
-
-def _collection(name, *tasks):
-    """A collection whose tasks are named after their functions: ``model_set_live`` is ``model.set-live``."""
-    collection = Collection(name)
-    for each in tasks:
-        collection.add_task(each, name=each.body.__name__.removeprefix(f"{name}_").replace("_", "-"))
-    return collection
 
 
 def _settings(backend: str | None = None) -> Settings:
@@ -1045,14 +1039,14 @@ def down(c):
 ns = Collection(
     demo,
     down,
-    _collection("data", data_sample, data_add, data_split, data_convert, data_upload),
-    _collection("train", train_run, train_evaluate),
-    _collection("model", model_list, model_gate, model_set_live),
-    _collection("predict", predict_batch),
-    _collection("serve", serve_run),
-    _collection("api", api_up, api_down, api_status, api_key),
-    _collection("loadtest", loadtest_run, loadtest_find_capacity),
-    _collection(
+    Collection("data", data_sample, data_add, data_split, data_convert, data_upload),
+    Collection("train", train_run, train_evaluate),
+    Collection("model", model_list, model_gate, model_set_live),
+    Collection("predict", predict_batch),
+    Collection("serve", serve_run),
+    Collection("api", api_up, api_down, api_status, api_key),
+    Collection("loadtest", loadtest_run, loadtest_find_capacity),
+    Collection(
         "deploy",
         deploy_create,
         deploy_swap,
@@ -1063,8 +1057,8 @@ ns = Collection(
         deploy_invoke,
         deploy_down,
     ),
-    _collection("pipeline", pipeline_run, pipeline_history, pipeline_watch),
-    _collection(
+    Collection("pipeline", pipeline_run, pipeline_history, pipeline_watch),
+    Collection(
         "infra",
         infra_check,
         infra_docs,
