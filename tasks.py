@@ -243,7 +243,7 @@ def data_convert(
 """
 )
 def data_upload(c, directory=None, prefix=None, backend=None):
-    """Copy the channels and their manifest to the bucket (<prefix>/train/, <prefix>/validation/), skipping unchanged files."""
+    """Copy the channels and their manifest to the bucket (<prefix>/train/, <prefix>/validation/), skipping unchanged files."""  # noqa: E501 - the first line is inv --list's summary
     from distracted_driver.data.channels import WorkDirs, upload_channels
 
     settings = _settings(backend)
@@ -412,7 +412,7 @@ def predict_batch(
     max_concurrent=8,
     max_payload_mb=6,
 ):
-    """Classify images with a trained model and write a Kaggle submission CSV (here, or on SageMaker Batch Transform)."""
+    """Classify images with a trained model and write a Kaggle submission CSV (here, or on SageMaker Batch Transform)."""  # noqa: E501 - the first line is inv --list's summary
     from distracted_driver.hosting.batch import BatchOptions
     from distracted_driver.hosting.batch import predict_batch as run
 
@@ -1006,7 +1006,7 @@ def infra_package(c):
 
 @task
 def infra_docs(c):
-    """Rewrite the inputs/outputs tables of terraform/'s READMEs from the .tf files (infra.check fails on stale ones)."""
+    """Rewrite the inputs/outputs tables of terraform/'s READMEs from the .tf files (infra.check fails on stale ones)."""  # noqa: E501 - the first line is inv --list's summary
     from distracted_driver.infra import docs
     from distracted_driver.infra.terraform import terraform_dir
 
