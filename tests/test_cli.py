@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from distracted_driver.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, explain, missing_arguments
+from distracted_driver.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, explain, help_table, missing_arguments
 from distracted_driver.fsutil import naming_failed_writes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,3 +217,34 @@ def test_a_required_flag_that_was_not_given_is_named():
         == "--images is required (--help describes it)"
     )
     assert missing_arguments(body, {"images": "imgs", "model": "latest"}) is None
+
+
+def test_an_error_class_of_ours_says_its_exit_status_and_others_follow_the_rule():
+    from distracted_driver.hosting import HostingError
+    from distracted_driver.loadtest import LoadTestError
+    from distracted_driver.train.gate import GateError, NotCleared
+    from distracted_driver.train.trainer import TrainingFailed
+
+    assert explain(HostingError("endpoint e exists already"), {}).code == EXIT_USAGE  # a RuntimeError, yet a refusal
+    assert explain(GateError("no validation data"), {}).code == EXIT_USAGE
+    assert explain(LoadTestError("the local API is not running"), {}).code == EXIT_USAGE
+    refused = explain(NotCleared("refused: no gate record"), {"model": "m1"})
+    assert (refused.code, refused.message) == (3, "refused: no gate record")
+    assert explain(TrainingFailed("job j failed"), {}).code == EXIT_FAILED
+
+
+def test_help_is_one_flag_per_line_and_a_line_without_a_flag_continues_the_one_above():
+    def body(c, from_=None, workers=0, backend=None):
+        pass
+
+    table = help_table(body, """
+        from: a directory: the batch
+        workers: local: threads; aws: threads checking
+            and moving images
+        backend: local or aws
+    """)
+    assert table == {"from": "a directory: the batch", "backend": "local or aws",
+                     "workers": "local: threads; aws: threads checking and moving images"}
+    assert help_table(body, {"workers": "w"}) == {"workers": "w"} and help_table(body, None) is None
+    with pytest.raises(ValueError, match="names no flag"):
+        help_table(body, "threads: how many")

@@ -14,8 +14,10 @@ Exit statuses, the same for every task:
 ``pipeline.outcomes``), and a task may say more in its help. Errors that
 are expected (this package's own, bad values, file-system and AWS errors)
 become one line saying what is wrong and what to do; anything else is a bug
-and keeps its traceback. Nothing here knows invoke: ``tasks.py`` turns a
-``Failure`` into its exit.
+and keeps its traceback. An error class of ours that means something other
+than its base class's rule (below) says so with a class attribute
+``exit_status``: e.g. ``HostingError`` (a refusal, 2) or ``NotCleared`` (3).
+Nothing here knows invoke: ``tasks.py`` turns a ``Failure`` into its exit.
 """
 
 from __future__ import annotations
@@ -55,6 +57,25 @@ def missing_arguments(body, arguments: dict) -> Failure | None:
     return Failure(f"{flags} is required (--help describes it)", EXIT_USAGE)
 
 
+def help_table(body, text: str | dict | None) -> dict | None:
+    """A task's help as ``"flag: text"`` lines (a line that does not start with a flag of ``body`` continues the
+    one above) -> {flag: text}; a dict is taken as it is."""
+    if not isinstance(text, str):
+        return text
+    flags = {name.strip("_") for name in inspect.signature(body).parameters}
+    table: dict[str, str] = {}
+    flag = None
+    for line in filter(None, (line.strip() for line in text.splitlines())):
+        head, sep, rest = line.partition(": ")
+        if sep and head in flags:
+            flag, table[head] = head, rest
+        elif flag is None:
+            raise ValueError(f"help of {body.__name__}: {line!r} names no flag")
+        else:
+            table[flag] += " " + line
+    return table
+
+
 def bad_value(flag: str, value: str, kind: type) -> Failure:
     """A flag's value that is not of its kind (``--epochs abc``)."""
     expected = "a whole number" if kind is int else "a number"
@@ -75,6 +96,9 @@ def explain(error: BaseException, arguments: dict | None = None) -> Failure | No
     if module.startswith(("botocore", "boto3")):
         return Failure(f"AWS: {_message(error)}", EXIT_FAILED)
     ours = module.split(".")[0] == _PACKAGE
+    status = getattr(error, "exit_status", None)
+    if ours and isinstance(status, int):  # the error class says what it means on the command line
+        return Failure(_with_flag(_message(error), arguments), status)
     if isinstance(error, ValueError):  # a value that is wrong: a flag's, or an input's (an image, a file)
         return Failure(_with_flag(_message(error), arguments), EXIT_USAGE)
     if ours and isinstance(error, Exception):  # e.g. no such model (LookupError), a failed job (RuntimeError)

@@ -16,6 +16,8 @@ ABSENT = "absent"  # EndpointStatus.status of an endpoint that does not exist
 class HostingError(RuntimeError):
     """The endpoint cannot do what was asked (either backend); the message says why and what to do."""
 
+    exit_status = 2  # a refusal of what was asked (distracted_driver.cli)
+
 
 @dataclass(frozen=True)
 class TrafficRouting:

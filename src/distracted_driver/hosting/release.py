@@ -177,7 +177,8 @@ def release(
         clearance(registry, job)
     except NotCleared as refusal:
         if not force:
-            raise
+            advice = "or deploy it anyway with --force (recorded in the model's entry)"
+            raise NotCleared(f"refused: {refusal}; {advice}") from None
         forced = _force(registry, job, str(refusal), by, notes, log)
     smoke = smoke_set_for(registry, job)
     if smoke is None:

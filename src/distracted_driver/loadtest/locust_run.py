@@ -19,6 +19,8 @@ CSV_PREFIX = "locust"
 class LoadTestError(RuntimeError):
     """The load test could not run (not: it ran and missed an SLO)."""
 
+    exit_status = 2  # what to test against cannot be reached or read (distracted_driver.cli)
+
 
 @dataclass
 class LoadTestSummary:

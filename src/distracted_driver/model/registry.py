@@ -117,7 +117,7 @@ class Registry:
         job = self.resolve(job)
         entry = self._read(self.entry_key(job))
         if entry is None:
-            raise RegistryError(f"no registered model version {job!r}")
+            raise RegistryError(f"no registered model version {job!r} (inv model.list shows the registered versions)")
         return entry
 
     def resolve(self, job: str) -> str:

@@ -66,9 +66,13 @@ VALIDATION = "validation"
 class GateError(RuntimeError):
     """The gate could not score: no validation data, or data that does not match its manifest."""
 
+    exit_status = 2  # nothing the gate can judge: bad input (distracted_driver.cli)
+
 
 class NotCleared(RuntimeError):
     """A deploy was asked for a model without a passing gate record for the current validation set."""
+
+    exit_status = 3  # nothing deployed: the deploy tasks' documented status (distracted_driver.cli)
 
 
 def _now() -> str:
