@@ -80,7 +80,7 @@ def test_scales_out_under_load_and_back_in_after_it(hosted, make_artifact):
     def in_service(expected):
         status = hosted.hosting.status()
         counts.append(status.instance_count)
-        settled = all(a["status"] != "in-progress" for a in status["scaling_activities"])
+        settled = all(a["status"] != "in-progress" for a in status.details["scaling_activities"])
         return status.instance_count == expected and settled and status
 
     with LoadLoop(hosted, hosted.smoke, threads=2, pause_s=0.01) as load:  # far above 2 requests/s per instance
@@ -91,11 +91,11 @@ def test_scales_out_under_load_and_back_in_after_it(hosted, make_artifact):
     scaled_in = wait_until(lambda: in_service(1), timeout_s=30, what="scale-in to 1 instance after the load")
     assert all(o.ok for o in outcomes)
     assert max(counts) == 2 and min(counts) >= 1
-    activities = scaled_in["scaling_activities"]
+    activities = scaled_in.details["scaling_activities"]
     out, back = activities[0], activities[-1]
     assert (out["from"], out["to"], out["status"]) == (1, 2, "successful") and out["reason"].startswith("scale out")
     assert (back["from"], back["to"], back["status"]) == (2, 1, "successful") and back["reason"].startswith("scale in")
     assert all(a["to"] <= 2 for a in activities)
-    assert scaled_out["variants"][0]["autoscaling"]["max_instances"] == 2
+    assert scaled_out.variants[0]["autoscaling"]["max_instances"] == 2
     log_text = (hosted.settings.state_dir / "hosting" / "runtime.log").read_text()
     assert "autoscaling distracted-driver/AllTraffic 1 -> 2: scale out" in log_text
