@@ -80,10 +80,12 @@ data = Collection("data")
         "seed": "random seed; the same seed gives the same bytes (default 0)",
         "first_driver": "number of the first subject, e.g. 90 for p090, p091, ... (default: Kaggle's p002..p081)",
         "overwrite": "replace OUT if it already holds a sample (never a directory that does not)",
+        "shift": "draw every driver under a condition training never saw: night, angle (another camera mount) "
+                 "or cabin (another car); for drift tests",
     },
 )
 def data_sample(c, out=None, drivers=26, images_per_class_driver=3, test_images=40, seed=0,
-                first_driver=None, overwrite=False):
+                first_driver=None, overwrite=False, shift=None):
     """Draw synthetic cabin images in the exact State Farm layout (imgs/, driver_imgs_list.csv, ...)."""
 
     from distracted_driver.data.channels import WorkDirs
@@ -93,7 +95,7 @@ def data_sample(c, out=None, drivers=26, images_per_class_driver=3, test_images=
         report = generate_sample(out or WorkDirs.of(_settings()).sample, drivers=int(drivers),
                                  images_per_class_driver=int(images_per_class_driver), test_images=int(test_images),
                                  seed=int(seed), first_driver=None if first_driver is None else int(first_driver),
-                                 overwrite=overwrite or not out)
+                                 overwrite=overwrite or not out, shift=shift or None)
     except SampleError as error:
         raise Exit(str(error), code=2) from None
     print(report)

@@ -102,8 +102,10 @@ def _encode(frame: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def _look(seed: int, stream: int, number: int) -> cabin.DriverLook:
-    return cabin.random_look(np.random.default_rng([seed, stream, number]))
+def _look(seed: int, stream: int, number: int, shift: str | None = None) -> cabin.DriverLook:
+    rng = np.random.default_rng([seed, stream, number])
+    look = cabin.random_look(rng)
+    return cabin.shifted_look(look, shift, rng) if shift else look
 
 
 def _csv_text(header, rows) -> str:
@@ -143,13 +145,18 @@ def generate_sample(
     first_driver: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    shift: str | None = None,
 ) -> SampleReport:
     """Draw a labelled batch for ``drivers`` drivers in the Kaggle layout under ``out_dir``.
 
     Subjects are Kaggle's (p002, p012, ... p081) unless ``first_driver`` is
     given, in which case they are consecutive from it (``first_driver=90``:
-    p090, p091, ...), which is how a batch of new drivers is made.
+    p090, p091, ...), which is how a batch of new drivers is made. ``shift``
+    (one of ``cabin.SHIFTS``: night, angle, cabin) draws every driver of the
+    batch under a condition the default sample never shows.
     """
+    if shift is not None and shift not in cabin.SHIFTS:
+        raise SampleError(f"shift must be one of {', '.join(cabin.SHIFTS)}, not {shift!r}")
     if not 1 <= images_per_class_driver <= MAX_IMAGES_PER_CLASS_DRIVER:
         raise SampleError(f"images_per_class_driver must be between 1 and {MAX_IMAGES_PER_CLASS_DRIVER}")
     if not 0 <= test_images <= MAX_TEST_IMAGES:
@@ -164,8 +171,8 @@ def generate_sample(
         noise = cabin.SensorNoise(np.random.default_rng([seed, 0]))
         total = len(numbers) * len(CLASSES) * images_per_class_driver + test_images
         with tqdm(total=total, desc="drawing sample", unit="img", disable=not progress) as bar:
-            rows, size = _draw_train(staging, numbers, images_per_class_driver, seed, noise, bar)
-            test_names, test_size = _draw_test(staging, numbers[0], test_images, seed, noise, bar)
+            rows, size = _draw_train(staging, numbers, images_per_class_driver, seed, noise, bar, shift)
+            test_names, test_size = _draw_test(staging, numbers[0], test_images, seed, noise, bar, shift)
         (staging / DRIVER_LIST).write_text(_csv_text(DRIVER_LIST_HEADER, rows))
         uniform = [f"{1 / len(CLASSES):.1f}"] * len(CLASSES)
         (staging / SAMPLE_SUBMISSION).write_text(_csv_text(("img", *CLASSES), [(n, *uniform) for n in test_names]))
@@ -183,12 +190,12 @@ def generate_sample(
     )
 
 
-def _draw_train(root: Path, numbers, per_class: int, seed: int, noise, bar) -> tuple[list[tuple], int]:
+def _draw_train(root: Path, numbers, per_class: int, seed: int, noise, bar, shift=None) -> tuple[list[tuple], int]:
     for name in CLASSES:
         (root / TRAIN_DIR / name).mkdir(parents=True)
     rows, size = [], 0
     for driver in numbers:
-        look = _look(seed, 1, driver)
+        look = _look(seed, 1, driver, shift)
         light = cabin.lighting_map(look)
         image_numbers = iter(_train_numbers(driver, len(CLASSES) * per_class, seed))
         for class_i, classname in enumerate(CLASSES):
@@ -203,10 +210,10 @@ def _draw_train(root: Path, numbers, per_class: int, seed: int, noise, bar) -> t
     return rows, size
 
 
-def _draw_test(root: Path, first: int, count: int, seed: int, noise, bar) -> tuple[list[str], int]:
+def _draw_test(root: Path, first: int, count: int, seed: int, noise, bar, shift=None) -> tuple[list[str], int]:
     """Unlabelled frames of drivers that are not in the training batch, as in Kaggle's test set."""
     (root / TEST_DIR).mkdir(parents=True)
-    looks = [_look(seed, 3, first * TEST_DRIVERS + j) for j in range(TEST_DRIVERS)]
+    looks = [_look(seed, 3, first * TEST_DRIVERS + j, shift) for j in range(TEST_DRIVERS)]
     lights = [cabin.lighting_map(look) for look in looks]
     slots = np.random.default_rng([seed, first, 4]).permutation(SLOTS // 2)[:count]
     names, size = [], 0

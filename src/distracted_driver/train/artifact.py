@@ -6,14 +6,20 @@ Contents (flat, at the archive root):
   output ``probabilities`` float32 ``[batch, 10]`` (softmax already applied:
   every row non-negative and summing to 1, which ``probability_problem`` checks);
   it is the file serving loads (``ModelArtifact.served_model_path``), so it is
-  the one the gate scores;
+  the one the gate scores. A second output ``features`` float32 ``[batch, F]``
+  (the pooled penultimate-layer features the head reads) is for monitoring
+  only: the model server fetches ``probabilities`` alone, so its answers do not
+  depend on it, and models exported before it existed lack it;
 - ``labels.json``: ``[{"index", "class", "label"}]`` for c0..c9;
 - ``preprocess.json``: ``distracted_driver.data.imaging.Preprocessing`` as a dict;
 - ``metrics.json``: validation metrics (``log_loss``, ``accuracy``, …) as the
   training job measured them: information for people, never evidence for the
   gate, which scores the model itself;
 - ``provenance.json``: ``model_version`` (the training job name), data manifest
-  hash, code version, hyperparameters, timings.
+  hash, code version, hyperparameters, timings;
+- ``baseline.json`` and ``baseline.npz`` (optional: artifacts trained before
+  monitoring lack them): what the drift report compares live traffic with,
+  written and read by ``train.baseline``.
 
 Readers (server, gate, batch prediction) use ``load_artifact`` or ``unpack_artifact``.
 """
@@ -37,8 +43,11 @@ PREPROCESS_FILE = "preprocess.json"
 METRICS_FILE = "metrics.json"
 PROVENANCE_FILE = "provenance.json"
 REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, PREPROCESS_FILE, METRICS_FILE, PROVENANCE_FILE)
+BASELINE_FILE = "baseline.json"
+BASELINE_ARRAYS_FILE = "baseline.npz"
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
+FEATURES_NAME = "features"
 # How far a row of the output may sum from 1 (float32 softmax over ten classes is within 1e-6).
 PROBABILITY_TOLERANCE = 1e-3
 

@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     """Train, export, evaluate the export on the validation channel, write the artifact files. Returns the metrics."""
     import torch
 
+    from distracted_driver.train.baseline import record_baseline
     from distracted_driver.train.channel import read_records
     from distracted_driver.train.evaluate import evaluate_artifact, write_report
     from distracted_driver.train.export import export_onnx
@@ -227,6 +228,12 @@ def run(args: argparse.Namespace) -> dict:
          f"(PyTorch {best['val_log_loss']:.4f})")
     if config.mode == "frozen" and config.device == "cpu" and gap > EXPORT_AGREEMENT:
         raise RuntimeError(f"the exported model's validation log loss differs from PyTorch's by {gap:.2e}")
+    started = time.perf_counter()
+    baseline = record_baseline(exported, args.train, args.validation)
+    baseline_seconds = time.perf_counter() - started
+    _log(f"monitoring baseline: {baseline['validation']['images']} validation images, image statistics of "
+         f"{baseline['image_statistics']['images']}, {baseline['features']['components']} feature directions "
+         f"({baseline['features']['explained_variance']:.0%} of the variance) in {baseline_seconds:.1f}s")
 
     metrics.update({
         "mode": config.mode,
@@ -242,6 +249,7 @@ def run(args: argparse.Namespace) -> dict:
         **result.timings,
         "export_seconds": export_seconds,
         "evaluate_seconds": evaluate_seconds,
+        "baseline_seconds": baseline_seconds,
         "total_seconds": time.perf_counter() - job_started,
     }
     if result.feature_images_per_second:
