@@ -109,7 +109,8 @@ def data_sample(c, out=None, drivers=26, images_per_class_driver=3, test_images=
     },
 )
 def data_add(c, from_=None, backend=None):
-    """Add a labelled batch to the bucket's raw data and write a new data manifest (exit 2 if anything was refused)."""
+    """Add a labelled batch to the bucket's raw data and write a new data manifest (exit 2 if anything was refused
+    or, in a batch exported by monitor.export, rows are not reviewed yet)."""
 
     from distracted_driver.data.ingest import IngestError, add_data
     from distracted_driver.storage import open_storage
@@ -122,8 +123,10 @@ def data_add(c, from_=None, backend=None):
     except IngestError as error:
         raise Exit(str(error), code=2) from None
     print(report)
-    if report.refused:
-        raise Exit(f"{len(report.refused)} image(s) refused (listed above)", code=2)
+    if report.refused or report.unreviewed:
+        left_out = [f"{len(report.refused)} image(s) refused (listed above)"] if report.refused else []
+        left_out += [f"{len(report.unreviewed)} row(s) not reviewed"] if report.unreviewed else []
+        raise Exit(" and ".join(left_out), code=2)
 
 
 data.add_task(data_sample)

@@ -7,9 +7,10 @@ computed with the artifact's **served** model file and its ``preprocess.json``:
   class of every image (counts per class; the true labels' counts beside them), every
   image's confidence (its top probability), and the pooled penultimate-layer features
   (the model's ``features`` output): their mean and covariance, the principal directions
-  of that covariance that the drift report measures distances along, and the validation
-  features projected on those directions (so the report can calibrate a distance by the
-  one between parts of validation of the size it sees);
+  of that covariance that the drift report measures distances along (each scaled to unit
+  variance), and the validation features in those coordinates, in channel order, which is
+  the driver list's order (so the report can calibrate a distance by the one between parts
+  of validation that hold different drivers);
 - on training and validation images alike (the model plays no part): the per-image
   statistics of ``data.image_stats``, measured on the channel records as ``data.convert``
   wrote them, at most ``MAX_STATISTIC_IMAGES`` spread evenly over both channels.
@@ -41,7 +42,6 @@ MAX_STATISTIC_IMAGES = 5000
 # Distances are measured along at most this many principal directions of the validation features:
 # a covariance of 1280 dimensions cannot be estimated from a few hundred captured images, 64 can.
 MAX_COMPONENTS = 64
-DECIMALS = 6
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,9 @@ class Baseline:
     summary: dict  # baseline.json
     feature_mean: np.ndarray  # [F]
     feature_covariance: np.ndarray  # [F, F]
-    projection: np.ndarray  # [F, k]: principal directions of the covariance, largest variance first
-    validation_projected: np.ndarray  # [n, k]: each validation image's features, centred, on those directions
+    projection: np.ndarray  # [F, k]: principal directions of the covariance (largest variance first), each
+    # divided by its standard deviation, so that the baseline has unit variance along every one
+    validation_projected: np.ndarray  # [n, k]: each validation image's features in those coordinates, in channel order
 
     @property
     def predicted_counts(self) -> np.ndarray:
@@ -66,7 +67,7 @@ class Baseline:
         return np.asarray(self.summary["image_statistics"]["values"][name], dtype=np.float64)
 
     def project(self, features: np.ndarray) -> np.ndarray:
-        """Features ``[n, F]`` in the baseline's principal coordinates ``[n, k]``."""
+        """Features ``[n, F]`` in the baseline's principal coordinates ``[n, k]`` (centred, unit variance)."""
         return (np.asarray(features, dtype=np.float64) - self.feature_mean) @ self.projection
 
 
@@ -81,7 +82,8 @@ def record_baseline(artifact: ModelArtifact, train_dir: str | Path, validation_d
     training, _ = read_records(train_dir)
     statistics, unreadable = _image_statistics([*training, *validation])
     mean, covariance = features.mean(axis=0), np.cov(features, rowvar=False)
-    projection, variances = principal_directions(covariance, components=min(MAX_COMPONENTS, len(features) // 4))
+    directions, variances = principal_directions(covariance, components=min(MAX_COMPONENTS, len(features) // 4))
+    projection = directions / np.sqrt(np.maximum(variances, variances.max() * 1e-12))
     summary = {
         "format": FORMAT,
         "model_file": artifact.served_model_path.name,
@@ -91,13 +93,13 @@ def record_baseline(artifact: ModelArtifact, train_dir: str | Path, validation_d
             "skipped": len(skipped),
             "predicted_counts": _counts(probabilities.argmax(axis=1)),
             "label_counts": _counts(labels),
-            "confidences": _rounded(probabilities.max(axis=1)),
+            "confidences": _floats(probabilities.max(axis=1)),
         },
         "image_statistics": {
             "measured_on": "channel records as data.convert wrote them",
             "images": len(statistics[STATISTICS[0]]),
             "unreadable": unreadable,
-            "values": {name: _rounded(values) for name, values in statistics.items()},
+            "values": {name: _floats(values) for name, values in statistics.items()},
         },
         "features": {
             "dimension": int(features.shape[1]),
@@ -182,8 +184,9 @@ def _counts(indices) -> dict[str, int]:
     return {name: int(counts[i]) for i, name in enumerate(CLASSES)}
 
 
-def _rounded(values) -> list[float]:
-    return [round(float(v), DECIMALS) for v in values]
+def _floats(values) -> list[float]:
+    # Not rounded: a captured value compared with its rounded twin would differ by the rounding.
+    return [float(v) for v in values]
 
 
 def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
