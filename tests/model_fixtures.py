@@ -220,6 +220,17 @@ def softmax_removed(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def features_exposed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same network with its pooled ``features`` (what its head reads; both networks here name them so)
+    also a graph output, as the training job exports models for monitoring."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    width = next(int(init.dims[0]) for init in graph.initializer if init.name in ("dense_w", "weights"))
+    graph.output.append(helper.make_tensor_value_info(contract.FEATURES_NAME, TensorProto.FLOAT, ["batch", width]))
+    onnx.checker.check_model(model)
+    return model
+
+
 def derived_artifact(source: FixtureArtifact | Path, out_dir: str | Path, version: str, *,
                      model=None, preprocessing: Preprocessing | None = None,
                      metrics: dict | None = None) -> FixtureArtifact:

@@ -16,7 +16,8 @@ import pytest
 
 from distracted_driver.storage import open_storage
 from distracted_driver.train import job as train_job
-from distracted_driver.train.artifact import REQUIRED_FILES, unpack_artifact
+from distracted_driver.train.artifact import BASELINE_ARRAYS_FILE, BASELINE_FILE, REQUIRED_FILES, unpack_artifact
+from distracted_driver.train.baseline import load_baseline
 from distracted_driver.train.evaluate import evaluate_artifact, evaluate_model
 from distracted_driver.train.registry import Registry
 from distracted_driver.train.runner import SCRIPT, TrainingJobFailed, hyperparameter_args, new_job_name, run_local_job
@@ -68,7 +69,7 @@ def test_local_job_leaves_a_valid_artifact_in_the_bucket(trained_job, tmp_path):
     tar = tmp_path / "model.tar.gz"
     storage.get_file(f"models/{job}/output/model.tar.gz", tar)
     with tarfile.open(tar) as archive:
-        assert sorted(archive.getnames()) == sorted(REQUIRED_FILES)
+        assert sorted(archive.getnames()) == sorted([*REQUIRED_FILES, BASELINE_FILE, BASELINE_ARRAYS_FILE])
     artifact = unpack_artifact(tar, tmp_path / "model")
     assert artifact.version == job
     assert artifact.preprocessing.input_size == 160
@@ -85,6 +86,15 @@ def test_local_job_leaves_a_valid_artifact_in_the_bucket(trained_job, tmp_path):
     assert metrics["log_loss"] < np.log(10)
     entry = Registry(storage, settings).get(job)
     assert entry["metrics"]["log_loss"] == artifact.metrics["log_loss"]
+
+    # The monitoring baseline, from the served model: its answers on validation, its 1280 features.
+    baseline = load_baseline(artifact)
+    assert baseline.summary["validation"]["label_counts"] == {c: v["support"] for c, v in metrics["per_class"].items()}
+    confidences = np.sort(baseline.confidences)
+    assert len(confidences) == metrics["examples"] and 0.1 <= confidences[0] <= confidences[-1] <= 1.0
+    assert baseline.summary["image_statistics"]["images"] == 60
+    assert baseline.feature_mean.shape == (1280,) and baseline.projection.shape == (1280, metrics["examples"] // 4)
+    assert provenance["timings"]["baseline_seconds"] > 0
 
 
 @pytest.mark.slow
