@@ -1129,6 +1129,56 @@ infra.add_task(infra_destroy)
 infra.add_task(infra_outputs)
 infra.add_task(infra_push_image)
 
+# --- monitor ---------------------------------------------------------------
+
+monitor = Collection("monitor")
+
+
+@task(
+    name="report",
+    help={
+        "since": "the window: a duration before now (24h, 90m, 2d) or an ISO time (default 24h)",
+        "variant": "only this production variant's traffic (default: all)",
+        "thresholds": "drift thresholds file (default load_test/drift.toml)",
+        "out": "where the report folder goes (default reports/monitor)",
+        "backend": "local or aws (aws also puts the figures to CloudWatch)",
+    },
+)
+def monitor_report(c, since="24h", variant=None, thresholds=None, out=None, backend=None):
+    """Drift of the captured traffic against the live model's baseline; exit 0 no drift, 3 drift, 1 too few requests."""
+    from distracted_driver.monitor.report import drift_report, parse_since
+
+    result = drift_report(_settings(backend), since=parse_since(since), variant=variant or None,
+                          thresholds=thresholds, out_root=out, progress=True)
+    print((result.directory / "summary.txt").read_text(), end="")
+    print(f"report: {result.directory}")
+    if result.exit_code:
+        raise Exit(result.line, code=result.exit_code)
+
+
+@task(
+    name="export",
+    help={
+        "out": "directory for the review batch (must not exist or be empty)",
+        "since": "the window: a duration before now (24h, 90m, 2d) or an ISO time (default 24h)",
+        "variant": "only this production variant's traffic (default: all)",
+        "low_confidence_only": "only answers below the low_confidence threshold of the drift thresholds file",
+        "thresholds": "drift thresholds file (default load_test/drift.toml)",
+        "backend": "local or aws bucket",
+    },
+)
+def monitor_export(c, out, since="24h", variant=None, low_confidence_only=False, thresholds=None, backend=None):
+    """Captured images as a State Farm-layout batch waiting for review; then inv data.add --from OUT."""
+    from distracted_driver.monitor.export import export_window
+    from distracted_driver.monitor.report import parse_since
+
+    print(export_window(_settings(backend), out, since=parse_since(since), variant=variant or None,
+                        low_confidence_only=low_confidence_only, thresholds=thresholds))
+
+
+monitor.add_task(monitor_report)
+monitor.add_task(monitor_export)
+
 # --- top level --------------------------------------------------------------
 
 
@@ -1150,4 +1200,4 @@ def down(c):
     demo_job.down(_settings())
 
 
-ns = Collection(demo, down, data, train, model, predict, serve, deploy, api, loadtest, pipeline, infra)
+ns = Collection(demo, down, data, train, model, predict, serve, deploy, api, loadtest, pipeline, monitor, infra)

@@ -25,6 +25,7 @@ from distracted_driver.data.convert import ConvertOptions
 from distracted_driver.data.image_stats import STATISTICS
 from distracted_driver.monitor import drift, plots
 from distracted_driver.monitor.traffic import Traffic, observe
+from distracted_driver.train.artifact import ArtifactError
 from distracted_driver.train.baseline import Baseline
 
 EXIT_DRIFT = 3
@@ -196,7 +197,10 @@ def drift_report(settings: Settings, since: datetime | None = None, variant: str
     if Registry(storage, settings).live() is None:
         raise MonitorError("no model is live: deploy one first (inv pipeline.run or inv deploy.create)")
     artifact = fetch_artifact(settings, "live", storage)
-    baseline = load_baseline(artifact)
+    try:
+        baseline = load_baseline(artifact)
+    except ArtifactError as error:
+        raise MonitorError(str(error)) from None
     options, options_note = convert_options(storage, settings, artifact.provenance.get("data_manifest_sha256"))
     records = iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since,
                                    variant=variant)
