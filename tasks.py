@@ -385,20 +385,42 @@ predict = Collection("predict")
 
 @task(
     name="batch",
+    auto_shortflags=False,  # invoke would give --max-payload-mb the short flag "-" (m, a and x are taken)
     help={
-        "images": "directory of JPEG/PNG images to classify (e.g. a Kaggle imgs/test)",
+        "images": "directory of JPEG/PNG images to classify (e.g. a Kaggle imgs/test); with --backend aws also "
+                  "s3://<bucket>/<transform prefix>/... (a directory is uploaded there first)",
         "model": "training job name, 'latest' (newest trained) or 'live' (deployed); default latest",
         "out": "CSV to write in sample_submission.csv format (default submission.csv)",
-        "batch_size": "images per ONNX Runtime run (default 32)",
-        "workers": "decode threads (default: all cores)",
-        "backend": "local or aws bucket (default local)",
+        "batch_size": "local: images per ONNX Runtime run (default 32)",
+        "workers": "local: decode threads (default: all cores); aws: threads checking and moving images (default 16)",
+        "backend": "local (this machine) or aws (SageMaker Batch Transform); default local",
+        "instances": "aws: instances of the transform job (default 1)",
+        "instance_type": "aws: instance type (default: the serving type, or the next size Batch Transform offers)",
+        "max_concurrent": "aws: requests in flight to each instance, MaxConcurrentTransforms (default 8)",
+        "max_payload_mb": "aws: MaxPayloadInMB, the largest image a request carries (default 6)",
     },
 )
-def predict_batch(c, images, model="latest", out="submission.csv", batch_size=32, workers=0, backend=None):
-    """Classify a directory of images with a trained model and write a Kaggle submission CSV."""
+def predict_batch(c, images, model="latest", out="submission.csv", batch_size=32, workers=0, backend=None,
+                  instances=1, instance_type="", max_concurrent=8, max_payload_mb=6):
+    """Classify images with a trained model and write a Kaggle submission CSV (here, or on SageMaker Batch Transform)."""
+    settings = _settings(backend)
+    if settings.backend == "aws":
+        from distracted_driver.hosting.batch_transform import TransformOptions, run_batch_transform
+
+        options = TransformOptions(instances, instance_type or None, max_concurrent, max_payload_mb,
+                                   workers=workers or 16)
+        result = run_batch_transform(settings, model, images, out, options)
+        print(f"{result.summary()} -> {out}")
+        for note in result.notes:
+            print(f"  {note}")
+        for name, reason in result.batch.failed:
+            print(f"  skipped {name}: {reason}")
+        if result.error:
+            raise Exit(result.error, code=1)
+        return
     from distracted_driver.serve.batch_predict import predict_directory
 
-    result = predict_directory(_settings(backend), model, images, out, batch_size, workers or None)
+    result = predict_directory(settings, model, images, out, batch_size, workers or None)
     print(f"{result.summary()} -> {out}")
     for name, reason in result.failed:
         print(f"  skipped {name}: {reason}")

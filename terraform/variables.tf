@@ -118,6 +118,17 @@ variable "pipeline_prefix" {
   }
 }
 
+variable "transform_prefix" {
+  description = "Bucket prefix of Batch Transform: images to score (anywhere under it) and each job's manifest and outputs."
+  type        = string
+  default     = "transform"
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9_-]*$", var.transform_prefix))
+    error_message = "prefixes are one path segment without slashes."
+  }
+}
+
 variable "serving_instance_type" {
   description = "Instance type of the endpoint's variant (the pipeline's DD_SERVING_INSTANCE_TYPE)."
   type        = string

@@ -22,7 +22,7 @@ from distracted_driver.infra import iam
 REPO = Path(__file__).resolve().parents[1]
 TERRAFORM = REPO / "terraform"
 DRIVEN = ["test_sagemaker_hosting.py", "test_sagemaker_training.py", "test_lambda_handler.py", "test_trigger.py",
-          "test_preflight.py", "test_state_across_runs.py"]
+          "test_preflight.py", "test_state_across_runs.py", "test_batch_transform.py"]
 ACCOUNT, REGION = iam.ACCOUNT, "us-east-1"
 
 
@@ -35,7 +35,11 @@ def test_every_operation_of_every_role_is_granted(env, recorded_calls):
     assert roles == {"codebuild", "sagemaker-execution", "predict-lambda", "trigger-lambda", "apigateway-logging"}
     actions = {op.action for op in report.operations}
     assert {"sagemaker:UpdateEndpointWeightsAndCapacities", "iam:PassRole", "kms:Encrypt", "logs:FilterLogEvents",
-            "ecr:DescribeImages", "sagemaker:InvokeEndpoint", "codebuild:StartBuild"} <= actions
+            "ecr:DescribeImages", "sagemaker:InvokeEndpoint", "codebuild:StartBuild", "sagemaker:CreateTransformJob",
+            "sagemaker:DescribeTransformJob", "sagemaker:StopTransformJob"} <= actions
+    transform = {(op.role, op.action) for op in report.operations if "transform" in op.resource.lower()}
+    assert {("codebuild", "s3:PutObject"), ("codebuild", "logs:FilterLogEvents"), ("sagemaker-execution", "s3:GetObject"),
+            ("sagemaker-execution", "s3:PutObject"), ("sagemaker-execution", "logs:PutLogEvents")} <= transform
     print(f"IAM coverage [{env}]: {report.summary()}")
 
 
@@ -71,6 +75,13 @@ TRAIN = {"role": "codebuild", "service": "sagemaker", "operation": "CreateTraini
     "TrainingJobName": "dd-20260101-000000-aaaa", "RoleArn": f"arn:aws:iam::{ACCOUNT}:role/dd-sagemaker",
     "InputDataConfig": [{"ChannelName": "train", "DataSource": {"S3DataSource": {"S3Uri": "s3://b/data/train/"}}}],
     "OutputDataConfig": {"S3OutputPath": "s3://b/models", "KmsKeyId": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/k"}}}
+TRANSFORM = {"role": "codebuild", "service": "sagemaker", "operation": "CreateTransformJob", "params": {
+    "TransformJobName": "distracted-driver-batch-20260101-000000-abcd", "ModelName": "distracted-driver-dd-1",
+    "TransformInput": {"DataSource": {"S3DataSource": {
+        "S3DataType": "ManifestFile", "S3Uri": "s3://b/transform/distracted-driver-batch-20260101-000000-abcd/input.manifest"}}},
+    "TransformOutput": {"S3OutputPath": "s3://b/transform/distracted-driver-batch-20260101-000000-abcd/output/",
+                        "KmsKeyId": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/k"},
+    "TransformResources": {"InstanceType": "ml.c5.xlarge", "InstanceCount": 1}}}
 READ_LOG = {"role": "codebuild", "service": "logs", "operation": "FilterLogEvents",
             "params": {"logGroupName": "/aws/sagemaker/TrainingJobs", "logStreamNamePrefix": "dd-1/"}}
 
@@ -85,6 +96,13 @@ READ_LOG = {"role": "codebuild", "service": "logs", "operation": "FilterLogEvent
      READ_LOG, "codebuild", "logs:FilterLogEvents", "codebuild/ReadTrainingLogs"),
     ('    resources = [aws_iam_role.sagemaker.arn]\n', '    resources = ["arn:aws:iam::123456789012:role/other"]\n',
      TRAIN, "codebuild", "iam:PassRole", "codebuild/PassExecutionRole"),
+    ('"sagemaker:CreateTransformJob", ', "", TRANSFORM, "codebuild", "sagemaker:CreateTransformJob",
+     "codebuild/TransformJobs"),
+    ('resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*"]', 'resources = ["${var.data_bucket_arn}/other/*"]',
+     TRANSFORM, "sagemaker-execution", "s3:GetObject", "sagemaker/"),
+    ('resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*/output/*"]',
+     'resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*/results/*"]',
+     TRANSFORM, "sagemaker-execution", "s3:PutObject", "sagemaker/"),
 ])
 def test_a_missing_grant_names_the_operation_the_role_and_the_statement(tmp_path, old, new, call, role, action, statement):
     assert iam.check(TERRAFORM, TERRAFORM / "envs" / "dev.tfvars", [call]).ok  # granted as it is

@@ -31,7 +31,8 @@ def test_the_configuration_is_wired_to_the_code():
     assert {"lambda-endpoint", "lambda-invokes-only-its-endpoint", "binary-media-types", "autoscaling-resource-id",
             "rollback-alarm-names", "trigger-prefix", "trigger-policy-project-only", "defaults-agree",
             "checkov-skips-justified", "lambda-timeouts", "autoscaling-validation-grants", "ecr-keeps-model-images",
-            "lambda-no-reservation-unless-asked", "logs-arn-form", "lifecycle-filter-not-empty"} <= checks
+            "lambda-no-reservation-unless-asked", "logs-arn-form", "lifecycle-filter-not-empty", "transform-job-names",
+            "transform-prefixes"} <= checks
     assert {f.variant for f in report.findings} == {"defaults", "dev", "prod"}
 
 
@@ -100,6 +101,13 @@ def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
      "filter {}", "lifecycle-filter-not-empty"),
     ("modules/api/main.tf", "depends_on = [aws_iam_role_policy_attachment.apigateway_logs]", "",
      "api-account-after-role-policy"),
+    # Batch Transform (issue 13): the job names the code makes, the prefixes the execution role reads and writes
+    ("modules/iam/main.tf", 'transform-job/${var.endpoint_name}-batch-*', "transform-job/${var.endpoint_name}-transform-*",
+     "transform-job-names"),
+    ("modules/iam/main.tf", 'resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*/output/*"]',
+     'resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*"]', "transform-prefixes"),
+    ("main.tf", "DD_TRANSFORM_PREFIX         = var.transform_prefix", 'DD_TRANSFORM_PREFIX         = "batch"',
+     "settings-match-variables"),
     ("modules/storage/main.tf", "#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; everything here is rebuilt from the raw images, which are versioned.",
      "#checkov:skip=CKV_AWS_144:cost", "checkov-skips-justified"),
 ])

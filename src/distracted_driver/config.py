@@ -42,6 +42,7 @@ class Settings:
     models_prefix: str = "models"
     registry_prefix: str = "registry"
     pipeline_prefix: str = "pipeline"
+    transform_prefix: str = "transform"  # Batch Transform: images to score, each job's manifest and outputs
     # Hosting.
     endpoint_name: str = "distracted-driver"
     variant_name: str = "AllTraffic"

@@ -9,7 +9,8 @@ infra.check`` verifies the Terraform side):
 - rollback alarms: ``<endpoint>-invocation-5xx-errors`` and ``<endpoint>-model-latency``
   (created by Terraform's ``alarms`` module);
 - scalable target ``endpoint/<endpoint>/variant/<variant>``, policy
-  ``<endpoint>-<variant>-invocations-per-instance``.
+  ``<endpoint>-<variant>-invocations-per-instance``;
+- Batch Transform jobs (``hosting.batch_transform``): ``<endpoint>-batch-<UTC time>-<hex>``.
 
 A deploy creates the model and endpoint config, then either creates the
 endpoint (first deploy: it also registers autoscaling, because nothing else
@@ -87,6 +88,7 @@ LINEAR_PERCENT_RANGE = (10, 50)
 MIN_INSTANCES_FOR_STEPS = 2
 # Tag that keeps a kept model's image from the ECR lifecycle policy (terraform/modules/ecr).
 MODEL_IMAGE_TAG_PREFIX = "model-"
+TRANSFORM_JOB_INFIX = "batch"
 
 
 class HostingError(RuntimeError):
@@ -106,6 +108,11 @@ def scalable_resource_id(endpoint: str, variant: str) -> str:
 
 def scaling_policy_name(endpoint: str, variant: str) -> str:
     return f"{endpoint}-{variant}-invocations-per-instance"
+
+
+def transform_job_prefix(endpoint: str) -> str:
+    """What every Batch Transform job name of this endpoint starts with (Terraform's grant names the same)."""
+    return f"{endpoint}-{TRANSFORM_JOB_INFIX}-"
 
 
 def version_resource_name(endpoint: str, version: str) -> str:
@@ -331,6 +338,13 @@ class SageMakerHosting(Hosting):
         except KeyNotFound:
             return None
         return status.get("algorithm")
+
+    def ensure_model(self, model: ModelSpec) -> str:
+        """The SageMaker model that serves ``model`` (``<endpoint>-<version>``), made once: the endpoint's
+        configs and Batch Transform jobs (``hosting.batch_transform``) run the same one."""
+        name = version_resource_name(self.endpoint, model.version)
+        self._ensure_model(name, model)
+        return name
 
     def _ensure_model(self, name: str, model: ModelSpec) -> None:
         if self._exists(self.sagemaker.describe_model, ModelName=name):

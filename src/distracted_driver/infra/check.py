@@ -9,6 +9,8 @@ variable defaults and once per ``envs/<env>.tfvars`` and asks, for each:
 - autoscaling and the rollback alarms name ``endpoint/<name>/variant/<variant>``
   exactly as ``hosting.aws`` does (resource id, policy name, alarm names); the drift
   alarm watches the metric ``monitor.cloudwatch`` puts, and is no rollback alarm;
+- CodeBuild may run transform jobs named as ``hosting.batch_transform`` names them,
+  and the SageMaker role reads the transform prefix and writes only its jobs' outputs;
 - the S3 notification fires on ``<raw_prefix>/manifests/*.json`` (what ``data.add``
   writes) into the trigger Lambda, whose role may start builds of the pipeline's
   project and nothing else;
@@ -41,6 +43,7 @@ from distracted_driver.hosting.aws import (
     rollback_alarm_names,
     scalable_resource_id,
     scaling_policy_name,
+    transform_job_prefix,
 )
 from distracted_driver.hosting.base import AlarmThresholds, ScalingPolicy
 from distracted_driver.infra.ecr import Image, lifecycle_expired
@@ -302,10 +305,15 @@ class _Checker:
                     "PassRole only of the SageMaker execution role, only to SageMaker")
         endpoint = self.var("endpoint_name")
         named = [r for s in statements for r in s["resources"] if ":sagemaker:" in r]
+        jobs = transform_job_prefix(endpoint)
         self.expect("codebuild-sagemaker-names",
                     all(r.endswith((f":endpoint/{endpoint}", f":model/{endpoint}-*", f":endpoint-config/{endpoint}-*",
-                                    ":training-job/dd-*")) for r in named),
+                                    ":training-job/dd-*", f":transform-job/{jobs}*")) for r in named),
                     f"SageMaker resources {named}")
+        transform = [r for s in statements if "sagemaker:CreateTransformJob" in s["actions"] for r in s["resources"]]
+        self.expect("transform-job-names",
+                    len(transform) == 1 and transform[0].endswith(f":transform-job/{jobs}*"),
+                    f"CreateTransformJob on {transform} (hosting.batch_transform names jobs {jobs}…)")
 
     def lambda_concurrency(self) -> None:
         """Lambda keeps 100 executions unreserved; new accounts often have 10 in all."""
@@ -362,6 +370,14 @@ class _Checker:
                     sorted(r.rsplit("/", 2)[-2] for r in read) == sorted([data, models])
                     and [r.rsplit("/", 2)[-2] for r in write] == [models],
                     f"reads {read}, writes {write}")
+        transform = self.var("transform_prefix")
+        inputs = statements.get("ReadTransformInputs", {}).get("resources", [])
+        outputs = statements.get("WriteTransformOutputs", {}).get("resources", [])
+        self.expect("transform-prefixes",
+                    [r.split("/", 1)[-1] for r in inputs] == [f"{transform}/*"]
+                    and [r.split("/", 1)[-1] for r in outputs] == [f"{transform}/*/output/*"],
+                    f"Batch Transform reads {inputs}, writes {outputs} (hosting.batch_transform: images under "
+                    f"{transform}/, outputs under {transform}/<job>/output/)")
 
     def pipeline_settings(self) -> None:
         values = self.config.root.value(self.config.root_module.locals["pipeline_settings"])
@@ -372,6 +388,7 @@ class _Checker:
             "DD_ENDPOINT_NAME": "endpoint_name", "DD_VARIANT_NAME": "variant_name", "DD_REGION": "region",
             "DD_DATA_PREFIX": "data_prefix", "DD_RAW_PREFIX": "raw_prefix", "DD_MODELS_PREFIX": "models_prefix",
             "DD_REGISTRY_PREFIX": "registry_prefix", "DD_PIPELINE_PREFIX": "pipeline_prefix",
+            "DD_TRANSFORM_PREFIX": "transform_prefix",
         }
         wrong = {key: values.get(key) for key, var in same.items() if values.get(key) != self.var(var)}
         self.expect("settings-match-variables", not wrong, f"mismatched {wrong}" if wrong else "names and prefixes agree")
@@ -387,7 +404,7 @@ def _defaults_agree(config: Configuration) -> list[Finding]:
         "endpoint_name": settings.endpoint_name, "variant_name": settings.variant_name, "region": settings.region,
         "data_prefix": settings.data_prefix, "raw_prefix": settings.raw_prefix, "models_prefix": settings.models_prefix,
         "registry_prefix": settings.registry_prefix, "pipeline_prefix": settings.pipeline_prefix,
-        "serving_instance_type": settings.serving_instance_type,
+        "transform_prefix": settings.transform_prefix, "serving_instance_type": settings.serving_instance_type,
         "training_instance_type": settings.training_instance_type,
         "autoscaling_min_instances": scaling.min_instances, "autoscaling_max_instances": scaling.max_instances,
         "autoscaling_target_invocations": scaling.target_invocations_per_instance,

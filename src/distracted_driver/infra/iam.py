@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distracted_driver.hosting.aws import TRANSFORM_JOB_INFIX
 from distracted_driver.infra.check import Finding
 from distracted_driver.infra.check import Report as check_report
 from distracted_driver.infra.hcl import Configuration
@@ -67,7 +68,8 @@ UNAUTHORIZED_CALLS = {("sts", "GetCallerIdentity")}
 PARAMETERS = {
     "BucketName": "Bucket", "ObjectName": "Key", "LogGroupName": "logGroupName", "RepositoryName": "repositoryName",
     "ProjectName": "projectName", "EndpointName": "EndpointName", "EndpointConfigName": "EndpointConfigName",
-    "ModelName": "ModelName", "TrainingJobName": "TrainingJobName", "RoleNameWithPath": "RoleName",
+    "ModelName": "ModelName", "TrainingJobName": "TrainingJobName", "TransformJobName": "TransformJobName",
+    "RoleNameWithPath": "RoleName",
 }
 
 
@@ -315,6 +317,10 @@ def operations_from_calls(calls: list[dict], region: str) -> list[Operation]:
 PASS_ROLE = "https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html#sagemaker-roles-pass-role"
 TRAINING_ROLE = "https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html#sagemaker-roles-createtrainingjob-perms"
 MODEL_ROLE = "https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html#sagemaker-roles-createmodel-perms"
+TRANSFORM_ROLE = ("https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html"
+                  "#sagemaker-roles-createtransformjob-perms")
+TRANSFORM_OUTPUT_KMS = ("https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_TransformOutput.html "
+                        "(KmsKeyId: the key policy must grant the role the model runs as)")
 KMS_OUTPUT = ("https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_OutputDataConfig.html "
               "(KmsKeyId: the execution role needs kms:Encrypt)")
 AUTOSCALING_CHECK = "https://docs.aws.amazon.com/sagemaker/latest/dg/endpoint-auto-scaling-prerequisites.html"
@@ -376,6 +382,8 @@ def implied(call: dict, region: str) -> list[Operation]:
             for action in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"):
                 add("sagemaker-execution", action, f"arn:{p}:ecr:{r}:{a}:repository/{image.group(1)}", MODEL_ROLE)
             add("sagemaker-execution", "ecr:GetAuthorizationToken", "*", MODEL_ROLE)
+    if service == "sagemaker" and operation == "CreateTransformJob":
+        ops += _transform_job(params, region)
     if service == "sagemaker" and operation == "CreateEndpoint":
         group = f"arn:{p}:logs:{r}:{a}:log-group:/aws/sagemaker/Endpoints/{params['EndpointName']}"
         for action in ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"):
@@ -397,6 +405,33 @@ def implied(call: dict, region: str) -> list[Operation]:
         alarm = f"arn:{p}:cloudwatch:{r}:{a}:alarm:TargetTracking-{params['ResourceId']}-AlarmHigh-0c0ffee0"
         for action in ("cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"):
             add(call["role"], action, alarm, TARGET_TRACKING)
+    return ops
+
+
+def _transform_job(params: dict, region: str) -> list[Operation]:
+    """What a transform job does as the model's execution role: read its input, write its outputs and log."""
+    p, r, a, role = PARTITION, region, ACCOUNT, "sagemaker-execution"
+    here = (("aws:RequestedRegion", region),)
+    source = params["TransformInput"]["DataSource"]["S3DataSource"]
+    bucket, key = _s3(source["S3Uri"])
+    if source.get("S3DataType") == "ManifestFile":
+        # the manifest, then the objects it names (a directory's images are uploaded beside it, under input/)
+        reads = [key, f"{key.rsplit('/', 1)[0]}/input/part"]
+    else:
+        reads = [f"{key.rstrip('/')}/part"]
+    ops = [Operation(role, "s3:GetObject", f"arn:{p}:s3:::{bucket}/{read}", here, TRANSFORM_ROLE) for read in reads]
+    if source.get("S3DataType") == "S3Prefix":
+        ops.append(Operation(role, "s3:ListBucket", f"arn:{p}:s3:::{bucket}", here, TRANSFORM_ROLE))
+    output = params["TransformOutput"]
+    bucket, key = _s3(output["S3OutputPath"])
+    ops.append(Operation(role, "s3:PutObject", f"arn:{p}:s3:::{bucket}/{key.rstrip('/')}/part.out", here,
+                         TRANSFORM_ROLE))
+    if output.get("KmsKeyId"):
+        ops += [Operation(role, action, output["KmsKeyId"], here, TRANSFORM_OUTPUT_KMS)
+                for action in ("kms:Encrypt", "kms:GenerateDataKey", "kms:Decrypt")]
+    stream = (f"arn:{p}:logs:{r}:{a}:log-group:/aws/sagemaker/TransformJobs:log-stream:"
+              f"{params['TransformJobName']}/i-0c0ffee0/data-log")
+    ops += [Operation(role, action, stream, here, TRANSFORM_ROLE) for action in ("logs:CreateLogStream", "logs:PutLogEvents")]
     return ops
 
 
@@ -511,7 +546,8 @@ def env_names(rendered: Rendered) -> dict[str, str]:
 # Which request fields carry which of the names the settings give.
 NAMED_BY = {
     "bucket": {"Bucket", "S3Uri", "S3OutputPath", "ModelDataUrl", "sagemaker_submit_directory", "CopySource"},
-    "endpoint": {"EndpointName", "ModelName", "EndpointConfigName", "ResourceId", "PolicyName", "AlarmNames"},
+    "endpoint": {"EndpointName", "ModelName", "EndpointConfigName", "ResourceId", "PolicyName", "AlarmNames",
+                 "TransformJobName"},
     "repository": {"repositoryName", "Image"},
     "role": {"RoleArn", "ExecutionRoleArn"},
     "key": {"KmsKeyId", "SSEKMSKeyId"},
@@ -541,7 +577,9 @@ def rename(calls: list[dict], names: dict[str, str]) -> list[dict]:
         for kind, keys in NAMED_BY.items():
             if key in keys:
                 found = re.search(_FOUND_BY[kind], text)
-                if found and (kind != "endpoint" or key in ("EndpointName", "ResourceId")):
+                if key == "TransformJobName":  # <endpoint>-batch-<time>-<hex>
+                    found = re.search(rf"^(.+?)-{TRANSFORM_JOB_INFIX}-\d{{8}}-\d{{6}}-[0-9a-f]+$", text)
+                if found and (kind != "endpoint" or key in ("EndpointName", "ResourceId", "TransformJobName")):
                     seen[kind].add(next(group for group in found.groups() if group))
         return text
 

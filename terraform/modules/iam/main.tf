@@ -5,7 +5,8 @@ locals {
   endpoint_arn    = "${local.sagemaker_arn}:endpoint/${var.endpoint_name}"
   codebuild_logs  = "/aws/codebuild/${var.codebuild_project_name}"
   training_logs   = "/aws/sagemaker/TrainingJobs"
-  pipeline_prefix = [var.data_prefix, var.raw_prefix, var.models_prefix, var.registry_prefix, var.pipeline_prefix]
+  transform_logs  = "/aws/sagemaker/TransformJobs"
+  pipeline_prefix = [var.data_prefix, var.raw_prefix, var.models_prefix, var.registry_prefix, var.pipeline_prefix, var.transform_prefix]
 }
 
 data "aws_iam_policy_document" "trust" {
@@ -31,7 +32,7 @@ data "aws_iam_policy_document" "trust" {
   }
 }
 
-# --- SageMaker execution role: training jobs and the endpoint's models ----------------
+# --- SageMaker execution role: training jobs, the endpoint's models, Batch Transform -----
 
 data "aws_iam_policy_document" "sagemaker" {
   statement {
@@ -53,6 +54,19 @@ data "aws_iam_policy_document" "sagemaker" {
     sid       = "WriteTrainingOutputs"
     actions   = ["s3:PutObject"]
     resources = ["${var.data_bucket_arn}/${var.models_prefix}/*"]
+  }
+
+  statement {
+    sid       = "ReadTransformInputs"
+    actions   = ["s3:GetObject"]
+    resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*"]
+  }
+
+  statement {
+    sid = "WriteTransformOutputs"
+    # Batch Transform uploads each .out by multipart upload and aborts it on an error.
+    actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
+    resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*/output/*"]
   }
 
   statement {
@@ -131,6 +145,16 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   statement {
+    sid     = "ReadTransformLogs"
+    actions = ["logs:FilterLogEvents", "logs:GetLogEvents", "logs:DescribeLogStreams"]
+    # A transform job's data log says why an image got no output.
+    resources = [
+      "${local.logs_arn}:log-group:${local.transform_logs}:*",
+      "${local.logs_arn}:log-group:${local.transform_logs}:log-stream:*",
+    ]
+  }
+
+  statement {
     sid       = "PipelineBucketList"
     actions   = ["s3:ListBucket", "s3:GetBucketLocation"]
     resources = [var.data_bucket_arn]
@@ -183,6 +207,12 @@ data "aws_iam_policy_document" "codebuild" {
     sid       = "TrainingJobs"
     actions   = ["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob", "sagemaker:AddTags"]
     resources = ["${local.sagemaker_arn}:training-job/dd-*"]
+  }
+
+  statement {
+    sid       = "TransformJobs"
+    actions   = ["sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob", "sagemaker:StopTransformJob", "sagemaker:AddTags"]
+    resources = ["${local.sagemaker_arn}:transform-job/${var.endpoint_name}-batch-*"]
   }
 
   statement {

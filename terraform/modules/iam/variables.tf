@@ -68,6 +68,11 @@ variable "pipeline_prefix" {
   type        = string
 }
 
+variable "transform_prefix" {
+  description = "Prefix of Batch Transform: images to score, each job's manifest (read) and outputs (written)."
+  type        = string
+}
+
 variable "api_function_name" {
   description = "Name of the predict Lambda (its log group is /aws/lambda/<name>)."
   type        = string
