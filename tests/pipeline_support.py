@@ -52,11 +52,12 @@ def run_cli(settings: Settings, *args: str, python_flags: tuple[str, ...] = (), 
                           capture_output=True, text=True, timeout=timeout)
 
 
-def sample_batch(directory: Path, drivers: int, per_class: int, seed: int, first_driver: int | None = None) -> Path:
+def sample_batch(directory: Path, drivers: int, per_class: int, seed: int, first_driver: int | None = None,
+                 shift: str | None = None) -> Path:
     from distracted_driver.data.sample import generate_sample
 
     generate_sample(directory, drivers=drivers, images_per_class_driver=per_class, test_images=0, seed=seed,
-                    first_driver=first_driver, progress=False)
+                    first_driver=first_driver, progress=False, shift=shift)
     return directory
 
 

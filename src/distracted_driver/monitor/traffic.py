@@ -60,9 +60,13 @@ class Traffic:
 
 
 def answer_probabilities(output) -> np.ndarray | None:
-    """The ten probabilities of a parsed endpoint answer, or None when it is not such an answer."""
+    """The ten probabilities of a parsed endpoint answer, or None when it is not such an answer.
+
+    The answer is the model server's JSON list, its verbose object (``probabilities``), or
+    ``{"prediction": [...]}`` as the built-in algorithm may answer; an error answer is None.
+    """
     if isinstance(output, dict):
-        output = output.get("probabilities")
+        output = output.get("probabilities", output.get("prediction"))
         if isinstance(output, dict):  # keyed by class, as the REST API answers
             output = [output.get(name) for name in CLASSES]
     if not isinstance(output, list) or len(output) != len(CLASSES):
