@@ -95,3 +95,41 @@ def test_a_damaged_baseline_is_refused_with_the_reason(monitored, tmp_path):
     shutil.copy(artifact.directory / BASELINE_ARRAYS_FILE, copy / BASELINE_ARRAYS_FILE)
     with pytest.raises(ArtifactError, match="format 99"):
         load_baseline(load_artifact(copy))
+
+
+# --- the verdict over a baseline ---------------------------------------------------------------
+
+
+def _traffic_like_validation(artifact, tiny_channels, refused: int = 0):
+    """Traffic whose every figure is validation's own (as if validation were sent again), plus refusals."""
+    from distracted_driver.monitor.traffic import Traffic
+
+    baseline = load_baseline(artifact)
+    records, _ = read_records(tiny_channels / "validation")
+    classifier = Classifier(artifact)
+    outputs = [classifier.predict_with_features(batch.images) for batch in
+               decoded_batches(records, artifact.preprocessing, 8)]
+    return baseline, Traffic(
+        requests=len(records) + refused, refused=[(f"bad-{i}", "the image fails the check") for i in range(refused)],
+        event_ids=[record.source for record in records],
+        probabilities=np.concatenate([p for p, _ in outputs]).astype(np.float64),
+        statistics={name: baseline.statistic(name)[-len(records):] for name in STATISTICS},
+        features=np.concatenate([f for _, f in outputs]).astype(np.float64))
+
+
+def test_the_verdict_needs_enough_answers_except_for_refusals(monitored, tiny_channels):
+    from distracted_driver.monitor.drift import DriftThresholds
+    from distracted_driver.monitor.report import judge
+
+    artifact, _ = monitored
+    baseline, traffic = _traffic_like_validation(artifact, tiny_channels)
+    judged = judge(traffic, baseline, DriftThresholds(min_records=10))
+    assert judged["verdict"] == "no-drift" and judged["drifted_checks"] == []
+    assert judged["checks"]["predicted_classes"]["psi"] == pytest.approx(0.0, abs=1e-9)
+    assert judged["checks"]["features"]["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
+    assert judge(traffic, baseline, DriftThresholds())["verdict"] == "too-few"  # 20 answers < 50
+    # Refusals are judged on the requests: 20 answers and 40 refusals of 60 requests is drift.
+    baseline, refusing = _traffic_like_validation(artifact, tiny_channels, refused=40)
+    judged = judge(refusing, baseline, DriftThresholds())
+    assert judged["verdict"] == "drift" and judged["drifted_checks"] == ["refused"]
+    assert judged["checks"]["features"]["drifted"] is None  # 20 answers: not judged

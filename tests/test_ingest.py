@@ -327,6 +327,11 @@ def test_rows_not_reviewed_are_counted_and_left_out_and_the_rest_added(bucket, b
     listing = latest_manifest(storage, settings)
     assert {e["subject"] for e in listing["images"]} == {"p300"} and listing["batch"]["unreviewed"] == 13
     assert sorted(Path(e["key"]).name for e in listing["images"]) == sorted(row[2] for row in rows[1:8])
+    for row in rows[8:]:  # the rest reviewed later: only they are added
+        row[0] = "p301"
+    _write_rows(batch / "driver_imgs_list.csv", rows)
+    later = add_data(storage, settings, batch, progress=False)
+    assert (len(later.added), len(later.skipped), later.unreviewed) == (13, 7, [])
 
 
 def test_a_label_corrected_in_the_row_or_by_moving_the_file_is_taken(bucket, batch):

@@ -68,12 +68,17 @@ def judge(traffic: Traffic, baseline: Baseline, limits: drift.DriftThresholds) -
         covariance = baseline.projection.T @ baseline.feature_covariance @ baseline.projection
         checks["features"] = drift.feature_shift(baseline.project(traffic.features), covariance,
                                                  baseline.validation_projected, limits)
+    # Too few requests decide nothing; too few answers decide nothing but the share of refusals.
+    for name, check in _flat(checks):
+        needed = traffic.requests if name == "refused" else traffic.answered
+        if needed < limits.min_records:
+            check["drifted"] = None
     drifted = sorted(name for name, check in _flat(checks) if check.get("drifted"))
-    if traffic.answered < limits.min_records:
-        verdict = "too-few"
+    if drifted:
+        verdict = "drift"
     else:
-        verdict = "drift" if drifted else "no-drift"
-    return {"verdict": verdict, "drifted_checks": drifted if verdict != "too-few" else [], "checks": checks}
+        verdict = "no-drift" if traffic.answered >= limits.min_records else "too-few"
+    return {"verdict": verdict, "drifted_checks": drifted, "checks": checks}
 
 
 def _flat(checks: dict):
