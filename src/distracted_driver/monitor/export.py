@@ -128,7 +128,7 @@ def export_window(settings: Settings, out_dir: str | Path, since=None, variant: 
 
     limit = None
     if low_confidence_only:
-        limit = DriftThresholds.load(thresholds or settings.root / THRESHOLDS).low_confidence
+        limit = DriftThresholds.load(thresholds or THRESHOLDS).low_confidence
     records = iter_capture_records(open_storage(settings), settings.capture_prefix, settings.endpoint_name,
                                    since=since, variant=variant)
     return export_for_review(records, out_dir, limit)

@@ -30,7 +30,8 @@ from distracted_driver.train.baseline import Baseline
 
 EXIT_DRIFT = 3
 EXIT_TOO_FEW = 1
-THRESHOLDS = Path("load_test") / "drift.toml"
+# Beside the load test's SLOs (load_test/slo.toml), in the repository (or the installed tree).
+THRESHOLDS = Path(__file__).resolve().parents[3] / "load_test" / "drift.toml"
 SHOWN_REFUSALS = 20  # refused requests listed in report.json (all are counted)
 
 
@@ -197,7 +198,7 @@ def drift_report(settings: Settings, since: datetime | None = None, variant: str
     from distracted_driver.train.registry import Registry
 
     now = now or datetime.now(timezone.utc)
-    limits = drift.DriftThresholds.load(thresholds or settings.root / THRESHOLDS)
+    limits = drift.DriftThresholds.load(thresholds or THRESHOLDS)
     storage = open_storage(settings)
     if Registry(storage, settings).live() is None:
         raise MonitorError("no model is live: deploy one first (inv pipeline.run or inv deploy.create)")
