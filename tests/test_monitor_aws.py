@@ -6,7 +6,10 @@ Run with the IAM recorder too (``tests/test_iam.py``): the report's S3 reads and
 
 from __future__ import annotations
 
+import csv
+import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import boto3
 import pytest
@@ -23,6 +26,7 @@ from distracted_driver.train.baseline import record_baseline
 from distracted_driver.train.registry import Registry
 from model_fixtures import features_exposed, tiny_onnx_model, write_artifact
 
+REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dd-monitor-bucket"
 VERSION = "dd-20261130-000000-abcd"
 
@@ -43,7 +47,12 @@ def captured_on_s3(aws, tmp_path, tiny_channels):
     registry.set_live(VERSION)
 
     classifier = Classifier(artifact)
-    images = [path.read_bytes() for path in sorted((tiny_channels.parent / "sample" / "imgs" / "train").rglob("*.jpg"))]
+    # The validation drivers' own frames: traffic exactly like the baseline's.
+    drivers = set(json.loads((tiny_channels / "manifest.json").read_text())["splits"]["validation"]["drivers"])
+    sample = tiny_channels.parent / "sample"
+    with open(sample / "driver_imgs_list.csv", newline="") as handle:
+        images = [(sample / "imgs" / "train" / row["classname"] / row["img"]).read_bytes()
+                  for row in csv.DictReader(handle) if row["subject"] in drivers]
     when = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
     lines = []
     for number, image in enumerate(images):
@@ -57,9 +66,17 @@ def captured_on_s3(aws, tmp_path, tiny_channels):
     return settings, len(images), when
 
 
+def _thresholds(tmp_path):
+    """The shipped thresholds, but 20 requests are enough: the tiny sample has 20 validation images."""
+    path = tmp_path / "drift.toml"
+    path.write_text((REPO / "load_test" / "drift.toml").read_text().replace("min_records = 50", "min_records = 20"))
+    return path
+
+
 def test_the_report_reads_s3_and_puts_its_figures_to_cloudwatch(captured_on_s3, tmp_path):
     settings, sent, when = captured_on_s3
-    result = drift_report(settings, since=when - timedelta(minutes=1), out_root=tmp_path / "reports")
+    result = drift_report(settings, since=when - timedelta(minutes=1), out_root=tmp_path / "reports",
+                          thresholds=_thresholds(tmp_path))
     assert result.report["records"]["answered"] == sent
     # The baseline's own images sent again: nothing drifted.
     assert result.verdict == "no-drift", result.report["drifted_checks"]

@@ -65,7 +65,8 @@ def test_refusals_are_counted_and_the_rest_measured_as_records_are(classifier, t
     as_record = image_statistics(decode_image(transform(images[0], ConvertOptions())))
     assert {name: values[0] for name, values in traffic.statistics.items()} == as_record
     assert as_record["size"] == 341 * 256
-    # Features of the live model on the image as the model server prepares it.
-    expected = classifier.predict_with_features(classifier.prepare(images[0])[None])[1][0]
+    # Features of the live model on that same record-form image, prepared by its preprocess.json.
+    record_form = transform(images[0], ConvertOptions())
+    expected = classifier.predict_with_features(classifier.prepare(record_form)[None])[1][0]
     assert np.allclose(traffic.features[0], expected, atol=1e-6)
     assert traffic.predicted_counts.sum() == len(images)
