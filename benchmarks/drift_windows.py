@@ -12,8 +12,14 @@ what the runtime captured (``monitor.report.drift_report`` with ``--since`` the 
 Prints one row per window: accuracy of the live model on it (the generator knows the classes), the
 verdict, the checks that drifted, and the figures (PSI, low-confidence share, confidence KS, the
 largest image-statistic KS, the feature-distance ratio), then the thresholds. Draws each figure over
-its limit per window (``--plot``). Last line: ``like-training max/limit ... shifted min/limit ...``
-for the figures that separate them.
+its limit per window (``--plot``).
+
+Then the labelling loop on the night window: ``monitor.export`` of its captured images, labels and
+drivers from the generator (the reviewer), ``data.add``, a pipeline run (retraining; the gate
+judges), and the log loss of the old and the new live model on night drivers neither saw.
+
+Last lines: ``like-training max/limit ... shifted min/limit ...`` for the figures that separate
+them, and ``loop: ...`` with both log losses.
 """
 
 from __future__ import annotations
@@ -112,6 +118,51 @@ def plot(rows: list[tuple[str, dict, dict]], png: Path) -> None:
     plt.close(fig)
 
 
+def labelling_loop(settings: Settings, root: Path, old: str, since: datetime, batch: Path) -> str:
+    """Export the night window for review, label it from the generator, add it, retrain; both models' scores."""
+    import csv
+
+    from distracted_driver.hashing import sha256_bytes
+    from distracted_driver.monitor.export import export_window
+    from distracted_driver.serve.inference import Classifier
+    from distracted_driver.serve.model_cache import fetch_artifact
+    from distracted_driver.train.evaluate import log_loss
+    from distracted_driver.train.registry import Registry
+
+    with open(batch / "driver_imgs_list.csv", newline="") as handle:
+        truth = {sha256_bytes((batch / "imgs" / "train" / r["classname"] / r["img"]).read_bytes()): r
+                 for r in csv.DictReader(handle)}
+    review = root / "review"
+    exported = export_window(settings, review, since=since)
+    with open(review / "driver_imgs_list.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    for row in rows[1:]:
+        known = truth[sha256_bytes((review / "imgs" / "train" / row[3] / row[2]).read_bytes())]
+        row[0], row[1] = known["subject"], known["classname"]
+    with open(review / "driver_imgs_list.csv", "w", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(rows)
+    added = add_data(open_storage(settings), settings, review, progress=False)
+    started = time.perf_counter()
+    record = run_pipeline(settings, RunOptions(load_seconds=0.0, wait_seconds=1.0, bake_seconds=1.0),
+                          log=lambda message: None, stream=None, progress=False)
+    new = Registry(open_storage(settings), settings).live()["job"]
+    unseen = root / "night-unseen"
+    generate_sample(unseen, drivers=4, images_per_class_driver=2, test_images=0, seed=8, first_driver=800,
+                    shift="night", progress=False)
+    paths = sorted((unseen / "imgs" / "train").glob("c*/*.jpg"))
+    labels = np.array([int(p.parent.name[1:]) for p in paths])
+    scores = {}
+    for job in (old, new):
+        classifier = Classifier(fetch_artifact(settings, job))
+        batch_in = np.stack([classifier.prepare(p.read_bytes()) for p in paths])
+        probabilities = np.concatenate([classifier.predict(batch_in[i:i + 32]) for i in range(0, len(paths), 32)])
+        scores[job] = (log_loss(labels, probabilities), float((probabilities.argmax(1) == labels).mean()))
+    return (f"loop: exported {exported.exported}, added {len(added.added)}, pipeline {record.outcome} in "
+            f"{time.perf_counter() - started:.0f} s; on {len(paths)} images of 4 night drivers neither model saw: "
+            f"live {old} log loss {scores[old][0]:.4f} (accuracy {scores[old][1]:.3f}), "
+            f"new {new} log loss {scores[new][0]:.4f} (accuracy {scores[new][1]:.3f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--drivers", type=int, default=10, help="new drivers per window")
@@ -145,6 +196,8 @@ def main() -> int:
                                 seed=3, first_driver=first, shift=shift, progress=False)
                 paths = sorted((batch / "imgs" / "train").glob("c*/*.jpg"))
                 since, truth, answers = send_window(settings, client, paths)
+                if shift == "night":
+                    night_since, night_batch = since, batch
                 wait_for_capture(settings, since, len(paths))
                 timer = time.perf_counter()
                 result = drift_report(settings, since=since, out_root=root / "reports")
@@ -167,6 +220,7 @@ def main() -> int:
                                f"shifted min {min(r[1][key] / r[2][key] for r in shifted):.2f} (of the limit)")
             print(f"plot: {args.plot}")
             print("; ".join(summary))
+            print(labelling_loop(settings, root, record.model_version, night_since, night_batch))
         finally:
             open_hosting(settings).delete()
     return 0
