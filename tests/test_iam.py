@@ -22,7 +22,7 @@ from distracted_driver.infra import iam
 REPO = Path(__file__).resolve().parents[1]
 TERRAFORM = REPO / "terraform"
 DRIVEN = ["test_sagemaker_hosting.py", "test_sagemaker_training.py", "test_lambda_handler.py", "test_trigger.py",
-          "test_preflight.py", "test_state_across_runs.py", "test_batch_transform.py"]
+          "test_preflight.py", "test_state_across_runs.py", "test_batch_transform.py", "test_monitor_aws.py"]
 ACCOUNT, REGION = iam.ACCOUNT, "us-east-1"
 
 
@@ -37,6 +37,7 @@ def test_every_operation_of_every_role_is_granted(env, recorded_calls):
     assert {"sagemaker:UpdateEndpointWeightsAndCapacities", "iam:PassRole", "kms:Encrypt", "logs:FilterLogEvents",
             "ecr:DescribeImages", "sagemaker:InvokeEndpoint", "codebuild:StartBuild", "sagemaker:CreateTransformJob",
             "sagemaker:DescribeTransformJob", "sagemaker:StopTransformJob"} <= actions
+    assert ("codebuild", "cloudwatch:PutMetricData") in {(op.role, op.action) for op in report.operations}
     transform = {(op.role, op.action) for op in report.operations if "transform" in op.resource.lower()}
     assert {("codebuild", "s3:PutObject"), ("codebuild", "logs:FilterLogEvents"), ("sagemaker-execution", "s3:GetObject"),
             ("sagemaker-execution", "s3:PutObject"), ("sagemaker-execution", "logs:PutLogEvents")} <= transform
@@ -82,6 +83,8 @@ TRANSFORM = {"role": "codebuild", "service": "sagemaker", "operation": "CreateTr
     "TransformOutput": {"S3OutputPath": "s3://b/transform/distracted-driver-batch-20260101-000000-abcd/output/",
                         "KmsKeyId": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/k"},
     "TransformResources": {"InstanceType": "ml.c5.xlarge", "InstanceCount": 1}}}
+PUT_DRIFT = {"role": "codebuild", "service": "monitoring", "operation": "PutMetricData", "params": {
+    "Namespace": "DistractedDriver/Drift", "MetricData": [{"MetricName": "Drift", "Value": 1.0}]}}
 READ_LOG = {"role": "codebuild", "service": "logs", "operation": "FilterLogEvents",
             "params": {"logGroupName": "/aws/sagemaker/TrainingJobs", "logStreamNamePrefix": "dd-1/"}}
 
@@ -103,6 +106,8 @@ READ_LOG = {"role": "codebuild", "service": "logs", "operation": "FilterLogEvent
     ('resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*/output/*"]',
      'resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*/results/*"]',
      TRANSFORM, "sagemaker-execution", "s3:PutObject", "sagemaker/"),
+    ('values   = ["DistractedDriver/Drift"]', 'values   = ["DistractedDriver/Other"]', PUT_DRIFT, "codebuild",
+     "cloudwatch:PutMetricData", "codebuild/DriftMetrics"),
 ])
 def test_a_missing_grant_names_the_operation_the_role_and_the_statement(tmp_path, old, new, call, role, action, statement):
     assert iam.check(TERRAFORM, TERRAFORM / "envs" / "dev.tfvars", [call]).ok  # granted as it is
