@@ -5,8 +5,8 @@
 Trains the demo's model (the pipeline on the default sample: 26 drivers, 5 of them in validation,
 frozen backbone, 224 px), deploys it on the local runtime with every request captured, then sends
 windows of traffic through the endpoint, each of new drivers (``--drivers``, ``--per-class`` images
-of each class): three drawn like training (other drivers each time), then night, another camera
-angle and a new cabin (``inv data.sample --shift``). Each window is judged by the drift report on
+of each class): three drawn like training (other drivers each time), then another camera angle, a
+new cabin and night (``inv data.sample --shift``). Each window is judged by the drift report on
 what the runtime captured (``monitor.report.drift_report`` with ``--since`` the window's start).
 
 Prints one row per window: accuracy of the live model on it (the generator knows the classes), the
@@ -46,8 +46,9 @@ from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
+# The night window comes last: the labelling loop exports everything captured since it began.
 WINDOWS = (("like training A", None, 100), ("like training B", None, 300), ("like training C", None, 600),
-           ("night", "night", 200), ("camera angle", "angle", 400), ("new cabin", "cabin", 500))
+           ("camera angle", "angle", 400), ("new cabin", "cabin", 500), ("night", "night", 200))
 
 
 def send_window(settings: Settings, client, paths: list[Path]) -> tuple[datetime, list[int], list[int]]:
