@@ -66,7 +66,8 @@ def test_traffic_drawn_like_training_is_not_drift(live, tmp_path):
     done, report = _report(live, since)
     assert done.returncode == 0, done.stdout + done.stderr
     assert report["verdict"] == "no-drift" and report["drifted_checks"] == []
-    assert report["records"] == {"requests": sent, "answered": sent, "refused": 0, "answered_by": {}}
+    assert report["records"] == {"requests": sent, "answered": sent, "refused": 0, "answered_by": {},
+                                 "unreadable_lines": 0}
     checks = report["checks"]
     assert checks["features"]["ratio"] < report["thresholds"]["max_frechet_ratio"]
     assert checks["predicted_classes"]["psi"] < 0.1

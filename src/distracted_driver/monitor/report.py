@@ -208,8 +208,9 @@ def drift_report(settings: Settings, since: datetime | None = None, variant: str
     except ArtifactError as error:
         raise MonitorError(str(error)) from None
     options, options_note = convert_options(storage, settings, artifact.provenance.get("data_manifest_sha256"))
+    unreadable: list[str] = []
     records = iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since,
-                                   variant=variant)
+                                   variant=variant, skipped=unreadable)
     traffic = observe(records, Classifier(artifact), options, progress)
     if traffic.requests == 0:
         where = storage.uri(f"{settings.capture_prefix}/{settings.endpoint_name}/")
@@ -226,7 +227,7 @@ def drift_report(settings: Settings, since: datetime | None = None, variant: str
                   "baseline_validation_images": baseline.summary["validation"]["images"],
                   "baseline_statistic_images": baseline.summary["image_statistics"]["images"]},
         "records": {"requests": traffic.requests, "answered": traffic.answered, "refused": len(traffic.refused),
-                    "answered_by": dict(traffic.model_versions)},
+                    "answered_by": dict(traffic.model_versions), "unreadable_lines": len(unreadable)},
         "refusals": [{"event_id": event, "reason": why} for event, why in traffic.refused[:SHOWN_REFUSALS]],
         "convert_options": {**options.to_dict(), "note": options_note},
         "thresholds": limits.to_dict(),
