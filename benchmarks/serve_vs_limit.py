@@ -126,18 +126,27 @@ async def closed_loop(url: str, payloads: list[bytes], clients: int, seconds: fl
 
 async def open_loop(url: str, payloads: list[bytes], rate: float, seconds: float) -> tuple[np.ndarray, int]:
     """Requests started at a fixed ``rate`` for ``seconds`` whatever the answers; (latencies in s, failures)."""
-    latencies, failures = [], 0
+    latencies, _, failures = await tagged_open_loop(url, payloads, rate, seconds, tag=lambda: None)
+    return latencies, failures
+
+
+async def tagged_open_loop(url: str, payloads: list[bytes], rate: float, seconds: float,
+                           tag) -> tuple[np.ndarray, list, int]:
+    """``open_loop``, each answer also tagged with ``tag()`` as it was when its request started;
+    (latencies in s, their tags, failures)."""
+    latencies, tags, failures = [], [], 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
                                      timeout=aiohttp.ClientTimeout(total=60)) as session:
         headers = {"Content-Type": "image/jpeg"}
 
         async def one(i: int) -> None:
             nonlocal failures
-            started = time.perf_counter()
+            started, label = time.perf_counter(), tag()
             async with session.post(url, data=payloads[i % len(payloads)], headers=headers) as response:
                 await response.read()
                 if response.status == 200:
                     latencies.append(time.perf_counter() - started)
+                    tags.append(label)
                 else:
                     failures += 1
 
@@ -149,7 +158,7 @@ async def open_loop(url: str, payloads: list[bytes], rate: float, seconds: float
                 await asyncio.sleep(delay)
             tasks.append(asyncio.ensure_future(one(i)))
         await asyncio.gather(*tasks)
-    return np.asarray(latencies), failures
+    return np.asarray(latencies), tags, failures
 
 
 # --- endpoints ----------------------------------------------------------------------------
@@ -158,6 +167,14 @@ async def open_loop(url: str, payloads: list[bytes], rate: float, seconds: float
 @contextmanager
 def router_endpoint(tar_path: Path, workdir: Path):
     """One-instance endpoint of the local runtime; yields its invocation URL."""
+    with router_hosting(tar_path, workdir) as hosting:
+        base = hosting.status()["runtime_url"].rstrip("/")
+        yield f"{base}/endpoints/{hosting.settings.endpoint_name}/invocations"
+
+
+@contextmanager
+def router_hosting(tar_path: Path, workdir: Path, **options):
+    """One-instance endpoint of the local runtime; yields its ``LocalHosting`` (``options`` go to it)."""
     from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting
     from distracted_driver.hosting.local import LocalHosting
     from distracted_driver.storage import open_storage
@@ -170,13 +187,12 @@ def router_endpoint(tar_path: Path, workdir: Path):
     key = f"{settings.models_prefix}/{VERSION}/output/model.tar.gz"
     storage.put_file(tar_path, key)
     Registry(storage, settings).register(VERSION, load_artifact(tar_path.parent / "model"))
-    hosting = LocalHosting(settings)
+    hosting = LocalHosting(settings, **options)
     try:
         result = hosting.deploy(ModelSpec(VERSION, key), TrafficRouting(strategy="all-at-once"), AlarmThresholds())
         if result.outcome != "deployed":
             raise RuntimeError(f"deploy failed: {result.outcome} {result.reason}")
-        base = hosting.status()["runtime_url"].rstrip("/")
-        yield f"{base}/endpoints/{settings.endpoint_name}/invocations"
+        yield hosting
     finally:
         hosting.delete()
 

@@ -38,6 +38,7 @@ locals {
     DD_REGISTRY_PREFIX          = var.registry_prefix
     DD_PIPELINE_PREFIX          = var.pipeline_prefix
     DD_TRANSFORM_PREFIX         = var.transform_prefix
+    DD_CAPTURE_PREFIX           = var.capture_prefix
     DD_SERVING_INSTANCE_TYPE    = var.serving_instance_type
     DD_TRAINING_INSTANCE_TYPE   = var.training_instance_type
     DD_SERVING_IMAGE_REPOSITORY = module.ecr.repository_url
@@ -86,6 +87,7 @@ module "iam" {
   registry_prefix        = var.registry_prefix
   pipeline_prefix        = var.pipeline_prefix
   transform_prefix       = var.transform_prefix
+  capture_prefix         = var.capture_prefix
   api_function_name      = local.api_function_name
   codebuild_project_name = local.codebuild_project_name
   parameter_path         = local.parameter_path

@@ -107,6 +107,17 @@ variable "registry_prefix" {
   }
 }
 
+variable "capture_prefix" {
+  description = "Bucket prefix of the endpoint's data capture (<prefix>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl)."
+  type        = string
+  default     = "capture"
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9_-]*$", var.capture_prefix))
+    error_message = "prefixes are one path segment without slashes."
+  }
+}
+
 variable "pipeline_prefix" {
   description = "Bucket prefix of pipeline run records and the pipeline lock."
   type        = string

@@ -100,8 +100,29 @@ def test_models_come_from_the_bucket_through_a_cache(settings, make_artifact):
 def test_predict_directory_from_the_bucket(settings, images, model, tmp_path):
     model.publish(open_storage(settings))
     result = predict_directory(settings, model.version, images, tmp_path / "sub.csv", batch_size=8, progress=False)
-    assert len(result.names) == GOOD and len(result.failed) == 2
-    assert len((tmp_path / "sub.csv").read_text().splitlines()) == GOOD + 1
+    assert result.predicted == GOOD and len(result.failed) == 2
+    assert not result.names  # the rows went to the CSV as they came, not into memory
+    rows = list(csv.reader((tmp_path / "sub.csv").open()))
+    in_memory = predict_images(load_artifact(model.directory), list_images(images), batch_size=3, progress=False)
+    assert [r[0] for r in rows[1:]] == in_memory.names
+    assert np.allclose(np.asarray([r[1:] for r in rows[1:]], float), in_memory.probabilities, atol=1e-5)
+
+
+def test_an_interrupted_prediction_leaves_no_csv(settings, images, model, tmp_path, monkeypatch):
+    model.publish(open_storage(settings))
+    runs = []
+    real_predict = Classifier.predict
+
+    def interrupted(self, batch):
+        runs.append(len(batch))
+        if len(runs) == 2:
+            raise KeyboardInterrupt
+        return real_predict(self, batch)
+
+    monkeypatch.setattr(Classifier, "predict", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict_directory(settings, model.version, images, tmp_path / "out" / "sub.csv", batch_size=4, progress=False)
+    assert runs == [4, 4] and list((tmp_path / "out").iterdir()) == []
 
 
 @pytest.mark.slow

@@ -85,6 +85,11 @@ TRANSFORM = {"role": "codebuild", "service": "sagemaker", "operation": "CreateTr
     "TransformResources": {"InstanceType": "ml.c5.xlarge", "InstanceCount": 1}}}
 PUT_DRIFT = {"role": "codebuild", "service": "monitoring", "operation": "PutMetricData", "params": {
     "Namespace": "DistractedDriver/Drift", "MetricData": [{"MetricName": "Drift", "Value": 1.0}]}}
+CAPTURE = {"role": "codebuild", "service": "sagemaker", "operation": "CreateEndpointConfig", "params": {
+    "EndpointConfigName": "distracted-driver-dev-dd-1--cap25-0c0ffe",
+    "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "distracted-driver-dev-dd-1"}],
+    "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 25, "DestinationS3Uri": "s3://b/capture",
+                          "CaptureOptions": [{"CaptureMode": "Input"}], "KmsKeyId": f"arn:aws:kms:{REGION}:{ACCOUNT}:key/k"}}}
 READ_LOG = {"role": "codebuild", "service": "logs", "operation": "FilterLogEvents",
             "params": {"logGroupName": "/aws/sagemaker/TrainingJobs", "logStreamNamePrefix": "dd-1/"}}
 
@@ -108,6 +113,9 @@ READ_LOG = {"role": "codebuild", "service": "logs", "operation": "FilterLogEvent
      TRANSFORM, "sagemaker-execution", "s3:PutObject", "sagemaker/"),
     ('values   = ["DistractedDriver/Drift"]', 'values   = ["DistractedDriver/Other"]', PUT_DRIFT, "codebuild",
      "cloudwatch:PutMetricData", "codebuild/DriftMetrics"),
+    ('    actions   = ["s3:PutObject"]\n    resources = ["${var.data_bucket_arn}/${var.capture_prefix}/*"]',
+     '    actions   = ["s3:GetObject"]\n    resources = ["${var.data_bucket_arn}/${var.capture_prefix}/*"]',
+     CAPTURE, "sagemaker-execution", "s3:PutObject", "sagemaker/WriteDataCapture"),
 ])
 def test_a_missing_grant_names_the_operation_the_role_and_the_statement(tmp_path, old, new, call, role, action, statement):
     assert iam.check(TERRAFORM, TERRAFORM / "envs" / "dev.tfvars", [call]).ok  # granted as it is

@@ -67,12 +67,53 @@ def test_sound_jpegs_decode_to_opencvs_pixels():
 
 
 @pytest.mark.parametrize("name", list(CORRUPT))
-def test_a_corrupt_jpeg_that_ends_with_its_end_marker_is_refused(name):
+@pytest.mark.parametrize("min_size", [0, 224, 32])
+def test_a_corrupt_jpeg_that_ends_with_its_end_marker_is_refused(name, min_size):
     data, words = CORRUPT[name]
     assert data.endswith(b"\xff\xd9")
     assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None  # OpenCV would take it
     with pytest.raises(ImageError, match=words):
-        decode_image(data)
+        decode_image(data, min_size=min_size)  # a reduced scale still entropy-decodes every block
+
+
+def test_dct_scaled_decoding_takes_the_smallest_power_of_two_scale_that_keeps_both_edges():
+    frame = cv2.imdecode(np.frombuffer(camera_like_jpeg(seed=1), np.uint8), cv2.IMREAD_COLOR)
+    record = cv2.imencode(".jpg", cv2.resize(frame, (341, 256)), _flags([]))[1].tobytes()  # as data.convert stores it
+    camera = cv2.imencode(".jpg", frame, _flags([]))[1].tobytes()
+    expected = {  # (bytes, min_size) -> decoded height, width
+        (camera, 224): (240, 320),  # 1/2
+        (camera, 128): (240, 320),  # 1/2, not 3/8 (240x180): only power-of-two scales
+        (camera, 96): (120, 160),  # 1/4
+        (camera, 60): (60, 80),  # 1/8 exactly reaches 60
+        (camera, 241): (480, 640),  # 1/2 would give 240 rows: full size
+        (record, 224): (256, 341),  # the converter's 341x256 records: 1/2 is too small, not 7/8
+        (record, 96): (128, 171),  # 1/2, rounded up as libjpeg does
+        (camera, 0): (480, 640),
+    }
+    for (data, min_size), shape in expected.items():
+        assert decode_image(data, min_size=min_size).shape[:2] == shape, (min_size, shape)
+    # Reduced scales are libjpeg-turbo's own DCT scaling: OpenCV's reduced decodes give the same pixels.
+    for flag, min_size in ((cv2.IMREAD_REDUCED_COLOR_2, 224), (cv2.IMREAD_REDUCED_COLOR_4, 96),
+                           (cv2.IMREAD_REDUCED_COLOR_8, 60)):
+        np.testing.assert_array_equal(decode_image(camera, min_size=min_size),
+                                      cv2.imdecode(np.frombuffer(camera, np.uint8), flag))
+
+
+def test_pngs_and_the_jpegs_opencv_decodes_keep_their_full_size():
+    frame = cv2.imdecode(np.frombuffer(camera_like_jpeg(seed=1), np.uint8), cv2.IMREAD_COLOR)
+    jpeg = cv2.imencode(".jpg", frame, _flags([]))[1].tobytes()
+    for data in (cv2.imencode(".png", frame)[1].tobytes(), _exif_rotated(jpeg, 6), _cmyk_jpeg()):
+        np.testing.assert_array_equal(decode_image(data, min_size=64),
+                                      cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+
+
+def test_preprocess_json_without_the_field_means_full_decoding():
+    assert Preprocessing().jpeg_dct_scaling and Preprocessing().decode_min_size == 224
+    assert Preprocessing.from_dict(Preprocessing(input_size=96).to_dict()) == Preprocessing(input_size=96)
+    old = {k: v for k, v in Preprocessing().to_dict().items() if k != "jpeg_dct_scaling"}
+    assert Preprocessing.from_dict(old).decode_min_size == 0
+    with pytest.raises(ValueError, match="true or false"):
+        Preprocessing.from_dict({**old, "jpeg_dct_scaling": "yes"})
 
 
 def test_a_size_the_data_cannot_hold_is_refused_from_the_header():

@@ -44,10 +44,22 @@ def test_a_row_does_not_depend_on_its_batch(classifier):
     assert np.allclose(together, alone, atol=1e-6)
 
 
-def test_prepare_is_imaging_preprocess_with_the_artifact_parameters(classifier):
+def test_prepare_is_imaging_preprocess_with_the_artifact_parameters(classifier, make_artifact, tmp_path):
     data = encode(".jpg")
-    expected = preprocess(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), Preprocessing(input_size=64))
-    assert np.array_equal(classifier.prepare(data), expected)
+    # 640x480 for a 64-pixel input: 1/8 would give 80x60, below 64, so libjpeg-turbo decodes at 2/8 (160x120),
+    # as OpenCV's own reduced decode does.
+    quarter = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_4)
+    assert quarter.shape == (120, 160, 3)
+    assert np.array_equal(classifier.prepare(data), preprocess(quarter, Preprocessing(input_size=64)))
+    # An artifact whose preprocess.json predates the field was trained on full decodes, and keeps them.
+    old = tmp_path / "old"
+    shutil.copytree(make_artifact("inference-test-v1", seed=3).directory, old)
+    recorded = json.loads((old / "preprocess.json").read_text())
+    del recorded["jpeg_dct_scaling"]
+    (old / "preprocess.json").write_text(json.dumps(recorded))
+    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(Classifier(load_artifact(old), threads=1).prepare(data),
+                          preprocess(full, Preprocessing(input_size=64)))
 
 
 def test_seeds_give_different_models(make_artifact, classifier):

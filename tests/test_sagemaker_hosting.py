@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import boto3
 import pytest
@@ -229,24 +230,31 @@ def _not_found(stub: Stubber, operation: str, params: dict) -> None:
                           service_message=f"Could not find {operation[8:]}", expected_params=params)
 
 
-def _config(name: str, instance_type: str) -> dict:
-    return {"EndpointConfigName": name, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{name}",
-            "CreationTime": T0, "ProductionVariants": [
-                {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": instance_type}]}
+def _config(name: str, instance_type: str, capture: dict | None = None) -> dict:
+    model = name.split("--")[0]  # a config's model has the config's name without its capture part
+    config = {"EndpointConfigName": name, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{name}",
+              "CreationTime": T0, "ProductionVariants": [
+                  {"VariantName": "AllTraffic", "ModelName": model, "InitialInstanceCount": 1, "InstanceType": instance_type}]}
+    if capture:
+        config["DataCaptureConfig"] = capture
+    return config
 
 
-def _stub_instance_types(stub: Stubber, *configs: tuple[str, str]) -> None:
+def _stub_instance_types(stub: Stubber, *configs: tuple[str, str], capture: dict | None = None) -> None:
     for name, instance_type in configs:
-        stub.add_response("describe_endpoint_config", _config(name, instance_type), {"EndpointConfigName": name})
+        stub.add_response("describe_endpoint_config", _config(name, instance_type, capture), {"EndpointConfigName": name})
 
 
 def _stub_update_start(stub: Stubber, settings, routing: TrafficRouting, blue: str, green: str, version: str,
-                       instances: int = 2, routing_config: dict | None = None, blue_type: str = "ml.c5.large"):
+                       instances: int = 2, routing_config: dict | None = None, blue_type: str = "ml.c5.large",
+                       capture: dict | None = None):
+    green_model = green.split("--")[0]
     stub.add_response("describe_endpoint", _endpoint(settings, blue, instances=instances),
                       {"EndpointName": settings.endpoint_name})
-    _not_found(stub, "describe_model", {"ModelName": green})
-    stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{green}"}, {
-        "ModelName": green,
+    _stub_instance_types(stub, (blue, blue_type), capture=capture)  # its DataCaptureConfig is copied into green's
+    _not_found(stub, "describe_model", {"ModelName": green_model})
+    stub.add_response("create_model", {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{green_model}"}, {
+        "ModelName": green_model,
         "PrimaryContainer": {"Image": IMAGE, "ModelDataUrl": f"s3://{BUCKET}/models/{version}/output/model.tar.gz",
                              "Environment": {"MODEL_VERSION": version}},
         "ExecutionRoleArn": ROLE,
@@ -255,8 +263,9 @@ def _stub_update_start(stub: Stubber, settings, routing: TrafficRouting, blue: s
     _not_found(stub, "describe_endpoint_config", {"EndpointConfigName": green})
     stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{green}"}, {
         "EndpointConfigName": green,
-        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": green, "InitialInstanceCount": 1,
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": green_model, "InitialInstanceCount": 1,
                                 "InstanceType": "ml.c5.large", "InitialVariantWeight": 1.0}],
+        **({"DataCaptureConfig": capture} if capture else {}),
         "Tags": ANY,
     })
     _stub_instance_types(stub, (blue, blue_type), (green, "ml.c5.large"))
@@ -341,6 +350,7 @@ def test_rollback_swaps_back_to_the_previous_config(env):
                     "CreationTime": T0} for n in (current, previous)]
         stub.add_response("list_endpoint_configs", {"EndpointConfigs": configs},
                           {"NameContains": f"{settings.endpoint_name}-", "SortBy": "CreationTime", "SortOrder": "Descending"})
+        _stub_instance_types(stub, (current, "ml.c5.large"))  # the live capture (none), kept by the rollback
         _stub_instance_types(stub, (current, "ml.c5.large"), (previous, "ml.c5.large"))
         stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"}, {
             "EndpointName": settings.endpoint_name, "EndpointConfigName": previous, "RetainAllVariantProperties": True,
@@ -493,3 +503,160 @@ def test_an_instance_type_change_takes_the_scaling_registration_off_for_the_swap
     tracking = scaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"][0][
         "TargetTrackingScalingPolicyConfiguration"]
     assert tracking["TargetValue"] == 300
+
+
+# --- data capture: DataCaptureConfig on each endpoint config --------------------------------------
+
+KEY = "arn:aws:kms:us-east-1:123456789012:key/0c0ffee0-0000-4000-8000-000000000000"
+
+
+def _capture(percent: int) -> dict:
+    """The DataCaptureConfig the deploy asks for (API_DataCaptureConfig.html, API_CaptureContentTypeHeader.html)."""
+    return {"EnableCapture": True, "InitialSamplingPercentage": percent, "DestinationS3Uri": f"s3://{BUCKET}/capture",
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}], "KmsKeyId": KEY,
+            "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]}}
+
+
+def _capturing(tmp_path, **extra) -> Settings:
+    return Settings(backend="aws", root=tmp_path, bucket=BUCKET, role_arn=ROLE, serving_image=IMAGE, kms_key_id=KEY,
+                    **extra)
+
+
+def test_a_capture_percent_puts_a_data_capture_config_on_the_endpoint_config(env, tmp_path):
+    _, storage, _ = env
+    settings = _capturing(tmp_path)
+    hosting = SageMakerHosting(settings, storage=storage, poll_seconds=0, progress=False)
+    result = hosting.deploy(_spec(settings, V1), capture_percent=25)
+    assert (result.outcome, result.live_version) == ("deployed", V1)
+    sagemaker = boto3.client("sagemaker", region_name="us-east-1")
+    name = sagemaker.describe_endpoint(EndpointName=settings.endpoint_name)["EndpointConfigName"]
+    assert name == version_resource_name(settings.endpoint_name, V1, _capture(25))
+    assert re.fullmatch(rf"{settings.endpoint_name}-{V1}--cap25-[0-9a-f]{{6}}", name) and len(name) <= 63
+    described = sagemaker.describe_endpoint_config(EndpointConfigName=name)
+    assert described["DataCaptureConfig"] == _capture(25)
+    assert described["ProductionVariants"][0]["ModelName"] == version_resource_name(settings.endpoint_name, V1)
+    _valid("CreateEndpointConfig", {"EndpointConfigName": name, "DataCaptureConfig": _capture(25),
+                                    "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "m"}]})
+    status = hosting.status()
+    assert status["live_version"] == V1 and status["data_capture"]["DestinationS3Uri"] == f"s3://{BUCKET}/capture"
+    assert Registry(storage, settings).live()["job"] == V1
+    # Deploying the live model again copies its capture: the same config, nothing to do.
+    assert hosting.deploy(_spec(settings, V1)).outcome == "unchanged"
+    # DD_CAPTURE_PERCENT is the default of the flag.
+    from_env = SageMakerHosting(_capturing(tmp_path, capture_percent="25"), storage=storage, poll_seconds=0,
+                                progress=False)
+    assert from_env.deploy(_spec(settings, V1)).outcome == "unchanged"
+
+
+def test_a_swap_copies_the_live_capture_into_the_new_config(env, tmp_path):
+    _, storage, _ = env
+    settings = _capturing(tmp_path)
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    capture = _capture(40)
+    blue, green = (version_resource_name(settings.endpoint_name, v, capture) for v in (V1, V2))
+    old = version_resource_name(settings.endpoint_name, V0)
+    hosting = SageMakerHosting(settings, sagemaker=client, storage=storage, poll_seconds=0, progress=False, keep=2)
+    with Stubber(client) as stub:
+        _stub_update_start(stub, settings, CANARY, blue, green, V2, capture=capture)
+        stub.add_response("describe_endpoint", _endpoint(settings, green, "InService", T0 + dt.timedelta(seconds=900)))
+        # Cleanup keeps the newest two versions' configs and their models (named without the capture part).
+        configs = [{"EndpointConfigName": n, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{n}",
+                    "CreationTime": T0} for n in (green, blue, old)]
+        stub.add_response("list_endpoint_configs", {"EndpointConfigs": configs})
+        stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": old})
+        models = [{"ModelName": n.split("--")[0], "ModelArn": f"arn:aws:sagemaker:us-east-1:1:model/{n}",
+                   "CreationTime": T0} for n in (green, blue, old)]
+        stub.add_response("list_models", {"Models": models})
+        stub.add_response("describe_model", {"ModelName": old, "ModelArn": f"arn:aws:sagemaker:us-east-1:1:model/{old}",
+                                             "CreationTime": T0, "PrimaryContainer": {"Image": IMAGE}}, {"ModelName": old})
+        stub.add_response("delete_model", {}, {"ModelName": old})
+        result = hosting.deploy(_spec(settings, V2), CANARY, AlarmThresholds())
+        stub.assert_no_pending_responses()
+    assert (result.outcome, result.live_version, result.reason) == ("deployed", V2, f"replaced {V1}")
+
+
+def test_deploy_capture_makes_a_config_of_the_live_model_and_updates_to_it(env, tmp_path):
+    _, storage, _ = env
+    settings = _capturing(tmp_path)
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    blue = version_resource_name(settings.endpoint_name, V1)
+    new = version_resource_name(settings.endpoint_name, V1, _capture(10))
+    hosting = SageMakerHosting(settings, sagemaker=client, storage=storage, poll_seconds=0, progress=False)
+    with Stubber(client) as stub:
+        stub.add_response("describe_endpoint", _endpoint(settings, blue), {"EndpointName": settings.endpoint_name})
+        _stub_instance_types(stub, (blue, "ml.m5.large"))  # its variants are copied
+        _not_found(stub, "describe_endpoint_config", {"EndpointConfigName": new})
+        stub.add_response("create_endpoint_config", {"EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{new}"}, {
+            "EndpointConfigName": new, "DataCaptureConfig": _capture(10), "Tags": ANY,
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": blue, "InitialInstanceCount": 1,
+                                    "InstanceType": "ml.m5.large"}],
+        })
+        _stub_instance_types(stub, (blue, "ml.m5.large"), (new, "ml.m5.large"))
+        stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"}, {
+            "EndpointName": settings.endpoint_name, "EndpointConfigName": new, "RetainAllVariantProperties": True,
+            "DeploymentConfig": {"BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+                "TerminationWaitInSeconds": 0, "MaximumExecutionTimeoutInSeconds": 1800}},
+        })
+        stub.add_response("describe_endpoint", _endpoint(settings, new, "InService", T0 + dt.timedelta(seconds=60)))
+        stub.add_response("list_endpoint_configs", {"EndpointConfigs": []})
+        stub.add_response("list_models", {"Models": []})
+        summary = {"EnableCapture": True, "CaptureStatus": "Started", "CurrentSamplingPercentage": 10,
+                   "DestinationS3Uri": f"s3://{BUCKET}/capture", "KmsKeyId": KEY}
+        stub.add_response("describe_endpoint", {**_endpoint(settings, new), "DataCaptureConfig": summary})
+        capture = hosting.set_capture(10)
+        stub.assert_no_pending_responses()
+    assert capture == summary
+    from distracted_driver.hosting.local.report import capture_text
+
+    assert capture_text(capture) == f"10% of invocations -> s3://{BUCKET}/capture, Started"
+
+
+def test_a_rollback_keeps_the_live_capture(env, tmp_path):
+    _, storage, _ = env
+    settings = _capturing(tmp_path)
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    capture = _capture(60)
+    current, previous = version_resource_name(settings.endpoint_name, V2, capture), version_resource_name(settings.endpoint_name, V1)
+    target = version_resource_name(settings.endpoint_name, V1, capture)
+    hosting = SageMakerHosting(settings, sagemaker=client, storage=storage, poll_seconds=0, progress=False)
+    with Stubber(client) as stub:
+        stub.add_response("describe_endpoint", _endpoint(settings, current), {"EndpointName": settings.endpoint_name})
+        configs = [{"EndpointConfigName": n, "EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:1:endpoint-config/{n}",
+                    "CreationTime": T0} for n in (current, version_resource_name(settings.endpoint_name, V2), previous)]
+        stub.add_response("list_endpoint_configs", {"EndpointConfigs": configs})
+        _stub_instance_types(stub, (current, "ml.c5.large"), capture=capture)  # the live capture
+        _stub_instance_types(stub, (previous, "ml.c5.large"))  # V1's variants (V2's other config is not a rollback)
+        _not_found(stub, "describe_endpoint_config", {"EndpointConfigName": target})
+        stub.add_response("create_endpoint_config", {"EndpointConfigArn": "arn:aws:sagemaker:us-east-1:1:endpoint-config/t"}, {
+            "EndpointConfigName": target, "DataCaptureConfig": capture, "Tags": ANY,
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": previous, "InitialInstanceCount": 1,
+                                    "InstanceType": "ml.c5.large"}],
+        })
+        _stub_instance_types(stub, (current, "ml.c5.large"), (target, "ml.c5.large"))
+        stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:1:endpoint/x"})
+        stub.add_response("describe_endpoint", _endpoint(settings, target, "InService", T0 + dt.timedelta(seconds=60)))
+        result = hosting.rollback()
+        stub.assert_no_pending_responses()
+    assert (result.outcome, result.live_version) == ("deployed", V1)
+    assert Registry(storage, settings).live()["job"] == V1
+
+
+def test_the_reader_reads_capture_from_s3_as_from_the_local_bucket(env):
+    """What SageMaker writes under DestinationS3Uri, read through S3Storage (the pipeline's role reads it)."""
+    from pathlib import Path
+
+    from distracted_driver.monitor.capture import iter_capture_records
+
+    settings, storage, _ = env
+    fixtures = Path(__file__).parent / "data" / "capture"
+    first = f"capture/{settings.endpoint_name}/AllTraffic/2022/02/14/17/25-49-000-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee.jsonl"
+    later = f"capture/{settings.endpoint_name}/AllTraffic/2022/02/14/17/40-02-000-0f3c2b1a-4d5e-4f60-8a7b-9c0d1e2f3a4b.jsonl"
+    s3 = boto3.client("s3", region_name="us-east-1")  # SageMaker writes these, not our code (nor our role)
+    s3.put_object(Bucket=BUCKET, Key=first, Body=(fixtures / "documented-csv.jsonl").read_bytes())
+    s3.put_object(Bucket=BUCKET, Key=later, Body=(fixtures / "image-json.jsonl").read_bytes())
+    records = list(iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name))
+    assert [r.key for r in records] == [first, first, later]
+    since = dt.datetime(2022, 2, 14, 17, 30, tzinfo=dt.timezone.utc)  # the same hour's folder, a later record
+    [image] = iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since)
+    assert image.input_bytes.startswith(b"\xff\xd8") and len(image.output) == 10

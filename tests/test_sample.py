@@ -87,6 +87,44 @@ def test_new_driver_batch_never_reuses_a_name(small, tmp_path):
     assert not _image_names(batch) & _image_names(small)
 
 
+def test_worker_processes_draw_the_same_bytes(small, tmp_path):
+    generate_sample(tmp_path / "parallel", drivers=3, images_per_class_driver=2, test_images=5, seed=1,
+                    workers=2, progress=False)
+    assert _tree_hashes(tmp_path / "parallel") == _tree_hashes(small)
+
+
+def test_class_counts_spread_each_class_over_the_drivers(tmp_path):
+    counts = (3, 2, 2, 1, 2, 2, 2, 1, 1, 4)
+    report = generate_sample(tmp_path / "s", drivers=2, class_counts=counts, test_images=1, progress=False)
+    rows = _csv(tmp_path / "s" / "driver_imgs_list.csv")[1:]
+    assert report.train_images == sum(counts) == len(rows)
+    assert [sum(1 for _, c, _ in rows if c == name) for name in CLASSES] == list(counts)
+    per_driver = [sum(1 for s, _, _ in rows if s == subject) for subject in ("p002", "p012")]
+    assert abs(per_driver[0] - per_driver[1]) <= 1
+    assert len(list((tmp_path / "s" / "imgs/train").rglob("*.jpg"))) == sum(counts)
+
+
+def test_kaggle_size_is_the_competitions():
+    classes, test = sample.kaggle_size(1.0)
+    assert sum(classes) == 22_424 and test == 79_726 and classes[0] == 2489 and classes[8] == 1911
+    classes, test = sample.kaggle_size(0.1)
+    assert classes == (249, 227, 232, 235, 233, 231, 232, 200, 191, 213) and test == 7973
+    spread = sample.per_driver_counts(sample.KAGGLE_CLASS_COUNTS, 26)
+    assert [sum(row[i] for row in spread) for i in range(10)] == list(sample.KAGGLE_CLASS_COUNTS)
+    assert max(map(sum, spread)) - min(map(sum, spread)) <= 1
+    with pytest.raises(SampleError, match="scale"):
+        sample.kaggle_size(0)
+
+
+def test_test_images_past_one_drivers_slots_take_the_next_drivers_numbers():
+    numbers = sample.driver_numbers(26)
+    names = [sample._test_number(0, numbers, i) for i in range(sample.KAGGLE_TEST_IMAGES)]
+    assert len(set(names)) == len(names)
+    # Each is in the upper (test) half of a batch driver's range, never in the lower (training) half.
+    assert all(n // sample.SLOTS in numbers and n % sample.SLOTS >= sample.SLOTS // 2 for n in names)
+    assert names[sample.TEST_SLOTS] // sample.SLOTS == numbers[1]
+
+
 def test_default_subjects_look_like_kaggle_and_continue_past_them():
     assert sample.driver_numbers(3) == [2, 12, 14]
     assert len(set(sample.driver_numbers(30))) == 30
@@ -99,6 +137,10 @@ def test_bad_options_and_foreign_directories_are_refused(small, tmp_path):
         generate_sample(tmp_path / "x", images_per_class_driver=0, progress=False)
     with pytest.raises(SampleError, match="drivers"):
         generate_sample(tmp_path / "x", drivers=0, progress=False)
+    with pytest.raises(SampleError, match="test_images must be between 0 and 10000"):
+        generate_sample(tmp_path / "x", drivers=2, test_images=10_001, progress=False)
+    with pytest.raises(SampleError, match="more than 500 images of a class per driver"):
+        generate_sample(tmp_path / "x", drivers=1, class_counts=(501,) + (1,) * 9, progress=False)
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")

@@ -41,6 +41,10 @@ def test_hyperparameters_become_sagemaker_style_flags():
     parsed = train_job.parse_args([*args, "--train", "t", "--validation", "v", "--model-dir", "m",
                                    "--output-data-dir", "o", "--sagemaker_program", "train.py"])
     assert (parsed.learning_rate, parsed.freeze_backbone, parsed.epochs) == (0.01, False, 3)
+    assert parsed.jpeg_dct_scaling  # the default; `--jpeg-dct-scaling false` trains and records full decoding
+    full = train_job._config(train_job.parse_args(["--jpeg-dct-scaling", "false", "--train", "t", "--validation", "v",
+                                                   "--model-dir", "m", "--output-data-dir", "o"]))
+    assert full.preprocessing.decode_min_size == 0 and not full.preprocessing.to_dict()["jpeg_dct_scaling"]
 
 
 def test_script_runs_on_its_own_as_a_sagemaker_entry_point(tmp_path):
@@ -72,7 +76,7 @@ def test_local_job_leaves_a_valid_artifact_in_the_bucket(trained_job, tmp_path):
         assert sorted(archive.getnames()) == sorted([*REQUIRED_FILES, BASELINE_FILE, BASELINE_ARRAYS_FILE])
     artifact = unpack_artifact(tar, tmp_path / "model")
     assert artifact.version == job
-    assert artifact.preprocessing.input_size == 160
+    assert artifact.preprocessing.input_size == 160 and artifact.preprocessing.jpeg_dct_scaling
     provenance = artifact.provenance
     assert provenance["data_manifest_sha256"] == storage.checksum("data/manifest.json")
     assert provenance["code_version"] and provenance["hyperparameters"]["epochs"] == 2

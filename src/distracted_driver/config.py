@@ -43,9 +43,13 @@ class Settings:
     registry_prefix: str = "registry"
     pipeline_prefix: str = "pipeline"
     transform_prefix: str = "transform"  # Batch Transform: images to score, each job's manifest and outputs
+    capture_prefix: str = "capture"  # data capture: <prefix>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl
     # Hosting.
     endpoint_name: str = "distracted-driver"
     variant_name: str = "AllTraffic"
+    # Share of invocations captured (0..100; 0 = off). None: a new endpoint captures nothing, and a
+    # swap keeps what the endpoint captures now.
+    capture_percent: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -55,6 +59,7 @@ class Settings:
         for name, default in (("bucket_dir", ".bucket"), ("state_dir", ".state"), ("work_dir", ".work")):
             value = getattr(self, name)
             object.__setattr__(self, name, Path(value) if value else root / default)
+        object.__setattr__(self, "capture_percent", parse_percent(self.capture_percent, "DD_CAPTURE_PERCENT"))
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -70,6 +75,19 @@ class Settings:
                 values[f.name] = env
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def parse_percent(value, flag: str = "--capture-percent") -> int | None:
+    """A sampling percentage from a flag or the environment: a whole number within 0..100 (None stays None)."""
+    if value is None or value == "":
+        return None
+    try:
+        percent = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"{flag} takes a whole number within 0..100, not {value!r}") from None
+    if not 0 <= percent <= 100:
+        raise ValueError(f"{flag} takes a whole number within 0..100, not {percent}")
+    return percent
 
 
 def _aws_env_path(environ: dict) -> Path:

@@ -17,6 +17,8 @@ from distracted_driver.data.layout import TEST_DIR
 from distracted_driver.storage import open_storage
 
 SAMPLE_QUERIES = 3
+# The demo's endpoint captures every invocation, so that the drift report has the demo's traffic to read.
+DEMO_CAPTURE_PERCENT = 100
 
 
 def _say(message: str) -> None:
@@ -27,6 +29,7 @@ def run(settings: Settings) -> int:
     """Run the demo; return the pipeline's exit code (0 when a model is live)."""
     from distracted_driver.data.ingest import add_data
     from distracted_driver.data.sample import generate_sample
+    from distracted_driver.pipeline.options import RunOptions
     from distracted_driver.pipeline.outcomes import exit_code
     from distracted_driver.pipeline.run import print_summary, run_pipeline
 
@@ -38,8 +41,9 @@ def run(settings: Settings) -> int:
     _say(f"add it to the bucket -> {storage.uri(settings.raw_prefix + '/')}")
     print(add_data(storage, settings, sample_dir))
 
-    _say("pipeline: convert, upload, train, evaluate, gate, deploy, smoke, load test")
-    record = run_pipeline(settings)
+    _say(f"pipeline: convert, upload, train, evaluate, gate, deploy (capturing {DEMO_CAPTURE_PERCENT}% of the "
+         "invocations), smoke, load test")
+    record = run_pipeline(settings, RunOptions(capture_percent=DEMO_CAPTURE_PERCENT))
     print_summary(record)
     code = exit_code(record.outcome)
     if code != 0:
@@ -51,6 +55,7 @@ def run(settings: Settings) -> int:
     _endpoint_queries(settings, test_images[:SAMPLE_QUERIES])
     _rest_api(settings, test_images[0], record)
     _where_things_are(settings, storage)
+    _data_capture(settings, storage)
     return 0
 
 
@@ -60,7 +65,7 @@ def _batch_prediction(settings: Settings, images: Path) -> None:
     out = settings.root / "reports" / "submission.csv"
     _say(f"batch prediction of {images} with the live model -> {out}")
     result = predict_directory(settings, "live", images, out, progress=False)
-    print(f"{len(result.names)} images classified, {len(result.failed)} unreadable, {result.seconds:.1f} s")
+    print(f"{result.predicted} images classified, {len(result.failed)} unreadable, {result.seconds:.1f} s")
 
 
 def _endpoint_queries(settings: Settings, images: list[Path]) -> None:
@@ -109,6 +114,20 @@ def _where_things_are(settings: Settings, storage) -> None:
     print("runs:          inv pipeline.history")
     print(f"plots/reports: {settings.root / 'reports'}")
     print("stop it all:   make down")
+
+
+def _data_capture(settings: Settings, storage) -> None:
+    """Where the endpoint's captured traffic lands, and how much of it is there."""
+    from distracted_driver.hosting import open_hosting
+    from distracted_driver.hosting.local.report import capture_text
+    from distracted_driver.monitor.capture import capture_keys
+
+    capture = open_hosting(settings).status().get("data_capture")
+    _say(f"data capture: {capture_text(capture)}")
+    files = capture_keys(storage, settings.capture_prefix, settings.endpoint_name)
+    where = storage.uri(f"{settings.capture_prefix}/{settings.endpoint_name}")
+    print(f"captured traffic: {where}/<variant>/yyyy/mm/dd/hh/*.jsonl ({len(files)} files so far; "
+          f"SageMaker's layout and record shape); change the share with inv deploy.capture --percent P")
 
 
 def down(settings: Settings) -> None:

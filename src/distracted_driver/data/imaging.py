@@ -1,10 +1,10 @@
 """Decoding and preprocessing of images, shared by training and serving.
 
-Training and serving must prepare pixels identically, so both call
-``preprocess`` with the ``Preprocessing`` stored in the model artifact, and
-every stage decodes with ``decode_image``, which refuses what it cannot
-decode whole. Only OpenCV, simplejpeg and numpy here: the serving install has
-no torch.
+Training and serving must prepare pixels identically, so every stage that
+feeds a model turns bytes into its input with ``model_input`` and the
+``Preprocessing`` stored in the model artifact, and every stage decodes with
+``decode_image``, which refuses what it cannot decode whole. Only OpenCV,
+simplejpeg and numpy here: the serving install has no torch.
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ class Preprocessing:
     scale: float = 1.0 / 255.0
     mean: tuple[float, float, float] = (0.498, 0.498, 0.498)
     std: tuple[float, float, float] = (0.502, 0.502, 0.502)
+    # JPEGs decoded at the smallest DCT scale (1/8, 1/4, 1/2) that keeps both edges at least
+    # input_size (see jpeg_scale). A preprocess.json without this field predates it: full decode.
+    jpeg_dct_scaling: bool = True
+
+    @property
+    def decode_min_size(self) -> int:
+        """The ``min_size`` this preprocessing decodes with: 0 (full size) or the input size."""
+        return self.input_size if self.jpeg_dct_scaling else 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,6 +51,9 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, value: dict) -> "Preprocessing":
         known = {k: v for k, v in value.items() if k in cls.__dataclass_fields__}
+        known.setdefault("jpeg_dct_scaling", False)  # an artifact from before the field was trained on full decodes
+        if not isinstance(known["jpeg_dct_scaling"], bool):
+            raise ValueError(f"jpeg_dct_scaling must be true or false, not {known['jpeg_dct_scaling']!r}")
         for key in ("mean", "std"):
             if key in known:
                 known[key] = tuple(float(x) for x in known[key])
@@ -195,7 +206,7 @@ def check_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, i
     return dims
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, min_size: int = 0) -> np.ndarray:
     """Decode whole JPEG/PNG bytes to a BGR uint8 array, refusing what is empty, broken, cut or too large.
 
     The one decoder of every stage (conversion, ingest, training, evaluation,
@@ -205,10 +216,18 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     or garbled rows. Its pixels are OpenCV's (the same library; a test pins
     it). OpenCV gives the pixels of PNGs, and of JPEGs with EXIF (it applies
     the orientation) or in CMYK, once the strict decode has passed them.
+
+    ``min_size > 0`` lets a JPEG decode at a reduced scale (libjpeg-turbo's
+    DCT scaling): the smallest of 1/8, 1/4 and 1/2 that keeps both edges at
+    least ``min_size`` pixels, else full size, chosen from the stored image's
+    own size (``jpeg_scale``). The entropy-coded data is decoded whole at
+    every scale, so strictness is the same. PNGs and the JPEGs OpenCV gives
+    the pixels of are decoded at full size.
     """
-    check_image_bytes(data, max_pixels)
+    width, height = check_image_bytes(data, max_pixels)
     if data.startswith(JPEG_MAGIC):
-        image = _decode_jpeg_strictly(data)
+        denominator = jpeg_scale(width, height, min_size)
+        image = _decode_jpeg_strictly(data, -(-width // denominator), -(-height // denominator))
         if image is not None:
             return image
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
@@ -217,17 +236,48 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return image
 
 
-def _decode_jpeg_strictly(data: bytes) -> np.ndarray | None:
-    """BGR pixels, or None when the JPEG is sound but OpenCV must give the pixels; raises ImageError."""
+def jpeg_scale(width: int, height: int, min_size: int) -> int:
+    """The denominator d (8, 4, 2, or 1: full size) a JPEG of this size decodes at, to ceil(width/d) x ceil(height/d).
+
+    The largest d that keeps both edges at least ``min_size``. Only the power-of-two
+    scales: libjpeg-turbo's reduced inverse DCTs for 1/2 and 1/4 have SIMD versions and 1/8
+    keeps only the DC coefficient, while 3/8 to 7/8 run in plain C (7/8 measured slower than
+    a full decode); and 7/8 on the converter's 341x256 records moved the training input
+    further from what serving decodes from the camera frame (``benchmarks/decode_scaled.py``).
+    640x480 at 224: 2 (320x240); 341x256 at 224: 1 (full size).
+    """
+    if min_size > 0:
+        for denominator in (8, 4, 2):
+            if -(-width // denominator) >= min_size and -(-height // denominator) >= min_size:
+                return denominator
+    return 1
+
+
+def _decode_jpeg_strictly(data: bytes, width: int, height: int) -> np.ndarray | None:
+    """BGR pixels at the scale giving ``width`` x ``height``, or None when the JPEG is sound but OpenCV must give
+    the pixels (at full size); raises ImageError."""
     try:
         colorspace = simplejpeg.decode_jpeg_header(data)[2]
         if colorspace in ("CMYK", "YCCK"):
             simplejpeg.decode_jpeg(data, colorspace="CMYK", strict=True)
             return None
-        image = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+        if data.find(b"Exif\x00\x00", 0, 65536) != -1:
+            simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+            return None
+        # simplejpeg decodes at the smallest scale n/8 that reaches both sizes: 1/d for ceil(edge/d).
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, min_width=width, min_height=height)
     except ValueError as error:
         raise ImageError(f"corrupt JPEG: {error}") from None
-    return None if data.find(b"Exif\x00\x00", 0, 65536) != -1 else image
+
+
+def model_input(data: bytes, params: Preprocessing, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Image bytes → the network's input ``[3, S, S]``, as ``params`` (the artifact's preprocess.json) says.
+
+    What every stage that feeds a model does with an image (the training and
+    evaluation reader, batch prediction, the model server), so the same bytes
+    give the same tensor, bit for bit, in all of them.
+    """
+    return preprocess(decode_image(data, max_pixels, params.decode_min_size), params)
 
 
 def preprocess(image_bgr: np.ndarray, params: Preprocessing) -> np.ndarray:

@@ -5,7 +5,9 @@ infra.check`` verifies the Terraform side):
 
 - model and endpoint config of a version: ``<endpoint>-<version>`` (the version
   is the training job's name), so the live version is read off the endpoint's
-  config name and re-deploying it is a no-op;
+  config name and re-deploying it is a no-op; a config that captures data is
+  ``<endpoint>-<version>--cap<percent>-<hash>`` (``--`` never occurs in a
+  version; the hash is of the whole ``DataCaptureConfig``);
 - rollback alarms: ``<endpoint>-invocation-5xx-errors`` and ``<endpoint>-model-latency``
   (created by Terraform's ``alarms`` module);
 - scalable target ``endpoint/<endpoint>/variant/<variant>``, policy
@@ -20,6 +22,14 @@ count that autoscaling chose survives the swap). SageMaker shifts traffic,
 bakes, watches the alarms and rolls back by itself; this module waits,
 reports and records the outcome. Older configs and models beyond the last
 ``keep`` are deleted.
+
+Data capture (``DataCaptureConfig``, see ``monitor.capture``) is part of the
+endpoint config: each new config copies the live one's, so a swap or a
+rollback keeps it, unless a capture percent is given (``--capture-percent``,
+``DD_CAPTURE_PERCENT``); ``set_capture`` (``inv deploy.capture``) creates a
+config of the live model with the new setting and updates the endpoint to it
+(all at once). Files land under ``s3://<bucket>/<capture_prefix>/``, written by
+the execution role (encrypted with the pipeline's key when one is set).
 
 How ``TrafficRouting`` maps onto ``BlueGreenUpdatePolicy``:
 
@@ -52,6 +62,8 @@ What a first contact with a real account taught:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import time
@@ -70,6 +82,7 @@ from distracted_driver.hosting.base import (
     ScalingPolicy,
     TrafficRouting,
 )
+from distracted_driver.monitor.capture import CaptureConfig
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +102,7 @@ MIN_INSTANCES_FOR_STEPS = 2
 # Tag that keeps a kept model's image from the ECR lifecycle policy (terraform/modules/ecr).
 MODEL_IMAGE_TAG_PREFIX = "model-"
 TRANSFORM_JOB_INFIX = "batch"
+CAPTURE_SEPARATOR = "--"  # between the version and the capture part of a config name
 
 
 class HostingError(RuntimeError):
@@ -115,9 +129,12 @@ def transform_job_prefix(endpoint: str) -> str:
     return f"{endpoint}-{TRANSFORM_JOB_INFIX}-"
 
 
-def version_resource_name(endpoint: str, version: str) -> str:
-    """Name of the model and endpoint config that serve ``version``."""
+def version_resource_name(endpoint: str, version: str, capture: dict | None = None) -> str:
+    """Name of the model that serves ``version``, and of its endpoint config (which names its capture)."""
     name = f"{endpoint}-{version}"
+    if capture:
+        digest = hashlib.sha256(json.dumps(capture, sort_keys=True).encode()).hexdigest()[:6]
+        name += f"{CAPTURE_SEPARATOR}cap{capture['InitialSamplingPercentage']}-{digest}"
     if len(name) > 63 or not NAME_PATTERN.match(name):
         raise HostingError(
             f"{name!r} is not a valid SageMaker model/config name (letters, digits, '-', at most 63): "
@@ -272,8 +289,9 @@ class SageMakerHosting(Hosting):
         return _Endpoint(raw["EndpointStatus"], raw.get("EndpointConfigName", ""), raw.get("FailureReason", ""), raw)
 
     def _version_of(self, config_name: str) -> str | None:
+        """The model version a model or endpoint config name serves (its capture part aside)."""
         prefix = f"{self.endpoint}-"
-        return config_name[len(prefix):] if config_name.startswith(prefix) else None
+        return config_name[len(prefix):].split(CAPTURE_SEPARATOR)[0] if config_name.startswith(prefix) else None
 
     def _exists(self, describe, **name) -> bool:
         try:
@@ -405,22 +423,73 @@ class SageMakerHosting(Hosting):
         self.ecr.batch_delete_image(repositoryName=found[0],
                                     imageIds=[{"imageTag": f"{MODEL_IMAGE_TAG_PREFIX}{version}"}])
 
-    def _ensure_config(self, name: str, model: ModelSpec) -> None:
+    def _ensure_config(self, name: str, model: ModelSpec, capture: dict | None = None,
+                       variants: list[dict] | None = None) -> None:
+        """The endpoint config ``name``: ``variants`` (copied from another config), else one variant of
+        ``model``; with ``capture`` as its ``DataCaptureConfig``."""
         if self._exists(self.sagemaker.describe_endpoint_config, EndpointConfigName=name):
             return
+        variants = variants or [
+            {
+                "VariantName": self.variant,
+                "ModelName": version_resource_name(self.endpoint, model.version),
+                "InitialInstanceCount": model.instance_count,
+                "InstanceType": self.settings.serving_instance_type,
+                "InitialVariantWeight": 1.0,
+            }
+        ]
         self.sagemaker.create_endpoint_config(
             EndpointConfigName=name,
-            ProductionVariants=[
-                {
-                    "VariantName": self.variant,
-                    "ModelName": name,
-                    "InitialInstanceCount": model.instance_count,
-                    "InstanceType": self.settings.serving_instance_type,
-                    "InitialVariantWeight": 1.0,
-                }
-            ],
+            ProductionVariants=variants,
+            **({"DataCaptureConfig": capture} if capture else {}),
             Tags=[{"Key": "model-version", "Value": model.version}, {"Key": "endpoint", "Value": self.endpoint}],
         )
+
+    # -- data capture ---------------------------------------------------------------
+
+    def capture_request(self, percent: int) -> dict | None:
+        """The ``DataCaptureConfig`` for ``percent`` of the invocations (None for 0: no capture)."""
+        if not percent:
+            return None
+        return CaptureConfig(percent, f"s3://{self.settings.bucket}", self.settings.capture_prefix,
+                             kms_key_id=self.settings.kms_key_id).sagemaker_request()
+
+    def _live_capture(self, config_name: str | None) -> dict | None:
+        """The ``DataCaptureConfig`` of an endpoint config, as it was created (to copy into the next one)."""
+        if not config_name:
+            return None
+        return self.sagemaker.describe_endpoint_config(EndpointConfigName=config_name).get("DataCaptureConfig")
+
+    def _capture_for(self, percent: int | None, state: "_Endpoint | None") -> dict | None:
+        """The capture of the next config: ``percent`` (else the settings'), else a copy of the live config's."""
+        percent = self.settings.capture_percent if percent is None else percent
+        if percent is not None:
+            return self.capture_request(percent)
+        return self._live_capture(state.config if state is not None else None)
+
+    def _variants_of(self, config_name: str) -> list[dict]:
+        """A config's production variants, as a new config takes them."""
+        fields = ("VariantName", "ModelName", "InitialInstanceCount", "InstanceType", "InitialVariantWeight")
+        described = self.sagemaker.describe_endpoint_config(EndpointConfigName=config_name)
+        return [{k: v[k] for k in fields if k in v} for v in described["ProductionVariants"]]
+
+    def set_capture(self, percent: int) -> dict:
+        """A config of the live model with the new capture, and the endpoint updated to it (all at once)."""
+        state = self._settle(self._describe())
+        if state is None or state.status != "InService":
+            raise HostingError(f"endpoint {self.endpoint} is {state.status if state else 'absent'}: "
+                               "deploy a model first")
+        version = self._version_of(state.config)
+        capture = self.capture_request(percent)
+        name = version_resource_name(self.endpoint, version, capture)
+        if name != state.config:
+            self._ensure_config(name, ModelSpec(version, ""), capture, self._variants_of(state.config))
+            result = self._update(name, ModelSpec(version, ""), TrafficRouting(strategy="all-at-once", bake_seconds=0),
+                                  [], state, {})
+            if result.outcome != "deployed":
+                raise HostingError(f"the capture change did not go live ({result.outcome}: {result.reason})")
+            self._cleanup(keep_also={name})
+        return self.status().get("data_capture") or {"EnableCapture": False}
 
     def _check_alarms(self, alarms: AlarmThresholds) -> list[str]:
         names = rollback_alarm_names(self.endpoint)
@@ -447,18 +516,20 @@ class SageMakerHosting(Hosting):
         return state
 
     def deploy(
-        self, model: ModelSpec, routing: TrafficRouting | None = None, alarms: AlarmThresholds | None = None
+        self, model: ModelSpec, routing: TrafficRouting | None = None, alarms: AlarmThresholds | None = None,
+        capture_percent: int | None = None,
     ) -> DeployResult:
         routing, alarms = routing or TrafficRouting(), alarms or AlarmThresholds()
         started = time.monotonic()
         timings: dict[str, float] = {}
-        name = version_resource_name(self.endpoint, model.version)
         state = self._settle(self._describe())
+        capture = self._capture_for(capture_percent, state)
+        name = version_resource_name(self.endpoint, model.version, capture)
         if state is not None and state.status == "InService" and state.config == name:
             return DeployResult("unchanged", self.endpoint, model.version, f"{model.version} is already live", timings)
 
-        self._ensure_model(name, model)
-        self._ensure_config(name, model)
+        self._ensure_model(version_resource_name(self.endpoint, model.version), model)
+        self._ensure_config(name, model, capture)
         timings["prepare"] = round(time.monotonic() - started, 3)
 
         if state is None:
@@ -577,11 +648,16 @@ class SageMakerHosting(Hosting):
         state = self._settle(self._describe())
         if state is None:
             raise HostingError(f"endpoint {self.endpoint} does not exist")
-        older = [c["EndpointConfigName"] for c in self._our_configs() if c["EndpointConfigName"] != state.config]
+        live = self._version_of(state.config)
+        older = [c["EndpointConfigName"] for c in self._our_configs() if self._version_of(c["EndpointConfigName"]) != live]
         if not older:
             raise HostingError("no earlier endpoint config to roll back to")
-        target = older[0]
-        version = self._version_of(target)
+        previous = older[0]
+        version = self._version_of(previous)
+        capture = self._live_capture(state.config)  # the previous model, with the capture the endpoint has now
+        target = version_resource_name(self.endpoint, version, capture)
+        if target != previous:
+            self._ensure_config(target, ModelSpec(version, ""), capture, self._variants_of(previous))
         routing = TrafficRouting(strategy="all-at-once", bake_seconds=0)
         timings: dict[str, float] = {}
         result = self._update(target, ModelSpec(version, ""), routing, [], state, timings)
@@ -599,9 +675,14 @@ class SageMakerHosting(Hosting):
             log.warning("%s is live but not recorded as live: %s", version, error)
 
     def _cleanup(self, keep_also: set[str]) -> list[str]:
-        """Delete endpoint configs and models beyond the newest ``keep`` (never the live one)."""
+        """Delete endpoint configs and models beyond the newest ``keep`` versions (never the live one); of each
+        kept version, its newest config (the one a rollback starts from) stays."""
         configs = [c["EndpointConfigName"] for c in self._our_configs()]
-        kept = set(configs[: self.keep]) | keep_also
+        newest: dict[str, str] = {}  # version -> its newest config, newest versions first
+        for config in configs:
+            newest.setdefault(self._version_of(config), config)
+        kept = set(list(newest.values())[: self.keep]) | keep_also
+        kept_models = {version_resource_name(self.endpoint, self._version_of(config)) for config in kept}
         deleted = []
         for config in configs:
             if config in kept:
@@ -612,7 +693,7 @@ class SageMakerHosting(Hosting):
         for page in paginator.paginate(NameContains=f"{self.endpoint}-"):
             for summary in page["Models"]:
                 model = summary["ModelName"]
-                if model.startswith(f"{self.endpoint}-") and model not in kept:
+                if model.startswith(f"{self.endpoint}-") and model not in kept_models:
                     self._release_image(model)
                     self.sagemaker.delete_model(ModelName=model)
                     deleted.append(model)
@@ -699,6 +780,7 @@ class SageMakerHosting(Hosting):
             "instance_count": sum(v["current_instances"] for v in variants),
             "live_version": self._version_of(state.config),
             "autoscaling": self._scaling(),
+            "data_capture": state.raw.get("DataCaptureConfig"),  # EnableCapture, CaptureStatus, CurrentSamplingPercentage…
         }
 
     def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None) -> tuple[bytes, str]:

@@ -82,8 +82,17 @@ class Hosting(abc.ABC):
     """One endpoint named by the settings, with one production variant of a stable name."""
 
     @abc.abstractmethod
-    def deploy(self, model: ModelSpec, routing: TrafficRouting, alarms: AlarmThresholds) -> DeployResult:
-        """Create the endpoint, or update it blue/green; deploying the live version is a no-op."""
+    def deploy(self, model: ModelSpec, routing: TrafficRouting, alarms: AlarmThresholds,
+               capture_percent: int | None = None) -> DeployResult:
+        """Create the endpoint, or update it blue/green; deploying the live version is a no-op.
+
+        ``capture_percent`` (0..100) sets the share of invocations captured once the model is live;
+        None (and no ``Settings.capture_percent``) keeps what the endpoint captures (nothing, when new).
+        """
+
+    @abc.abstractmethod
+    def set_capture(self, percent: int) -> dict:
+        """Capture this share (0..100; 0: off) of the live endpoint's invocations from now on; the capture status."""
 
     @abc.abstractmethod
     def rollback(self) -> DeployResult:

@@ -348,8 +348,7 @@ class BatchTransform:
         staged = self.stage(images, job)
         notes = [note] if note else []
         if not staged.names:
-            batch = BatchResult([], np.zeros((0, len(CLASSES)), np.float32), staged.refused,
-                                time.monotonic() - started)
+            batch = BatchResult(0, staged.refused, time.monotonic() - started)
             write_submission(batch, out_csv)
             return TransformResult(None, "not started", instance_type, self.options.instance_count, batch, notes)
         manifest = self._job_key(job, "input.manifest")
@@ -504,7 +503,7 @@ class BatchTransform:
                 failed.append((name, reason or f"no output: job {described['TransformJobStatus'].lower()}"
                                f" ({described.get('FailureReason') or 'no reason given'}){trouble}"))
         probabilities = np.stack(rows) if rows else np.zeros((0, len(CLASSES)), np.float32)
-        return BatchResult(names, probabilities, failed), unexplained
+        return BatchResult(len(names), failed, names=names, probabilities=probabilities), unexplained
 
     def _refusals(self, job: str, prefix: str) -> tuple[dict[str, tuple[str, int | None]], str]:
         """What the job's data log says of each refused object, and a note when the log could not be read."""

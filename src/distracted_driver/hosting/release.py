@@ -123,12 +123,15 @@ def release(
     alarms: AlarmThresholds = AlarmThresholds(),
     *,
     instances: int = 1,
+    capture_percent: int | None = None,
     force: bool = False,
     by: str = "",
     storage: Storage | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> Release:
     """Deploy a registered model if the gate cleared it (or ``force``), then smoke-test it; roll back on failure.
+
+    ``capture_percent`` sets the endpoint's data capture once the model is live (None: as it is).
 
     Raises ``NotCleared`` (nothing deployed) when the model has no passing gate record and ``force`` is off.
     """
@@ -145,7 +148,8 @@ def release(
     smoke = smoke_set_for(registry, job)
     if smoke is None:
         notes.append(f"no smoke set: the gate never scored {job}, so the endpoint's answers cannot be compared")
-    result = hosting.deploy(ModelSpec(job, entry["artifact_key"], instances), routing, alarms)
+    result = hosting.deploy(ModelSpec(job, entry["artifact_key"], instances), routing, alarms,
+                            capture_percent=capture_percent)
     done = Release(result, None, forced, notes)
     if result.outcome != "deployed" or smoke is None:
         return done

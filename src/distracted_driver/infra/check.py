@@ -365,11 +365,13 @@ class _Checker:
         statements = {s.get("sid"): s for s in self.policy("iam", "sagemaker")}
         read = statements.get("ReadChannelsAndModels", {}).get("resources", [])
         write = statements.get("WriteTrainingOutputs", {}).get("resources", [])
+        capture = statements.get("WriteDataCapture", {}).get("resources", [])
         data, models = self.var("data_prefix"), self.var("models_prefix")
         self.expect("sagemaker-role-prefixes",
                     sorted(r.rsplit("/", 2)[-2] for r in read) == sorted([data, models])
-                    and [r.rsplit("/", 2)[-2] for r in write] == [models],
-                    f"reads {read}, writes {write}")
+                    and [r.rsplit("/", 2)[-2] for r in write] == [models]
+                    and [r.rsplit("/", 2)[-2] for r in capture] == [self.var("capture_prefix")],
+                    f"reads {read}, writes {write} and the data capture {capture}")
         transform = self.var("transform_prefix")
         inputs = statements.get("ReadTransformInputs", {}).get("resources", [])
         outputs = statements.get("WriteTransformOutputs", {}).get("resources", [])
@@ -389,6 +391,7 @@ class _Checker:
             "DD_DATA_PREFIX": "data_prefix", "DD_RAW_PREFIX": "raw_prefix", "DD_MODELS_PREFIX": "models_prefix",
             "DD_REGISTRY_PREFIX": "registry_prefix", "DD_PIPELINE_PREFIX": "pipeline_prefix",
             "DD_TRANSFORM_PREFIX": "transform_prefix",
+            "DD_CAPTURE_PREFIX": "capture_prefix",
         }
         wrong = {key: values.get(key) for key, var in same.items() if values.get(key) != self.var(var)}
         self.expect("settings-match-variables", not wrong, f"mismatched {wrong}" if wrong else "names and prefixes agree")
@@ -404,7 +407,8 @@ def _defaults_agree(config: Configuration) -> list[Finding]:
         "endpoint_name": settings.endpoint_name, "variant_name": settings.variant_name, "region": settings.region,
         "data_prefix": settings.data_prefix, "raw_prefix": settings.raw_prefix, "models_prefix": settings.models_prefix,
         "registry_prefix": settings.registry_prefix, "pipeline_prefix": settings.pipeline_prefix,
-        "transform_prefix": settings.transform_prefix, "serving_instance_type": settings.serving_instance_type,
+        "transform_prefix": settings.transform_prefix, "capture_prefix": settings.capture_prefix,
+        "serving_instance_type": settings.serving_instance_type,
         "training_instance_type": settings.training_instance_type,
         "autoscaling_min_instances": scaling.min_instances, "autoscaling_max_instances": scaling.max_instances,
         "autoscaling_target_invocations": scaling.target_invocations_per_instance,

@@ -12,8 +12,8 @@ API Gateway logging):
    and is evaluated against the role's policies by moto's IAM policy evaluator;
 3. **what AWS checks beyond the call** (``implied``): Application Auto Scaling's
    validation of the caller, ``iam:PassRole``, ``kms:Encrypt`` for an encrypted
-   training output, Logs for every service that writes them, each with the AWS
-   page that says so.
+   training output, the execution role's writes of an endpoint's data capture,
+   Logs for every service that writes them, each with the AWS page that says so.
 
 A missing grant names the operation, the role and the statement that should allow it.
 """
@@ -324,6 +324,9 @@ TRANSFORM_OUTPUT_KMS = ("https://docs.aws.amazon.com/sagemaker/latest/APIReferen
 KMS_OUTPUT = ("https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_OutputDataConfig.html "
               "(KmsKeyId: the execution role needs kms:Encrypt)")
 AUTOSCALING_CHECK = "https://docs.aws.amazon.com/sagemaker/latest/dg/endpoint-auto-scaling-prerequisites.html"
+DATA_CAPTURE = ("https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_DataCaptureConfig.html "
+                "(the endpoint writes the capture under DestinationS3Uri as the model's execution role, "
+                "encrypted with KmsKeyId)")
 AUTOSCALING_ROLE = ("https://docs.aws.amazon.com/autoscaling/application/userguide/"
                     "application-auto-scaling-service-linked-roles.html")
 TARGET_TRACKING = ("https://docs.aws.amazon.com/autoscaling/application/userguide/"
@@ -384,6 +387,15 @@ def implied(call: dict, region: str) -> list[Operation]:
             add("sagemaker-execution", "ecr:GetAuthorizationToken", "*", MODEL_ROLE)
     if service == "sagemaker" and operation == "CreateTransformJob":
         ops += _transform_job(params, region)
+    if service == "sagemaker" and operation == "CreateEndpointConfig" and params.get("DataCaptureConfig"):
+        capture = params["DataCaptureConfig"]
+        bucket, key = _s3(capture["DestinationS3Uri"])
+        for variant in params.get("ProductionVariants", []):
+            add("sagemaker-execution", "s3:PutObject", f"arn:{p}:s3:::{bucket}/{key.rstrip('/')}/endpoint/"
+                f"{variant['VariantName']}/2026/01/01/00/00-00-000-0c0ffee0.jsonl", DATA_CAPTURE)
+        if capture.get("KmsKeyId"):
+            for action in ("kms:Encrypt", "kms:GenerateDataKey"):
+                add("sagemaker-execution", action, capture["KmsKeyId"], DATA_CAPTURE)
     if service == "sagemaker" and operation == "CreateEndpoint":
         group = f"arn:{p}:logs:{r}:{a}:log-group:/aws/sagemaker/Endpoints/{params['EndpointName']}"
         for action in ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"):
@@ -545,7 +557,8 @@ def env_names(rendered: Rendered) -> dict[str, str]:
 
 # Which request fields carry which of the names the settings give.
 NAMED_BY = {
-    "bucket": {"Bucket", "S3Uri", "S3OutputPath", "ModelDataUrl", "sagemaker_submit_directory", "CopySource"},
+    "bucket": {"Bucket", "S3Uri", "S3OutputPath", "ModelDataUrl", "sagemaker_submit_directory", "CopySource",
+               "DestinationS3Uri"},
     "endpoint": {"EndpointName", "ModelName", "EndpointConfigName", "ResourceId", "PolicyName", "AlarmNames",
                  "TransformJobName"},
     "repository": {"repositoryName", "Image"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from distracted_driver.config import parse_percent
 from distracted_driver.hosting.base import STRATEGIES
 
 
@@ -26,6 +27,9 @@ class RunOptions:
     # Alarms on the green fleet during the swap; a breach rolls traffic back to blue.
     alarm_max_error_rate: float = 0.05
     alarm_max_p99_ms: float = 2000.0
+    # Data capture: share of invocations the endpoint captures once the candidate is live (0..100; 0 = off).
+    # None keeps what the endpoint captures now (nothing, for a new endpoint; DD_CAPTURE_PERCENT overrides).
+    capture_percent: int | None = None
     # Verification after a deploy: the gate keeps this many validation images per class as the smoke set,
     # which the endpoint must answer as the gate scored them; then a bounded load test (0 s: none).
     smoke_images: int = 2
@@ -43,6 +47,7 @@ class RunOptions:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
         if self.load_seconds < 0 or self.load_users < 1:
             raise ValueError("load test: seconds must be >= 0 and users >= 1")
+        object.__setattr__(self, "capture_percent", parse_percent(self.capture_percent))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -419,7 +419,7 @@ class Deploy(Stage):
         train = context.outputs["train"]
         return {"candidate": train["job"], "artifact_key": train["artifact_key"],
                 "artifact_sha256": train["artifact_sha256"], "routing": self.routing(context).__dict__,
-                "alarms": self.alarms(context).__dict__}
+                "alarms": self.alarms(context).__dict__, "capture_percent": context.options.capture_percent}
 
     @staticmethod
     def routing(context: RunContext):
@@ -451,7 +451,7 @@ class Deploy(Stage):
         except NotCleared as refusal:
             raise StageFailed(f"not deployed: {refusal}") from None
         result = hosting(context).deploy(ModelSpec(train["job"], train["artifact_key"]), self.routing(context),
-                                         self.alarms(context))
+                                         self.alarms(context), capture_percent=context.options.capture_percent)
         context.memo_clear("live")
         outputs = {"outcome": result.outcome, "live_version": result.live_version, "reason": result.reason,
                    "timings": result.timings, "strategy": context.options.strategy,

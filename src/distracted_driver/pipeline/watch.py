@@ -49,7 +49,11 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     """``DD_*`` variables that make ``Settings.from_env()`` in a child equal to ``settings``."""
     env = dict(os.environ)
     for field in dataclasses.fields(settings):
-        env[f"DD_{field.name.upper()}"] = str(getattr(settings, field.name))
+        value = getattr(settings, field.name)
+        if value is None:  # unset (capture_percent): the child's default, not the text "None"
+            env.pop(f"DD_{field.name.upper()}", None)
+        else:
+            env[f"DD_{field.name.upper()}"] = str(value)
     return env
 
 

@@ -1,8 +1,9 @@
 """The classifier behind the model server and batch prediction: ONNX Runtime on an artifact.
 
-Pixels are prepared only through ``data.imaging`` with the artifact's own
-``Preprocessing``, so serving sees exactly what training saw; ``decode_image``
-checks untrusted bytes (signature, size, completeness) before OpenCV sees them.
+Pixels are prepared only through ``data.imaging.model_input`` with the
+artifact's own ``Preprocessing``, so the same bytes give the same input here as
+in training and evaluation; ``decode_image`` checks untrusted bytes (signature,
+size, completeness) before a decoder sees them.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from distracted_driver.data.imaging import MAX_PIXELS, decode_image, preprocess
+from distracted_driver.data.imaging import MAX_PIXELS, model_input
 from distracted_driver.system import cpu_count
 from distracted_driver.train.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, ArtifactError, ModelArtifact
 
@@ -64,7 +65,7 @@ class Classifier:
 
     def prepare(self, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         """Image bytes → one preprocessed input ``[3, S, S]``; raises ``ImageError``."""
-        return preprocess(decode_image(data, max_pixels), self.artifact.preprocessing)
+        return model_input(data, self.artifact.preprocessing, max_pixels)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """``[N, 3, S, S]`` float32 → ``[N, 10]`` probabilities."""

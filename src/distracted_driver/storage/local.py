@@ -74,7 +74,8 @@ class LocalStorage(Storage):
 
     def list_keys(self, prefix: str = "") -> list[str]:
         keys = []
-        for path in self.root.rglob("*"):
+        folder = self.root / prefix.rpartition("/")[0]  # walk only the prefix's folder, not the whole bucket
+        for path in folder.rglob("*"):
             if path.is_file() and not path.name.startswith("."):
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):

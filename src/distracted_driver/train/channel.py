@@ -1,8 +1,9 @@
 """Reading a training channel: a directory of RecordIO files (``.rec`` + ``.idx``), as SageMaker mounts it.
 
 Torch-free, so that evaluation and the quality gate run on a serving install.
-Images are decoded and preprocessed on a thread pool (OpenCV releases the GIL),
-a batch at a time, so memory stays bounded whatever the channel's size.
+A record holds its label and where its bytes are, not the bytes: images are
+read, decoded and preprocessed on a thread pool (OpenCV releases the GIL), a
+batch at a time, so memory stays bounded whatever the channel's size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from distracted_driver.data import recordio
-from distracted_driver.data.imaging import ImageError, Preprocessing, decode_image, preprocess
+from distracted_driver.data.imaging import ImageError, Preprocessing, decode_image, model_input, preprocess
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.system import cpu_count
 
@@ -24,11 +25,22 @@ class ChannelError(ValueError):
     """The channel directory holds no usable RecordIO files."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Record:
+    """One image of a channel: its label, and its bytes given inline or read from the channel when needed."""
+
     source: str  # "<file stem>:<key>", to name a skipped record
     label: int
-    payload: bytes
+    inline_payload: bytes | None = None
+    reader: recordio.IndexedRecordReader | None = None  # with ``key``: where the record is
+    key: int = 0
+
+    @property
+    def payload(self) -> bytes:
+        """The image bytes (read from the ``.rec`` each time; os.pread, so any thread may ask)."""
+        if self.inline_payload is not None:
+            return self.inline_payload
+        return recordio.unpack(self.reader.read_idx(self.key))[1]
 
 
 def record_files(channel_dir: str | Path) -> list[tuple[Path, Path]]:
@@ -59,18 +71,20 @@ def _label(header) -> int:
 def read_records(channel_dir: str | Path) -> tuple[list[Record], list[tuple[str, str]]]:
     """Every record of the channel with its class index; records whose header is unusable are skipped.
 
-    Returns ``(records, skipped)`` where ``skipped`` lists ``(source, reason)``.
+    Returns ``(records, skipped)`` where ``skipped`` lists ``(source, reason)``. Each record is
+    read once here to check it, and its bytes are not kept: ``Record.payload`` reads them again
+    (the readers stay open as long as a record refers to them).
     """
     records, skipped = [], []
     for idx, rec in record_files(channel_dir):
-        with recordio.IndexedRecordReader(str(idx), str(rec)) as reader:
-            for key in reader.keys:
-                source = f"{rec.stem}:{key}"
-                try:
-                    header, payload = recordio.unpack(reader.read_idx(key))
-                    records.append(Record(source, _label(header), payload))
-                except (ValueError, OSError) as error:
-                    skipped.append((source, str(error)))
+        reader = recordio.IndexedRecordReader(str(idx), str(rec))
+        for key in reader.keys:
+            source = f"{rec.stem}:{key}"
+            try:
+                header, _ = recordio.unpack(reader.read_idx(key))
+                records.append(Record(source, _label(header), reader=reader, key=key))
+            except (ValueError, OSError) as error:
+                skipped.append((source, str(error)))
     return records, skipped
 
 
@@ -84,12 +98,12 @@ class DecodedBatch:
 
 def _prepare(record: Record, position: int, params: Preprocessing, augment: Callable | None):
     try:
-        image = decode_image(record.payload)
-    except ImageError as error:
+        if augment is None:
+            return model_input(record.payload, params), None
+        image = decode_image(record.payload, min_size=params.decode_min_size)
+    except (ImageError, recordio.RecordIOError, OSError) as error:
         return None, str(error)
-    if augment is not None:
-        image = augment(image, position)
-    return preprocess(image, params), None
+    return preprocess(augment(image, position), params), None
 
 
 def decoded_batches(

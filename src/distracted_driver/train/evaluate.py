@@ -126,13 +126,16 @@ class Predictions:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (record, reason)
 
 
-def predict_channel(artifact: ModelArtifact, channel_dir: str | Path, batch_size: int = 32,
+def predict_channel(artifact: ModelArtifact, channel_dir: str | Path, batch_size: int = 8,
                     progress: bool = True) -> Predictions:
     """Run the artifact's served model on every image of a channel, exactly as a model server would.
 
     The ``Classifier`` is the model server's own, over ``artifact.served_model_path``, and pixels are
     prepared only as the artifact's ``preprocess.json`` says. Raises ``NotProbabilities`` when the
     outputs are not probability rows (a missing softmax, NaNs), so no metric is computed from them.
+
+    Batches of 8: EfficientNet-Lite0 takes about 30 MB of activations per image in a run, so 32 peaked
+    at 1 GB more, for no speed (``serve.batch_predict.DEFAULT_BATCH_SIZE``).
     """
     from distracted_driver.serve.inference import Classifier
 

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="AdamW learning rate (default 3e-3 with a frozen backbone, 3e-4 when fine-tuning)")
     hp.add_argument("--mini-batch-size", type=int, default=32, help="images per step")
     hp.add_argument("--image-size", type=int, default=224, help="network input size S (images resized to SxS)")
+    hp.add_argument("--jpeg-dct-scaling", type=_bool, default=True,
+                    help="decode JPEGs at the smallest DCT scale (1/8, 1/4, 1/2) that keeps both edges >= S, "
+                         "then resize (recorded in preprocess.json; false: full-size decode)")
     hp.add_argument("--freeze-backbone", type=_bool, default=True,
                     help="true: compute backbone features once and train the head (fast on CPUs); "
                          "false: fine-tune every weight")
@@ -147,6 +150,7 @@ def _config(args: argparse.Namespace):
         learning_rate=args.learning_rate or DEFAULT_LEARNING_RATE[mode],
         batch_size=args.mini_batch_size,
         image_size=args.image_size,
+        jpeg_dct_scaling=args.jpeg_dct_scaling,
         augmentation=augmentation,
         seed=args.seed,
         patience=args.patience,

@@ -70,8 +70,16 @@ data "aws_iam_policy_document" "sagemaker" {
   }
 
   statement {
+    sid = "WriteDataCapture"
+    # The endpoint's DataCaptureConfig: SageMaker writes the captured invocations as this role.
+    actions   = ["s3:PutObject"]
+    resources = ["${var.data_bucket_arn}/${var.capture_prefix}/*"]
+  }
+
+  statement {
     sid = "UseKey"
-    # Encrypt: OutputDataConfig.KmsKeyId makes SageMaker encrypt the model artifacts with this role.
+    # Encrypt: OutputDataConfig.KmsKeyId and DataCaptureConfig.KmsKeyId make SageMaker encrypt the model
+    # artifacts and the captured data with this role.
     actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
     resources = [var.kms_key_arn]
   }
@@ -164,6 +172,12 @@ data "aws_iam_policy_document" "codebuild" {
     sid       = "PipelineBucketObjects"
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
     resources = [for prefix in local.pipeline_prefix : "${var.data_bucket_arn}/${prefix}/*"]
+  }
+
+  statement {
+    sid       = "ReadDataCapture"
+    actions   = ["s3:GetObject"]
+    resources = ["${var.data_bucket_arn}/${var.capture_prefix}/*"]
   }
 
   statement {

@@ -73,6 +73,11 @@ variable "transform_prefix" {
   type        = string
 }
 
+variable "capture_prefix" {
+  description = "Prefix of the endpoint's data capture (SageMaker writes it, the pipeline reads it)."
+  type        = string
+}
+
 variable "api_function_name" {
   description = "Name of the predict Lambda (its log group is /aws/lambda/<name>)."
   type        = string

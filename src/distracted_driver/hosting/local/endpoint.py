@@ -18,6 +18,7 @@ from distracted_driver.hosting.local.autoscaling import ScalerState
 from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.instances import Instance
 from distracted_driver.hosting.local.state import ACTIVITIES, HISTORY, EndpointConfigRecord
+from distracted_driver.monitor.capture import CaptureConfig, CaptureWriter
 
 CREATING, IN_SERVICE, UPDATING, ROLLING_BACK, DELETING, FAILED, SYSTEM_UPDATING, OUT_OF_SERVICE = (
     "Creating", "InService", "Updating", "RollingBack", "Deleting", "Failed", "SystemUpdating", "OutOfService",
@@ -40,6 +41,12 @@ class Endpoint:
         }
         self.deployments: list[dict] = list(record.get("deployments", []))
         self.scaling_activities: list[dict] = list(record.get("scaling_activities", []))
+        # Data capture belongs to the endpoint here (kept across swaps, rollbacks and restarts); on AWS it is
+        # part of each endpoint config, which the deploy copies into the next one: the same behaviour.
+        capture = record.get("data_capture")
+        self.data_capture: CaptureConfig | None = CaptureConfig.from_json(capture) if capture else None
+        self.capture_writer: CaptureWriter | None = None  # the runtime starts it while capture is on
+        self.retired_capture: list = []  # the final counts of writers replaced since the runtime started
         self.blue: dict[str, Fleet] = {}
         self.green: dict[str, Fleet] | None = None
         self.green_config: EndpointConfigRecord | None = None
@@ -128,6 +135,7 @@ class Endpoint:
             "autoscaling": {variant: vars(policy) for variant, policy in self.autoscaling.items()},
             "deployments": self.deployments,
             "scaling_activities": self.scaling_activities,
+            "data_capture": self.data_capture.to_json() if self.data_capture else None,
         }
 
     def to_json(self) -> dict:
@@ -155,4 +163,16 @@ class Endpoint:
                     view["variants"].append({"name": variant, "weight": fleet.variant.weight,
                                              "fleets": [fleet.to_json("green", 100.0 * self.green_share)]})
         view["deployment_in_progress"] = self.deployment.record if self.deployment else None
+        if self.data_capture:
+            view["data_capture"] = {**self.data_capture.to_json(), "destination_uri": self.data_capture.destination_uri,
+                                    "stats": self.capture_stats()}
         return view
+
+    def capture_stats(self) -> dict:
+        """The capture writer's counts (records accepted, dropped, written, lost, queued; files written)."""
+        writers = self.retired_capture + ([self.capture_writer.stats()] if self.capture_writer else [])
+        totals = {"accepted": 0, "dropped": 0, "written": 0, "lost": 0, "files": 0, "queued": 0}
+        for stats in writers:
+            for name, value in stats.to_json().items():
+                totals[name] += value
+        return totals

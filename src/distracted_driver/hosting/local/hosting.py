@@ -25,6 +25,7 @@ from distracted_driver.hosting.local import client as daemon
 from distracted_driver.hosting.local.smoke import smoke_images as default_smoke_images
 from distracted_driver.hosting.local.state import RuntimePaths, load_state, save_state
 from distracted_driver.logs import LogRotation
+from distracted_driver.monitor.capture import CaptureConfig, CaptureLimits
 from distracted_driver.storage import Storage, open_storage
 from distracted_driver.train.artifact import ArtifactError, load_artifact, unpack_artifact
 
@@ -46,8 +47,10 @@ class LocalHosting(Hosting):
         startup_timeout_seconds: float = 120.0,
         on_event: Callable[[dict], None] | None = None,
         log_rotation: LogRotation = LogRotation(),
+        capture_limits: CaptureLimits = CaptureLimits(),
     ):
         self.settings = settings
+        self.capture_limits = capture_limits  # the capture writer's queue, file size and flush interval
         self.paths = RuntimePaths.under(settings.state_dir)
         self._storage = storage
         self.instance_threads = instance_threads
@@ -78,15 +81,26 @@ class LocalHosting(Hosting):
         routing: TrafficRouting = TrafficRouting(),
         alarms: AlarmThresholds = AlarmThresholds(),
         smoke_images: list[bytes] | None = None,
+        capture_percent: int | None = None,
     ) -> DeployResult:
-        """Create the endpoint, or swap it blue/green to ``model``; a no-op when it is live already."""
+        """Create the endpoint, or swap it blue/green to ``model``; a no-op when it is live already.
+
+        A capture percent (else the settings') is applied when the model is live, as SageMaker applies
+        the new endpoint config's DataCaptureConfig; a swap that rolls back leaves capture as it was.
+        """
         started, started_wall = time.monotonic(), time.time()
+        capture = self._capture_config(capture_percent)
         runtime = self.runtime()
         endpoint = self._settled_endpoint(runtime)
         live = self._serving_version(endpoint)
         if live == model.version:
             self._record_live(model.version, {"endpoint": self.endpoint_name})
-            return DeployResult("unchanged", self.endpoint_name, live, f"{live} is already live on {self.endpoint_name}")
+            reason = f"{live} is already live on {self.endpoint_name}"
+            if capture is not None:
+                if ((endpoint or {}).get("data_capture") or {}).get("sampling_percent") != capture.sampling_percent:
+                    reason += f"; data capture now {capture.sampling_percent}%"
+                self._put_capture(runtime, capture)
+            return DeployResult("unchanged", self.endpoint_name, live, reason)
         model_dir = self._fetch_model(model)
         runtime.post("models", {"name": model.version, "model_dir": str(model_dir), "artifact_key": model.artifact_key})
         config = self._put_config(runtime, model)
@@ -97,6 +111,7 @@ class LocalHosting(Hosting):
             "routing": asdict(routing),
             "alarms": asdict(alarms),
             "smoke_images": [base64.b64encode(image).decode() for image in images],
+            **({"data_capture": capture.to_json()} if capture is not None else {}),
         })
         record = self._follow(runtime, record)
         timings = {"prepare": round(prepared, 3), **record["timings"]}
@@ -206,6 +221,28 @@ class LocalHosting(Hosting):
         except daemon.RuntimeApiError as error:
             raise HostingError(error.message) from None
 
+    # --- data capture ---------------------------------------------------------------------------
+
+    def _capture_config(self, percent: int | None) -> CaptureConfig | None:
+        """The capture to apply: ``percent``, else the settings' (DD_CAPTURE_PERCENT); None keeps the endpoint's."""
+        percent = self.settings.capture_percent if percent is None else percent
+        if percent is None:
+            return None
+        return CaptureConfig(percent, str(Path(self.settings.bucket_dir).resolve()), self.settings.capture_prefix,
+                             limits=self.capture_limits)
+
+    def set_capture(self, percent: int) -> dict:
+        """Capture ``percent`` of the endpoint's invocations from now on (0: none), into the local bucket."""
+        runtime = self._runtime_with_endpoint()
+        self._settled_endpoint(runtime)
+        return self._put_capture(runtime, self._capture_config(percent))
+
+    def _put_capture(self, runtime: daemon.RuntimeClient, capture: CaptureConfig) -> dict:
+        try:
+            return runtime.put(f"endpoints/{self.endpoint_name}/data-capture", capture.to_json())
+        except daemon.RuntimeApiError as error:
+            raise HostingError(error.message) from None
+
     # --- status, invoke, delete ----------------------------------------------------------------
 
     def status(self) -> dict:
@@ -246,6 +283,7 @@ class LocalHosting(Hosting):
             "instance_count": sum(1 for i in instances if i["state"] == "in-service" and i["role"] == "blue"),
             "instances": instances,
             "autoscaling": (endpoint or {}).get("autoscaling", {}),
+            "data_capture": (endpoint or {}).get("data_capture"),
             "scaling_activities": (endpoint or {}).get("scaling_activities", [])[-10:],
             "last_deployment": _summary(deployments[-1]) if deployments else None,
             "deployment_in_progress": (endpoint or {}).get("deployment_in_progress"),

@@ -9,6 +9,24 @@ def _ago(stamp: float | None) -> str:
     return "-" if not stamp else f"{time.time() - stamp:.0f} s ago"
 
 
+def capture_text(capture: dict | None) -> str:
+    """The endpoint's data capture in one line: the local runtime's view, or SageMaker's DataCaptureConfig."""
+    if not capture:
+        return "off"
+    if "sampling_percent" in capture:  # the local runtime, with its writer's counts
+        stats = capture.get("stats") or {}
+        counts = (f" ({stats['written']} records written in {stats['files']} files, {stats['queued']} queued, "
+                  f"{stats['dropped']} dropped (queue full), {stats['lost']} lost)") if stats else ""
+        share = f"{capture['sampling_percent']}% of invocations" if capture["sampling_percent"] else "off"
+        return f"{share} -> {capture.get('destination_uri', capture.get('destination'))}{counts}"
+    percent = capture.get("CurrentSamplingPercentage", capture.get("InitialSamplingPercentage"))
+    if not capture.get("EnableCapture", True) or percent == 0:
+        return "off"
+    share = "on" if percent is None else f"{percent}% of invocations"
+    state = f", {capture['CaptureStatus']}" if capture.get("CaptureStatus") else ""
+    return f"{share} -> {capture.get('DestinationS3Uri')}{state}"
+
+
 def status_lines(status: dict) -> list[str]:
     if status.get("backend") != "local":  # another backend's status: show its fields as they are
         return [f"{key}: {value}" for key, value in status.items()]
@@ -43,6 +61,7 @@ def status_lines(status: dict) -> list[str]:
         decision = variant.get("last_scaling_decision")
         if decision:
             lines.append(f"    last decision: {decision['reason']}")
+    lines.append(f"  data capture: {capture_text(status.get('data_capture'))}")
     for activity in status.get("scaling_activities", [])[-3:]:
         lines.append(f"  scaling {activity['variant']} {activity['from']} -> {activity['to']} ({activity['status']}, "
                      f"{_ago(activity['time'])}): {activity['reason']}")

@@ -22,6 +22,15 @@ check calls it) answers 200 while an instance is in service, else 503
 A request whose connection to an instance fails (refused, reset, closed before
 an answer: the instance died) is retried on another instance; inference has no
 side effects, so this is safe, and an instance dying mid-swap costs no request.
+
+Data capture: when the endpoint captures, the router samples that share of the
+invocations the model server answered (its answers and its 4xx refusals) and
+offers each to the endpoint's ``CaptureWriter`` (``monitor.capture``), which
+queues it and writes from its own thread; a full queue drops and counts, so a
+request never waits for capture. The event's ``eventId`` is the request id the
+router answers with (``x-amzn-RequestId``).
+
+``GET /metrics`` (Prometheus text) shows the capture counters of each endpoint.
 """
 
 from __future__ import annotations
@@ -29,13 +38,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 import uuid
+from datetime import datetime, timezone
 
 import aiohttp
 from aiohttp import web
 
 from distracted_driver.httpserver import read_body
+from distracted_driver.monitor.capture import Invocation
+from distracted_driver.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
@@ -53,20 +66,21 @@ TARGET_VARIANT_HEADER = "X-Amzn-SageMaker-Target-Variant"
 # The modelled SageMaker Runtime error for a status, where one fits a refusal that is not the router's own.
 SAGEMAKER_CODES = {400: "ValidationError", 404: "UnknownOperationException", 405: "UnknownOperationException",
                    500: "InternalFailure", 503: "ServiceUnavailable"}
-ROUTES = "POST /endpoints/{name}/invocations, GET /endpoints/{name}/health"
+ROUTES = "POST /endpoints/{name}/invocations, GET /endpoints/{name}/health, GET /metrics"
 
 
-def _error_parts(code: str | None, message: str, **members) -> tuple[dict, dict]:
+def _error_parts(code: str | None, message: str, request_id: str | None = None, **members) -> tuple[dict, dict]:
     body = {"message": message, **members}
-    headers = {"x-amzn-RequestId": str(uuid.uuid4())}
+    headers = {"x-amzn-RequestId": request_id or str(uuid.uuid4())}
     if code:
         body["__type"] = code
         headers["x-amzn-ErrorType"] = code
     return body, headers
 
 
-def sagemaker_error(http_status: int, code: str | None, message: str, **members) -> web.Response:
-    body, headers = _error_parts(code, message, **members)
+def sagemaker_error(http_status: int, code: str | None, message: str, request_id: str | None = None,
+                    **members) -> web.Response:
+    body, headers = _error_parts(code, message, request_id, **members)
     return web.Response(status=http_status, body=json.dumps(body).encode(), content_type="application/json",
                         headers=headers)
 
@@ -109,7 +123,11 @@ class Router:
             log.exception("router failed on %s", request.path)
             return sagemaker_error(500, "InternalFailure", "An internal failure occurred in the local runtime; see its log.")
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.runtime.metrics_text().encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
     async def _invocations(self, request: web.Request) -> web.StreamResponse:
+        arrived = datetime.now(timezone.utc)
         name = request.match_info["name"]
         endpoint = self.runtime.endpoints.get(name)
         if endpoint is None or not endpoint.blue:
@@ -131,13 +149,14 @@ class Router:
                 f"The variant {target} is not valid for endpoint {name}; its variants are {', '.join(sorted(endpoint.variant_names()))}.",
             )
         headers = {h: request.headers[h] for h in FORWARDED_REQUEST_HEADERS if h in request.headers}
-        return await self._forward(endpoint, target, body, headers)
+        return await self._forward(endpoint, target, body, headers, arrived)
 
     @staticmethod
     def _too_large() -> web.Response:
         return sagemaker_error(413, None, f"HTTP content length exceeded {MAX_BODY_BYTES} bytes.")
 
-    async def _forward(self, endpoint, target: str | None, body: bytes, headers: dict) -> web.StreamResponse:
+    async def _forward(self, endpoint, target: str | None, body: bytes, headers: dict,
+                       arrived: datetime) -> web.StreamResponse:
         tried: set = set()
         waited = False
         while len(tried) < MAX_ATTEMPTS:
@@ -175,16 +194,31 @@ class Router:
             finally:
                 instance.release()
             self._record(fleet, instance, ok=status < 500, started=started)
+            request_id = str(uuid.uuid4())
+            if status < 500:  # an answer, or the model server's refusal of a bad input: both are what it saw
+                self._capture(endpoint, Invocation(
+                    endpoint.name, fleet.name, request_id, arrived, headers.get("Content-Type", ""), body,
+                    answer_headers.get("Content-Type", ""), payload))
             if status >= 300:
-                return self._model_error(fleet, instance, status, payload)
+                return self._model_error(fleet, instance, status, payload, request_id)
             response = web.Response(status=200, body=payload)
             for header in FORWARDED_RESPONSE_HEADERS:
                 if header in answer_headers:
                     response.headers[header] = answer_headers[header]
             response.headers[VARIANT_HEADER] = fleet.name
-            response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
+            response.headers["x-amzn-RequestId"] = request_id
             return response
         return sagemaker_error(503, "ServiceUnavailable", f"No instance of endpoint {endpoint.name} is in service. Try your call again.")
+
+    @staticmethod
+    def _capture(endpoint, invocation: Invocation) -> None:
+        """Sample the invocation and offer it to the writer: never waits (a full queue drops and counts)."""
+        config, writer = endpoint.data_capture, endpoint.capture_writer
+        if writer is None or config is None or not config.enabled:
+            return
+        if config.sampling_percent < 100 and random.random() * 100 >= config.sampling_percent:
+            return
+        writer.offer(invocation)
 
     @staticmethod
     def _record(fleet, instance, ok: bool, started: float) -> None:
@@ -193,11 +227,11 @@ class Router:
         instance.errors += not ok
 
     @staticmethod
-    def _model_error(fleet, instance, status: int, payload: bytes) -> web.Response:
+    def _model_error(fleet, instance, status: int, payload: bytes, request_id: str) -> web.Response:
         original = _original_message(payload)
         kind = "client" if status < 500 else "server"
         return sagemaker_error(
-            424, "ModelError",
+            424, "ModelError", request_id=request_id, message=
             f'Received {kind} error ({status}) from primary with message "{original}". '
             f"See the log of instance {instance.id} for more information (inv deploy.status lists it).",
             OriginalStatusCode=status,

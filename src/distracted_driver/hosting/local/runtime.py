@@ -38,6 +38,7 @@ from distracted_driver.hosting.local.endpoint import Endpoint
 from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.client import kill_orphans
 from distracted_driver.hosting.local.instances import InstanceError, adoptable
+from distracted_driver.hosting.local.metrics import capture_metrics
 from distracted_driver.hosting.local.router import MAX_BODY_BYTES, ROUTES, Router, sagemaker_shape
 from distracted_driver.hosting.local.state import (
     EndpointConfigRecord,
@@ -58,12 +59,15 @@ from distracted_driver.httpserver import (
     private_unix_socket,
 )
 from distracted_driver.logs import LogRotation, add_log_arguments, configure_logging
+from distracted_driver.monitor.capture import CaptureConfig, CaptureWriter
+from distracted_driver.storage.local import LocalStorage
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
 AUTOSCALE_INTERVAL_S = 0.5
 CONTROL_BODY_LIMIT = 64 * 1024 * 1024  # smoke images travel base64 in control requests
 INVOCATION_LIMITS = Limits(max_connections=1024)
+CAPTURE_CLOSE_TIMEOUT_S = 20.0  # within supervisord's stop wait (client.STOP_TIMEOUT_S)
 
 
 class ControlError(Exception):
@@ -161,6 +165,7 @@ class Runtime:
             if config is None:
                 endpoint.status = states.FAILED if endpoint.status != states.FAILED else endpoint.status
                 continue
+            self._start_capture(endpoint)
             self.spawn(self._bring_up(endpoint, config, running))
         self.save()
 
@@ -318,6 +323,7 @@ class Runtime:
             routing = TrafficRouting(**body.get("routing", {}))
             alarms = AlarmThresholds(**body.get("alarms", {}))
             smoke = [base64.b64decode(image, validate=True) for image in body.get("smoke_images", [])]
+            capture = CaptureConfig.from_json(body["data_capture"]) if body.get("data_capture") else None
         except (TypeError, ValueError, binascii.Error) as error:
             raise ControlError(400, f"invalid deployment request: {error}") from None
         if not smoke:
@@ -328,12 +334,15 @@ class Runtime:
         endpoint.deployment = deployment
         endpoint.add_deployment(deployment.record)
         self.save()
-        self.spawn(self._run_deployment(endpoint, deployment))
+        self.spawn(self._run_deployment(endpoint, deployment, capture))
         return deployment.record
 
-    async def _run_deployment(self, endpoint: Endpoint, deployment: Deployment) -> None:
+    async def _run_deployment(self, endpoint: Endpoint, deployment: Deployment,
+                              capture: CaptureConfig | None = None) -> None:
         try:
             await deployment.run()
+            if capture is not None and deployment.record["outcome"] == "deployed":
+                await self._apply_capture(endpoint, capture)  # as SageMaker: the new config's capture, once live
         finally:
             endpoint.deployment = None
             self.save()
@@ -374,6 +383,60 @@ class Runtime:
         self.save()
         return endpoint.to_json()
 
+    # --- data capture ----------------------------------------------------------------------
+
+    async def set_capture(self, name: str, body: dict) -> dict:
+        """Capture a share of the endpoint's invocations (``sampling_percent`` 0: none) from now on."""
+        endpoint = self._endpoint(name)
+        try:
+            config = CaptureConfig.from_json(body)
+        except ValueError as error:
+            raise ControlError(400, str(error)) from None
+        await self._apply_capture(endpoint, config)
+        self.save()
+        return endpoint.to_json()["data_capture"]
+
+    async def _apply_capture(self, endpoint: Endpoint, config: CaptureConfig) -> None:
+        before, old = endpoint.data_capture, endpoint.capture_writer
+        endpoint.data_capture = config
+        if old is not None and config.enabled and before.with_percent(0) == config.with_percent(0):
+            log.info("data capture of %s: %d%% of invocations", endpoint.name, config.sampling_percent)
+            return  # only the share changed: the router samples, the writer goes on
+        endpoint.capture_writer = None
+        self._start_capture(endpoint)  # the new writer takes the invocations from now on...
+        if old is not None:  # ...while the old one writes out what it holds, off the event loop
+            await self._close_writer(endpoint, old, "capture settings changed")
+
+    def _start_capture(self, endpoint: Endpoint) -> None:
+        config = endpoint.data_capture
+        if config is None or not config.enabled or endpoint.capture_writer is not None:
+            return
+        endpoint.capture_writer = CaptureWriter(LocalStorage(config.destination), config,
+                                                name=f"capture-{endpoint.name}")
+        log.info("data capture of %s: %d%% of invocations to %s", endpoint.name, config.sampling_percent,
+                 config.destination_uri)
+
+    @staticmethod
+    async def _close_writer(endpoint: Endpoint, writer: CaptureWriter, why: str) -> None:
+        before = writer.stats()
+        final = await asyncio.to_thread(writer.close, CAPTURE_CLOSE_TIMEOUT_S)
+        endpoint.retired_capture.append(final)
+        lost = final.lost - before.lost
+        log.log(logging.WARNING if lost else logging.INFO,
+                "data capture of %s (%s): %d queued records written out, %d lost; since the runtime started "
+                "%d written in %d files, %d dropped (queue full), %d lost in all", endpoint.name, why,
+                before.queued - lost, lost, final.written, final.files, final.dropped, final.lost)
+
+    async def close_capture(self) -> None:
+        """Write out every queued capture record (a clean stop loses none), and say so."""
+        for endpoint in self.endpoints.values():
+            writer, endpoint.capture_writer = endpoint.capture_writer, None
+            if writer is not None:
+                await self._close_writer(endpoint, writer, "the runtime is stopping")
+
+    def metrics_text(self) -> str:
+        return capture_metrics({name: e.capture_stats() for name, e in self.endpoints.items() if e.data_capture})
+
     async def delete_endpoint(self, name: str) -> None:
         endpoint = self._endpoint(name)
         endpoint.status = states.DELETING
@@ -382,6 +445,9 @@ class Runtime:
             while endpoint.deployment is not None:
                 await asyncio.sleep(0.05)
         await asyncio.gather(*(fleet.retire() for fleet in endpoint.all_fleets()))
+        if endpoint.capture_writer is not None:
+            writer, endpoint.capture_writer = endpoint.capture_writer, None
+            await self._close_writer(endpoint, writer, "the endpoint is deleted")
         del self.endpoints[name]
         self.save()
         log.info("endpoint %s deleted", name)
@@ -403,10 +469,11 @@ def _required(body: dict, key: str):
 
 
 def make_invocation_app(runtime: Runtime) -> web.Application:
-    """The TCP port: SageMaker Runtime's invocations, the endpoint health check, nothing else."""
+    """The TCP port: SageMaker Runtime's invocations, the endpoint health check and the metrics, nothing else."""
     app = web.Application(client_max_size=MAX_BODY_BYTES + 1, middlewares=[json_errors(sagemaker_shape, ROUTES)])
     app.router.add_post("/endpoints/{name}/invocations", runtime.router.invocations)
     app.router.add_get("/endpoints/{name}/health", runtime.router.health)
+    app.router.add_get("/metrics", runtime.router.metrics)
     return app
 
 
@@ -451,6 +518,10 @@ def make_control_app(runtime: Runtime) -> web.Application:
     @routes.delete("/endpoints/{name}/autoscaling/{variant}")
     async def no_autoscaling(request):
         return web.json_response(runtime.set_autoscaling(request.match_info["name"], request.match_info["variant"], None))
+
+    @routes.put("/endpoints/{name}/data-capture")
+    async def data_capture(request):
+        return web.json_response(await runtime.set_capture(request.match_info["name"], await _json(request)))
 
     @routes.delete("/endpoints/{name}")
     async def delete(request):
@@ -511,6 +582,7 @@ async def serve(paths: RuntimePaths, host: str, port: int, log_rotation: LogRota
     scaler.cancel()
     await runtime.shutdown()
     await invocations.cleanup()
+    await runtime.close_capture()  # after the port closed: no invocation comes after it
     await control.cleanup()
     if (read_json(paths.runtime_file) or {}).get("pid") == os.getpid():
         paths.runtime_file.unlink(missing_ok=True)
