@@ -9,11 +9,11 @@ endpoint's answer. From it:
 - the image check of every stage (``data.imaging.decode_image``): an image that fails it is a
   refused input too, whatever was answered;
 - the per-image statistics of ``data.image_stats`` and the live model's pooled features (its
-  ``features`` output, with its own ``preprocess.json``), both measured on the image brought
-  to the form the training records have (``data.convert.transform`` with the options the
-  channels were converted with), as the baseline measured the records: one frame gives the
-  same numbers as a capture and as a record, so a difference is the traffic's, not the
-  conversion's.
+  ``features`` output, on the model's input as its ``preprocess.json`` makes it), both measured
+  on the image brought to the form the training records have (``data.convert.transform`` with
+  the options the channels were converted with), as the baseline measured the records: one
+  frame gives the same numbers as a capture and as a record, so a difference is the traffic's,
+  not the conversion's.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from distracted_driver.data.convert import ConvertOptions, transform
 from distracted_driver.data.image_stats import STATISTICS, image_statistics
-from distracted_driver.data.imaging import ImageError, decode_image, preprocess
+from distracted_driver.data.imaging import ImageError, decode_image
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.system import cpu_count
 
@@ -136,10 +136,10 @@ def _measure(record, classifier, options: ConvertOptions):
     if not record.input_bytes:
         return None, None, None, "no image in the captured request"
     try:
-        as_recorded = decode_image(transform(record.input_bytes, options))  # the image check, then the conversion
+        record_form = transform(record.input_bytes, options)  # the image check, then the conversion
+        return probabilities, image_statistics(decode_image(record_form)), classifier.prepare(record_form), None
     except ImageError as error:
         return None, None, None, f"the image fails the check: {error}"
-    return probabilities, image_statistics(as_recorded), preprocess(as_recorded, classifier.artifact.preprocessing), None
 def _short(text, limit: int = 120) -> str:
     text = " ".join(str(text or "nothing").split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
