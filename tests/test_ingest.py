@@ -323,7 +323,7 @@ def test_rows_not_reviewed_are_counted_and_left_out_and_the_rest_added(bucket, b
     _write_rows(batch / "driver_imgs_list.csv", rows)
     report = add_data(storage, settings, batch, progress=False)
     assert len(report.added) == 7 and len(report.unreviewed) == 13
-    assert "13 row(s) not reviewed yet (no subject filled in in driver_imgs_list.csv): not added" in str(report)
+    assert "13 row(s) not reviewed yet (no subject yet in driver_imgs_list.csv): not added" in str(report)
     listing = latest_manifest(storage, settings)
     assert {e["subject"] for e in listing["images"]} == {"p300"} and listing["batch"]["unreviewed"] == 13
     assert sorted(Path(e["key"]).name for e in listing["images"]) == sorted(row[2] for row in rows[1:8])

@@ -85,7 +85,7 @@ class IngestReport:
         lines = [f"{len(self.added)} added, {len(self.skipped)} skipped, {len(self.refused)} refused"]
         lines += [f"  refused {name}: {why}" for name, why in self.refused]
         if self.unreviewed:
-            lines.append(f"{len(self.unreviewed)} row(s) not reviewed yet (no subject filled in in {DRIVER_LIST}): "
+            lines.append(f"{len(self.unreviewed)} row(s) not reviewed yet (no subject yet in {DRIVER_LIST}): "
                          "not added; review them and run data.add again")
         if self.manifest_key:
             counts = self.manifest["counts"]
