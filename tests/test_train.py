@@ -16,7 +16,8 @@ import pytest
 
 from distracted_driver.storage import open_storage
 from distracted_driver.train import job as train_job
-from distracted_driver.train.artifact import BASELINE_ARRAYS_FILE, BASELINE_FILE, REQUIRED_FILES, unpack_artifact
+from distracted_driver.train.artifact import (BASELINE_ARRAYS_FILE, BASELINE_FILE, INT8_MODEL_FILE, REQUIRED_FILES,
+                                             SERVING_FILE, unpack_artifact)
 from distracted_driver.train.baseline import load_baseline
 from distracted_driver.train.evaluate import evaluate_artifact, evaluate_model
 from distracted_driver.train.registry import Registry
@@ -73,7 +74,8 @@ def test_local_job_leaves_a_valid_artifact_in_the_bucket(trained_job, tmp_path):
     tar = tmp_path / "model.tar.gz"
     storage.get_file(f"models/{job}/output/model.tar.gz", tar)
     with tarfile.open(tar) as archive:
-        assert sorted(archive.getnames()) == sorted([*REQUIRED_FILES, BASELINE_FILE, BASELINE_ARRAYS_FILE])
+        assert sorted(archive.getnames()) == sorted([*REQUIRED_FILES, INT8_MODEL_FILE, SERVING_FILE, BASELINE_FILE,
+                                                     BASELINE_ARRAYS_FILE])
     artifact = unpack_artifact(tar, tmp_path / "model")
     assert artifact.version == job
     assert artifact.preprocessing.input_size == 160 and artifact.preprocessing.jpeg_dct_scaling

@@ -44,6 +44,9 @@ class Settings:
     pipeline_prefix: str = "pipeline"
     transform_prefix: str = "transform"  # Batch Transform: images to score, each job's manifest and outputs
     capture_prefix: str = "capture"  # data capture: <prefix>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl
+    # Serving precision: int8 is served when its validation log loss is within this of fp32's
+    # (train.precision: "0.01,3%" = 0.01 or 3 %, whichever is larger; negative: always fp32).
+    int8_tolerance: str = "0.01,3%"
     # Hosting.
     endpoint_name: str = "distracted-driver"
     variant_name: str = "AllTraffic"
@@ -54,6 +57,12 @@ class Settings:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {self.backend!r}")
+        from distracted_driver.train.precision import Tolerance, ToleranceError
+
+        try:
+            object.__setattr__(self, "int8_tolerance", str(Tolerance.parse(self.int8_tolerance)))
+        except ToleranceError as error:
+            raise ValueError(f"DD_INT8_TOLERANCE: {error}") from None
         root = Path(self.root)
         object.__setattr__(self, "root", root)
         for name, default in (("bucket_dir", ".bucket"), ("state_dir", ".state"), ("work_dir", ".work")):

@@ -53,6 +53,7 @@ def run(settings: Settings) -> int:
         return code
 
     test_images = sorted((sample_dir / TEST_DIR).glob("*.jpg"))
+    _served_precision(settings, storage)
     _batch_prediction(settings, sample_dir / TEST_DIR)
     _endpoint_queries(settings, test_images[:SAMPLE_QUERIES])
     _rest_api(settings, test_images[0], record)
@@ -60,6 +61,15 @@ def run(settings: Settings) -> int:
     _data_capture(settings, storage)
     _drift_summary(settings, storage)
     return 0
+
+
+def _served_precision(settings: Settings, storage) -> None:
+    from distracted_driver.train.gate import serving_line
+    from distracted_driver.train.registry import Registry
+
+    registry = Registry(storage, settings)
+    _say("served precision (the endpoint, the REST API and batch prediction all run this file)")
+    print(serving_line(registry, "live"))
 
 
 def _batch_prediction(settings: Settings, images: Path) -> None:

@@ -257,6 +257,7 @@ class Train(Stage):
         inputs = {"data_sha256": context.outputs["upload"]["data_sha256"],
                   "code": training_code_version(),
                   "hyperparameters": normalized_hyperparameters(context.options.hyperparameters),
+                  "int8_tolerance": context.settings.int8_tolerance,  # the job picks the served precision with it
                   "backend": context.settings.backend}
         if context.settings.backend == "aws":
             inputs["algorithm"] = context.options.algorithm
@@ -348,6 +349,7 @@ class Gate(Stage):
                 "data_sha256": context.outputs["upload"]["data_sha256"],
                 "live": live_version(context),
                 "tolerance": DEFAULT_TOLERANCE if tolerance is None else tolerance,
+                "int8_tolerance": context.settings.int8_tolerance,
                 "smoke_per_class": context.options.smoke_images}
 
     def still_valid(self, context, outputs):
@@ -362,7 +364,8 @@ class Gate(Stage):
         inputs = record.inputs
         try:
             decision = judge(Registry(context.storage, context.settings), inputs["candidate"],
-                             tolerance=inputs["tolerance"], smoke_per_class=inputs["smoke_per_class"])
+                             tolerance=inputs["tolerance"], smoke_per_class=inputs["smoke_per_class"],
+                             int8_tolerance=inputs.get("int8_tolerance"))
         except (GateError, RegistryError, ArtifactError) as error:
             raise StageFailed(str(error)) from None
         if decision.data_manifest_sha256 != inputs["data_sha256"]:
@@ -372,8 +375,10 @@ class Gate(Stage):
                 "candidate_log_loss": decision.candidate_log_loss, "candidate_accuracy": decision.candidate_accuracy,
                 "live_log_loss": decision.live_log_loss, "live_accuracy": decision.live_accuracy,
                 "examples": decision.examples, "smoke_images": decision.smoke_images,
-                "record_key": decision.record_key,
-                "summary": f"{'passed' if decision.passed else 'rejected'}: {decision.reason}"}
+                "record_key": decision.record_key, "precision": decision.precision,
+                "fp32_log_loss": decision.fp32_log_loss, "int8_log_loss": decision.int8_log_loss,
+                "summary": f"{'passed' if decision.passed else 'rejected'}: {decision.reason}"
+                           + (f"; {decision.precision_line()}" if decision.precision else "")}
 
     def verdict(self, context, record):
         if record.outputs.get("passed", True):

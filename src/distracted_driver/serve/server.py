@@ -69,6 +69,7 @@ class ServerConfig:
     max_batch_delay_ms: float = 5.0
     queue_size: int = 64  # invocations admitted at once (reading, decoding, waiting, running)
     threads: int | None = None  # ONNX Runtime intra-op threads; default all cores
+    concurrent_batches: int = 2  # batches run at once on the session's threads (serve.batching)
     decode_workers: int | None = None  # decode + preprocess threads; default all cores
     max_pixels: int = MAX_PIXELS
     warmup_runs: int = 2
@@ -147,7 +148,9 @@ class ModelServer:
 
     async def ping(self, request: web.Request) -> web.Response:
         if self.ready and not self.draining:
-            return web.json_response({"status": "healthy", "model_version": self.version})
+            return web.json_response({"status": "healthy", "model_version": self.version,
+                                      "precision": self.artifact.served_precision,
+                                      "model_file": self.artifact.served_model_path.name})
         state = "draining" if self.draining else "loading"
         return web.json_response({"status": state, "model_version": self.version}, status=503)
 
@@ -210,6 +213,7 @@ class ModelServer:
                 self.config.max_batch_size,
                 self.config.max_batch_delay_ms / 1000.0,
                 on_batch=self._record_batch,
+                concurrency=self.config.concurrent_batches,
             )
             self.batcher.start()
             tensor = await loop.run_in_executor(self.decode_pool, self.classifier.prepare, _warmup_image())
@@ -225,7 +229,8 @@ class ModelServer:
             return
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("model %s ready after %.2f s (warm-up included)", self.version, time.monotonic() - started)
+        log.info("model %s ready after %.2f s (warm-up included), serving %s (%s)", self.version,
+                 time.monotonic() - started, self.artifact.served_precision, self.artifact.served_model_path.name)
 
     def _record_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -270,6 +275,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Serve
     parser.add_argument("--max-batch-delay-ms", type=float, default=5.0, help="longest wait for a batch to fill")
     parser.add_argument("--queue-size", type=int, default=64, help="invocations admitted at once; more get 503")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    parser.add_argument("--concurrent-batches", type=int, default=2,
+                        help="batches run at once, sharing those threads (default 2)")
     parser.add_argument("--decode-workers", type=int, default=None, help="decode threads (default: all cores)")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image accepted, in pixels")
     parser.add_argument("--warmup-runs", type=int, default=2, help="warm-up inferences before /ping turns 200")
@@ -280,11 +287,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Serve
     parser.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds to drain on SIGTERM")
     add_log_arguments(parser)
     args = parser.parse_args(argv)
-    if args.max_batch_size < 1 or args.queue_size < 1:
-        parser.error("--max-batch-size and --queue-size must be at least 1")
+    if args.max_batch_size < 1 or args.queue_size < 1 or args.concurrent_batches < 1:
+        parser.error("--max-batch-size, --queue-size and --concurrent-batches must be at least 1")
     return args, ServerConfig(
         model_dir=args.model_dir, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms, queue_size=args.queue_size, threads=args.threads,
+        concurrent_batches=args.concurrent_batches,
         decode_workers=args.decode_workers, max_pixels=args.max_pixels, warmup_runs=args.warmup_runs,
         read_timeout_s=args.read_timeout, header_timeout_s=args.header_timeout, max_connections=args.max_connections,
         shutdown_timeout_s=args.shutdown_timeout,

@@ -2,14 +2,20 @@
 
 Contents (flat, at the archive root):
 
-- ``model.onnx``: input ``input`` float32 ``[batch, 3, S, S]`` (dynamic batch),
-  output ``probabilities`` float32 ``[batch, 10]`` (softmax already applied:
-  every row non-negative and summing to 1, which ``probability_problem`` checks);
-  it is the file serving loads (``ModelArtifact.served_model_path``), so it is
-  the one the gate scores. A second output ``features`` float32 ``[batch, F]``
-  (the pooled penultimate-layer features the head reads) is for monitoring
-  only: the model server fetches ``probabilities`` alone, so its answers do not
-  depend on it, and models exported before it existed lack it;
+- ``model.onnx``: the fp32 network; input ``input`` float32 ``[batch, 3, S, S]``
+  (dynamic batch), output ``probabilities`` float32 ``[batch, 10]`` (softmax
+  already applied: every row non-negative and summing to 1, which
+  ``probability_problem`` checks). A second output ``features`` float32
+  ``[batch, F]`` (the pooled penultimate-layer features the head reads) is for
+  monitoring only: model servers fetch ``probabilities`` alone, so their answers
+  do not depend on it, and models exported before it existed lack it;
+- ``model.int8.onnx`` (optional): the same network statically quantized to int8
+  (QDQ), with the same input and outputs;
+- ``serving.json`` (optional; without it the artifact serves fp32): which of the
+  two is served (``precision``: ``fp32`` or ``int8``), the validation scores of
+  both and the tolerance that chose (``train.precision``). The served file
+  (``ModelArtifact.served_model_path``) is what a model server, batch
+  prediction and SageMaker hosting load, so it is the one the gate scores;
 - ``labels.json``: ``[{"index", "class", "label"}]`` for c0..c9;
 - ``preprocess.json``: ``distracted_driver.data.imaging.Preprocessing`` as a dict;
 - ``metrics.json``: validation metrics (``log_loss``, ``accuracy``, …) as the
@@ -28,7 +34,7 @@ from __future__ import annotations
 
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +42,12 @@ import numpy as np
 from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path
+from distracted_driver.train.precision import FP32, INT8
 
 MODEL_FILE = "model.onnx"
+INT8_MODEL_FILE = "model.int8.onnx"
+SERVING_FILE = "serving.json"
+MODEL_FILES = {FP32: MODEL_FILE, INT8: INT8_MODEL_FILE}
 LABELS_FILE = "labels.json"
 PREPROCESS_FILE = "preprocess.json"
 METRICS_FILE = "metrics.json"
@@ -63,15 +73,32 @@ class ModelArtifact:
     preprocessing: Preprocessing
     metrics: dict
     provenance: dict
+    serving: dict = field(default_factory=dict)  # serving.json; {} for an artifact that serves fp32 only
 
     @property
     def model_path(self) -> Path:
+        """The fp32 model."""
         return self.directory / MODEL_FILE
+
+    @property
+    def served_precision(self) -> str:
+        return self.serving.get("precision", FP32)
 
     @property
     def served_model_path(self) -> Path:
         """The ONNX file a model server loads for this artifact: what the gate must score."""
-        return self.model_path
+        return self.directory / MODEL_FILES[self.served_precision]
+
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions this artifact has a model file for, fp32 first."""
+        return [precision for precision, name in MODEL_FILES.items() if (self.directory / name).is_file()]
+
+    def serving_as(self, precision: str) -> "ModelArtifact":
+        """The same artifact serving ``precision`` (to score each of its models as a server would run it)."""
+        if precision not in self.precisions:
+            raise ArtifactError(f"artifact in {self.directory} has no {precision} model ({MODEL_FILES.get(precision)})")
+        return replace(self, serving={**self.serving, "precision": precision})
 
     @property
     def version(self) -> str:
@@ -127,7 +154,15 @@ def load_artifact(directory: str | Path) -> ModelArtifact:
     provenance = _read_json(directory, PROVENANCE_FILE)
     if not provenance.get("model_version"):
         raise ArtifactError(f"{PROVENANCE_FILE} lacks model_version")
-    return ModelArtifact(directory, labels, preprocessing, _read_json(directory, METRICS_FILE), provenance)
+    serving = _read_json(directory, SERVING_FILE) if (directory / SERVING_FILE).exists() else {}
+    if not isinstance(serving, dict):
+        raise ArtifactError(f"{SERVING_FILE} in {directory} must be a JSON object")
+    precision = serving.get("precision", FP32)
+    if precision not in MODEL_FILES:
+        raise ArtifactError(f"{SERVING_FILE} names precision {precision!r}; it must be one of {', '.join(MODEL_FILES)}")
+    if not (directory / MODEL_FILES[precision]).is_file():
+        raise ArtifactError(f"{SERVING_FILE} serves {precision} but the artifact in {directory} lacks {MODEL_FILES[precision]}")
+    return ModelArtifact(directory, labels, preprocessing, _read_json(directory, METRICS_FILE), provenance, serving)
 
 
 def pack_artifact(directory: str | Path, tar_path: str | Path) -> Path:

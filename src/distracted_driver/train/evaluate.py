@@ -137,34 +137,73 @@ def predict_channel(artifact: ModelArtifact, channel_dir: str | Path, batch_size
     Batches of 8: EfficientNet-Lite0 takes about 30 MB of activations per image in a run, so 32 peaked
     at 1 GB more, for no speed (``serve.batch_predict.DEFAULT_BATCH_SIZE``).
     """
+    result = predict_precisions(artifact, channel_dir, [artifact.served_precision], batch_size, progress)
+    predictions = result[artifact.served_precision]
+    if isinstance(predictions, NotProbabilities):
+        raise predictions
+    return predictions
+
+
+def predict_precisions(artifact: ModelArtifact, channel_dir: str | Path, precisions: list[str], batch_size: int = 32,
+                       progress: bool = True) -> dict[str, "Predictions | NotProbabilities"]:
+    """``predict_channel`` for each of the artifact's models in ``precisions`` (fp32, int8), decoding each image once.
+
+    A model whose outputs are not probabilities gets its ``NotProbabilities`` error instead of predictions.
+    """
     from distracted_driver.serve.inference import Classifier
 
-    classifier = Classifier(artifact)
+    classifiers = {precision: Classifier(artifact.serving_as(precision)) for precision in precisions}
     records, skipped = read_records(channel_dir)
     by_source = {record.source: record for record in records}
-    labels, probabilities, used = [], [], []
+    labels, used = [], []
+    rows: dict[str, list[np.ndarray]] = {precision: [] for precision in precisions}
     with tqdm(total=len(records), unit="img", desc="evaluate", disable=not progress) as bar:
         for batch in decoded_batches(records, artifact.preprocessing, batch_size):
             skipped.extend(batch.failed)
             if len(batch.labels):
-                probabilities.append(classifier.predict(batch.images))
+                for precision, classifier in classifiers.items():
+                    rows[precision].append(classifier.predict(batch.images))
                 labels.append(batch.labels)
                 used.extend(by_source[source] for source in batch.sources)
             bar.update(len(batch.labels) + len(batch.failed))
     if not labels:
         raise ValueError(f"no usable image in {channel_dir}")
-    probabilities = np.concatenate(probabilities)
-    problem = probability_problem(probabilities)
-    if problem is not None:
-        raise NotProbabilities(f"the outputs of {artifact.served_model_path.name} are not probabilities: {problem}")
-    return Predictions(np.concatenate(labels), probabilities, used, skipped)
+    labels = np.concatenate(labels)
+    results: dict[str, Predictions | NotProbabilities] = {}
+    for precision, classifier in classifiers.items():
+        probabilities = np.concatenate(rows[precision])
+        problem = probability_problem(probabilities)
+        name = classifier.artifact.served_model_path.name
+        results[precision] = (NotProbabilities(f"the outputs of {name} are not probabilities: {problem}") if problem
+                              else Predictions(labels, probabilities, used, list(skipped)))
+    return results
 
 
 def evaluate_artifact(artifact: ModelArtifact, channel_dir: str | Path, progress: bool = True) -> dict:
-    """Metrics of an artifact on a channel, plus what was skipped and how long it took."""
+    """Metrics of an artifact's served model on a channel, plus what was skipped and how long it took."""
     start = time.perf_counter()
     predictions = predict_channel(artifact, channel_dir, progress=progress)
     return metrics_of(predictions, time.perf_counter() - start)
+
+
+def evaluate_precisions(artifact: ModelArtifact, channel_dir: str | Path, progress: bool = True) -> dict[str, dict]:
+    """``evaluate_artifact`` for every model the artifact holds (fp32, int8): precision → metrics.
+
+    A model whose outputs are not probabilities gets ``{"problem": reason}`` instead of metrics.
+    """
+    start = time.perf_counter()
+    results = predict_precisions(artifact, channel_dir, artifact.precisions, progress=progress)
+    seconds = time.perf_counter() - start
+    return {precision: {"problem": str(result)} if isinstance(result, NotProbabilities) else metrics_of(result, seconds)
+            for precision, result in results.items()}
+
+
+def precision_summary(by_precision: dict[str, dict]) -> dict[str, dict]:
+    """The headline scores of each precision, as ``metrics.json`` and the registry keep them."""
+    return {precision: ({"problem": metrics["problem"]} if "problem" in metrics else
+                        {"log_loss": metrics["log_loss"], "accuracy": metrics["accuracy"],
+                         "examples": metrics["examples"]})
+            for precision, metrics in by_precision.items()}
 
 
 def metrics_of(predictions: Predictions, seconds: float | None = None) -> dict:
@@ -206,7 +245,8 @@ def evaluate_model(settings, model: str = "latest", report_dir: str | Path | Non
         prefix = f"{settings.data_prefix}/validation"
         if not storage.download_prefix(prefix, tmp):
             raise FileNotFoundError(f"no validation channel at {storage.uri(prefix)}; upload the data first")
-        metrics = evaluate_artifact(artifact, tmp, progress=progress)
+        by_precision = evaluate_precisions(artifact, tmp, progress=progress)
+    metrics = served_metrics(artifact, by_precision)
     metrics["model_version"] = job
     metrics["data_manifest_sha256"] = storage.checksum(f"{settings.data_prefix}/manifest.json")
     report_dir = Path(report_dir) if report_dir else settings.root / "reports" / "models" / job
@@ -214,11 +254,27 @@ def evaluate_model(settings, model: str = "latest", report_dir: str | Path | Non
     return job, metrics, paths
 
 
+def served_metrics(artifact: ModelArtifact, by_precision: dict[str, dict]) -> dict:
+    """The served model's metrics, with the served precision and every precision's headline scores.
+
+    Raises ``NotProbabilities`` when the served model's outputs are not probabilities."""
+    served = by_precision[artifact.served_precision]
+    if "problem" in served:
+        raise NotProbabilities(served["problem"])
+    return {**served, "served_precision": artifact.served_precision, "by_precision": precision_summary(by_precision)}
+
+
 def summary_lines(metrics: dict) -> list[str]:
-    """A few lines people read: log loss, accuracy, and per-class recall."""
+    """A few lines people read: log loss, accuracy, the precision served, and per-class recall."""
     recall = " ".join(f"{name}:{value['recall']:.2f}" for name, value in metrics["per_class"].items())
-    return [
+    lines = [
         f"validation log loss {metrics['log_loss']:.4f} (uniform guess {UNIFORM_LOG_LOSS:.4f}), "
         f"accuracy {metrics['accuracy']:.3f} on {metrics['examples']} images",
-        f"recall per class: {recall}",
     ]
+    if metrics.get("by_precision"):
+        scores = ", ".join(f"{precision} " + (f"log loss {value['log_loss']:.4f} accuracy {value['accuracy']:.3f}"
+                                              if "log_loss" in value else value["problem"])
+                           for precision, value in metrics["by_precision"].items())
+        lines.append(f"serves {metrics['served_precision']} ({scores})")
+    lines.append(f"recall per class: {recall}")
+    return lines

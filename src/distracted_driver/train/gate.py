@@ -10,7 +10,11 @@ labels or no softmax can carry any numbers. Instead the gate
 2. runs the candidate's served model on it exactly as a model server does
    (``serve.inference.Classifier`` over ``ModelArtifact.served_model_path``,
    pixels prepared by the artifact's own ``preprocess.json``), refusing outputs
-   that are not probabilities;
+   that are not probabilities; and its other precision too (fp32 and int8, when
+   the artifact holds both), to apply the precision rule (``train.precision``)
+   to its own scores: an artifact that serves a precision the rule does not
+   choose from them is rejected, so int8 serves only where the gate saw it
+   within the tolerance of fp32;
 3. scores the live model the same way on the same images (kept in the live
    entry while its artifact is unchanged), and compares log losses; with no
    live model the candidate must beat a fraction of ln 10, the uniform guess;
@@ -27,7 +31,7 @@ from __future__ import annotations
 import base64
 import math
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,6 +42,7 @@ from distracted_driver.data.layout import CLASSES
 from distracted_driver.hashing import sha256_bytes, sha256_file
 from distracted_driver.storage import KeyNotFound, Storage
 from distracted_driver.train.artifact import ArtifactError, NotProbabilities
+from distracted_driver.train.precision import FP32, INT8, Tolerance, choose_from_scores
 from distracted_driver.train.registry import Registry, RegistryError
 
 # A candidate may be worse than the live model by at most this much validation log loss.
@@ -178,32 +183,53 @@ class Scored:
     examples: int
     skipped: int
     predictions: object = None  # evaluate.Predictions, kept in memory for the smoke set
+    precision: str = FP32  # the served one
+    by_precision: dict = field(default_factory=dict)  # each precision scored → log_loss, accuracy, examples (or problem)
 
     def scores(self) -> dict:
         return {"log_loss": self.log_loss, "accuracy": self.accuracy, "examples": self.examples,
                 "skipped": self.skipped, "artifact_sha256": self.artifact_sha256,
-                "served_file": self.served_file, "served_sha256": self.served_sha256}
+                "served_file": self.served_file, "served_sha256": self.served_sha256,
+                "precision": self.precision, "by_precision": self.by_precision}
 
 
-def score_served_model(registry: Registry, job: str, channel: Path, workspace: Path) -> Scored:
-    """Fetch ``job``'s artifact from the bucket and score its served model on ``channel``.
+def score_served_model(registry: Registry, job: str, channel: Path, workspace: Path,
+                       every_precision: bool = False) -> Scored:
+    """Fetch ``job``'s artifact from the bucket and score its served model on ``channel``
+    (and, with ``every_precision``, each other model it holds, on the same decoded images).
 
-    Raises ``NotProbabilities`` when its outputs are not probabilities, ``RegistryError`` or
-    ``ArtifactError`` when it cannot be fetched or loaded.
+    Raises ``NotProbabilities`` when the served model's outputs are not probabilities, ``RegistryError``
+    or ``ArtifactError`` when it cannot be fetched or loaded.
     """
-    from distracted_driver.train.evaluate import classification_metrics, predict_channel
+    from distracted_driver.train.evaluate import classification_metrics, precision_summary, predict_precisions
 
     artifact = registry.fetch_artifact(job, workspace)
+    precisions = artifact.precisions if every_precision else [artifact.served_precision]
     try:
-        predictions = predict_channel(artifact, channel, progress=False)
+        results = predict_precisions(artifact, channel, precisions, progress=False)
     except ArtifactError:
         raise
     except ValueError as error:  # an unreadable channel, or not one usable image in it
         raise GateError(f"cannot score {job} on the validation channel: {error}") from None
-    metrics = classification_metrics(predictions.labels, predictions.probabilities)
+    predictions = results[artifact.served_precision]
+    if isinstance(predictions, NotProbabilities):
+        raise predictions
+    by_precision = precision_summary({
+        precision: {"problem": str(result)} if isinstance(result, NotProbabilities)
+        else classification_metrics(result.labels, result.probabilities)
+        for precision, result in results.items()})
     served = artifact.served_model_path
+    metrics = by_precision[artifact.served_precision]
     return Scored(job, sha256_file(workspace / "model.tar.gz"), served.name, sha256_file(served),
-                  metrics["log_loss"], metrics["accuracy"], metrics["examples"], len(predictions.skipped), predictions)
+                  metrics["log_loss"], metrics["accuracy"], metrics["examples"], len(predictions.skipped), predictions,
+                  artifact.served_precision, by_precision)
+
+
+def precision_verdict(scored: Scored, tolerance: Tolerance) -> dict:
+    """The precision rule on the gate's own scores: what it chooses, against what the artifact serves."""
+    choice = choose_from_scores(scored.by_precision, tolerance)
+    return {"served": scored.precision, "chosen": choice.precision, "agrees": choice.precision == scored.precision,
+            "tolerance": str(tolerance), "limit": choice.limit, "reason": choice.reason, "scores": scored.by_precision}
 
 
 # --- the decision ------------------------------------------------------------------------------
@@ -224,9 +250,20 @@ class GateDecision:
     examples: int
     smoke_images: int
     record_key: str
+    precision: str | None = None  # what the candidate serves
+    fp32_log_loss: float | None = None  # the gate's scores of each of the candidate's models
+    int8_log_loss: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def precision_line(self) -> str:
+        """Which precision the candidate serves, with the gate's own log loss of each."""
+        def loss(value):
+            return "-" if value is None else f"{value:.4f}"
+
+        return (f"{self.candidate} serves {self.precision}: validation log loss fp32 {loss(self.fp32_log_loss)}, "
+                f"int8 {loss(self.int8_log_loss)} (the gate's own scores)")
 
 
 def judge(
@@ -235,8 +272,13 @@ def judge(
     tolerance: float = DEFAULT_TOLERANCE,
     baseline_fraction: float = DEFAULT_BASELINE_FRACTION,
     smoke_per_class: int = DEFAULT_SMOKE_PER_CLASS,
+    int8_tolerance: str | None = None,
 ) -> GateDecision:
-    """Score ``candidate`` (and the live model) on the current validation set, decide, and store the record."""
+    """Score ``candidate`` (and the live model) on the current validation set, decide, and store the record.
+
+    ``int8_tolerance`` (default: the setting, ``DD_INT8_TOLERANCE``) is the precision rule's tolerance.
+    """
+    int8 = Tolerance.parse(registry.settings.int8_tolerance if int8_tolerance is None else int8_tolerance)
     job = registry.get(candidate)["job"]
     live = registry.live()
     live_job = live["job"] if live else None
@@ -248,17 +290,25 @@ def judge(
         channel = workspace / VALIDATION
         record = {"candidate": job, "artifact_key": registry.artifact_key(job), "data_manifest_sha256": data_sha256,
                   "live": live_job, "tolerance": tolerance, "baseline_fraction": baseline_fraction, "gated": _now(),
-                  "scores": {"candidate": None, "live": None}, "smoke": None}
+                  "scores": {"candidate": None, "live": None}, "precision": None, "smoke": None}
         try:
-            scored = score_served_model(registry, job, channel, workspace / "candidate")
+            scored = score_served_model(registry, job, channel, workspace / "candidate", every_precision=True)
         except NotProbabilities as error:
             record.update(passed=False, reason=f"{job} is rejected: {error}",
                           artifact_sha256=registry.storage.checksum(registry.artifact_key(job)))
             return _decided(registry, record, None, None)
         record["artifact_sha256"] = scored.artifact_sha256
         record["scores"]["candidate"] = scored.scores()
+        record["precision"] = precision = precision_verdict(scored, int8)
+        registry.record_evaluation(job, data_sha256, scored.scores())
         smoke = choose_smoke_set(scored.predictions, smoke_per_class, job, scored.artifact_sha256)
         record["smoke"] = smoke.to_dict()
+        if not precision["agrees"]:
+            record.update(passed=False, reason=(
+                f"{job} serves {precision['served']}, but on the gate's own scores the precision rule chooses "
+                f"{precision['reason']}; the artifact was made with tolerance "
+                f"{_artifact_tolerance(registry, job)}, the gate's is {int8} (DD_INT8_TOLERANCE): retrain with it"))
+            return _decided(registry, record, scored, None)
         if live_job == job:
             record.update(passed=True, reason=f"{job} is the live model; it scores log loss {scored.log_loss:.4f} "
                                               f"(accuracy {scored.accuracy:.3f}) on {scored.examples} validation images")
@@ -305,9 +355,14 @@ def _verdict(job: str, scored: Scored, live_job: str | None, live: dict | None, 
         f"images; {'within' if passed else 'worse than'} the tolerance of {tolerance:g} (limit {limit:.4f})")}
 
 
+def _artifact_tolerance(registry: Registry, job: str) -> str:
+    return str((registry.get(job).get("serving") or {}).get("tolerance") or "unknown")
+
+
 def _decided(registry: Registry, record: dict, scored: Scored | None, live: dict | Scored | None) -> GateDecision:
     key = registry.save_gate_record(record)
     live_scores = live.scores() if isinstance(live, Scored) else live
+    by_precision = scored.by_precision if scored else {}
     return GateDecision(
         passed=record["passed"], reason=record["reason"], candidate=record["candidate"],
         candidate_log_loss=scored.log_loss if scored else None, candidate_accuracy=scored.accuracy if scored else None,
@@ -315,7 +370,8 @@ def _decided(registry: Registry, record: dict, scored: Scored | None, live: dict
         live_accuracy=live_scores["accuracy"] if live_scores else None,
         data_manifest_sha256=record["data_manifest_sha256"], artifact_sha256=record["artifact_sha256"] or "",
         examples=scored.examples if scored else 0, smoke_images=len(record["smoke"]["images"]) if record["smoke"] else 0,
-        record_key=key,
+        record_key=key, precision=scored.precision if scored else None,
+        fp32_log_loss=by_precision.get(FP32, {}).get("log_loss"), int8_log_loss=by_precision.get(INT8, {}).get("log_loss"),
     )
 
 
@@ -364,3 +420,16 @@ def smoke_set_for(registry: Registry, job: str) -> SmokeSet | None:
         with_smoke = [r for r in registry.gate_records(job) if r.get("smoke")]
         record = with_smoke[-1] if with_smoke else None
     return SmokeSet.from_dict(record["smoke"]) if record else None
+
+
+def serving_line(registry: Registry, job: str) -> str:
+    """Which precision ``job`` serves and why, from its gate record on the current validation set
+    (the training job's choice when the gate has not scored it)."""
+    entry = registry.get(job)
+    data_sha256 = registry.data_manifest_sha256()
+    record = registry.gate_record(entry["job"], data_sha256) if data_sha256 else None
+    precision = (record or {}).get("precision")
+    if precision:
+        return f"{entry['job']} serves {precision['served']} (gate, on its own scores: {precision['reason']})"
+    serving = entry.get("serving") or {}
+    return f"{entry['job']} serves {serving.get('precision', FP32)} (training job's choice; the gate has not scored it)"

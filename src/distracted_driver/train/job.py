@@ -29,6 +29,7 @@ from distracted_driver.hashing import code_version, sha256_file, sha256_json
 from distracted_driver.system import cpu_count
 from distracted_driver.train import artifact as artifact_files
 from distracted_driver.train.channel import record_files
+from distracted_driver.train.precision import DEFAULT_INT8_TOLERANCE, FP32, INT8, Tolerance, ToleranceError
 
 DEFAULT_LEARNING_RATE = {"frozen": 3e-3, "finetune": 3e-4}
 SAGEMAKER_CHECKPOINTS = Path("/opt/ml/checkpoints")
@@ -46,6 +47,13 @@ def _bool(value: str) -> bool:
     if lowered in ("false", "0", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+
+
+def _tolerance(value: str) -> str:
+    try:
+        return str(Tolerance.parse(value))
+    except ToleranceError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _env_path(name: str) -> str | None:
@@ -86,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
     hp.add_argument("--pretrained", type=_bool, default=True, help="start from the ImageNet weights (false: random)")
     hp.add_argument("--workers", type=int, default=0, help="image decoding threads (0: all cores)")
+    hp.add_argument("--int8-tolerance", type=_tolerance, default=DEFAULT_INT8_TOLERANCE,
+                    help="serve the int8 model when its validation log loss is at most fp32's plus the largest of "
+                         "these terms (a number: absolute; n%%: relative to fp32's); a negative number keeps fp32 "
+                         "[DD_INT8_TOLERANCE]")
     hp.add_argument("--data-manifest-sha256", default="", help="hash of the data manifest, recorded in provenance")
     hp.add_argument("--code-version", default="",
                     help="code version recorded in provenance (default: the git commit, which a container lacks)")
@@ -168,7 +180,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from distracted_driver.train.baseline import record_baseline
     from distracted_driver.train.channel import read_records
-    from distracted_driver.train.evaluate import evaluate_artifact, write_report
+    from distracted_driver.train.evaluate import served_metrics, write_report
     from distracted_driver.train.export import export_onnx
     from distracted_driver.train.loop import Checkpoints, train_finetune, train_frozen
 
@@ -204,6 +216,9 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     export_onnx(result.model, model_dir / artifact_files.MODEL_FILE, config.image_size)
     export_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    quantization = _quantize(model_dir, train_records, config.preprocessing)
+    quantize_seconds = time.perf_counter() - started
     write_json_atomic(model_dir / artifact_files.LABELS_FILE, labels_document())
     write_json_atomic(model_dir / artifact_files.PREPROCESS_FILE, config.preprocessing.to_dict())
 
@@ -222,16 +237,22 @@ def run(args: argparse.Namespace) -> dict:
         if config.pretrained else None,
         "framework": {"torch": torch.__version__, "python": platform.python_version(), "onnx_opset": _opset()},
     }
-    # The artifact's own numbers come from the exported ONNX model, exactly as a consumer will run it.
+    # The artifact's own numbers come from the exported ONNX models, exactly as a consumer will run them.
     started = time.perf_counter()
     exported = artifact_files.ModelArtifact(model_dir, labels_document(), config.preprocessing, {}, provenance)
-    metrics = evaluate_artifact(exported, args.validation, progress=False)
+    by_precision = _evaluate_both(exported, args.validation, quantization)
     evaluate_seconds = time.perf_counter() - started
-    gap = abs(metrics["log_loss"] - best["val_log_loss"])
-    _log(f"exported ONNX model on validation: log_loss={metrics['log_loss']:.4f} accuracy={metrics['accuracy']:.3f} "
+    fp32 = by_precision[FP32]
+    gap = abs(fp32["log_loss"] - best["val_log_loss"])
+    _log(f"exported ONNX model on validation: log_loss={fp32['log_loss']:.4f} accuracy={fp32['accuracy']:.3f} "
          f"(PyTorch {best['val_log_loss']:.4f})")
     if config.mode == "frozen" and config.device == "cpu" and gap > EXPORT_AGREEMENT:
         raise RuntimeError(f"the exported model's validation log loss differs from PyTorch's by {gap:.2e}")
+    serving = _choose_precision(by_precision, Tolerance.parse(args.int8_tolerance), quantization)
+    write_json_atomic(model_dir / artifact_files.SERVING_FILE, serving)
+    served = artifact_files.ModelArtifact(model_dir, labels_document(), config.preprocessing, {}, provenance, serving)
+    metrics = served_metrics(served, by_precision)
+    _log(f"serving {serving['reason']}")
     started = time.perf_counter()
     baseline = record_baseline(exported, args.train, args.validation)
     baseline_seconds = time.perf_counter() - started
@@ -252,6 +273,7 @@ def run(args: argparse.Namespace) -> dict:
         "read_seconds": read_seconds,
         **result.timings,
         "export_seconds": export_seconds,
+        "quantize_seconds": quantize_seconds,
         "evaluate_seconds": evaluate_seconds,
         "baseline_seconds": baseline_seconds,
         "total_seconds": time.perf_counter() - job_started,
@@ -269,6 +291,53 @@ def run(args: argparse.Namespace) -> dict:
     _log(f"artifact files in {model_dir}; plots {', '.join(str(p) for k, p in paths.items() if k != 'metrics')}")
     _log(f"done in {timings['total_seconds']:.1f}s")
     return metrics
+
+
+def _quantize(model_dir: Path, train_records: list, preprocessing) -> dict:
+    """Write ``model.int8.onnx`` calibrated on training images; how it was made, or why there is none."""
+    from distracted_driver.train.channel import decoded_batches
+    from distracted_driver.train.export import CALIBRATION_IMAGES, quantize_int8
+
+    count = min(CALIBRATION_IMAGES, len(train_records))
+    # Spread over the whole channel (the converter writes it driver by driver, class by class).
+    chosen = [train_records[i * len(train_records) // count] for i in range(count)]
+    batches = (batch.images for batch in decoded_batches(chosen, preprocessing, 16) if len(batch.labels))
+    try:
+        quantization = quantize_int8(model_dir / artifact_files.MODEL_FILE, model_dir / artifact_files.INT8_MODEL_FILE,
+                                     batches)
+    except Exception as error:  # noqa: BLE001 - no int8 model is a result (fp32 is served), not a failed job
+        _log(f"no int8 model: quantization failed: {type(error).__name__}: {error}")
+        return {"problem": f"quantization failed: {type(error).__name__}: {error}"}
+    _log(f"int8 model quantized ({quantization['calibration_images']} training images for calibration)")
+    return quantization
+
+
+def _evaluate_both(exported, validation: str, quantization: dict) -> dict[str, dict]:
+    """Validation metrics of every model in the artifact; the fp32 model's outputs must be probabilities."""
+    from distracted_driver.train.artifact import NotProbabilities
+    from distracted_driver.train.evaluate import evaluate_precisions
+
+    by_precision = evaluate_precisions(exported, validation, progress=False)
+    if "problem" in by_precision[FP32]:
+        raise NotProbabilities(by_precision[FP32]["problem"])
+    if INT8 not in by_precision and "problem" in quantization:
+        by_precision[INT8] = {"problem": quantization["problem"]}
+    for precision, metrics in by_precision.items():
+        if "problem" in metrics:
+            _log(f"{precision} model on validation: {metrics['problem']}")
+        else:
+            _log(f"{precision} model on validation: log_loss={metrics['log_loss']:.4f} accuracy={metrics['accuracy']:.3f}")
+    return by_precision
+
+
+def _choose_precision(by_precision: dict[str, dict], tolerance: Tolerance, quantization: dict) -> dict:
+    """``serving.json``: the precision the rule picks from these scores, the scores and the tolerance."""
+    from distracted_driver.train.evaluate import precision_summary
+    from distracted_driver.train.precision import choose_from_scores, serving_record
+
+    scores = precision_summary(by_precision)
+    return serving_record(choose_from_scores(scores, tolerance), tolerance, scores, chosen_by="training job",
+                          quantization=quantization)
 
 
 def _weights_path() -> str:

@@ -55,7 +55,9 @@ class SameConv2d(nn.Conv2d):
         if self.stride[0] == 1:
             return super().forward(x)
         pads = []
-        for size in (x.shape[-1], x.shape[-2]):
+        # int(): when exported, the input's spatial size is fixed, so the amounts are constants of the
+        # graph (a Pad that ONNX Runtime folds into the convolution), not Shape arithmetic at run time.
+        for size in (int(x.shape[-1]), int(x.shape[-2])):
             total = max((-(-size // self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - size, 0)
             pads += [total // 2, total - total // 2]
         return super().forward(nn.functional.pad(x, pads))

@@ -3,7 +3,9 @@
 Keys (``registry`` is ``settings.registry_prefix``)::
 
     registry/models/<job>.json            one entry per trained version: metrics as training reported
-                                          them, provenance, artifact key and checksum, forced deploys
+                                          them, the precision it serves (fp32/int8) with training's scores of
+                                          both, provenance, artifact key and checksum, the gate's own scores
+                                          per validation set (``evaluations``), forced deploys
     registry/live.json                    the version serving traffic (written by deploy through ``set_live``)
     registry/gates/<job>/<data>.json      the gate's decision on a version for one validation set
                                           (``data`` is the data manifest's sha256; see ``train.gate``)
@@ -88,6 +90,8 @@ class Registry:
                 "mode": metrics.get("mode"),
                 "best_epoch": metrics.get("best_epoch"),
             },
+            "serving": {"precision": artifact.served_precision, "tolerance": artifact.serving.get("tolerance"),
+                        "scores": artifact.serving.get("scores", {}), "chosen_by": artifact.serving.get("chosen_by")},
             "data_manifest_sha256": provenance.get("data_manifest_sha256"),
             "code_version": provenance.get("code_version"),
             "hyperparameters": provenance.get("hyperparameters", {}),
@@ -180,3 +184,37 @@ class Registry:
         entry.setdefault("forced_deploys", []).append(forced)
         self._write(self.entry_key(entry["job"]), entry)
         return forced
+
+
+# --- model.list ------------------------------------------------------------------------------------
+
+
+def served_scores(entry: dict, data_sha256: str | None) -> tuple[str, dict, str]:
+    """(precision served, precision → scores, who scored): the gate's own scores on the current validation set
+    when it has scored this version, else the training job's."""
+    evaluation = (entry.get("evaluations") or {}).get(data_sha256) if data_sha256 else None
+    if evaluation and evaluation.get("by_precision"):
+        return evaluation.get("precision", "fp32"), evaluation["by_precision"], "gate"
+    serving = entry.get("serving") or {}
+    if serving.get("scores"):
+        return serving.get("precision", "fp32"), serving["scores"], "training"
+    metrics = entry.get("metrics", {})
+    return "fp32", {"fp32": {"log_loss": metrics.get("log_loss"), "accuracy": metrics.get("accuracy")}}, "training"
+
+
+def version_rows(versions: list[dict], live_job: str | None, data_sha256: str | None) -> list[str]:
+    """``inv model.list``: one line per version, * on the live one."""
+    def loss(scores: dict, precision: str) -> str:
+        value = scores.get(precision, {}).get("log_loss")
+        return "-" if value is None else f"{value:.4f}"
+
+    rows = [f"  {'job':<26} {'created':<26} {'serves':<6} {'fp32 loss':>9} {'int8 loss':>9} {'accuracy':>8}  "
+            f"{'scored by':<9} mode"]
+    for entry in versions:
+        precision, scores, scorer = served_scores(entry, data_sha256)
+        accuracy = scores.get(precision, {}).get("accuracy")
+        rows.append(f"{'*' if entry['job'] == live_job else ' '} {entry['job']:<26} {entry['created']:<26} "
+                    f"{precision:<6} {loss(scores, 'fp32'):>9} {loss(scores, 'int8'):>9} "
+                    f"{'-' if accuracy is None else f'{accuracy:.3f}':>8}  {scorer:<9} "
+                    f"{entry.get('metrics', {}).get('mode') or '-'}")
+    return rows

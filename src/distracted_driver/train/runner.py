@@ -47,6 +47,7 @@ from distracted_driver.fsutil import atomic_path, write_bytes_atomic, write_json
 from distracted_driver.storage import KeyNotFound, Storage, open_storage
 from distracted_driver.system import process_gone, process_identity
 from distracted_driver.train.artifact import load_artifact, pack_artifact
+from distracted_driver.train.precision import with_tolerance
 from distracted_driver.train.registry import Registry
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "train.py"
@@ -148,6 +149,7 @@ def run_local_job(
     Raises ``TrainingJobFailed`` (after recording the failure in the bucket) when the job fails.
     """
     storage = open_storage(settings)
+    hyperparameters = with_tolerance(hyperparameters, settings.int8_tolerance)
     job = LocalJob(settings, job_name or new_job_name())
     close_orphaned_jobs(storage, settings, closed_by=f"training job {job.name}")
     previous = storage.get_bytes(job.status_key) if job_name and storage.exists(job.status_key) else None

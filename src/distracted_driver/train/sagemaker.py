@@ -36,6 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.storage import Storage, open_storage
+from distracted_driver.train.precision import with_tolerance
 
 ALGORITHMS = ("script", "builtin")
 # The SageMaker PyTorch training container (sagemaker-core's table; newest with a CPU image at writing).
@@ -227,7 +228,8 @@ class SageMakerTrainer:
             ]
         else:
             mode = "File"
-            hp = script_hyperparameters(hyperparameters, self._stage_source(job), self.settings.region)
+            hp = script_hyperparameters(with_tolerance(hyperparameters, self.settings.int8_tolerance),
+                                        self._stage_source(job), self.settings.region)
             manifest_sha256 = self.storage.checksum(f"{self.settings.data_prefix}/manifest.json")
             if manifest_sha256:
                 hp["data-manifest-sha256"] = manifest_sha256
