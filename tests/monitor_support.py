@@ -62,3 +62,41 @@ def ground_truth(batch: Path) -> dict[str, tuple[str, str]]:
     return {sha256_bytes((batch / "imgs" / "train" / row["classname"] / row["img"]).read_bytes()):
             (row["subject"], row["classname"]) for row in rows}
 
+
+
+def validation_frames(channels: Path) -> list[bytes]:
+    """The camera frames (as the generator drew them) of the validation drivers of a converted sample's channels:
+    traffic exactly like the baseline's."""
+    import json
+
+    drivers = set(json.loads((channels / "manifest.json").read_text())["splits"]["validation"]["drivers"])
+    sample = channels.parent / "sample"
+    with open(sample / DRIVER_LIST, newline="") as handle:
+        return [(sample / "imgs" / "train" / row["classname"] / row["img"]).read_bytes()
+                for row in csv.DictReader(handle) if row["subject"] in drivers]
+
+
+def captured_file(settings: Settings, classifier, images: list[bytes], when: datetime) -> tuple[str, bytes]:
+    """(bucket key, contents) of one capture file as SageMaker writes it: each image with ``classifier``'s answer,
+    a second apart from ``when``."""
+    from datetime import timedelta
+
+    from distracted_driver.monitor.capture import Invocation, capture_line, file_name, hour_prefix
+
+    lines = []
+    for number, image in enumerate(images):
+        answer = classifier.predict(classifier.prepare(image)[None])[0]
+        body = ("[" + ", ".join(f"{p:.6f}" for p in answer) + "]").encode()
+        lines.append(capture_line(Invocation(settings.endpoint_name, settings.variant_name, f"event-{number}",
+                                             when + timedelta(seconds=number), "image/jpeg", image,
+                                             "application/json", body)))
+    key = hour_prefix(settings.capture_prefix, settings.endpoint_name, settings.variant_name, when) + file_name(when)
+    return key, b"".join(lines)
+
+
+def tiny_sample_thresholds(directory: Path) -> Path:
+    """The shipped drift thresholds, but 20 requests are enough: the tiny sample has 20 validation images."""
+    shipped = Path(__file__).resolve().parents[1] / "load_test" / "drift.toml"
+    path = directory / "drift.toml"
+    path.write_text(shipped.read_text().replace("min_records = 50", "min_records = 20"))
+    return path

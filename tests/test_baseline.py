@@ -6,20 +6,27 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from distracted_driver.data.image_stats import STATISTICS, image_statistics
 from distracted_driver.data.imaging import Preprocessing, decode_image
 from distracted_driver.serve.inference import Classifier
+from distracted_driver.fsutil import write_json_atomic
 from distracted_driver.train.artifact import (
     BASELINE_ARRAYS_FILE,
     BASELINE_FILE,
+    INT8_MODEL_FILE,
+    MODEL_FILES,
+    SERVING_FILE,
     ArtifactError,
     load_artifact,
 )
 from distracted_driver.train.baseline import load_baseline, record_baseline
 from distracted_driver.train.channel import decoded_batches, read_records
-from model_fixtures import features_exposed, tiny_onnx_model, write_artifact
+from distracted_driver.train.precision import FP32, INT8
+from model_fixtures import features_exposed, quantized_int8, tiny_onnx_model, write_artifact
+from monitor_support import captured_file, tiny_sample_thresholds, validation_frames
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +140,93 @@ def test_the_verdict_needs_enough_answers_except_for_refusals(monitored, tiny_ch
     judged = judge(refusing, baseline, DriftThresholds())
     assert judged["verdict"] == "drift" and judged["drifted_checks"] == ["refused"]
     assert judged["checks"]["features"]["drifted"] is None  # 20 answers: not judged
+
+
+# --- live features are measured with the very model file the baseline was recorded on -----------
+#
+# An artifact may serve int8 (train/precision.py): its features are not its fp32 twin's. The report
+# must measure captured traffic with the file the baseline names, or the feature distance measures
+# quantization instead of traffic.
+
+
+@pytest.fixture(scope="module")
+def serving_int8(tmp_path_factory, tiny_channels):
+    """A tiny classifier as the training job leaves one: fp32 with features, its real int8 quantization
+    (calibrated on training images), and ``serving.json`` serving int8."""
+    fp32 = features_exposed(tiny_onnx_model(seed=4))
+    preprocessing = Preprocessing(input_size=64)
+    records, _ = read_records(tiny_channels / "train")
+    calibration = np.concatenate([batch.images for batch in decoded_batches(records, preprocessing, 8)])
+    fixture = write_artifact(tmp_path_factory.mktemp("int8-served"), "int8-served", fp32, preprocessing)
+    onnx.save(quantized_int8(fp32, calibration), fixture.directory / INT8_MODEL_FILE)
+    write_json_atomic(fixture.directory / SERVING_FILE, {"precision": INT8})
+    return load_artifact(fixture.directory)
+
+
+def _copy(artifact, directory):
+    shutil.copytree(artifact.directory, directory)
+    return load_artifact(directory)
+
+
+def test_the_int8_model_keeps_its_own_features_output(serving_int8, tiny_channels):
+    records, _ = read_records(tiny_channels / "validation")
+    images = next(iter(decoded_batches(records, serving_int8.preprocessing, 20))).images
+    int8, fp32 = Classifier(serving_int8), Classifier(serving_int8.serving_as(FP32))
+    assert int8.has_features and fp32.has_features
+    int8_features, fp32_features = int8.predict_with_features(images)[1], fp32.predict_with_features(images)[1]
+    assert int8_features.shape == fp32_features.shape == (20, 8)
+    assert np.abs(int8_features - fp32_features).max() > 1e-4  # a mismatch of files would show
+
+
+@pytest.mark.parametrize("recorded_on", [INT8, FP32])
+def test_the_report_measures_features_with_the_file_the_baseline_was_recorded_on(serving_int8, tiny_channels,
+                                                                                  tmp_path, recorded_on):
+    """The int8 model is served and answers; the baseline was recorded on int8 (as the training job does) or on
+    fp32 (an artifact baselined before its serving.json changed). Validation's own frames sent again give a
+    feature distance of zero either way: the features were measured with the baseline's file."""
+    from datetime import datetime, timedelta, timezone
+
+    from distracted_driver.config import Settings
+    from distracted_driver.monitor.report import drift_report
+    from distracted_driver.storage import open_storage
+    from distracted_driver.train.artifact import pack_artifact
+    from distracted_driver.train.registry import Registry
+
+    artifact = _copy(serving_int8, tmp_path / "model")
+    record_baseline(artifact.serving_as(recorded_on), tiny_channels / "train", tiny_channels / "validation")
+    settings = Settings(root=tmp_path / "root")
+    storage = open_storage(settings)
+    registry = Registry(storage, settings)
+    storage.put_file(pack_artifact(artifact.directory, tmp_path / "model.tar.gz"), registry.artifact_key(artifact.version))
+    registry.register(artifact.version, artifact)
+    registry.set_live(artifact.version)
+    when = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    storage.put_bytes(*captured_file(settings, Classifier(artifact), validation_frames(tiny_channels), when))
+
+    report = drift_report(settings, since=when - timedelta(minutes=1), out_root=tmp_path / "reports",
+                          thresholds=tiny_sample_thresholds(tmp_path)).report
+    assert report["model"]["served_file"] == INT8_MODEL_FILE
+    assert report["model"]["model_file"] == MODEL_FILES[recorded_on]
+    assert report["records"]["answered"] == 20
+    assert report["checks"]["features"]["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
+    assert report["verdict"] == "no-drift", report["drifted_checks"]
+
+
+def test_a_baseline_whose_model_file_changed_or_went_is_refused(serving_int8, tiny_channels, tmp_path):
+    artifact = _copy(serving_int8, tmp_path / "model")
+    record_baseline(artifact, tiny_channels / "train", tiny_channels / "validation")
+    baseline = load_baseline(artifact)
+    assert baseline.summary["model_file"] == INT8_MODEL_FILE
+    assert baseline.measured_with(artifact).served_model_path == artifact.served_model_path
+
+    requantized = _copy(artifact, tmp_path / "requantized")
+    onnx.save(quantized_int8(features_exposed(tiny_onnx_model(seed=4)), np.zeros((8, 3, 64, 64), np.float32)),
+              requantized.directory / INT8_MODEL_FILE)
+    with pytest.raises(ArtifactError, match="recorded on another model.int8.onnx .*sha256 differs"):
+        baseline.measured_with(load_artifact(requantized.directory))
+
+    fp32_only = _copy(artifact, tmp_path / "fp32-only")
+    (fp32_only.directory / INT8_MODEL_FILE).unlink()
+    (fp32_only.directory / SERVING_FILE).unlink()
+    with pytest.raises(ArtifactError, match="recorded on 'model.int8.onnx', which the artifact does not hold"):
+        baseline.measured_with(load_artifact(fp32_only.directory))

@@ -6,17 +6,13 @@ Run with the IAM recorder too (``tests/test_iam.py``): the report's S3 reads and
 
 from __future__ import annotations
 
-import csv
-import json
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import boto3
 import pytest
 
 from distracted_driver.config import Settings
 from distracted_driver.data.imaging import Preprocessing
-from distracted_driver.monitor.capture import Invocation, capture_line, file_name, hour_prefix
 from distracted_driver.monitor.cloudwatch import ALL_VARIANTS, DRIFT_METRIC, DRIFT_NAMESPACE
 from distracted_driver.monitor.report import drift_report
 from distracted_driver.serve.inference import Classifier
@@ -25,8 +21,8 @@ from distracted_driver.train.artifact import load_artifact, pack_artifact
 from distracted_driver.train.baseline import record_baseline
 from distracted_driver.train.registry import Registry
 from model_fixtures import features_exposed, tiny_onnx_model, write_artifact
+from monitor_support import captured_file, tiny_sample_thresholds, validation_frames
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dd-monitor-bucket"
 VERSION = "dd-20261130-000000-abcd"
 
@@ -46,37 +42,17 @@ def captured_on_s3(aws, tmp_path, tiny_channels):
     registry.register(VERSION, artifact)
     registry.set_live(VERSION)
 
-    classifier = Classifier(artifact)
-    # The validation drivers' own frames: traffic exactly like the baseline's.
-    drivers = set(json.loads((tiny_channels / "manifest.json").read_text())["splits"]["validation"]["drivers"])
-    sample = tiny_channels.parent / "sample"
-    with open(sample / "driver_imgs_list.csv", newline="") as handle:
-        images = [(sample / "imgs" / "train" / row["classname"] / row["img"]).read_bytes()
-                  for row in csv.DictReader(handle) if row["subject"] in drivers]
+    images = validation_frames(tiny_channels)
     when = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
-    lines = []
-    for number, image in enumerate(images):
-        answer = classifier.predict(classifier.prepare(image)[None])[0]
-        body = ("[" + ", ".join(f"{p:.6f}" for p in answer) + "]").encode()
-        lines.append(capture_line(Invocation(settings.endpoint_name, settings.variant_name, f"event-{number}",
-                                             when + timedelta(seconds=number), "image/jpeg", image,
-                                             "application/json", body)))
-    key = hour_prefix(settings.capture_prefix, settings.endpoint_name, settings.variant_name, when) + file_name(when)
-    boto3.client("s3", region_name="us-east-1").put_object(Bucket=BUCKET, Key=key, Body=b"".join(lines))
+    key, contents = captured_file(settings, Classifier(artifact), images, when)
+    boto3.client("s3", region_name="us-east-1").put_object(Bucket=BUCKET, Key=key, Body=contents)
     return settings, len(images), when
-
-
-def _thresholds(tmp_path):
-    """The shipped thresholds, but 20 requests are enough: the tiny sample has 20 validation images."""
-    path = tmp_path / "drift.toml"
-    path.write_text((REPO / "load_test" / "drift.toml").read_text().replace("min_records = 50", "min_records = 20"))
-    return path
 
 
 def test_the_report_reads_s3_and_puts_its_figures_to_cloudwatch(captured_on_s3, tmp_path):
     settings, sent, when = captured_on_s3
     result = drift_report(settings, since=when - timedelta(minutes=1), out_root=tmp_path / "reports",
-                          thresholds=_thresholds(tmp_path))
+                          thresholds=tiny_sample_thresholds(tmp_path))
     assert result.report["records"]["answered"] == sent
     # The baseline's own images sent again: nothing drifted.
     assert result.verdict == "no-drift", result.report["drifted_checks"]

@@ -101,6 +101,9 @@ def test_local_job_leaves_a_valid_artifact_in_the_bucket(trained_job, tmp_path):
     assert baseline.summary["image_statistics"]["images"] == 60
     assert baseline.feature_mean.shape == (1280,) and baseline.projection.shape == (1280, metrics["examples"] // 4)
     assert provenance["timings"]["baseline_seconds"] > 0
+    # Recorded on the file the endpoint runs (this job's scores choose int8), so the report measures with it.
+    assert baseline.summary["model_file"] == artifact.served_model_path.name
+    assert baseline.measured_with(artifact).served_model_path == artifact.served_model_path
 
 
 @pytest.mark.slow

@@ -205,13 +205,14 @@ def drift_report(settings: Settings, since: datetime | None = None, variant: str
     artifact = fetch_artifact(settings, "live", storage)
     try:
         baseline = load_baseline(artifact)
+        measuring = baseline.measured_with(artifact)  # live features from the file the baseline's came from
     except ArtifactError as error:
         raise MonitorError(str(error)) from None
     options, options_note = convert_options(storage, settings, artifact.provenance.get("data_manifest_sha256"))
     unreadable: list[str] = []
     records = iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since,
                                    variant=variant, skipped=unreadable)
-    traffic = observe(records, Classifier(artifact), options, progress)
+    traffic = observe(records, Classifier(measuring), options, progress)
     if traffic.requests == 0:
         where = storage.uri(f"{settings.capture_prefix}/{settings.endpoint_name}/")
         raise MonitorError(f"nothing captured under {where}{' since ' + since.isoformat() if since else ''}: "
@@ -223,7 +224,8 @@ def drift_report(settings: Settings, since: datetime | None = None, variant: str
         "variant": variant,
         "window": {"since": since.isoformat(timespec="seconds") if since else None,
                    "until": now.isoformat(timespec="seconds")},
-        "model": {"version": artifact.version, "model_file": baseline.summary["model_file"],
+        "model": {"version": artifact.version, "served_file": artifact.served_model_path.name,
+                  "model_file": baseline.summary["model_file"],
                   "baseline_validation_images": baseline.summary["validation"]["images"],
                   "baseline_statistic_images": baseline.summary["image_statistics"]["images"]},
         "records": {"requests": traffic.requests, "answered": traffic.answered, "refused": len(traffic.refused),

@@ -34,7 +34,8 @@ from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path, write_json_atomic
 from distracted_driver.hashing import sha256_file
 from distracted_driver.system import cpu_count
-from distracted_driver.train.artifact import BASELINE_ARRAYS_FILE, BASELINE_FILE, ArtifactError, ModelArtifact
+from distracted_driver.train.artifact import (BASELINE_ARRAYS_FILE, BASELINE_FILE, MODEL_FILES, ArtifactError,
+                                             ModelArtifact)
 from distracted_driver.train.channel import Record, decoded_batches, read_records
 
 FORMAT = 1
@@ -69,6 +70,25 @@ class Baseline:
     def project(self, features: np.ndarray) -> np.ndarray:
         """Features ``[n, F]`` in the baseline's principal coordinates ``[n, k]`` (centred, unit variance)."""
         return (np.asarray(features, dtype=np.float64) - self.feature_mean) @ self.projection
+
+    def measured_with(self, artifact: ModelArtifact) -> ModelArtifact:
+        """``artifact`` serving the very model file this baseline was recorded on, to measure live features with.
+
+        Features are comparable only between runs of one file: an int8 model's are not its fp32 twin's.
+        The training job records the baseline on the served file, so this is normally the artifact
+        itself; an artifact whose ``serving.json`` was changed after training still gets the file its
+        baseline knows. ArtifactError when the artifact no longer holds that file, byte for byte.
+        """
+        name = self.summary.get("model_file")
+        precision = next((p for p, file in MODEL_FILES.items() if file == name), None)
+        if precision is None or precision not in artifact.precisions:
+            raise ArtifactError(f"the baseline of model {artifact.version} was recorded on {name!r}, "
+                                f"which the artifact does not hold")
+        measuring = artifact.serving_as(precision)
+        if sha256_file(measuring.served_model_path) != self.summary.get("model_sha256"):
+            raise ArtifactError(f"the baseline of model {artifact.version} was recorded on another {name} "
+                                "(its sha256 differs): record the baseline again or retrain")
+        return measuring
 
 
 def record_baseline(artifact: ModelArtifact, train_dir: str | Path, validation_dir: str | Path,

@@ -51,8 +51,10 @@ class _WithFeatures(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.features(x)
-        return torch.softmax(self.model.classify(features), dim=1), features
+        # Through the network's own call (not its .features method), so that the traced nodes are named
+        # under /model/ as the plain classifier's are: FLOAT_NODE_PREFIXES finds them in both.
+        logits, features = self.model(x, with_features=True)
+        return torch.softmax(logits, dim=1), features
 
 
 def export_onnx(model: EfficientNetLite0, path: str | Path, image_size: int, opset: int = OPSET,

@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> dict:
     metrics = served_metrics(served, by_precision)
     _log(f"serving {serving['reason']}")
     started = time.perf_counter()
-    baseline = record_baseline(exported, args.train, args.validation)
+    baseline = record_baseline(served, args.train, args.validation)  # on the file the endpoint will run
     baseline_seconds = time.perf_counter() - started
     _log(f"monitoring baseline: {baseline['validation']['images']} validation images, image statistics of "
          f"{baseline['image_statistics']['images']}, {baseline['features']['components']} feature directions "
