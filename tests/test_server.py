@@ -377,12 +377,12 @@ def test_serves_the_real_trained_efficientnet(trained_job, tmp_path):
 
 
 def test_the_features_output_leaves_the_answers_unchanged(trained_job, tmp_path):
-    """A trained model.onnx also outputs its features (for monitoring); the same graph without that output,
-    as models were exported before, gets byte-identical answers from the model server."""
+    """A trained model's served file (int8 or fp32) also outputs its features (for monitoring); the same graph
+    without that output, as models were exported before, gets byte-identical answers from the model server."""
     import onnx
 
     from distracted_driver.serve.model_cache import fetch_artifact
-    from distracted_driver.train.artifact import FEATURES_NAME, MODEL_FILE
+    from distracted_driver.train.artifact import FEATURES_NAME, load_artifact
 
     artifact = fetch_artifact(trained_job.settings, trained_job.job)
     graph = onnx.load(artifact.served_model_path)
@@ -390,9 +390,10 @@ def test_the_features_output_leaves_the_answers_unchanged(trained_job, tmp_path)
     before = tmp_path / "before"
     shutil.copytree(artifact.directory, before)
     graph.graph.output.pop()
-    onnx.save(graph, before / MODEL_FILE)
+    onnx.save(graph, before / artifact.served_model_path.name)  # the file the server runs, int8 or fp32
     servers = [ServerProcess(directory, tmp_path / f"{name}.log")
                for name, directory in (("with", artifact.directory), ("without", before))]
+    assert len(onnx.load(load_artifact(before).served_model_path).graph.output) == 1
     try:
         for process in servers:
             process.wait_ready()
