@@ -21,11 +21,13 @@ LITSERVE_SPEC := litserve==0.2.19
 BENTOML_SPEC  := bentoml==1.4.40
 PROVIDER_WHEELS  := cdktf-cdktf-provider-aws==19.54.0 cdktf-cdktf-provider-aws==21.22.1
 
-.PHONY: demo test install mxnet-env checkov-env terraform-env provider-schema peers-env down clean help
+.PHONY: demo test test-fast lint install mxnet-env checkov-env terraform-env provider-schema peers-env down clean help
 
 help:
 	@echo "make demo   - run the whole pipeline on bundled sample data, leave the stack up"
-	@echo "make test   - install what tests need and run them"
+	@echo "make test   - install what tests need, lint, and run every test"
+	@echo "make test-fast - the tests not marked slow (under a minute)"
+	@echo "make lint   - ruff's lint and format checks (no file is changed)"
 	@echo "make down   - stop every local server the demo started"
 	@echo "make peers-env - LitServe and BentoML for benchmarks/serve_vs_peers.py (not needed by make test)"
 
@@ -86,8 +88,18 @@ $(PROVIDER_SCHEMA)/.installed: $(VENV)/.installed
 demo: install
 	$(BIN)/inv demo
 
-test: install mxnet-env checkov-env terraform-env provider-schema
-	$(BIN)/pytest
+TEST_ENVS := install mxnet-env checkov-env terraform-env provider-schema
+
+# --durations: the slowest tests are printed in every CI run, so a test that grows slow is seen.
+test: $(TEST_ENVS) lint
+	$(BIN)/pytest --durations=15
+
+test-fast: $(TEST_ENVS)
+	$(BIN)/pytest -m "not slow" --durations=15
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 down: install
 	$(BIN)/inv down

@@ -32,6 +32,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from model_fixtures import FixtureArtifact, build_artifact, tiny_onnx_model
 from onnx import TensorProto, helper, numpy_helper
+from waiting import wait_until
 
 from distracted_driver.config import Settings
 from distracted_driver.hosting.local import LocalHosting
@@ -183,22 +184,12 @@ class LoadLoop:
             with self._lock:
                 self.outcomes.append(outcome)
             if self.pause_s:
-                time.sleep(self.pause_s)
+                time.sleep(self.pause_s)  # the client's pace, not a wait
 
     def wait_for(self, count: int, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.outcomes) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        """Until ``count`` requests are answered, or the loop ended by itself (its deadline, its maximum)."""
+        wait_until(lambda: len(self.outcomes) >= count or not any(w.is_alive() for w in self._workers), timeout_s,
+                   what=f"{count} requests answered")
 
 
 # --- images ---------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import dataclasses
 import math
 
 import pytest
-from hosting_support import LoadLoop, hosted, wait_until  # noqa: F401
+from hosting_support import LoadLoop, hosted  # noqa: F401
+from waiting import wait_until
 
 from distracted_driver.hosting.base import ModelSpec, ScalingPolicy, TrafficRouting
 from distracted_driver.hosting.local.autoscaling import ScalerState, decide, record_action

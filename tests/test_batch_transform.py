@@ -411,7 +411,7 @@ def test_ctrl_c_while_uploading_stops_at_once(account, tmp_path):
         sent.append(key)
         if len(sent) == 3:
             raise KeyboardInterrupt
-        time.sleep(0.05)
+        time.sleep(0.05)  # the upload's own duration
 
     storage.put_bytes = put_then_interrupt
     runner, agent = _transform(settings, storage, tmp_path, workers=2)

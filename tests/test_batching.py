@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from distracted_driver.serve.batching import DynamicBatcher
+from waiting import wait_until_async
 
 
 def _rows(batch: np.ndarray) -> np.ndarray:
@@ -39,25 +40,30 @@ def test_two_batches_run_at_once_when_allowed():
 
 
 def test_closing_fails_the_batches_still_running():
-    release = threading.Event()
+    release, running, timed_out = threading.Event(), [], []
 
     def predict(batch):
-        release.wait(5)
+        running.append(len(batch))
+        if not release.wait(10):
+            timed_out.append(len(batch))
         return _rows(batch)
 
     async def scenario():
         batcher = DynamicBatcher(predict, max_batch_size=2, max_delay_s=0.0, concurrency=2)
         batcher.start()
         waiting = [asyncio.ensure_future(batcher.submit(np.zeros(1, np.float32))) for _ in range(3)]
-        await asyncio.sleep(0.2)
+        await wait_until_async(lambda: len(running) == 2, timeout_s=10, what="both inference threads busy")
         closing = asyncio.ensure_future(batcher.close())
-        await asyncio.sleep(0.1)
+        # The requests fail while their batches still run; the loop goes on meanwhile.
+        await wait_until_async(lambda: all(future.done() for future in waiting), timeout_s=10,
+                               what="the requests to fail")
         release.set()
         await closing
         return await asyncio.gather(*waiting, return_exceptions=True)
 
     outcomes = asyncio.run(scenario())
     assert all(isinstance(o, RuntimeError) and "shutting down" in str(o) for o in outcomes), outcomes
+    assert timed_out == []  # the closing batcher did not block the loop until its runs ended
 
 
 def test_concurrency_must_be_positive():

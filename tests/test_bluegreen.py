@@ -6,7 +6,8 @@ import threading
 from collections import Counter
 
 import pytest
-from hosting_support import LoadLoop, fails_on_dark_frames, hosted, night_frames, wait_until, without_softmax, wrong_class_count  # noqa: F401
+from hosting_support import LoadLoop, fails_on_dark_frames, hosted, night_frames, without_softmax, wrong_class_count  # noqa: F401
+from waiting import wait_until
 
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting
 from distracted_driver.hosting.local.alarms import breached

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from hosting_support import hosted, wait_until  # noqa: F401
+from hosting_support import hosted  # noqa: F401
+from waiting import wait_until
 
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
 from distracted_driver.hosting.local import LocalHosting
@@ -193,11 +194,12 @@ def test_close_writes_what_is_queued_and_a_closed_writer_takes_nothing(tmp_path)
     soon = datetime.now(timezone.utc) + timedelta(days=1)  # an hour not over yet: nothing is due
     for number in range(20):
         writer.offer(_invocation(number, soon))
-    wait_until(lambda: writer.stats().accepted == 20, timeout_s=5, what="the records queued")
-    time.sleep(0.3)
-    assert capture_keys(storage, "capture", "ep") == []
+    # Behind them, one of an hour already over: written at once, so the thread has taken the 20 before it.
+    writer.offer(_invocation(20, datetime.now(timezone.utc) - timedelta(hours=2)))
+    wait_until(lambda: writer.stats().written == 1, timeout_s=5, what="the past hour's record written")
+    assert len(capture_keys(storage, "capture", "ep")) == 1 and writer.stats().queued == 20
     final = writer.close()
-    assert (final.written, final.lost, final.queued) == (20, 0, 0)
+    assert (final.written, final.lost, final.queued) == (21, 0, 0)
     assert writer.offer(_invocation(99)) is False and writer.stats().dropped == 1
 
 
@@ -381,7 +383,8 @@ def test_a_killed_runtime_leaves_only_whole_files_and_captures_again_once_restar
     before = hosting.status()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         load = [pool.submit(_send_for, client, hosted.smoke, 3.0) for _ in range(4)]
-        time.sleep(1.5)
+        wait_until(lambda: len(capture_keys(hosted.storage, "capture", "distracted-driver")) >= 2, timeout_s=20,
+                   what="capture files written under the load")
         os.kill(before["runtime"]["pid"], signal.SIGKILL)  # mid-write, as likely as not
         for future in load:
             future.result()
@@ -405,7 +408,7 @@ def _send_for(client, images: list[bytes], seconds: float) -> int:
             client.invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=images[answered % 2])
             answered += 1
         except Exception:  # noqa: BLE001 - the runtime is being killed
-            time.sleep(0.05)
+            time.sleep(0.05)  # a pause between retries while the runtime is down
     return answered
 
 

@@ -171,7 +171,7 @@ def test_chained_failures_are_told_by_the_first_disk_error():
         try:
             raise OSError(errno.ENOSPC, "No space left on device", "/data/out/train.rec")
         except OSError:
-            raise ValueError("I/O operation on closed file")
+            raise ValueError("I/O operation on closed file")  # noqa: B904 - explain() reads the implicit chain
     except ValueError as error:
         failure = explain(error, {})
     assert failure.message.startswith("no space left on the device writing /data/out/train.rec")

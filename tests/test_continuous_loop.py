@@ -29,6 +29,7 @@ from pipeline_support import (
     INV, REPO, add_batch, cli_flags, environment, fast_options, first_driver_keeping_validation_unseen,
     mislabeled_batch, sample_batch, stop_stack,
 )
+from waiting import OutputLines, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +62,7 @@ class ClientLoop:
             self.answers.append((time.time(), status, answer.get("model_version")))
             if status != 200:
                 self.errors.append(f"{status}: {answer}")
-            time.sleep(0.05)
+            time.sleep(0.05)  # a steady client, not a wait
 
     def stop(self) -> None:
         self._stop.set()
@@ -78,14 +79,12 @@ class ClientLoop:
 
 def wait_for_run(store: RunStore, known: set[str], timeout: float = RUN_TIMEOUT_S):
     """The first run not in ``known`` once it has an outcome."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for run_id in sorted(set(store.run_ids()) - known):
-            record = store.load(run_id)
-            if record.outcome:
-                return record
-        time.sleep(0.5)
-    raise AssertionError(f"no pipeline run finished within {timeout} s")
+
+    def finished():
+        records = (store.load(run_id) for run_id in sorted(set(store.run_ids()) - known))
+        return next((record for record in records if record.outcome), None)
+
+    return wait_until(finished, timeout, interval_s=0.5, what="a new pipeline run to finish")
 
 
 def test_new_data_is_trained_gated_and_deployed_without_a_failed_request(tmp_path):
@@ -108,7 +107,8 @@ def test_new_data_is_trained_gated_and_deployed_without_a_failed_request(tmp_pat
             [sys.executable, str(INV), "pipeline.watch", "--interval=1", "--max-runs=2", "--timeout=600",
              *cli_flags(options), "--load-users=2"],
             cwd=REPO, env=environment(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(3)  # the watcher has listed the manifests already there
+        output = OutputLines(watcher.stdout)
+        output.wait_for("watching ", timeout_s=60, process=watcher)  # it has listed the manifests already there
 
         # New drivers: a better-informed model that passes the gate and goes live blue/green.
         manifest = json.loads(storage.get_bytes("data/manifest.json"))
@@ -123,10 +123,8 @@ def test_new_data_is_trained_gated_and_deployed_without_a_failed_request(tmp_pat
         assert second.stage("deploy").outputs["strategy"] == "canary"
         assert second.stage("loadtest").status == "done" and second.stage("smoke").status == "done"
         assert registry.live()["job"] == second.model_version
-        deadline = time.monotonic() + 30
-        while client.versions()[-1:] != [second.model_version] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert client.versions()[-1] == second.model_version
+        wait_until(lambda: client.versions()[-1:] == [second.model_version], timeout_s=30,
+                   what="the client to be answered by the new model")
 
         # Labels shuffled on frames credited to the training drivers: the gate keeps the live model.
         manifest = json.loads(storage.get_bytes("data/manifest.json"))
@@ -137,12 +135,11 @@ def test_new_data_is_trained_gated_and_deployed_without_a_failed_request(tmp_pat
         assert third.outcome == "rejected-by-gate", third.reason
         assert third.raw_manifest == "000003" and third.stage("deploy").status == "pending"
         assert registry.live()["job"] == second.model_version
-        output, _ = watcher.communicate(timeout=60)
-        assert watcher.returncode == 0, output
+        assert watcher.wait(timeout=60) == 0, output.text()
+        output = output.until_closed(timeout_s=10)
         assert "new manifest(s) raw/manifests/000002.json: starting a pipeline run" in output
         assert f"run {third.run_id} ended rejected-by-gate (exit 3)" in output
         assert "stopping: 2 run(s) started, the maximum" in output
-        time.sleep(1)
         client.stop()
 
         assert client.errors == [], client.errors[:5]

@@ -8,12 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 import pytest
+from waiting import wait_until
 
 from distracted_driver.data import channels, convert, layout, recordio
 from distracted_driver.data.convert import ConvertOptions
@@ -145,15 +146,27 @@ def test_invalid_options_are_refused():
     assert ConvertOptions(encoding=".png").effective_quality == 3
 
 
-def group_alive(group: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+def group_gone(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def opening_a_fifo(process: subprocess.Popen) -> bool:
+    """Whether the process or one of its children waits in open() of a FIFO for a writer (Linux's wchan)."""
+    try:
+        family = [process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return False
+    for pid in family:
         try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return False
-        time.sleep(0.05)
-    return True
+            if Path(f"/proc/{pid}/wchan").read_text().strip() == "wait_for_partner":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -167,25 +180,23 @@ def test_interrupted_conversion_leaves_no_complete_looking_output(kaggle_root, t
     (source / layout.TRAIN_DIR / stuck).unlink()
     os.mkfifo(source / layout.TRAIN_DIR / stuck)
     out = tmp_path / "out"
-    script = (
-        "import sys; from distracted_driver.data.convert import convert_lists; "
+    script = (  # Ctrl-C as from a terminal, even when this test runs in the background (SIGINT ignored there)
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from distracted_driver.data.convert import convert_lists; "
         "convert_lists(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]), progress=False)"
     )
 
     def run_until_stuck():
         process = subprocess.Popen([sys.executable, "-c", script, str(lists), str(out), str(workers)],
                                    start_new_session=True)
-        deadline = time.monotonic() + 30
-        while not list((out / "train").glob(".train.rec.*.tmp")):
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(0.3)
+        wait_until(lambda: list((out / "train").glob(".train.rec.*.tmp")) and opening_a_fifo(process), 30,
+                   what="the conversion to be writing and stuck on the FIFO", process=process)
         return process
 
     process = run_until_stuck()  # Ctrl-C: temporary files are removed
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) != 0
-    assert not group_alive(process.pid, within=10)  # its workers (and fork server) are gone with it
+    wait_until(lambda: group_gone(process.pid), 10, what="its workers (and fork server) to end with it")
     assert sorted(p.name for p in (out / "train").iterdir()) == []
     assert not (out / "manifest.json").exists()
 

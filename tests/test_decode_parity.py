@@ -26,7 +26,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from distracted_driver.train.artifact import load_artifact
 from distracted_driver.train.channel import decoded_batches, read_records
 from distracted_driver.train.evaluate import predict_channel
 from model_fixtures import build_artifact
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow  # starts a model server process
 
@@ -155,14 +155,7 @@ class ModelServer:
             return 0
 
     def _wait(self, found, timeout_s: float = 60):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if result := found():
-                return result
-            if self.proc.poll() is not None:
-                raise AssertionError(f"model server exited: {self.log_path.read_text()}")
-            time.sleep(0.05)
-        raise AssertionError(f"model server not ready: {self.log_path.read_text()}")
+        return wait_until(found, timeout_s, what="the model server", process=self.proc, details=self.log_path.read_text)
 
     def invoke(self, data: bytes) -> np.ndarray:
         content_type = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"

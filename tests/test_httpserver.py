@@ -12,6 +12,7 @@ import time
 
 from aiohttp import web
 from hostile_clients import json_error
+from waiting import wait_until_async
 
 from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, plain_shape, read_body
 from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange
@@ -98,7 +99,7 @@ def test_a_slow_header_is_closed_while_others_are_served():
                 break
             writer.write(bytes([byte]))
             answered.append(await exchange(port, good_request()))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the slow client is the subject: it sends a byte every 0.1 s
         return await asyncio.wait_for(closed, 5), time.monotonic() - opened, answered
 
     answer, held_s, answered = serve_and(scenario)
@@ -109,13 +110,16 @@ def test_a_slow_header_is_closed_while_others_are_served():
 
 def test_past_the_connection_limit_a_new_connection_gets_503():
     async def scenario(port):
+        url = f"http://127.0.0.1:{port}"
+
+        def answer_with(status):
+            return lambda: (answer := raw_exchange(url, good_request()))[0] == status and answer
+
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(LIMITS.max_connections)]
-        await asyncio.sleep(0.05)  # let the server register them
-        refused = await exchange(port, good_request())
+        refused = await wait_until_async(answer_with(503), 5, what="the held connections to count")
         for _, writer in held:
             writer.close()
-        await asyncio.sleep(0.1)
-        return refused, await exchange(port, good_request())
+        return refused, await wait_until_async(answer_with(200), 5, what="the closed connections to be freed")
 
     refused, after = serve_and(scenario, Limits(header_timeout_s=5, body_timeout_s=5, idle_timeout_s=5, max_connections=8))
     assert assert_json_error(*refused, 503)["error"] == "TooManyConnections"

@@ -251,13 +251,16 @@ def test_materialize_raw_mirrors_the_newest_manifest(bucket, batches, tmp_path):
     assert len(read_batch(local)) == 20
 
 
+@pytest.mark.slow  # `inv` processes
 def test_add_task_reports_and_exits_non_zero_on_refusals(tmp_path, batch):
     env = {**os.environ, "DD_BUCKET_DIR": str(tmp_path / "bucket")}
     rows = _rows(batch / "driver_imgs_list.csv")
     _, classname, img = rows[1]
     (batch / "imgs/train" / classname / img).write_bytes(b"\xff\xd8 broken")
-    run = lambda *args: subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env,
-                                       capture_output=True, text=True, timeout=120)
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+
     assert run("data.add", "--help").returncode == 0
     done = run("data.add", "--from", str(batch))
     assert done.returncode == 2

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from train_support import TINY_HYPERPARAMETERS, bucket_with_channels
+from waiting import wait_until
 
 from distracted_driver.config import Settings
 from distracted_driver.serve.inference import Classifier
@@ -208,7 +209,6 @@ def test_the_sagemaker_entry_point_and_batch_prediction_run_the_served_file(fp32
     import signal
     import subprocess
     import sys
-    import time
     import urllib.request
     from pathlib import Path
 
@@ -230,12 +230,9 @@ def test_the_sagemaker_entry_point_and_batch_prediction_run_the_served_file(fp32
         proc = subprocess.Popen([sys.executable, str(root / "scripts" / "serve.py"), "serve", "--host", "127.0.0.1"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     try:
-        deadline = time.monotonic() + 120
-        while not (match := re.search(r"listening on (http://127\.0\.0\.1:\d+)", log_path.read_text())) \
-                or "ready after" not in log_path.read_text():
-            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()
-            time.sleep(0.05)
-        url = match.group(1)
+        wait_until(lambda: "ready after" in log_path.read_text(), 120, what="the server to be ready", process=proc,
+                   details=log_path.read_text)
+        url = re.search(r"listening on (http://127\.0\.0\.1:\d+)", log_path.read_text()).group(1)
         ping = json.loads(urllib.request.urlopen(url + "/ping", timeout=10).read())
         assert (ping["precision"], ping["model_file"]) == (INT8, INT8_MODEL_FILE)
         assert "serving int8 (model.int8.onnx)" in log_path.read_text()
@@ -255,7 +252,8 @@ def test_the_sagemaker_entry_point_and_batch_prediction_run_the_served_file(fp32
                                progress=False)
     with open(tmp_path / "submission.csv") as handle:
         rows = {row[0]: [float(v) for v in row[1:]] for row in list(csv.reader(handle))[1:]}
-    assert result.names == [path.name for path in images]
+    assert (result.predicted, result.failed) == (len(images), [])
+    assert sorted(rows) == [path.name for path in images]
     np.testing.assert_allclose([rows[path.name] for path in images], expected, atol=1e-5)
 
 

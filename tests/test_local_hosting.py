@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from hosting_support import hosted, our_processes, wait_until  # noqa: F401
+from hosting_support import hosted, our_processes  # noqa: F401
+from waiting import wait_until
 
 from distracted_driver.hosting import open_hosting
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MXNET_PYTHON = Path(os.environ.get("DD_MXNET_PYTHON", ROOT / ".venvs" / "mxnet" / "bin" / "python"))
 MAGIC = struct.pack("<I", recordio.MAGIC)
 
+pytestmark = pytest.mark.slow  # every test here runs MXNet in a process of its own environment
+
 
 def magic_payloads() -> list[bytes]:
     """The same payloads tests/mxnet_side/parity.py writes with MXNet, built here with our pack."""

@@ -101,7 +101,7 @@ def test_refresh_keeps_a_long_run_from_looking_stale_and_release_spares_a_new_ho
     assert LockHolder.from_bytes(storage.get_bytes("pipeline/lock")).run_id == "newcomer"
 
 
-def _contend(bucket_dir: str, run_id: str, barrier, results) -> None:
+def _contend(bucket_dir: str, run_id: str, barrier, losers, results) -> None:
     settings = Settings(root=bucket_dir, bucket_dir=bucket_dir)
     lock = PipelineLock(LocalStorage(bucket_dir), settings, run_id)
     barrier.wait()
@@ -109,16 +109,20 @@ def _contend(bucket_dir: str, run_id: str, barrier, results) -> None:
         lock.acquire()
     except LockBusy:
         results.put((run_id, False))
+        losers.release()
         return
     results.put((run_id, True))
-    time.sleep(1.0)  # hold it while the others try
+    for _ in range(barrier.parties - 1):  # hold it until every other run has tried
+        if not losers.acquire(timeout=30):
+            break
     lock.release()
 
 
 def test_of_runs_starting_at_the_same_moment_exactly_one_gets_the_lock(tmp_path):
     context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(4), context.Queue()
-    workers = [context.Process(target=_contend, args=(str(tmp_path), f"run-{i}", barrier, results)) for i in range(4)]
+    barrier, losers, results = context.Barrier(4), context.Semaphore(0), context.Queue()
+    workers = [context.Process(target=_contend, args=(str(tmp_path), f"run-{i}", barrier, losers, results))
+               for i in range(4)]
     for worker in workers:
         worker.start()
     for worker in workers:

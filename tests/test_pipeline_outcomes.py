@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from distracted_driver.pipeline.records import FAILED, PENDING, RunStore
 from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.pipeline.watch import watch
 from distracted_driver.storage import open_storage
+from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 INV = Path(sys.executable).parent / "inv"
@@ -69,6 +69,7 @@ def test_a_run_refused_by_the_lock_ends_failed_lock_and_writes_no_record(setting
     assert RunStore(storage, settings).run_ids() == []
 
 
+@pytest.mark.slow  # `inv` processes
 def test_the_cli_exits_with_the_outcome_status_and_history_lists_the_run(settings):
     run = subprocess.run([str(INV), "pipeline.run"], cwd=REPO, env=_env(settings), capture_output=True, text=True,
                          timeout=120)
@@ -108,14 +109,15 @@ def _tiny_batch(directory: Path) -> Path:
     return directory
 
 
+@pytest.mark.slow  # the watcher starts runs as processes
 def test_the_watcher_starts_a_run_when_a_manifest_lands_and_stops_at_max_runs(settings, tmp_path, caplog):
     from distracted_driver.data.ingest import add_data
 
     storage = open_storage(settings)
     batch = _tiny_batch(tmp_path / "batch")
 
-    def land_later():
-        time.sleep(1.0)
+    def land_later():  # once the watcher has listed what was there: nothing
+        wait_until(lambda: "watching " in caplog.text, timeout_s=30, what="the watcher to start")
         add_data(storage, settings, batch, progress=False)
 
     lander = threading.Thread(target=land_later)
@@ -132,6 +134,7 @@ def test_the_watcher_starts_a_run_when_a_manifest_lands_and_stops_at_max_runs(se
     assert "ended failed:convert (exit 11)" in caplog.text and "stopping: 1 run(s) started" in caplog.text
 
 
+@pytest.mark.slow  # the watcher starts runs as processes
 def test_the_watcher_waits_while_another_run_holds_the_lock_and_stops_at_its_timeout(settings, tmp_path, caplog):
     from distracted_driver.data.ingest import add_data
 
@@ -146,6 +149,7 @@ def test_the_watcher_waits_while_another_run_holds_the_lock_and_stops_at_its_tim
     assert RunStore(storage, settings).run_ids() == []
 
 
+@pytest.mark.slow  # the watcher starts runs as processes
 def test_a_run_still_going_at_the_watchers_timeout_is_stopped_and_records_where(settings, tmp_path, caplog):
     import psutil
 
@@ -201,6 +205,7 @@ def test_resume_without_options_continues_the_failed_run_with_its_options_in_a_n
     assert store.load(resumed.run_id).resumes == failed.run_id
 
 
+@pytest.mark.slow  # an `inv` process
 def test_resume_given_other_options_is_refused_and_records_nothing(settings):
     failed = run_pipeline(settings, RunOptions(hyperparameters={"epochs": 14}), log=lambda message: None)
     with pytest.raises(ValueError, match=f"--resume continues run {failed.run_id} with the options it was started"):

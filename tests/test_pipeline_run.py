@@ -29,6 +29,7 @@ from distracted_driver.train.registry import Registry
 from pipeline_support import (
     add_batch, cli_flags, environment, fast_options, run_cli, sample_batch, stop_stack,
 )
+from waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +147,7 @@ def test_an_alarm_during_the_canary_rolls_back_and_the_live_model_stays(first_ru
                 answered.append(hosting.invoke(image)[1])
             except Exception as error:  # noqa: BLE001 - any failed request is a finding
                 failures.append(repr(error))
-            time.sleep(0.02)
+            time.sleep(0.02)  # a steady client, not a wait
 
     client = threading.Thread(target=traffic)
     client.start()
@@ -167,26 +168,25 @@ def test_an_alarm_during_the_canary_rolls_back_and_the_live_model_stays(first_ru
 
 def _wait_for_stage(settings: Settings, run_ids_before: set[str], stage: str, timeout: float = 180) -> str:
     store = store_of(settings)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def running_run() -> str | None:
         new = sorted(set(store.run_ids()) - run_ids_before)
-        if new and store.load(new[-1]).stage(stage).status == RUNNING:
-            return new[-1]
-        time.sleep(0.2)
-    raise AssertionError(f"no run reached {stage} within {timeout} s")
+        return new[-1] if new and store.load(new[-1]).stage(stage).status == RUNNING else None
+
+    return wait_until(running_run, timeout, interval_s=0.2, what=f"a new run to reach {stage}")
 
 
 def _wait_for_training_epochs(settings: Settings, jobs_before: set[str], timeout: float = 180) -> str:
     """The new training job, once its script has logged its first epoch."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def job_past_first_epoch() -> str | None:
         for status in settings.work_dir.glob("jobs/*/status.json"):
-            job = status.parent.name
-            log = status.parent / "train.log"
+            job, log = status.parent.name, status.parent / "train.log"
             if job not in jobs_before and log.is_file() and "epoch 1/" in log.read_text(errors="replace"):
                 return job
-        time.sleep(0.2)
-    raise AssertionError(f"no training job reached its first epoch within {timeout} s")
+        return None
+
+    return wait_until(job_past_first_epoch, timeout, interval_s=0.2, what="a new training job's first epoch")
 
 
 def test_a_run_killed_during_training_is_resumed_with_its_own_options_in_a_new_record(first_run, tmp_path, caplog):
@@ -195,7 +195,7 @@ def test_a_run_killed_during_training_is_resumed_with_its_own_options_in_a_new_r
     settings, first = first_run
     add_batch(settings, sample_batch(tmp_path / "new-drivers", drivers=2, per_class=3, seed=7, first_driver=90))
     options = fast_options(hyperparameters={"epochs": 13, "image-size": 96})
-    store, storage = store_of(settings), open_storage(settings)
+    store = store_of(settings)
     runs_before = set(store.run_ids())
     jobs_before = {p.parent.name for p in settings.work_dir.glob("jobs/*/status.json")}
     child = subprocess.Popen(

@@ -20,11 +20,13 @@ import pytest
 import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from hosting_support import LoadLoop, hosted_env, wait_until
+from hosting_support import LoadLoop, hosted_env
+from waiting import wait_until
 from hostile_clients import json_error
 
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
 from distracted_driver.hosting.local.client import RuntimeClient
+from distracted_driver.system import unix_socket_path
 from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange, slowloris
 
 pytestmark = pytest.mark.slow
@@ -110,7 +112,7 @@ def test_control_is_on_a_private_unix_socket_only(env):
         body = response.json()
         assert body["__type"] == "UnknownOperationException" and body["message"], body
         assert str(env.settings.state_dir) not in response.text and "pid" not in body
-    control = env.settings.state_dir / "hosting" / "control.sock"
+    control = unix_socket_path(env.settings.state_dir / "hosting" / "control.sock")
     assert stat.S_ISSOCK(control.stat().st_mode) and stat.S_IMODE(control.stat().st_mode) == 0o600
     status = env.hosting.runtime().get("status")  # the owner's client reaches it
     assert status["endpoints"]["distracted-driver"]["status"] == "InService"

@@ -74,7 +74,9 @@ def test_same_seed_same_bytes_other_seed_other_bytes(small, tmp_path):
     generate_sample(tmp_path / "again", drivers=3, images_per_class_driver=2, test_images=5, seed=1, progress=False)
     assert _tree_hashes(tmp_path / "again") == _tree_hashes(small)
     generate_sample(tmp_path / "other", drivers=3, images_per_class_driver=2, test_images=5, seed=2, progress=False)
-    images = lambda root: {h for name, h in _tree_hashes(root).items() if name.endswith(".jpg")}
+    def images(root):
+        return {h for name, h in _tree_hashes(root).items() if name.endswith(".jpg")}
+
     assert images(tmp_path / "other").isdisjoint(images(small))
 
 
@@ -211,10 +213,13 @@ def test_each_class_changes_the_frame_where_its_cue_is(driver):
         assert diff[:60, :120].max() < 1, classname  # the windshield corner never moves
 
 
+@pytest.mark.slow  # `inv` processes
 def test_sample_task_help_and_the_reviewers_check(tmp_path):
     env = {**os.environ, "DD_WORK_DIR": str(tmp_path / "work")}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env,
-                                       capture_output=True, text=True, timeout=120)
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+
     help_text = run("data.sample", "--help")
     assert help_text.returncode == 0, help_text.stderr
     assert "--images-per-class-driver" in help_text.stdout and "--first-driver" in help_text.stdout

@@ -22,7 +22,8 @@ import psutil
 import pytest
 import requests
 from api_stack import start_stack
-from hosting_support import LoadLoop, Outcome, our_processes, wait_until
+from hosting_support import LoadLoop, Outcome, our_processes
+from waiting import wait_until
 
 from distracted_driver.gateway import gateway_status
 from distracted_driver.hosting.local import LocalHosting

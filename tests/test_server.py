@@ -12,7 +12,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import zlib
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 import pytest
 from hostile_clients import json_error
+from waiting import wait_until, wait_until_async
 
 from distracted_driver.hosting.local.instances import free_port
 from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange, slowloris
@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow  # every test here starts a real server process
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 30
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")  # the line the server logs with its port
 
 
 class ServerProcess:
@@ -47,23 +48,12 @@ class ServerProcess:
         self.url = self._wait_for_port()
 
     def _wait_for_port(self) -> str:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", self.log_path.read_text())
-            if match:
-                return match.group(1)
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.log_path.read_text()}")
-            time.sleep(0.02)
-        raise AssertionError(f"server did not start: {self.log_path.read_text()}")
+        return wait_until(lambda: LISTENING.search(self.log_path.read_text()), START_TIMEOUT_S, what="the server's port",
+                          process=self.proc, details=self.log_path.read_text).group(1)
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if get(self.url + "/ping")[0] == 200:
-                return
-            time.sleep(0.02)
-        raise AssertionError("server never became ready")
+        wait_until(lambda: get(self.url + "/ping")[0] == 200, START_TIMEOUT_S, what="the server to be ready",
+                   process=self.proc, details=self.log_path.read_text)
 
     def metrics(self) -> dict[str, float]:
         return parse_text(get(self.url + "/metrics")[2])
@@ -269,20 +259,20 @@ def test_concurrent_requests_share_a_batch(server):
 
 
 def test_full_queue_answers_503_at_once(start_server):
-    process = start_server("--queue-size", "2", "--max-batch-size", "64", "--max-batch-delay-ms", "1500")
+    process = start_server("--queue-size", "2", "--max-batch-size", "64", "--max-batch-delay-ms", "4000")
     process.wait_ready()
 
     async def scenario():
         waiting = asyncio.ensure_future(_post_many(process.url, [jpeg(20), jpeg(21)]))
-        while process_queue_depth(process) < 2:
-            await asyncio.sleep(0.02)
-        started = time.monotonic()
+        await wait_until_async(lambda: process_queue_depth(process) == 2, timeout_s=START_TIMEOUT_S,
+                               what="two requests queued")
         refused = await _post_many(process.url, [jpeg(22)])
-        return refused, time.monotonic() - started, await waiting
+        # Answered while the queue still held the other two: the refusal did not wait for their batch.
+        return refused, waiting.done(), process_queue_depth(process), await waiting
 
-    refused, seconds, waiting = asyncio.run(scenario())
+    refused, batch_ran, depth_after, waiting = asyncio.run(scenario())
     assert refused[0][0] == 503 and refused[0][1]["error"] == "Overloaded"
-    assert seconds < 1.0  # not queued behind the 1.5 s batch
+    assert not batch_ran and depth_after == 2
     assert [status for status, _ in waiting] == [200, 200]
 
 
@@ -296,8 +286,8 @@ def test_sigterm_drains_requests_in_flight(start_server):
 
     async def scenario():
         in_flight = asyncio.ensure_future(_post_many(process.url, [jpeg(30 + i) for i in range(3)]))
-        while process_queue_depth(process) < 3:
-            await asyncio.sleep(0.02)
+        await wait_until_async(lambda: process_queue_depth(process) == 3, timeout_s=START_TIMEOUT_S,
+                               what="three requests queued")
         process.proc.send_signal(signal.SIGTERM)
         return await in_flight
 
@@ -326,10 +316,8 @@ def test_sagemaker_entry_point_reads_the_model_dir_from_the_environment(model, t
         proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "serve", "--host", "127.0.0.1"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not (match := re.search(r"listening on (http://127\.0\.0\.1:\d+)", log_path.read_text())):
-                assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()
-                time.sleep(0.02)
+            wait_until(lambda: LISTENING.search(log_path.read_text()), START_TIMEOUT_S, what="the server's port",
+                       process=proc, details=log_path.read_text)
             assert "model server-test-v1" in log_path.read_text()
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -347,10 +335,7 @@ def test_a_slow_or_vanished_client_neither_hangs_nor_leaks(start_server):
     assert answer.startswith("HTTP/1.1 408") and '"RequestTimeout"' in answer
     with socket.create_connection((host, int(port)), timeout=10) as gone:
         gone.sendall(head + GOOD[:1000])
-    deadline = time.monotonic() + 5
-    while process_queue_depth(process) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert process_queue_depth(process) == 0
+    wait_until(lambda: process_queue_depth(process) == 0, timeout_s=5, what="the vanished client's request gone")
     server_errors = [k for k in process.metrics() if k.startswith('model_requests_total{path="/invocations",status="5')]
     assert not server_errors
     assert invoke(process, GOOD)[0] == 200
@@ -435,10 +420,8 @@ def test_the_log_file_is_rotated(model, tmp_path):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while request_status(url + "/ping") != 200:
-            assert time.monotonic() < deadline and proc.poll() is None, "the server did not come up"
-            time.sleep(0.05)
+        wait_until(lambda: request_status(url + "/ping") == 200, START_TIMEOUT_S, what="the server to come up",
+                   process=proc)
         for _ in range(60):  # each idle connection closed at the header deadline is one log line
             with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
                 idle.recv(1024)

@@ -120,6 +120,7 @@ def test_a_broken_wiring_is_caught(tmp_path, path, old, new, check):
 # --- checkov ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # checkov in its own environment: a process over the whole configuration
 def test_checkov_finds_nothing(tmp_path):
     """Zero failed checks; every skip carries its reason inline. Builds .venvs/checkov once (make checkov-env)."""
     checkov = REPO / ".venvs" / "checkov" / "bin" / "checkov"
@@ -196,6 +197,7 @@ def test_endpoint_existence_decides_the_autoscaling_module(aws):
     assert tf.endpoint_exists("us-east-1", "distracted-driver-dev") is True
 
 
+@pytest.mark.slow  # `inv` processes
 def test_the_infra_tasks_drive_the_terraform_cli(tmp_path):
     """inv infra.plan / infra.outputs through invoke's c.run, with a stand-in `terraform` on PATH that logs its calls."""
     import os

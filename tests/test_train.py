@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from waiting import wait_until
 
 from distracted_driver.storage import open_storage
 from distracted_driver.train import job as train_job
@@ -299,12 +300,13 @@ def test_a_training_script_killed_with_sigkill_fails_its_job_naming_the_signal(t
 
     thread = threading.Thread(target=train)
     thread.start()
-    deadline, script = time.monotonic() + 120, None
-    while script is None and time.monotonic() < deadline:
+    def started_script():
         for path in (settings.work_dir / "jobs").glob("*/status.json"):
-            script = json.loads(path.read_text()).get("script")
-        time.sleep(0.1)
-    assert script is not None, "the training script never started"
+            if script := json.loads(path.read_text()).get("script"):
+                return script
+        return None
+
+    script = wait_until(started_script, timeout_s=120, interval_s=0.1, what="the training script to start")
     os.kill(script["pid"], signal.SIGKILL)
     thread.join(timeout=120)
     assert isinstance(outcome[0], TrainingJobFailed) and "killed by SIGKILL" in str(outcome[0])

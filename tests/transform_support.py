@@ -28,7 +28,6 @@ import sys
 import tarfile
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
@@ -68,14 +68,12 @@ class ServingContainer:
         self.log = open(log_path, "w")
         self.process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "serve", "--host", "127.0.0.1"],
                                         stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        self.url = None
-        while self.url is None or _http(self.url + "/ping")[0] != 200:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"serving container did not start: {log_path.read_text()}")
-            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", log_path.read_text())
-            self.url = found.group(1) if found else None
-            time.sleep(0.05)
+        found = wait_until(lambda: re.search(r"listening on (http://127\.0\.0\.1:\d+)", log_path.read_text()),
+                           START_TIMEOUT_S, what="the serving container's port", process=self.process,
+                           details=log_path.read_text)
+        self.url = found.group(1)
+        wait_until(lambda: _http(self.url + "/ping")[0] == 200, START_TIMEOUT_S, what="the serving container's /ping",
+                   process=self.process, details=log_path.read_text)
 
     def kill(self) -> None:
         if self.process.poll() is None:

@@ -36,12 +36,13 @@ from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
+from distracted_driver.system import MAX_UNIX_PATH
+
 log = logging.getLogger("distracted_driver.httpserver")
 
 # (status, error code, message) -> (JSON body, extra headers): each server's own error format.
 ErrorShape = Callable[[int, str, str], tuple[dict, dict]]
 MAX_PARSER_MESSAGE = 200
-MAX_UNIX_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
 
 
 def plain_shape(status: int, code: str, message: str) -> tuple[dict, dict]:

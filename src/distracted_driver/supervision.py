@@ -35,7 +35,8 @@ from pathlib import Path
 import psutil
 
 from distracted_driver.fsutil import atomic_path, log_tail
-from distracted_driver.httpserver import MAX_UNIX_PATH, UnixHTTPConnection
+from distracted_driver.httpserver import UnixHTTPConnection
+from distracted_driver.system import unix_socket_path
 
 START_TIMEOUT_S = 15.0
 # Variables a program gets from whoever starts it (supervisord's own environment is that of
@@ -114,7 +115,7 @@ class Supervisor:
 
     @property
     def socket(self) -> Path:
-        return self.root / "supervisord.sock"
+        return unix_socket_path(self.root / "supervisord.sock")
 
     @property
     def log_file(self) -> Path:
@@ -223,8 +224,6 @@ class Supervisor:
         ]).replace("%", "%%") + "\n"
 
     def _start_supervisord(self) -> None:
-        if len(str(self.socket).encode()) > MAX_UNIX_PATH:
-            raise SupervisorError(f"{self.socket} is too long for a Unix socket; use a shorter state directory")
         for orphan in self._orphans():
             with contextlib.suppress(psutil.Error):
                 orphan.kill()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
+import stat
+import tempfile
+from pathlib import Path
 
 import psutil
+
+MAX_UNIX_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
 
 
 def cpu_count() -> int:
@@ -49,3 +55,22 @@ def process_gone(host: str | None, pid: int | None, pid_started: float | None) -
     if pid_started and abs(started - pid_started) > 1.0:
         return f"pid {pid} is gone (the number now belongs to another process)"
     return ""
+
+
+def unix_socket_path(path: Path) -> Path:
+    """Where the socket meant to be at ``path`` really lives: ``path`` itself when it fits a Unix socket address.
+
+    A state directory nested deep (a CI runner's temporary directory) makes the address longer
+    than the kernel takes. Then the socket lives in this user's private directory under the
+    system's temporary directory, named by a hash of ``path``, so that every process asking for
+    ``path`` finds the same socket.
+    """
+    if len(str(path.with_name(f".{path.name}.tmp")).encode()) <= MAX_UNIX_PATH:
+        return path
+    directory = Path(tempfile.gettempdir()) / f"distracted-driver-{os.getuid()}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise OSError(f"{directory} must be a directory of this user that only this user can open; remove it")
+    digest = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:24]
+    return directory / f"{digest}-{path.name}"

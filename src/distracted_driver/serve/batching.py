@@ -154,4 +154,4 @@ class DynamicBatcher:
                     pass
         _fail(list(self._pending), RuntimeError("the server is shutting down"))
         self._pending.clear()
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)  # the loop serves others meanwhile

@@ -296,12 +296,13 @@ def run(args: argparse.Namespace) -> dict:
 def _quantize(model_dir: Path, train_records: list, preprocessing) -> dict:
     """Write ``model.int8.onnx`` calibrated on training images; how it was made, or why there is none."""
     from distracted_driver.train.channel import decoded_batches
-    from distracted_driver.train.export import CALIBRATION_IMAGES, quantize_int8
+    from distracted_driver.train.export import CALIBRATION_BATCH, CALIBRATION_IMAGES, quantize_int8
 
     count = min(CALIBRATION_IMAGES, len(train_records))
     # Spread over the whole channel (the converter writes it driver by driver, class by class).
     chosen = [train_records[i * len(train_records) // count] for i in range(count)]
-    batches = (batch.images for batch in decoded_batches(chosen, preprocessing, 16) if len(batch.labels))
+    batches = (batch.images for batch in decoded_batches(chosen, preprocessing, CALIBRATION_BATCH)
+               if len(batch.labels))
     try:
         quantization = quantize_int8(model_dir / artifact_files.MODEL_FILE, model_dir / artifact_files.INT8_MODEL_FILE,
                                      batches)

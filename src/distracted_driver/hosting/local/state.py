@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from distracted_driver.fsutil import read_json, write_json_atomic
+from distracted_driver.system import unix_socket_path
 
 STATE_VERSION = 1
 HISTORY = 20  # deployments kept per endpoint
@@ -56,7 +57,7 @@ class RuntimePaths:
 
     @property
     def control_socket(self) -> Path:
-        return self.root / "control.sock"
+        return unix_socket_path(self.root / "control.sock")
 
     @property
     def log_file(self) -> Path:
