@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ def send_window(settings: Settings, client, paths: list[Path]) -> tuple[datetime
         return int(np.argmax(json.loads(answer["Body"].read())))
 
     time.sleep(1.1)  # captured times have whole seconds: the next window starts on a new one
-    start = datetime.now(timezone.utc).replace(microsecond=0)
+    start = datetime.now(UTC).replace(microsecond=0)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(send, paths))
     return start, [int(p.parent.name[1:]) for p in paths], answers
@@ -93,7 +93,8 @@ def limits_of(report: dict) -> dict[str, float]:
     t = report["thresholds"]
     base_low = report["checks"]["confidence"]["baseline_low_confidence_share"]
     return {"psi": t["max_class_psi"], "low_conf": base_low + t["max_low_confidence_increase"],
-            "conf_ks": t["max_confidence_ks"], "stat_ks": t["max_statistic_ks"], "feature_ratio": t["max_frechet_ratio"]}
+            "conf_ks": t["max_confidence_ks"], "stat_ks": t["max_statistic_ks"],
+            "feature_ratio": t["max_frechet_ratio"]}
 
 
 def plot(rows: list[tuple[str, dict, dict]], png: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from distracted_driver.config import Settings
@@ -32,7 +32,7 @@ def send_images(settings: Settings, paths: list[Path], workers: int = 4) -> date
         answer["Body"].read()
 
     time.sleep(1.1)
-    start = datetime.now(timezone.utc).replace(microsecond=0)
+    start = datetime.now(UTC).replace(microsecond=0)
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(send, paths))
     return start

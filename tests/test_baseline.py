@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC
 
 import numpy as np
 import onnx
 import pytest
+from model_fixtures import features_exposed, quantized_int8, tiny_onnx_model, write_artifact
+from monitor_support import captured_file, tiny_sample_thresholds, validation_frames
 
 from distracted_driver.data.image_stats import STATISTICS, image_statistics
 from distracted_driver.data.imaging import Preprocessing, decode_image
-from distracted_driver.serve.inference import Classifier
 from distracted_driver.fsutil import write_json_atomic
+from distracted_driver.serve.inference import Classifier
 from distracted_driver.train.artifact import (
     BASELINE_ARRAYS_FILE,
     BASELINE_FILE,
@@ -25,8 +28,6 @@ from distracted_driver.train.artifact import (
 from distracted_driver.train.baseline import load_baseline, record_baseline
 from distracted_driver.train.channel import decoded_batches, read_records
 from distracted_driver.train.precision import FP32, INT8
-from model_fixtures import features_exposed, quantized_int8, tiny_onnx_model, write_artifact
-from monitor_support import captured_file, tiny_sample_thresholds, validation_frames
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +185,7 @@ def test_the_report_measures_features_with_the_file_the_baseline_was_recorded_on
     """The int8 model is served and answers; the baseline was recorded on int8 (as the training job does) or on
     fp32 (an artifact baselined before its serving.json changed). Validation's own frames sent again give a
     feature distance of zero either way: the features were measured with the baseline's file."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from distracted_driver.config import Settings
     from distracted_driver.monitor.report import drift_report
@@ -197,10 +198,11 @@ def test_the_report_measures_features_with_the_file_the_baseline_was_recorded_on
     settings = Settings(root=tmp_path / "root")
     storage = open_storage(settings)
     registry = Registry(storage, settings)
-    storage.put_file(pack_artifact(artifact.directory, tmp_path / "model.tar.gz"), registry.artifact_key(artifact.version))
+    tar_path = pack_artifact(artifact.directory, tmp_path / "model.tar.gz")
+    storage.put_file(tar_path, registry.artifact_key(artifact.version))
     registry.register(artifact.version, artifact)
     registry.set_live(artifact.version)
-    when = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     storage.put_bytes(*captured_file(settings, Classifier(artifact), validation_frames(tiny_channels), when))
 
     report = drift_report(settings, since=when - timedelta(minutes=1), out_root=tmp_path / "reports",

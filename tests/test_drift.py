@@ -95,7 +95,10 @@ def test_feature_distance_is_calibrated_by_parts_of_validation_that_hold_other_d
     mean, covariance = validation.mean(axis=0), np.cov(validation, rowvar=False)
     values, vectors = np.linalg.eigh(covariance)
     whiten = vectors / np.sqrt(values)
-    as_baseline = lambda features: (features - mean) @ whiten
+
+    def as_baseline(features):
+        return (features - mean) @ whiten
+
     projected_covariance = whiten.T @ covariance @ whiten
     assert np.allclose(projected_covariance, np.eye(dims), atol=1e-9)
 

@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from monitor_support import images_of, send_images, wait_for_capture
+from pipeline_support import INV, REPO, add_batch, environment, sample_batch, stop_stack
 
 from distracted_driver.config import Settings
 from distracted_driver.data.sample import generate_sample
 from distracted_driver.pipeline.options import RunOptions
 from distracted_driver.pipeline.run import run_pipeline
-from monitor_support import images_of, send_images, wait_for_capture
-from pipeline_support import INV, REPO, add_batch, environment, sample_batch, stop_stack
 
 pytestmark = pytest.mark.slow
 

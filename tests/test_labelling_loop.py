@@ -15,6 +15,16 @@ import json
 
 import numpy as np
 import pytest
+from monitor_support import ground_truth, images_of, send_images, wait_for_capture
+from pipeline_support import (
+    add_batch,
+    cli_flags,
+    fast_options,
+    first_driver_keeping_validation_unseen,
+    run_cli,
+    sample_batch,
+    stop_stack,
+)
 
 from distracted_driver.config import Settings
 from distracted_driver.hashing import sha256_bytes
@@ -24,10 +34,6 @@ from distracted_driver.serve.model_cache import fetch_artifact
 from distracted_driver.storage import open_storage
 from distracted_driver.train.evaluate import log_loss
 from distracted_driver.train.registry import Registry
-from monitor_support import ground_truth, images_of, send_images, wait_for_capture
-from pipeline_support import (
-    add_batch, cli_flags, fast_options, first_driver_keeping_validation_unseen, run_cli, sample_batch, stop_stack,
-)
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,12 @@ Run with the IAM recorder too (``tests/test_iam.py``): the report's S3 reads and
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
+from model_fixtures import features_exposed, tiny_onnx_model, write_artifact
+from monitor_support import captured_file, tiny_sample_thresholds, validation_frames
 
 from distracted_driver.config import Settings
 from distracted_driver.data.imaging import Preprocessing
@@ -20,8 +22,6 @@ from distracted_driver.storage.s3 import S3Storage
 from distracted_driver.train.artifact import load_artifact, pack_artifact
 from distracted_driver.train.baseline import record_baseline
 from distracted_driver.train.registry import Registry
-from model_fixtures import features_exposed, tiny_onnx_model, write_artifact
-from monitor_support import captured_file, tiny_sample_thresholds, validation_frames
 
 BUCKET = "dd-monitor-bucket"
 VERSION = "dd-20261130-000000-abcd"
@@ -43,7 +43,7 @@ def captured_on_s3(aws, tmp_path, tiny_channels):
     registry.set_live(VERSION)
 
     images = validation_frames(tiny_channels)
-    when = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     key, contents = captured_file(settings, Classifier(artifact), images, when)
     boto3.client("s3", region_name="us-east-1").put_object(Bucket=BUCKET, Key=key, Body=contents)
     return settings, len(images), when
@@ -67,11 +67,11 @@ def test_the_report_reads_s3_and_puts_its_figures_to_cloudwatch(captured_on_s3, 
         Namespace=DRIFT_NAMESPACE, MetricName="CapturedRequests", Statistics=["Maximum"], Period=60,
         Dimensions=[{"Name": "EndpointName", "Value": settings.endpoint_name},
                     {"Name": "VariantName", "Value": ALL_VARIANTS}],
-        StartTime=datetime.now(timezone.utc) - timedelta(hours=1), EndTime=datetime.now(timezone.utc) + timedelta(hours=1))
+        StartTime=datetime.now(UTC) - timedelta(hours=1), EndTime=datetime.now(UTC) + timedelta(hours=1))
     assert [point["Maximum"] for point in stats["Datapoints"]] == [float(sent)]
     drift = cloudwatch.get_metric_statistics(
         Namespace=DRIFT_NAMESPACE, MetricName=DRIFT_METRIC, Statistics=["Maximum"], Period=60,
         Dimensions=[{"Name": "EndpointName", "Value": settings.endpoint_name},
                     {"Name": "VariantName", "Value": ALL_VARIANTS}],
-        StartTime=datetime.now(timezone.utc) - timedelta(hours=1), EndTime=datetime.now(timezone.utc) + timedelta(hours=1))
+        StartTime=datetime.now(UTC) - timedelta(hours=1), EndTime=datetime.now(UTC) + timedelta(hours=1))
     assert [point["Maximum"] for point in drift["Datapoints"]] == [0.0]

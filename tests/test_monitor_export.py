@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -19,7 +19,7 @@ UNSURE = [0.05, 0.05, 0.4, 0.05, 0.05, 0.1, 0.1, 0.1, 0.05, 0.05]  # c2 at 0.4
 
 
 def _record(event: str, body: bytes, output) -> CaptureRecord:
-    return CaptureRecord(event_id=event, inference_time=datetime(2026, 11, 30, 8, 15, 2, tzinfo=timezone.utc),
+    return CaptureRecord(event_id=event, inference_time=datetime(2026, 11, 30, 8, 15, 2, tzinfo=UTC),
                          endpoint="distracted-driver", variant="AllTraffic", input_content_type="image/jpeg",
                          input_bytes=body, output_content_type="application/json", output_text=json.dumps(output),
                          output=output)

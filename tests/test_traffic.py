@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from model_fixtures import features_exposed, tiny_onnx_model, write_artifact
 
 from distracted_driver.data.convert import ConvertOptions, transform
 from distracted_driver.data.image_stats import image_statistics
@@ -15,14 +16,13 @@ from distracted_driver.monitor.capture import CaptureRecord
 from distracted_driver.monitor.traffic import answer_probabilities, observe
 from distracted_driver.serve.inference import Classifier
 from distracted_driver.train.artifact import load_artifact
-from model_fixtures import features_exposed, tiny_onnx_model, write_artifact
 
 UNIFORM = [0.1] * 10
 
 
 def _record(number: int, body: bytes | None, output) -> CaptureRecord:
     text = json.dumps(output) if output is not None else "<html>bad gateway</html>"
-    return CaptureRecord(event_id=f"event-{number}", inference_time=datetime(2026, 11, 30, tzinfo=timezone.utc),
+    return CaptureRecord(event_id=f"event-{number}", inference_time=datetime(2026, 11, 30, tzinfo=UTC),
                          endpoint="distracted-driver", variant="AllTraffic", input_content_type="image/jpeg",
                          input_bytes=body, output_content_type="application/json", output_text=text, output=output)
 

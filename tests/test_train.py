@@ -17,8 +17,14 @@ from waiting import wait_until
 
 from distracted_driver.storage import open_storage
 from distracted_driver.train import job as train_job
-from distracted_driver.train.artifact import (BASELINE_ARRAYS_FILE, BASELINE_FILE, INT8_MODEL_FILE, REQUIRED_FILES,
-                                             SERVING_FILE, unpack_artifact)
+from distracted_driver.train.artifact import (
+    BASELINE_ARRAYS_FILE,
+    BASELINE_FILE,
+    INT8_MODEL_FILE,
+    REQUIRED_FILES,
+    SERVING_FILE,
+    unpack_artifact,
+)
 from distracted_driver.train.baseline import load_baseline
 from distracted_driver.train.evaluate import evaluate_artifact, evaluate_model
 from distracted_driver.train.registry import Registry

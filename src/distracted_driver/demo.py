@@ -146,7 +146,7 @@ def _data_capture(settings: Settings, storage) -> None:
 def _drift_summary(settings: Settings, storage) -> None:
     """Send a window of new drivers through the endpoint, and print the drift report's one line on it."""
     import time
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from distracted_driver.data.sample import generate_sample
     from distracted_driver.hosting import open_hosting
@@ -161,7 +161,7 @@ def _drift_summary(settings: Settings, storage) -> None:
          "inv monitor.report on what it captured")
     client = sagemaker_runtime_client(open_hosting(settings).status()["runtime_url"], settings.region)
     time.sleep(1.0)  # captured times have whole seconds: the window starts on a second of its own
-    since = datetime.now(timezone.utc).replace(microsecond=0)
+    since = datetime.now(UTC).replace(microsecond=0)
     for path in images:
         client.invoke_endpoint(EndpointName=settings.endpoint_name, ContentType="image/jpeg",
                                Body=path.read_bytes())["Body"].read()

@@ -124,7 +124,8 @@ def shifted_look(look: DriverLook, shift: str, rng: np.random.Generator) -> Driv
                        noise_gain=float(rng.uniform(2.5, 3.5)))
     if shift == "angle":
         side = 1 if rng.random() < 0.5 else -1
-        return replace(look, camera_angle=side * float(rng.uniform(14, 22)), camera_scale=float(rng.uniform(0.78, 0.86)),
+        return replace(look, camera_angle=side * float(rng.uniform(14, 22)),
+                       camera_scale=float(rng.uniform(0.78, 0.86)),
                        camera_shift=(float(rng.uniform(40, 70)) * side, float(rng.uniform(25, 45))))
     if shift == "cabin":
         return replace(look, layout="van", cabin=_hsv_colour(rng, (0, 40), (170, 225)),

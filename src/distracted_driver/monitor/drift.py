@@ -37,7 +37,7 @@ class DriftThresholds:
     max_refused_share: float = 0.05
 
     @classmethod
-    def load(cls, path: str | Path) -> "DriftThresholds":
+    def load(cls, path: str | Path) -> DriftThresholds:
         with open(path, "rb") as handle:
             table = tomllib.load(handle).get("drift", {})
         unknown = set(table) - set(cls.__dataclass_fields__)

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from distracted_driver.config import Settings
@@ -197,7 +197,7 @@ def drift_report(settings: Settings, since: datetime | None = None, variant: str
     from distracted_driver.train.baseline import load_baseline
     from distracted_driver.train.registry import Registry
 
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     limits = drift.DriftThresholds.load(thresholds or THRESHOLDS)
     storage = open_storage(settings)
     if Registry(storage, settings).live() is None:
@@ -264,7 +264,7 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
 
     if not value:
         return None
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
     text = value.strip()
     if text[-1:].lower() in units and text[:-1].replace(".", "", 1).isdigit():
@@ -273,4 +273,4 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"--since takes a duration like 24h, 90m, 2d or an ISO time, not {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

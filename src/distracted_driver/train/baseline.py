@@ -34,8 +34,13 @@ from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path, write_json_atomic
 from distracted_driver.hashing import sha256_file
 from distracted_driver.system import cpu_count
-from distracted_driver.train.artifact import (BASELINE_ARRAYS_FILE, BASELINE_FILE, MODEL_FILES, ArtifactError,
-                                             ModelArtifact)
+from distracted_driver.train.artifact import (
+    BASELINE_ARRAYS_FILE,
+    BASELINE_FILE,
+    MODEL_FILES,
+    ArtifactError,
+    ModelArtifact,
+)
 from distracted_driver.train.channel import Record, decoded_batches, read_records
 
 FORMAT = 1
