@@ -6,8 +6,9 @@ API took. The image goes to the SageMaker endpoint named by ``ENDPOINT_NAME``
 through ``sagemaker-runtime`` ``invoke_endpoint``; the answer is
 ``{class, label, confidence, probabilities, model_version, payload}``.
 
-Only the standard library and boto3: this file is deployed as the Lambda's
-code on its own (it must not import the project's package), and the local API
+Only the standard library, boto3 and two standard-library-only modules of the
+package (``data/layout.py``, ``data/payload.py``), which
+``infra.terraform.package_lambdas`` zips beside this file; the local API
 gateway runs this very file in-process. ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``
 (honoured by boto3 itself) points it at the local runtime.
 
@@ -39,24 +40,9 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-# Copied from distracted_driver.data.layout (a test keeps the two equal):
-# this file cannot import the package.
-CLASSES = tuple(f"c{i}" for i in range(10))
-DESCRIPTIONS = {
-    "c0": "safe driving",
-    "c1": "texting - right",
-    "c2": "talking on the phone - right",
-    "c3": "texting - left",
-    "c4": "talking on the phone - left",
-    "c5": "operating the radio",
-    "c6": "drinking",
-    "c7": "reaching behind",
-    "c8": "hair and makeup",
-    "c9": "talking to passenger",
-}
+from distracted_driver.data.layout import CLASSES, DESCRIPTIONS
+from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES, image_content_type
 
-# SageMaker Runtime refuses request bodies above this (InvokeEndpoint's limit).
-MAX_IMAGE_BYTES = 6_291_456
 IMAGE_TYPES = {
     "image/jpeg": "image/jpeg",
     "image/jpg": "image/jpeg",
@@ -170,14 +156,14 @@ def _image_from_event(event) -> tuple[bytes, str, bool]:
     if media_type == JSON_TYPE:
         image = _image_from_json(raw)
         legacy = True
-        content_type = _sniff_type(image)
+        content_type = image_content_type(image) or "application/x-image"  # the model server says what is wrong
     else:
         image, legacy, content_type = raw, False, IMAGE_TYPES[media_type]
     if not image:
         raise RequestError(400, "the image is empty", "EmptyImage")
-    if len(image) > MAX_IMAGE_BYTES:
+    if len(image) > INVOKE_ENDPOINT_MAX_BYTES:
         raise RequestError(
-            413, f"the image is {len(image)} bytes; the limit is {MAX_IMAGE_BYTES} bytes", "PayloadTooLarge"
+            413, f"the image is {len(image)} bytes; the limit is {INVOKE_ENDPOINT_MAX_BYTES} bytes", "PayloadTooLarge"
         )
     return image, content_type, legacy
 
@@ -188,8 +174,8 @@ def _body_bytes(body, is_base64: bool) -> bytes:
     if not is_base64:
         return body.encode("utf-8", "surrogateescape")
     # Refuse an encoded body far over the limit before decoding it.
-    if len(body) > (MAX_IMAGE_BYTES * 4) // 3 + 1024:
-        raise RequestError(413, f"the request body is over the limit of {MAX_IMAGE_BYTES} bytes", "PayloadTooLarge")
+    if len(body) > (INVOKE_ENDPOINT_MAX_BYTES * 4) // 3 + 1024:
+        raise RequestError(413, f"the request body is over the limit of {INVOKE_ENDPOINT_MAX_BYTES} bytes", "PayloadTooLarge")
     try:
         return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
@@ -197,8 +183,8 @@ def _body_bytes(body, is_base64: bool) -> bytes:
 
 
 def _image_from_json(raw: bytes) -> bytes:
-    if len(raw) > (MAX_IMAGE_BYTES * 4) // 3 + 1024:
-        raise RequestError(413, f"the request body is over the limit of {MAX_IMAGE_BYTES} bytes", "PayloadTooLarge")
+    if len(raw) > (INVOKE_ENDPOINT_MAX_BYTES * 4) // 3 + 1024:
+        raise RequestError(413, f"the request body is over the limit of {INVOKE_ENDPOINT_MAX_BYTES} bytes", "PayloadTooLarge")
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
@@ -214,14 +200,6 @@ def _image_from_json(raw: bytes) -> bytes:
         return base64.b64decode("".join(encoded.split()), validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, "base64Image is not valid base64", "InvalidBase64") from None
-
-
-def _sniff_type(image: bytes) -> str:
-    if image.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if image.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    return "application/x-image"  # let the model server say what is wrong with it
 
 
 # --- the endpoint call and its errors ------------------------------------------

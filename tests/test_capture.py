@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 from hosting_support import hosted  # noqa: F401
+from metrics_support import parse_metrics
 from waiting import wait_until
 
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
@@ -38,7 +39,6 @@ from distracted_driver.monitor.capture import (
     iter_capture_records,
     parse_capture_line,
 )
-from distracted_driver.serve.metrics import parse_text
 from distracted_driver.storage.local import LocalStorage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -357,7 +357,7 @@ def test_a_full_queue_drops_and_counts_and_no_request_fails(hosted, make_artifac
     import urllib.request
 
     with urllib.request.urlopen(f"{hosted.url()}/metrics", timeout=10) as response:
-        metrics = parse_text(response.read().decode())
+        metrics = parse_metrics(response.read().decode())
     assert metrics['runtime_capture_records_dropped_total{endpoint="distracted-driver"}'] == stats["dropped"]
     assert metrics['runtime_capture_records_written_total{endpoint="distracted-driver"}'] == stats["written"]
     assert metrics['runtime_capture_queued_records{endpoint="distracted-driver"}'] == 0

@@ -14,15 +14,15 @@ from aiohttp import web
 from hostile_clients import json_error
 from waiting import wait_until_async
 
-from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, plain_shape, read_body
+from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, listen_on, plain_shape, read_body
 from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange
 
 LIMITS = Limits(header_timeout_s=0.5, body_timeout_s=0.5, idle_timeout_s=2.0, max_connections=8)
 
 
-def _app() -> web.Application:
+def _app(body_timeout_s: float) -> web.Application:
     async def echo(request: web.Request) -> web.Response:
-        return web.json_response({"bytes": len(await read_body(request, LIMITS.body_timeout_s))})
+        return web.json_response({"bytes": len(await read_body(request, body_timeout_s))})
 
     app = web.Application(middlewares=[json_errors(plain_shape, routes="POST /echo")])
     app.router.add_post("/echo", echo)
@@ -33,11 +33,9 @@ def serve_and(scenario, limits: Limits = LIMITS):
     """Run ``scenario(port)`` against a guarded server on a free port; returns what it returns."""
 
     async def main():
-        runner = GuardedRunner(_app(), plain_shape, limits, access_log=None)
+        runner = GuardedRunner(_app(limits.body_timeout_s), plain_shape, limits, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        port = await listen_on(runner, "127.0.0.1", 0)
         try:
             return await asyncio.wait_for(scenario(port), 20)
         finally:
@@ -106,6 +104,27 @@ def test_a_slow_header_is_closed_while_others_are_served():
     assert_json_error(*parse_answer(answer), 408)
     assert held_s < 2.0, held_s
     assert [a[0] for a in answered] == [200] * len(answered) and len(answered) >= 4
+
+
+def test_headers_ending_across_two_reads_stop_the_header_deadline():
+    """The deadline covers the headers only: once their empty line is in (here split between two
+    writes), a body that takes longer than the header deadline, within the body's, is answered."""
+    limits = Limits(header_timeout_s=0.5, body_timeout_s=3.0, idle_timeout_s=5.0, max_connections=8)
+
+    async def scenario(port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3\r\n\r")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(b"\n")
+        await asyncio.sleep(1.0)  # twice the header deadline
+        writer.write(b"abc")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return answer
+
+    status, _, body = parse_answer(serve_and(scenario, limits))
+    assert status == 200 and json.loads(body) == {"bytes": 3}
 
 
 def test_past_the_connection_limit_a_new_connection_gets_503():

@@ -80,12 +80,6 @@ def call(handler, evt):
     return response["statusCode"], json.loads(response["body"])
 
 
-def test_labels_are_the_layouts():
-    module = load_handler()
-    assert module.CLASSES == layout.CLASSES
-    assert module.DESCRIPTIONS == layout.DESCRIPTIONS
-
-
 def test_verbose_answer_of_our_model_server(handler, runtime):
     answer(runtime, {"class": "c2", "probabilities": dict(zip(layout.CLASSES, PROBS)), "model_version": "dd-1"})
     status, body = call(handler, event(JPEG))

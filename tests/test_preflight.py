@@ -52,7 +52,7 @@ def _run(needs, *, total=10, unreserved=10, quotas=FRESH_QUOTAS, credentials=(),
 
 
 def _lines(report, name):
-    return [str(check) for check in report.checks if check.name == name]
+    return [str(check) for check in report.findings if check.check == name]
 
 
 def test_dev_reads_what_it_asks_of_the_account():
@@ -83,7 +83,7 @@ def test_a_fresh_account_refuses_what_it_cannot_take(aws):
                     training_instance_types={"ml.g4dn.xlarge": True})
     report = _run(needs, credentials=[])
     assert not report.ok
-    failures = [str(c) for c in report.checks if c.status == "FAIL"]
+    failures = [str(c) for c in report.findings if c.status == "FAIL"]
     assert any(f"request Service Quotas > AWS Lambda > Concurrent executions ({LAMBDA_QUOTA_CODE}) of at least 201" in f
                for f in failures), failures
     assert any("'ml.g4dn.xlarge for training job usage' is 0, a training job needs 1: request 1" in f and "L-G4DNX1T0" in f
@@ -119,7 +119,7 @@ def test_no_credentials_is_one_clear_line(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     report = Preflight(needs_of(TERRAFORM, "dev"), boto3.session.Session()).run()
-    assert not report.ok and [c.name for c in report.checks] == ["identity"]
+    assert not report.ok and [c.check for c in report.findings] == ["identity"]
     assert "no usable credentials" in str(report)
 
 

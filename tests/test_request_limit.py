@@ -13,7 +13,7 @@ import requests
 
 from distracted_driver.config import Settings
 from distracted_driver.gateway import UsagePlan, start_gateway, stop_gateway
-from distracted_driver.gateway.app import LAMBDA_REQUEST_MAX_BYTES
+from distracted_driver.data.payload import LAMBDA_REQUEST_MAX_BYTES
 from distracted_driver.infra.limits import event_bytes, largest_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 import pytest
 from hostile_clients import json_error
+from metrics_support import parse_metrics
 from waiting import wait_until, wait_until_async
 
 from distracted_driver.hosting.local.instances import free_port
 from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange, slowloris
-from distracted_driver.serve.metrics import parse_text
 
 pytestmark = pytest.mark.slow  # every test here starts a real server process
 
@@ -56,7 +56,7 @@ class ServerProcess:
                    process=self.proc, details=self.log_path.read_text)
 
     def metrics(self) -> dict[str, float]:
-        return parse_text(get(self.url + "/metrics")[2])
+        return parse_metrics(get(self.url + "/metrics")[2])
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -15,9 +15,10 @@ headers, and accepts connections without limit. Here:
   (or half-sent) ``idle_timeout_s`` is closed;
 - past ``max_connections`` open connections, a new one gets a 503 and is closed.
 
-``GuardedRunner`` is ``web.AppRunner`` with the above; its sites are the usual
-``web.TCPSite`` and ``web.SockSite`` (``private_unix_socket`` makes a socket
-only its owner can reach, ``UnixHTTPConnection`` talks to one).
+``GuardedRunner`` is ``web.AppRunner`` with the above. It serves sockets we bind
+ourselves (``listen_on``, ``listen_tcp``; ``private_unix_socket`` makes a socket
+only its owner can reach, ``UnixHTTPConnection`` talks to one), so the port is
+read from our own socket and only aiohttp's public API is used.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from typing import Callable
 
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from distracted_driver.system import MAX_UNIX_PATH
 
@@ -43,6 +43,9 @@ log = logging.getLogger("distracted_driver.httpserver")
 # (status, error code, message) -> (JSON body, extra headers): each server's own error format.
 ErrorShape = Callable[[int, str, str], tuple[dict, dict]]
 MAX_PARSER_MESSAGE = 200
+BACKLOG = 128  # pending connections the kernel queues (aiohttp's sites use the same)
+HEADERS_END = b"\r\n\r\n"
+LENIENT_HEADERS_END = b"\n\n"  # a bare-LF request, which the parser refuses with a JSON 400 of its own
 
 
 def plain_shape(status: int, code: str, message: str) -> tuple[dict, dict]:
@@ -122,49 +125,57 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
         return await asyncio.wait_for(request.read(), timeout_s)
     except asyncio.TimeoutError:
         raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {timeout_s:g} s") from None
-    except (ConnectionError, HttpProcessingError, ClientPayloadError, RequestPayloadError) as error:
+    except (ConnectionError, HttpProcessingError, ClientPayloadError, web.RequestPayloadError) as error:
         raise web.HTTPBadRequest(text=f"the request body could not be read: {error}") from None
 
 
 # --- the guarded server ------------------------------------------------------------------------
 
 
-class _GuardedHandler(RequestHandler):
+class _GuardedHandler(web.RequestHandler):
     """aiohttp's connection handler, with a header deadline, a connection cap and JSON parser errors."""
 
-    def __init__(self, server: "_GuardedServer", **kwargs):
-        super().__init__(server, **kwargs)
-        self._guard = server
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._refused = False  # answered and closing: what else arrives is read and dropped
+    def __init__(self, runner: "GuardedRunner"):
+        super().__init__(runner.server, loop=asyncio.get_running_loop(), **runner.handler_options)
+        self.guard = runner
+        self.header_timer: asyncio.TimerHandle | None = None
+        self.header_tail = b""  # the last bytes seen while waiting for the end of the headers
+        self.refused = False  # answered and closing: what else arrives is read and dropped
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        limits = self._guard.limits
-        if len(self._guard.connections) > limits.max_connections:
+        limits = self.guard.limits
+        if len(self.guard.server.connections) > limits.max_connections:
             self._answer_and_close(503, "TooManyConnections",
                                    f"the server has {limits.max_connections} connections open; retry shortly")
             return
-        self._header_timer = self._loop.call_later(limits.header_timeout_s, self._headers_too_slow)
-
-    def request_started(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self.header_timer = asyncio.get_running_loop().call_later(limits.header_timeout_s, self._headers_too_slow)
 
     def data_received(self, data: bytes) -> None:
-        if not self._refused:
-            super().data_received(data)
+        if self.refused:
+            return
+        if self.header_timer is not None:  # the first request's headers end at its first empty line
+            seen = self.header_tail + data
+            if HEADERS_END in seen or LENIENT_HEADERS_END in seen:
+                self._stop_header_timer()
+            else:
+                self.header_tail = seen[-(len(HEADERS_END) - 1):]
+        super().data_received(data)
 
     def connection_lost(self, exc) -> None:
-        self.request_started()
+        self._stop_header_timer()
         super().connection_lost(exc)
 
+    def _stop_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
     def _headers_too_slow(self) -> None:
-        self._header_timer = None
-        log.info("closing a connection whose request headers took over %g s", self._guard.limits.header_timeout_s)
+        self.header_timer = None
+        log.info("closing a connection whose request headers took over %g s", self.guard.limits.header_timeout_s)
         self._answer_and_close(408, "RequestTimeout",
-                               f"the request headers did not arrive within {self._guard.limits.header_timeout_s:g} s")
+                               f"the request headers did not arrive within {self.guard.limits.header_timeout_s:g} s")
 
     def _answer_and_close(self, status: int, code: str, message: str) -> None:
         """Answer, then close our side and drop what the client still sends until it closes (``linger_s`` at
@@ -172,11 +183,11 @@ class _GuardedHandler(RequestHandler):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self._refused = True
-        transport.write(_raw_response(self._guard.shape, status, code, message))
+        self.refused = True
+        transport.write(_raw_response(self.guard.shape, status, code, message))
         if transport.can_write_eof():
             transport.write_eof()
-        self._loop.call_later(self._guard.limits.linger_s, self.force_close)
+        asyncio.get_running_loop().call_later(self.guard.limits.linger_s, self.force_close)
 
     def handle_error(self, request, status: int = 500, exc=None, message=None) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs it; raises if an answer is under way
@@ -185,63 +196,70 @@ class _GuardedHandler(RequestHandler):
         else:  # the parser's reason, first line only: it may quote the offending bytes at length
             reason = (message or HTTPStatus(status).phrase).strip().splitlines()[0][:MAX_PARSER_MESSAGE]
             text = f"the request could not be parsed: {reason}"
-        response = error_response(self._guard.shape, status, error_code(status), text)
+        response = error_response(self.guard.shape, status, error_code(status), text)
         response.force_close()
         return response
 
 
-class _GuardedServer(web.Server):
-    """aiohttp's ``Server`` that makes ``_GuardedHandler`` connections (built from the app's own server)."""
+class GuardedRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections have the ``Limits`` and answer parser errors in ``shape``.
 
-    def __init__(self, plain: web.Server, shape: ErrorShape, limits: Limits):
-        super().__init__(plain.request_handler, request_factory=self._factory(plain.request_factory),
-                         handler_cancellation=plain.handler_cancellation, loop=plain._loop, **plain._kwargs)
+    It listens through ``serve`` (or ``listen_on``/``listen_tcp``), never through aiohttp's sites,
+    whose connections would have none of the guards.
+    """
+
+    def __init__(self, app: web.Application, shape: ErrorShape, limits: Limits = Limits(), *,
+                 handle_signals: bool = False, shutdown_timeout: float = 60.0, **handler_options):
+        self.handler_options = {"keepalive_timeout": limits.idle_timeout_s, "lingering_time": limits.linger_s,
+                                **handler_options}
+        super().__init__(app, handle_signals=handle_signals, shutdown_timeout=shutdown_timeout,
+                         **self.handler_options)
         self.shape = shape
         self.limits = limits
+        self.listeners: list[asyncio.Server] = []
 
-    @staticmethod
-    def _factory(make_request):
-        def request_factory(message, payload, protocol, writer, task):
-            protocol.request_started()  # the headers are in: the header deadline no longer applies
-            return make_request(message, payload, protocol, writer, task)
+    async def serve(self, sock: socket.socket) -> None:
+        """Accept connections on ``sock`` (bound; ``setup`` done) until ``cleanup``."""
+        if self.server is None:
+            raise RuntimeError("call setup() before serve()")
+        listener = await asyncio.get_running_loop().create_server(lambda: _GuardedHandler(self), sock=sock,
+                                                                  backlog=BACKLOG)
+        self.listeners.append(listener)
 
-        return request_factory
-
-    def __call__(self) -> RequestHandler:
-        return _GuardedHandler(self, loop=self._loop, **self._kwargs)
-
-
-class GuardedRunner(web.AppRunner):
-    """``web.AppRunner`` whose connections have the ``Limits`` and answer parser errors in ``shape``."""
-
-    def __init__(self, app: web.Application, shape: ErrorShape, limits: Limits = Limits(), **kwargs):
-        super().__init__(app, keepalive_timeout=limits.idle_timeout_s, lingering_time=limits.linger_s, **kwargs)
-        self._shape = shape
-        self._limits = limits
-
-    async def _make_server(self) -> web.Server:
-        return _GuardedServer(await super()._make_server(), self._shape, self._limits)
+    async def cleanup(self) -> None:
+        """Stop accepting, then let aiohttp drain and close the connections (its shutdown timeout)."""
+        for listener in self.listeners:
+            listener.close()
+        await super().cleanup()
+        self.listeners.clear()
 
 
 # --- listening ----------------------------------------------------------------------------------
 
 
-async def listen_tcp(runner: web.BaseRunner, host: str, preferred: int | None) -> int:
+async def listen_on(runner: GuardedRunner, host: str, port: int) -> int:
+    """Listen on ``host:port`` (0: any free port); returns the port. ``OSError`` when it is taken."""
+    sock = socket.create_server((host, port), backlog=BACKLOG)
+    try:
+        await runner.serve(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return sock.getsockname()[1]
+
+
+async def listen_tcp(runner: GuardedRunner, host: str, preferred: int | None) -> int:
     """Listen on ``preferred`` if it is free, else on any free port; returns the port.
 
     A daemon asks for the port it had before a restart, so that its URL, which
     clients hold, survives the restart whenever the port is still free.
     """
-    for candidate in ([preferred] if preferred else []) + [0]:
-        site = web.TCPSite(runner, host, candidate)
+    if preferred:
         try:
-            await site.start()
+            return await listen_on(runner, host, preferred)
         except OSError as error:
-            await site.stop()
-            log.warning("port %s is taken (%s); listening on a free one", candidate, error)
-            continue
-        return site._server.sockets[0].getsockname()[1]
-    raise OSError(f"cannot listen on {host}")
+            log.warning("port %s is taken (%s); listening on a free one", preferred, error)
+    return await listen_on(runner, host, 0)
 
 
 def private_unix_socket(path: Path) -> socket.socket:

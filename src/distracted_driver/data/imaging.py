@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import simplejpeg
 
+from distracted_driver.data.payload import JPEG_MAGIC, PNG_MAGIC, image_content_type
+
 # Far above a camera frame, far below what would exhaust memory when decoded.
 MAX_PIXELS = 40_000_000
 
@@ -63,8 +65,6 @@ class Preprocessing:
         return params
 
 
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_START_OF_SCAN = b"\xff\xda"
 _JPEG_END_OF_IMAGE = b"\xff\xd9"
 _PNG_END_CHUNK = b"IEND"
@@ -189,7 +189,7 @@ def check_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, i
     """
     if not data:
         raise ImageError("empty image")
-    if not (data.startswith(JPEG_MAGIC) or data.startswith(PNG_MAGIC)):
+    if image_content_type(data) is None:
         raise ImageError("not a JPEG or PNG image (unrecognised file signature)")
     dims = image_dimensions(data)
     if dims is None:
@@ -290,8 +290,3 @@ def preprocess(image_bgr: np.ndarray, params: Preprocessing) -> np.ndarray:
     rgb /= np.asarray(params.std, dtype=np.float32)
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
-
-def preprocess_batch(images: list[np.ndarray], params: Preprocessing) -> np.ndarray:
-    return np.stack([preprocess(image, params) for image in images]) if images else np.zeros(
-        (0, 3, params.input_size, params.input_size), np.float32
-    )

@@ -37,6 +37,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from distracted_driver.data.payload import LAMBDA_REQUEST_MAX_BYTES
 from distracted_driver.fsutil import read_json, write_json_atomic
 from distracted_driver.gateway.events import HANDLER_PATH, Caller, LambdaContext, build_proxy_event, load_handler
 from distracted_driver.gateway.keys import KeyStore, Throttle, UsagePlan
@@ -45,10 +46,6 @@ from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, lis
 from distracted_driver.logs import add_log_arguments, configure_logging
 
 API_GATEWAY_MAX_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
-# Lambda's limit on a synchronous invocation's request: the whole proxy event as JSON, the
-# image base64 inside it. Above it AWS answers 413 {"message": "Request Too Long"} and the
-# handler never runs (docs/aws.md, "How large an image").
-LAMBDA_REQUEST_MAX_BYTES = 6_291_456
 HEALTH_TIMEOUT_S = 3.0
 RUNTIME_SESSION = web.AppKey("runtime_session", aiohttp.ClientSession)  # for the health check's calls
 access_log = logging.getLogger("gateway.access")
@@ -97,7 +94,7 @@ def make_app(config: GatewayConfig) -> web.Application:
     keys = KeyStore(config.keys_path)
     throttle = Throttle(config.plan)
     pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="lambda")
-    document = openapi_document(max_image_bytes=handler.MAX_IMAGE_BYTES)
+    document = openapi_document()
 
     async def predict(request: web.Request) -> web.Response:
         started = time.perf_counter()

@@ -8,7 +8,8 @@ same binary types the gateway (and the Terraform API) base64-encode.
 from __future__ import annotations
 
 from distracted_driver.data.layout import CLASSES, DESCRIPTIONS
-from distracted_driver.gateway.events import BINARY_MEDIA_TYPES, load_handler
+from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
+from distracted_driver.gateway.events import BINARY_MEDIA_TYPES
 
 
 def _error(description: str, example: dict) -> dict:
@@ -19,8 +20,8 @@ def _error(description: str, example: dict) -> dict:
 
 
 def openapi_document(server_url: str | None = None, max_image_bytes: int | None = None) -> dict:
-    """The document; ``max_image_bytes`` defaults to the Lambda handler's own limit."""
-    max_image_bytes = max_image_bytes or load_handler().MAX_IMAGE_BYTES
+    """The document; ``max_image_bytes`` defaults to the limit the Lambda handler applies."""
+    max_image_bytes = max_image_bytes or INVOKE_ENDPOINT_MAX_BYTES
     image_body = {"schema": {"type": "string", "format": "binary", "maxLength": max_image_bytes}}
     document = {
         "openapi": "3.0.3",

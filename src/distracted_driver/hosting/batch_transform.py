@@ -61,18 +61,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import boto3
 import numpy as np
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from distracted_driver.awsclient import aws_client
 from distracted_driver.config import Settings
 from distracted_driver.data.imaging import ImageError, check_image_bytes
 from distracted_driver.data.layout import CLASSES
+from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
 from distracted_driver.hosting.aws import NAME_PATTERN, SageMakerHosting, transform_job_prefix
 from distracted_driver.hosting.base import ModelSpec
 from distracted_driver.serve.batch_predict import BatchResult, list_images, write_submission
-from distracted_driver.serve.server import MAX_BODY_BYTES, ServerConfig
+from distracted_driver.serve.server import ServerConfig
 from distracted_driver.storage import KeyNotFound, Storage, open_storage
 
 LOG_GROUP = "/aws/sagemaker/TransformJobs"
@@ -118,7 +118,7 @@ class TransformOptions:
     @property
     def body_limit(self) -> int:
         """The largest image one request may carry: the job's payload limit and the model server's."""
-        return min(self.max_payload_mb * MiB, MAX_BODY_BYTES)
+        return min(self.max_payload_mb * MiB, INVOKE_ENDPOINT_MAX_BYTES)
 
 
 @dataclass
@@ -312,10 +312,8 @@ class BatchTransform:
         self.settings = settings
         self.options = options or TransformOptions()
         self.storage = storage or open_storage(settings)
-        session = boto3.session.Session(region_name=settings.region)
-        retries = Config(retries={"max_attempts": 10, "mode": "adaptive"})
-        self.sagemaker = sagemaker or session.client("sagemaker", config=retries)
-        self.logs = logs or session.client("logs", config=retries)
+        self.sagemaker = sagemaker or aws_client("sagemaker", settings.region)
+        self.logs = logs or aws_client("logs", settings.region)
         self.hosting = hosting or SageMakerHosting(settings, sagemaker=self.sagemaker, storage=self.storage,
                                                    progress=self.options.progress)
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distracted_driver.config import Settings
@@ -47,6 +47,7 @@ from distracted_driver.hosting.aws import (
 )
 from distracted_driver.hosting.base import AlarmThresholds, ScalingPolicy
 from distracted_driver.infra.ecr import Image, lifecycle_expired
+from distracted_driver.infra.findings import Finding, Report
 from distracted_driver.infra.hcl import Configuration, Context, HclError, Module, skip_comments
 from distracted_driver.monitor.cloudwatch import ALL_VARIANTS, DRIFT_METRIC, DRIFT_NAMESPACE
 
@@ -66,30 +67,6 @@ PROJECT_ARN = "${codebuild:aws_codebuild_project.this.arn}"
 AUTOSCALING_VALIDATION = {"sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig",
                           "sagemaker:UpdateEndpointWeightsAndCapacities"}
 MIN_SKIP_REASON = 20
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str
-    ok: bool
-    detail: str
-    variant: str = "defaults"  # which variable values: "defaults" or the tfvars file's env
-
-    def __str__(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'} [{self.variant}] {self.check}: {self.detail}"
-
-
-@dataclass
-class Report:
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def failures(self) -> list[Finding]:
-        return [f for f in self.findings if not f.ok]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
 
 
 class _Checker:
@@ -161,7 +138,7 @@ class _Checker:
         self.handler_file("api", function, "handler")
 
     def lambda_source(self, package: str) -> Path:
-        """``.build/<name>.zip`` holds ``lambda/<name>.py`` alone (``infra.terraform.package_lambdas``)."""
+        """``.build/<name>.zip`` holds ``lambda/<name>.py`` at its root (``infra.terraform.package_lambdas``)."""
         return (self.repo_root / "lambda" / f"{Path(package).stem}.py").resolve()
 
     def handler_file(self, module: str, function: dict, stem: str) -> Path | None:

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distracted_driver.hosting.aws import TRANSFORM_JOB_INFIX
-from distracted_driver.infra.check import Finding
-from distracted_driver.infra.check import Report as check_report
+from distracted_driver.infra.findings import Finding
+from distracted_driver.infra.findings import Report as check_report
 from distracted_driver.infra.hcl import Configuration
 
 ACCOUNT = "123456789012"

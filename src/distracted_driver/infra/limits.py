@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from distracted_driver.gateway.app import LAMBDA_REQUEST_MAX_BYTES
+from distracted_driver.data.payload import LAMBDA_REQUEST_MAX_BYTES
 from distracted_driver.gateway.events import Caller, build_proxy_event
 
 # What curl sends with `-H "x-api-key: …" -H "Content-Type: image/jpeg" --data-binary @img.jpg`,

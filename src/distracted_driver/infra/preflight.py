@@ -22,10 +22,12 @@ training) warns and does not fail.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
+
+from distracted_driver.infra.findings import Finding, Report
 
 LAMBDA_QUOTA_CODE = "L-B99A9384"  # Lambda "Concurrent executions"
 LAMBDA_MIN_UNRESERVED = 100  # Lambda refuses a reservation that leaves fewer unreserved
@@ -44,28 +46,6 @@ class Needs:
     training_instance_types: dict[str, bool]  # type → required (False: optional path, warns only)
     registers_source_credential: bool
     state_bucket: str | None
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str  # "ok", "warn" or "FAIL"
-    line: str
-
-    def __str__(self) -> str:
-        return f"{self.status:<4} {self.name}: {self.line}"
-
-
-@dataclass
-class Report:
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(check.status != "FAIL" for check in self.checks)
-
-    def __str__(self) -> str:
-        return "\n".join(str(check) for check in self.checks)
 
 
 def needs_of(terraform_dir: str | Path, env: str) -> Needs:
@@ -124,7 +104,7 @@ class Preflight:
         return self.clients[service]
 
     def say(self, name: str, status: str, line: str) -> None:
-        self.report.checks.append(Check(name, status, line))
+        self.report.findings.append(Finding(name, status != "FAIL", line, variant=None, warning=status == "warn"))
 
     def run(self) -> Report:
         if not self.identity():

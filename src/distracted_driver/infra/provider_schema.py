@@ -26,7 +26,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from distracted_driver.infra.check import Finding
+from distracted_driver.infra.findings import Finding
 
 SCHEMA_DIR = Path(".venvs") / "provider-schema"
 ASSEMBLY = "@cdktf/provider-aws"

@@ -10,8 +10,11 @@ the same map CodeBuild reads from SSM); ``write_env_file`` puts it in
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
+import sys
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -153,15 +156,72 @@ def serving_repository(settings: Settings) -> str:
     return repository
 
 
-LAMBDAS = ("handler", "trigger")  # lambda/<name>.py, each zipped alone (boto3 is in the Lambda runtime)
+LAMBDAS = ("handler", "trigger")  # lambda/<name>.py, each zipped with the package modules it imports
 BUILD_DIR = ".build"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# What a Lambda's Python runtime has besides the standard library.
+LAMBDA_RUNTIME_PROVIDES = frozenset({"boto3", "botocore"})
+
+
+class LambdaPackageError(ValueError):
+    """A Lambda source imports something its zip cannot carry."""
+
+
+def _imported_names(source: Path) -> set[str]:
+    """Absolute module names a file imports (``from a.b import c`` counts ``a.b`` and ``a.b.c``)."""
+    names = set()
+    for node in ast.walk(ast.parse(source.read_bytes(), str(source))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _package_file(module: str) -> Path | None:
+    """The file of a ``distracted_driver`` module, or None when the name is not a module (an attribute)."""
+    path = PACKAGE_DIR.parent.joinpath(*module.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def bundled_modules(source: Path) -> dict[str, Path]:
+    """Zip member name → file, for the package modules ``source`` imports, theirs, and their packages'
+    ``__init__``; raises ``LambdaPackageError`` when any of them imports what the Lambda runtime lacks."""
+    bundled: dict[str, Path] = {}
+    pending = [source]
+    while pending:
+        current = pending.pop()
+        for name in sorted(_imported_names(current)):
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or top == "__future__" or top in LAMBDA_RUNTIME_PROVIDES:
+                continue
+            if top != PACKAGE_DIR.name:
+                raise LambdaPackageError(f"{current} imports {name}, which the Lambda runtime does not have")
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):
+                file = _package_file(".".join(parts[:depth]))
+                member = file.relative_to(PACKAGE_DIR.parent).as_posix() if file else None
+                if member and member not in bundled:
+                    bundled[member] = file
+                    pending.append(file)
+    return bundled
+
+
+def _zip_entry(name: str) -> zipfile.ZipInfo:
+    entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    entry.external_attr = 0o644 << 16
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    return entry
 
 
 def package_lambdas(terraform_root: str | Path, lambda_dir: str | Path | None = None) -> dict[str, Path]:
-    """Zip each Lambda's source alone into ``terraform/.build/<name>.zip``, byte for byte the same for the same
-    source (fixed time stamps and modes), so ``source_code_hash`` changes only when the code does."""
-    import zipfile
-
+    """Zip each Lambda's source, with the package modules it imports, into ``terraform/.build/<name>.zip``,
+    byte for byte the same for the same sources (sorted members, fixed time stamps and modes), so
+    ``source_code_hash`` changes only when the code does."""
     terraform_root = Path(terraform_root)
     lambda_dir = Path(lambda_dir) if lambda_dir else terraform_root.resolve().parent / "lambda"
     out = terraform_root / BUILD_DIR
@@ -169,13 +229,12 @@ def package_lambdas(terraform_root: str | Path, lambda_dir: str | Path | None = 
     packages = {}
     for name in LAMBDAS:
         source = lambda_dir / f"{name}.py"
-        entry = zipfile.ZipInfo(source.name, date_time=(1980, 1, 1, 0, 0, 0))
-        entry.external_attr = 0o644 << 16
-        entry.compress_type = zipfile.ZIP_DEFLATED
+        members = {source.name: source, **bundled_modules(source)}
         target = out / f"{name}.zip"
         tmp = target.with_suffix(".zip.tmp")
         with zipfile.ZipFile(tmp, "w") as archive:
-            archive.writestr(entry, source.read_bytes())
+            for member in sorted(members):
+                archive.writestr(_zip_entry(member), members[member].read_bytes())
         tmp.replace(target)
         packages[name] = target
     return packages

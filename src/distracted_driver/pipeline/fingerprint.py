@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1]
 REPOSITORY = PACKAGE.parents[1]  # src/distracted_driver -> the checkout (editable install)
 
 CONVERT_SOURCES = ("data/split.py", "data/convert.py", "data/recordio.py", "data/layout.py")
-TRAINING_SOURCES = ("train/*.py", "data/imaging.py", "data/recordio.py", "data/layout.py")
+TRAINING_SOURCES = ("train/*.py", "data/imaging.py", "data/payload.py", "data/recordio.py", "data/layout.py")
 TRAINING_EXCLUDED = ("train/registry.py", "train/gate.py", "train/runner.py", "train/sagemaker.py", "train/source_dir.py")
 TRAINING_SCRIPT = REPOSITORY / "scripts" / "train.py"
 
@@ -47,9 +47,3 @@ def training_code_version() -> str:
     if TRAINING_SCRIPT.is_file():
         files["scripts/train.py"] = TRAINING_SCRIPT
     return _version(files)
-
-
-def training_sources() -> list[str]:
-    """The files ``training_code_version`` covers (for the README and the run record)."""
-    names = sorted(_sources(TRAINING_SOURCES, TRAINING_EXCLUDED))
-    return names + (["scripts/train.py"] if TRAINING_SCRIPT.is_file() else [])

@@ -188,9 +188,6 @@ class RunStore:
         except KeyNotFound:
             return None
 
-    def forget(self, stage: str, input_hash: str) -> None:
-        self.storage.delete(self.cache_key(stage, input_hash))
-
 
 def _dump(value: dict) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()

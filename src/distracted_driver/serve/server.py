@@ -39,9 +39,10 @@ import numpy as np
 from aiohttp import web
 
 from distracted_driver.data.imaging import MAX_PIXELS, ImageError
-from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, plain_shape, read_body
+from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, listen_on, plain_shape, read_body
 from distracted_driver.logs import add_log_arguments, configure_logging
 from distracted_driver.serve.batching import DynamicBatcher
+from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
 from distracted_driver.serve.inference import Classifier
 from distracted_driver.system import cpu_count
 from distracted_driver.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -50,8 +51,6 @@ from distracted_driver.train.artifact import ArtifactError, load_artifact
 
 log = logging.getLogger("distracted_driver.serve")
 
-# SageMaker Runtime refuses larger request bodies; so do we, with the same limit.
-MAX_BODY_BYTES = 6_291_456
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
 VERSION_HEADER = "X-Model-Version"
 KNOWN_PATHS = ("/ping", "/invocations", "/metrics")
@@ -120,7 +119,7 @@ class ModelServer:
     # --- application -------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES,
+        app = web.Application(client_max_size=INVOKE_ENDPOINT_MAX_BYTES,
                               middlewares=[self._count, json_errors(plain_shape, routes=ROUTES)])
         app.router.add_get("/ping", self.ping)
         app.router.add_post("/invocations", self.invocations)
@@ -137,9 +136,9 @@ class ModelServer:
         started = time.monotonic()
         response = await handler(request)
         path = request.path if request.path in KNOWN_PATHS else "other"
-        self.metrics.requests.inc(path, response.status)
+        self.metrics.requests.labels(path, response.status).inc()
         if response.status >= 400 and isinstance(response, web.Response) and response.body:
-            self.metrics.errors.inc(json.loads(response.body).get("error", "unknown"))
+            self.metrics.errors.labels(json.loads(response.body).get("error", "unknown")).inc()
         if path == "/invocations":
             self.metrics.latency.observe(time.monotonic() - started)
         return response
@@ -155,7 +154,7 @@ class ModelServer:
         return web.json_response({"status": state, "model_version": self.version}, status=503)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render().encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def invocations(self, request: web.Request) -> web.Response:
         if not self.ready:
@@ -174,7 +173,7 @@ class ModelServer:
             self.in_flight -= 1
 
     async def _classify(self, request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        if request.content_length is not None and request.content_length > INVOKE_ENDPOINT_MAX_BYTES:
             return self._too_large(request.content_length)
         try:
             body = await read_body(request, self.config.read_timeout_s)
@@ -194,7 +193,7 @@ class ModelServer:
 
     def _too_large(self, size: int | None) -> web.Response:
         stated = f"{size} bytes" if size is not None else "the body"
-        return self._error(413, "PayloadTooLarge", f"{stated} exceeds the limit of {MAX_BODY_BYTES} bytes")
+        return self._error(413, "PayloadTooLarge", f"{stated} exceeds the limit of {INVOKE_ENDPOINT_MAX_BYTES} bytes")
 
     @staticmethod
     def _error(status: int, error: str, message: str) -> web.Response:
@@ -245,9 +244,7 @@ class ModelServer:
         runner = GuardedRunner(self.make_app(), plain_shape, self.config.limits(), access_log=None,
                                handle_signals=False, shutdown_timeout=self.config.shutdown_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = await listen_on(runner, self.config.host, self.config.port)
         log.info("model server listening on http://%s:%d (model %s)", self.config.host, self.port, self.version)
         loader = loop.create_task(self.load())
         await self.stop_event.wait()

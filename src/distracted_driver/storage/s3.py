@@ -20,11 +20,10 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from distracted_driver.awsclient import aws_client
 from distracted_driver.fsutil import atomic_path
 from distracted_driver.hashing import sha256_file
 from distracted_driver.storage.base import KeyNotFound, Storage, TransferReport
@@ -69,11 +68,7 @@ class S3Storage(Storage):
         self.transfer_config = transfer_config or default_transfer_config()
         self.upload_workers = upload_workers
         self.list_page_size = list_page_size
-        self.client = client or boto3.client(
-            "s3",
-            region_name=region,
-            config=Config(retries={"max_attempts": 10, "mode": "adaptive"}, max_pool_connections=32),
-        )
+        self.client = client or aws_client("s3", region, max_pool_connections=32)
 
     # -- helpers -----------------------------------------------------------
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
+from distracted_driver.data.payload import image_content_type
 from distracted_driver.hashing import sha256_bytes, sha256_file
 from distracted_driver.storage import KeyNotFound, Storage
 from distracted_driver.train.artifact import ArtifactError, NotProbabilities
@@ -97,7 +98,7 @@ class SmokeSet:
     @staticmethod
     def content_type(image: bytes) -> str:
         """The channel stores JPEG (or, converted with ``--encoding .png``, PNG) bytes."""
-        return "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
+        return image_content_type(image) or "image/jpeg"
 
     def to_dict(self) -> dict:
         return {

@@ -135,9 +135,6 @@ class EfficientNetLite0(nn.Module):
         logits = self.classify(features)
         return (logits, features) if with_features else logits
 
-    def backbone_parameters(self):
-        return (p for name, p in self.named_parameters() if not name.startswith("_fc."))
-
 
 def imagenet_model() -> EfficientNetLite0:
     """The network with its 1000-class ImageNet head, every weight loaded strictly."""

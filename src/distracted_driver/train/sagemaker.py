@@ -29,10 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from distracted_driver.awsclient import aws_client
 from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.storage import Storage, open_storage
@@ -155,10 +154,8 @@ class SageMakerTrainer:
     ):
         self.settings = settings
         self.storage = storage or open_storage(settings)
-        session = boto3.session.Session(region_name=settings.region)
-        retries = Config(retries={"max_attempts": 10, "mode": "adaptive"})
-        self.sagemaker = sagemaker or session.client("sagemaker", config=retries)
-        self.logs = logs or session.client("logs", config=retries)
+        self.sagemaker = sagemaker or aws_client("sagemaker", settings.region)
+        self.logs = logs or aws_client("logs", settings.region)
         self.poll_seconds = poll_seconds
         self.stream = stream
         self.progress = progress

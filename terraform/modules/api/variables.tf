@@ -14,7 +14,7 @@ variable "role_arn" {
 }
 
 variable "package_file" {
-  description = "Zip of lambda/handler.py alone (boto3 only), written by `inv infra.package` (infra.plan and infra.apply run it)."
+  description = "Zip of lambda/handler.py and the package modules it imports (standard library and boto3 only), written by `inv infra.package` (infra.plan and infra.apply run it)."
   type        = string
 }
 

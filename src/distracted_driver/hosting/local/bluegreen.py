@@ -29,6 +29,7 @@ from dataclasses import asdict
 
 import aiohttp
 
+from distracted_driver.data.payload import image_content_type
 from distracted_driver.hosting.base import AlarmThresholds, TrafficRouting
 from distracted_driver.hosting.local import endpoint as states
 from distracted_driver.hosting.local.alarms import breached
@@ -50,10 +51,6 @@ class RollBack(Exception):
 
 class SmokeTestFailed(Exception):
     pass
-
-
-def image_content_type(image: bytes) -> str:
-    return "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
 
 
 def check_probabilities(body: bytes, classes: int = 10) -> str | None:
@@ -208,7 +205,7 @@ class Deployment:
         where = f"smoke image {number} on instance {instance.id} ({fleet.model.name})"
         try:
             async with instance.session.post(
-                "/invocations", data=image, headers={"Content-Type": image_content_type(image)},
+                "/invocations", data=image, headers={"Content-Type": image_content_type(image) or "image/jpeg"},
                 timeout=aiohttp.ClientTimeout(total=SMOKE_TIMEOUT_S),
             ) as answer:
                 body = await answer.read()

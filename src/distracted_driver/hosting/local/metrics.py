@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from distracted_driver.serve.metrics import Counter
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 COUNTERS = {  # CaptureStats field -> (metric, help)
     "written": ("runtime_capture_records_written_total", "Captured invocations written to the bucket."),
@@ -11,15 +12,27 @@ COUNTERS = {  # CaptureStats field -> (metric, help)
     "lost": ("runtime_capture_records_lost_total", "Captured invocations accepted but never written (a failed write)."),
     "files": ("runtime_capture_files_written_total", "Capture files written to the bucket."),
 }
-QUEUED = "runtime_capture_queued_records"
+QUEUED = ("runtime_capture_queued_records", "Captured invocations accepted and not yet in a file.")
 
 
-def capture_metrics(stats: dict[str, dict]) -> str:
+class _CaptureCollector:
+    """The counters as the endpoints' writers keep them: read once, when the page is asked for."""
+
+    def __init__(self, stats: dict[str, dict]):
+        self.stats = stats
+
+    def collect(self):
+        families = {field: CounterMetricFamily(name, text, labels=("endpoint",)) for field, (name, text) in COUNTERS.items()}
+        queued = GaugeMetricFamily(*QUEUED, labels=("endpoint",))
+        for endpoint, counts in sorted(self.stats.items()):
+            for field, family in families.items():
+                family.add_metric((endpoint,), counts[field])
+            queued.add_metric((endpoint,), counts["queued"])
+        return [*families.values(), queued]
+
+
+def capture_metrics(stats: dict[str, dict]) -> bytes:
     """``{endpoint: capture stats}`` (``Endpoint.capture_stats()``) as exposition-format text."""
-    counters = {field: Counter(name, text, ("endpoint",)) for field, (name, text) in COUNTERS.items()}
-    queued = [f"# HELP {QUEUED} Captured invocations accepted and not yet in a file.", f"# TYPE {QUEUED} gauge"]
-    for endpoint, counts in sorted(stats.items()):
-        for field, counter in counters.items():
-            counter.inc(endpoint, amount=counts[field])
-        queued.append(f'{QUEUED}{{endpoint="{endpoint}"}} {counts["queued"]}')
-    return "\n".join([line for counter in counters.values() for line in counter.render()] + queued) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_CaptureCollector(stats))
+    return generate_latest(registry)

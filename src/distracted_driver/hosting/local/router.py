@@ -46,13 +46,13 @@ from datetime import datetime, timezone
 import aiohttp
 from aiohttp import web
 
+from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
 from distracted_driver.httpserver import read_body
 from distracted_driver.monitor.capture import Invocation
 from distracted_driver.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
-MAX_BODY_BYTES = 6_291_456
 MAX_ATTEMPTS = 3
 CAPACITY_WAIT_S = 5.0  # how long a request waits for an instance when none is in service
 INVOCATION_TIMEOUT_S = 60.0  # SageMaker gives a container 60 s to answer
@@ -124,7 +124,7 @@ class Router:
             return sagemaker_error(500, "InternalFailure", "An internal failure occurred in the local runtime; see its log.")
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.runtime.metrics_text().encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        return web.Response(body=self.runtime.metrics_exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _invocations(self, request: web.Request) -> web.StreamResponse:
         arrived = datetime.now(timezone.utc)
@@ -134,13 +134,13 @@ class Router:
             if endpoint is None:
                 return sagemaker_error(400, "ValidationError", f"Endpoint {name} of account 000000000000 not found.")
             return sagemaker_error(400, "ValidationError", f"Endpoint {name} is not in service (status {endpoint.status}).")
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        if request.content_length is not None and request.content_length > INVOKE_ENDPOINT_MAX_BYTES:
             return self._too_large()
         try:
             body = await read_body(request, self.body_timeout_s)
         except web.HTTPRequestEntityTooLarge:
             return self._too_large()
-        if len(body) > MAX_BODY_BYTES:
+        if len(body) > INVOKE_ENDPOINT_MAX_BYTES:
             return self._too_large()
         target = request.headers.get(TARGET_VARIANT_HEADER)
         if target is not None and target not in endpoint.variant_names():
@@ -153,7 +153,7 @@ class Router:
 
     @staticmethod
     def _too_large() -> web.Response:
-        return sagemaker_error(413, None, f"HTTP content length exceeded {MAX_BODY_BYTES} bytes.")
+        return sagemaker_error(413, None, f"HTTP content length exceeded {INVOKE_ENDPOINT_MAX_BYTES} bytes.")
 
     async def _forward(self, endpoint, target: str | None, body: bytes, headers: dict,
                        arrived: datetime) -> web.StreamResponse:

@@ -39,7 +39,7 @@ from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.client import kill_orphans
 from distracted_driver.hosting.local.instances import InstanceError, adoptable
 from distracted_driver.hosting.local.metrics import capture_metrics
-from distracted_driver.hosting.local.router import MAX_BODY_BYTES, ROUTES, Router, sagemaker_shape
+from distracted_driver.hosting.local.router import ROUTES, Router, sagemaker_shape
 from distracted_driver.hosting.local.state import (
     EndpointConfigRecord,
     ModelRecord,
@@ -49,6 +49,7 @@ from distracted_driver.hosting.local.state import (
     save_state,
     to_json,
 )
+from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
 from distracted_driver.fsutil import read_json, write_json_atomic
 from distracted_driver.httpserver import (
     GuardedRunner,
@@ -434,7 +435,7 @@ class Runtime:
             if writer is not None:
                 await self._close_writer(endpoint, writer, "the runtime is stopping")
 
-    def metrics_text(self) -> str:
+    def metrics_exposition(self) -> bytes:
         return capture_metrics({name: e.capture_stats() for name, e in self.endpoints.items() if e.data_capture})
 
     async def delete_endpoint(self, name: str) -> None:
@@ -470,7 +471,7 @@ def _required(body: dict, key: str):
 
 def make_invocation_app(runtime: Runtime) -> web.Application:
     """The TCP port: SageMaker Runtime's invocations, the endpoint health check and the metrics, nothing else."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES + 1, middlewares=[json_errors(sagemaker_shape, ROUTES)])
+    app = web.Application(client_max_size=INVOKE_ENDPOINT_MAX_BYTES + 1, middlewares=[json_errors(sagemaker_shape, ROUTES)])
     app.router.add_post("/endpoints/{name}/invocations", runtime.router.invocations)
     app.router.add_get("/endpoints/{name}/health", runtime.router.health)
     app.router.add_get("/metrics", runtime.router.metrics)
@@ -568,7 +569,7 @@ async def serve(paths: RuntimePaths, host: str, port: int, log_rotation: LogRota
     await control.setup()
     # The port it had last time, so that its URL (which a gateway or a client may hold) survives a restart.
     bound = await listen_tcp(invocations, host, port or runtime.last_port)
-    await web.SockSite(control, private_unix_socket(paths.control_socket)).start()
+    await control.serve(private_unix_socket(paths.control_socket))
     runtime.port, runtime.url = bound, f"http://{host}:{bound}"
     write_json_atomic(paths.runtime_file, {
         "pid": os.getpid(), "url": runtime.url, "port": bound, "started": runtime.started, "log": str(paths.log_file),
