@@ -21,13 +21,14 @@ LITSERVE_SPEC := litserve==0.2.19
 BENTOML_SPEC  := bentoml==1.4.40
 PROVIDER_WHEELS  := cdktf-cdktf-provider-aws==19.54.0 cdktf-cdktf-provider-aws==21.22.1
 
-.PHONY: demo test test-fast lint install mxnet-env checkov-env terraform-env provider-schema peers-env down clean help
+.PHONY: demo test test-fast lint lint-imports install mxnet-env checkov-env terraform-env provider-schema peers-env down clean help
 
 help:
 	@echo "make demo   - run the whole pipeline on bundled sample data, leave the stack up"
 	@echo "make test   - install what tests need, lint, and run every test"
 	@echo "make test-fast - the tests not marked slow (under a minute)"
 	@echo "make lint   - ruff's lint and format checks (no file is changed)"
+	@echo "make lint-imports - check the package's layers (pyproject.toml, docs/architecture.md)"
 	@echo "make down   - stop every local server the demo started"
 	@echo "make peers-env - LitServe and BentoML for benchmarks/serve_vs_peers.py (not needed by make test)"
 
@@ -91,7 +92,7 @@ demo: install
 TEST_ENVS := install mxnet-env checkov-env terraform-env provider-schema
 
 # --durations: the slowest tests are printed in every CI run, so a test that grows slow is seen.
-test: $(TEST_ENVS) lint
+test: $(TEST_ENVS) lint lint-imports
 	$(BIN)/pytest --durations=15
 
 test-fast: $(TEST_ENVS)
@@ -100,6 +101,10 @@ test-fast: $(TEST_ENVS)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The layers contract in pyproject.toml (docs/architecture.md): no module imports from a layer above it.
+lint-imports: install
+	$(BIN)/lint-imports --no-cache
 
 down: install
 	$(BIN)/inv down

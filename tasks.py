@@ -7,6 +7,7 @@ endpoint (default ``local``; ``DD_BACKEND`` overrides).
 from __future__ import annotations
 
 import functools
+import inspect
 
 from invoke import Argument, Collection, Task
 from invoke import task as invoke_task
@@ -251,31 +252,13 @@ train = Collection("train")
 def train_run(c, epochs=40, learning_rate=None, mini_batch_size=32, image_size=224, freeze_backbone=True,
               augmentation=None, seed=0, patience=5, extra="", resume=None, backend=None, algorithm="script"):
     """Run scripts/train.py as a local SageMaker-style job on the bucket's channels; store and register the model."""
-
-    from distracted_driver.train.runner import TrainingJobFailed, run_local_job
+    from distracted_driver.pipeline.options import parse_key_values
+    from distracted_driver.train import open_trainer
 
     hyperparameters = {"epochs": epochs, "learning-rate": learning_rate, "mini-batch-size": mini_batch_size,
                        "image-size": image_size, "freeze-backbone": bool(freeze_backbone),
-                       "augmentation": augmentation, "seed": seed, "patience": patience}
-    for item in filter(None, (part.strip() for part in extra.split(","))):
-        key, _, value = item.partition("=")
-        hyperparameters[key.strip()] = value.strip()
-    settings = _settings(backend)
-    if settings.backend == "aws":
-        from distracted_driver.train.sagemaker import SageMakerJobFailed, run_sagemaker_job
-
-        if resume:
-            raise Exit("--resume continues local jobs; a SageMaker job name cannot be reused", code=2)
-        try:
-            job = run_sagemaker_job(settings, hyperparameters, algorithm=algorithm)
-        except SageMakerJobFailed as error:
-            raise Exit(str(error), code=1) from None
-        print(f"training job {job} completed")
-        return
-    try:
-        job = run_local_job(settings, hyperparameters, job_name=resume)
-    except TrainingJobFailed as error:
-        raise Exit(str(error), code=1) from None
+                       "augmentation": augmentation, "seed": seed, "patience": patience, **parse_key_values(extra)}
+    job = open_trainer(_settings(backend), algorithm=algorithm).train(hyperparameters, resume=resume)
     print(f"training job {job} completed")
 
 
@@ -289,14 +272,11 @@ def train_run(c, epochs=40, learning_rate=None, mini_batch_size=32, image_size=2
 )
 def train_evaluate(c, model="latest", out=None, backend=None):
     """Re-evaluate a model's ONNX file on the validation channel (ONNX Runtime): metrics.json and PNG plots."""
-    from distracted_driver.train.evaluate import evaluate_model, summary_lines
+    from distracted_driver.model.evaluate import evaluate_model, summary_lines
 
     job, metrics, paths = evaluate_model(_settings(backend), model, out)
-    print(f"model {job}")
-    for line in summary_lines(metrics):
-        print(f"  {line}")
-    for name, path in paths.items():
-        print(f"  {name}: {path}")
+    print("\n".join([f"model {job}"] + [f"  {line}" for line in summary_lines(metrics)]
+                    + [f"  {name}: {path}" for name, path in paths.items()]))
 
 
 train.add_task(train_run)
@@ -305,26 +285,20 @@ train.add_task(train_evaluate)
 model = Collection("model")
 
 
+def _registry(backend):
+    from distracted_driver.storage import open_storage
+    from distracted_driver.model.registry import Registry
+
+    settings = _settings(backend)
+    return Registry(open_storage(settings), settings)
+
+
 @task(name="list", help={"json": "print the registry entries as JSON", "backend": "local or aws bucket"})
 def model_list(c, json=False, backend=None):
     """List the registered model versions: the precision each serves and both precisions' validation scores; * live."""
-    import json as jsonlib
+    from distracted_driver.model.registry import version_listing
 
-    from distracted_driver.storage import open_storage
-    from distracted_driver.train.registry import Registry, version_rows
-
-    settings = _settings(backend)
-    registry = Registry(open_storage(settings), settings)
-    versions, live = registry.list_versions(), registry.live()
-    live_job = live["job"] if live else None
-    if json:
-        print(jsonlib.dumps([{**v, "live": v["job"] == live_job} for v in versions], indent=2))
-        return
-    if not versions:
-        print("no model versions yet (inv train.run)")
-        return
-    for line in version_rows(versions, live_job, registry.data_manifest_sha256()):
-        print(line)
+    print(version_listing(_registry(backend), as_json=json))
 
 
 @task(
@@ -343,30 +317,21 @@ def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, in
     """Quality gate: score the candidate's served model on the validation set; exit 1 with the reason if rejected."""
     import json as jsonlib
 
-    from distracted_driver.storage import open_storage
-    from distracted_driver.train.artifact import ArtifactError
+    from distracted_driver.config import ToleranceError
+    from distracted_driver.model.artifact import ArtifactError
+    from distracted_driver.model.registry import RegistryError
     from distracted_driver.train.gate import DEFAULT_BASELINE_FRACTION, DEFAULT_TOLERANCE, GateError, judge
-    from distracted_driver.train.precision import ToleranceError
-    from distracted_driver.train.registry import Registry, RegistryError
 
-    settings = _settings(backend)
     try:
-        decision = judge(
-            Registry(open_storage(settings), settings), candidate,
-            tolerance=DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
-            baseline_fraction=DEFAULT_BASELINE_FRACTION if baseline_fraction is None else float(baseline_fraction),
-            int8_tolerance=int8_tolerance,
-        )
+        decision = judge(_registry(backend), candidate,
+                         tolerance=DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
+                         baseline_fraction=DEFAULT_BASELINE_FRACTION if baseline_fraction is None
+                         else float(baseline_fraction), int8_tolerance=int8_tolerance)
     except ToleranceError as error:
         raise Exit(f"--int8-tolerance / DD_INT8_TOLERANCE: {error}", code=2) from None
     except (RegistryError, GateError, ArtifactError) as error:
         raise Exit(str(error), code=2) from None
-    if json:
-        print(jsonlib.dumps(decision.to_dict(), indent=2))
-    else:
-        print(f"gate {'PASSED' if decision.passed else 'REJECTED'}: {decision.reason}")
-        if decision.precision:
-            print(decision.precision_line())
+    print(jsonlib.dumps(decision.to_dict(), indent=2) if json else "\n".join(decision.report_lines()))
     if not decision.passed:
         raise Exit(code=1)
 
@@ -374,12 +339,7 @@ def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, in
 @task(name="set-live", help={"job": "training job name (or 'latest')", "backend": "local or aws bucket"})
 def model_set_live(c, job="latest", backend=None):
     """Point registry/live.json at a version by hand (deploy does this itself after a swap)."""
-    from distracted_driver.storage import open_storage
-    from distracted_driver.train.registry import Registry
-
-    settings = _settings(backend)
-    live = Registry(open_storage(settings), settings).set_live(job, by="inv model.set-live")
-    print(f"live model: {live['job']}")
+    print(f"live model: {_registry(backend).set_live(job, by='inv model.set-live')['job']}")
 
 
 model.add_task(model_list)
@@ -411,27 +371,13 @@ predict = Collection("predict")
 def predict_batch(c, images, model="latest", out="submission.csv", batch_size=8, workers=0, backend=None,
                   instances=1, instance_type="", max_concurrent=8, max_payload_mb=6):
     """Classify images with a trained model and write a Kaggle submission CSV (here, or on SageMaker Batch Transform)."""
-    settings = _settings(backend)
-    if settings.backend == "aws":
-        from distracted_driver.hosting.batch_transform import TransformOptions, run_batch_transform
+    from distracted_driver.hosting.batch import BatchOptions, predict_batch as run
 
-        options = TransformOptions(instances, instance_type or None, max_concurrent, max_payload_mb,
-                                   workers=workers or 16)
-        result = run_batch_transform(settings, model, images, out, options)
-        print(f"{result.summary()} -> {out}")
-        for note in result.notes:
-            print(f"  {note}")
-        for name, reason in result.batch.failed:
-            print(f"  skipped {name}: {reason}")
-        if result.error:
-            raise Exit(result.error, code=1)
-        return
-    from distracted_driver.serve.batch_predict import predict_directory
-
-    result = predict_directory(settings, model, images, out, batch_size, workers or None)
-    print(f"{result.summary()} -> {out}")
-    for name, reason in result.failed:
-        print(f"  skipped {name}: {reason}")
+    options = BatchOptions(batch_size, workers, instances, instance_type or None, max_concurrent, max_payload_mb)
+    outcome = run(_settings(backend), model, images, out, options)
+    print("\n".join(outcome.lines))
+    if outcome.error:
+        raise Exit(outcome.error, code=1)
 
 
 predict.add_task(predict_batch)
@@ -455,12 +401,11 @@ def serve_run(c, model="latest", port=8080, max_batch_size=8, max_batch_delay_ms
     from pathlib import Path
 
     from distracted_driver.serve import server
-    from distracted_driver.serve.model_cache import fetch_artifact
+    from distracted_driver.model.cache import fetch_artifact
 
     model_dir = Path(model) if Path(model).is_dir() else fetch_artifact(_settings(backend), model).directory
-    args = ["--model-dir", str(model_dir), "--port", str(port), "--max-batch-size", str(max_batch_size),
-            "--max-batch-delay-ms", str(max_batch_delay_ms)]
-    sys.exit(server.main(args))
+    sys.exit(server.main(["--model-dir", str(model_dir), "--port", str(port), "--max-batch-size", str(max_batch_size),
+                          "--max-batch-delay-ms", str(max_batch_delay_ms)]))
 
 
 serve.add_task(serve_run)
@@ -483,7 +428,7 @@ api = Collection("api")
 )
 def api_up(c, port=None, rate=None, burst=None, no_key=False, runtime_url=None, backend=None):
     """Start the local API Gateway (real Lambda handler in front of the endpoint) as a background daemon."""
-    from distracted_driver.gateway import GatewayError, UsagePlan, start_gateway
+    from distracted_driver.gateway import GatewayError, UsagePlan, start_gateway, started_lines
     from distracted_driver.gateway.daemon import saved_plan
 
     settings = _settings(backend)
@@ -492,14 +437,8 @@ def api_up(c, port=None, rate=None, burst=None, no_key=False, runtime_url=None, 
     try:
         status = start_gateway(settings, runtime_url=runtime_url, port=None if port is None else int(port), plan=plan)
     except GatewayError as exc:
-        from invoke.exceptions import Exit
-
-        raise Exit(str(exc), code=1)
-    print(f"API up at {status['url']} ({status.get('note') or 'started'}; pid {status['pid']}, log {status['log']})")
-    print(f"  docs:    {status['docs_url']}")
-    print(f"  API key: {status['api_key']}")
-    print(f"  try:     curl -s -X POST {status['predict_url']} -H 'x-api-key: {status['api_key']}' "
-          "-H 'Content-Type: image/jpeg' --data-binary @IMAGE.jpg")
+        raise Exit(str(exc), code=1) from None
+    print("\n".join(started_lines(status)))
 
 
 @task(name="down", help={"backend": "local only"})
@@ -516,19 +455,10 @@ def api_status(c, json=False, backend=None):
     """Where the local API is, whether the endpoint behind it serves, and a key to call it with."""
     import json as jsonlib
 
-    from distracted_driver.gateway import gateway_status
+    from distracted_driver.gateway import gateway_status, status_lines
 
     status = gateway_status(_settings(backend))
-    if json:
-        print(jsonlib.dumps(status, indent=2))
-    elif status["running"]:
-        print(f"API running at {status['url']} -> endpoint {status['endpoint']} via {status['runtime_url']}")
-        if not status["healthy"]:
-            print(f"  but the endpoint does not serve: {status['problem']}")
-        print(f"  API key {status['api_key']}; throttle {status['plan']}; log {status['log']}")
-        print(f"  supervisor: gateway {status['supervisor']}")
-    else:
-        print(f"API not running (supervisor: gateway {status['supervisor']}); start it with: inv api.up")
+    print(jsonlib.dumps(status, indent=2) if json else "\n".join(status_lines(status)))
 
 
 @task(name="key", help={"name": "a label for the key (default: cli)", "backend": "local only"})
@@ -536,8 +466,7 @@ def api_key(c, name="cli", backend=None):
     """Create a new API key and print it; the running gateway accepts it within a second."""
     from distracted_driver.gateway import create_api_key
 
-    record = create_api_key(_settings(backend), name)
-    print(record["value"])
+    print(create_api_key(_settings(backend), name)["value"])
 
 
 api.add_task(api_up)
@@ -565,19 +494,16 @@ loadtest = Collection("loadtest")
 )
 def loadtest_run(c, users=8, spawn_rate=4.0, run_time="20s", host=None, api_key=None, slo=None, backend=None):
     """Run Locust headless against the API; exit non-zero naming each missed SLO. Reports in reports/loadtest/."""
-
     from distracted_driver.loadtest import SLO, LoadTestError, run_loadtest
 
     try:
         result = run_loadtest(_settings(backend), int(users), float(spawn_rate), run_time, host, api_key,
                               SLO.load(slo) if slo else None)
     except (LoadTestError, ValueError) as exc:
-        raise Exit(str(exc), code=2)
-    print(result.summary.line())
-    print(f"report: {result.report_dir}")
+        raise Exit(str(exc), code=2) from None
+    print("\n".join(result.report_lines()))
     if result.misses:
         raise Exit("SLO missed:\n" + "\n".join(f"  {m}" for m in result.misses), code=1)
-    print("all SLOs met")
 
 
 @task(
@@ -597,7 +523,6 @@ def loadtest_run(c, users=8, spawn_rate=4.0, run_time="20s", host=None, api_key=
 def loadtest_find_capacity(c, start_users=2, step_users=2, max_users=32, step_time="15s", safety_factor=0.5,
                            instances=None, host=None, api_key=None, backend=None):
     """Ramp users until failures pass 1% or p99 its SLO; report the highest sustainable RPS and autoscaling target."""
-
     from distracted_driver.loadtest import LoadTestError, find_capacity
 
     try:
@@ -605,13 +530,8 @@ def loadtest_find_capacity(c, start_users=2, step_users=2, max_users=32, step_ti
                                host, api_key, instances=int(instances) if instances else None,
                                safety_factor=float(safety_factor))
     except (LoadTestError, ValueError) as exc:
-        raise Exit(str(exc), code=2)
-    print(f"stopped: {result.stop_reason}")
-    print(f"highest sustainable: {result.max_rps:.1f} requests/s at {result.users_at_max} users "
-          f"({result.rps_per_instance:.1f} per instance, {result.instances} instance(s))")
-    print(f"autoscaling target (SageMakerVariantInvocationsPerInstance, per minute): "
-          f"{result.rps_per_instance:.1f} x {result.safety_factor} x 60 = {result.target_invocations_per_instance:.0f}")
-    print(f"report: {result.report_dir}")
+        raise Exit(str(exc), code=2) from None
+    print("\n".join(result.report_lines()))
 
 
 loadtest.add_task(loadtest_run)
@@ -622,57 +542,44 @@ loadtest.add_task(loadtest_find_capacity)
 deploy = Collection("deploy")
 
 
-def _print_event(event):
-    print(f"  [{event['elapsed']:7.2f} s] {event['message']}", flush=True)
-
-
 def _hosting(settings):
     from distracted_driver.hosting import open_hosting
 
-    return open_hosting(settings, on_event=_print_event) if settings.backend == "local" else open_hosting(settings)
+    return open_hosting(settings, on_event=lambda e: print(f"  [{e['elapsed']:7.2f} s] {e['message']}", flush=True))
 
 
-def _release(settings, model, routing, alarms, instances, force, capture_percent=None):
+def _refusals_exit(call, *args, **kwargs):
+    """Run a hosting call; a refusal (HostingError, a bad value or artifact) exits 2 with its message."""
+    from distracted_driver.hosting import HostingError
+
+    try:
+        return call(*args, **kwargs)
+    except (HostingError, ValueError, KeyError) as error:
+        raise Exit(f"{type(error).__name__}: {error}", code=2) from None
+
+
+def _release(settings, model, routing, alarms, instances, force, capture_percent=None, new_endpoint=False):
     """Deploy MODEL through ``hosting.release``: gate clearance (or --force), blue/green, smoke test, rollback."""
     from distracted_driver.config import parse_percent
     from distracted_driver.hosting.release import release
     from distracted_driver.train.gate import NotCleared
-    from distracted_driver.train.registry import RegistryError
+    from distracted_driver.model.registry import RegistryError
 
-    capture_percent = parse_percent(capture_percent)
     try:
-        done = release(settings, _hosting(settings), model, routing, alarms, instances=int(instances),
-                       capture_percent=capture_percent, force=force, by="inv deploy --force", log=print)
+        done = _refusals_exit(release, settings, _hosting(settings), model, routing, alarms, instances=int(instances),
+                              capture_percent=parse_percent(capture_percent), force=force, new_endpoint=new_endpoint,
+                              by="inv deploy --force", log=print)
     except RegistryError as error:
         raise Exit(f"{error} (inv model.list shows the registered versions)", code=2) from None
     except NotCleared as error:
         raise Exit(f"refused: {error}; or deploy it anyway with --force (recorded in the model's entry)",
                    code=3) from None
-    except (RuntimeError, ValueError, KeyError) as error:  # each backend's HostingError, a bad artifact
-        raise Exit(f"{type(error).__name__}: {error}", code=2) from None
-    for note in done.notes:
-        print(f"  note: {note}")
-    if done.smoke is not None:
-        print(f"  smoke test: {done.smoke.summary()}")
-    return done.result
+    _report(done.report_lines(), done.result)
 
 
-def _hosting_call(call, *args):
-    """Run a hosting call; a refusal (each backend's HostingError, a bad artifact) exits 2 with its message."""
-
-    try:
-        return call(*args)
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise Exit(f"{type(error).__name__}: {error}", code=2) from None
-
-
-def _report(result):
-
-    print(f"{result.outcome}: endpoint {result.endpoint}, live model {result.live_version}"
-          + (f" ({result.reason})" if result.reason else ""))
-    if result.timings:
-        print("  timings (s): " + ", ".join(f"{k} {v:g}" for k, v in result.timings.items()))
-    if result.outcome not in ("deployed", "unchanged"):
+def _report(lines, result):
+    print("\n".join(lines))
+    if not result.succeeded:
         raise Exit(code=1)
 
 
@@ -700,14 +607,10 @@ def deploy_create(c, model="latest", instances=1, capture_percent=None, force=Fa
     """Create the endpoint with a gated model, then smoke-test it; refuses if it exists (use deploy.swap).
 
     Exit 3 when the model has no passing gate record (inv model.gate) and --force is not given."""
+    from distracted_driver.hosting import AlarmThresholds, TrafficRouting
 
-    from distracted_driver.hosting.base import AlarmThresholds, TrafficRouting
-
-    settings = _settings(backend)
-    if _hosting(settings).status().get("live_version"):
-        raise Exit(f"endpoint {settings.endpoint_name} exists already; update it with inv deploy.swap", code=2)
-    _report(_release(settings, model, TrafficRouting(strategy="all-at-once", bake_seconds=0), AlarmThresholds(),
-                     instances, force, capture_percent))
+    _release(_settings(backend), model, TrafficRouting(strategy="all-at-once", bake_seconds=0), AlarmThresholds(),
+             instances, force, capture_percent, new_endpoint=True)
 
 
 @task(
@@ -735,7 +638,7 @@ def deploy_swap(c, model="latest", strategy="canary", canary_percent=10, linear_
 
     Exit 1 if it was rolled back or failed; exit 3 (nothing deployed) when the model has no passing gate record
     for the current validation set (inv model.gate) and --force is not given."""
-    from distracted_driver.hosting.base import AlarmThresholds, TrafficRouting
+    from distracted_driver.hosting import AlarmThresholds, TrafficRouting
 
     settings = _settings(backend)
     routing = TrafficRouting(strategy=strategy, canary_percent=int(canary_percent),
@@ -745,13 +648,14 @@ def deploy_swap(c, model="latest", strategy="canary", canary_percent=10, linear_
     alarms = AlarmThresholds(max_error_rate=float(max_error_rate), max_p99_latency_ms=float(max_p99_ms),
                              window_seconds=float(alarm_window))
     print(f"deploying {model} to {settings.endpoint_name} ({strategy})")
-    _report(_release(settings, model, routing, alarms, instances, force, capture_percent))
+    _release(settings, model, routing, alarms, instances, force, capture_percent)
 
 
 @task(name="rollback", help={"backend": "local (default) or aws"})
 def deploy_rollback(c, backend=None):
     """Send traffic back to the previous model: stops a swap in progress, or swaps back to the previous config."""
-    _report(_hosting_call(_hosting(_settings(backend)).rollback))
+    result = _refusals_exit(_hosting(_settings(backend)).rollback)
+    _report(result.report_lines(), result)
 
 
 @task(name="status", help={"json": "print the whole status as JSON", "backend": "local (default) or aws"})
@@ -759,10 +663,10 @@ def deploy_status(c, json=False, backend=None):
     """Endpoint, variants, instances, live model version, autoscaling and the runtime URL for boto3."""
     import json as jsonlib
 
-    from distracted_driver.hosting.local.report import status_lines
+    from distracted_driver.hosting.report import status_lines
 
     status = _hosting(_settings(backend)).status()
-    print(jsonlib.dumps(status, indent=2, default=str) if json else "\n".join(status_lines(status)))
+    print(jsonlib.dumps(status.to_dict(), indent=2, default=str) if json else "\n".join(status_lines(status)))
 
 
 @task(
@@ -781,12 +685,12 @@ def deploy_status(c, json=False, backend=None):
 def deploy_autoscale(c, min_=1, max_=4, target=600.0, scale_out_cooldown=60.0, scale_in_cooldown=300.0, window=60.0,
                      off=False, backend=None):
     """Target tracking on invocations per instance per minute for the endpoint's variant."""
-    from distracted_driver.hosting.base import ScalingPolicy
+    from distracted_driver.hosting import ScalingPolicy
 
     settings = _settings(backend)
     policy = None if off else ScalingPolicy(int(min_), int(max_), float(target), float(scale_out_cooldown),
                                             float(scale_in_cooldown), float(window))
-    _hosting_call(_hosting(settings).set_autoscaling, policy)
+    _refusals_exit(_hosting(settings).set_autoscaling, policy)
     print(f"autoscaling of {settings.endpoint_name}/{settings.variant_name}: {policy or 'off'}")
 
 
@@ -798,10 +702,10 @@ def deploy_capture(c, percent, backend=None):
     Locally the router samples at once; on AWS a new endpoint config with the new DataCaptureConfig
     goes live (update_endpoint, all at once)."""
     from distracted_driver.config import parse_percent
-    from distracted_driver.hosting.local.report import capture_text
+    from distracted_driver.hosting.report import capture_text
 
     settings = _settings(backend)
-    capture = _hosting_call(_hosting(settings).set_capture, parse_percent(percent, "--percent"))
+    capture = _refusals_exit(_hosting(settings).set_capture, parse_percent(percent, "--percent"))
     print(f"data capture of {settings.endpoint_name}: {capture_text(capture)}")
 
 
@@ -815,24 +719,9 @@ def deploy_capture(c, percent, backend=None):
 )
 def deploy_invoke(c, image, variant=None, backend=None):
     """Classify one image through the endpoint with boto3's sagemaker-runtime client; print the top classes."""
-    import json as jsonlib
-    from pathlib import Path
+    from distracted_driver.hosting.report import invoke_lines
 
-    from distracted_driver.data.layout import CLASSES, DESCRIPTIONS
-
-    from botocore.exceptions import ClientError
-
-    body = Path(image).read_bytes()
-    content_type = "image/png" if body.startswith(b"\x89PNG") else "image/jpeg"
-    try:
-        answer, answered_by = _hosting(_settings(backend)).invoke(body, content_type, variant)
-    except (ClientError, RuntimeError) as error:  # RuntimeError: each backend's HostingError
-        raise Exit(f"{image}: {error}", code=1) from None
-    probabilities = jsonlib.loads(answer)
-    ranked = sorted(zip(CLASSES, probabilities), key=lambda pair: -pair[1])
-    print(f"{image}: answered by variant {answered_by}")
-    for name, p in ranked[:3]:
-        print(f"  {name} {DESCRIPTIONS[name]:<26} {p:.3f}")
+    print("\n".join(invoke_lines(_hosting(_settings(backend)), image, variant)))
 
 
 @task(name="down", help={"backend": "local (default) or aws"})
@@ -852,34 +741,25 @@ for _task in (deploy_create, deploy_swap, deploy_rollback, deploy_status, deploy
 
 pipeline = Collection("pipeline")
 
-_PIPELINE_HELP = {
-    "backend": "local or aws (default local)",
-    "strategy": "blue/green traffic shifting: canary (default), linear or all-at-once",
-    "epochs": "training epochs (default: the training script's)",
-    "learning_rate": "training learning rate (default: the training script's)",
-    "mini_batch_size": "images per training step (default: the training script's)",
-    "image_size": "network input size (default: the training script's)",
-    "seed": "training seed (default: the training script's)",
-    "extra": "more training flags as key=value,key=value (e.g. dropout=0.3,freeze-backbone=false)",
-    "val_fraction": "share of the images (whole drivers) put in validation (default 0.2)",
-    "val_drivers": "put this many whole drivers in validation instead",
-    "resize": "converter: shorter edge in pixels (default 256)",
-    "gate_tolerance": "how much worse than the live model's validation log loss a candidate may be (default 0.05)",
-    "canary_percent": "canary: share of capacity that gets traffic first (default 10)",
-    "wait_seconds": "wait between traffic shifts (default 10)",
-    "bake_seconds": "alarm watch with all traffic on green (default 10)",
-    "alarm_max_p99_ms": "roll back when green's p99 latency passes this (default 2000)",
-    "alarm_max_error_rate": "roll back when green's error rate passes this (default 0.05)",
-    "load_users": "load test: Locust users (default 4)",
-    "load_seconds": "load test: seconds (default 15; 0 skips the load test)",
-    "capture_percent": "data capture: share of invocations the endpoint captures once the candidate is live, 0..100 "
-                       "(default: as it is now, nothing for a new endpoint)",
-    "api_url": "REST API to smoke-test and load (default: the local gateway; the API stage URL on aws)",
-}
+
+def _with_pipeline_flags(body):
+    """Give a pipeline task the flags ``pipeline.options.FLAGS`` declares once (the body takes them as **flags)."""
+    from distracted_driver.pipeline.options import FLAGS
+
+    own = [p for p in inspect.signature(body).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+              for name, (default, _) in FLAGS.items()]
+    body.__signature__ = inspect.Signature(own + shared)
+    return body
 
 
-def _pipeline_options(**flags):
+def _pipeline_help(**own):
+    from distracted_driver.pipeline.options import FLAGS
 
+    return {**own, **{name: text for name, (_, text) in FLAGS.items()}}
+
+
+def _pipeline_options(flags):
     from distracted_driver.pipeline.options import options_from_flags
 
     try:
@@ -888,31 +768,21 @@ def _pipeline_options(**flags):
         raise Exit(f"pipeline: {error}", code=2) from None
 
 
-@task(name="run", auto_shortflags=False, help={"resume": "continue the latest interrupted or failed run, with the "
-                                                         "options it was started with, from the stage that did not "
-                                                         "finish (a new run record that names it)",
-                        **_PIPELINE_HELP})
-def pipeline_run(c, resume=False, backend=None, strategy="canary", epochs=None, learning_rate=None,
-                 mini_batch_size=None, image_size=None, seed=None, extra="", val_fraction=None, val_drivers=None,
-                 resize=None, gate_tolerance=None, canary_percent=None, wait_seconds=None, bake_seconds=None,
-                 alarm_max_p99_ms=None, alarm_max_error_rate=None, load_users=None, load_seconds=None, api_url=None,
-                 capture_percent=None):
+@task(name="run", auto_shortflags=False, help=_pipeline_help(
+    resume="continue the latest interrupted or failed run, with the options it was started with, from the stage "
+           "that did not finish (a new run record that names it)"))
+@_with_pipeline_flags
+def pipeline_run(c, resume=False, **flags):
     """Run the pipeline once: convert, upload, train, evaluate, gate, deploy blue/green, smoke, load test.
 
     Stages whose inputs did not change are reused. Exit status: 0 deployed or nothing-to-do,
     3 rejected-by-gate, 4 rolled-back, 9 another run holds the lock, 10-18 failed:<stage>,
     2 a bad option (e.g. --resume with options other than the resumed run's).
     """
-
     from distracted_driver.pipeline.run import print_summary, run_pipeline
 
-    options = _pipeline_options(
-        resume=resume, strategy=strategy, epochs=epochs, learning_rate=learning_rate, mini_batch_size=mini_batch_size,
-        image_size=image_size, seed=seed, extra=extra, val_fraction=val_fraction, val_drivers=val_drivers,
-        resize=resize, gate_tolerance=gate_tolerance, canary_percent=canary_percent, wait_seconds=wait_seconds,
-        bake_seconds=bake_seconds, alarm_max_p99_ms=alarm_max_p99_ms, alarm_max_error_rate=alarm_max_error_rate,
-        load_users=load_users, load_seconds=load_seconds, api_url=api_url, capture_percent=capture_percent)
-    record = run_pipeline(_settings(backend), options)
+    settings = _settings(flags.pop("backend"))
+    record = run_pipeline(settings, _pipeline_options({"resume": resume, **flags}))
     print_summary(record)
     if record.exit_code:
         raise Exit(code=record.exit_code)
@@ -923,44 +793,34 @@ def pipeline_run(c, resume=False, backend=None, strategy="canary", epochs=None, 
                             "backend": "local or aws bucket"})
 def pipeline_history(c, json=False, limit=0, plot=None, backend=None):
     """List pipeline runs: outcome, model version, stage timings and the reason."""
-    import json as jsonlib
     import sys
 
     from distracted_driver.pipeline.records import RunStore
-    from distracted_driver.pipeline.run import format_history
+    from distracted_driver.pipeline.report import plot_history
+    from distracted_driver.pipeline.run import history_text
     from distracted_driver.storage import open_storage
 
     settings = _settings(backend)
     records = RunStore(open_storage(settings), settings).history(int(limit) or None)
-    print(jsonlib.dumps([r.to_dict() for r in records], indent=2) if json else format_history(records))
+    print(history_text(records, as_json=json))
     if plot:
-        from distracted_driver.pipeline.report import plot_history
-
         print(f"plot: {plot_history(records, plot)}", file=sys.stderr)
 
 
-@task(name="watch", auto_shortflags=False, help={"interval": "seconds between polls of raw/manifests/ (default 10)",
-                          "max_runs": "stop after starting this many runs (default: no limit)",
-                          "timeout": "stop after this many seconds, ending a run still going (default: no limit)",
-                          **_PIPELINE_HELP})
-def pipeline_watch(c, interval=10.0, max_runs=None, timeout=None, backend=None, strategy="canary", epochs=None,
-                   learning_rate=None, mini_batch_size=None, image_size=None, seed=None, extra="",
-                   val_fraction=None, val_drivers=None, resize=None, gate_tolerance=None, canary_percent=None,
-                   wait_seconds=None, bake_seconds=None, alarm_max_p99_ms=None, alarm_max_error_rate=None,
-                   load_users=None, load_seconds=None, api_url=None, capture_percent=None):
+@task(name="watch", auto_shortflags=False, help=_pipeline_help(
+    interval="seconds between polls of raw/manifests/ (default 10)",
+    max_runs="stop after starting this many runs (default: no limit)",
+    timeout="stop after this many seconds, ending a run still going (default: no limit)"))
+@_with_pipeline_flags
+def pipeline_watch(c, interval=10.0, max_runs=None, timeout=None, **flags):
     """Watch the bucket's raw-data manifests and run the pipeline when new data lands (one run at a time)."""
     import logging
 
     from distracted_driver.pipeline.watch import watch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    options = _pipeline_options(
-        strategy=strategy, epochs=epochs, learning_rate=learning_rate, mini_batch_size=mini_batch_size,
-        image_size=image_size, seed=seed, extra=extra, val_fraction=val_fraction, val_drivers=val_drivers,
-        resize=resize, gate_tolerance=gate_tolerance, canary_percent=canary_percent, wait_seconds=wait_seconds,
-        bake_seconds=bake_seconds, alarm_max_p99_ms=alarm_max_p99_ms, alarm_max_error_rate=alarm_max_error_rate,
-        load_users=load_users, load_seconds=load_seconds, api_url=api_url, capture_percent=capture_percent)
-    runs = watch(_settings(backend), options, interval=float(interval),
+    settings = _settings(flags.pop("backend"))
+    runs = watch(settings, _pipeline_options(flags), interval=float(interval),
                  max_runs=None if max_runs is None else int(max_runs), timeout=None if timeout is None else float(timeout))
     for run in runs:
         print(f"{run.run_id or '-'}: {run.outcome} (after {', '.join(run.manifests)})")
@@ -975,16 +835,6 @@ pipeline.add_task(pipeline_watch)
 infra = Collection("infra")
 
 
-def _checkov(c) -> str:
-    """The checkov of its own virtual environment (built on first use: it pins an old boto3)."""
-    from pathlib import Path
-
-    checkov = Path(".venvs/checkov/bin/checkov")
-    if not checkov.exists():
-        c.run("make checkov-env")
-    return str(checkov)
-
-
 @task(
     name="check",
     help={
@@ -996,69 +846,22 @@ def infra_check(c, checkov=True, verbose=False):
     """Checks of terraform/: wiring against the code (python-hcl2), Terraform core (fmt, loading every module; validate
     and terraform test where terraform and its providers are installed), the AWS provider's schema, IAM against AWS's
     action catalogue, then checkov with zero failures."""
+    from distracted_driver.infra.commands import check_terraform
 
-    from distracted_driver.infra.check import run_checkov, wiring_findings
-    from distracted_driver.infra.terraform import terraform_dir
-
-    from distracted_driver.infra import iam, provider_schema
-    from distracted_driver.infra.core import TERRAFORM_VENV, binary_checks, library_checks
-    from distracted_driver.infra.provider_schema import SCHEMA_DIR, schemas
-
-    settings = _settings()
-    report = wiring_findings(terraform_dir(settings), settings.root)
-    for finding in report.findings:
-        if verbose or not finding.ok:
-            print(finding)
-    print(f"wiring: {len(report.findings) - len(report.failures)} of {len(report.findings)} checks passed")
-    failed = not report.ok
-    python = settings.root / TERRAFORM_VENV / "bin" / "python"
-    if not python.exists():
-        c.run("make terraform-env")
-    envs = sorted(p.stem for p in (terraform_dir(settings) / "envs").glob("*.tfvars"))
-    for core in (library_checks(terraform_dir(settings), python), binary_checks(terraform_dir(settings), envs)):
-        print(core)
-        failed = failed or not core.ok
-    if not (settings.root / SCHEMA_DIR / ".installed").exists():
-        c.run("make provider-schema")
-    for schema in schemas(settings.root / SCHEMA_DIR):
-        results = provider_schema.findings(terraform_dir(settings), schema)
-        for finding in results:
-            if verbose or not finding.ok:
-                print(finding)
-        print(f"provider schema aws {schema['provider_version']}: {sum(f.ok for f in results)} of {len(results)} blocks fit")
-        failed = failed or not all(f.ok for f in results)
-    for env in envs:  # the catalogue, and what the services do as each role (tests/test_iam.py adds our calls)
-        report = iam.check(terraform_dir(settings), terraform_dir(settings) / "envs" / f"{env}.tfvars", [])
-        for finding in report.findings:
-            if verbose or not finding.ok:
-                print(finding)
-        print(f"iam [{env}]: {report.summary()}")
-        failed = failed or not report.ok
-    if checkov:
-        result = run_checkov(terraform_dir(settings), _checkov(c))
-        print(result)
-        failed = failed or not result.ok
-    if failed:
+    if not check_terraform(_settings(), with_checkov=checkov, verbose=verbose):
         raise Exit("infra.check failed", code=1)
 
 
-def _terraform_prepare(c, settings, env, endpoint_exists):
-    from pathlib import Path
+def _terraform(c, action, env, endpoint_exists, **options):
+    """terraform ACTION for an environment, after packaging the Lambdas and terraform init where needed."""
+    from distracted_driver.infra.commands import prepare_terraform
+    from distracted_driver.infra.terraform import command
 
-    from distracted_driver.infra.terraform import endpoint_exists as lookup
-    from distracted_driver.infra.terraform import endpoint_of, init_command, package_lambdas, terraform_dir
-
-    packages = package_lambdas(terraform_dir(settings))
-    print(f"packaged {', '.join(str(p.relative_to(settings.root)) for p in packages.values())}")
-    if not (Path(terraform_dir(settings)) / ".terraform").is_dir():
-        c.run(init_command(settings))
-    if endpoint_exists in (None, ""):
-        region, endpoint = endpoint_of(settings, env)
-        exists = lookup(region, endpoint)
-        print(f"endpoint {endpoint} in {region} {'exists' if exists else 'does not exist yet'}: "
-              f"autoscaling module {'on' if exists else 'off until the first deploy'}")
-        return exists
-    return str(endpoint_exists).lower() in ("1", "true", "yes")
+    settings = _settings("aws")
+    exists, init = prepare_terraform(settings, env, endpoint_exists)
+    if init:
+        c.run(init)
+    c.run(command(settings, action, env, endpoint_exists=exists, **options), pty=not options.get("auto_approve", True))
 
 
 _TF_HELP = {
@@ -1070,21 +873,13 @@ _TF_HELP = {
 @task(name="plan", help={**_TF_HELP, "out": "save the plan to this file (relative to terraform/)"})
 def infra_plan(c, env="dev", endpoint_exists=None, out=None):
     """terraform plan for an environment (runs terraform init first if needed)."""
-    from distracted_driver.infra.terraform import command
-
-    settings = _settings("aws")
-    exists = _terraform_prepare(c, settings, env, endpoint_exists)
-    c.run(command(settings, "plan", env, endpoint_exists=exists, plan_file=out))
+    _terraform(c, "plan", env, endpoint_exists, plan_file=out)
 
 
 @task(name="apply", help={**_TF_HELP, "yes": "apply without asking (CI)"})
 def infra_apply(c, env="dev", endpoint_exists=None, yes=False):
     """terraform apply for an environment, then write its outputs to .state/aws.env (see infra.outputs)."""
-    from distracted_driver.infra.terraform import command
-
-    settings = _settings("aws")
-    exists = _terraform_prepare(c, settings, env, endpoint_exists)
-    c.run(command(settings, "apply", env, endpoint_exists=exists, auto_approve=yes), pty=not yes)
+    _terraform(c, "apply", env, endpoint_exists, auto_approve=yes)
     infra_outputs(c)
 
 
@@ -1094,16 +889,13 @@ def infra_apply(c, env="dev", endpoint_exists=None, yes=False):
 )
 def infra_destroy(c, env="dev", endpoint_exists=None, yes=False, keep_endpoint=False):
     """Delete the endpoint (the deploy task's, not Terraform's), then terraform destroy."""
-    from distracted_driver.infra.terraform import command
+    from distracted_driver.hosting import open_hosting
 
-    settings = _settings("aws")
     if not keep_endpoint:
-        from distracted_driver.hosting.aws import SageMakerHosting
-
-        SageMakerHosting(settings).delete()
+        settings = _settings("aws")
+        open_hosting(settings).delete()
         print(f"endpoint {settings.endpoint_name} deleted")
-    exists = _terraform_prepare(c, settings, env, endpoint_exists if keep_endpoint else False)
-    c.run(command(settings, "destroy", env, endpoint_exists=exists, auto_approve=yes), pty=not yes)
+    _terraform(c, "destroy", env, endpoint_exists if keep_endpoint else False, auto_approve=yes)
 
 
 @task(name="outputs", help={"json": "print the settings as JSON"})
@@ -1114,42 +906,23 @@ def infra_outputs(c, json=False):
     from distracted_driver.infra.terraform import output_command, refresh_env_file
 
     settings = _settings()
-    raw = c.run(output_command(settings), hide="stdout").stdout
-    path, values = refresh_env_file(settings, jsonlib.loads(raw))
-    if json:
-        print(jsonlib.dumps(values, indent=2))
-    else:
-        for name, value in values.items():
-            print(f"  {name}={value}")
+    path, values = refresh_env_file(settings, jsonlib.loads(c.run(output_command(settings), hide="stdout").stdout))
+    print(jsonlib.dumps(values, indent=2) if json else "\n".join(f"  {name}={value}" for name, value in values.items()))
     print(f"wrote {path}; the API key: terraform -chdir=terraform output -raw api_key")
 
 
 @task(name="push-image", help={"tag": "image tag (default: the code version, i.e. the git commit)"})
 def infra_push_image(c, tag=None):
     """Build the model-server image (docker/serve.Dockerfile), push it to ECR, record it as DD_SERVING_IMAGE."""
-    from distracted_driver.hashing import code_version
-    from distracted_driver.infra.terraform import image_tag, record_serving_image, serving_repository
-
-    from distracted_driver.infra.ecr import image_exists, split_image
+    from distracted_driver.infra.commands import push_image_commands
+    from distracted_driver.infra.terraform import record_serving_image
 
     settings = _settings("aws")
-    repository = serving_repository(settings)
-    image = f"{repository}:{tag or image_tag(code_version())}"
-    registry, name, image_tag_ = split_image(image)
-    if image_exists(_boto_client("ecr", settings), name, image_tag_):
-        print(f"{image} is in ECR already (tags are immutable): not built, not pushed")
-    else:
-        c.run(f"aws ecr get-login-password --region {settings.region} | docker login --username AWS --password-stdin {registry}")
-        c.run(f"docker build -f docker/serve.Dockerfile -t {image} .")
-        c.run(f"docker push {image}")
-        print(f"pushed {image}")
+    image, commands = push_image_commands(settings, tag)
+    for command in commands:
+        c.run(command)
+    print(f"pushed {image}" if commands else f"{image} is in ECR already (tags are immutable): not built, not pushed")
     print(f"serving image recorded in {record_serving_image(settings, image)}")
-
-
-def _boto_client(service, settings):
-    import boto3
-
-    return boto3.session.Session(region_name=settings.region).client(service)
 
 
 @task(name="preflight", help={"env": "environment: terraform/envs/<env>.tfvars (default dev)",
@@ -1176,14 +949,20 @@ def infra_package(c):
         print(f"{name}: {path}")
 
 
-infra.add_task(infra_check)
-infra.add_task(infra_package)
-infra.add_task(infra_preflight)
-infra.add_task(infra_plan)
-infra.add_task(infra_apply)
-infra.add_task(infra_destroy)
-infra.add_task(infra_outputs)
-infra.add_task(infra_push_image)
+@task(name="docs")
+def infra_docs(c):
+    """Rewrite the inputs/outputs tables of terraform/'s READMEs from the .tf files (infra.check fails on stale ones)."""
+    from distracted_driver.infra import docs
+    from distracted_driver.infra.terraform import terraform_dir
+
+    changed = docs.write(terraform_dir(_settings()))
+    print("\n".join(f"rewrote {path}" for path in changed) or "every README is up to date")
+
+
+
+for _task in (infra_check, infra_docs, infra_package, infra_preflight, infra_plan, infra_apply, infra_destroy,
+              infra_outputs, infra_push_image):
+    infra.add_task(_task)
 
 # --- monitor ---------------------------------------------------------------
 

@@ -34,8 +34,8 @@ from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRo
 from distracted_driver.hosting.local import LocalHosting  # noqa: E402
 from distracted_driver.hosting.local.client import sagemaker_runtime_client  # noqa: E402
 from distracted_driver.storage import open_storage  # noqa: E402
-from distracted_driver.train import artifact as contract  # noqa: E402
-from distracted_driver.train.registry import Registry  # noqa: E402
+from distracted_driver.model import artifact as contract  # noqa: E402
+from distracted_driver.model.registry import Registry  # noqa: E402
 
 PHASES = ("prepare", "provisioning", "smoke_test", "swap_to_all_traffic_on_green", "retiring_blue", "client_total")
 
@@ -108,7 +108,7 @@ def main() -> None:
     try:
         created = hosting.deploy(specs[0], routing, AlarmThresholds(), smoke_images=payloads[:3])
         assert created.outcome == "deployed", created
-        with Load(hosting.status()["runtime_url"], settings.endpoint_name, payloads) as load:
+        with Load(hosting.status().runtime_url, settings.endpoint_name, payloads) as load:
             time.sleep(1.0)
             for swap in range(args.swaps):
                 spec = specs[(swap + 1) % 2]

@@ -111,11 +111,11 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="cap-", dir=serving.CACHE))  # short: AF_UNIX paths are at most 107 bytes
     try:
         with serving.router_hosting(tar_path, workdir) as hosting:
-            url = f"{hosting.status()['runtime_url'].rstrip('/')}/endpoints/{hosting.settings.endpoint_name}/invocations"
+            url = f"{hosting.status().runtime_url.rstrip('/')}/endpoints/{hosting.settings.endpoint_name}/invocations"
             hosting.set_capture(100)
             asyncio.run(serving.closed_loop(url, payloads, args.clients, 2.0))  # warm: connections, arenas, writer
 
-            runtime = psutil.Process(hosting.status()["runtime"]["pid"])
+            runtime = psutil.Process(hosting.status().details["runtime"]["pid"])
             rates, cpu_ms = {p: [] for p in SIDES}, {p: [] for p in SIDES}
             for round_ in range(SATURATED_ROUNDS):
                 for percent in SIDES if round_ % 2 == 0 else SIDES[::-1]:
@@ -133,12 +133,12 @@ def main() -> None:
 
             rate = max(rates[0]) / 2
             hosting.set_capture(0)
-            before = hosting.status()["data_capture"]["stats"]
+            before = hosting.status().data_capture["stats"]
             print(f"open loop at {rate:.1f} requests/s for {args.seconds:g} s, capture switched every {args.slice:g} s")
             latencies, failed, switches = asyncio.run(
                 _interleaved(hosting, url, payloads, rate, args.seconds, args.slice))
             hosting.set_capture(0)
-            stats = hosting.status()["data_capture"]["stats"]
+            stats = hosting.status().data_capture["stats"]
             read_back = sum(1 for _ in iter_capture_records(hosting.storage, hosting.settings.capture_prefix,
                                                             hosting.settings.endpoint_name))
     finally:

@@ -45,7 +45,7 @@ from sample_channels import sample_channels  # noqa: E402
 from distracted_driver.data.imaging import Preprocessing, decode_image, model_input  # noqa: E402
 from distracted_driver.data.layout import TRAIN_DIR  # noqa: E402
 from distracted_driver.data.split import read_lst  # noqa: E402
-from distracted_driver.train.channel import read_records  # noqa: E402
+from distracted_driver.data.channel import read_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOT = ROOT / "reports" / "benchmarks" / "decode_scaled.png"
@@ -101,7 +101,7 @@ def skew(frames: list[bytes], records: list[bytes], params: Preprocessing) -> fl
 
 def _frame_records(sample: Path, channels: Path, name: str) -> list:
     """The camera frames behind a channel's records, as records with their labels (what serving decodes)."""
-    from distracted_driver.train.channel import Record
+    from distracted_driver.data.channel import Record
 
     return [Record(f"frame:{entry.index}", int(entry.label), (sample / TRAIN_DIR / entry.path).read_bytes())
             for entry in read_lst(channels / name / f"{name}.lst")]
@@ -116,7 +116,7 @@ def log_losses(sample: Path, channels: Path, size: int, seeds: int) -> dict[tupl
     import torch
 
     from distracted_driver.system import cpu_count
-    from distracted_driver.train.evaluate import log_loss
+    from distracted_driver.model.evaluate import log_loss
     from distracted_driver.train.loop import Checkpoints, FeatureExtractor, TrainConfig, cached_features, train_frozen
 
     torch.set_num_threads(cpu_count())

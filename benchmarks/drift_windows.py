@@ -126,10 +126,10 @@ def labelling_loop(settings: Settings, root: Path, old: str, since: datetime, ba
 
     from distracted_driver.hashing import sha256_bytes
     from distracted_driver.monitor.export import export_window
-    from distracted_driver.serve.inference import Classifier
-    from distracted_driver.serve.model_cache import fetch_artifact
-    from distracted_driver.train.evaluate import log_loss
-    from distracted_driver.train.registry import Registry
+    from distracted_driver.model.inference import Classifier
+    from distracted_driver.model.cache import fetch_artifact
+    from distracted_driver.model.evaluate import log_loss
+    from distracted_driver.model.registry import Registry
 
     with open(batch / "driver_imgs_list.csv", newline="") as handle:
         truth = {sha256_bytes((batch / "imgs" / "train" / r["classname"] / r["img"]).read_bytes()): r

@@ -61,8 +61,8 @@ from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRo
 from distracted_driver.hosting.local import LocalHosting  # noqa: E402
 from distracted_driver.loadtest.hostile import malformed_requests, raw_exchange, slowloris  # noqa: E402
 from distracted_driver.storage import open_storage  # noqa: E402
-from distracted_driver.train.artifact import load_artifact  # noqa: E402
-from distracted_driver.train.registry import Registry  # noqa: E402
+from distracted_driver.model.artifact import load_artifact  # noqa: E402
+from distracted_driver.model.registry import Registry  # noqa: E402
 
 ROOT = BENCHMARKS.parent
 POLL_S = 0.05
@@ -149,7 +149,7 @@ class Outcome:
 
 def faults(settings: Settings, hosting: LocalHosting, instances: int) -> list[Fault]:
     def instance_pids() -> list[int]:
-        return [i["pid"] for i in hosting.status()["instances"] if i["state"] == "in-service"]
+        return [i["pid"] for i in hosting.status().instances if i["state"] == "in-service"]
 
     def kill(pid: int) -> int:
         os.kill(pid, signal.SIGKILL)
@@ -157,13 +157,13 @@ def faults(settings: Settings, hosting: LocalHosting, instances: int) -> list[Fa
 
     def endpoint_whole(exclude: int) -> bool:
         status = hosting.status()
-        pids = [i["pid"] for i in status["instances"] if i["state"] == "in-service"]
-        return status["status"] == "InService" and len(pids) == instances and exclude not in pids
+        pids = [i["pid"] for i in status.instances if i["state"] == "in-service"]
+        return status.status == "InService" and len(pids) == instances and exclude not in pids
 
     def runtime_back(old: int) -> bool:
         status = hosting.status()
-        return (status["runtime"]["running"] and status["runtime"]["pid"] != old and status["status"] == "InService"
-                and status["instance_count"] == instances)
+        return (status.runtime_running and status.details["runtime"]["pid"] != old and status.status == "InService"
+                and status.instance_count == instances)
 
     def gateway_back(old: int) -> bool:
         status = gateway_status(settings)
@@ -171,7 +171,7 @@ def faults(settings: Settings, hosting: LocalHosting, instances: int) -> list[Fa
 
     return [
         Fault("model server", lambda: kill(instance_pids()[0]), endpoint_whole),
-        Fault("runtime (router; its instances keep running)", lambda: kill(hosting.status()["runtime"]["pid"]),
+        Fault("runtime (router; its instances keep running)", lambda: kill(hosting.status().details["runtime"]["pid"]),
               runtime_back),
         Fault("gateway (REST API)", lambda: kill(gateway_status(settings)["pid"]), gateway_back),
     ]
@@ -303,8 +303,8 @@ def main() -> None:
         status = hosting.status()
         servers = {
             "gateway": (api["url"], "/predict"),
-            "runtime (invocation port)": (status["runtime_url"], f"/endpoints/{settings.endpoint_name}/invocations"),
-            "model server": (status["instances"][0]["url"], "/invocations"),
+            "runtime (invocation port)": (status.runtime_url, f"/endpoints/{settings.endpoint_name}/invocations"),
+            "model server": (status.instances[0]["url"], "/invocations"),
         }
         hostile = hostile_clients(servers, api, payloads[0], args.slow_sockets)
     finally:

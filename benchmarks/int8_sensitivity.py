@@ -34,10 +34,10 @@ import serve_vs_peers as peers  # noqa: E402  (the trained, gated benchmark mode
 
 from distracted_driver.config import Settings  # noqa: E402
 from distracted_driver.storage import open_storage  # noqa: E402
-from distracted_driver.train.channel import decoded_batches, read_records  # noqa: E402
-from distracted_driver.train.evaluate import log_loss  # noqa: E402
+from distracted_driver.data.channel import decoded_batches, read_records  # noqa: E402
+from distracted_driver.model.evaluate import log_loss  # noqa: E402
 from distracted_driver.train.export import CALIBRATION_IMAGES, FLOAT_NODE_PREFIXES  # noqa: E402
-from distracted_driver.train.registry import Registry  # noqa: E402
+from distracted_driver.model.registry import Registry  # noqa: E402
 
 PLOT = peers.ROOT / "reports" / "int8_sensitivity.png"
 

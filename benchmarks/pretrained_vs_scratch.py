@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_channels import sample_channels  # noqa: E402
 
-from distracted_driver.train.channel import read_records  # noqa: E402
+from distracted_driver.data.channel import read_records  # noqa: E402
 from distracted_driver.train.loop import Checkpoints, TrainConfig, train_finetune  # noqa: E402
 
 

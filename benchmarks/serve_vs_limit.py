@@ -43,9 +43,9 @@ from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.data.layout import labels_document
 from distracted_driver.fsutil import write_json_atomic
 from distracted_driver.serve.batch_predict import predict_payloads
-from distracted_driver.serve.inference import Classifier
+from distracted_driver.model.inference import Classifier
 from distracted_driver.system import cpu_count
-from distracted_driver.train import artifact as contract
+from distracted_driver.model import artifact as contract
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".work" / "benchmarks" / "serve_vs_limit"
@@ -168,7 +168,7 @@ async def tagged_open_loop(url: str, payloads: list[bytes], rate: float, seconds
 def router_endpoint(tar_path: Path, workdir: Path):
     """One-instance endpoint of the local runtime; yields its invocation URL."""
     with router_hosting(tar_path, workdir) as hosting:
-        base = hosting.status()["runtime_url"].rstrip("/")
+        base = hosting.status().runtime_url.rstrip("/")
         yield f"{base}/endpoints/{hosting.settings.endpoint_name}/invocations"
 
 
@@ -178,8 +178,8 @@ def router_hosting(tar_path: Path, workdir: Path, **options):
     from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting
     from distracted_driver.hosting.local import LocalHosting
     from distracted_driver.storage import open_storage
-    from distracted_driver.train.artifact import load_artifact
-    from distracted_driver.train.registry import Registry
+    from distracted_driver.model.artifact import load_artifact
+    from distracted_driver.model.registry import Registry
 
     settings = Settings(root=workdir, bucket_dir=workdir / "bucket", state_dir=workdir / "state",
                         work_dir=workdir / "work")
@@ -244,7 +244,7 @@ def main() -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     tar_path = build_artifact(CACHE / VERSION)
     payloads = sample_payloads(args.images)
-    from distracted_driver.train.artifact import load_artifact
+    from distracted_driver.model.artifact import load_artifact
 
     classifier = Classifier(load_artifact(tar_path.parent / "model"))
     path = "router -> model server" if use_router else "model server directly"

@@ -7,7 +7,7 @@ The model is EfficientNet-Lite0 trained by the real training job (frozen backbon
 default demo sample, exported to fp32 and int8, and judged by the gate, which picks the precision
 served (cached under ``.work/benchmarks/serve_vs_peers``). The payloads are 640x480 JPEG frames of
 the sample generator, the same bytes for every contender; every contender decodes and preprocesses
-them with the artifact's own function (``serve.inference.Classifier.prepare``) and runs the same
+them with the artifact's own function (``model.inference.Classifier.prepare``) and runs the same
 ONNX Runtime session options on the same file.
 
 - **reference**: the bare fp32 in-process loop: for each batch of 8, decode + preprocess each image,
@@ -58,9 +58,9 @@ import serve_vs_limit as serving  # noqa: E402  (the payloads)
 from sample_channels import sample_channels  # noqa: E402
 
 from distracted_driver.config import Settings  # noqa: E402
-from distracted_driver.serve.inference import Classifier  # noqa: E402
+from distracted_driver.model.inference import Classifier  # noqa: E402
 from distracted_driver.system import cpu_count  # noqa: E402
-from distracted_driver.train.precision import FP32  # noqa: E402
+from distracted_driver.model.precision import FP32  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".work" / "benchmarks" / "serve_vs_peers"
@@ -80,7 +80,7 @@ def gated_model(settings: Settings) -> str:
     from distracted_driver.data.channels import upload_channels
     from distracted_driver.storage import open_storage
     from distracted_driver.train.gate import judge
-    from distracted_driver.train.registry import Registry, RegistryError
+    from distracted_driver.model.registry import Registry, RegistryError
     from distracted_driver.train.runner import run_local_job
 
     storage = open_storage(settings)
@@ -121,7 +121,7 @@ def reference_sessions(classifier: Classifier) -> dict:
     the reference is whichever loop runs faster."""
     import onnxruntime as ort
 
-    from distracted_driver.train.artifact import INPUT_NAME, OUTPUT_NAME
+    from distracted_driver.model.artifact import INPUT_NAME, OUTPUT_NAME
 
     default = ort.InferenceSession(str(classifier.artifact.served_model_path), providers=["CPUExecutionProvider"])
     return {"our session options": classifier.predict,
@@ -201,7 +201,7 @@ def our_stack(settings: Settings, job: str):
         done = release(settings, hosting, job)
         if done.result.outcome != "deployed" or not (done.smoke and done.smoke.passed):
             raise SystemExit(f"deploy failed: {done.result.outcome} {done.result.reason}")
-        runtime_url = hosting.status()["runtime_url"].rstrip("/")
+        runtime_url = hosting.status().runtime_url.rstrip("/")
         status = start_gateway(settings, runtime_url=runtime_url, port=0,
                                plan=UsagePlan(rate=1e6, burst=10**6, require_key=False))
         yield f"{runtime_url}/endpoints/{settings.endpoint_name}/invocations", status["predict_url"], done.smoke
@@ -384,7 +384,7 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="leave LitServe and BentoML out")
     args = parser.parse_args()
 
-    from distracted_driver.train.registry import Registry
+    from distracted_driver.model.registry import Registry
     from distracted_driver.storage import open_storage
 
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -42,11 +42,11 @@ from distracted_driver.data.imaging import Preprocessing, decode_image, preproce
 from distracted_driver.hosting.base import TrafficRouting  # noqa: E402
 from distracted_driver.hosting.local import LocalHosting  # noqa: E402
 from distracted_driver.hosting.release import release  # noqa: E402
-from distracted_driver.serve.inference import Classifier  # noqa: E402
+from distracted_driver.model.inference import Classifier  # noqa: E402
 from distracted_driver.storage import open_storage  # noqa: E402
-from distracted_driver.train.evaluate import log_loss, predict_channel  # noqa: E402
+from distracted_driver.model.evaluate import log_loss, predict_channel  # noqa: E402
 from distracted_driver.train.gate import SMOKE_TOLERANCE, judge, smoke_set_for  # noqa: E402
-from distracted_driver.train.registry import Registry  # noqa: E402
+from distracted_driver.model.registry import Registry  # noqa: E402
 from distracted_driver.train.runner import run_local_job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,8 +38,8 @@ from distracted_driver.data.imaging import Preprocessing, decode_image, preproce
 from distracted_driver.data.layout import labels_document  # noqa: E402
 from distracted_driver.fsutil import write_json_atomic  # noqa: E402
 from distracted_driver.serve.batch_predict import predict_images  # noqa: E402
-from distracted_driver.train import artifact as contract  # noqa: E402
-from distracted_driver.train.channel import read_records  # noqa: E402
+from distracted_driver.model import artifact as contract  # noqa: E402
+from distracted_driver.data.channel import read_records  # noqa: E402
 from distracted_driver.train.export import export_onnx  # noqa: E402
 from distracted_driver.train.loop import Checkpoints, TrainConfig, train_finetune, train_frozen  # noqa: E402
 from distracted_driver.train.model import build_model  # noqa: E402

@@ -91,3 +91,41 @@ def aws(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
         yield
+
+
+VALID_ANSWER = ("[" + ", ".join(["0.1"] * 10) + "]").encode()  # ten probabilities: what a model server answers
+
+
+@pytest.fixture
+def runtime_answers(aws, monkeypatch):
+    """SageMaker Runtime clients made from now on answer every InvokeEndpoint with ``VALID_ANSWER``, or what
+    ``answer(body)`` sets first. botocore's Stubber, which checks each request against the service model:
+    moto's own InvokeEndpoint reads the request body as text, which a JPEG is not."""
+    import io
+
+    import boto3
+    from botocore.response import StreamingBody
+    from botocore.stub import ANY, Stubber
+
+    current = {"body": VALID_ANSWER}
+    make_client = boto3.session.Session.client
+
+    def client(self, service, *args, **kwargs):
+        made = make_client(self, service, *args, **kwargs)
+        if service == "sagemaker-runtime":
+            stub = Stubber(made)
+            for _ in range(200):
+                body = current["body"]
+                stub.add_response("invoke_endpoint", {
+                    "Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json",
+                    "InvokedProductionVariant": "AllTraffic"},
+                    {"EndpointName": ANY, "Body": ANY, "ContentType": ANY, "Accept": ANY})
+            stub.activate()
+        return made
+
+    monkeypatch.setattr(boto3.session.Session, "client", client)
+
+    def answer(body: bytes) -> None:
+        current["body"] = body
+
+    return answer

@@ -37,9 +37,9 @@ from waiting import wait_until
 from distracted_driver.config import Settings
 from distracted_driver.hosting.local import LocalHosting
 from distracted_driver.hosting.local.instances import OWNER_ENV
-from distracted_driver.hosting.local.smoke import drawn_images
+from distracted_driver.hosting.smoke import drawn_images
 from distracted_driver.storage import open_storage
-from distracted_driver.train import artifact as contract
+from distracted_driver.model import artifact as contract
 
 # --- a hosted environment --------------------------------------------------------------
 
@@ -55,7 +55,7 @@ class Hosted:
         return artifact.publish(self.storage, self.settings)  # also registers the version
 
     def url(self) -> str:
-        return self.hosting.status()["runtime_url"]
+        return self.hosting.status().runtime_url
 
     def client(self, retries: int = 1):
         """boto3's real sagemaker-runtime client, dummy credentials, no retries unless asked."""

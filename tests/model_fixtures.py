@@ -3,7 +3,7 @@
 ``build_artifact`` writes a genuine ONNX classifier (3x3 convolution → ReLU →
 global average pool → dense → softmax, weights drawn from a seed) with the
 artifact's exact input/output contract, plus the JSON files, and packs it as
-``model.tar.gz`` through ``train.artifact``. Inference is real, the network is
+``model.tar.gz`` through ``model.artifact``. Inference is real, the network is
 just tiny (input 64x64 by default), so a server starts in well under a second.
 Different seeds give different answers, which is what blue/green tests need.
 """
@@ -21,9 +21,9 @@ from distracted_driver.config import Settings
 from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.data.layout import CLASSES, labels_document
 from distracted_driver.fsutil import write_json_atomic
-from distracted_driver.train import artifact as contract
-from distracted_driver.train.artifact import load_artifact
-from distracted_driver.train.registry import Registry
+from distracted_driver.model import artifact as contract
+from distracted_driver.model.artifact import load_artifact
+from distracted_driver.model.registry import Registry
 
 OPSET = 17
 FILTERS = 8
@@ -108,7 +108,7 @@ def _pooled(images: np.ndarray) -> np.ndarray:
 
 def channel_prototypes(channel_dir: Path, input_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(pooled features [n, d], labels [n]) of every image in a RecordIO channel."""
-    from distracted_driver.train.channel import decoded_batches, read_records
+    from distracted_driver.data.channel import decoded_batches, read_records
 
     records, _ = read_records(channel_dir)
     features, labels = [], []

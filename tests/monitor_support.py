@@ -81,7 +81,7 @@ def captured_file(settings: Settings, classifier, images: list[bytes], when: dat
     a second apart from ``when``."""
     from datetime import timedelta
 
-    from distracted_driver.monitor.capture import Invocation, capture_line, file_name, hour_prefix
+    from distracted_driver.serve.capture import Invocation, capture_line, file_name, hour_prefix
 
     lines = []
     for number, image in enumerate(images):

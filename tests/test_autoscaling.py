@@ -64,9 +64,9 @@ def test_scales_out_under_load_and_back_in_after_it(hosted, make_artifact):
 
     def in_service(expected):
         status = hosted.hosting.status()
-        counts.append(status["instance_count"])
+        counts.append(status.instance_count)
         settled = all(a["status"] != "in-progress" for a in status["scaling_activities"])
-        return status["instance_count"] == expected and settled and status
+        return status.instance_count == expected and settled and status
 
     with LoadLoop(hosted, hosted.smoke, threads=2, pause_s=0.01) as load:  # far above 2 requests/s per instance
         scaled_out = wait_until(lambda: in_service(2), timeout_s=30, what="scale-out to 2 instances")

@@ -15,8 +15,8 @@ from monitor_support import captured_file, tiny_sample_thresholds, validation_fr
 from distracted_driver.data.image_stats import STATISTICS, image_statistics
 from distracted_driver.data.imaging import Preprocessing, decode_image
 from distracted_driver.fsutil import write_json_atomic
-from distracted_driver.serve.inference import Classifier
-from distracted_driver.train.artifact import (
+from distracted_driver.model.inference import Classifier
+from distracted_driver.model.artifact import (
     BASELINE_ARRAYS_FILE,
     BASELINE_FILE,
     INT8_MODEL_FILE,
@@ -26,8 +26,8 @@ from distracted_driver.train.artifact import (
     load_artifact,
 )
 from distracted_driver.train.baseline import load_baseline, record_baseline
-from distracted_driver.train.channel import decoded_batches, read_records
-from distracted_driver.train.precision import FP32, INT8
+from distracted_driver.data.channel import decoded_batches, read_records
+from distracted_driver.model.precision import FP32, INT8
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +190,8 @@ def test_the_report_measures_features_with_the_file_the_baseline_was_recorded_on
     from distracted_driver.config import Settings
     from distracted_driver.monitor.report import drift_report
     from distracted_driver.storage import open_storage
-    from distracted_driver.train.artifact import pack_artifact
-    from distracted_driver.train.registry import Registry
+    from distracted_driver.model.artifact import pack_artifact
+    from distracted_driver.model.registry import Registry
 
     artifact = _copy(serving_int8, tmp_path / "model")
     record_baseline(artifact.serving_as(recorded_on), tiny_channels / "train", tiny_channels / "validation")

@@ -15,11 +15,11 @@ import pytest
 from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.serve.batch_predict import list_images, predict_directory, predict_images, write_submission
-from distracted_driver.serve.inference import Classifier
-from distracted_driver.serve.model_cache import fetch_artifact
+from distracted_driver.model.inference import Classifier
+from distracted_driver.model.cache import fetch_artifact
 from distracted_driver.storage import open_storage
-from distracted_driver.train.artifact import ArtifactError, load_artifact
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.artifact import ArtifactError, load_artifact
+from distracted_driver.model.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = 11

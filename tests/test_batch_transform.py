@@ -41,7 +41,7 @@ from distracted_driver.hosting.batch_transform import (
 )
 from distracted_driver.serve.batch_predict import predict_images
 from distracted_driver.storage.s3 import S3Storage
-from distracted_driver.train.artifact import load_artifact
+from distracted_driver.model.artifact import load_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dd-transform-bucket"

@@ -12,7 +12,7 @@ from waiting import wait_until
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting
 from distracted_driver.hosting.local.alarms import breached
 from distracted_driver.hosting.local.requestlog import RequestLog, WindowStats
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 ALL_AT_ONCE = TrafficRouting(strategy="all-at-once", bake_seconds=0)
 
@@ -74,8 +74,8 @@ def test_swap_under_load_fails_no_request(hosted, make_artifact, routing):
     assert {o.version for o in outcomes[during + 2:]} == {green}  # two threads: one answer may straddle the end
     assert result.timings["swap_to_all_traffic_on_green"] > 0
     status = hosted.hosting.status()
-    assert status["live_version"] == green and _live_in_registry(hosted) == green
-    assert [i["model"] for i in status["instances"]] == [green]  # blue retired
+    assert status.live_version == green and _live_in_registry(hosted) == green
+    assert [i["model"] for i in status.instances] == [green]  # blue retired
 
 
 @pytest.mark.slow
@@ -94,11 +94,11 @@ def test_green_that_fails_before_traffic_never_gets_any(hosted, make_artifact, t
     assert result.live_version == blue
     assert outcomes and all(o.ok and o.version == blue for o in outcomes)
     status = hosted.hosting.status()
-    events = [e["message"] for e in status["last_deployment"]["events"]]
+    events = [e["message"] for e in status.last_deployment["events"]]
     assert "phase smoke-test" in events or "exited" in events[-1]
     assert not any("of traffic on green" in e for e in events)
-    assert status["live_version"] == blue and status["status"] == "InService"
-    assert [i["model"] for i in status["instances"]] == [blue]
+    assert status.live_version == blue and status.status == "InService"
+    assert [i["model"] for i in status.instances] == [blue]
     assert _live_in_registry(hosted) == blue
 
 
@@ -122,8 +122,8 @@ def test_canary_that_answers_errors_is_rolled_back_to_blue(hosted, make_artifact
     assert failed and all(o.error == "ModelError" and o.original_status == 500 for o in failed)  # the canary's share
     assert all(o.ok and o.version == blue for o in outcomes[after + 2:])  # after the rollback: blue only
     status = hosted.hosting.status()
-    assert status["live_version"] == blue and [i["model"] for i in status["instances"]] == [blue]
-    assert status["last_deployment"]["outcome"] == "rolled-back"
+    assert status.live_version == blue and [i["model"] for i in status.instances] == [blue]
+    assert status.last_deployment["outcome"] == "rolled-back"
     assert _live_in_registry(hosted) == blue
 
 
@@ -141,10 +141,10 @@ def test_manual_rollback_after_a_swap_and_during_a_bake(hosted, make_artifact):
     baking = TrafficRouting(strategy="all-at-once", bake_seconds=120)
     swap = threading.Thread(target=lambda: results.append(hosted.hosting.deploy(green, baking, smoke_images=hosted.smoke)))
     swap.start()
-    wait_until(lambda: (hosted.hosting.status()["deployment_in_progress"] or {}).get("phase") == "baking",
+    wait_until(lambda: (hosted.hosting.status().deployment_in_progress or {}).get("phase") == "baking",
                timeout_s=30, what="the swap to bake")
     stopped = hosted.hosting.rollback(smoke_images=hosted.smoke)
     swap.join(timeout=30)
     assert stopped.outcome == "rolled-back" and "manual rollback" in stopped.reason
     assert results[0].outcome == "rolled-back" and results[0].live_version == blue
-    assert hosted.hosting.status()["live_version"] == blue
+    assert hosted.hosting.status().live_version == blue

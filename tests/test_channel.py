@@ -8,7 +8,7 @@ import numpy as np
 
 from distracted_driver.data import recordio
 from distracted_driver.data.imaging import Preprocessing
-from distracted_driver.train.channel import decoded_batches, read_records
+from distracted_driver.data.channel import decoded_batches, read_records
 from hostile_images import camera_like_jpeg
 
 RECORDS = 120

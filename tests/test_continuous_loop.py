@@ -24,7 +24,7 @@ from distracted_driver.gateway.client import predict_image
 from distracted_driver.pipeline.records import RunStore
 from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.storage import open_storage
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 from pipeline_support import (
     INV, REPO, add_batch, cli_flags, environment, fast_options, first_driver_keeping_validation_unseen,
     mislabeled_batch, sample_batch, stop_stack,

@@ -1,7 +1,7 @@
 """The same image bytes give the same network input in every stage that feeds a model.
 
-Stages: the training reader over RecordIO (``train.channel``), evaluation
-(``train.evaluate.predict_channel``), batch prediction (``serve.batch_predict``)
+Stages: the training reader over RecordIO (``data.channel``), evaluation
+(``model.evaluate.predict_channel``), batch prediction (``serve.batch_predict``)
 and the model server as a real process over HTTP. In-process tensors are
 compared bit for bit. Evaluation, batch prediction and the server only hand
 back the model's output, so they run a probe model instead of a classifier:
@@ -40,11 +40,11 @@ from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.data.sample import generate_sample
 from distracted_driver.data.split import ListEntry, write_lst
 from distracted_driver.serve.batch_predict import predict_images
-from distracted_driver.serve.inference import Classifier
-from distracted_driver.train import artifact as contract
-from distracted_driver.train.artifact import load_artifact
-from distracted_driver.train.channel import decoded_batches, read_records
-from distracted_driver.train.evaluate import predict_channel
+from distracted_driver.model.inference import Classifier
+from distracted_driver.model import artifact as contract
+from distracted_driver.model.artifact import load_artifact
+from distracted_driver.data.channel import decoded_batches, read_records
+from distracted_driver.model.evaluate import predict_channel
 from model_fixtures import build_artifact
 from waiting import wait_until
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from distracted_driver.data import recordio
-from distracted_driver.train.artifact import load_artifact
-from distracted_driver.train.channel import ChannelError, read_records
-from distracted_driver.train.evaluate import (
+from distracted_driver.model.artifact import load_artifact
+from distracted_driver.data.channel import ChannelError, read_records
+from distracted_driver.model.evaluate import (
     classification_metrics,
     evaluate_artifact,
     log_loss,

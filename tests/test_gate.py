@@ -18,16 +18,16 @@ from train_support import bucket_with_channels
 
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.hosting.local import LocalHosting
-from distracted_driver.hosting.local.bluegreen import check_probabilities
+from distracted_driver.hosting.smoke import answer_problem
 from distracted_driver.hosting.release import release
 from distracted_driver.storage import open_storage
-from distracted_driver.train.artifact import NotProbabilities, load_artifact, probability_problem
-from distracted_driver.train.channel import read_records
-from distracted_driver.train.evaluate import evaluate_artifact, predict_channel
+from distracted_driver.model.artifact import NotProbabilities, load_artifact, probability_problem
+from distracted_driver.data.channel import read_records
+from distracted_driver.model.evaluate import evaluate_artifact, predict_channel
 from distracted_driver.train.gate import (
     GateError, NotCleared, SmokeSet, clearance, judge, smoke_set_for,
 )
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 LIES = {"log_loss": 0.001, "accuracy": 1.0}  # what a bad candidate's metrics.json claims
 
@@ -59,8 +59,8 @@ def test_probability_rows_are_non_negative_and_sum_to_one():
     assert "NaN" in probability_problem(np.full((1, 10), np.nan))
     assert "shape (2, 5)" in probability_problem(np.full((2, 5), 0.2))
     # The runtime's pre-traffic check of a green instance uses the same contract.
-    assert check_probabilities(json.dumps([0.1] * 10).encode()) is None
-    assert "outside [0, 1]" in check_probabilities(json.dumps([-1.0, 2.0] + [0.0] * 8).encode())
+    assert answer_problem(json.dumps([0.1] * 10).encode()) is None
+    assert "outside [0, 1]" in answer_problem(json.dumps([-1.0, 2.0] + [0.0] * 8).encode())
 
 
 def test_evaluation_refuses_scores_that_are_not_probabilities(tmp_path, tiny_channels):
@@ -206,5 +206,5 @@ def test_release_refuses_an_ungated_model_before_touching_the_endpoint(bucket, t
     with pytest.raises(NotCleared, match="judge it with `inv model.gate --candidate good`"):
         release(bucket.settings, hosting, "good", storage=bucket.storage)
     status = hosting.status()
-    assert status["runtime"]["running"] is False and status["status"] == "absent"
+    assert status.runtime_running is False and status.status == "absent"
     assert "forced_deploys" not in bucket.get("good")

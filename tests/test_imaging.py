@@ -24,7 +24,7 @@ from distracted_driver.data.imaging import ImageError, Preprocessing, decode_ima
 from distracted_driver.data.ingest import add_data
 from distracted_driver.data.sample import generate_sample
 from distracted_driver.storage.local import LocalStorage
-from distracted_driver.train.channel import Record, decoded_batches
+from distracted_driver.data.channel import Record, decoded_batches
 from hostile_images import camera_like_jpeg, corrupt_jpegs, png_claiming
 
 CORRUPT = corrupt_jpegs()
@@ -163,7 +163,7 @@ def test_ingest_refuses_them_and_adds_the_rest(tmp_path):
 
 def test_batch_prediction_lists_them_as_unreadable(make_artifact, tmp_path):
     from distracted_driver.serve.batch_predict import list_images, predict_images
-    from distracted_driver.train.artifact import load_artifact
+    from distracted_driver.model.artifact import load_artifact
 
     (tmp_path / "good.jpg").write_bytes(camera_like_jpeg())
     for i, (data, _) in enumerate(CORRUPT.values()):

@@ -14,8 +14,8 @@ import pytest
 from distracted_driver.data.imaging import ImageError, Preprocessing, preprocess
 from distracted_driver.serve.batching import DynamicBatcher
 from distracted_driver.data.imaging import decode_image as read_image
-from distracted_driver.serve.inference import Classifier
-from distracted_driver.train.artifact import ArtifactError, load_artifact
+from distracted_driver.model.inference import Classifier
+from distracted_driver.model.artifact import ArtifactError, load_artifact
 
 
 def encode(extension: str, seed: int = 0, **params) -> bytes:

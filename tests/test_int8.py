@@ -17,16 +17,17 @@ from train_support import TINY_HYPERPARAMETERS, bucket_with_channels
 from waiting import wait_until
 
 from distracted_driver.config import Settings
-from distracted_driver.serve.inference import Classifier
+from distracted_driver.model.inference import Classifier
 from distracted_driver.storage import open_storage
-from distracted_driver.train.artifact import (
+from distracted_driver.model.artifact import (
     INT8_MODEL_FILE, MODEL_FILE, SERVING_FILE, ArtifactError, load_artifact, pack_artifact,
 )
-from distracted_driver.train.evaluate import evaluate_precisions, precision_summary
+from distracted_driver.model.evaluate import evaluate_precisions, precision_summary
 from distracted_driver.train.export import FLOAT_NODE_PREFIXES, fold_pads_into_convs
 from distracted_driver.train.gate import judge, smoke_set_for
-from distracted_driver.train.precision import FP32, INT8, Tolerance, ToleranceError, choose, choose_from_scores
-from distracted_driver.train.registry import Registry, version_rows
+from distracted_driver.config import Tolerance, ToleranceError
+from distracted_driver.model.precision import FP32, INT8, choose, choose_from_scores
+from distracted_driver.model.registry import Registry, version_rows
 
 # With no live model the tiny 2-epoch model (log loss ~1.7) must only beat a uniform guess (ln 10).
 BASELINE = 1.0
@@ -110,7 +111,7 @@ def test_the_training_job_exports_a_real_int8_model_and_serves_what_its_scores_c
     again = precision_summary(evaluate_precisions(artifact, validation, progress=False))
     # Quantization keeps the monitoring output: the int8 model's own pooled features, like fp32's but not the
     # same (each row about 17 % off here): the drift report measures live features with the baseline's file.
-    from distracted_driver.train.channel import decoded_batches, read_records
+    from distracted_driver.data.channel import decoded_batches, read_records
 
     images = next(iter(decoded_batches(read_records(validation)[0], artifact.preprocessing, 20))).images
     int8_classifier, fp32_classifier = Classifier(artifact.serving_as(INT8)), Classifier(artifact.serving_as(FP32))

@@ -29,11 +29,11 @@ from pipeline_support import (
 from distracted_driver.config import Settings
 from distracted_driver.hashing import sha256_bytes
 from distracted_driver.pipeline.run import run_pipeline
-from distracted_driver.serve.inference import Classifier
-from distracted_driver.serve.model_cache import fetch_artifact
+from distracted_driver.model.inference import Classifier
+from distracted_driver.model.cache import fetch_artifact
 from distracted_driver.storage import open_storage
-from distracted_driver.train.evaluate import log_loss
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.evaluate import log_loss
+from distracted_driver.model.registry import Registry
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from distracted_driver.hosting import open_hosting
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
 from distracted_driver.hosting.local import LocalHosting
 from distracted_driver.logs import LogRotation
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -35,14 +35,14 @@ def test_first_deploy_creates_the_endpoint_and_a_redeploy_is_a_no_op(hosted, mak
     assert (created.outcome, created.live_version) == ("deployed", "lh-v1")
     assert "shifting" not in created.timings  # creating an endpoint moves no traffic: there is no blue
     status = hosted.hosting.status()
-    assert status["status"] == "InService" and status["instance_count"] == 1
-    assert status["runtime_url"].startswith("http://127.0.0.1:")
-    assert status["last_deployment"]["kind"] == "create"
+    assert status.status == "InService" and status.instance_count == 1
+    assert status.runtime_url.startswith("http://127.0.0.1:")
+    assert status.last_deployment["kind"] == "create"
     assert Registry(hosted.storage, hosted.settings).live()["job"] == "lh-v1"
 
     again = hosted.hosting.deploy(spec, TrafficRouting(strategy="canary"), smoke_images=hosted.smoke)
     assert (again.outcome, again.live_version) == ("unchanged", "lh-v1")
-    assert hosted.hosting.status()["last_deployment"]["id"] == status["last_deployment"]["id"]
+    assert hosted.hosting.status().last_deployment["id"] == status.last_deployment["id"]
 
 
 def _inv(settings, *args) -> subprocess.CompletedProcess:
@@ -64,18 +64,18 @@ def test_runtime_outlives_the_deploying_command_and_down_stops_everything(hosted
 
     shown = _inv(hosted.settings, "deploy.status", "--json")
     status = json.loads(shown.stdout)
-    assert status["live_version"] == "lh-v1" and status["status"] == "InService"
-    assert status["runtime_url"] == hosted.url()
-    assert [i["state"] for i in status["instances"]] == ["in-service"]
+    assert status.live_version == "lh-v1" and status.status == "InService"
+    assert status.runtime_url == hosted.url()
+    assert [i["state"] for i in status.instances] == ["in-service"]
     supervisor = int((Path(hosted.settings.state_dir) / "supervisor" / "supervisord.pid").read_text())
-    pids = {supervisor, status["runtime"]["pid"]} | {i["pid"] for i in status["instances"]}
+    pids = {supervisor, status.details["runtime"]["pid"]} | {i["pid"] for i in status.instances}
     assert {p.pid for p in our_processes(hosted.settings)} == pids
 
     down = _inv(hosted.settings, "deploy.down")
     assert down.returncode == 0, down.stderr
     assert our_processes(hosted.settings) == []
     after = json.loads(_inv(hosted.settings, "deploy.status", "--json").stdout)
-    assert after["runtime"]["running"] is False and after["status"] == "absent" and after["runtime_url"] is None
+    assert after.runtime_running is False and after.status == "absent" and after.runtime_url is None
 
 
 def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
@@ -85,12 +85,12 @@ def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
     hosted.hosting.stop_runtime()
     assert our_processes(hosted.settings) == []
     stopped = hosted.hosting.status()  # read from state.json alone: recorded InService, but nothing serves
-    assert stopped["runtime"]["running"] is False
-    assert (stopped["status"], stopped["recorded_status"], stopped["live_version"]) == ("OutOfService", "InService", "lh-v1")
-    assert "the runtime is not running" in stopped["status_reason"]
+    assert stopped.runtime_running is False
+    assert (stopped.status, stopped.recorded_status, stopped.live_version) == ("OutOfService", "InService", "lh-v1")
+    assert "the runtime is not running" in stopped.status_reason
 
     hosted.hosting.runtime()  # starts the daemon, which restores what state.json holds
-    wait_until(lambda: hosted.hosting.status()["instance_count"] == 2, timeout_s=30, what="two instances restored")
+    wait_until(lambda: hosted.hosting.status().instance_count == 2, timeout_s=30, what="two instances restored")
     assert hosted.url() == url  # the same port again, so clients holding the URL keep working
     answer = hosted.client().invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0])
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
@@ -100,19 +100,19 @@ def test_a_killed_runtime_is_restarted_and_takes_over_its_running_instances(host
     spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
     assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
     before = hosted.hosting.status()
-    instances = {i["id"]: i["pid"] for i in before["instances"]}
-    os.kill(before["runtime"]["pid"], signal.SIGKILL)  # no chance to stop anything itself
+    instances = {i["id"]: i["pid"] for i in before.instances}
+    os.kill(before.details["runtime"]["pid"], signal.SIGKILL)  # no chance to stop anything itself
 
-    after = wait_until(lambda: (s := hosted.hosting.status())["runtime"]["running"] and s["instance_count"] == 2
-                       and s["runtime"]["pid"] != before["runtime"]["pid"] and s, timeout_s=30,
+    after = wait_until(lambda: (s := hosted.hosting.status()).runtime_running and s.instance_count == 2
+                       and s.details["runtime"]["pid"] != before.details["runtime"]["pid"] and s, timeout_s=30,
                        what="the supervisor to restart the runtime with two instances")
-    assert after["status"] == "InService"
-    assert {i["id"]: i["pid"] for i in after["instances"]} == instances  # the same processes, warm
-    assert after["runtime_url"] == before["runtime_url"]  # the same port: clients holding the URL keep working
+    assert after.status == "InService"
+    assert {i["id"]: i["pid"] for i in after.instances} == instances  # the same processes, warm
+    assert after.runtime_url == before.runtime_url  # the same port: clients holding the URL keep working
     answer = hosted.client().invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0])
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
     supervisor = int((Path(hosted.settings.state_dir) / "supervisor" / "supervisord.pid").read_text())
-    assert {p.pid for p in our_processes(hosted.settings)} == {supervisor, after["runtime"]["pid"], *instances.values()}
+    assert {p.pid for p in our_processes(hosted.settings)} == {supervisor, after.details["runtime"]["pid"], *instances.values()}
 
 
 def test_a_runtime_killed_with_nothing_to_restart_it_leaves_instances_the_next_one_takes_over_or_kills(hosted, make_artifact):
@@ -121,15 +121,15 @@ def test_a_runtime_killed_with_nothing_to_restart_it_leaves_instances_the_next_o
     before = hosted.hosting.status()
     supervisor_dir = Path(hosted.settings.state_dir) / "supervisor"
     os.kill(int((supervisor_dir / "supervisord.pid").read_text()), signal.SIGKILL)
-    os.kill(before["runtime"]["pid"], signal.SIGKILL)
-    wait_until(lambda: not hosted.hosting.status()["runtime"]["running"], timeout_s=10, what="the runtime to be gone")
+    os.kill(before.details["runtime"]["pid"], signal.SIGKILL)
+    wait_until(lambda: not hosted.hosting.status().runtime_running, timeout_s=10, what="the runtime to be gone")
     status = hosted.hosting.status()
-    assert status["status"] == "OutOfService" and "nothing restarts it" in status["status_reason"]
+    assert status.status == "OutOfService" and "nothing restarts it" in status.status_reason
 
     hosted.hosting.runtime()  # a new supervisor stops what the killed one left (instances included), then starts afresh
-    after = wait_until(lambda: (s := hosted.hosting.status())["instance_count"] == 2 and s, timeout_s=60,
+    after = wait_until(lambda: (s := hosted.hosting.status()).instance_count == 2 and s, timeout_s=60,
                        what="two instances in service again")
-    assert not {i["pid"] for i in before["instances"]} & {i["pid"] for i in after["instances"]}
+    assert not {i["pid"] for i in before.instances} & {i["pid"] for i in after.instances}
     assert len([p for p in our_processes(hosted.settings) if "serve.server" in " ".join(p.cmdline())]) == 2
 
 
@@ -141,7 +141,7 @@ def test_the_runtime_and_instance_logs_are_rotated(hosted, make_artifact):
     runtime_logs = sorted(p.name for p in hosting_dir.glob("runtime.log*"))
     assert runtime_logs[:2] == ["runtime.log", "runtime.log.1"] and len(runtime_logs) <= 3, runtime_logs
     assert all((hosting_dir / name).stat().st_size <= 1024 for name in runtime_logs)
-    for instance in hosted.hosting.status()["instances"]:
+    for instance in hosted.hosting.status().instances:
         command = psutil.Process(instance["pid"]).cmdline()
         assert command[command.index("--log-file") + 1] == instance["log"]
         assert command[command.index("--log-max-bytes") + 1] == "1024"

@@ -10,7 +10,7 @@ import skimage.data
 import torch
 
 from distracted_driver.data.imaging import Preprocessing, preprocess
-from distracted_driver.train.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
+from distracted_driver.model.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
 from distracted_driver.train.export import export_onnx
 from distracted_driver.train.model import build_model, imagenet_model, pretrained_weights_path
 
@@ -83,7 +83,7 @@ def test_new_head_keeps_the_backbone():
 
 def test_onnx_export_matches_pytorch_on_real_images(tmp_path, tiny_channels):
     """ONNX Runtime and PyTorch agree on probabilities to 1e-4, for any batch size."""
-    from distracted_driver.train.channel import decoded_batches, read_records
+    from distracted_driver.data.channel import decoded_batches, read_records
 
     model = build_model(seed=0).eval()
     # A head that says something: the ImageNet rows of ten cat and dog classes, so outputs are peaked.

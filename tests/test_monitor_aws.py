@@ -17,11 +17,11 @@ from distracted_driver.config import Settings
 from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.monitor.cloudwatch import ALL_VARIANTS, DRIFT_METRIC, DRIFT_NAMESPACE
 from distracted_driver.monitor.report import drift_report
-from distracted_driver.serve.inference import Classifier
+from distracted_driver.model.inference import Classifier
 from distracted_driver.storage.s3 import S3Storage
-from distracted_driver.train.artifact import load_artifact, pack_artifact
+from distracted_driver.model.artifact import load_artifact, pack_artifact
 from distracted_driver.train.baseline import record_baseline
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 BUCKET = "dd-monitor-bucket"
 VERSION = "dd-20261130-000000-abcd"

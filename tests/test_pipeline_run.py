@@ -25,7 +25,7 @@ from distracted_driver.pipeline.records import DONE, FAILED, REUSED, RUNNING, SK
 from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.storage import open_storage
 from distracted_driver.system import process_gone
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 from pipeline_support import (
     add_batch, cli_flags, environment, fast_options, run_cli, sample_batch, stop_stack,
 )
@@ -133,7 +133,7 @@ def test_a_worse_candidate_is_rejected_by_the_gate_and_the_same_rerun_has_nothin
 
 def test_an_alarm_during_the_canary_rolls_back_and_the_live_model_stays(first_run):
     from distracted_driver.hosting import open_hosting
-    from distracted_driver.hosting.local.smoke import smoke_images
+    from distracted_driver.hosting.smoke import smoke_images
 
     settings, _ = first_run
     live = live_of(settings)
@@ -162,7 +162,7 @@ def test_an_alarm_during_the_canary_rolls_back_and_the_live_model_stays(first_ru
     assert record.outcome == "rolled-back" and record.exit_code == 4, record.reason
     assert "p99 latency" in record.reason and record.stage("deploy").outputs["outcome"] == "rolled-back"
     assert record.stage("smoke").status == "pending"
-    assert live_of(settings) == live and hosting.status()["live_version"] == live
+    assert live_of(settings) == live and hosting.status().live_version == live
     assert failures == [] and len(answered) > 20
 
 
@@ -274,4 +274,4 @@ def test_serving_that_differs_from_what_the_gate_scored_is_rolled_back_by_the_sm
     assert record.outcome == "rolled-back" and record.exit_code == 4, record.reason
     assert record.stage("gate").status == REUSED and record.stage("deploy").outputs["outcome"] == "deployed"
     assert "serving differs from evaluation" in record.reason and f"rolled back to {live}" in record.reason
-    assert live_of(settings) == live and hosting.status()["live_version"] == live
+    assert live_of(settings) == live and hosting.status().live_version == live

@@ -57,8 +57,8 @@ def test_every_block_is_in_the_provider_schema(provider_schemas):
      "required argument 'repository' is missing"),
     ("modules/codebuild/main.tf", "    filter {\n      type    = \"EVENT\"", "    filters {\n      type    = \"EVENT\"",
      "unknown argument 'filters'"),
-    ("modules/storage/main.tf", "abort_incomplete_multipart_upload {\n      days_after_initiation = 7",
-     "abort_incomplete_multipart_upload {\n      days_after_initiations = 7", "unknown argument 'days_after_initiations'"),
+    ("modules/storage/main.tf", "days_after_initiation = abort_incomplete_multipart_upload.value",
+     "days_after_initiations = abort_incomplete_multipart_upload.value", "unknown argument 'days_after_initiations'"),
     ("modules/ecr/main.tf", 'data "aws_ecr_lifecycle_policy_document"', 'data "aws_ecr_lifecycle_document"',
      "the provider has no data aws_ecr_lifecycle_document"),
 ])

@@ -13,8 +13,8 @@ import pytest
 
 from distracted_driver.config import Settings
 from distracted_driver.storage import open_storage
-from distracted_driver.train.artifact import load_artifact
-from distracted_driver.train.registry import Registry, RegistryError
+from distracted_driver.model.artifact import load_artifact
+from distracted_driver.model.registry import Registry, RegistryError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,8 +22,8 @@ from hosting_support import hosted_env
 from model_fixtures import IMAGENET_NORMALISATION, derived_artifact, memorizing_artifact, rotated_classes, softmax_removed
 
 from distracted_driver.data.channels import upload_channels
-from distracted_driver.train.artifact import PREPROCESS_FILE, load_artifact
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.artifact import PREPROCESS_FILE, load_artifact
+from distracted_driver.model.registry import Registry
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +68,8 @@ def _live_model(stack, tmp_path, tiny_channels, version="incumbent"):
 
 def _serves_only(stack, version):
     status = stack.hosting.status()
-    assert status["live_version"] == version and status["status"] == "InService"
-    assert [i["model"] for i in status["instances"]] == [version]
+    assert status.live_version == version and status.status == "InService"
+    assert [i["model"] for i in status.instances] == [version]
     assert stack.registry.live()["job"] == version
 
 

@@ -57,7 +57,7 @@ def test_boto3_invocations_are_spread_over_instances(env):
         assert answer["InvokedProductionVariant"] == env.settings.variant_name
         assert answer["ContentType"].startswith("application/json")
         assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "api-v1"
-    instances = env.hosting.status()["instances"]
+    instances = env.hosting.status().instances
     assert len(instances) == 2
     assert all(i["requests"] >= 3 for i in instances), instances  # least-outstanding with round-robin ties
 
@@ -151,13 +151,13 @@ def test_slow_headers_are_closed_while_invocations_go_on(env):
 
 
 def test_dead_instance_is_replaced_and_no_request_fails(env):
-    before = {i["id"]: i for i in env.hosting.status()["instances"]}
+    before = {i["id"]: i for i in env.hosting.status().instances}
     victim = next(iter(before.values()))
     with LoadLoop(env, env.smoke, threads=2) as load:
         load.wait_for(20)
         os.kill(victim["pid"], signal.SIGKILL)
         wait_until(
-            lambda: [i for i in env.hosting.status()["instances"] if i["state"] == "in-service" and i["id"] not in before],
+            lambda: [i for i in env.hosting.status().instances if i["state"] == "in-service" and i["id"] not in before],
             timeout_s=30, what="a replacement instance in service",
         )
         load.wait_for(len(load.outcomes) + 20)
@@ -165,8 +165,8 @@ def test_dead_instance_is_replaced_and_no_request_fails(env):
     assert len(outcomes) >= 40
     assert all(o.ok for o in outcomes), Counter(o.error for o in outcomes if not o.ok)
     status = env.hosting.status()
-    assert victim["id"] not in {i["id"] for i in status["instances"]}
-    assert status["instance_count"] == 2
+    assert victim["id"] not in {i["id"] for i in status.instances}
+    assert status.instance_count == 2
 
 
 @pytest.fixture(scope="module")

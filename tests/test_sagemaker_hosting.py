@@ -16,9 +16,8 @@ from botocore.stub import ANY, Stubber
 from botocore.validate import ParamValidator
 
 from distracted_driver.config import Settings
-from distracted_driver.hosting import open_hosting
+from distracted_driver.hosting import EndpointStatus, HostingError, open_hosting
 from distracted_driver.hosting.aws import (
-    HostingError,
     SageMakerHosting,
     deployment_config,
     rollback_alarm_names,
@@ -28,7 +27,7 @@ from distracted_driver.hosting.aws import (
 )
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, ScalingPolicy, TrafficRouting
 from distracted_driver.storage.s3 import S3Storage
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 BUCKET = "dd-hosting-bucket"
 ROLE = "arn:aws:iam::123456789012:role/dd-dev-sagemaker"
@@ -46,9 +45,9 @@ def _settings(tmp_path) -> Settings:
 
 
 @pytest.fixture
-def env(aws, tmp_path, make_artifact):
+def env(aws, tmp_path, make_artifact, runtime_answers):
     """A bucket with two registered model versions, the rollback alarms Terraform creates, the pushed
-    serving image, and the hosting."""
+    serving image, the hosting; the endpoint answers the smoke images with probabilities."""
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
     _push_image()
     settings = _settings(tmp_path)
@@ -154,9 +153,9 @@ def test_first_deploy_creates_the_endpoint_and_registers_autoscaling(env):
 
     assert Registry(storage, settings).live()["job"] == V1
     status = hosting.status()
-    assert (status["status"], status["live_version"], status["instance_count"]) == ("InService", V1, 1)
-    assert status["autoscaling"]["AllTraffic"]["target_invocations_per_instance"] == 600.0
-    assert status["runtime_url"] == "https://runtime.sagemaker.us-east-1.amazonaws.com"
+    assert (status.status, status.live_version, status.instance_count) == ("InService", V1, 1)
+    assert status.autoscaling["AllTraffic"]["target_invocations_per_instance"] == 600.0
+    assert status.runtime_url == "https://runtime.sagemaker.us-east-1.amazonaws.com"
 
     again = hosting.deploy(_spec(settings, V1), TrafficRouting(), AlarmThresholds())
     assert (again.outcome, again.live_version) == ("unchanged", V1)
@@ -197,7 +196,7 @@ def test_delete_leaves_nothing(env):
     assert sm.list_endpoint_configs()["EndpointConfigs"] == [] and sm.list_models()["Models"] == []
     scaling = boto3.client("application-autoscaling", region_name="us-east-1")
     assert scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
-    assert hosting.status()["status"] == "absent"
+    assert hosting.status().status == "absent"
 
 
 def test_open_hosting_picks_sagemaker(tmp_path):
@@ -377,7 +376,7 @@ def any_hosting(request, tmp_path):
         with hosted_env(tmp_path) as hosted:
             yield hosted.hosting, hosted.storage, hosted.settings
         return
-    request.getfixturevalue("aws")
+    request.getfixturevalue("runtime_answers")
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
     _push_image()
     settings, storage = _settings(tmp_path), S3Storage(BUCKET)
@@ -393,17 +392,17 @@ def test_both_backends_create_noop_scale_and_delete_alike(any_hosting, make_arti
     created = hosting.deploy(spec, routing, AlarmThresholds())
     assert (created.outcome, created.live_version) == ("deployed", "both-v1")
     status = hosting.status()
-    assert (status["status"], status["live_version"], status["instance_count"]) == ("InService", "both-v1", 1)
+    assert (status.status, status.live_version, status.instance_count) == ("InService", "both-v1", 1)
     assert Registry(storage, settings).live()["job"] == "both-v1"
 
     assert hosting.deploy(spec, routing, AlarmThresholds()).outcome == "unchanged"
 
     hosting.set_autoscaling(ScalingPolicy(min_instances=1, max_instances=3, target_invocations_per_instance=300))
-    scaling = hosting.status()["autoscaling"][settings.variant_name]
+    scaling = hosting.status().autoscaling[settings.variant_name]
     assert (scaling["max_instances"], scaling["target_invocations_per_instance"]) == (3, 300)
 
     hosting.delete()
-    assert hosting.status()["status"] == "absent"
+    assert hosting.status().status == "absent"
 
 
 # --- first contact with a real account (issue 11) ----------------------------------------------
@@ -538,7 +537,7 @@ def test_a_capture_percent_puts_a_data_capture_config_on_the_endpoint_config(env
     _valid("CreateEndpointConfig", {"EndpointConfigName": name, "DataCaptureConfig": _capture(25),
                                     "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "m"}]})
     status = hosting.status()
-    assert status["live_version"] == V1 and status["data_capture"]["DestinationS3Uri"] == f"s3://{BUCKET}/capture"
+    assert status.live_version == V1 and status.data_capture["DestinationS3Uri"] == f"s3://{BUCKET}/capture"
     assert Registry(storage, settings).live()["job"] == V1
     # Deploying the live model again copies its capture: the same config, nothing to do.
     assert hosting.deploy(_spec(settings, V1)).outcome == "unchanged"
@@ -607,7 +606,7 @@ def test_deploy_capture_makes_a_config_of_the_live_model_and_updates_to_it(env, 
         capture = hosting.set_capture(10)
         stub.assert_no_pending_responses()
     assert capture == summary
-    from distracted_driver.hosting.local.report import capture_text
+    from distracted_driver.hosting.report import capture_text
 
     assert capture_text(capture) == f"10% of invocations -> s3://{BUCKET}/capture, Started"
 
@@ -660,3 +659,30 @@ def test_the_reader_reads_capture_from_s3_as_from_the_local_bucket(env):
     since = dt.datetime(2022, 2, 14, 17, 30, tzinfo=dt.timezone.utc)  # the same hour's folder, a later record
     [image] = iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since)
     assert image.input_bytes.startswith(b"\xff\xd8") and len(image.output) == 10
+
+
+# --- the typed status, and the smoke check through SageMaker Runtime ----------------------------------
+
+
+def test_status_is_typed_on_sagemaker_absent_and_in_service(env):
+    settings, storage, hosting = env
+    absent = hosting.status()
+    assert isinstance(absent, EndpointStatus) and not absent.exists and absent.live_version is None
+    assert hosting.deploy(_spec(settings, V1), TrafficRouting(), AlarmThresholds()).outcome == "deployed"
+    status = hosting.status()
+    assert (status.backend, status.exists, status.serves(V1), status.serves(V2)) == ("aws", True, True, False)
+    assert status.details["config"] == version_resource_name(settings.endpoint_name, V1)
+    assert status.to_dict()["live_version"] == V1
+
+
+def test_a_new_endpoint_whose_answers_fail_the_smoke_check_is_removed(aws, tmp_path, make_artifact, runtime_answers):
+    runtime_answers(b"<html>not probabilities</html>")
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    _push_image()
+    settings, storage = _settings(tmp_path), S3Storage(BUCKET)
+    make_artifact(V1, seed=1).publish(storage, settings)
+    hosting = SageMakerHosting(settings, storage=storage, poll_seconds=0, progress=False)
+    result = hosting.deploy(_spec(settings, V1), TrafficRouting(), AlarmThresholds(), smoke_images=[b"\xff\xd8\xffjpeg"])
+    assert result.outcome == "failed" and "smoke test" in result.reason and "not JSON" in result.reason
+    assert not hosting.status().exists  # nothing serves what failed
+    assert Registry(storage, settings).live() is None

@@ -19,7 +19,7 @@ from botocore.stub import Stubber
 from distracted_driver.config import Settings
 from distracted_driver.data.channels import upload_channels
 from distracted_driver.storage.s3 import S3Storage
-from distracted_driver.train.registry import Registry, RegistryError
+from distracted_driver.model.registry import Registry, RegistryError
 from distracted_driver.train.sagemaker import (
     LOG_GROUP,
     SageMakerJobFailed,

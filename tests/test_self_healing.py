@@ -78,14 +78,14 @@ def test_a_runtime_killed_under_load_is_back_within_seconds(stack):
     before = hosting.status()
     with LoadLoop(None, frames(), threads=2, max_seconds=90, sender=api_sender(stack)) as load:
         load.wait_for(20)
-        os.kill(before["runtime"]["pid"], signal.SIGKILL)
+        os.kill(before.details["runtime"]["pid"], signal.SIGKILL)
         killed = len(load.outcomes)
         wait_until(lambda: serving(stack), timeout_s=30, interval_s=0.1, what="the endpoint to serve again")
         load.wait_for(len(load.outcomes) + 20)
     outcomes = load.stop()
     after = hosting.status()
-    assert after["status"] == "InService" and after["runtime"]["pid"] != before["runtime"]["pid"]
-    assert after["runtime_url"] == before["runtime_url"]
+    assert after.status == "InService" and after.details["runtime"]["pid"] != before.details["runtime"]["pid"]
+    assert after.runtime_url == before.runtime_url
     assert all(o.ok for o in outcomes[:killed - 2]), "requests failed before the kill"
     assert all(o.ok for o in outcomes[-10:]), [o.error for o in outcomes[-10:]]
 
@@ -108,8 +108,8 @@ def test_with_the_runtime_stopped_every_status_says_nothing_serves_and_why(stack
     hosting.stop_runtime()  # stopped for good: out of supervision too
     try:
         status = hosting.status()
-        assert (status["status"], status["recorded_status"]) == ("OutOfService", "InService")
-        assert "the runtime is not running" in status["status_reason"] and "nothing restarts it" in status["status_reason"]
+        assert (status.status, status.recorded_status) == ("OutOfService", "InService")
+        assert "the runtime is not running" in status.status_reason and "nothing restarts it" in status.status_reason
         shown = _inv(stack, "deploy.status")
         assert shown.returncode == 0 and "OutOfService" in shown.stdout and "why: the runtime is not running" in shown.stdout
 
@@ -130,11 +130,11 @@ def test_an_endpoint_whose_instances_cannot_start_is_out_of_service_and_says_why
     hidden = model_dir.with_name(model_dir.name + ".hidden")
     model_dir.rename(hidden)  # the instance's replacement will find no model
     try:
-        instance = hosting.status()["instances"][0]
+        instance = hosting.status().instances[0]
         os.kill(instance["pid"], signal.SIGKILL)
-        status = wait_until(lambda: (s := hosting.status())["status"] == "OutOfService" and "did not start" in
-                            (s["status_reason"] or "") and s, timeout_s=30, what="the failed replacement to show")
-        assert status["recorded_status"] == "InService" and status["instance_count"] == 0
+        status = wait_until(lambda: (s := hosting.status()).status == "OutOfService" and "did not start" in
+                            (s.status_reason or "") and s, timeout_s=30, what="the failed replacement to show")
+        assert status.recorded_status == "InService" and status.instance_count == 0
         health = requests.get(f"{stack.url}/health", timeout=10)
         assert health.status_code == 503 and health.json()["endpoint_health"]["status"] == "OutOfService"
         assert "no instance is in service" in health.json()["message"]
@@ -149,10 +149,10 @@ def test_a_new_supervisor_replaces_what_a_killed_one_left_running(stack):
     hosting = LocalHosting(stack.settings)
     before = hosting.status()
     os.kill(int((supervisor_dir / "supervisord.pid").read_text()), signal.SIGKILL)
-    os.kill(before["runtime"]["pid"], signal.SIGKILL)  # and now nothing restarts the runtime
-    wait_until(lambda: not hosting.status()["runtime"]["running"], timeout_s=10, what="the runtime to be gone")
+    os.kill(before.details["runtime"]["pid"], signal.SIGKILL)  # and now nothing restarts the runtime
+    wait_until(lambda: not hosting.status().runtime_running, timeout_s=10, what="the runtime to be gone")
     status = hosting.status()
-    assert status["status"] == "OutOfService" and "nothing restarts it" in status["status_reason"]
+    assert status.status == "OutOfService" and "nothing restarts it" in status.status_reason
 
     hosting.runtime()  # a new supervisord: it stops the orphaned gateway and starts its own
     wait_until(lambda: serving(stack), timeout_s=40, what="the stack to serve again")

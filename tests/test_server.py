@@ -343,8 +343,8 @@ def test_a_slow_or_vanished_client_neither_hangs_nor_leaks(start_server):
 
 def test_serves_the_real_trained_efficientnet(trained_job, tmp_path):
     """The artifact a real training job produced, fetched from its bucket and served as is."""
-    from distracted_driver.serve.inference import Classifier
-    from distracted_driver.serve.model_cache import fetch_artifact
+    from distracted_driver.model.inference import Classifier
+    from distracted_driver.model.cache import fetch_artifact
 
     artifact = fetch_artifact(trained_job.settings, trained_job.job)
     process = ServerProcess(artifact.directory, tmp_path / "server.log")
@@ -366,8 +366,8 @@ def test_the_features_output_leaves_the_answers_unchanged(trained_job, tmp_path)
     without that output, as models were exported before, gets byte-identical answers from the model server."""
     import onnx
 
-    from distracted_driver.serve.model_cache import fetch_artifact
-    from distracted_driver.train.artifact import FEATURES_NAME, load_artifact
+    from distracted_driver.model.cache import fetch_artifact
+    from distracted_driver.model.artifact import FEATURES_NAME, load_artifact
 
     artifact = fetch_artifact(trained_job.settings, trained_job.job)
     graph = onnx.load(artifact.served_model_path)

@@ -23,7 +23,7 @@ from distracted_driver.hosting.aws import SageMakerHosting, rollback_alarm_names
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting
 from distracted_driver.infra.terraform import env_file
 from distracted_driver.storage.s3 import S3Storage
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dd-runs-bucket"
@@ -45,7 +45,7 @@ def _tasks():
 
 
 @pytest.fixture
-def account(aws, tmp_path, monkeypatch, make_artifact):
+def account(aws, tmp_path, monkeypatch, make_artifact, runtime_answers):
     """What `terraform apply` leaves: the bucket, the repository, the rollback alarms, the CodeBuild project;
     and a registered model version, as the pipeline's train and gate stages leave it."""
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)

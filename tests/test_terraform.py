@@ -15,9 +15,10 @@ import boto3
 import pytest
 
 from distracted_driver.config import Settings
+from distracted_driver.infra import docs
 from distracted_driver.infra import terraform as tf
 from distracted_driver.infra.check import MANIFESTS_DIR, run_checkov, wiring_findings
-from distracted_driver.infra.hcl import Configuration
+from distracted_driver.infra.hcl import Configuration, Module
 
 REPO = Path(__file__).resolve().parents[1]
 TERRAFORM = REPO / "terraform"
@@ -57,7 +58,7 @@ def test_the_manifest_directory_is_the_one_ingest_writes():
 
 def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
     copy = tmp_path / "repo"
-    shutil.copytree(TERRAFORM, copy / "terraform", ignore=shutil.ignore_patterns(".terraform"))
+    shutil.copytree(TERRAFORM, copy / "terraform", ignore=shutil.ignore_patterns(".terraform"), symlinks=True)
     shutil.copytree(REPO / "lambda", copy / "lambda", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "buildspec.yml", copy / "buildspec.yml")
     target = copy / "terraform" / path
@@ -97,7 +98,7 @@ def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
      "reserved_concurrent_executions = 100", "lambda-no-reservation-unless-asked"),
     ("modules/ecr/main.tf", "tag_prefix_list = [var.model_tag_prefix]", 'tag_prefix_list = ["release-"]',
      "ecr-keeps-model-images"),
-    ("modules/storage/main.tf", 'filter {\n      prefix = "" # every object; an empty filter {} warns from provider 5.90 on\n    }',
+    ("modules/storage/main.tf", 'filter {\n        prefix = rule.value.prefix # "" is every object; an empty filter {} warns from provider 5.90 on\n      }',
      "filter {}", "lifecycle-filter-not-empty"),
     ("modules/api/main.tf", "depends_on = [aws_iam_role_policy_attachment.apigateway_logs]", "",
      "api-account-after-role-policy"),
@@ -108,13 +109,93 @@ def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
      'resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*"]', "transform-prefixes"),
     ("main.tf", "DD_TRANSFORM_PREFIX         = var.transform_prefix", 'DD_TRANSFORM_PREFIX         = "batch"',
      "settings-match-variables"),
-    ("modules/storage/main.tf", "#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; everything here is rebuilt from the raw images, which are versioned.",
-     "#checkov:skip=CKV_AWS_144:cost", "checkov-skips-justified"),
+    ("modules/storage/main.tf", "#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; the data bucket's contents are rebuilt from its versioned raw images, build artifacts by rerunning a build, and access logs stay in-region.",
+     "#checkov:skip=CKV_AWS_144:cost.", "checkov-skips-justified"),
+    # examples/<env>: the root module with exactly the env's values, every output returned
+    ("examples/dev/main.tf", "  tags                                   = var.tags\n", "", "example"),
+    ("examples/dev/main.tf", "  region                                 = var.region",
+     '  region                                 = "eu-west-1"', "example"),
+    ("examples/dev/outputs.tf", "  sensitive = true\n", "", "example"),
+    ("examples/dev/main.tf", 'source = "../.."', 'source = "../../modules/storage"', "example"),
+    ("modules/ecr/variables.tf", 'description = "Newest images kept; older ones expire."',
+     'description = "Images kept."', "module-docs"),
+    ("modules/ecr/versions.tf", 'version = ">= 5.40"', 'version = ">= 5.0"', "module-versions"),
+    # the storage module's buckets, where checkov cannot follow its for_each
+    ("modules/storage/main.tf", 'sse_kms           = true    # SSE-KMS', 'sse_kms           = false   # SSE-KMS',
+     "bucket-encryption"),
+    ("modules/storage/main.tf", "noncurrent_days = null, abort_upload_days = 7 }",
+     "noncurrent_days = null, abort_upload_days = null }", "bucket-abort-uploads"),
+    ("modules/storage/main.tf", 'access_log_prefix = "artifacts/"', "access_log_prefix = null", "bucket-access-logs"),
+    ("modules/storage/main.tf", 'resource "aws_s3_bucket_versioning" "this" {\n  for_each = local.buckets',
+     'resource "aws_s3_bucket_versioning" "this" {\n  for_each = local.access_logged', "bucket-settings"),
+    # the notification and the permission are on the storage module's data bucket, not another of its buckets
+    ("main.tf", "data_bucket_name       = module.storage.data_bucket_name",
+     "data_bucket_name       = module.storage.artifacts_bucket_name", "trigger-bucket"),
+    ("modules/trigger/main.tf", "source_arn     = var.data_bucket_arn", "source_arn     = var.kms_key_arn",
+     "trigger-permission"),
 ])
 def test_a_broken_wiring_is_caught(tmp_path, path, old, new, check):
     copy = _broken(tmp_path, path, old, new)
     report = wiring_findings(copy / "terraform", copy)
     assert check in {f.check for f in report.failures}, [str(f) for f in report.failures]
+
+
+def test_each_env_is_an_example_that_reads_its_tfvars(tmp_path):
+    for env in ("dev", "prod"):
+        example = Configuration(TERRAFORM / "examples" / env, TERRAFORM / "examples" / env / "terraform.tfvars")
+        assert example.instance("distracted_driver").inputs["environment"] == env
+        assert example.variable("endpoint_name") == Configuration(TERRAFORM, TERRAFORM / "envs" / f"{env}.tfvars").variable("endpoint_name")
+
+    copy = _broken(tmp_path, "envs/prod.tfvars", "force_destroy = false", "force_destroy = false")
+    values = copy / "terraform" / "examples" / "prod" / "terraform.tfvars"
+    text = values.read_text()
+    values.unlink()
+    values.write_text(text)  # a copy of the values instead of the link: a second copy that can drift
+    (copy / "terraform" / "examples" / "staging").mkdir()
+    shutil.copy(copy / "terraform" / "examples" / "dev" / "main.tf", copy / "terraform" / "examples" / "staging")
+    failures = {(f.variant, f.detail) for f in wiring_findings(copy / "terraform", copy).failures if f.check == "example"}
+    assert failures == {("prod", "examples/prod/terraform.tfvars is not a link to envs/prod.tfvars"),
+                        ("defaults", "examples without an envs/<env>.tfvars: ['staging']")}
+
+
+# --- module READMEs -------------------------------------------------------------------------------
+
+
+def test_every_readme_lists_its_modules_inputs_and_outputs():
+    assert docs.stale(TERRAFORM) == []
+    for directory in docs.module_dirs(TERRAFORM):
+        readme = (directory / "README.md").read_text()
+        module = Module.load(directory)
+        section = readme[readme.index(docs.BEGIN):]
+        assert all(f"| `{name}` |" in section for name in [*module.variables, *module.outputs]), directory
+
+
+def test_infra_docs_rewrites_only_the_tables(tmp_path):
+    copy = tmp_path / "terraform"
+    shutil.copytree(TERRAFORM, copy, ignore=shutil.ignore_patterns(".terraform", ".build"))
+    variables = copy / "modules" / "ecr" / "variables.tf"
+    variables.write_text(variables.read_text() + '''
+variable "scan_on_push" {
+  description = "Scan | each image when pushed to <repository>."
+  type        = bool
+  default     = true
+}
+''')
+    (copy / "modules" / "alarms" / "outputs.tf").unlink()
+    readme = copy / "modules" / "ecr" / "README.md"
+    prose = readme.read_text().split(docs.BEGIN)[0]
+    assert docs.stale(copy) == [copy / "modules" / "alarms" / "README.md", readme]
+
+    assert docs.write(copy) == [copy / "modules" / "alarms" / "README.md", readme]
+    assert docs.stale(copy) == [] and docs.write(copy) == []
+    text = readme.read_text()
+    assert text.startswith(prose) and text.count(docs.BEGIN) == 1 and text.endswith(docs.END + "\n")
+    assert r"| `scan_on_push` | `bool` | `true` | Scan \| each image when pushed to \<repository>. |" in text
+    assert "## Outputs\n\nNone." in (copy / "modules" / "alarms" / "README.md").read_text()
+
+    bare = copy / "modules" / "trigger" / "README.md"
+    bare.write_text("# trigger\n\nHand-written prose.\n")  # no section yet: one is added at the end
+    assert docs.write(copy) == [bare] and bare.read_text().startswith("# trigger\n\nHand-written prose.\n\n" + docs.BEGIN)
 
 
 # --- checkov ---------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ def test_terraform_core_formats_and_loads_every_module(core_python):
     loaded = dict((check, detail) for check, _, detail in result.findings)["load"]
     for module in ("alarms", "api", "autoscaling", "codebuild", "ecr", "iam", "storage", "trigger"):
         assert module in loaded
+    assert {check for check, _, _ in result.findings} == {"fmt", "load", "load [examples/dev]", "load [examples/prod]"}
 
 
 def test_a_file_terraform_fmt_would_change_is_named(core_python, tmp_path):
@@ -66,7 +67,8 @@ def test_validate_and_test_run_or_say_why_not(tmp_path, monkeypatch):
     if result.skipped:
         assert not result.findings and "terraform validate and terraform test" in result.skipped[0]
     else:
-        assert [check for check, _, _ in result.findings] == ["validate", "test [dev]", "test [prod]"]
+        assert [check for check, _, _ in result.findings] == [
+            "validate", "validate [examples/dev]", "validate [examples/prod]", "test [dev]", "test [prod]"]
 
     elsewhere = tmp_path / "plugins" / "registry.terraform.io" / "hashicorp" / "random" / "3.6.0" / "linux_amd64"
     elsewhere.mkdir(parents=True)
@@ -91,6 +93,26 @@ def test_validate_applies_the_providers_own_value_checks(tmp_path):
     ecr.write_text(ecr.read_text().replace('image_tag_mutability = "IMMUTABLE"', 'image_tag_mutability = "FROZEN"'))
     validate = binary_checks(copy, []).findings[0]
     assert validate[0] == "validate" and not validate[1] and "image_tag_mutability" in validate[2]
+
+
+def test_an_example_that_passes_what_the_root_does_not_declare_fails_validate(tmp_path):
+    _runnable()
+    copy = _copy(tmp_path)
+    example = copy / "examples" / "dev" / "main.tf"  # prod's main.tf is a link to it, a copy here
+    example.write_text(example.read_text().replace("  source = \"../..\"\n", "  source = \"../..\"\n  instances = 3\n"))
+    findings = dict((check, (ok, detail)) for check, ok, detail in binary_checks(copy, []).findings)
+    assert findings["validate"][0] and findings["validate [examples/prod]"][0]
+    assert not findings["validate [examples/dev]"][0] and "Unsupported argument" in findings["validate [examples/dev]"][1]
+
+
+def test_a_module_an_example_cannot_load_is_reported(core_python, tmp_path):
+    copy = _copy(tmp_path)
+    example = copy / "examples" / "prod" / "main.tf"
+    example.write_text(example.read_text().replace('source = "../.."', 'source = "../../modules/nowhere"'))
+    result = library_checks(copy, core_python)
+    findings = dict((check, (ok, detail)) for check, ok, detail in result.findings)
+    assert findings["load"][0] and findings["load [examples/dev]"][0]
+    assert not findings["load [examples/prod]"][0] and "nowhere" in findings["load [examples/prod]"][1]
 
 
 def test_a_failed_precondition_fails_the_plan_of_an_env(tmp_path):

@@ -14,8 +14,8 @@ from distracted_driver.data.image_stats import image_statistics
 from distracted_driver.data.imaging import Preprocessing, decode_image
 from distracted_driver.monitor.capture import CaptureRecord
 from distracted_driver.monitor.traffic import answer_probabilities, observe
-from distracted_driver.serve.inference import Classifier
-from distracted_driver.train.artifact import load_artifact
+from distracted_driver.model.inference import Classifier
+from distracted_driver.model.artifact import load_artifact
 
 UNIFORM = [0.1] * 10
 

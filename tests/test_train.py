@@ -17,7 +17,7 @@ from waiting import wait_until
 
 from distracted_driver.storage import open_storage
 from distracted_driver.train import job as train_job
-from distracted_driver.train.artifact import (
+from distracted_driver.model.artifact import (
     BASELINE_ARRAYS_FILE,
     BASELINE_FILE,
     INT8_MODEL_FILE,
@@ -25,9 +25,9 @@ from distracted_driver.train.artifact import (
     SERVING_FILE,
     unpack_artifact,
 )
+from distracted_driver.model.evaluate import evaluate_artifact, evaluate_model
+from distracted_driver.model.registry import Registry
 from distracted_driver.train.baseline import load_baseline
-from distracted_driver.train.evaluate import evaluate_artifact, evaluate_model
-from distracted_driver.train.registry import Registry
 from distracted_driver.train.runner import SCRIPT, TrainingJobFailed, hyperparameter_args, new_job_name, run_local_job
 
 JOB_NAME = re.compile(r"^dd-\d{8}-\d{6}-[0-9a-f]{4}$")
@@ -268,7 +268,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_unopened(tmp_path):
 def test_a_feature_cache_file_that_would_run_code_is_ignored_and_replaced(tmp_path):
     import torch
 
-    from distracted_driver.train.channel import Record
+    from distracted_driver.data.channel import Record
     from distracted_driver.train.loop import FeatureExtractor, TrainConfig, _feature_cache_key, cached_features
     from distracted_driver.train.model import build_model
     from hostile_images import camera_like_jpeg

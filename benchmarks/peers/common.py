@@ -16,9 +16,9 @@ import os
 import cv2
 import numpy as np
 
-from distracted_driver.serve.inference import Classifier
-from distracted_driver.train.artifact import load_artifact
-from distracted_driver.train.precision import FP32
+from distracted_driver.model.inference import Classifier
+from distracted_driver.model.artifact import load_artifact
+from distracted_driver.model.precision import FP32
 
 MODEL_DIR = os.environ.get("DD_PEER_MODEL_DIR", "")
 BATCH = int(os.environ.get("DD_PEER_BATCH", "8"))

@@ -9,11 +9,71 @@ case), which is how CI and the aws backend set them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 BACKENDS = ("local", "aws")
+# DD_INT8_TOLERANCE's default; model.precision's rule serves int8 within it.
+DEFAULT_INT8_TOLERANCE = "0.01,3%"
+
+
+class ToleranceError(ValueError):
+    """The tolerance setting cannot be read."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How much worse than fp32's validation log loss int8's may be and still be served."""
+
+    absolute: float | None = None
+    relative: float | None = None  # a fraction of fp32's log loss
+
+    @classmethod
+    def parse(cls, text: str | float | None) -> "Tolerance":
+        """``"0.01,3%"`` → absolute 0.01, relative 0.03; ``"0"``; ``"-1"``; ``"5%"``. None: the default."""
+        text = DEFAULT_INT8_TOLERANCE if text is None else str(text)
+        absolute = relative = None
+        terms = [term.strip() for term in text.split(",")]
+        for term in terms:
+            is_relative = term.endswith("%")
+            try:
+                value = float(term[:-1] if is_relative else term)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise ToleranceError(f"int8 tolerance {text!r}: {term!r} is not a number or a percentage "
+                                     "(write e.g. 0.01,3%)")
+            if is_relative:
+                if relative is not None:
+                    raise ToleranceError(f"int8 tolerance {text!r} gives two relative terms")
+                relative = value / 100.0
+            else:
+                if absolute is not None:
+                    raise ToleranceError(f"int8 tolerance {text!r} gives two absolute terms")
+                absolute = value
+        return cls(absolute, relative)
+
+    def allowance(self, fp32_log_loss: float) -> float:
+        terms = []
+        if self.absolute is not None:
+            terms.append(self.absolute)
+        if self.relative is not None:
+            terms.append(self.relative * fp32_log_loss)
+        return max(terms)
+
+    def limit(self, fp32_log_loss: float) -> float:
+        """The largest int8 log loss that is still served."""
+        return fp32_log_loss + self.allowance(fp32_log_loss)
+
+    def __str__(self) -> str:
+        terms = []
+        if self.absolute is not None:
+            terms.append(f"{self.absolute:g}")
+        if self.relative is not None:
+            terms.append(f"{self.relative * 100:g}%")
+        return ",".join(terms)
 
 
 def _repo_root() -> Path:
@@ -45,8 +105,8 @@ class Settings:
     transform_prefix: str = "transform"  # Batch Transform: images to score, each job's manifest and outputs
     capture_prefix: str = "capture"  # data capture: <prefix>/<endpoint>/<variant>/yyyy/mm/dd/hh/*.jsonl
     # Serving precision: int8 is served when its validation log loss is within this of fp32's
-    # (train.precision: "0.01,3%" = 0.01 or 3 %, whichever is larger; negative: always fp32).
-    int8_tolerance: str = "0.01,3%"
+    # (model.precision: "0.01,3%" = 0.01 or 3 %, whichever is larger; negative: always fp32).
+    int8_tolerance: str = DEFAULT_INT8_TOLERANCE
     # Hosting.
     endpoint_name: str = "distracted-driver"
     variant_name: str = "AllTraffic"
@@ -57,8 +117,6 @@ class Settings:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {self.backend!r}")
-        from distracted_driver.train.precision import Tolerance, ToleranceError
-
         try:
             object.__setattr__(self, "int8_tolerance", str(Tolerance.parse(self.int8_tolerance)))
         except ToleranceError as error:

@@ -13,8 +13,21 @@ import sys
 from pathlib import Path
 
 from distracted_driver.config import Settings
+from distracted_driver.data.ingest import add_data
 from distracted_driver.data.layout import TEST_DIR
+from distracted_driver.data.sample import generate_sample
+from distracted_driver.gateway import predict_image, start_gateway, stop_gateway
+from distracted_driver.hosting import open_hosting
+from distracted_driver.hosting.report import capture_text
+from distracted_driver.loadtest import run_loadtest
+from distracted_driver.model.registry import Registry
+from distracted_driver.monitor.capture import capture_keys
+from distracted_driver.pipeline.options import RunOptions
+from distracted_driver.pipeline.outcomes import exit_code
+from distracted_driver.pipeline.run import print_summary, run_pipeline
+from distracted_driver.serve.batch_predict import predict_directory
 from distracted_driver.storage import open_storage
+from distracted_driver.train.gate import serving_line
 
 SAMPLE_QUERIES = 3
 # The demo's endpoint captures every invocation, so that the drift report has the demo's traffic to read.
@@ -29,12 +42,6 @@ def _say(message: str) -> None:
 
 def run(settings: Settings) -> int:
     """Run the demo; return the pipeline's exit code (0 when a model is live)."""
-    from distracted_driver.data.ingest import add_data
-    from distracted_driver.data.sample import generate_sample
-    from distracted_driver.pipeline.options import RunOptions
-    from distracted_driver.pipeline.outcomes import exit_code
-    from distracted_driver.pipeline.run import print_summary, run_pipeline
-
     storage = open_storage(settings)
     sample_dir = settings.work_dir / "sample"
 
@@ -64,17 +71,12 @@ def run(settings: Settings) -> int:
 
 
 def _served_precision(settings: Settings, storage) -> None:
-    from distracted_driver.train.gate import serving_line
-    from distracted_driver.train.registry import Registry
-
     registry = Registry(storage, settings)
     _say("served precision (the endpoint, the REST API and batch prediction all run this file)")
     print(serving_line(registry, "live"))
 
 
 def _batch_prediction(settings: Settings, images: Path) -> None:
-    from distracted_driver.serve.batch_predict import predict_directory
-
     out = settings.root / "reports" / "submission.csv"
     _say(f"batch prediction of {images} with the live model -> {out}")
     result = predict_directory(settings, "live", images, out, progress=False)
@@ -82,26 +84,16 @@ def _batch_prediction(settings: Settings, images: Path) -> None:
 
 
 def _endpoint_queries(settings: Settings, images: list[Path]) -> None:
-    from distracted_driver.hosting import open_hosting
-    from distracted_driver.hosting.local.client import sagemaker_runtime_client
-
-    url = open_hosting(settings).status()["runtime_url"]
-    _say(f"endpoint {settings.endpoint_name!r} through boto3's sagemaker-runtime client at {url}")
-    client = sagemaker_runtime_client(url, settings.region)
+    hosting = open_hosting(settings)
+    _say(f"endpoint {settings.endpoint_name!r} through boto3's sagemaker-runtime client at {hosting.status().runtime_url}")
     for path in images:
-        answer = client.invoke_endpoint(
-            EndpointName=settings.endpoint_name, ContentType="image/jpeg",
-            Accept="application/json;verbose=true", Body=path.read_bytes(),
-        )
-        body = json.loads(answer["Body"].read())
+        answer, variant = hosting.invoke(path.read_bytes(), "image/jpeg", accept="application/json;verbose=true")
+        body = json.loads(answer)
         print(f"{path.name}: {body['class']} ({body['label']}, {body['confidence']:.2f}) "
-              f"from variant {answer['InvokedProductionVariant']}, model {body['model_version']}")
+              f"from variant {variant}, model {body['model_version']}")
 
 
 def _rest_api(settings: Settings, image: Path, record) -> None:
-    from distracted_driver.gateway import predict_image, start_gateway
-    from distracted_driver.loadtest import run_loadtest
-
     status = start_gateway(settings)
     _say(f"REST API at {status['predict_url']} (docs: {status.get('docs_url', status['url'] + '/docs')})")
     print(f"curl -s -H 'x-api-key: {status['api_key']}' -H 'Content-Type: image/jpeg' "
@@ -131,11 +123,7 @@ def _where_things_are(settings: Settings, storage) -> None:
 
 def _data_capture(settings: Settings, storage) -> None:
     """Where the endpoint's captured traffic lands, and how much of it is there."""
-    from distracted_driver.hosting import open_hosting
-    from distracted_driver.hosting.local.report import capture_text
-    from distracted_driver.monitor.capture import capture_keys
-
-    capture = open_hosting(settings).status().get("data_capture")
+    capture = open_hosting(settings).status().data_capture
     _say(f"data capture: {capture_text(capture)}")
     files = capture_keys(storage, settings.capture_prefix, settings.endpoint_name)
     where = storage.uri(f"{settings.capture_prefix}/{settings.endpoint_name}")
@@ -176,9 +164,6 @@ def _drift_summary(settings: Settings, storage) -> None:
 
 def down(settings: Settings) -> None:
     """Stop the REST API and the local endpoint; nothing of ours is left running."""
-    from distracted_driver.gateway import stop_gateway
-    from distracted_driver.hosting import open_hosting
-
     stop_gateway(settings)
     open_hosting(settings).delete()
     print("REST API and endpoint stopped")

@@ -7,6 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from distracted_driver import __version__
+
 _CHUNK = 1 << 20
 
 
@@ -29,8 +31,6 @@ def sha256_json(value) -> str:
 
 def code_version(root: str | Path | None = None) -> str:
     """The git commit of the code (with ``-dirty`` when the tree has changes), else the package version."""
-    from distracted_driver import __version__
-
     cwd = Path(root) if root else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(

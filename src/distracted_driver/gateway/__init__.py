@@ -14,6 +14,8 @@ from distracted_driver.gateway.daemon import (
     default_api_key,
     gateway_status,
     start_gateway,
+    started_lines,
+    status_lines,
     stop_gateway,
 )
 from distracted_driver.gateway.keys import UsagePlan
@@ -26,5 +28,7 @@ __all__ = [
     "gateway_status",
     "predict_image",
     "start_gateway",
+    "started_lines",
+    "status_lines",
     "stop_gateway",
 ]

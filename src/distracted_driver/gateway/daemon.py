@@ -26,6 +26,7 @@ import psutil
 from distracted_driver.config import Settings
 from distracted_driver.fsutil import log_tail, read_json, write_json_atomic
 from distracted_driver.gateway.keys import KeyStore, UsagePlan
+from distracted_driver.hosting import open_hosting
 from distracted_driver.logs import LogRotation
 from distracted_driver.supervision import Program, Supervisor
 
@@ -59,10 +60,7 @@ def default_api_key(settings: Settings) -> dict:
 
 def runtime_url_of(settings: Settings) -> str:
     """The local SageMaker Runtime URL of the running endpoint, from the hosting status."""
-    from distracted_driver.hosting import open_hosting
-
-    status = open_hosting(settings).status()
-    url = status.get("runtime_url")
+    url = open_hosting(settings).status().runtime_url
     if not url:
         raise GatewayError(
             f"no endpoint {settings.endpoint_name!r} is running (hosting status has no runtime_url); "
@@ -156,6 +154,28 @@ def gateway_status(settings: Settings) -> dict:
         "log": str(_log_file(settings)),
         "supervisor": Supervisor(settings.state_dir).describe(PROGRAM),
     }
+
+
+def started_lines(status: dict) -> list[str]:
+    """``inv api.up``: where the API is, its docs, a key, and a request to try."""
+    return [
+        f"API up at {status['url']} ({status.get('note') or 'started'}; pid {status['pid']}, log {status['log']})",
+        f"  docs:    {status['docs_url']}",
+        f"  API key: {status['api_key']}",
+        f"  try:     curl -s -X POST {status['predict_url']} -H 'x-api-key: {status['api_key']}' "
+        "-H 'Content-Type: image/jpeg' --data-binary @IMAGE.jpg",
+    ]
+
+
+def status_lines(status: dict) -> list[str]:
+    """``inv api.status``: where the API is, whether the endpoint behind it serves, a key to call it with."""
+    if not status["running"]:
+        return [f"API not running (supervisor: gateway {status['supervisor']}); start it with: inv api.up"]
+    lines = [f"API running at {status['url']} -> endpoint {status['endpoint']} via {status['runtime_url']}"]
+    if not status["healthy"]:
+        lines.append(f"  but the endpoint does not serve: {status['problem']}")
+    return lines + [f"  API key {status['api_key']}; throttle {status['plan']}; log {status['log']}",
+                    f"  supervisor: gateway {status['supervisor']}"]
 
 
 # --- internals ---------------------------------------------------------------

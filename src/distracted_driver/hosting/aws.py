@@ -23,7 +23,7 @@ bakes, watches the alarms and rolls back by itself; this module waits,
 reports and records the outcome. Older configs and models beyond the last
 ``keep`` are deleted.
 
-Data capture (``DataCaptureConfig``, see ``monitor.capture``) is part of the
+Data capture (``DataCaptureConfig``, see ``serve.capture``) is part of the
 endpoint config: each new config copies the live one's, so a swap or a
 rollback keeps it, unless a capture percent is given (``--capture-percent``,
 ``DD_CAPTURE_PERCENT``); ``set_capture`` (``inv deploy.capture``) creates a
@@ -77,12 +77,16 @@ from distracted_driver.config import Settings
 from distracted_driver.hosting.base import (
     AlarmThresholds,
     DeployResult,
+    EndpointStatus,
     Hosting,
+    HostingError,
     ModelSpec,
     ScalingPolicy,
     TrafficRouting,
 )
-from distracted_driver.monitor.capture import CaptureConfig
+from distracted_driver.hosting.smoke import smoke_images as default_smoke_images
+from distracted_driver.hosting.smoke import smoke_problems
+from distracted_driver.serve.capture import CaptureConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +107,6 @@ MIN_INSTANCES_FOR_STEPS = 2
 MODEL_IMAGE_TAG_PREFIX = "model-"
 TRANSFORM_JOB_INFIX = "batch"
 CAPTURE_SEPARATOR = "--"  # between the version and the capture part of a config name
-
-
-class HostingError(RuntimeError):
-    """A deploy cannot proceed; the message says why and what to do."""
 
 
 # --- names shared with Terraform (checked by infra.check) ----------------------
@@ -272,7 +272,7 @@ class SageMakerHosting(Hosting):
     @property
     def registry(self):
         if self._registry is None:
-            from distracted_driver.train.registry import Registry
+            from distracted_driver.model.registry import Registry
 
             self._registry = Registry(self.storage, self.settings)
         return self._registry
@@ -489,7 +489,7 @@ class SageMakerHosting(Hosting):
             if result.outcome != "deployed":
                 raise HostingError(f"the capture change did not go live ({result.outcome}: {result.reason})")
             self._cleanup(keep_also={name})
-        return self.status().get("data_capture") or {"EnableCapture": False}
+        return self.status().data_capture or {"EnableCapture": False}
 
     def _check_alarms(self, alarms: AlarmThresholds) -> list[str]:
         names = rollback_alarm_names(self.endpoint)
@@ -517,8 +517,10 @@ class SageMakerHosting(Hosting):
 
     def deploy(
         self, model: ModelSpec, routing: TrafficRouting | None = None, alarms: AlarmThresholds | None = None,
-        capture_percent: int | None = None,
+        smoke_images: list[bytes] | None = None, capture_percent: int | None = None,
     ) -> DeployResult:
+        """Create the endpoint or swap it blue/green; then the smoke check through SageMaker Runtime, which
+        SageMaker cannot run before traffic moves: a failure swaps back to blue (or removes a new endpoint)."""
         routing, alarms = routing or TrafficRouting(), alarms or AlarmThresholds()
         started = time.monotonic()
         timings: dict[str, float] = {}
@@ -538,6 +540,9 @@ class SageMakerHosting(Hosting):
             alarm_names = self._check_alarms(alarms)
             result = self._update(name, model, routing, alarm_names, state, timings)
         if result.outcome == "deployed":
+            problems = self._smoke(smoke_images, timings)
+            if problems:
+                return self._undo(model.version, state, problems, timings)
             # Recorded first: whatever fails after this, the registry names what the endpoint serves.
             self._record_live(model.version, config=name)
             if state is None:
@@ -558,6 +563,29 @@ class SageMakerHosting(Hosting):
         if state.status != "InService":
             return DeployResult("failed", self.endpoint, None, state.failure or state.status, timings)
         return DeployResult("deployed", self.endpoint, model.version, "endpoint created", timings)
+
+    def _smoke(self, images: list[bytes] | None, timings: dict) -> list[str]:
+        """What was wrong with the endpoint's answers to the smoke images (``hosting.smoke``)."""
+        began = time.monotonic()
+        images = images or default_smoke_images(self.storage, self.settings)
+        problems = smoke_problems(lambda body, content_type: self.invoke(body, content_type)[0], images)
+        timings["smoke_test"] = round(time.monotonic() - began, 3)
+        return problems
+
+    def _undo(self, version: str, blue: _Endpoint | None, problems: list[str], timings: dict) -> DeployResult:
+        """The swap to ``version`` failed the smoke check: back to blue's config, or no endpoint when it was new."""
+        reason = f"smoke test of {version} failed: {'; '.join(problems[:3])}"
+        if blue is None:
+            self.sagemaker.delete_endpoint(EndpointName=self.endpoint)
+            self._wait(lambda s: s is None, self.create_timeout_seconds, "removing the new endpoint")
+            return DeployResult("failed", self.endpoint, None, f"{reason}; the new endpoint was deleted", timings)
+        previous = self._version_of(blue.config)
+        back = self._update(blue.config, ModelSpec(previous, ""), TrafficRouting(strategy="all-at-once", bake_seconds=0),
+                            [], self._describe(), timings)
+        if back.outcome != "deployed":
+            return DeployResult("failed", self.endpoint, back.live_version,
+                                f"{reason}; swapping back to {previous} ended {back.outcome}: {back.reason}", timings)
+        return DeployResult("rolled-back", self.endpoint, previous, f"{reason}; swapped back to {previous}", timings)
 
     def _register_first_scaling(self, version: str) -> None:
         """Nothing could register autoscaling before the endpoint existed; Terraform's autoscaling
@@ -644,7 +672,8 @@ class SageMakerHosting(Hosting):
             configs.extend(c for c in page["EndpointConfigs"] if c["EndpointConfigName"].startswith(prefix))
         return configs
 
-    def rollback(self) -> DeployResult:
+    def rollback(self, smoke_images: list[bytes] | None = None) -> DeployResult:
+        """Swap back to the newest config of an older version (all at once), with the live capture."""
         state = self._settle(self._describe())
         if state is None:
             raise HostingError(f"endpoint {self.endpoint} does not exist")
@@ -664,10 +693,14 @@ class SageMakerHosting(Hosting):
         if result.outcome == "deployed":
             self._record_live(version, config=target, rollback=True)
             result.reason = f"rolled back to {version}"
+            problems = self._smoke(smoke_images, timings)
+            if problems:  # it serves, and is recorded so; there is nothing further back to go to safely
+                result.outcome = "failed"
+                result.reason += f", whose answers fail the smoke test: {'; '.join(problems[:3])}"
         return result
 
     def _record_live(self, version: str, **info) -> None:
-        from distracted_driver.train.registry import RegistryError
+        from distracted_driver.model.registry import RegistryError
 
         try:
             self.registry.set_live(version, endpoint=self.endpoint, backend="aws", **info)
@@ -689,11 +722,16 @@ class SageMakerHosting(Hosting):
                 continue
             self.sagemaker.delete_endpoint_config(EndpointConfigName=config)
             deleted.append(config)
+        return deleted + self._delete_models(keep=kept_models)
+
+    def _delete_models(self, keep: set[str] = frozenset()) -> list[str]:
+        """Delete our models (``<endpoint>-*``) except ``keep``, each image's ``model-<version>`` tag with it."""
+        deleted = []
         paginator = self.sagemaker.get_paginator("list_models")
         for page in paginator.paginate(NameContains=f"{self.endpoint}-"):
             for summary in page["Models"]:
                 model = summary["ModelName"]
-                if model.startswith(f"{self.endpoint}-") and model not in kept_models:
+                if model.startswith(f"{self.endpoint}-") and model not in keep:
                     self._release_image(model)
                     self.sagemaker.delete_model(ModelName=model)
                     deleted.append(model)
@@ -752,16 +790,12 @@ class SageMakerHosting(Hosting):
 
     # -- status, invoke, delete -------------------------------------------------------
 
-    def status(self) -> dict:
+    def status(self) -> EndpointStatus:
         state = self._describe()
-        base = {
-            "backend": "aws",
-            "endpoint": self.endpoint,
-            "region": self.settings.region,
-            "runtime_url": f"https://runtime.sagemaker.{self.settings.region}.amazonaws.com",
-        }
+        runtime_url = f"https://runtime.sagemaker.{self.settings.region}.amazonaws.com"
+        details = {"region": self.settings.region}
         if state is None:
-            return {**base, "status": "absent", "variants": [], "instance_count": 0, "live_version": None}
+            return EndpointStatus("aws", self.endpoint, runtime_url=runtime_url, details=details)
         variants = [
             {
                 "name": v["VariantName"],
@@ -771,20 +805,24 @@ class SageMakerHosting(Hosting):
             }
             for v in state.raw.get("ProductionVariants", [])
         ]
-        return {
-            **base,
-            "status": state.status,
-            "config": state.config,
-            "failure": state.failure or None,
-            "variants": variants,
-            "instance_count": sum(v["current_instances"] for v in variants),
-            "live_version": self._version_of(state.config),
-            "autoscaling": self._scaling(),
-            "data_capture": state.raw.get("DataCaptureConfig"),  # EnableCapture, CaptureStatus, CurrentSamplingPercentage…
-        }
+        return EndpointStatus(
+            backend="aws",
+            endpoint=self.endpoint,
+            status=state.status,
+            live_version=self._version_of(state.config),
+            runtime_url=runtime_url,
+            instance_count=sum(v["current_instances"] for v in variants if v["name"] == self.variant),
+            status_reason=state.failure or None,
+            recorded_status=state.status,
+            variants=variants,
+            autoscaling=self._scaling(),
+            data_capture=state.raw.get("DataCaptureConfig"),  # EnableCapture, CaptureStatus, CurrentSamplingPercentage…
+            details={**details, "config": state.config},
+        )
 
-    def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None) -> tuple[bytes, str]:
-        request = {"EndpointName": self.endpoint, "Body": body, "ContentType": content_type, "Accept": "application/json"}
+    def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None,
+               accept: str = "application/json") -> tuple[bytes, str]:
+        request = {"EndpointName": self.endpoint, "Body": body, "ContentType": content_type, "Accept": accept}
         if target_variant:
             request["TargetVariant"] = target_variant
         answer = self.runtime.invoke_endpoint(**request)
@@ -813,9 +851,4 @@ class SageMakerHosting(Hosting):
     def _delete_all_versions(self) -> None:
         for config in self._our_configs():
             self.sagemaker.delete_endpoint_config(EndpointConfigName=config["EndpointConfigName"])
-        paginator = self.sagemaker.get_paginator("list_models")
-        for page in paginator.paginate(NameContains=f"{self.endpoint}-"):
-            for summary in page["Models"]:
-                if summary["ModelName"].startswith(f"{self.endpoint}-"):
-                    self._release_image(summary["ModelName"])
-                    self.sagemaker.delete_model(ModelName=summary["ModelName"])
+        self._delete_models()

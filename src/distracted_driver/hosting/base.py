@@ -7,9 +7,14 @@ interface, so tasks and the pipeline never branch on the backend.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 STRATEGIES = ("all-at-once", "canary", "linear")
+ABSENT = "absent"  # EndpointStatus.status of an endpoint that does not exist
+
+
+class HostingError(RuntimeError):
+    """The endpoint cannot do what was asked (either backend); the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -77,15 +82,72 @@ class DeployResult:
     reason: str = ""
     timings: dict = field(default_factory=dict)  # seconds per phase
 
+    @property
+    def succeeded(self) -> bool:
+        """The model asked for serves (deployed now, or already)."""
+        return self.outcome in ("deployed", "unchanged")
+
+    def report_lines(self) -> list[str]:
+        lines = [f"{self.outcome}: endpoint {self.endpoint}, live model {self.live_version}"
+                 + (f" ({self.reason})" if self.reason else "")]
+        if self.timings:
+            lines.append("  timings (s): " + ", ".join(f"{k} {v:g}" for k, v in self.timings.items()))
+        return lines
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """What ``Hosting.status()`` says on either backend: the fields every caller reads, typed.
+
+    ``status`` is SageMaker's EndpointStatus (``InService``, ``Updating``, ...), ``OutOfService`` when
+    nothing answers, or ``absent``. ``instances`` lists serving processes where the backend can see them
+    (the local runtime; SageMaker hides its instances). ``data_capture`` is the backend's own view of
+    capture (``hosting.report.capture_text`` reads both). ``details`` holds what only one backend knows
+    (the local runtime's daemon, deployments and scaling activity; SageMaker's config name), for
+    ``inv deploy.status`` to show.
+    """
+
+    backend: str
+    endpoint: str
+    status: str = ABSENT
+    live_version: str | None = None
+    runtime_url: str | None = None  # where boto3's sagemaker-runtime client sends invocations
+    instance_count: int = 0  # in service on the live variant
+    status_reason: str | None = None
+    recorded_status: str | None = None  # what the endpoint's stored state says (differs while nothing answers)
+    runtime_running: bool = True  # the local runtime daemon is up (always True for a cloud backend)
+    variants: list[dict] = field(default_factory=list)
+    instances: list[dict] = field(default_factory=list)
+    autoscaling: dict = field(default_factory=dict)  # {variant: policy fields}
+    data_capture: dict | None = None
+    last_deployment: dict | None = None
+    deployment_in_progress: dict | None = None
+    details: dict = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return self.status != ABSENT
+
+    def serves(self, version: str) -> bool:
+        """In service with ``version`` live, and something there to answer."""
+        return self.live_version == version and self.status == "InService" and self.runtime_running
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
 
 class Hosting(abc.ABC):
     """One endpoint named by the settings, with one production variant of a stable name."""
 
     @abc.abstractmethod
-    def deploy(self, model: ModelSpec, routing: TrafficRouting, alarms: AlarmThresholds,
+    def deploy(self, model: ModelSpec, routing: TrafficRouting = TrafficRouting(),
+               alarms: AlarmThresholds = AlarmThresholds(), smoke_images: list[bytes] | None = None,
                capture_percent: int | None = None) -> DeployResult:
         """Create the endpoint, or update it blue/green; deploying the live version is a no-op.
 
+        ``smoke_images`` (JPEG/PNG) must each be answered with valid probabilities by the new model
+        (``hosting.smoke``), else it does not stay live; None: a few of the bucket's labelled images,
+        or drawn cabin scenes before there are any.
         ``capture_percent`` (0..100) sets the share of invocations captured once the model is live;
         None (and no ``Settings.capture_percent``) keeps what the endpoint captures (nothing, when new).
         """
@@ -95,19 +157,24 @@ class Hosting(abc.ABC):
         """Capture this share (0..100; 0: off) of the live endpoint's invocations from now on; the capture status."""
 
     @abc.abstractmethod
-    def rollback(self) -> DeployResult:
-        """Put traffic back on the previous model by hand."""
+    def rollback(self, smoke_images: list[bytes] | None = None) -> DeployResult:
+        """Put traffic back on the previous model by hand (its answers to ``smoke_images`` checked as in deploy)."""
 
     @abc.abstractmethod
-    def set_autoscaling(self, policy: ScalingPolicy) -> None: ...
+    def set_autoscaling(self, policy: ScalingPolicy | None) -> None:
+        """Register target tracking for the variant (replacing any); None removes it."""
 
     @abc.abstractmethod
-    def status(self) -> dict:
-        """JSON-able: endpoint, variants, instances, live version, runtime URL."""
+    def status(self) -> EndpointStatus:
+        """Endpoint, variants, instances, live version, runtime URL; read-only, starts nothing."""
 
     @abc.abstractmethod
-    def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None) -> tuple[bytes, str]:
-        """One request through the endpoint: (response body, variant that answered)."""
+    def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None,
+               accept: str = "application/json") -> tuple[bytes, str]:
+        """One request through the endpoint (SageMaker Runtime's InvokeEndpoint): (response body, variant that answered).
+
+        ``accept`` ``application/json;verbose=true`` asks the model server for the class, label and version too.
+        """
 
     @abc.abstractmethod
     def delete(self) -> None:

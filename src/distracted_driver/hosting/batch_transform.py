@@ -332,7 +332,7 @@ class BatchTransform:
 
     def run(self, model: str, images: str | Path, out_csv: str | Path) -> TransformResult:
         """Score ``images`` with ``model`` (a job, ``latest`` or ``live``) on Batch Transform; write ``out_csv``."""
-        from distracted_driver.train.registry import Registry
+        from distracted_driver.model.registry import Registry
 
         started = time.monotonic()
         self.options.check()

@@ -25,13 +25,16 @@ import numpy as np
 
 from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
-from distracted_driver.hosting.base import AlarmThresholds, DeployResult, Hosting, ModelSpec, TrafficRouting
+from distracted_driver.hosting.base import (
+    AlarmThresholds, DeployResult, Hosting, HostingError, ModelSpec, TrafficRouting,
+)
+from distracted_driver.hosting.smoke import content_type
 from distracted_driver.storage import Storage, open_storage
-from distracted_driver.train.artifact import probability_problem
+from distracted_driver.model.artifact import probability_problem
 from distracted_driver.train.gate import (
     SMOKE_TOLERANCE, GateError, NotCleared, SmokeSet, clearance, judge, smoke_set_for,
 )
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.registry import Registry
 
 EXAMPLES_IN_REASON = 3
 
@@ -69,7 +72,7 @@ def verify_endpoint(hosting: Hosting, smoke: SmokeSet, tolerance: float = SMOKE_
     for image, label, expected, source in zip(smoke.images, smoke.labels, smoke.probabilities, smoke.sources):
         check.requests += 1
         try:
-            body, _ = hosting.invoke(image, SmokeSet.content_type(image))
+            body, _ = hosting.invoke(image, content_type(image))
             served = json.loads(body)
         except Exception as error:  # noqa: BLE001 - every failed request is the finding
             check.problems.append(f"smoke image {source}: the endpoint request failed: {type(error).__name__}: {error}")
@@ -114,6 +117,12 @@ class Release:
     forced: dict | None = None  # what was written into the registry entry when --force was needed
     notes: list[str] = field(default_factory=list)
 
+    def report_lines(self) -> list[str]:
+        lines = [f"  note: {note}" for note in self.notes]
+        if self.smoke is not None:
+            lines.append(f"  smoke test: {self.smoke.summary()}")
+        return lines + self.result.report_lines()
+
 
 def release(
     settings: Settings,
@@ -125,6 +134,7 @@ def release(
     instances: int = 1,
     capture_percent: int | None = None,
     force: bool = False,
+    new_endpoint: bool = False,
     by: str = "",
     storage: Storage | None = None,
     log: Callable[[str], None] = lambda message: None,
@@ -133,8 +143,11 @@ def release(
 
     ``capture_percent`` sets the endpoint's data capture once the model is live (None: as it is).
 
-    Raises ``NotCleared`` (nothing deployed) when the model has no passing gate record and ``force`` is off.
+    Raises ``NotCleared`` (nothing deployed) when the model has no passing gate record and ``force`` is off,
+    and ``HostingError`` when ``new_endpoint`` is asked for and the endpoint exists.
     """
+    if new_endpoint and hosting.status().live_version:
+        raise HostingError(f"endpoint {settings.endpoint_name} exists already; update it with inv deploy.swap")
     registry = Registry(storage or open_storage(settings), settings)
     entry = registry.get(job)
     job = entry["job"]

@@ -16,6 +16,8 @@ variable defaults and once per ``envs/<env>.tfvars`` and asks, for each:
   project and nothing else;
 - variable defaults agree with ``Settings``, ``ScalingPolicy`` and ``AlarmThresholds``;
 - every variable has a description and a type; every checkov skip has a reason;
+  every module has a versions.tf with the root's floors, and a README whose inputs
+  and outputs tables match its .tf files (``infra.docs``);
 - what a fresh account's first apply and first build need: no reserved Lambda
   concurrency unless asked for, the grants AWS checks beyond the call itself
   (Application Auto Scaling's validation of the caller, ``kms:Encrypt`` for a
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +49,19 @@ from distracted_driver.hosting.aws import (
     transform_job_prefix,
 )
 from distracted_driver.hosting.base import AlarmThresholds, ScalingPolicy
+from distracted_driver.infra import docs
 from distracted_driver.infra.ecr import Image, lifecycle_expired
 from distracted_driver.infra.findings import Finding, Report
-from distracted_driver.infra.hcl import Configuration, Context, HclError, Module, skip_comments
+from distracted_driver.infra.hcl import (
+    Configuration,
+    Context,
+    HclError,
+    Module,
+    example_dirs,
+    nested_blocks,
+    requirements,
+    skip_comments,
+)
 from distracted_driver.monitor.cloudwatch import ALL_VARIANTS, DRIFT_METRIC, DRIFT_NAMESPACE
 
 API_GATEWAY_TIMEOUT_SECONDS = 29
@@ -87,6 +100,10 @@ class _Checker:
         if body is None:
             raise HclError(f"module {module} has no {type_}.{name}")
         return context, context.value(body)
+
+    def output(self, module: str, name: str):
+        context = self.config.instance(module)
+        return context.value(context.module.outputs[name]["value"])
 
     def policy(self, module: str, name: str) -> list[dict]:
         context = self.config.instance(module)
@@ -230,12 +247,37 @@ class _Checker:
                     f"{watched[0]}/{watched[1]} on {watched[2]} (monitor.cloudwatch puts {expected_drift[0]}/"
                     f"{expected_drift[1]} on {expected_drift[2]}); not a rollback alarm")
 
+    def storage_buckets(self) -> None:
+        """What checkov cannot follow through the storage module's for_each: every bucket has each setting, KMS
+        encryption but on the access-log target, access logs into that target, and a rule aborting stale uploads."""
+        storage = self.config.instance("storage")
+        resources = storage.module.resources
+        buckets = storage.value(resources[("aws_s3_bucket", "this")]["for_each"])
+        settings = [type_ for (type_, name), body in resources.items()
+                    if type_.startswith("aws_s3_bucket_") and type_ != "aws_s3_bucket_logging"]
+        partial = [type_ for type_ in settings if storage.value(resources[(type_, "this")].get("for_each")) != buckets]
+        self.expect("bucket-settings", not partial,
+                    f"{partial} do not cover every bucket" if partial else f"{sorted(settings)} for {sorted(buckets)}")
+        logging = resources[("aws_s3_bucket_logging", "this")]
+        target = re.fullmatch(r'\$\{storage:aws_s3_bucket\.this\["(\w+)"\]\.id\}', storage.value(logging["target_bucket"]))
+        target = target.group(1) if target else None
+        unlogged = sorted(name for name, bucket in buckets.items() if bucket["access_log_prefix"] is None)
+        self.expect("bucket-access-logs", unlogged == [target] and logging["for_each"] == "${local.access_logged}",
+                    f"every bucket logs into {target!r} but {unlogged}")
+        plain = sorted(name for name, bucket in buckets.items() if not bucket["sse_kms"])
+        self.expect("bucket-encryption", plain == [target], f"SSE-KMS for every bucket but {plain} (SSE-S3)")
+        endless = sorted(name for name, bucket in buckets.items()
+                         if not any(rule.get("abort_upload_days") for rule in bucket["lifecycle_rules"]))
+        self.expect("bucket-abort-uploads", not endless,
+                    f"{endless} keep incomplete uploads" if endless else "every bucket aborts incomplete uploads")
+
     def trigger(self) -> None:
         manifest_prefix = f"{self.var('raw_prefix')}/{MANIFESTS_DIR}/"
         _, notification = self.resource("trigger", "aws_s3_bucket_notification", "manifests")
         rule = notification["lambda_function"][0]
-        self.expect("trigger-bucket", notification["bucket"] == "${storage:aws_s3_bucket.data.id}",
-                    f"notification on {notification['bucket']}")
+        data_bucket = {attribute: self.output("storage", f"data_bucket_{attribute}") for attribute in ("name", "arn")}
+        self.expect("trigger-bucket", notification["bucket"] == data_bucket["name"],
+                    f"notification on {notification['bucket']} (the storage module's data bucket)")
         self.expect("trigger-prefix",
                     rule.get("filter_prefix") == manifest_prefix and rule.get("filter_suffix") == ".json",
                     f"{rule.get('filter_prefix')}*{rule.get('filter_suffix')} (data.add writes {manifest_prefix}<id>.json)")
@@ -246,7 +288,7 @@ class _Checker:
         _, permission = self.resource("trigger", "aws_lambda_permission", "s3")
         self.expect("trigger-permission",
                     permission["principal"] == "s3.amazonaws.com"
-                    and permission["source_arn"] == "${storage:aws_s3_bucket.data.arn}",
+                    and permission["source_arn"] == data_bucket["arn"],
                     f"{permission['principal']} from {permission['source_arn']}")
         statements = self.policy("trigger", "trigger")
         codebuild = [s for s in statements if any(a.startswith("codebuild:") for a in s["actions"])]
@@ -401,11 +443,43 @@ def _defaults_agree(config: Configuration) -> list[Finding]:
     return findings
 
 
+def _floor(constraint: str | None) -> str | None:
+    """The ``>= x`` part of a version constraint such as ``">= 5.40, < 7.0"``."""
+    floors = [part.strip() for part in (constraint or "").split(",") if part.strip().startswith(">=")]
+    return floors[0] if len(floors) == 1 else None
+
+
+def _versions(directory: Path, module: Module, root: tuple[str | None, dict[str, dict]]) -> Finding:
+    """A module's versions.tf: the root's Terraform floor, and each provider it uses from the root's source with
+    the root's floor (a module states what it needs; the root alone caps versions)."""
+    name = directory.name
+    version, providers = requirements(directory)
+    if version is None and not providers:
+        return Finding("module-versions", False, f"{name}: no versions.tf with required_version and required_providers")
+    root_version, root_providers = root
+    used = {type_.split("_")[0] for type_, _ in list(module.resources) + list(module.data)}
+    problems = [] if _floor(version) == _floor(root_version) else [
+        f"required_version {version!r}, the root's floor is {_floor(root_version)!r}"]
+    for provider in sorted(used | set(providers)):
+        spec, expected = providers.get(provider), root_providers.get(provider)
+        if spec is None or expected is None:
+            problems.append(f"uses {provider} without requiring it" if spec is None else f"requires {provider}, the root does not")
+        elif spec.get("source") != expected["source"] or spec.get("version") != _floor(expected.get("version")):
+            problems.append(f"{provider} {spec.get('source')!r} {spec.get('version')!r}, the root's is "
+                            f"{expected['source']!r} {_floor(expected.get('version'))!r}")
+    return Finding("module-versions", not problems, f"{name}: {'; '.join(problems) or f'requires {sorted(providers)} with the root floors'}")
+
+
 def _hygiene(config: Configuration) -> list[Finding]:
     findings = []
+    root_requirements = requirements(config.root_dir)
+    findings.append(Finding("module-versions", bool(root_requirements[1]) and _floor(root_requirements[0]) is not None,
+                            f"root: versions.tf {root_requirements}"))
     for directory in config.module_dirs():
         module = Module.load(directory)
         name = directory.name if directory != config.root_dir else "root"
+        if directory != config.root_dir:
+            findings.append(_versions(directory, module, root_requirements))
         undocumented = [v for v, spec in module.variables.items() if not spec.get("description") or "type" not in spec]
         findings.append(Finding("variables-documented", not undocumented,
                                 f"{name}: {undocumented or 'every variable has a description and a type'}"))
@@ -415,7 +489,7 @@ def _hygiene(config: Configuration) -> list[Finding]:
         findings.append(Finding("checkov-skips-justified", not short, f"{name}: {short or 'every skip has a reason'}"))
         empty = [f"{rname} rule {rule.get('id')}"
                  for rname, body in module.resources_of("aws_s3_bucket_lifecycle_configuration").items()
-                 for rule in body.get("rule", []) for block in rule.get("filter", [])
+                 for rule in nested_blocks(body, "rule") for block in nested_blocks(rule, "filter")
                  if not {k: v for k, v in block.items() if not k.startswith("__")}]
         findings.append(Finding("lifecycle-filter-not-empty", not empty,
                                 f"{name}: {empty or 'no empty filter {} (a warning from provider 5.90, an error later)'}"))
@@ -425,6 +499,38 @@ def _hygiene(config: Configuration) -> list[Finding]:
                                     "aws_iam_role_policy_attachment.apigateway_logs" in after,
                                     f"{name}: aws_api_gateway_account.{rname} depends_on {after or 'nothing'}"))
     return findings
+
+
+EXAMPLE_CALL = "distracted_driver"  # the module call of each examples/<env>/main.tf
+
+
+def _example(terraform_dir: Path, env: str, tfvars: Path, root: Configuration) -> Finding:
+    """``examples/<env>``: a root that reads the env's tfvars (a link), passes every variable on to the root
+    module and returns every output, so that the module gets exactly what ``-var-file=envs/<env>.tfvars`` gives."""
+    directory = terraform_dir / "examples" / env
+    values = directory / "terraform.tfvars"
+    if not values.is_file() or not values.samefile(tfvars):
+        return Finding("example", False, f"examples/{env}/terraform.tfvars is not a link to envs/{env}.tfvars", env)
+    example = Configuration(directory, values)
+    call = example.root_module.modules.get(EXAMPLE_CALL, {})
+    problems = [] if (directory / call.get("source", "-")).resolve() == terraform_dir.resolve() else [
+        f"module {EXAMPLE_CALL} does not call the root module"]
+    problems += [f"{name} is not passed on as var.{name}" for name in root.root_module.variables
+                 if call.get(name) != f"${{var.{name}}}"]
+    if not problems and example.instance(EXAMPLE_CALL).inputs != root.root.inputs:
+        problems.append(f"the module gets other values than envs/{env}.tfvars gives the root")
+    outputs = example.root_module.outputs
+    problems += [f"output {name} is not returned as it is" for name, spec in root.root_module.outputs.items()
+                 if outputs.get(name, {}).get("value") != f"${{module.{EXAMPLE_CALL}.{name}}}"
+                 or outputs[name].get("sensitive", False) != spec.get("sensitive", False)]
+    return Finding("example", not problems, f"examples/{env}: {'; '.join(problems) or f'the root module with envs/{env}.tfvars'}", env)
+
+
+def _module_docs(terraform_dir: Path) -> Finding:
+    outdated = [str(path.relative_to(terraform_dir)) for path in docs.stale(terraform_dir)]
+    return Finding("module-docs", not outdated,
+                   f"inputs/outputs tables differ from the .tf files in {outdated} (`inv infra.docs` rewrites them)"
+                   if outdated else "every README's inputs and outputs tables match the .tf files")
 
 
 def wiring_findings(terraform_dir: str | Path, repo_root: str | Path | None = None) -> Report:
@@ -439,15 +545,23 @@ def wiring_findings(terraform_dir: str | Path, repo_root: str | Path | None = No
             checker = _Checker(config, variant, repo_root)
             for check in (checker.predict_lambda, checker.rest_api, checker.autoscaling, checker.alarms,
                           checker.trigger, checker.codebuild, checker.sagemaker_role, checker.pipeline_settings,
-                          checker.lambda_concurrency, checker.implicit_grants, checker.ecr_lifecycle):
+                          checker.lambda_concurrency, checker.implicit_grants, checker.ecr_lifecycle,
+                          checker.storage_buckets):
                 try:
                     check()
                 except (HclError, KeyError, IndexError, TypeError, AttributeError) as error:
                     checker.expect(check.__name__, False, f"cannot evaluate: {type(error).__name__}: {error}")
             report.findings.extend(checker.findings)
+            if tfvars is not None:
+                report.findings.append(_example(terraform_dir, variant, tfvars, config))
             if tfvars is None:
                 report.findings.extend(_defaults_agree(config))
                 report.findings.extend(_hygiene(config))
+                report.findings.append(_module_docs(terraform_dir))
+                unmatched = sorted({path.name for path in example_dirs(terraform_dir)} - {env for env, _ in variants})
+                report.findings.append(Finding("example", not unmatched,
+                                               f"examples without an envs/<env>.tfvars: {unmatched}" if unmatched
+                                               else "every example is an environment's"))
         except HclError as error:
             report.findings.append(Finding("parse", False, str(error), variant))
     return report

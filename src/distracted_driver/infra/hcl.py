@@ -8,7 +8,8 @@ a data source) stays symbolic, qualified by the module that holds it, e.g.
 this the ARN attribute of that very resource?". Strings are partly resolved:
 ``arn:${data.aws_partition.current.partition}:sagemaker:...:endpoint/distracted-driver``.
 
-Supported: ``var.*``, ``local.*``, ``module.<name>.<output>``, string
+Supported: ``var.*``, ``local.*``, ``module.<name>.<output>``, ``each.*`` in one
+instance of a ``for_each`` block (``Context.for_each_instance``), string
 interpolation, ``tostring``/``lower``/``upper`` of one value, ``a * b`` /
 ``a + b`` of numbers, and ``[for x in <reference> : "<template>"]`` over a known
 list. Anything else (function calls, conditionals, other ``for`` expressions)
@@ -100,7 +101,15 @@ class Context:
     module: Module
     inputs: dict
     config: "Configuration"
+    each: dict | None = None  # {"key": ..., "value": ...} inside one instance of a for_each resource
     _resolving: set = field(default_factory=set)
+
+    def for_each_instance(self, body: dict, key: str) -> "Context":
+        """This module with ``each.key``/``each.value`` of the instance ``key`` of a ``for_each`` block."""
+        instances = self.value(body.get("for_each"))
+        if not isinstance(instances, dict) or key not in instances:
+            raise HclError(f"{self.module.path}: no for_each instance {key!r} in {body.get('for_each')!r}")
+        return Context(self.name, self.module, self.inputs, self.config, {"key": key, "value": instances[key]})
 
     def value(self, expression):
         """Resolve an expression as far as static knowledge goes."""
@@ -172,6 +181,8 @@ class Context:
             finally:
                 self._resolving.discard(key)
             return self._dig(value, parts[2:], ref)
+        if head == "each" and self.each is not None and len(parts) >= 2 and parts[1] in self.each:
+            return self._dig(self.each[parts[1]], parts[2:], ref)
         if head == "path" and len(parts) == 2 and parts[1] in ("module", "root", "cwd"):
             return str(self.module.path if parts[1] == "module" else self.config.root_dir.resolve())
         if head == "module" and len(parts) >= 3:
@@ -230,6 +241,29 @@ class Configuration:
 
     def module_dirs(self) -> list[Path]:
         return [self.root_dir] + [(self.root_dir / call["source"]).resolve() for call in self.root_module.modules.values()]
+
+
+def example_dirs(terraform_dir: str | Path) -> list[Path]:
+    """The runnable roots under ``examples/`` (``examples/<env>`` calls the root module with an env's values)."""
+    return sorted(path for path in (Path(terraform_dir) / "examples").glob("*") if any(path.glob("*.tf")))
+
+
+def requirements(directory: str | Path) -> tuple[str | None, dict[str, dict]]:
+    """``required_version`` and ``{provider: {"source": ..., "version": ...}}`` of a module's versions.tf
+    (``(None, {})`` where it has none)."""
+    path = Path(directory) / "versions.tf"
+    version, providers = None, {}
+    for block in (parse_file(path).get("terraform", []) if path.is_file() else []):
+        version = block.get("required_version", version)
+        for required in block.get("required_providers", []):
+            providers.update({name: spec for name, spec in required.items() if not name.startswith("__")})
+    return version, providers
+
+
+def nested_blocks(body: dict, name: str) -> list[dict]:
+    """The ``name`` blocks inside a block: written out, and the ``content`` of each ``dynamic "name"``."""
+    dynamic = [spec for block in body.get("dynamic", []) for kind, spec in block.items() if kind == name]
+    return list(body.get(name, [])) + [content for spec in dynamic for content in spec.get("content", [])]
 
 
 def skip_comments(body: dict) -> list[tuple[str, str]]:

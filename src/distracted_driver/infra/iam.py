@@ -51,7 +51,7 @@ ARN_OF = {
     "aws_cloudwatch_log_group": ("name", "arn:{p}:logs:{r}:{a}:log-group:{name}"),
     "aws_sqs_queue": ("name", "arn:{p}:sqs:{r}:{a}:{name}"),
 }
-_SYMBOL = re.compile(r"\$\{(\w+):(?:(data)\.)?(\w+)\.(\w+)(?:\[\d+\])?\.(\w+)\}")
+_SYMBOL = re.compile(r'\$\{(\w+):(?:(data)\.)?(\w+)\.(\w+)(?:\[\d+\]|\["(\w+)"\])?\.(\w+)\}')
 # Operations whose IAM action is not named like the API call (Amazon S3's "Actions" page:
 # https://docs.aws.amazon.com/AmazonS3/latest/API/API_Operations_Amazon_Simple_Storage_Service.html
 # and the "Policy actions" table of the S3 User Guide).
@@ -134,7 +134,7 @@ class Rendered:
         return value
 
     def _symbol(self, match: re.Match) -> str:
-        module, data, kind, name, attribute = match.groups()
+        module, data, kind, name, key, attribute = match.groups()
         if data and kind == "aws_partition":
             return PARTITION
         if data and kind == "aws_caller_identity":
@@ -144,7 +144,10 @@ class Rendered:
         if data or kind not in ARN_OF:
             return match.group(0)
         context = self.config.root if module == "root" else self.config.instance(module)
-        body = context.value(context.module.resources[(kind, name)])
+        block = context.module.resources[(kind, name)]
+        if key is not None:  # one instance of a for_each resource
+            context = context.for_each_instance(block, key)
+        body = context.value(block)
         field_name, template = ARN_OF[kind]
         named = self.concrete(body.get(field_name, name)) if field_name else name
         if attribute == "arn":
@@ -174,7 +177,7 @@ class Rendered:
 @functools.lru_cache(maxsize=8)
 def managed_policy(name: str) -> dict:
     """An AWS managed policy's document, from the copy moto ships of AWS's managed policies."""
-    from moto.iam.aws_managed_policies import aws_managed_policies_data
+    from moto.iam.aws_managed_policies import aws_managed_policies_data  # ops extra, slow to load
 
     document = json.loads(aws_managed_policies_data)[name]["Document"]
     return {**document, "Name": f"AWS managed {name}"}
@@ -186,7 +189,7 @@ def managed_policy(name: str) -> dict:
 @functools.lru_cache(maxsize=4096)
 def action_data(action: str) -> tuple[str, ...] | None:
     """The action's resource ARN formats (("*",) when it has no resource types); None when it does not exist."""
-    from policy_sentry.querying.actions import get_action_data
+    from policy_sentry.querying.actions import get_action_data  # ops extra, slow to load
 
     service, name = action.split(":", 1)
     found = (get_action_data(service, name) or {}).get(service) or []
@@ -497,7 +500,7 @@ def service_operations(rendered: Rendered) -> list[Operation]:
 
 
 def _allowed_by(document: dict, operation: Operation):
-    from moto.iam.access_control import IAMPolicy, PermissionResult
+    from moto.iam.access_control import IAMPolicy, PermissionResult  # ops extra, slow to load
 
     statements = [{k: v for k, v in s.items() if k != "Sid"} for s in document["Statement"]]
     verdict = IAMPolicy(json.dumps({"Version": "2012-10-17", "Statement": statements})).is_action_permitted(
@@ -507,7 +510,7 @@ def _allowed_by(document: dict, operation: Operation):
 
 def _should_allow(documents: list[dict], operation: Operation) -> str:
     """The statement that should allow a denied operation: the one with its action, else its service's."""
-    from moto.iam.access_control import IAMPolicyStatement
+    from moto.iam.access_control import IAMPolicyStatement  # ops extra, slow to load
 
     service = operation.action.split(":")[0]
 

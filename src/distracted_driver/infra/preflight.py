@@ -25,9 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from distracted_driver.infra.findings import Finding, Report
+from distracted_driver.infra.hcl import Configuration, parse_file
+from distracted_driver.train.sagemaker import BUILTIN_INSTANCE_TYPE
 
 LAMBDA_QUOTA_CODE = "L-B99A9384"  # Lambda "Concurrent executions"
 LAMBDA_MIN_UNRESERVED = 100  # Lambda refuses a reservation that leaves fewer unreserved
@@ -50,9 +53,6 @@ class Needs:
 
 def needs_of(terraform_dir: str | Path, env: str) -> Needs:
     """Read the env's values as Terraform would resolve them (variable defaults, then the tfvars)."""
-    from distracted_driver.infra.hcl import Configuration
-    from distracted_driver.train.sagemaker import BUILTIN_INSTANCE_TYPE
-
     terraform_dir = Path(terraform_dir)
     config = Configuration(terraform_dir, terraform_dir / "envs" / f"{env}.tfvars")
     var = config.variable
@@ -74,8 +74,6 @@ def needs_of(terraform_dir: str | Path, env: str) -> Needs:
 
 def state_bucket(backend_file: Path) -> str | None:
     """The bucket of an S3 backend in ``backend.tf`` (None without one)."""
-    from distracted_driver.infra.hcl import parse_file
-
     if not backend_file.is_file():
         return None
     for block in parse_file(backend_file).get("terraform", []):
@@ -216,8 +214,6 @@ class Preflight:
 
 
 def preflight(terraform_dir: str | Path, env: str, session=None, build: bool = False) -> Report:
-    import boto3
-
     needs = needs_of(terraform_dir, env)
     return Preflight(needs, session or boto3.session.Session(), build=build).run()
 

@@ -22,9 +22,13 @@ from __future__ import annotations
 import io
 import json
 import re
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
+
+import hcl2
+from hcl2 import SerializationOptions
 
 from distracted_driver.infra.findings import Finding
 
@@ -113,9 +117,6 @@ def build(wheel: str | Path, out_dir: str | Path) -> Path:
 
 
 def _parse(path: Path) -> dict:
-    import hcl2
-    from hcl2 import SerializationOptions
-
     options = SerializationOptions(strip_string_quotes=True, explicit_blocks=True, with_comments=False)
     return hcl2.loads(path.read_text(), serialization_options=options)
 
@@ -187,8 +188,6 @@ def schemas(directory: str | Path) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m distracted_driver.infra.provider_schema OUT_DIR WHEEL...`` (what ``make provider-schema`` runs)."""
-    import sys
-
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2:
         print("usage: python -m distracted_driver.infra.provider_schema OUT_DIR WHEEL...", file=sys.stderr)

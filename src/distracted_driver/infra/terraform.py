@@ -11,6 +11,7 @@ the same map CodeBuild reads from SSM); ``write_env_file`` puts it in
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shlex
 import sys
@@ -18,8 +19,12 @@ import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import boto3
+from botocore.exceptions import ClientError
+
 from distracted_driver.config import Settings, read_env_file
 from distracted_driver.fsutil import write_bytes_atomic
+from distracted_driver.infra.hcl import Configuration
 
 TERRAFORM_DIR = "terraform"
 ENV_FILE = "aws.env"
@@ -74,17 +79,12 @@ def output_command(settings: Settings) -> str:
 
 def endpoint_of(settings: Settings, env: str) -> tuple[str, str]:
     """(region, endpoint name) that ``envs/<env>.tfvars`` configures, read statically."""
-    from distracted_driver.infra.hcl import Configuration
-
     config = Configuration(terraform_dir(settings), var_file(settings, env))
     return config.variable("region"), config.variable("endpoint_name")
 
 
 def endpoint_exists(region: str, endpoint: str, client=None) -> bool:
     """Does the deploy task's endpoint exist yet? (The autoscaling module waits for it.)"""
-    import boto3
-    from botocore.exceptions import ClientError
-
     client = client or boto3.client("sagemaker", region_name=region)
     try:
         client.describe_endpoint(EndpointName=endpoint)
@@ -147,8 +147,6 @@ def record_serving_image(settings: Settings, image: str) -> Path:
 
 def serving_repository(settings: Settings) -> str:
     """The ECR repository of the serving image (Terraform output, via SSM in CI or .state/aws.env)."""
-    import os
-
     repository = os.environ.get("DD_SERVING_IMAGE_REPOSITORY") or read_env_file(env_file(settings)).get(
         "DD_SERVING_IMAGE_REPOSITORY")
     if not repository:

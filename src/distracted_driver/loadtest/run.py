@@ -9,13 +9,9 @@ from pathlib import Path
 
 from distracted_driver.config import Settings
 from distracted_driver.fsutil import write_json_atomic
-from distracted_driver.loadtest.locust_run import (
-    LOCUSTFILE,
-    LoadTestError,
-    LoadTestSummary,
-    parse_run_time,
-    run_locust,
-)
+from distracted_driver.gateway import daemon, gateway_status
+from distracted_driver.hosting import open_hosting
+from distracted_driver.loadtest.locust_run import LOCUSTFILE, LoadTestError, LoadTestSummary, parse_run_time, run_locust
 from distracted_driver.loadtest.report import plot_capacity, plot_history
 from distracted_driver.loadtest.slo import SLO
 
@@ -38,6 +34,9 @@ class LoadTestResult:
     def passed(self) -> bool:
         return not self.misses
 
+    def report_lines(self) -> list[str]:
+        return [self.summary.line(), f"report: {self.report_dir}"] + (["all SLOs met"] if self.passed else [])
+
 
 def resolve_target(settings: Settings, host: str | None = None, api_key: str | None = None) -> Target:
     """The URL and key to load: given ones, else the local API's (``inv api.status``)."""
@@ -45,12 +44,9 @@ def resolve_target(settings: Settings, host: str | None = None, api_key: str | N
         if api_key is None:
             api_key = os.environ.get("DD_API_KEY")
         if api_key is None:
-            from distracted_driver.gateway import daemon
-
             local = daemon.key_store(settings).first()
             api_key = local["value"] if local else None
         return Target(host.rstrip("/"), api_key)
-    from distracted_driver.gateway import gateway_status
 
     status = gateway_status(settings)
     if not status["running"]:
@@ -124,6 +120,16 @@ class CapacityResult:
         """SageMaker's guidance: max RPS per instance × safety factor × 60 (a per-minute metric)."""
         return self.rps_per_instance * self.safety_factor * 60
 
+    def report_lines(self) -> list[str]:
+        return [
+            f"stopped: {self.stop_reason}",
+            f"highest sustainable: {self.max_rps:.1f} requests/s at {self.users_at_max} users "
+            f"({self.rps_per_instance:.1f} per instance, {self.instances} instance(s))",
+            f"autoscaling target (SageMakerVariantInvocationsPerInstance, per minute): "
+            f"{self.rps_per_instance:.1f} x {self.safety_factor} x 60 = {self.target_invocations_per_instance:.0f}",
+            f"report: {self.report_dir}",
+        ]
+
     def to_dict(self) -> dict:
         return {
             "steps": self.steps, "max_rps": self.max_rps, "users_at_max": self.users_at_max,
@@ -194,14 +200,6 @@ def _instances(settings: Settings, host: str | None) -> int:
     if host:
         return 1
     try:
-        from distracted_driver.hosting import open_hosting
-
-        instances = open_hosting(settings).status().get("instances", 1)
+        return max(open_hosting(settings).status().instance_count, 1)
     except Exception:  # the hosting status is informative here, never a reason to fail the search
-        return 1
-    if isinstance(instances, (list, tuple, dict)):
-        return max(len(instances), 1)
-    try:
-        return max(int(instances), 1)
-    except (TypeError, ValueError):
         return 1

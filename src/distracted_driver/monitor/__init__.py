@@ -1,5 +1,5 @@
-"""Monitoring: what the live endpoint sees (data capture), how it drifts from training, and the way back to labels.
+"""Monitoring: what the live endpoint saw (reading data capture), how it drifts from training, and the way back to labels.
 
-Import nothing here: the local runtime imports ``monitor.capture`` to write
-captured traffic, and must not load what the drift report needs.
+The capture format and its writer are the serving side's (``serve.capture``): the local
+runtime writes with them and must not load what the monitoring reports need.
 """

@@ -25,7 +25,7 @@ from distracted_driver.data.convert import ConvertOptions
 from distracted_driver.data.image_stats import STATISTICS
 from distracted_driver.monitor import drift, plots
 from distracted_driver.monitor.traffic import Traffic, observe
-from distracted_driver.train.artifact import ArtifactError
+from distracted_driver.model.artifact import ArtifactError
 from distracted_driver.train.baseline import Baseline
 
 EXIT_DRIFT = 3
@@ -191,11 +191,11 @@ def drift_report(settings: Settings, since: datetime | None = None, variant: str
                  progress: bool = False, now: datetime | None = None) -> MonitorResult:
     """Read the window's captured records, judge them against the live model's baseline, write the report."""
     from distracted_driver.monitor.capture import iter_capture_records
-    from distracted_driver.serve.inference import Classifier
-    from distracted_driver.serve.model_cache import fetch_artifact
+    from distracted_driver.model.inference import Classifier
+    from distracted_driver.model.cache import fetch_artifact
     from distracted_driver.storage import open_storage
     from distracted_driver.train.baseline import load_baseline
-    from distracted_driver.train.registry import Registry
+    from distracted_driver.model.registry import Registry
 
     now = now or datetime.now(UTC)
     limits = drift.DriftThresholds.load(thresholds or THRESHOLDS)

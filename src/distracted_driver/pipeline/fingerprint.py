@@ -3,8 +3,9 @@
 The git commit would retrain on every commit, even one that only touches the
 README or the load test. Instead each stage hashes the files whose content can
 change what it produces: the converter hashes the split and RecordIO code, the
-trainer everything under ``train/`` that runs inside the training job plus the
-shared image and RecordIO code and ``scripts/train.py``. Bookkeeping around the
+trainer everything under ``train/`` that runs inside the training job, the
+artifact, evaluation and precision code of ``model/`` it runs too, the shared
+image and RecordIO code and ``scripts/train.py``. Bookkeeping around the
 job (the registry, the gate, the local runner, the SageMaker launcher) is left out: a
 change there does not change a model.
 """
@@ -19,8 +20,10 @@ PACKAGE = Path(__file__).resolve().parents[1]
 REPOSITORY = PACKAGE.parents[1]  # src/distracted_driver -> the checkout (editable install)
 
 CONVERT_SOURCES = ("data/split.py", "data/convert.py", "data/recordio.py", "data/layout.py")
-TRAINING_SOURCES = ("train/*.py", "data/imaging.py", "data/payload.py", "data/recordio.py", "data/layout.py")
-TRAINING_EXCLUDED = ("train/registry.py", "train/gate.py", "train/runner.py", "train/sagemaker.py", "train/source_dir.py")
+# The job also packs, evaluates and picks the precision of its own export: model/ minus the registry and cache.
+TRAINING_SOURCES = ("train/*.py", "model/artifact.py", "model/precision.py", "model/evaluate.py", "model/inference.py",
+                    "data/channel.py", "data/imaging.py", "data/payload.py", "data/recordio.py", "data/layout.py")
+TRAINING_EXCLUDED = ("train/gate.py", "train/runner.py", "train/sagemaker.py", "train/source_dir.py")
 TRAINING_SCRIPT = REPOSITORY / "scripts" / "train.py"
 
 

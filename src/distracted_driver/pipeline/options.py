@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from distracted_driver.config import parse_percent
-from distracted_driver.hosting.base import STRATEGIES
+from distracted_driver.hosting import STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,35 @@ def parse_key_values(text: str | None) -> dict[str, str]:
             raise ValueError(f"expected key=value, not {item!r}")
         values[key.strip()] = value.strip()
     return values
+
+
+# The flags ``inv pipeline.run`` and ``inv pipeline.watch`` share: name -> (default, help). None and "" leave
+# the option to ``RunOptions`` (or the training script); ``options_from_flags`` takes exactly these.
+FLAGS: dict[str, tuple[object, str]] = {
+    "backend": (None, "local or aws (default local)"),
+    "strategy": ("canary", "blue/green traffic shifting: canary (default), linear or all-at-once"),
+    "epochs": (None, "training epochs (default: the training script's)"),
+    "learning_rate": (None, "training learning rate (default: the training script's)"),
+    "mini_batch_size": (None, "images per training step (default: the training script's)"),
+    "image_size": (None, "network input size (default: the training script's)"),
+    "seed": (None, "training seed (default: the training script's)"),
+    "extra": ("", "more training flags as key=value,key=value (e.g. dropout=0.3,freeze-backbone=false)"),
+    "val_fraction": (None, "share of the images (whole drivers) put in validation (default 0.2)"),
+    "val_drivers": (None, "put this many whole drivers in validation instead"),
+    "resize": (None, "converter: shorter edge in pixels (default 256)"),
+    "gate_tolerance": (None, "how much worse than the live model's validation log loss a candidate may be "
+                             "(default 0.05)"),
+    "canary_percent": (None, "canary: share of capacity that gets traffic first (default 10)"),
+    "wait_seconds": (None, "wait between traffic shifts (default 10)"),
+    "bake_seconds": (None, "alarm watch with all traffic on green (default 10)"),
+    "alarm_max_p99_ms": (None, "roll back when green's p99 latency passes this (default 2000)"),
+    "alarm_max_error_rate": (None, "roll back when green's error rate passes this (default 0.05)"),
+    "load_users": (None, "load test: Locust users (default 4)"),
+    "load_seconds": (None, "load test: seconds (default 15; 0 skips the load test)"),
+    "api_url": (None, "REST API to smoke-test and load (default: the local gateway; the API stage URL on aws)"),
+    "capture_percent": (None, "data capture: share of invocations the endpoint captures once the candidate is "
+                              "live, 0..100 (default: as it is now, nothing for a new endpoint)"),
+}
 
 
 def options_from_flags(*, epochs=None, learning_rate=None, mini_batch_size=None, image_size=None, seed=None,

@@ -11,10 +11,10 @@ from distracted_driver.pipeline.records import RunRecord
 
 def plot_history(records: list[RunRecord], path: str | Path) -> Path:
     """Horizontal stacked bars (seconds per stage) per run, newest at the top, labelled with the outcome."""
-    import matplotlib
+    import matplotlib  # pyplot takes about a second and picks a backend: loaded only to draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyplot takes about a second and picks a backend: loaded only to draw
 
     records = records[-30:]
     fig, ax = plt.subplots(figsize=(11, 1.6 + 0.45 * max(len(records), 1)))

@@ -23,36 +23,38 @@ so a run with nothing to do takes about a second.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from distracted_driver.config import Settings
 from distracted_driver.pipeline import outcomes
+from distracted_driver.pipeline.context import RunContext, StageFailed, Stop
 from distracted_driver.pipeline.lock import DEFAULT_MAX_AGE_SECONDS, LockBusy, PipelineLock
 from distracted_driver.pipeline.options import RunOptions
 from distracted_driver.pipeline.records import (
-    DONE, FAILED, FINISHED, PENDING, REUSED, RUNNING, SKIPPED, RunRecord, RunStore, StageRecord, new_run_id, now_iso,
+    DONE,
+    FAILED,
+    FINISHED,
+    PENDING,
+    REUSED,
+    RUNNING,
+    SKIPPED,
+    RunRecord,
+    RunStore,
+    StageRecord,
+    new_run_id,
+    now_iso,
 )
+from distracted_driver.pipeline.stages import PIPELINE
 from distracted_driver.storage import Storage, open_storage
+from distracted_driver.train.runner import close_orphaned_jobs
 
 logger = logging.getLogger(__name__)
-
-
-class StageFailed(Exception):
-    """A stage could not do its work; the message is the reason people read."""
-
-
-@dataclass(frozen=True)
-class Stop:
-    """A stage's verdict that ends the run early with an outcome."""
-
-    outcome: str
-    reason: str
 
 
 class Interrupted(BaseException):
@@ -63,43 +65,6 @@ class ResumeConflict(ValueError):
     """``--resume`` was given options other than those of the run it would continue."""
 
 
-@dataclass
-class RunContext:
-    settings: Settings
-    storage: Storage
-    store: RunStore
-    options: RunOptions
-    record: RunRecord
-    log: Callable[[str], None]
-    stream: TextIO | None = None  # where long stages (training) copy their output; None: quiet
-    progress: bool = True  # progress bars of long stages
-    resumed: RunRecord | None = None  # with --resume: the run this one continues
-    outputs: dict[str, dict] = field(default_factory=dict)  # outputs of finished stages, by stage name
-    carried: dict[str, StageRecord] = field(default_factory=dict)  # stages the resumed run finished, taken over
-    _memo: dict = field(default_factory=dict)
-
-    def memo(self, key: str, compute: Callable):
-        """Compute once per run (live model, hosting handle, reuse checks)."""
-        if key not in self._memo:
-            self._memo[key] = compute()
-        return self._memo[key]
-
-    def memo_clear(self, key: str) -> None:
-        self._memo.pop(key, None)
-
-    def reusable(self, stage) -> dict | None:
-        """The cached outputs of ``stage`` for its current inputs, if still valid; else None."""
-
-        def check():
-            inputs = stage.inputs(self)
-            entry = self.store.recall(stage.name, StageRecord.hash_inputs(inputs))
-            if entry and stage.still_valid(self, entry["outputs"]):
-                return entry
-            return None
-
-        return self.memo(f"reusable:{stage.name}", check)
-
-
 def run_pipeline(settings: Settings, options: RunOptions | None = None, *, storage: Storage | None = None,
                  log: Callable[[str], None] | None = None, stream: TextIO | None = sys.stderr,
                  progress: bool = True) -> RunRecord:
@@ -107,8 +72,6 @@ def run_pipeline(settings: Settings, options: RunOptions | None = None, *, stora
 
     Raises ``ResumeConflict`` (nothing recorded) when ``--resume`` comes with options of its own.
     """
-    from distracted_driver.pipeline.stages import PIPELINE
-
     options = options or RunOptions()
     storage = storage or open_storage(settings)
     log = log or _print_progress
@@ -162,8 +125,6 @@ def _begin(store: RunStore, settings: Settings, storage: Storage, record: RunRec
         _close_killed_run(store, latest, record.run_id)
         log(f"run {latest.run_id} was killed: recorded as {latest.outcome}")
     if settings.backend == "local":
-        from distracted_driver.train.runner import close_orphaned_jobs
-
         for job, reason in close_orphaned_jobs(storage, settings, closed_by=f"pipeline run {record.run_id}"):
             log(f"training job {job}: recorded as Stopped ({reason})")
     if not options.resume:
@@ -353,6 +314,11 @@ def print_summary(record: RunRecord, file=None) -> None:
     if record.outcome != outcomes.NOTHING_TO_DO and any(s.status != PENDING for s in record.stages):
         print(format_stages(record), file=file)
     print(summary_line(record), file=file)
+
+
+def history_text(records: list[RunRecord], as_json: bool = False) -> str:
+    """``inv pipeline.history``: the runs as JSON, or as ``format_history``'s table."""
+    return json.dumps([r.to_dict() for r in records], indent=2) if as_json else format_history(records)
 
 
 def format_history(records: list[RunRecord]) -> str:

@@ -19,12 +19,14 @@ stays fast.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+from distracted_driver.hashing import sha256_file
 from distracted_driver.pipeline import outcomes
+from distracted_driver.pipeline.context import RunContext, StageFailed, Stop
 from distracted_driver.pipeline.fingerprint import convert_code_version, training_code_version
 from distracted_driver.pipeline.records import DONE, SKIPPED, StageRecord
-from distracted_driver.pipeline.run import RunContext, StageFailed, Stop
 
 DATA_MANIFEST = "manifest.json"
 SPLIT_OPTIONS = ("val_drivers", "val_fraction", "fold", "folds", "seed")
@@ -65,7 +67,7 @@ def raw_manifest(context: RunContext) -> dict:
     """The newest raw-data manifest (what ``inv data.add`` wrote last)."""
 
     def read():
-        from distracted_driver.data.ingest import latest_manifest
+        from distracted_driver.data.ingest import latest_manifest  # loaded when the stage runs
 
         manifest = latest_manifest(context.storage, context.settings)
         if manifest is None:
@@ -96,7 +98,7 @@ class Materialize(Stage):
         return marker.is_file() and marker.read_text() == outputs["raw_listing_sha256"]
 
     def run(self, context, record):
-        from distracted_driver.data.ingest import materialize_raw
+        from distracted_driver.data.ingest import materialize_raw  # loaded when the stage runs
 
         manifest = raw_manifest(context)
         directory = _work(context, "raw")
@@ -111,14 +113,14 @@ class Materialize(Stage):
 
 def convert_settings(context: RunContext) -> tuple[dict, dict]:
     """(split options, converter options) with every default filled in, as the convert stage hashes them."""
-    from distracted_driver.data.convert import ConvertOptions
+    from distracted_driver.data.convert import ConvertOptions  # loaded when the stage runs
 
     given = dict(context.options.convert)
     split = {key: given.pop(key, None) for key in SPLIT_OPTIONS}
     split["folds"] = split["folds"] or 5
     split["seed"] = split["seed"] or 0
     if split["val_drivers"] is None and split["fold"] is None and split["val_fraction"] is None:
-        from distracted_driver.data.split import DEFAULT_VAL_FRACTION
+        from distracted_driver.data.split import DEFAULT_VAL_FRACTION  # loaded when the stage runs
 
         split["val_fraction"] = DEFAULT_VAL_FRACTION
     try:
@@ -144,8 +146,7 @@ def bucket_holds_channels(context: RunContext, data_sha256: str) -> bool:
 
 def local_channels(directory: Path, data_sha256: str) -> bool:
     """The channel directory is complete and is the one ``data_sha256`` names."""
-    from distracted_driver.data.channels import ChannelsError, verify_channels
-    from distracted_driver.hashing import sha256_file
+    from distracted_driver.data.channels import ChannelsError, verify_channels  # loaded when the stage runs
 
     manifest = directory / DATA_MANIFEST
     if not manifest.is_file() or sha256_file(manifest) != data_sha256:
@@ -172,9 +173,8 @@ class Convert(Stage):
                 or bucket_holds_channels(context, outputs["data_sha256"]))
 
     def run(self, context, record):
-        from distracted_driver.data.channels import build_channels
-        from distracted_driver.data.convert import ConvertOptions
-        from distracted_driver.hashing import sha256_file
+        from distracted_driver.data.channels import build_channels  # loaded when the stage runs
+        from distracted_driver.data.convert import ConvertOptions  # loaded when the stage runs
 
         source = context.outputs.get("materialize", {}).get("directory")
         if not source:
@@ -206,7 +206,7 @@ class Upload(Stage):
         return bucket_holds_channels(context, outputs["data_sha256"])
 
     def run(self, context, record):
-        from distracted_driver.data.channels import ChannelsError, upload_channels
+        from distracted_driver.data.channels import ChannelsError, upload_channels  # loaded when the stage runs
 
         data_sha256 = context.outputs["convert"]["data_sha256"]
         directory = Path(context.outputs["convert"]["directory"])
@@ -240,7 +240,7 @@ def live_version(context: RunContext) -> str | None:
     """The version the registry records as serving traffic."""
 
     def read():
-        from distracted_driver.train.registry import Registry
+        from distracted_driver.model.registry import Registry  # loaded when the stage runs
 
         live = Registry(context.storage, context.settings).live()
         return live["job"] if live else None
@@ -264,7 +264,7 @@ class Train(Stage):
         return inputs
 
     def still_valid(self, context, outputs):
-        from distracted_driver.train.registry import Registry, RegistryError
+        from distracted_driver.model.registry import Registry, RegistryError  # loaded when the stage runs
 
         try:
             Registry(context.storage, context.settings).get(outputs["job"])
@@ -273,24 +273,14 @@ class Train(Stage):
         return context.storage.checksum(outputs["artifact_key"]) == outputs["artifact_sha256"]
 
     def run(self, context, record):
-        from distracted_driver.train.registry import Registry
+        from distracted_driver.model.registry import Registry  # loaded when the stage runs
+        from distracted_driver.train import TrainingFailed, open_trainer  # loaded when the stage runs
 
         hyperparameters = normalized_hyperparameters(context.options.hyperparameters)
+        trainer = open_trainer(context.settings, algorithm=context.options.algorithm, stream=context.stream)
         try:
-            if context.settings.backend == "aws":
-                from distracted_driver.train.sagemaker import run_sagemaker_job
-
-                job = run_sagemaker_job(context.settings, hyperparameters, algorithm=context.options.algorithm)
-            else:
-                from distracted_driver.train.runner import TrainingJobFailed, run_local_job
-
-                try:
-                    job = run_local_job(context.settings, hyperparameters, stream=context.stream)
-                except TrainingJobFailed as error:
-                    raise StageFailed(str(error)) from None
-        except StageFailed:
-            raise
-        except RuntimeError as error:  # the SageMaker job failed: its reason is in the message
+            job = trainer.train(hyperparameters)
+        except TrainingFailed as error:  # its reason (and, locally, its log) is in the message
             raise StageFailed(str(error)) from None
         entry = Registry(context.storage, context.settings).get(job)
         metrics = entry["metrics"]
@@ -314,7 +304,7 @@ class Evaluate(Stage):
                 "data_sha256": context.outputs["upload"]["data_sha256"]}
 
     def run(self, context, record):
-        from distracted_driver.train.evaluate import evaluate_model
+        from distracted_driver.model.evaluate import evaluate_model  # loaded when the stage runs
 
         job = context.outputs["train"]["job"]
         report_dir = context.settings.root / "reports" / "pipeline" / context.record.run_id / "evaluate"
@@ -341,7 +331,7 @@ class Gate(Stage):
         return ""
 
     def inputs(self, context):
-        from distracted_driver.train.gate import DEFAULT_TOLERANCE
+        from distracted_driver.train.gate import DEFAULT_TOLERANCE  # loaded when the stage runs
 
         tolerance = context.options.gate_tolerance
         return {"candidate": context.outputs["train"]["job"],
@@ -357,9 +347,9 @@ class Gate(Stage):
         return bool(key) and context.storage.exists(key)
 
     def run(self, context, record):
-        from distracted_driver.train.artifact import ArtifactError
-        from distracted_driver.train.gate import GateError, judge
-        from distracted_driver.train.registry import Registry, RegistryError
+        from distracted_driver.model.artifact import ArtifactError  # loaded when the stage runs
+        from distracted_driver.model.registry import Registry, RegistryError  # loaded when the stage runs
+        from distracted_driver.train.gate import GateError, judge  # loaded when the stage runs
 
         inputs = record.inputs
         try:
@@ -395,18 +385,11 @@ class Gate(Stage):
 
 def hosting(context: RunContext):
     def open_it():
-        from distracted_driver.hosting import open_hosting
+        from distracted_driver.hosting import open_hosting  # loaded when the stage runs
 
         return open_hosting(context.settings)
 
     return context.memo("hosting", open_it)
-
-
-def serving(status: dict, version: str) -> bool:
-    """The endpoint is in service with ``version`` on its live variant (and, locally, its runtime is up)."""
-    state = status.get("endpoint_status") or status.get("status")
-    running = status.get("runtime", {}).get("running", True)
-    return status.get("live_version") == version and state == "InService" and running
 
 
 class Deploy(Stage):
@@ -416,7 +399,7 @@ class Deploy(Stage):
 
     def not_needed(self, context):
         candidate = context.outputs["train"]["job"]
-        if live_version(context) == candidate and serving(hosting(context).status(), candidate):
+        if live_version(context) == candidate and hosting(context).status().serves(candidate):
             return f"{candidate} is live and in service"
         return ""
 
@@ -428,7 +411,7 @@ class Deploy(Stage):
 
     @staticmethod
     def routing(context: RunContext):
-        from distracted_driver.hosting.base import TrafficRouting
+        from distracted_driver.hosting import TrafficRouting  # loaded when the stage runs
 
         o = context.options
         return TrafficRouting(strategy=o.strategy, canary_percent=o.canary_percent,
@@ -437,7 +420,7 @@ class Deploy(Stage):
 
     @staticmethod
     def alarms(context: RunContext):
-        from distracted_driver.hosting.base import AlarmThresholds
+        from distracted_driver.hosting import AlarmThresholds  # loaded when the stage runs
 
         o = context.options
         return AlarmThresholds(max_error_rate=o.alarm_max_error_rate, max_p99_latency_ms=o.alarm_max_p99_ms)
@@ -446,9 +429,9 @@ class Deploy(Stage):
         return False  # a deploy changes the endpoint; whether it holds is asked of the endpoint each time
 
     def run(self, context, record):
-        from distracted_driver.hosting.base import ModelSpec
-        from distracted_driver.train.gate import NotCleared, clearance
-        from distracted_driver.train.registry import Registry
+        from distracted_driver.hosting import ModelSpec  # loaded when the stage runs
+        from distracted_driver.model.registry import Registry  # loaded when the stage runs
+        from distracted_driver.train.gate import NotCleared, clearance  # loaded when the stage runs
 
         train = context.outputs["train"]
         try:
@@ -475,12 +458,10 @@ class Deploy(Stage):
 def _api_target(context: RunContext) -> tuple[str, str | None] | None:
     """(API base URL, key) when the REST API is known: ``--api-url``, else the local gateway if it is up."""
     if context.options.api_url:
-        import os
-
         return context.options.api_url.rstrip("/"), os.environ.get("DD_API_KEY")
     if context.settings.backend != "local":
         return None
-    from distracted_driver.gateway import gateway_status
+    from distracted_driver.gateway import gateway_status  # loaded when the stage runs
 
     status = gateway_status(context.settings)
     return (status["url"], status["api_key"]) if status["running"] else None
@@ -506,9 +487,9 @@ class Smoke(Stage):
                 "api": context.options.api_url or ("local" if context.settings.backend == "local" else "")}
 
     def run(self, context, record):
-        from distracted_driver.hosting.release import verify_endpoint
-        from distracted_driver.train.gate import smoke_set_for
-        from distracted_driver.train.registry import Registry
+        from distracted_driver.hosting.release import verify_endpoint  # loaded when the stage runs
+        from distracted_driver.model.registry import Registry  # loaded when the stage runs
+        from distracted_driver.train.gate import smoke_set_for  # loaded when the stage runs
 
         version = context.outputs["train"]["job"]
         smoke = smoke_set_for(Registry(context.storage, context.settings), version)
@@ -548,8 +529,8 @@ class Smoke(Stage):
 
 
 def _smoke_api(api: tuple[str, str | None], images: list[bytes], version: str) -> list[str]:
-    from distracted_driver.gateway.client import predict_image
-    from distracted_driver.train.gate import SmokeSet
+    from distracted_driver.gateway.client import predict_image  # loaded when the stage runs
+    from distracted_driver.train.gate import SmokeSet  # loaded when the stage runs
 
     url, key = api
     problems = []
@@ -576,8 +557,7 @@ class LoadTest(Stage):
         return "disabled (--load-seconds 0)" if context.options.load_seconds <= 0 else ""
 
     def inputs(self, context):
-        from distracted_driver.hashing import sha256_file
-        from distracted_driver.loadtest.run import SLO_FILE
+        from distracted_driver.loadtest.run import SLO_FILE  # loaded when the stage runs
 
         o = context.options
         return {"version": context.outputs["train"]["job"], "users": o.load_users, "spawn_rate": o.load_spawn_rate,
@@ -585,7 +565,7 @@ class LoadTest(Stage):
                 "api": o.api_url or ("local" if context.settings.backend == "local" else "")}
 
     def run(self, context, record):
-        from distracted_driver.loadtest import LoadTestError, run_loadtest
+        from distracted_driver.loadtest import LoadTestError, run_loadtest  # loaded when the stage runs
 
         o = context.options
         api = _api_target(context)
@@ -609,7 +589,7 @@ class LoadTest(Stage):
 
     @staticmethod
     def _start_local_api(context: RunContext) -> tuple[str, str | None]:
-        from distracted_driver.gateway import GatewayError, start_gateway
+        from distracted_driver.gateway import GatewayError, start_gateway  # loaded when the stage runs
 
         try:
             status = start_gateway(context.settings)

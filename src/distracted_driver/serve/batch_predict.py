@@ -25,9 +25,10 @@ from tqdm import tqdm
 from distracted_driver.data.imaging import ImageError
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path
-from distracted_driver.serve.inference import Classifier
+from distracted_driver.model.artifact import ModelArtifact
+from distracted_driver.model.cache import fetch_artifact
+from distracted_driver.model.inference import Classifier
 from distracted_driver.system import cpu_count
-from distracted_driver.train.artifact import ModelArtifact
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Images per ONNX Runtime run. EfficientNet-Lite0 at 224 takes about 30 MB of activations per image
@@ -181,8 +182,6 @@ def predict_directory(
 
     The result carries counts and the unreadable images, not the rows: they are in the CSV.
     """
-    from distracted_driver.serve.model_cache import fetch_artifact
-
     artifact = fetch_artifact(settings, model)
     directory = Path(images)
     names = [path.name for path in list_images(directory)]

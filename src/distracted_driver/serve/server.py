@@ -43,11 +43,11 @@ from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, lis
 from distracted_driver.logs import add_log_arguments, configure_logging
 from distracted_driver.serve.batching import DynamicBatcher
 from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
-from distracted_driver.serve.inference import Classifier
+from distracted_driver.model.inference import Classifier
 from distracted_driver.system import cpu_count
 from distracted_driver.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from distracted_driver.serve.metrics import ServerMetrics
-from distracted_driver.train.artifact import ArtifactError, load_artifact
+from distracted_driver.model.artifact import ArtifactError, load_artifact
 
 log = logging.getLogger("distracted_driver.serve")
 

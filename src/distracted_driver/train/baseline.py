@@ -34,14 +34,14 @@ from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path, write_json_atomic
 from distracted_driver.hashing import sha256_file
 from distracted_driver.system import cpu_count
-from distracted_driver.train.artifact import (
+from distracted_driver.model.artifact import (
     BASELINE_ARRAYS_FILE,
     BASELINE_FILE,
     MODEL_FILES,
     ArtifactError,
     ModelArtifact,
 )
-from distracted_driver.train.channel import Record, decoded_batches, read_records
+from distracted_driver.data.channel import Record, decoded_batches, read_records
 
 FORMAT = 1
 MAX_STATISTIC_IMAGES = 5000
@@ -99,7 +99,7 @@ class Baseline:
 def record_baseline(artifact: ModelArtifact, train_dir: str | Path, validation_dir: str | Path,
                     batch_size: int = 32) -> dict:
     """Compute the baseline of ``artifact`` and write it into the artifact's directory; returns baseline.json."""
-    from distracted_driver.serve.inference import Classifier
+    from distracted_driver.model.inference import Classifier
 
     classifier = Classifier(artifact)
     validation, _ = read_records(validation_dir)

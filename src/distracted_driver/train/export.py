@@ -1,4 +1,4 @@
-"""Export the trained network to ONNX as the artifact contract in ``train/artifact.py`` says, in fp32 and int8.
+"""Export the trained network to ONNX as the artifact contract in ``model/artifact.py`` says, in fp32 and int8.
 
 ``export_onnx`` writes the fp32 model: traced by torch, then tidied (constants
 folded by ONNX Runtime's basic, hardware-independent optimizations; the
@@ -17,10 +17,16 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import onnx
+import onnxruntime
+import onnxruntime as ort
 import torch
+from onnx import helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from distracted_driver.fsutil import atomic_path
-from distracted_driver.train.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
+from distracted_driver.model.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
 from distracted_driver.train.model import Classifier, EfficientNetLite0
 
 OPSET = 17
@@ -110,9 +116,6 @@ def _export(module: torch.nn.Module, path: str | Path, image_size: int, output_n
 
 def _tidy(path: Path) -> None:
     """Fold constants (ONNX Runtime's basic level: standard ONNX out), then each zero Pad into its Conv."""
-    import onnx
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     with tempfile.TemporaryDirectory(prefix="export-") as scratch:
@@ -128,8 +131,6 @@ def _tidy(path: Path) -> None:
 def fold_pads_into_convs(model) -> int:
     """Remove each constant zero Pad of the two spatial axes whose only reader is a Conv, adding its amounts
     to that Conv's ``pads`` (ONNX allows them asymmetric). Returns how many were folded."""
-    from onnx import helper, numpy_helper
-
     graph = model.graph
     constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
     readers: dict[str, list] = {}
@@ -198,10 +199,6 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Ite
     come from them (min/max). Weights are int8 per output channel, activations uint8 (what ONNX Runtime's
     x86 kernels run fastest); the softmax and ``FLOAT_NODE_PREFIXES`` stay fp32.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     class Reader(_Batches, CalibrationDataReader):
         pass
 
@@ -235,6 +232,4 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Ite
 
 
 def _ort_version() -> str:
-    import onnxruntime
-
     return onnxruntime.__version__

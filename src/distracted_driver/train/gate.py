@@ -8,10 +8,10 @@ labels or no softmax can carry any numbers. Instead the gate
    file checked against the manifest: the manifest's sha256 names the
    validation set);
 2. runs the candidate's served model on it exactly as a model server does
-   (``serve.inference.Classifier`` over ``ModelArtifact.served_model_path``,
+   (``model.inference.Classifier`` over ``ModelArtifact.served_model_path``,
    pixels prepared by the artifact's own ``preprocess.json``), refusing outputs
    that are not probabilities; and its other precision too (fp32 and int8, when
-   the artifact holds both), to apply the precision rule (``train.precision``)
+   the artifact holds both), to apply the precision rule (``model.precision``)
    to its own scores: an artifact that serves a precision the rule does not
    choose from them is rejected, so int8 serves only where the gate saw it
    within the tolerance of fp32;
@@ -29,6 +29,7 @@ A deploy asks ``clearance`` for a passing one.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -37,14 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
-from distracted_driver.config import Settings
+from distracted_driver.config import Settings, Tolerance
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.data.payload import image_content_type
 from distracted_driver.hashing import sha256_bytes, sha256_file
+from distracted_driver.model.artifact import ArtifactError, NotProbabilities
+from distracted_driver.model.evaluate import classification_metrics, precision_summary, predict_precisions
+from distracted_driver.model.precision import FP32, INT8, choose_from_scores
+from distracted_driver.model.registry import Registry, RegistryError
 from distracted_driver.storage import KeyNotFound, Storage
-from distracted_driver.train.artifact import ArtifactError, NotProbabilities
-from distracted_driver.train.precision import FP32, INT8, Tolerance, choose_from_scores
-from distracted_driver.train.registry import Registry, RegistryError
 
 # A candidate may be worse than the live model by at most this much validation log loss.
 DEFAULT_TOLERANCE = 0.05
@@ -148,8 +150,6 @@ def choose_smoke_set(predictions, per_class: int = DEFAULT_SMOKE_PER_CLASS, mode
 def fetch_validation(storage: Storage, settings: Settings, directory: Path) -> str:
     """Download the bucket's validation channel into ``directory/validation``, each file checked against
     the data manifest; returns the manifest's sha256 (the name of this validation set)."""
-    import json
-
     prefix = settings.data_prefix.strip("/")
     try:
         raw = storage.get_bytes(f"{prefix}/{MANIFEST}")
@@ -202,8 +202,6 @@ def score_served_model(registry: Registry, job: str, channel: Path, workspace: P
     Raises ``NotProbabilities`` when the served model's outputs are not probabilities, ``RegistryError``
     or ``ArtifactError`` when it cannot be fetched or loaded.
     """
-    from distracted_driver.train.evaluate import classification_metrics, precision_summary, predict_precisions
-
     artifact = registry.fetch_artifact(job, workspace)
     precisions = artifact.precisions if every_precision else [artifact.served_precision]
     try:
@@ -257,6 +255,11 @@ class GateDecision:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def report_lines(self) -> list[str]:
+        """``inv model.gate``: the verdict with its reason, and the precision the candidate serves."""
+        lines = [f"gate {'PASSED' if self.passed else 'REJECTED'}: {self.reason}"]
+        return lines + ([self.precision_line()] if self.precision else [])
 
     def precision_line(self) -> str:
         """Which precision the candidate serves, with the gate's own log loss of each."""

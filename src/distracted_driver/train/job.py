@@ -23,13 +23,22 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
+
+from distracted_driver.config import DEFAULT_INT8_TOLERANCE, Tolerance, ToleranceError
+from distracted_driver.data.channel import decoded_batches, read_records, record_files
 from distracted_driver.data.layout import labels_document
 from distracted_driver.fsutil import write_bytes_atomic, write_json_atomic
 from distracted_driver.hashing import code_version, sha256_file, sha256_json
+from distracted_driver.model import artifact as artifact_files
+from distracted_driver.model.artifact import NotProbabilities
+from distracted_driver.model.evaluate import evaluate_precisions, precision_summary, served_metrics, write_report
+from distracted_driver.model.precision import FP32, INT8, choose_from_scores, serving_record
 from distracted_driver.system import cpu_count
-from distracted_driver.train import artifact as artifact_files
-from distracted_driver.train.channel import record_files
-from distracted_driver.train.precision import DEFAULT_INT8_TOLERANCE, FP32, INT8, Tolerance, ToleranceError
+from distracted_driver.train.baseline import record_baseline
+from distracted_driver.train.export import CALIBRATION_BATCH, CALIBRATION_IMAGES, OPSET, export_onnx, quantize_int8
+from distracted_driver.train.loop import Checkpoints, TrainConfig, train_finetune, train_frozen
+from distracted_driver.train.model import pretrained_weights_path
 
 DEFAULT_LEARNING_RATE = {"frozen": 3e-3, "finetune": 3e-4}
 SAGEMAKER_CHECKPOINTS = Path("/opt/ml/checkpoints")
@@ -146,9 +155,6 @@ def _channel_hashes(channel_dir: str) -> dict[str, str]:
 
 
 def _config(args: argparse.Namespace):
-    import torch
-
-    from distracted_driver.train.loop import TrainConfig
 
     mode = "frozen" if args.freeze_backbone else "finetune"
     augmentation = (mode == "finetune") if args.augmentation is None else args.augmentation
@@ -176,13 +182,6 @@ def _config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> dict:
     """Train, export, evaluate the export on the validation channel, write the artifact files. Returns the metrics."""
-    import torch
-
-    from distracted_driver.train.baseline import record_baseline
-    from distracted_driver.train.channel import read_records
-    from distracted_driver.train.evaluate import served_metrics, write_report
-    from distracted_driver.train.export import export_onnx
-    from distracted_driver.train.loop import Checkpoints, train_finetune, train_frozen
 
     job_started = time.perf_counter()
     torch.set_num_threads(cpu_count())
@@ -295,9 +294,6 @@ def run(args: argparse.Namespace) -> dict:
 
 def _quantize(model_dir: Path, train_records: list, preprocessing) -> dict:
     """Write ``model.int8.onnx`` calibrated on training images; how it was made, or why there is none."""
-    from distracted_driver.train.channel import decoded_batches
-    from distracted_driver.train.export import CALIBRATION_BATCH, CALIBRATION_IMAGES, quantize_int8
-
     count = min(CALIBRATION_IMAGES, len(train_records))
     # Spread over the whole channel (the converter writes it driver by driver, class by class).
     chosen = [train_records[i * len(train_records) // count] for i in range(count)]
@@ -315,9 +311,6 @@ def _quantize(model_dir: Path, train_records: list, preprocessing) -> dict:
 
 def _evaluate_both(exported, validation: str, quantization: dict) -> dict[str, dict]:
     """Validation metrics of every model in the artifact; the fp32 model's outputs must be probabilities."""
-    from distracted_driver.train.artifact import NotProbabilities
-    from distracted_driver.train.evaluate import evaluate_precisions
-
     by_precision = evaluate_precisions(exported, validation, progress=False)
     if "problem" in by_precision[FP32]:
         raise NotProbabilities(by_precision[FP32]["problem"])
@@ -333,23 +326,16 @@ def _evaluate_both(exported, validation: str, quantization: dict) -> dict[str, d
 
 def _choose_precision(by_precision: dict[str, dict], tolerance: Tolerance, quantization: dict) -> dict:
     """``serving.json``: the precision the rule picks from these scores, the scores and the tolerance."""
-    from distracted_driver.train.evaluate import precision_summary
-    from distracted_driver.train.precision import choose_from_scores, serving_record
-
     scores = precision_summary(by_precision)
     return serving_record(choose_from_scores(scores, tolerance), tolerance, scores, chosen_by="training job",
                           quantization=quantization)
 
 
 def _weights_path() -> str:
-    from distracted_driver.train.model import pretrained_weights_path
-
     return pretrained_weights_path()
 
 
 def _opset() -> int:
-    from distracted_driver.train.export import OPSET
-
     return OPSET
 
 

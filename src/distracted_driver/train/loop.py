@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from distracted_driver.data.channel import Record, decoded_batches
 from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.fsutil import atomic_path
 from distracted_driver.hashing import sha256_file, sha256_json
-from distracted_driver.train.artifact import INPUT_NAME
+from distracted_driver.model.artifact import INPUT_NAME
+from distracted_driver.model.evaluate import log_loss
+from distracted_driver.train import model as model_module
 from distracted_driver.train.augment import Augmentation, augmenter
-from distracted_driver.train.channel import Record, decoded_batches
-from distracted_driver.train.evaluate import log_loss
+from distracted_driver.train.export import export_backbone_onnx
 from distracted_driver.train.model import EfficientNetLite0, build_model, pretrained_weights_path
 
 MODES = ("frozen", "finetune")
@@ -239,10 +242,6 @@ class FeatureExtractor:
         return torch.from_numpy(self._session.run(None, {INPUT_NAME: images})[0])
 
     def _onnx_session(self):
-        import onnxruntime as ort
-
-        from distracted_driver.train.export import export_backbone_onnx
-
         self._scratch = tempfile.TemporaryDirectory(prefix="dd-backbone-")
         path = export_backbone_onnx(self.model, Path(self._scratch.name) / "backbone.onnx", self.config.image_size)
         options = ort.SessionOptions()
@@ -281,8 +280,6 @@ def extract_features(
 
 
 def _feature_cache_key(config: TrainConfig, data: str) -> str:
-    from distracted_driver.train import model as model_module
-
     return sha256_json({
         "data": data,
         "preprocessing": config.preprocessing.to_dict(),

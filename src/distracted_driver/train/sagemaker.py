@@ -30,12 +30,17 @@ from pathlib import Path
 from typing import IO
 
 from botocore.exceptions import BotoCoreError, ClientError
+from tqdm import tqdm
 
 from distracted_driver.awsclient import aws_client
 from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
+from distracted_driver.model.precision import with_tolerance
+from distracted_driver.model.registry import Registry
 from distracted_driver.storage import Storage, open_storage
-from distracted_driver.train.precision import with_tolerance
+from distracted_driver.train.runner import new_job_name
+from distracted_driver.train.source_dir import stage_source_dir
+from distracted_driver.train.trainer import Trainer, TrainingFailed
 
 ALGORITHMS = ("script", "builtin")
 # The SageMaker PyTorch training container (sagemaker-core's table; newest with a CPU image at writing).
@@ -70,7 +75,7 @@ BUILTIN_DEFAULTS = {
 }
 
 
-class SageMakerJobFailed(RuntimeError):
+class SageMakerJobFailed(TrainingFailed):
     def __init__(self, job: str, status: str, reason: str):
         super().__init__(f"training job {job} {status.lower()}: {reason}")
         self.job, self.status, self.reason = job, status, reason
@@ -81,7 +86,7 @@ def _now() -> str:
 
 
 def image_uri(algorithm: str, region: str, instance_type: str) -> str:
-    from sagemaker.core import image_uris
+    from sagemaker.core import image_uris  # sagemaker-core (aws extra): local installs and the serving image lack it
 
     if algorithm == "builtin":
         return image_uris.retrieve("image-classification", region)
@@ -140,11 +145,12 @@ def script_hyperparameters(hyperparameters: dict, source_uri: str, region: str) 
     return values
 
 
-class SageMakerTrainer:
+class SageMakerTrainer(Trainer):
     def __init__(
         self,
         settings: Settings,
         *,
+        algorithm: str = "script",
         storage: Storage | None = None,
         sagemaker=None,
         logs=None,
@@ -153,6 +159,7 @@ class SageMakerTrainer:
         progress: bool = True,
     ):
         self.settings = settings
+        self.algorithm = algorithm  # of train(): script or builtin
         self.storage = storage or open_storage(settings)
         self.sagemaker = sagemaker or aws_client("sagemaker", settings.region)
         self.logs = logs or aws_client("logs", settings.region)
@@ -182,8 +189,6 @@ class SageMakerTrainer:
         return self._s3(key)
 
     def _stage_source(self, job: str) -> str:
-        from distracted_driver.train.source_dir import stage_source_dir
-
         key = f"{self._prefix(job)}/source/sourcedir.tar.gz"
         with tempfile.TemporaryDirectory(prefix="sourcedir-") as tmp:
             tar = stage_source_dir(Path(tmp) / "sourcedir.tar.gz")
@@ -271,6 +276,11 @@ class SageMakerTrainer:
         body = (json.dumps(status, indent=2, sort_keys=True, default=str) + "\n").encode()
         self.storage.put_bytes(f"{self._prefix(job)}/status.json", body)
 
+    def train(self, hyperparameters: dict, *, resume: str | None = None) -> str:
+        if resume:
+            raise ValueError("--resume continues local jobs; a SageMaker job name cannot be reused")
+        return self.run(hyperparameters, algorithm=self.algorithm)
+
     def run(
         self,
         hyperparameters: dict | None = None,
@@ -283,8 +293,6 @@ class SageMakerTrainer:
         register: bool = True,
     ) -> str:
         """Start a job, wait for it with its log streaming, store its log and register its model."""
-        from distracted_driver.train.runner import new_job_name
-
         job = job_name or new_job_name()
         hyperparameters = dict(hyperparameters or {})
         instance_type = instance_type or (
@@ -317,14 +325,10 @@ class SageMakerTrainer:
 
     def _say(self, line: str) -> None:
         if self.stream is not None:
-            from tqdm import tqdm
-
             tqdm.write(line, file=self.stream)
 
     def wait(self, job: str) -> dict:
         """Poll until the job ends; print its CloudWatch log as it comes; keep a copy in the bucket."""
-        from tqdm import tqdm
-
         lines: list[str] = []
         cursor: dict = {"start": 0, "seen": set()}
         with tqdm(total=0, bar_format="{desc} [{elapsed}]", disable=not self.progress) as bar:
@@ -383,7 +387,6 @@ class SageMakerTrainer:
                       "not registered (no log loss for the gate); final metrics "
                       f"{status.get('final_metrics')}")
             return dict(status.get("final_metrics") or {})
-        from distracted_driver.train.registry import Registry
 
         registry = Registry(self.storage, self.settings)
         with tempfile.TemporaryDirectory(prefix=f"{job}-") as tmp:

@@ -1,11 +1,35 @@
 locals {
-  data_bucket      = "${var.name}-data-${var.account_id}-${var.region}"
-  artifacts_bucket = "${var.name}-artifacts-${var.account_id}-${var.region}"
-  logs_bucket      = "${var.name}-logs-${var.account_id}-${var.region}"
-  encrypted = {
-    data      = aws_s3_bucket.data.id
-    artifacts = aws_s3_bucket.artifacts.id
+  # One entry per bucket: every per-bucket resource below is a for_each over this map
+  # (or over the part of it a setting applies to), so a bucket's settings read in one place.
+  buckets = {
+    # the pipeline's bucket: raw images and manifests, channels, models, registry, run records
+    data = {
+      sse_kms           = true    # SSE-KMS with the pipeline's key, bucket keys on
+      access_log_prefix = "data/" # where its S3 server access logs go in the log bucket
+      lifecycle_rules = [
+        { id = "expire-replaced-models", prefix = "${var.models_prefix}/", expiration_days = null, noncurrent_days = var.noncurrent_model_version_days, abort_upload_days = null },
+        { id = "abort-incomplete-uploads", prefix = "", expiration_days = null, noncurrent_days = null, abort_upload_days = 7 },
+      ]
+    }
+    # CodeBuild artifacts and test reports
+    artifacts = {
+      sse_kms           = true
+      access_log_prefix = "artifacts/"
+      lifecycle_rules = [
+        { id = "expire-build-artifacts", prefix = "", expiration_days = var.artifact_expiration_days, noncurrent_days = 7, abort_upload_days = 7 },
+      ]
+    }
+    # the S3 server access logs of the other two: the log target itself logs nowhere, and
+    # takes SSE-S3 because access logging cannot deliver to SSE-KMS buckets
+    logs = {
+      sse_kms           = false
+      access_log_prefix = null
+      lifecycle_rules = [
+        { id = "expire-access-logs", prefix = "", expiration_days = 365, noncurrent_days = 7, abort_upload_days = 7 },
+      ]
+    }
   }
+  access_logged = { for name, bucket in local.buckets : name => bucket.access_log_prefix if bucket.access_log_prefix != null }
 }
 
 # --- the key ---------------------------------------------------------------------
@@ -60,37 +84,22 @@ resource "aws_kms_alias" "this" {
 
 # --- buckets -------------------------------------------------------------------------
 
-resource "aws_s3_bucket" "data" {
-  #checkov:skip=CKV2_AWS_62:The trigger module's aws_s3_bucket_notification sends new data manifests to the trigger Lambda (checkov cannot follow the bucket across modules; `inv infra.check` verifies that wiring).
-  #checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; everything here is rebuilt from the raw images, which are versioned.
-  bucket        = local.data_bucket
-  force_destroy = var.force_destroy
-}
+resource "aws_s3_bucket" "this" {
+  #checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; the data bucket's contents are rebuilt from its versioned raw images, build artifacts by rerunning a build, and access logs stay in-region.
+  #checkov:skip=CKV2_AWS_62:The trigger module's aws_s3_bucket_notification sends the data bucket's new manifests to the trigger Lambda (checkov cannot follow the bucket across modules; `inv infra.check` verifies that wiring); nothing reacts to new artifacts or access logs.
+  #checkov:skip=CKV_AWS_18:The log bucket is the access-log target and logging it into itself would loop; every other bucket logs into it (the bucket-access-logs check of `inv infra.check`).
+  #checkov:skip=CKV_AWS_145:S3 server access logging only delivers to targets encrypted with SSE-S3, so the log bucket uses SSE-S3; every other bucket is SSE-KMS with the pipeline's key (the bucket-encryption check of `inv infra.check`).
+  #checkov:skip=CKV_AWS_19:checkov does not join a for_each bucket to its for_each encryption configuration; every bucket has one, SSE-KMS or (the log target) SSE-S3 (the bucket-settings and bucket-encryption checks of `inv infra.check`).
+  for_each = local.buckets
 
-resource "aws_s3_bucket" "artifacts" {
-  #checkov:skip=CKV_AWS_144:Build artifacts and reports are reproducible by rerunning a build; replication is not worth its cost.
-  #checkov:skip=CKV2_AWS_62:Nothing reacts to new build artifacts; event notifications would have no consumer.
-  bucket        = local.artifacts_bucket
-  force_destroy = var.force_destroy
-}
-
-resource "aws_s3_bucket" "logs" {
-  #checkov:skip=CKV_AWS_144:Access logs are kept in-region; replicating them is not required here.
-  #checkov:skip=CKV_AWS_18:This is the access-log target bucket; logging it into itself would loop.
-  #checkov:skip=CKV2_AWS_62:Nothing reacts to new access-log objects.
-  #checkov:skip=CKV_AWS_145:S3 server access logging only delivers to targets encrypted with SSE-S3, not SSE-KMS.
-  bucket        = local.logs_bucket
+  bucket        = "${var.name}-${each.key}-${var.account_id}-${var.region}"
   force_destroy = var.force_destroy
 }
 
 resource "aws_s3_bucket_public_access_block" "this" {
-  for_each = {
-    data      = aws_s3_bucket.data.id
-    artifacts = aws_s3_bucket.artifacts.id
-    logs      = aws_s3_bucket.logs.id
-  }
+  for_each = local.buckets
 
-  bucket                  = each.value
+  bucket                  = aws_s3_bucket.this[each.key].id
   block_public_acls       = true
   block_public_policy     = true
   ignore_public_acls      = true
@@ -98,217 +107,103 @@ resource "aws_s3_bucket_public_access_block" "this" {
 }
 
 resource "aws_s3_bucket_ownership_controls" "this" {
-  for_each = {
-    data      = aws_s3_bucket.data.id
-    artifacts = aws_s3_bucket.artifacts.id
-    logs      = aws_s3_bucket.logs.id
-  }
+  for_each = local.buckets
 
-  bucket = each.value
+  bucket = aws_s3_bucket.this[each.key].id
 
   rule {
     object_ownership = "BucketOwnerEnforced"
   }
 }
 
-resource "aws_s3_bucket_versioning" "data" {
-  bucket = aws_s3_bucket.data.id
+resource "aws_s3_bucket_versioning" "this" {
+  for_each = local.buckets
+
+  bucket = aws_s3_bucket.this[each.key].id
 
   versioning_configuration {
     status = "Enabled"
   }
 }
 
-resource "aws_s3_bucket_versioning" "artifacts" {
-  bucket = aws_s3_bucket.artifacts.id
+resource "aws_s3_bucket_server_side_encryption_configuration" "this" {
+  for_each = local.buckets
 
-  versioning_configuration {
-    status = "Enabled"
-  }
-}
-
-resource "aws_s3_bucket_versioning" "logs" {
-  bucket = aws_s3_bucket.logs.id
-
-  versioning_configuration {
-    status = "Enabled"
-  }
-}
-
-resource "aws_s3_bucket_server_side_encryption_configuration" "data" {
-  bucket = aws_s3_bucket.data.id
+  bucket = aws_s3_bucket.this[each.key].id
 
   rule {
     apply_server_side_encryption_by_default {
-      sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.this.arn
+      sse_algorithm     = each.value.sse_kms ? "aws:kms" : "AES256"
+      kms_master_key_id = each.value.sse_kms ? aws_kms_key.this.arn : null
     }
-    bucket_key_enabled = true
+    bucket_key_enabled = each.value.sse_kms ? true : null
   }
 }
 
-resource "aws_s3_bucket_server_side_encryption_configuration" "artifacts" {
-  bucket = aws_s3_bucket.artifacts.id
+resource "aws_s3_bucket_logging" "this" {
+  for_each = local.access_logged
 
-  rule {
-    apply_server_side_encryption_by_default {
-      sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.this.arn
-    }
-    bucket_key_enabled = true
-  }
+  bucket        = aws_s3_bucket.this[each.key].id
+  target_bucket = aws_s3_bucket.this["logs"].id
+  target_prefix = each.value
 }
 
-resource "aws_s3_bucket_server_side_encryption_configuration" "logs" {
-  bucket = aws_s3_bucket.logs.id
+resource "aws_s3_bucket_lifecycle_configuration" "this" {
+  #checkov:skip=CKV_AWS_300:checkov does not evaluate the rules' dynamic abort_incomplete_multipart_upload blocks; every bucket has a rule that aborts incomplete uploads (the bucket-abort-uploads check of `inv infra.check`).
+  for_each = local.buckets
 
-  rule {
-    apply_server_side_encryption_by_default {
-      sse_algorithm = "AES256"
-    }
-  }
-}
+  bucket = aws_s3_bucket.this[each.key].id
 
-resource "aws_s3_bucket_logging" "data" {
-  bucket        = aws_s3_bucket.data.id
-  target_bucket = aws_s3_bucket.logs.id
-  target_prefix = "data/"
-}
+  dynamic "rule" {
+    for_each = each.value.lifecycle_rules
 
-resource "aws_s3_bucket_logging" "artifacts" {
-  bucket        = aws_s3_bucket.artifacts.id
-  target_bucket = aws_s3_bucket.logs.id
-  target_prefix = "artifacts/"
-}
+    content {
+      id     = rule.value.id
+      status = "Enabled"
 
-resource "aws_s3_bucket_lifecycle_configuration" "data" {
-  bucket = aws_s3_bucket.data.id
+      filter {
+        prefix = rule.value.prefix # "" is every object; an empty filter {} warns from provider 5.90 on
+      }
 
-  rule {
-    id     = "expire-replaced-models"
-    status = "Enabled"
+      dynamic "expiration" {
+        for_each = rule.value.expiration_days == null ? [] : [rule.value.expiration_days]
 
-    filter {
-      prefix = "${var.models_prefix}/"
-    }
+        content {
+          days = expiration.value
+        }
+      }
 
-    noncurrent_version_expiration {
-      noncurrent_days = var.noncurrent_model_version_days
-    }
-  }
+      dynamic "noncurrent_version_expiration" {
+        for_each = rule.value.noncurrent_days == null ? [] : [rule.value.noncurrent_days]
 
-  rule {
-    id     = "abort-incomplete-uploads"
-    status = "Enabled"
+        content {
+          noncurrent_days = noncurrent_version_expiration.value
+        }
+      }
 
-    filter {
-      prefix = "" # every object; an empty filter {} warns from provider 5.90 on
-    }
+      dynamic "abort_incomplete_multipart_upload" {
+        for_each = rule.value.abort_upload_days == null ? [] : [rule.value.abort_upload_days]
 
-    abort_incomplete_multipart_upload {
-      days_after_initiation = 7
+        content {
+          days_after_initiation = abort_incomplete_multipart_upload.value
+        }
+      }
     }
   }
 
-  depends_on = [aws_s3_bucket_versioning.data]
+  depends_on = [aws_s3_bucket_versioning.this]
 }
 
-resource "aws_s3_bucket_lifecycle_configuration" "artifacts" {
-  bucket = aws_s3_bucket.artifacts.id
+# --- bucket policies: TLS only; the log bucket also takes S3's access-log deliveries ----
 
-  rule {
-    id     = "expire-build-artifacts"
-    status = "Enabled"
-
-    filter {
-      prefix = "" # every object; an empty filter {} warns from provider 5.90 on
-    }
-
-    expiration {
-      days = var.artifact_expiration_days
-    }
-
-    noncurrent_version_expiration {
-      noncurrent_days = 7
-    }
-
-    abort_incomplete_multipart_upload {
-      days_after_initiation = 7
-    }
-  }
-
-  depends_on = [aws_s3_bucket_versioning.artifacts]
-}
-
-resource "aws_s3_bucket_lifecycle_configuration" "logs" {
-  bucket = aws_s3_bucket.logs.id
-
-  rule {
-    id     = "expire-access-logs"
-    status = "Enabled"
-
-    filter {
-      prefix = "" # every object; an empty filter {} warns from provider 5.90 on
-    }
-
-    expiration {
-      days = 365
-    }
-
-    noncurrent_version_expiration {
-      noncurrent_days = 7
-    }
-
-    abort_incomplete_multipart_upload {
-      days_after_initiation = 7
-    }
-  }
-
-  depends_on = [aws_s3_bucket_versioning.logs]
-}
-
-# --- bucket policies: TLS only; the log bucket takes S3's access-log deliveries ----------
-
-data "aws_iam_policy_document" "tls_only" {
-  for_each = {
-    data      = aws_s3_bucket.data.arn
-    artifacts = aws_s3_bucket.artifacts.arn
-  }
+data "aws_iam_policy_document" "bucket" {
+  for_each = local.buckets
 
   statement {
     sid       = "DenyInsecureTransport"
     effect    = "Deny"
     actions   = ["s3:*"]
-    resources = [each.value, "${each.value}/*"]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
-}
-
-resource "aws_s3_bucket_policy" "tls_only" {
-  for_each = data.aws_iam_policy_document.tls_only
-
-  bucket = local.encrypted[each.key]
-  policy = each.value.json
-
-  depends_on = [aws_s3_bucket_public_access_block.this]
-}
-
-data "aws_iam_policy_document" "logs" {
-  statement {
-    sid       = "DenyInsecureTransport"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = [aws_s3_bucket.logs.arn, "${aws_s3_bucket.logs.arn}/*"]
+    resources = [aws_s3_bucket.this[each.key].arn, "${aws_s3_bucket.this[each.key].arn}/*"]
 
     principals {
       type        = "*"
@@ -322,33 +217,39 @@ data "aws_iam_policy_document" "logs" {
     }
   }
 
-  statement {
-    sid       = "S3ServerAccessLogs"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.logs.arn}/*"]
+  dynamic "statement" {
+    for_each = each.key == "logs" ? ["S3ServerAccessLogs"] : []
 
-    principals {
-      type        = "Service"
-      identifiers = ["logging.s3.amazonaws.com"]
-    }
+    content {
+      sid       = statement.value
+      actions   = ["s3:PutObject"]
+      resources = ["${aws_s3_bucket.this[each.key].arn}/*"]
 
-    condition {
-      test     = "StringEquals"
-      variable = "aws:SourceAccount"
-      values   = [var.account_id]
-    }
+      principals {
+        type        = "Service"
+        identifiers = ["logging.s3.amazonaws.com"]
+      }
 
-    condition {
-      test     = "ArnLike"
-      variable = "aws:SourceArn"
-      values   = [aws_s3_bucket.data.arn, aws_s3_bucket.artifacts.arn]
+      condition {
+        test     = "StringEquals"
+        variable = "aws:SourceAccount"
+        values   = [var.account_id]
+      }
+
+      condition {
+        test     = "ArnLike"
+        variable = "aws:SourceArn"
+        values   = [for name, _ in local.access_logged : aws_s3_bucket.this[name].arn]
+      }
     }
   }
 }
 
-resource "aws_s3_bucket_policy" "logs" {
-  bucket = aws_s3_bucket.logs.id
-  policy = data.aws_iam_policy_document.logs.json
+resource "aws_s3_bucket_policy" "this" {
+  for_each = local.buckets
+
+  bucket = aws_s3_bucket.this[each.key].id
+  policy = data.aws_iam_policy_document.bucket[each.key].json
 
   depends_on = [aws_s3_bucket_public_access_block.this]
 }

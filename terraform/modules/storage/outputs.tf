@@ -1,26 +1,26 @@
 output "data_bucket_name" {
   description = "The pipeline's bucket."
-  value       = aws_s3_bucket.data.id
+  value       = aws_s3_bucket.this["data"].id
 }
 
 output "data_bucket_arn" {
   description = "ARN of the pipeline's bucket."
-  value       = aws_s3_bucket.data.arn
+  value       = aws_s3_bucket.this["data"].arn
 }
 
 output "artifacts_bucket_name" {
   description = "CodeBuild artifacts and reports."
-  value       = aws_s3_bucket.artifacts.id
+  value       = aws_s3_bucket.this["artifacts"].id
 }
 
 output "artifacts_bucket_arn" {
   description = "ARN of the artifacts bucket."
-  value       = aws_s3_bucket.artifacts.arn
+  value       = aws_s3_bucket.this["artifacts"].arn
 }
 
 output "logs_bucket_name" {
   description = "S3 server access logs of the other two buckets."
-  value       = aws_s3_bucket.logs.id
+  value       = aws_s3_bucket.this["logs"].id
 }
 
 output "kms_key_arn" {

@@ -5,7 +5,7 @@ modules of this package too, and a restarted runtime is back sooner without
 the image libraries that only the deploying side needs.
 """
 
-__all__ = ["HostingError", "LocalHosting"]
+__all__ = ["LocalHosting"]
 
 
 def __getattr__(name: str):

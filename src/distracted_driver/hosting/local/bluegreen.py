@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import math
 import time
@@ -29,14 +28,13 @@ from dataclasses import asdict
 
 import aiohttp
 
-from distracted_driver.data.payload import image_content_type
 from distracted_driver.hosting.base import AlarmThresholds, TrafficRouting
 from distracted_driver.hosting.local import endpoint as states
 from distracted_driver.hosting.local.alarms import breached
 from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.instances import InstanceError
 from distracted_driver.hosting.local.state import EndpointConfigRecord
-from distracted_driver.train.artifact import probability_problem
+from distracted_driver.hosting.smoke import answer_problem, content_type
 
 log = logging.getLogger("distracted_driver.hosting.runtime")
 
@@ -51,17 +49,6 @@ class RollBack(Exception):
 
 class SmokeTestFailed(Exception):
     pass
-
-
-def check_probabilities(body: bytes, classes: int = 10) -> str | None:
-    """Why a smoke answer is not a valid probability list (the artifact contract's check), or None."""
-    try:
-        values = json.loads(body)
-    except ValueError:
-        return f"the answer is not JSON: {body[:200]!r}"
-    if not (isinstance(values, list) and len(values) == classes and all(isinstance(v, (int, float)) for v in values)):
-        return f"expected a JSON list of {classes} numbers, got {body[:200]!r}"
-    return probability_problem([values])
 
 
 class Deployment:
@@ -205,7 +192,7 @@ class Deployment:
         where = f"smoke image {number} on instance {instance.id} ({fleet.model.name})"
         try:
             async with instance.session.post(
-                "/invocations", data=image, headers={"Content-Type": image_content_type(image) or "image/jpeg"},
+                "/invocations", data=image, headers={"Content-Type": content_type(image)},
                 timeout=aiohttp.ClientTimeout(total=SMOKE_TIMEOUT_S),
             ) as answer:
                 body = await answer.read()
@@ -215,7 +202,7 @@ class Deployment:
             raise SmokeTestFailed(f"{where}: no answer ({error!r})") from None
         if status != 200:
             raise SmokeTestFailed(f"{where}: status {status}: {body[:300].decode(errors='replace')}")
-        problem = check_probabilities(body)
+        problem = answer_problem(body)
         if problem:
             raise SmokeTestFailed(f"{where}: {problem}")
         if version != fleet.model.name:

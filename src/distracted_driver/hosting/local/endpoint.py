@@ -18,7 +18,7 @@ from distracted_driver.hosting.local.autoscaling import ScalerState
 from distracted_driver.hosting.local.fleet import Fleet
 from distracted_driver.hosting.local.instances import Instance
 from distracted_driver.hosting.local.state import ACTIVITIES, HISTORY, EndpointConfigRecord
-from distracted_driver.monitor.capture import CaptureConfig, CaptureWriter
+from distracted_driver.serve.capture import CaptureConfig, CaptureWriter
 
 CREATING, IN_SERVICE, UPDATING, ROLLING_BACK, DELETING, FAILED, SYSTEM_UPDATING, OUT_OF_SERVICE = (
     "Creating", "InService", "Updating", "RollingBack", "Deleting", "Failed", "SystemUpdating", "OutOfService",

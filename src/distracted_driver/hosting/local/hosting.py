@@ -20,22 +20,27 @@ from typing import Callable
 
 from distracted_driver.config import Settings
 from distracted_driver.hashing import sha256_file
-from distracted_driver.hosting.base import AlarmThresholds, DeployResult, Hosting, ModelSpec, ScalingPolicy, TrafficRouting
+from distracted_driver.hosting.base import (
+    AlarmThresholds,
+    DeployResult,
+    EndpointStatus,
+    Hosting,
+    HostingError,
+    ModelSpec,
+    ScalingPolicy,
+    TrafficRouting,
+)
 from distracted_driver.hosting.local import client as daemon
-from distracted_driver.hosting.local.smoke import smoke_images as default_smoke_images
 from distracted_driver.hosting.local.state import RuntimePaths, load_state, save_state
+from distracted_driver.hosting.smoke import smoke_images as default_smoke_images
 from distracted_driver.logs import LogRotation
-from distracted_driver.monitor.capture import CaptureConfig, CaptureLimits
+from distracted_driver.serve.capture import CaptureConfig, CaptureLimits
 from distracted_driver.storage import Storage, open_storage
-from distracted_driver.train.artifact import ArtifactError, load_artifact, unpack_artifact
+from distracted_driver.model.artifact import ArtifactError, load_artifact, unpack_artifact
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.2
-
-
-class HostingError(RuntimeError):
-    """The endpoint cannot do what was asked; the message says why."""
 
 
 class LocalHosting(Hosting):
@@ -179,7 +184,7 @@ class LocalHosting(Hosting):
             record = runtime.get(f"endpoints/{self.endpoint_name}/deployments/{record['id']}")
 
     def _record_live(self, version: str, info: dict) -> None:
-        from distracted_driver.train.registry import Registry, RegistryError
+        from distracted_driver.model.registry import Registry, RegistryError
 
         registry = Registry(self.storage, self.settings)
         try:
@@ -245,7 +250,7 @@ class LocalHosting(Hosting):
 
     # --- status, invoke, delete ----------------------------------------------------------------
 
-    def status(self) -> dict:
+    def status(self) -> EndpointStatus:
         """Endpoint, variants, instances, live version and runtime URL; read-only, starts nothing.
 
         ``status`` is what is true now: never InService while nothing serves
@@ -263,41 +268,46 @@ class LocalHosting(Hosting):
             runtime = {"running": False, "log": str(self.paths.log_file), "supervisor": supervision}
             if endpoint:
                 endpoint = {**endpoint, **_without_runtime(endpoint, supervision)}
+        details = {"runtime": runtime, "state_dir": str(self.paths.root)}
+        if not endpoint:
+            return EndpointStatus("local", self.endpoint_name, runtime_url=info.url if info else None,
+                                  runtime_running=runtime["running"], details=details)
         instances = [
             {**instance, "variant": variant["name"], "role": fleet["role"]}
-            for variant in (endpoint or {}).get("variants", [])
+            for variant in endpoint.get("variants", [])
             for fleet in variant["fleets"]
             for instance in fleet["instances"]
         ]
-        deployments = (endpoint or {}).get("deployments", [])
-        return {
-            "backend": "local",
-            "endpoint": self.endpoint_name,
-            "status": endpoint["status"] if endpoint else "absent",
-            "status_reason": (endpoint or {}).get("status_reason") or None,
-            "recorded_status": (endpoint or {}).get("recorded_status", (endpoint or {}).get("status")),
-            "runtime_url": info.url if info else None,
-            "runtime": runtime,
-            "live_version": self._serving_version(endpoint),
-            "variants": (endpoint or {}).get("variants", []),
-            "instance_count": sum(1 for i in instances if i["state"] == "in-service" and i["role"] == "blue"),
-            "instances": instances,
-            "autoscaling": (endpoint or {}).get("autoscaling", {}),
-            "data_capture": (endpoint or {}).get("data_capture"),
-            "scaling_activities": (endpoint or {}).get("scaling_activities", [])[-10:],
-            "last_deployment": _summary(deployments[-1]) if deployments else None,
-            "deployment_in_progress": (endpoint or {}).get("deployment_in_progress"),
-            "state_dir": str(self.paths.root),
-        }
+        deployments = endpoint.get("deployments", [])
+        details["scaling_activities"] = endpoint.get("scaling_activities", [])[-10:]
+        return EndpointStatus(
+            backend="local",
+            endpoint=self.endpoint_name,
+            status=endpoint["status"],
+            live_version=self._serving_version(endpoint),
+            runtime_url=info.url if info else None,
+            instance_count=sum(1 for i in instances if i["state"] == "in-service" and i["role"] == "blue"),
+            status_reason=endpoint.get("status_reason") or None,
+            recorded_status=endpoint.get("recorded_status", endpoint.get("status")),
+            runtime_running=runtime["running"],
+            variants=endpoint.get("variants", []),
+            instances=instances,
+            autoscaling=endpoint.get("autoscaling", {}),
+            data_capture=endpoint.get("data_capture"),
+            last_deployment=_summary(deployments[-1]) if deployments else None,
+            deployment_in_progress=endpoint.get("deployment_in_progress"),
+            details=details,
+        )
 
-    def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None) -> tuple[bytes, str]:
+    def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None,
+               accept: str = "application/json") -> tuple[bytes, str]:
         """One request through boto3's sagemaker-runtime client, exactly as a caller in AWS makes it."""
         info = daemon.running_runtime(self.paths)
         if info is None:
             raise HostingError("the local runtime is not running; deploy a model first")
         extra = {"TargetVariant": target_variant} if target_variant else {}
         answer = daemon.sagemaker_runtime_client(info.url, self.settings.region).invoke_endpoint(
-            EndpointName=self.endpoint_name, ContentType=content_type, Body=body, **extra)
+            EndpointName=self.endpoint_name, ContentType=content_type, Accept=accept, Body=body, **extra)
         return answer["Body"].read(), answer["InvokedProductionVariant"]
 
     def delete(self) -> None:

@@ -25,7 +25,7 @@ side effects, so this is safe, and an instance dying mid-swap costs no request.
 
 Data capture: when the endpoint captures, the router samples that share of the
 invocations the model server answered (its answers and its 4xx refusals) and
-offers each to the endpoint's ``CaptureWriter`` (``monitor.capture``), which
+offers each to the endpoint's ``CaptureWriter`` (``serve.capture``), which
 queues it and writes from its own thread; a full queue drops and counts, so a
 request never waits for capture. The event's ``eventId`` is the request id the
 router answers with (``x-amzn-RequestId``).
@@ -48,7 +48,7 @@ from aiohttp import web
 
 from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
 from distracted_driver.httpserver import read_body
-from distracted_driver.monitor.capture import Invocation
+from distracted_driver.serve.capture import Invocation
 from distracted_driver.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger("distracted_driver.hosting.runtime")

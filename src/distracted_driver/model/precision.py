@@ -7,7 +7,7 @@ validation scores when it writes the artifact (``serving.json``), and the gate
 applies it again to the scores it computes itself, so an artifact that serves
 int8 on numbers the gate cannot reproduce is rejected.
 
-The tolerance is one setting, ``DD_INT8_TOLERANCE`` (``Settings.int8_tolerance``):
+The tolerance is one setting, ``DD_INT8_TOLERANCE`` (``Settings.int8_tolerance``, read by ``config.Tolerance``):
 comma-separated terms, a plain number an absolute allowance of log loss, a
 number followed by ``%`` one relative to fp32's log loss; the largest term is the
 allowance. The default ``0.01,3%`` lets int8 be worse by 0.01 or by 3 %, whichever
@@ -17,72 +17,13 @@ number never serves it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from distracted_driver.config import Tolerance
 
 FP32 = "fp32"
 INT8 = "int8"
 PRECISIONS = (FP32, INT8)
-DEFAULT_INT8_TOLERANCE = "0.01,3%"
-
-
-class ToleranceError(ValueError):
-    """The tolerance setting cannot be read."""
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How much worse than fp32's validation log loss int8's may be and still be served."""
-
-    absolute: float | None = None
-    relative: float | None = None  # a fraction of fp32's log loss
-
-    @classmethod
-    def parse(cls, text: str | float | None) -> "Tolerance":
-        """``"0.01,3%"`` → absolute 0.01, relative 0.03; ``"0"``; ``"-1"``; ``"5%"``. None: the default."""
-        text = DEFAULT_INT8_TOLERANCE if text is None else str(text)
-        absolute = relative = None
-        terms = [term.strip() for term in text.split(",")]
-        for term in terms:
-            is_relative = term.endswith("%")
-            try:
-                value = float(term[:-1] if is_relative else term)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise ToleranceError(f"int8 tolerance {text!r}: {term!r} is not a number or a percentage "
-                                     "(write e.g. 0.01,3%)")
-            if is_relative:
-                if relative is not None:
-                    raise ToleranceError(f"int8 tolerance {text!r} gives two relative terms")
-                relative = value / 100.0
-            else:
-                if absolute is not None:
-                    raise ToleranceError(f"int8 tolerance {text!r} gives two absolute terms")
-                absolute = value
-        return cls(absolute, relative)
-
-    def allowance(self, fp32_log_loss: float) -> float:
-        terms = []
-        if self.absolute is not None:
-            terms.append(self.absolute)
-        if self.relative is not None:
-            terms.append(self.relative * fp32_log_loss)
-        return max(terms)
-
-    def limit(self, fp32_log_loss: float) -> float:
-        """The largest int8 log loss that is still served."""
-        return fp32_log_loss + self.allowance(fp32_log_loss)
-
-    def __str__(self) -> str:
-        terms = []
-        if self.absolute is not None:
-            terms.append(f"{self.absolute:g}")
-        if self.relative is not None:
-            terms.append(f"{self.relative * 100:g}%")
-        return ",".join(terms)
-
-
 @dataclass(frozen=True)
 class Choice:
     """The precision the rule picks, the limit it applied and why, in one sentence."""

@@ -13,7 +13,7 @@ Contents (flat, at the archive root):
   (QDQ), with the same input and outputs;
 - ``serving.json`` (optional; without it the artifact serves fp32): which of the
   two is served (``precision``: ``fp32`` or ``int8``), the validation scores of
-  both and the tolerance that chose (``train.precision``). The served file
+  both and the tolerance that chose (``model.precision``). The served file
   (``ModelArtifact.served_model_path``) is what a model server, batch
   prediction and SageMaker hosting load, so it is the one the gate scores;
 - ``labels.json``: ``[{"index", "class", "label"}]`` for c0..c9;
@@ -42,7 +42,7 @@ import numpy as np
 from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path
-from distracted_driver.train.precision import FP32, INT8
+from distracted_driver.model.precision import FP32, INT8
 
 MODEL_FILE = "model.onnx"
 INT8_MODEL_FILE = "model.int8.onnx"

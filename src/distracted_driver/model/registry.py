@@ -23,7 +23,7 @@ from pathlib import Path
 
 from distracted_driver.config import Settings
 from distracted_driver.storage import KeyNotFound, Storage
-from distracted_driver.train.artifact import ModelArtifact, unpack_artifact
+from distracted_driver.model.artifact import ModelArtifact, unpack_artifact
 
 
 class RegistryError(LookupError):
@@ -200,6 +200,17 @@ def served_scores(entry: dict, data_sha256: str | None) -> tuple[str, dict, str]
         return serving.get("precision", "fp32"), serving["scores"], "training"
     metrics = entry.get("metrics", {})
     return "fp32", {"fp32": {"log_loss": metrics.get("log_loss"), "accuracy": metrics.get("accuracy")}}, "training"
+
+
+def version_listing(registry: "Registry", as_json: bool = False) -> str:
+    """``inv model.list``: every registered version, as a table (``version_rows``) or as JSON with a live flag."""
+    versions, live = registry.list_versions(), registry.live()
+    live_job = live["job"] if live else None
+    if as_json:
+        return json.dumps([{**v, "live": v["job"] == live_job} for v in versions], indent=2)
+    if not versions:
+        return "no model versions yet (inv train.run)"
+    return "\n".join(version_rows(versions, live_job, registry.data_manifest_sha256()))
 
 
 def version_rows(versions: list[dict], live_job: str | None, data_sha256: str | None) -> list[str]:

@@ -6,6 +6,7 @@ No torch here: ``inv train.evaluate`` and the quality gate run on a serving inst
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +14,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from distracted_driver.data.channel import Record, decoded_batches, read_records
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path, write_json_atomic
-from distracted_driver.train.artifact import ModelArtifact, NotProbabilities, probability_problem
-from distracted_driver.train.channel import Record, decoded_batches, read_records
+from distracted_driver.model.artifact import ModelArtifact, NotProbabilities, probability_problem
+from distracted_driver.model.cache import fetch_artifact
+from distracted_driver.model.inference import Classifier
+from distracted_driver.storage import open_storage
 
 EPS = 1e-15
 UNIFORM_LOG_LOSS = math.log(len(CLASSES))
@@ -63,10 +67,10 @@ def classification_metrics(labels, probabilities) -> dict:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # pyplot takes about a second and picks a backend: loaded only to draw
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyplot takes about a second and picks a backend: loaded only to draw
 
     return plt
 
@@ -150,8 +154,6 @@ def predict_precisions(artifact: ModelArtifact, channel_dir: str | Path, precisi
 
     A model whose outputs are not probabilities gets its ``NotProbabilities`` error instead of predictions.
     """
-    from distracted_driver.serve.inference import Classifier
-
     classifiers = {precision: Classifier(artifact.serving_as(precision)) for precision in precisions}
     records, skipped = read_records(channel_dir)
     by_source = {record.source: record for record in records}
@@ -232,11 +234,6 @@ def evaluate_model(settings, model: str = "latest", report_dir: str | Path | Non
     Returns ``(job, metrics, paths)``; the report goes to ``reports/models/<job>/`` unless
     ``report_dir`` is given. The training curves come from the history inside the artifact.
     """
-    import tempfile
-
-    from distracted_driver.serve.model_cache import fetch_artifact
-    from distracted_driver.storage import open_storage
-
     storage = open_storage(settings)
     artifact = fetch_artifact(settings, model, storage)
     job = artifact.version

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from distracted_driver.data.imaging import MAX_PIXELS, model_input
 from distracted_driver.system import cpu_count
-from distracted_driver.train.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, ArtifactError, ModelArtifact
+from distracted_driver.model.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, ArtifactError, ModelArtifact
 
 
 class Classifier:
