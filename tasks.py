@@ -83,21 +83,38 @@ data = Collection("data")
         "overwrite": "replace OUT if it already holds a sample (never a directory that does not)",
         "workers": "processes drawing in parallel, the same bytes whatever the number (default 1; 0: all cores)",
         "shift": "draw every driver under a condition training never saw: night, angle (another camera mount) "
-                 "or cabin (another car); for drift tests",
+        "or cabin (another car); for drift tests",
     },
 )
-def data_sample(c, out=None, drivers=26, images_per_class_driver=3, test_images=40, seed=0,
-                first_driver=None, overwrite=False, workers=1, shift=None):
+def data_sample(
+    c,
+    out=None,
+    drivers=26,
+    images_per_class_driver=3,
+    test_images=40,
+    seed=0,
+    first_driver=None,
+    overwrite=False,
+    workers=1,
+    shift=None,
+):
     """Draw synthetic cabin images in the exact State Farm layout (imgs/, driver_imgs_list.csv, ...)."""
 
     from distracted_driver.data.channels import WorkDirs
     from distracted_driver.data.sample import SampleError, generate_sample
 
     try:
-        report = generate_sample(out or WorkDirs.of(_settings()).sample, drivers=int(drivers),
-                                 images_per_class_driver=int(images_per_class_driver), test_images=int(test_images),
-                                 seed=int(seed), first_driver=None if first_driver is None else int(first_driver),
-                                 overwrite=overwrite or not out, workers=int(workers), shift=shift or None)
+        report = generate_sample(
+            out or WorkDirs.of(_settings()).sample,
+            drivers=int(drivers),
+            images_per_class_driver=int(images_per_class_driver),
+            test_images=int(test_images),
+            seed=int(seed),
+            first_driver=None if first_driver is None else int(first_driver),
+            overwrite=overwrite or not out,
+            workers=int(workers),
+            shift=shift or None,
+        )
     except SampleError as error:
         raise Exit(str(error), code=2) from None
     print(report)
@@ -162,8 +179,13 @@ def data_split(c, root=None, out=None, val_drivers=None, val_fraction=None, fold
 
     dirs = WorkDirs.of(_settings())
     report = split_dataset(
-        root or dirs.sample, out or dirs.lists, val_drivers=_optional(val_drivers, int),
-        val_fraction=_optional(val_fraction, float), fold=_optional(fold, int), folds=int(folds), seed=int(seed),
+        root or dirs.sample,
+        out or dirs.lists,
+        val_drivers=_optional(val_drivers, int),
+        val_fraction=_optional(val_fraction, float),
+        fold=_optional(fold, int),
+        folds=int(folds),
+        seed=int(seed),
     )
     print(report.summary())
 
@@ -183,18 +205,36 @@ def data_split(c, root=None, out=None, val_drivers=None, val_fraction=None, fold
         "interpolation": "linear (im2rec's) or area (default linear)",
     },
 )
-def data_convert(c, lists=None, out=None, images=None, resize=256, center_crop=False, quality=None, encoding=".jpg",
-                 pass_through=False, workers=0, interpolation="linear"):
+def data_convert(
+    c,
+    lists=None,
+    out=None,
+    images=None,
+    resize=256,
+    center_crop=False,
+    quality=None,
+    encoding=".jpg",
+    pass_through=False,
+    workers=0,
+    interpolation="linear",
+):
     """Convert the .lst files to RecordIO channels (.rec + .idx + .lst) and write manifest.json (im2rec's job)."""
 
     from distracted_driver.data.channels import WorkDirs
     from distracted_driver.data.convert import ConvertOptions, convert_lists
 
     dirs = WorkDirs.of(_settings())
-    options = ConvertOptions(resize=int(resize), center_crop=center_crop, quality=_optional(quality, int),
-                             encoding=encoding, pass_through=pass_through, interpolation=interpolation)
-    report = convert_lists(lists or dirs.lists, out or dirs.channels, options, workers=int(workers) or None,
-                           image_root=images)
+    options = ConvertOptions(
+        resize=int(resize),
+        center_crop=center_crop,
+        quality=_optional(quality, int),
+        encoding=encoding,
+        pass_through=pass_through,
+        interpolation=interpolation,
+    )
+    report = convert_lists(
+        lists or dirs.lists, out or dirs.channels, options, workers=int(workers) or None, image_root=images
+    )
     print(report.summary())
 
 
@@ -246,18 +286,39 @@ train = Collection("train")
         "resume": "name of a job that did not complete: continue it from its last checkpoint",
         "backend": "local (default): a local job; aws: a SageMaker training job",
         "algorithm": "aws only: script (default, scripts/train.py in the PyTorch container) or builtin "
-                     "(SageMaker's image-classification algorithm, GPU)",
+        "(SageMaker's image-classification algorithm, GPU)",
     },
 )
-def train_run(c, epochs=40, learning_rate=None, mini_batch_size=32, image_size=224, freeze_backbone=True,
-              augmentation=None, seed=0, patience=5, extra="", resume=None, backend=None, algorithm="script"):
+def train_run(
+    c,
+    epochs=40,
+    learning_rate=None,
+    mini_batch_size=32,
+    image_size=224,
+    freeze_backbone=True,
+    augmentation=None,
+    seed=0,
+    patience=5,
+    extra="",
+    resume=None,
+    backend=None,
+    algorithm="script",
+):
     """Run scripts/train.py as a local SageMaker-style job on the bucket's channels; store and register the model."""
     from distracted_driver.pipeline.options import parse_key_values
     from distracted_driver.train import open_trainer
 
-    hyperparameters = {"epochs": epochs, "learning-rate": learning_rate, "mini-batch-size": mini_batch_size,
-                       "image-size": image_size, "freeze-backbone": bool(freeze_backbone),
-                       "augmentation": augmentation, "seed": seed, "patience": patience, **parse_key_values(extra)}
+    hyperparameters = {
+        "epochs": epochs,
+        "learning-rate": learning_rate,
+        "mini-batch-size": mini_batch_size,
+        "image-size": image_size,
+        "freeze-backbone": bool(freeze_backbone),
+        "augmentation": augmentation,
+        "seed": seed,
+        "patience": patience,
+        **parse_key_values(extra),
+    }
     job = open_trainer(_settings(backend), algorithm=algorithm).train(hyperparameters, resume=resume)
     print(f"training job {job} completed")
 
@@ -275,8 +336,13 @@ def train_evaluate(c, model="latest", out=None, backend=None):
     from distracted_driver.model.evaluate import evaluate_model, summary_lines
 
     job, metrics, paths = evaluate_model(_settings(backend), model, out)
-    print("\n".join([f"model {job}"] + [f"  {line}" for line in summary_lines(metrics)]
-                    + [f"  {name}: {path}" for name, path in paths.items()]))
+    print(
+        "\n".join(
+            [f"model {job}"]
+            + [f"  {line}" for line in summary_lines(metrics)]
+            + [f"  {name}: {path}" for name, path in paths.items()]
+        )
+    )
 
 
 train.add_task(train_run)
@@ -286,8 +352,8 @@ model = Collection("model")
 
 
 def _registry(backend):
-    from distracted_driver.storage import open_storage
     from distracted_driver.model.registry import Registry
+    from distracted_driver.storage import open_storage
 
     settings = _settings(backend)
     return Registry(open_storage(settings), settings)
@@ -312,8 +378,9 @@ def model_list(c, json=False, backend=None):
         "backend": "local or aws bucket",
     },
 )
-def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, int8_tolerance=None, json=False,
-               backend=None):
+def model_gate(
+    c, candidate="latest", tolerance=None, baseline_fraction=None, int8_tolerance=None, json=False, backend=None
+):
     """Quality gate: score the candidate's served model on the validation set; exit 1 with the reason if rejected."""
     import json as jsonlib
 
@@ -323,10 +390,13 @@ def model_gate(c, candidate="latest", tolerance=None, baseline_fraction=None, in
     from distracted_driver.train.gate import DEFAULT_BASELINE_FRACTION, DEFAULT_TOLERANCE, GateError, judge
 
     try:
-        decision = judge(_registry(backend), candidate,
-                         tolerance=DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
-                         baseline_fraction=DEFAULT_BASELINE_FRACTION if baseline_fraction is None
-                         else float(baseline_fraction), int8_tolerance=int8_tolerance)
+        decision = judge(
+            _registry(backend),
+            candidate,
+            tolerance=DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
+            baseline_fraction=DEFAULT_BASELINE_FRACTION if baseline_fraction is None else float(baseline_fraction),
+            int8_tolerance=int8_tolerance,
+        )
     except ToleranceError as error:
         raise Exit(f"--int8-tolerance / DD_INT8_TOLERANCE: {error}", code=2) from None
     except (RegistryError, GateError, ArtifactError) as error:
@@ -356,7 +426,7 @@ predict = Collection("predict")
     auto_shortflags=False,  # invoke would give --max-payload-mb the short flag "-" (m, a and x are taken)
     help={
         "images": "directory of JPEG/PNG images to classify (e.g. a Kaggle imgs/test); with --backend aws also "
-                  "s3://<bucket>/<transform prefix>/... (a directory is uploaded there first)",
+        "s3://<bucket>/<transform prefix>/... (a directory is uploaded there first)",
         "model": "training job name, 'latest' (newest trained) or 'live' (deployed); default latest",
         "out": "CSV to write in sample_submission.csv format (default submission.csv)",
         "batch_size": "local: images per ONNX Runtime run (default 8: as fast as 32 on CPUs, a third of the memory)",
@@ -368,10 +438,22 @@ predict = Collection("predict")
         "max_payload_mb": "aws: MaxPayloadInMB, the largest image a request carries (default 6)",
     },
 )
-def predict_batch(c, images, model="latest", out="submission.csv", batch_size=8, workers=0, backend=None,
-                  instances=1, instance_type="", max_concurrent=8, max_payload_mb=6):
+def predict_batch(
+    c,
+    images,
+    model="latest",
+    out="submission.csv",
+    batch_size=8,
+    workers=0,
+    backend=None,
+    instances=1,
+    instance_type="",
+    max_concurrent=8,
+    max_payload_mb=6,
+):
     """Classify images with a trained model and write a Kaggle submission CSV (here, or on SageMaker Batch Transform)."""
-    from distracted_driver.hosting.batch import BatchOptions, predict_batch as run
+    from distracted_driver.hosting.batch import BatchOptions
+    from distracted_driver.hosting.batch import predict_batch as run
 
     options = BatchOptions(batch_size, workers, instances, instance_type or None, max_concurrent, max_payload_mb)
     outcome = run(_settings(backend), model, images, out, options)
@@ -400,12 +482,24 @@ def serve_run(c, model="latest", port=8080, max_batch_size=8, max_batch_delay_ms
     import sys
     from pathlib import Path
 
-    from distracted_driver.serve import server
     from distracted_driver.model.cache import fetch_artifact
+    from distracted_driver.serve import server
 
     model_dir = Path(model) if Path(model).is_dir() else fetch_artifact(_settings(backend), model).directory
-    sys.exit(server.main(["--model-dir", str(model_dir), "--port", str(port), "--max-batch-size", str(max_batch_size),
-                          "--max-batch-delay-ms", str(max_batch_delay_ms)]))
+    sys.exit(
+        server.main(
+            [
+                "--model-dir",
+                str(model_dir),
+                "--port",
+                str(port),
+                "--max-batch-size",
+                str(max_batch_size),
+                "--max-batch-delay-ms",
+                str(max_batch_delay_ms),
+            ]
+        )
+    )
 
 
 serve.add_task(serve_run)
@@ -449,8 +543,13 @@ def api_down(c, backend=None):
     print("API stopped" if stop_gateway(_settings(backend)) else "API was not running")
 
 
-@task(name="status", help={"json": "print JSON (running, healthy, problem, url, api_key, endpoint, runtime_url, "
-                                     "plan, pid, supervisor)", "backend": "local only"})
+@task(
+    name="status",
+    help={
+        "json": "print JSON (running, healthy, problem, url, api_key, endpoint, runtime_url, plan, pid, supervisor)",
+        "backend": "local only",
+    },
+)
 def api_status(c, json=False, backend=None):
     """Where the local API is, whether the endpoint behind it serves, and a key to call it with."""
     import json as jsonlib
@@ -497,8 +596,9 @@ def loadtest_run(c, users=8, spawn_rate=4.0, run_time="20s", host=None, api_key=
     from distracted_driver.loadtest import SLO, LoadTestError, run_loadtest
 
     try:
-        result = run_loadtest(_settings(backend), int(users), float(spawn_rate), run_time, host, api_key,
-                              SLO.load(slo) if slo else None)
+        result = run_loadtest(
+            _settings(backend), int(users), float(spawn_rate), run_time, host, api_key, SLO.load(slo) if slo else None
+        )
     except (LoadTestError, ValueError) as exc:
         raise Exit(str(exc), code=2) from None
     print("\n".join(result.report_lines()))
@@ -520,15 +620,33 @@ def loadtest_run(c, users=8, spawn_rate=4.0, run_time="20s", host=None, api_key=
         "backend": "local or aws settings",
     },
 )
-def loadtest_find_capacity(c, start_users=2, step_users=2, max_users=32, step_time="15s", safety_factor=0.5,
-                           instances=None, host=None, api_key=None, backend=None):
+def loadtest_find_capacity(
+    c,
+    start_users=2,
+    step_users=2,
+    max_users=32,
+    step_time="15s",
+    safety_factor=0.5,
+    instances=None,
+    host=None,
+    api_key=None,
+    backend=None,
+):
     """Ramp users until failures pass 1% or p99 its SLO; report the highest sustainable RPS and autoscaling target."""
     from distracted_driver.loadtest import LoadTestError, find_capacity
 
     try:
-        result = find_capacity(_settings(backend), int(start_users), int(step_users), int(max_users), step_time,
-                               host, api_key, instances=int(instances) if instances else None,
-                               safety_factor=float(safety_factor))
+        result = find_capacity(
+            _settings(backend),
+            int(start_users),
+            int(step_users),
+            int(max_users),
+            step_time,
+            host,
+            api_key,
+            instances=int(instances) if instances else None,
+            safety_factor=float(safety_factor),
+        )
     except (LoadTestError, ValueError) as exc:
         raise Exit(str(exc), code=2) from None
     print("\n".join(result.report_lines()))
@@ -562,18 +680,30 @@ def _release(settings, model, routing, alarms, instances, force, capture_percent
     """Deploy MODEL through ``hosting.release``: gate clearance (or --force), blue/green, smoke test, rollback."""
     from distracted_driver.config import parse_percent
     from distracted_driver.hosting.release import release
-    from distracted_driver.train.gate import NotCleared
     from distracted_driver.model.registry import RegistryError
+    from distracted_driver.train.gate import NotCleared
 
     try:
-        done = _refusals_exit(release, settings, _hosting(settings), model, routing, alarms, instances=int(instances),
-                              capture_percent=parse_percent(capture_percent), force=force, new_endpoint=new_endpoint,
-                              by="inv deploy --force", log=print)
+        done = _refusals_exit(
+            release,
+            settings,
+            _hosting(settings),
+            model,
+            routing,
+            alarms,
+            instances=int(instances),
+            capture_percent=parse_percent(capture_percent),
+            force=force,
+            new_endpoint=new_endpoint,
+            by="inv deploy --force",
+            log=print,
+        )
     except RegistryError as error:
         raise Exit(f"{error} (inv model.list shows the registered versions)", code=2) from None
     except NotCleared as error:
-        raise Exit(f"refused: {error}; or deploy it anyway with --force (recorded in the model's entry)",
-                   code=3) from None
+        raise Exit(
+            f"refused: {error}; or deploy it anyway with --force (recorded in the model's entry)", code=3
+        ) from None
     _report(done.report_lines(), done.result)
 
 
@@ -583,8 +713,10 @@ def _report(lines, result):
         raise Exit(code=1)
 
 
-_CAPTURE_HELP = ("share of invocations to capture once the model is live, 0..100 (0: off); default: what the "
-                 "endpoint captures now (nothing when new), or DD_CAPTURE_PERCENT")
+_CAPTURE_HELP = (
+    "share of invocations to capture once the model is live, 0..100 (0: off); default: what the "
+    "endpoint captures now (nothing when new), or DD_CAPTURE_PERCENT"
+)
 
 _ALARM_HELP = {
     "max_error_rate": "roll back when green's error rate (5xx) exceeds this share (default 0.05)",
@@ -609,8 +741,16 @@ def deploy_create(c, model="latest", instances=1, capture_percent=None, force=Fa
     Exit 3 when the model has no passing gate record (inv model.gate) and --force is not given."""
     from distracted_driver.hosting import AlarmThresholds, TrafficRouting
 
-    _release(_settings(backend), model, TrafficRouting(strategy="all-at-once", bake_seconds=0), AlarmThresholds(),
-             instances, force, capture_percent, new_endpoint=True)
+    _release(
+        _settings(backend),
+        model,
+        TrafficRouting(strategy="all-at-once", bake_seconds=0),
+        AlarmThresholds(),
+        instances,
+        force,
+        capture_percent,
+        new_endpoint=True,
+    )
 
 
 @task(
@@ -631,9 +771,24 @@ def deploy_create(c, model="latest", instances=1, capture_percent=None, force=Fa
         "backend": "local (default) or aws",
     },
 )
-def deploy_swap(c, model="latest", strategy="canary", canary_percent=10, linear_step_percent=25, wait=30.0,
-                bake=30.0, termination_wait=0.0, max_execution=1800.0, instances=1, max_error_rate=0.05,
-                max_p99_ms=2000.0, alarm_window=60.0, capture_percent=None, force=False, backend=None):
+def deploy_swap(
+    c,
+    model="latest",
+    strategy="canary",
+    canary_percent=10,
+    linear_step_percent=25,
+    wait=30.0,
+    bake=30.0,
+    termination_wait=0.0,
+    max_execution=1800.0,
+    instances=1,
+    max_error_rate=0.05,
+    max_p99_ms=2000.0,
+    alarm_window=60.0,
+    capture_percent=None,
+    force=False,
+    backend=None,
+):
     """Blue/green deploy of a gated model, then a smoke test that must get the gate's answers, else rollback.
 
     Exit 1 if it was rolled back or failed; exit 3 (nothing deployed) when the model has no passing gate record
@@ -641,12 +796,18 @@ def deploy_swap(c, model="latest", strategy="canary", canary_percent=10, linear_
     from distracted_driver.hosting import AlarmThresholds, TrafficRouting
 
     settings = _settings(backend)
-    routing = TrafficRouting(strategy=strategy, canary_percent=int(canary_percent),
-                             linear_step_percent=int(linear_step_percent), wait_seconds=float(wait),
-                             bake_seconds=float(bake), termination_wait_seconds=float(termination_wait),
-                             max_execution_seconds=float(max_execution))
-    alarms = AlarmThresholds(max_error_rate=float(max_error_rate), max_p99_latency_ms=float(max_p99_ms),
-                             window_seconds=float(alarm_window))
+    routing = TrafficRouting(
+        strategy=strategy,
+        canary_percent=int(canary_percent),
+        linear_step_percent=int(linear_step_percent),
+        wait_seconds=float(wait),
+        bake_seconds=float(bake),
+        termination_wait_seconds=float(termination_wait),
+        max_execution_seconds=float(max_execution),
+    )
+    alarms = AlarmThresholds(
+        max_error_rate=float(max_error_rate), max_p99_latency_ms=float(max_p99_ms), window_seconds=float(alarm_window)
+    )
     print(f"deploying {model} to {settings.endpoint_name} ({strategy})")
     _release(settings, model, routing, alarms, instances, force, capture_percent)
 
@@ -682,20 +843,39 @@ def deploy_status(c, json=False, backend=None):
         "backend": "local (default) or aws",
     },
 )
-def deploy_autoscale(c, min_=1, max_=4, target=600.0, scale_out_cooldown=60.0, scale_in_cooldown=300.0, window=60.0,
-                     off=False, backend=None):
+def deploy_autoscale(
+    c,
+    min_=1,
+    max_=4,
+    target=600.0,
+    scale_out_cooldown=60.0,
+    scale_in_cooldown=300.0,
+    window=60.0,
+    off=False,
+    backend=None,
+):
     """Target tracking on invocations per instance per minute for the endpoint's variant."""
     from distracted_driver.hosting import ScalingPolicy
 
     settings = _settings(backend)
-    policy = None if off else ScalingPolicy(int(min_), int(max_), float(target), float(scale_out_cooldown),
-                                            float(scale_in_cooldown), float(window))
+    policy = (
+        None
+        if off
+        else ScalingPolicy(
+            int(min_), int(max_), float(target), float(scale_out_cooldown), float(scale_in_cooldown), float(window)
+        )
+    )
     _refusals_exit(_hosting(settings).set_autoscaling, policy)
     print(f"autoscaling of {settings.endpoint_name}/{settings.variant_name}: {policy or 'off'}")
 
 
-@task(name="capture", help={"percent": "share of invocations to capture from now on, 0..100 (0: off)",
-                            "backend": "local (default) or aws"})
+@task(
+    name="capture",
+    help={
+        "percent": "share of invocations to capture from now on, 0..100 (0: off)",
+        "backend": "local (default) or aws",
+    },
+)
 def deploy_capture(c, percent, backend=None):
     """Change the live endpoint's data capture; the files land under the bucket's capture prefix.
 
@@ -732,8 +912,16 @@ def deploy_down(c, backend=None):
     print(f"endpoint {settings.endpoint_name} deleted")
 
 
-for _task in (deploy_create, deploy_swap, deploy_rollback, deploy_status, deploy_autoscale, deploy_capture,
-              deploy_invoke, deploy_down):
+for _task in (
+    deploy_create,
+    deploy_swap,
+    deploy_rollback,
+    deploy_status,
+    deploy_autoscale,
+    deploy_capture,
+    deploy_invoke,
+    deploy_down,
+):
     deploy.add_task(_task)
 
 
@@ -747,8 +935,9 @@ def _with_pipeline_flags(body):
     from distracted_driver.pipeline.options import FLAGS
 
     own = [p for p in inspect.signature(body).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
-              for name, (default, _) in FLAGS.items()]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default) for name, (default, _) in FLAGS.items()
+    ]
     body.__signature__ = inspect.Signature(own + shared)
     return body
 
@@ -768,9 +957,14 @@ def _pipeline_options(flags):
         raise Exit(f"pipeline: {error}", code=2) from None
 
 
-@task(name="run", auto_shortflags=False, help=_pipeline_help(
-    resume="continue the latest interrupted or failed run, with the options it was started with, from the stage "
-           "that did not finish (a new run record that names it)"))
+@task(
+    name="run",
+    auto_shortflags=False,
+    help=_pipeline_help(
+        resume="continue the latest interrupted or failed run, with the options it was started with, from the stage "
+        "that did not finish (a new run record that names it)"
+    ),
+)
 @_with_pipeline_flags
 def pipeline_run(c, resume=False, **flags):
     """Run the pipeline once: convert, upload, train, evaluate, gate, deploy blue/green, smoke, load test.
@@ -788,9 +982,15 @@ def pipeline_run(c, resume=False, **flags):
         raise Exit(code=record.exit_code)
 
 
-@task(name="history", help={"json": "print the run records as JSON", "limit": "only the last N runs (default all)",
-                            "plot": "also draw seconds per stage of each run as a PNG at this path",
-                            "backend": "local or aws bucket"})
+@task(
+    name="history",
+    help={
+        "json": "print the run records as JSON",
+        "limit": "only the last N runs (default all)",
+        "plot": "also draw seconds per stage of each run as a PNG at this path",
+        "backend": "local or aws bucket",
+    },
+)
 def pipeline_history(c, json=False, limit=0, plot=None, backend=None):
     """List pipeline runs: outcome, model version, stage timings and the reason."""
     import sys
@@ -807,10 +1007,15 @@ def pipeline_history(c, json=False, limit=0, plot=None, backend=None):
         print(f"plot: {plot_history(records, plot)}", file=sys.stderr)
 
 
-@task(name="watch", auto_shortflags=False, help=_pipeline_help(
-    interval="seconds between polls of raw/manifests/ (default 10)",
-    max_runs="stop after starting this many runs (default: no limit)",
-    timeout="stop after this many seconds, ending a run still going (default: no limit)"))
+@task(
+    name="watch",
+    auto_shortflags=False,
+    help=_pipeline_help(
+        interval="seconds between polls of raw/manifests/ (default 10)",
+        max_runs="stop after starting this many runs (default: no limit)",
+        timeout="stop after this many seconds, ending a run still going (default: no limit)",
+    ),
+)
 @_with_pipeline_flags
 def pipeline_watch(c, interval=10.0, max_runs=None, timeout=None, **flags):
     """Watch the bucket's raw-data manifests and run the pipeline when new data lands (one run at a time)."""
@@ -820,8 +1025,13 @@ def pipeline_watch(c, interval=10.0, max_runs=None, timeout=None, **flags):
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = _settings(flags.pop("backend"))
-    runs = watch(settings, _pipeline_options(flags), interval=float(interval),
-                 max_runs=None if max_runs is None else int(max_runs), timeout=None if timeout is None else float(timeout))
+    runs = watch(
+        settings,
+        _pipeline_options(flags),
+        interval=float(interval),
+        max_runs=None if max_runs is None else int(max_runs),
+        timeout=None if timeout is None else float(timeout),
+    )
     for run in runs:
         print(f"{run.run_id or '-'}: {run.outcome} (after {', '.join(run.manifests)})")
 
@@ -885,7 +1095,11 @@ def infra_apply(c, env="dev", endpoint_exists=None, yes=False):
 
 @task(
     name="destroy",
-    help={**_TF_HELP, "yes": "destroy without asking", "keep_endpoint": "leave the SageMaker endpoint (default: delete it first)"},
+    help={
+        **_TF_HELP,
+        "yes": "destroy without asking",
+        "keep_endpoint": "leave the SageMaker endpoint (default: delete it first)",
+    },
 )
 def infra_destroy(c, env="dev", endpoint_exists=None, yes=False, keep_endpoint=False):
     """Delete the endpoint (the deploy task's, not Terraform's), then terraform destroy."""
@@ -925,8 +1139,13 @@ def infra_push_image(c, tag=None):
     print(f"serving image recorded in {record_serving_image(settings, image)}")
 
 
-@task(name="preflight", help={"env": "environment: terraform/envs/<env>.tfvars (default dev)",
-                               "build": "inside CodeBuild: skip the source credential and the state bucket"})
+@task(
+    name="preflight",
+    help={
+        "env": "environment: terraform/envs/<env>.tfvars (default dev)",
+        "build": "inside CodeBuild: skip the source credential and the state bucket",
+    },
+)
 def infra_preflight(c, env="dev", build=False):
     """Before terraform apply: can this account take the env (identity, Lambda concurrency, SageMaker quotas,
     instance types offered, CodeBuild's GitHub credential, the state bucket)? Non-zero exit if not."""
@@ -959,9 +1178,17 @@ def infra_docs(c):
     print("\n".join(f"rewrote {path}" for path in changed) or "every README is up to date")
 
 
-
-for _task in (infra_check, infra_docs, infra_package, infra_preflight, infra_plan, infra_apply, infra_destroy,
-              infra_outputs, infra_push_image):
+for _task in (
+    infra_check,
+    infra_docs,
+    infra_package,
+    infra_preflight,
+    infra_plan,
+    infra_apply,
+    infra_destroy,
+    infra_outputs,
+    infra_push_image,
+):
     infra.add_task(_task)
 
 # --- monitor ---------------------------------------------------------------
@@ -983,8 +1210,14 @@ def monitor_report(c, since="24h", variant=None, thresholds=None, out=None, back
     """Drift of the captured traffic against the live model's baseline; exit 0 no drift, 3 drift, 1 too few requests."""
     from distracted_driver.monitor.report import drift_report, parse_since
 
-    result = drift_report(_settings(backend), since=parse_since(since), variant=variant or None,
-                          thresholds=thresholds, out_root=out, progress=True)
+    result = drift_report(
+        _settings(backend),
+        since=parse_since(since),
+        variant=variant or None,
+        thresholds=thresholds,
+        out_root=out,
+        progress=True,
+    )
     print((result.directory / "summary.txt").read_text(), end="")
     print(f"report: {result.directory}")
     if result.exit_code:
@@ -1007,8 +1240,16 @@ def monitor_export(c, out, since="24h", variant=None, low_confidence_only=False,
     from distracted_driver.monitor.export import export_window
     from distracted_driver.monitor.report import parse_since
 
-    print(export_window(_settings(backend), out, since=parse_since(since), variant=variant or None,
-                        low_confidence_only=low_confidence_only, thresholds=thresholds))
+    print(
+        export_window(
+            _settings(backend),
+            out,
+            since=parse_since(since),
+            variant=variant or None,
+            low_confidence_only=low_confidence_only,
+            thresholds=thresholds,
+        )
+    )
 
 
 monitor.add_task(monitor_report)

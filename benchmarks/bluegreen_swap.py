@@ -33,9 +33,9 @@ from distracted_driver.config import Settings  # noqa: E402
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting  # noqa: E402
 from distracted_driver.hosting.local import LocalHosting  # noqa: E402
 from distracted_driver.hosting.local.client import sagemaker_runtime_client  # noqa: E402
-from distracted_driver.storage import open_storage  # noqa: E402
 from distracted_driver.model import artifact as contract  # noqa: E402
 from distracted_driver.model.registry import Registry  # noqa: E402
+from distracted_driver.storage import open_storage  # noqa: E402
 
 PHASES = ("prepare", "provisioning", "smoke_test", "swap_to_all_traffic_on_green", "retiring_blue", "client_total")
 
@@ -62,7 +62,9 @@ class Load:
         i = offset
         while not self.stop.is_set():
             try:
-                client.invoke_endpoint(EndpointName=endpoint, ContentType="image/jpeg", Body=payloads[i % len(payloads)])["Body"].read()
+                client.invoke_endpoint(
+                    EndpointName=endpoint, ContentType="image/jpeg", Body=payloads[i % len(payloads)]
+                )["Body"].read()
                 self.ok += 1
             except Exception as error:
                 self.failed += 1
@@ -91,7 +93,9 @@ def main() -> None:
     tar_path = build_artifact(CACHE / VERSION)
     payloads = sample_payloads(8)
     workdir = Path(tempfile.mkdtemp(prefix="swap-bench-", dir=CACHE))
-    settings = Settings(root=workdir, bucket_dir=workdir / "bucket", state_dir=workdir / "state", work_dir=workdir / "work")
+    settings = Settings(
+        root=workdir, bucket_dir=workdir / "bucket", state_dir=workdir / "state", work_dir=workdir / "work"
+    )
     storage = open_storage(settings)
     registry = Registry(storage, settings)
     specs = []
@@ -115,14 +119,19 @@ def main() -> None:
                 result = hosting.deploy(spec, routing, AlarmThresholds(), smoke_images=payloads[:3])
                 assert result.outcome == "deployed", result
                 rows.append(result.timings)
-                print(f"swap {swap + 1} to {spec.version}: " + ", ".join(f"{p} {result.timings.get(p, 0):.2f} s" for p in PHASES))
+                print(
+                    f"swap {swap + 1} to {spec.version}: "
+                    + ", ".join(f"{p} {result.timings.get(p, 0):.2f} s" for p in PHASES)
+                )
             time.sleep(1.0)
     finally:
         hosting.delete()
         shutil.rmtree(workdir, ignore_errors=True)
     median = statistics.median(r["swap_to_all_traffic_on_green"] for r in rows)
     print(f"requests during the swaps: {load.ok} answered, {load.failed} failed")
-    print(f"swap to all traffic on green (all-at-once, {args.instances} instance(s)): median {median:.2f} s over {len(rows)} swaps")
+    print(
+        f"swap to all traffic on green (all-at-once, {args.instances} instance(s)): median {median:.2f} s over {len(rows)} swaps"
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,11 @@ def _plot(latencies: dict[int, np.ndarray], path: Path, slice_s: float) -> None:
     for percent, seconds in latencies.items():
         ms = np.sort(seconds * 1000)
         p50, p99 = np.percentile(ms, [50, 99])
-        ax.plot(ms, np.arange(1, len(ms) + 1) / len(ms),
-                label=f"capture {percent}%: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(ms)} requests)")
+        ax.plot(
+            ms,
+            np.arange(1, len(ms) + 1) / len(ms),
+            label=f"capture {percent}%: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(ms)} requests)",
+        )
     ax.set_xlabel("client latency (ms)")
     ax.set_ylabel("share of requests answered within")
     ax.set_title(f"Latency through the local endpoint, capture switched 0% / 100% every {slice_s:g} s (open loop)")
@@ -70,8 +73,9 @@ def _plot(latencies: dict[int, np.ndarray], path: Path, slice_s: float) -> None:
     plt.close(fig)
 
 
-async def _interleaved(hosting, url: str, payloads: list[bytes], rate: float, seconds: float,
-                       slice_s: float) -> tuple[dict[int, np.ndarray], int, int]:
+async def _interleaved(
+    hosting, url: str, payloads: list[bytes], rate: float, seconds: float, slice_s: float
+) -> tuple[dict[int, np.ndarray], int, int]:
     """The open loop with capture switched every ``slice_s``; ({percent: latencies}, failures, switches)."""
     state = {"percent": 0, "switches": 0}
     end = time.monotonic() + seconds
@@ -105,8 +109,10 @@ def main() -> None:
     serving.CACHE.mkdir(parents=True, exist_ok=True)
     tar_path = serving.build_artifact(serving.CACHE / serving.VERSION)
     payloads = serving.sample_payloads(args.images)
-    print(f"EfficientNet-Lite0 {serving.IMAGE_SIZE}x{serving.IMAGE_SIZE}, {len(payloads)} JPEG payloads of 640x480 "
-          f"(mean {np.mean([len(p) for p in payloads]) / 1024:.0f} KiB), one instance, {args.clients} clients")
+    print(
+        f"EfficientNet-Lite0 {serving.IMAGE_SIZE}x{serving.IMAGE_SIZE}, {len(payloads)} JPEG payloads of 640x480 "
+        f"(mean {np.mean([len(p) for p in payloads]) / 1024:.0f} KiB), one instance, {args.clients} clients"
+    )
 
     workdir = Path(tempfile.mkdtemp(prefix="cap-", dir=serving.CACHE))  # short: AF_UNIX paths are at most 107 bytes
     try:
@@ -122,42 +128,59 @@ def main() -> None:
                     hosting.set_capture(percent)
                     cpu = sum(runtime.cpu_times()[:2])
                     rate, failures = asyncio.run(
-                        serving.closed_loop(url, payloads, args.clients, args.saturated_seconds))
+                        serving.closed_loop(url, payloads, args.clients, args.saturated_seconds)
+                    )
                     if failures:
                         raise SystemExit(f"{failures} requests failed during a saturated run at {percent}% capture")
                     rates[percent].append(rate)
                     cpu_ms[percent].append(
-                        1000 * (sum(runtime.cpu_times()[:2]) - cpu) / (rate * args.saturated_seconds))
-                print(f"saturated round {round_ + 1}: capture 0% {rates[0][-1]:.1f} requests/s, "
-                      f"100% {rates[100][-1]:.1f} requests/s")
+                        1000 * (sum(runtime.cpu_times()[:2]) - cpu) / (rate * args.saturated_seconds)
+                    )
+                print(
+                    f"saturated round {round_ + 1}: capture 0% {rates[0][-1]:.1f} requests/s, "
+                    f"100% {rates[100][-1]:.1f} requests/s"
+                )
 
             rate = max(rates[0]) / 2
             hosting.set_capture(0)
             before = hosting.status().data_capture["stats"]
             print(f"open loop at {rate:.1f} requests/s for {args.seconds:g} s, capture switched every {args.slice:g} s")
             latencies, failed, switches = asyncio.run(
-                _interleaved(hosting, url, payloads, rate, args.seconds, args.slice))
+                _interleaved(hosting, url, payloads, rate, args.seconds, args.slice)
+            )
             hosting.set_capture(0)
             stats = hosting.status().data_capture["stats"]
-            read_back = sum(1 for _ in iter_capture_records(hosting.storage, hosting.settings.capture_prefix,
-                                                            hosting.settings.endpoint_name))
+            read_back = sum(
+                1
+                for _ in iter_capture_records(
+                    hosting.storage, hosting.settings.capture_prefix, hosting.settings.endpoint_name
+                )
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     _plot(latencies, args.plot, args.slice)
-    print(f"saturated: capture 0% {max(rates[0]):.1f} requests/s, 100% {max(rates[100]):.1f} requests/s "
-          f"(ratio {max(rates[100]) / max(rates[0]):.3f})")
-    print(f"runtime process CPU per request: capture 0% {np.median(cpu_ms[0]):.2f} ms, 100% "
-          f"{np.median(cpu_ms[100]):.2f} ms (capture adds {np.median(cpu_ms[100]) - np.median(cpu_ms[0]):.2f} ms, "
-          f"in the writer thread)")
+    print(
+        f"saturated: capture 0% {max(rates[0]):.1f} requests/s, 100% {max(rates[100]):.1f} requests/s "
+        f"(ratio {max(rates[100]) / max(rates[0]):.3f})"
+    )
+    print(
+        f"runtime process CPU per request: capture 0% {np.median(cpu_ms[0]):.2f} ms, 100% "
+        f"{np.median(cpu_ms[100]):.2f} ms (capture adds {np.median(cpu_ms[100]) - np.median(cpu_ms[0]):.2f} ms, "
+        f"in the writer thread)"
+    )
     for percent in SIDES:
         p50, p90, p99 = np.percentile(latencies[percent] * 1000, [50, 90, 99])
-        print(f"capture {percent:3d}%: p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms "
-              f"({len(latencies[percent])} requests)")
-    print(f"{switches} switches, {failed} requests failed; during the open loop the writer wrote "
-          f"{stats['written'] - before['written']} records, dropped {stats['dropped'] - before['dropped']} "
-          f"(queue full), lost {stats['lost'] - before['lost']}; {read_back} records read back in all "
-          "(warm-up and saturated rounds included)")
+        print(
+            f"capture {percent:3d}%: p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms "
+            f"({len(latencies[percent])} requests)"
+        )
+    print(
+        f"{switches} switches, {failed} requests failed; during the open loop the writer wrote "
+        f"{stats['written'] - before['written']} records, dropped {stats['dropped'] - before['dropped']} "
+        f"(queue full), lost {stats['lost'] - before['lost']}; {read_back} records read back in all "
+        "(warm-up and saturated rounds included)"
+    )
     print(f"plot: {args.plot}")
     p50_ratio = np.percentile(latencies[100], 50) / np.percentile(latencies[0], 50)
     print(f"p50 ratio {p50_ratio:.3f}")

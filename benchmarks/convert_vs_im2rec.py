@@ -82,8 +82,11 @@ def cpu_seconds() -> float:
     Our workers are children of the fork server (a child of ours that lives on), which reaps them:
     their time shows in its ``children_*`` times.
     """
-    total = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-                for f in ("ru_utime", "ru_stime"))
+    total = sum(
+        getattr(resource.getrusage(who), f)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
     for child in psutil.Process().children():
         try:
             times = child.cpu_times()
@@ -99,8 +102,19 @@ def run_im2rec(lst: Path, image_root: Path, workers: int) -> tuple[float, float]
     for stale in work.glob("bench.*"):
         stale.unlink()
     (work / "bench.lst").write_bytes(lst.read_bytes())
-    command = [str(MXNET_PYTHON), "-c", IM2REC_RUNNER, str(work / "bench"), str(image_root),
-               "--resize", "256", "--quality", "95", "--num-thread", str(workers)]
+    command = [
+        str(MXNET_PYTHON),
+        "-c",
+        IM2REC_RUNNER,
+        str(work / "bench"),
+        str(image_root),
+        "--resize",
+        "256",
+        "--quality",
+        "95",
+        "--num-thread",
+        str(workers),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     wall, cpu = result.stdout.split("ELAPSED")[-1].split()
     return float(wall), float(cpu)
@@ -108,13 +122,15 @@ def run_im2rec(lst: Path, image_root: Path, workers: int) -> tuple[float, float]
 
 def run_ours(lst: Path, image_root: Path, workers: int) -> tuple[float, float]:
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    convert_list(lst, image_root, BENCH / "ours", "bench", ConvertOptions(resize=256, quality=95), workers,
-                 progress=False)
+    convert_list(
+        lst, image_root, BENCH / "ours", "bench", ConvertOptions(resize=256, quality=95), workers, progress=False
+    )
     return time.perf_counter() - started, cpu_seconds() - cpu_started
 
 
 def agreement() -> tuple[int, int, float]:
     """(identical records, records, lowest PSNR in dB) between our output and im2rec's."""
+
     def load(directory: Path) -> dict[int, bytes]:
         with recordio.IndexedRecordReader(directory / "bench.idx", directory / "bench.rec") as reader:
             return dict(iter(reader))
@@ -127,8 +143,10 @@ def agreement() -> tuple[int, int, float]:
         if record == theirs[key]:
             identical += 1
             continue
-        a, b = (cv2.imdecode(np.frombuffer(recordio.unpack(r)[1], np.uint8), 1).astype(np.float64)
-                for r in (record, theirs[key]))
+        a, b = (
+            cv2.imdecode(np.frombuffer(recordio.unpack(r)[1], np.uint8), 1).astype(np.float64)
+            for r in (record, theirs[key])
+        )
         mse = float(np.mean((a - b) ** 2)) if a.shape == b.shape else float("inf")
         worst = min(worst, 10 * np.log10(255**2 / mse) if mse else float("inf"))
     return identical, len(ours), worst
@@ -137,8 +155,9 @@ def agreement() -> tuple[int, int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000, help="at least this many images (default 2000)")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="processes for both (default: all cores)")
+    parser.add_argument(
+        "--workers", type=int, default=default_workers(), help="processes for both (default: all cores)"
+    )
     parser.add_argument("--repeat", type=int, default=2, help="runs of each, best kept (default 2)")
     args = parser.parse_args()
 
@@ -149,8 +168,10 @@ def main() -> None:
     lst = BENCH / "lists" / "bench.lst"
     write_lst(lst, entries)
     size = warm_page_cache(image_root)
-    print(f"{len(entries)} images, 640x480 JPEG, {size / len(entries) / 1e3:.0f} kB each; "
-          f"--resize 256 --quality 95, {args.workers} processes each")
+    print(
+        f"{len(entries)} images, 640x480 JPEG, {size / len(entries) / 1e3:.0f} kB each; "
+        f"--resize 256 --quality 95, {args.workers} processes each"
+    )
 
     runs: dict[str, list[tuple[float, float]]] = {"im2rec": [], "ours": []}
     for _ in range(args.repeat):  # interleaved, so a burst of load elsewhere hits both alike
@@ -166,8 +187,10 @@ def main() -> None:
     for name in ("im2rec", "ours"):
         print(f"{labels[name]:<52} {rate[name]:7.1f} images/s  {cpu_ms[name]:5.2f} CPU ms/image")
     identical, total, worst = agreement()
-    print(f"records byte-identical to im2rec's: {identical}/{total}"
-          + ("" if identical == total else f"; lowest PSNR of the others {worst:.1f} dB"))
+    print(
+        f"records byte-identical to im2rec's: {identical}/{total}"
+        + ("" if identical == total else f"; lowest PSNR of the others {worst:.1f} dB")
+    )
     rounded = {name: [[round(wall, 2), round(cpu, 2)] for wall, cpu in timed] for name, timed in runs.items()}
     print("runs (wall s, CPU s): " + json.dumps(rounded))
     print(f"cpu_ratio {cpu_ms['im2rec'] / cpu_ms['ours']:.2f}  (im2rec CPU per image / ours)")

@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plotting import pyplot, save_figure  # noqa: E402
 from sample_channels import sample_channels  # noqa: E402
 
+from distracted_driver.data.channel import read_records  # noqa: E402
 from distracted_driver.data.imaging import Preprocessing, decode_image, model_input  # noqa: E402
 from distracted_driver.data.layout import TRAIN_DIR  # noqa: E402
 from distracted_driver.data.split import read_lst  # noqa: E402
-from distracted_driver.data.channel import read_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOT = ROOT / "reports" / "benchmarks" / "decode_scaled.png"
@@ -103,8 +103,10 @@ def _frame_records(sample: Path, channels: Path, name: str) -> list:
     """The camera frames behind a channel's records, as records with their labels (what serving decodes)."""
     from distracted_driver.data.channel import Record
 
-    return [Record(f"frame:{entry.index}", int(entry.label), (sample / TRAIN_DIR / entry.path).read_bytes())
-            for entry in read_lst(channels / name / f"{name}.lst")]
+    return [
+        Record(f"frame:{entry.index}", int(entry.label), (sample / TRAIN_DIR / entry.path).read_bytes())
+        for entry in read_lst(channels / name / f"{name}.lst")
+    ]
 
 
 def log_losses(sample: Path, channels: Path, size: int, seeds: int) -> dict[tuple[bool, str], list[float]]:
@@ -115,8 +117,8 @@ def log_losses(sample: Path, channels: Path, size: int, seeds: int) -> dict[tupl
     """
     import torch
 
-    from distracted_driver.system import cpu_count
     from distracted_driver.model.evaluate import log_loss
+    from distracted_driver.system import cpu_count
     from distracted_driver.train.loop import Checkpoints, FeatureExtractor, TrainConfig, cached_features, train_frozen
 
     torch.set_num_threads(cpu_count())
@@ -131,18 +133,37 @@ def log_losses(sample: Path, channels: Path, size: int, seeds: int) -> dict[tupl
                 config = TrainConfig(image_size=size, jpeg_dct_scaling=scaled, seed=seed)
                 checkpoints = Checkpoints(Path(tmp) / f"{scaled}-{seed}", "benchmark")
                 checkpoints.path.parent.mkdir()
-                result = train_frozen(config, train_records, val_records, checkpoints, "demo-sample",
-                                      cache_dir=cache, log=lambda line: None)
-                features, labels, _, _ = cached_features(FeatureExtractor(result.model, config), val_frames, config,
-                                                         "frames", cache, "demo-frames", lambda line: None)
+                result = train_frozen(
+                    config,
+                    train_records,
+                    val_records,
+                    checkpoints,
+                    "demo-sample",
+                    cache_dir=cache,
+                    log=lambda line: None,
+                )
+                features, labels, _, _ = cached_features(
+                    FeatureExtractor(result.model, config),
+                    val_frames,
+                    config,
+                    "frames",
+                    cache,
+                    "demo-frames",
+                    lambda line: None,
+                )
                 with torch.inference_mode():
                     served = torch.softmax(result.model._fc(features), 1).numpy()
-                losses = {"records": min(h["val_log_loss"] for h in result.history),
-                          "frames": log_loss(labels.numpy(), served)}
+                losses = {
+                    "records": min(h["val_log_loss"] for h in result.history),
+                    "frames": log_loss(labels.numpy(), served),
+                }
                 for where, loss in losses.items():
                     results.setdefault((scaled, where), []).append(loss)
-                print(f"  {'scaled' if scaled else 'full  '} seed {seed}: validation log loss {losses['records']:.4f} "
-                      f"on records, {losses['frames']:.4f} on camera frames", flush=True)
+                print(
+                    f"  {'scaled' if scaled else 'full  '} seed {seed}: validation log loss {losses['records']:.4f} "
+                    f"on records, {losses['frames']:.4f} on camera frames",
+                    flush=True,
+                )
     return results
 
 
@@ -175,10 +196,14 @@ def main() -> None:
 
     sample, channels = sample_channels()
     frames, records = frames_and_records(sample, channels)
-    shapes = {name: decode_image(data[0], min_size=size).shape[:2] for name, data in (("frames", frames),
-                                                                                       ("records", records))}
-    print(f"{len(frames)} camera frames (640x480, decoded at {shapes['frames'][1]}x{shapes['frames'][0]}) and their "
-          f"records (341x256, decoded at {shapes['records'][1]}x{shapes['records'][0]}); input {size}x{size}")
+    shapes = {
+        name: decode_image(data[0], min_size=size).shape[:2]
+        for name, data in (("frames", frames), ("records", records))
+    }
+    print(
+        f"{len(frames)} camera frames (640x480, decoded at {shapes['frames'][1]}x{shapes['frames'][0]}) and their "
+        f"records (341x256, decoded at {shapes['records'][1]}x{shapes['records'][0]}); input {size}x{size}"
+    )
     costs = {}
     for group, images in (("camera frames", frames), ("records", records)):
         costs[group] = milliseconds_per_image(images, size, args.repeat)
@@ -186,15 +211,19 @@ def main() -> None:
         print(f"{group:<14} {line}   full/scaled {costs[group]['full'] / costs[group]['scaled']:.2f}", flush=True)
 
     full, scaled = Preprocessing(input_size=size, jpeg_dct_scaling=False), Preprocessing(input_size=size)
-    print(f"record vs camera frame, mean |difference| of the model input in 0-255 levels: "
-          f"full decoding {skew(frames, records, full):.2f}, scaled {skew(frames, records, scaled):.2f}")
+    print(
+        f"record vs camera frame, mean |difference| of the model input in 0-255 levels: "
+        f"full decoding {skew(frames, records, full):.2f}, scaled {skew(frames, records, scaled):.2f}"
+    )
     if args.log_loss:
         losses = log_losses(sample, channels, size, args.seeds)
         for where in ("records", "frames"):
             full_losses, scaled_losses = losses[(False, where)], losses[(True, where)]
-            print(f"validation log loss on {where:<7} (seed 0 / mean of {args.seeds} seeds): "
-                  f"full {full_losses[0]:.4f} / {statistics.mean(full_losses):.4f}, "
-                  f"scaled {scaled_losses[0]:.4f} / {statistics.mean(scaled_losses):.4f}")
+            print(
+                f"validation log loss on {where:<7} (seed 0 / mean of {args.seeds} seeds): "
+                f"full {full_losses[0]:.4f} / {statistics.mean(full_losses):.4f}, "
+                f"scaled {scaled_losses[0]:.4f} / {statistics.mean(scaled_losses):.4f}"
+            )
     print(f"plot {plot(costs, size)}")
     frames_cost = costs["camera frames"]
     print(f"opencv_ratio {frames_cost['opencv'] / frames_cost['scaled']:.2f}  (OpenCV decode + resize / scaled)")

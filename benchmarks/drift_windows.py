@@ -47,8 +47,14 @@ from distracted_driver.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 # The night window comes last: the labelling loop exports everything captured since it began.
-WINDOWS = (("like training A", None, 100), ("like training B", None, 300), ("like training C", None, 600),
-           ("camera angle", "angle", 400), ("new cabin", "cabin", 500), ("night", "night", 200))
+WINDOWS = (
+    ("like training A", None, 100),
+    ("like training B", None, 300),
+    ("like training C", None, 600),
+    ("camera angle", "angle", 400),
+    ("new cabin", "cabin", 500),
+    ("night", "night", 200),
+)
 
 
 def send_window(settings: Settings, client, paths: list[Path]) -> tuple[datetime, list[int], list[int]]:
@@ -56,8 +62,9 @@ def send_window(settings: Settings, client, paths: list[Path]) -> tuple[datetime
     import json
 
     def send(path: Path) -> int:
-        answer = client.invoke_endpoint(EndpointName=settings.endpoint_name, ContentType="image/jpeg",
-                                        Body=path.read_bytes())
+        answer = client.invoke_endpoint(
+            EndpointName=settings.endpoint_name, ContentType="image/jpeg", Body=path.read_bytes()
+        )
         return int(np.argmax(json.loads(answer["Body"].read())))
 
     time.sleep(1.1)  # captured times have whole seconds: the next window starts on a new one
@@ -71,8 +78,10 @@ def wait_for_capture(settings: Settings, since: datetime, count: int) -> None:
     storage = open_storage(settings)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if sum(1 for _ in iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name,
-                                               since=since)) >= count:
+        if (
+            sum(1 for _ in iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since))
+            >= count
+        ):
             return
         time.sleep(0.5)
     raise RuntimeError(f"fewer than {count} requests captured since {since}")
@@ -92,9 +101,13 @@ def figures(report: dict) -> dict[str, float]:
 def limits_of(report: dict) -> dict[str, float]:
     t = report["thresholds"]
     base_low = report["checks"]["confidence"]["baseline_low_confidence_share"]
-    return {"psi": t["max_class_psi"], "low_conf": base_low + t["max_low_confidence_increase"],
-            "conf_ks": t["max_confidence_ks"], "stat_ks": t["max_statistic_ks"],
-            "feature_ratio": t["max_frechet_ratio"]}
+    return {
+        "psi": t["max_class_psi"],
+        "low_conf": base_low + t["max_low_confidence_increase"],
+        "conf_ks": t["max_confidence_ks"],
+        "stat_ks": t["max_statistic_ks"],
+        "feature_ratio": t["max_frechet_ratio"],
+    }
 
 
 def plot(rows: list[tuple[str, dict, dict]], png: Path) -> None:
@@ -125,15 +138,17 @@ def labelling_loop(settings: Settings, root: Path, old: str, since: datetime, ba
     import csv
 
     from distracted_driver.hashing import sha256_bytes
-    from distracted_driver.monitor.export import export_window
-    from distracted_driver.model.inference import Classifier
     from distracted_driver.model.cache import fetch_artifact
     from distracted_driver.model.evaluate import log_loss
+    from distracted_driver.model.inference import Classifier
     from distracted_driver.model.registry import Registry
+    from distracted_driver.monitor.export import export_window
 
     with open(batch / "driver_imgs_list.csv", newline="") as handle:
-        truth = {sha256_bytes((batch / "imgs" / "train" / r["classname"] / r["img"]).read_bytes()): r
-                 for r in csv.DictReader(handle)}
+        truth = {
+            sha256_bytes((batch / "imgs" / "train" / r["classname"] / r["img"]).read_bytes()): r
+            for r in csv.DictReader(handle)
+        }
     review = root / "review"
     exported = export_window(settings, review, since=since)
     with open(review / "driver_imgs_list.csv", newline="") as handle:
@@ -145,24 +160,39 @@ def labelling_loop(settings: Settings, root: Path, old: str, since: datetime, ba
         csv.writer(handle, lineterminator="\n").writerows(rows)
     added = add_data(open_storage(settings), settings, review, progress=False)
     started = time.perf_counter()
-    record = run_pipeline(settings, RunOptions(load_seconds=0.0, wait_seconds=1.0, bake_seconds=1.0),
-                          log=lambda message: None, stream=None, progress=False)
+    record = run_pipeline(
+        settings,
+        RunOptions(load_seconds=0.0, wait_seconds=1.0, bake_seconds=1.0),
+        log=lambda message: None,
+        stream=None,
+        progress=False,
+    )
     new = Registry(open_storage(settings), settings).live()["job"]
     unseen = root / "night-unseen"
-    generate_sample(unseen, drivers=4, images_per_class_driver=2, test_images=0, seed=8, first_driver=800,
-                    shift="night", progress=False)
+    generate_sample(
+        unseen,
+        drivers=4,
+        images_per_class_driver=2,
+        test_images=0,
+        seed=8,
+        first_driver=800,
+        shift="night",
+        progress=False,
+    )
     paths = sorted((unseen / "imgs" / "train").glob("c*/*.jpg"))
     labels = np.array([int(p.parent.name[1:]) for p in paths])
     scores = {}
     for job in (old, new):
         classifier = Classifier(fetch_artifact(settings, job))
         batch_in = np.stack([classifier.prepare(p.read_bytes()) for p in paths])
-        probabilities = np.concatenate([classifier.predict(batch_in[i:i + 32]) for i in range(0, len(paths), 32)])
+        probabilities = np.concatenate([classifier.predict(batch_in[i : i + 32]) for i in range(0, len(paths), 32)])
         scores[job] = (log_loss(labels, probabilities), float((probabilities.argmax(1) == labels).mean()))
-    return (f"loop: exported {exported.exported}, added {len(added.added)}, pipeline {record.outcome} in "
-            f"{time.perf_counter() - started:.0f} s; on {len(paths)} images of 4 night drivers neither model saw: "
-            f"live {old} log loss {scores[old][0]:.4f} (accuracy {scores[old][1]:.3f}), "
-            f"new {new} log loss {scores[new][0]:.4f} (accuracy {scores[new][1]:.3f})")
+    return (
+        f"loop: exported {exported.exported}, added {len(added.added)}, pipeline {record.outcome} in "
+        f"{time.perf_counter() - started:.0f} s; on {len(paths)} images of 4 night drivers neither model saw: "
+        f"live {old} log loss {scores[old][0]:.4f} (accuracy {scores[old][1]:.3f}), "
+        f"new {new} log loss {scores[new][0]:.4f} (accuracy {scores[new][1]:.3f})"
+    )
 
 
 def main() -> int:
@@ -179,23 +209,39 @@ def main() -> int:
             generate_sample(root / "sample", progress=False)
             add_data(open_storage(settings), settings, root / "sample", progress=False)
             started = time.perf_counter()
-            record = run_pipeline(settings, RunOptions(load_seconds=0.0, wait_seconds=1.0, bake_seconds=1.0,
-                                                       capture_percent=100),
-                                  log=lambda message: None, stream=None, progress=False)
+            record = run_pipeline(
+                settings,
+                RunOptions(load_seconds=0.0, wait_seconds=1.0, bake_seconds=1.0, capture_percent=100),
+                log=lambda message: None,
+                stream=None,
+                progress=False,
+            )
             if record.outcome != "deployed":
                 print(f"the pipeline ended {record.outcome}: {record.reason}", file=sys.stderr)
                 return 1
-            print(f"model {record.model_version} trained and deployed with 100 % capture in "
-                  f"{time.perf_counter() - started:.0f} s")
+            print(
+                f"model {record.model_version} trained and deployed with 100 % capture in "
+                f"{time.perf_counter() - started:.0f} s"
+            )
             client = sagemaker_runtime_client(open_hosting(settings).status()["runtime_url"], settings.region)
             rows = []
-            header = (f"{'window':16} {'n':>4} {'acc':>5} {'verdict':9} {'psi':>6} {'low':>5} {'confKS':>6} "
-                      f"{'statKS':>6} {'feat':>5} {'report s':>8}  drifted")
+            header = (
+                f"{'window':16} {'n':>4} {'acc':>5} {'verdict':9} {'psi':>6} {'low':>5} {'confKS':>6} "
+                f"{'statKS':>6} {'feat':>5} {'report s':>8}  drifted"
+            )
             print(header)
             for name, shift, first in WINDOWS:
                 batch = root / f"window-{first}"
-                generate_sample(batch, drivers=args.drivers, images_per_class_driver=args.per_class, test_images=0,
-                                seed=3, first_driver=first, shift=shift, progress=False)
+                generate_sample(
+                    batch,
+                    drivers=args.drivers,
+                    images_per_class_driver=args.per_class,
+                    test_images=0,
+                    seed=3,
+                    first_driver=first,
+                    shift=shift,
+                    progress=False,
+                )
                 paths = sorted((batch / "imgs" / "train").glob("c*/*.jpg"))
                 since, truth, answers = send_window(settings, client, paths)
                 if shift == "night":
@@ -208,18 +254,23 @@ def main() -> int:
                 values, limits = figures(report), limits_of(report)
                 rows.append((name, values, limits))
                 accuracy = float(np.mean(np.array(truth) == np.array(answers)))
-                print(f"{name:16} {report['records']['answered']:>4} {accuracy:5.3f} {result.verdict:9} "
-                      f"{values['psi']:6.3f} {values['low_conf']:5.3f} {values['conf_ks']:6.3f} "
-                      f"{values['stat_ks']:6.3f} {values['feature_ratio']:5.2f} {seconds:8.1f}  "
-                      f"{', '.join(report['drifted_checks']) or '-'}", flush=True)
+                print(
+                    f"{name:16} {report['records']['answered']:>4} {accuracy:5.3f} {result.verdict:9} "
+                    f"{values['psi']:6.3f} {values['low_conf']:5.3f} {values['conf_ks']:6.3f} "
+                    f"{values['stat_ks']:6.3f} {values['feature_ratio']:5.2f} {seconds:8.1f}  "
+                    f"{', '.join(report['drifted_checks']) or '-'}",
+                    flush=True,
+                )
             print("thresholds: " + ", ".join(f"{k} {v:g}" for k, v in rows[0][2].items()))
             plot(rows, Path(args.plot))
             like = [r for r in rows if r[0].startswith("like")]
             shifted = [r for r in rows if not r[0].startswith("like")]
             summary = []
             for key in ("feature_ratio", "stat_ks", "conf_ks"):
-                summary.append(f"{key}: like-training max {max(r[1][key] / r[2][key] for r in like):.2f} "
-                               f"shifted min {min(r[1][key] / r[2][key] for r in shifted):.2f} (of the limit)")
+                summary.append(
+                    f"{key}: like-training max {max(r[1][key] / r[2][key] for r in like):.2f} "
+                    f"shifted min {min(r[1][key] / r[2][key] for r in shifted):.2f} (of the limit)"
+                )
             print(f"plot: {args.plot}")
             print("; ".join(summary))
             print(labelling_loop(settings, root, record.model_version, night_since, night_batch))

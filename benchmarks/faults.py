@@ -44,9 +44,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import requests
 
@@ -60,9 +60,9 @@ from distracted_driver.gateway import UsagePlan, gateway_status, start_gateway, 
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting  # noqa: E402
 from distracted_driver.hosting.local import LocalHosting  # noqa: E402
 from distracted_driver.loadtest.hostile import malformed_requests, raw_exchange, slowloris  # noqa: E402
-from distracted_driver.storage import open_storage  # noqa: E402
 from distracted_driver.model.artifact import load_artifact  # noqa: E402
 from distracted_driver.model.registry import Registry  # noqa: E402
+from distracted_driver.storage import open_storage  # noqa: E402
 
 ROOT = BENCHMARKS.parent
 POLL_S = 0.05
@@ -91,7 +91,7 @@ class Load:
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.clients)]
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self._deadline = time.monotonic() + self.max_seconds
         for thread in self._threads:
             thread.start()
@@ -109,8 +109,12 @@ class Load:
         while not self._stop.is_set() and time.monotonic() < self._deadline:
             started = time.monotonic()
             try:
-                ok = session.post(self.url, data=self.payloads[i % len(self.payloads)], headers=headers,
-                                  timeout=30).status_code == 200
+                ok = (
+                    session.post(
+                        self.url, data=self.payloads[i % len(self.payloads)], headers=headers, timeout=30
+                    ).status_code
+                    == 200
+                )
             except requests.RequestException:
                 ok = False
                 time.sleep(0.05)  # a refused connection fails at once: do not spin
@@ -162,8 +166,12 @@ def faults(settings: Settings, hosting: LocalHosting, instances: int) -> list[Fa
 
     def runtime_back(old: int) -> bool:
         status = hosting.status()
-        return (status.runtime_running and status.details["runtime"]["pid"] != old and status.status == "InService"
-                and status.instance_count == instances)
+        return (
+            status.runtime_running
+            and status.details["runtime"]["pid"] != old
+            and status.status == "InService"
+            and status.instance_count == instances
+        )
 
     def gateway_back(old: int) -> bool:
         status = gateway_status(settings)
@@ -171,8 +179,11 @@ def faults(settings: Settings, hosting: LocalHosting, instances: int) -> list[Fa
 
     return [
         Fault("model server", lambda: kill(instance_pids()[0]), endpoint_whole),
-        Fault("runtime (router; its instances keep running)", lambda: kill(hosting.status().details["runtime"]["pid"]),
-              runtime_back),
+        Fault(
+            "runtime (router; its instances keep running)",
+            lambda: kill(hosting.status().details["runtime"]["pid"]),
+            runtime_back,
+        ),
         Fault("gateway (REST API)", lambda: kill(gateway_status(settings)["pid"]), gateway_back),
     ]
 
@@ -194,8 +205,10 @@ def run_fault(fault: Fault, load_args: dict, before_s: float, after_s: float, ma
 
 
 def table(outcomes: list[Outcome]) -> str:
-    lines = ["| fault (SIGKILL under load) | requests after the kill | failed | client outage (s) | back after (s) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| fault (SIGKILL under load) | requests after the kill | failed | client outage (s) | back after (s) |",
+        "|---|---|---|---|---|",
+    ]
     for o in outcomes:
         back = f"{o.back_after_s:.1f}" if o.back_after_s is not None else "not back"
         lines.append(f"| {o.fault} | {len(o.after_kill):,} | {o.failed:,} | {o.outage_s:.1f} | {back} |")
@@ -218,27 +231,40 @@ def hostile_clients(servers: dict[str, tuple[str, str]], api: dict, payload: byt
     session = requests.Session()
 
     def predict() -> bool:
-        return session.post(api["predict_url"], data=payload, timeout=30,
-                            headers={"x-api-key": api["api_key"], "Content-Type": "image/jpeg"}).status_code == 200
+        return (
+            session.post(
+                api["predict_url"],
+                data=payload,
+                timeout=30,
+                headers={"x-api-key": api["api_key"], "Content-Type": "image/jpeg"},
+            ).status_code
+            == 200
+        )
 
     results = []
     for name, (url, path) in servers.items():
         answers = [raw_exchange(url, raw) for raw in malformed_requests(path).values()]
         malformed = [f"{status} {headers.get('content-type', '-').split(';')[0]}" for status, headers, _ in answers]
         slow = slowloris(url, predict, sockets=sockets, give_up_s=60)
-        results.append(Hostile(name, malformed, sockets, slow.closed, slow.longest_held_s, slow.normal_ok,
-                               len(slow.normal_failed)))
+        results.append(
+            Hostile(name, malformed, sockets, slow.closed, slow.longest_held_s, slow.normal_ok, len(slow.normal_failed))
+        )
         print(f"  {name}: {slow.closed} of {sockets} slow sockets closed", flush=True)
     return results
 
 
 def hostile_table(results: list[Hostile]) -> str:
-    lines = ["| server | malformed requests (duplicated Content-Type; Content-Length + chunked) | slow sockets closed | "
-             "held at most (s) | API requests meanwhile | failed |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| server | malformed requests (duplicated Content-Type; Content-Length + chunked) | slow sockets closed | "
+        "held at most (s) | API requests meanwhile | failed |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         held = f"{r.longest_held_s:.1f}" if r.longest_held_s is not None else "-"
-        lines.append(f"| {r.server} | {'; '.join(r.malformed)} | {r.closed} of {r.sockets} | {held} | "
-                     f"{r.normal_ok + r.normal_failed} | {r.normal_failed} |")
+        lines.append(
+            f"| {r.server} | {'; '.join(r.malformed)} | {r.closed} of {r.sockets} | {held} | "
+            f"{r.normal_ok + r.normal_failed} | {r.normal_failed} |"
+        )
     return "\n".join(lines)
 
 
@@ -274,7 +300,9 @@ def main() -> None:
     parser.add_argument("--before", type=float, default=5.0, help="seconds of load before each kill (default 5)")
     parser.add_argument("--after", type=float, default=10.0, help="seconds of load once the part is back (default 10)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="longest wait for a part to come back")
-    parser.add_argument("--slow-sockets", type=int, default=200, help="slow-header connections per server (default 200)")
+    parser.add_argument(
+        "--slow-sockets", type=int, default=200, help="slow-header connections per server (default 200)"
+    )
     parser.add_argument("--plot", type=Path, default=ROOT / "reports" / "faults.png", help="timeline PNG")
     args = parser.parse_args()
 
@@ -282,7 +310,9 @@ def main() -> None:
     tar_path = build_artifact(CACHE / VERSION)
     payloads = sample_payloads(16)
     workdir = Path(tempfile.mkdtemp(prefix="faults-", dir="/tmp"))  # short: the control sockets live under it
-    settings = Settings(root=workdir, bucket_dir=workdir / "bucket", state_dir=workdir / "state", work_dir=workdir / "work")
+    settings = Settings(
+        root=workdir, bucket_dir=workdir / "bucket", state_dir=workdir / "state", work_dir=workdir / "work"
+    )
     storage = open_storage(settings)
     key = f"{settings.models_prefix}/{VERSION}/output/model.tar.gz"
     storage.put_file(tar_path, key)
@@ -290,14 +320,24 @@ def main() -> None:
     hosting = LocalHosting(settings, instance_threads=1, on_event=lambda event: None)
     outcomes, hostile = [], []
     try:
-        deployed = hosting.deploy(ModelSpec(VERSION, key, args.instances),
-                                  TrafficRouting(strategy="all-at-once", bake_seconds=0), AlarmThresholds(),
-                                  smoke_images=payloads[:2])
+        deployed = hosting.deploy(
+            ModelSpec(VERSION, key, args.instances),
+            TrafficRouting(strategy="all-at-once", bake_seconds=0),
+            AlarmThresholds(),
+            smoke_images=payloads[:2],
+        )
         assert deployed.outcome == "deployed", deployed
         api = start_gateway(settings, port=0, plan=UsagePlan(rate=10_000, burst=10_000))
-        print(f"EfficientNet-Lite0 {args.instances} instance(s), {args.clients} clients posting to {api['predict_url']}",
-              flush=True)
-        load_args = {"url": api["predict_url"], "api_key": api["api_key"], "payloads": payloads, "clients": args.clients}
+        print(
+            f"EfficientNet-Lite0 {args.instances} instance(s), {args.clients} clients posting to {api['predict_url']}",
+            flush=True,
+        )
+        load_args = {
+            "url": api["predict_url"],
+            "api_key": api["api_key"],
+            "payloads": payloads,
+            "clients": args.clients,
+        }
         for fault in faults(settings, hosting, args.instances):
             outcomes.append(run_fault(fault, load_args, args.before, args.after, args.max_seconds))
         status = hosting.status()

@@ -53,8 +53,10 @@ def main() -> None:
     serving.CACHE.mkdir(parents=True, exist_ok=True)
     tar_path = serving.build_artifact(serving.CACHE / serving.VERSION)
     payloads = serving.sample_payloads(args.images)
-    print(f"EfficientNet-Lite0 {serving.IMAGE_SIZE}x{serving.IMAGE_SIZE}, {len(payloads)} JPEG payloads of 640x480, "
-          f"one instance, {args.clients} clients, {args.seconds:g} s per measurement")
+    print(
+        f"EfficientNet-Lite0 {serving.IMAGE_SIZE}x{serving.IMAGE_SIZE}, {len(payloads)} JPEG payloads of 640x480, "
+        f"one instance, {args.clients} clients, {args.seconds:g} s per measurement"
+    )
 
     workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-", dir=serving.CACHE))
     api_settings = Settings(root=workdir / "api")
@@ -63,8 +65,9 @@ def main() -> None:
             runtime_url, _, rest = invocations_url.partition("/endpoints/")
             endpoint_name = rest.split("/")[0]
             api_settings = Settings(root=workdir / "api", endpoint_name=endpoint_name)
-            status = start_gateway(api_settings, runtime_url=runtime_url, port=0,
-                                   plan=UsagePlan(rate=1e6, burst=10**6, require_key=False))
+            status = start_gateway(
+                api_settings, runtime_url=runtime_url, port=0, plan=UsagePlan(rate=1e6, burst=10**6, require_key=False)
+            )
             api_url = status["predict_url"]
             for url in (invocations_url, api_url):  # warm connections, arenas and the boto3 client
                 asyncio.run(serving.closed_loop(url, payloads, args.clients, 2.0))
@@ -80,8 +83,10 @@ def main() -> None:
                     rates.append(rate)
                     if url == api_url:
                         api_cpu_ms.append(1000 * (sum(gateway.cpu_times()[:2]) - cpu) / (rate * args.seconds))
-                print(f"round {round_ + 1}: router only {router_rates[-1]:.1f} requests/s, "
-                      f"through the API {api_rates[-1]:.1f} requests/s")
+                print(
+                    f"round {round_ + 1}: router only {router_rates[-1]:.1f} requests/s, "
+                    f"through the API {api_rates[-1]:.1f} requests/s"
+                )
             router, api = max(router_rates), max(api_rates)
             half = api / 2
             latency = {}
@@ -95,10 +100,11 @@ def main() -> None:
     print(f"saturated, router only (router -> model server):          {router:8.1f} requests/s")
     print(f"saturated, through the API (gateway -> handler -> router): {api:8.1f} requests/s")
     for name, (p50, p99, count, failures) in latency.items():
-        print(f"half load ({half:.1f} req/s, open loop), {name}: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
-              f"({count} requests, {failures} failed)")
-    print(f"gateway process CPU per request (aiohttp + proxy event + handler + boto3): "
-          f"{np.median(api_cpu_ms):.2f} ms")
+        print(
+            f"half load ({half:.1f} req/s, open loop), {name}: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+            f"({count} requests, {failures} failed)"
+        )
+    print(f"gateway process CPU per request (aiohttp + proxy event + handler + boto3): {np.median(api_cpu_ms):.2f} ms")
     print(f"gateway hop costs {100 * (1 - api / router):.1f}% of throughput")
     print(f"ratio {api / router:.3f}")
 

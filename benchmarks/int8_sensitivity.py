@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_vs_peers as peers  # noqa: E402  (the trained, gated benchmark model)
 
 from distracted_driver.config import Settings  # noqa: E402
-from distracted_driver.storage import open_storage  # noqa: E402
 from distracted_driver.data.channel import decoded_batches, read_records  # noqa: E402
 from distracted_driver.model.evaluate import log_loss  # noqa: E402
-from distracted_driver.train.export import CALIBRATION_IMAGES, FLOAT_NODE_PREFIXES  # noqa: E402
 from distracted_driver.model.registry import Registry  # noqa: E402
+from distracted_driver.storage import open_storage  # noqa: E402
+from distracted_driver.train.export import CALIBRATION_IMAGES, FLOAT_NODE_PREFIXES  # noqa: E402
 
 PLOT = peers.ROOT / "reports" / "int8_sensitivity.png"
 
@@ -56,7 +56,6 @@ def part_of(name: str) -> str:
 def main() -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
     from sample_channels import sample_channels
 
     settings = Settings(root=peers.CACHE / "root", endpoint_name="peers-bench")
@@ -98,9 +97,17 @@ def main() -> None:
 
         def quantized(covered: list[str]) -> Path:
             out = scratch / "q.onnx"
-            quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=covered,
-                            calibration_cache_path=cache)
+            quantize_static(
+                str(prepared),
+                str(out),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_quantize=covered,
+                calibration_cache_path=cache,
+            )
             return out
 
         fp32 = score(artifact.model_path)

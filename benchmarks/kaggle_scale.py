@@ -90,7 +90,7 @@ class TreeMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "TreeMemory":
+    def __enter__(self) -> TreeMemory:
         self._thread.start()
         return self
 
@@ -132,17 +132,29 @@ def generate(data_dir: Path, scale: float, seed: int) -> Stage:
     if (data_dir / DRIVER_LIST).is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         print(f"generate: cached in {data_dir} ({sum(classes)} train, {test} test images)", flush=True)
         return Stage("generate", status="cached")
-    print(f"generate: {sum(classes)} train images of {DRIVERS} drivers and {test} test images -> {data_dir}",
-          flush=True)
+    print(
+        f"generate: {sum(classes)} train images of {DRIVERS} drivers and {test} test images -> {data_dir}", flush=True
+    )
     stamp_path.unlink(missing_ok=True)
     started = time.perf_counter()
     with TreeMemory(os.getpid()) as memory:
         memory.label = "generate"
-        report = generate_sample(data_dir, drivers=DRIVERS, test_images=test, seed=seed, class_counts=classes,
-                                 overwrite=True, workers=cpu_count())
+        report = generate_sample(
+            data_dir,
+            drivers=DRIVERS,
+            test_images=test,
+            seed=seed,
+            class_counts=classes,
+            overwrite=True,
+            workers=cpu_count(),
+        )
     stamp_path.write_text(json.dumps(stamp))
-    return Stage("generate", time.perf_counter() - started, report.train_images + report.test_images,
-                 _mb(memory.peaks["generate"]))
+    return Stage(
+        "generate",
+        time.perf_counter() - started,
+        report.train_images + report.test_images,
+        _mb(memory.peaks["generate"]),
+    )
 
 
 def _children_cpu_seconds() -> float:
@@ -160,8 +172,9 @@ def run_measured(command: list[str], env: dict, label: str, log_path: Path) -> t
     started: dict[str, float] = {}
     seconds: dict[str, float] = {}
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, bufsize=1)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         with TreeMemory(process.pid) as memory:
             memory.label = label
             started[label] = time.perf_counter()
@@ -189,8 +202,9 @@ def inv(*args: str) -> list[str]:
 
 def pipeline_options(epochs: int | None) -> RunOptions:
     hyperparameters = {"epochs": epochs} if epochs else {}
-    return RunOptions(hyperparameters=hyperparameters, strategy="all-at-once", wait_seconds=1.0, bake_seconds=2.0,
-                      load_seconds=0.0)
+    return RunOptions(
+        hyperparameters=hyperparameters, strategy="all-at-once", wait_seconds=1.0, bake_seconds=2.0, load_seconds=0.0
+    )
 
 
 def pipeline_stages(settings: Settings, peaks: dict[str, int], counts: dict) -> list[Stage]:
@@ -200,8 +214,9 @@ def pipeline_stages(settings: Settings, peaks: dict[str, int], counts: dict) -> 
     for stage in record.stages:
         if stage.status == "pending":
             continue
-        stages.append(Stage(stage.name, stage.seconds, counts.get(stage.name, 0), _mb(peaks.get(stage.name, 0)),
-                            stage.status))
+        stages.append(
+            Stage(stage.name, stage.seconds, counts.get(stage.name, 0), _mb(peaks.get(stage.name, 0)), stage.status)
+        )
     return stages
 
 
@@ -215,8 +230,13 @@ def stage_images(settings: Settings, train_images: int) -> dict[str, int]:
     records = sum(written.values())
     validation = written.get("validation", 0)
     # The gate scores the live model again only when there is one; on this fresh bucket there is not.
-    return {"materialize": train_images, "convert": train_images, "upload": records, "train": records,
-            "evaluate": validation}
+    return {
+        "materialize": train_images,
+        "convert": train_images,
+        "upload": records,
+        "train": records,
+        "evaluate": validation,
+    }
 
 
 def print_table(stages: list[Stage]) -> None:
@@ -247,8 +267,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=0.1, help="fraction of the competition's size (default 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated images (default 0)")
-    parser.add_argument("--work", type=Path, default=ROOT / ".work" / "kaggle-scale",
-                        help="where the images are cached and the run's bucket lives")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / ".work" / "kaggle-scale",
+        help="where the images are cached and the run's bucket lives",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the training default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -266,25 +290,47 @@ def main() -> int:
     run_dir.mkdir(parents=True)
     print(f"bucket and work directories under {run_dir}", flush=True)
     try:
-        code, peaks, seconds = run_measured(inv("data.add", "--from", str(data_dir)), env, "add",
-                                            run_dir / "add.log")
-        stages.append(Stage("add", seconds["add"], sum(classes), _mb(peaks.get("add", 0)),
-                            "done" if code == 0 else f"exit {code}", seconds["cpu"]))
+        code, peaks, seconds = run_measured(inv("data.add", "--from", str(data_dir)), env, "add", run_dir / "add.log")
+        stages.append(
+            Stage(
+                "add",
+                seconds["add"],
+                sum(classes),
+                _mb(peaks.get("add", 0)),
+                "done" if code == 0 else f"exit {code}",
+                seconds["cpu"],
+            )
+        )
         if code != 0:
             raise SystemExit(f"data.add failed; see {run_dir / 'add.log'}")
         options = json.dumps(pipeline_options(args.epochs).to_dict())
-        code, peaks, _ = run_measured([sys.executable, "-m", "distracted_driver.pipeline", "run", "--options",
-                                       options], env, "pipeline", run_dir / "pipeline.log")
+        code, peaks, _ = run_measured(
+            [sys.executable, "-m", "distracted_driver.pipeline", "run", "--options", options],
+            env,
+            "pipeline",
+            run_dir / "pipeline.log",
+        )
         stages += pipeline_stages(settings, peaks, stage_images(settings, sum(classes)))
         if code != 0:
             raise SystemExit(f"the pipeline ended with exit status {code}; see {run_dir / 'pipeline.log'}")
         submission = run_dir / "submission.csv"
         code, peaks, seconds = run_measured(
             inv("predict.batch", "--model", "live", "--images", str(data_dir / TEST_DIR), "--out", str(submission)),
-            env, "predict", run_dir / "predict.log")
+            env,
+            "predict",
+            run_dir / "predict.log",
+        )
         rows = len(submission.read_text().splitlines()) - 1 if submission.is_file() else 0
-        stages.append(Stage("predict", seconds["predict"], rows, _mb(peaks.get("predict", 0)),
-                            "done" if code == 0 else f"exit {code}", seconds["cpu"]))
+        stages.append(
+            Stage(
+                "predict",
+                seconds["predict"],
+                rows,
+                _mb(peaks.get("predict", 0)),
+                "done" if code == 0 else f"exit {code}",
+                seconds["cpu"],
+            )
+        )
         if code != 0 or rows != test:
             raise SystemExit(f"batch prediction wrote {rows} of {test} rows; see {run_dir / 'predict.log'}")
     finally:
@@ -298,21 +344,34 @@ def main() -> int:
     load = os.getloadavg()[0]
     print(f"\nplot {plot(stages, args.scale)}; submission {run_dir / 'submission.csv'}")
     print(f"scale {args.scale:g}: {sum(classes)} train and {test} test images, {cpu_count()} cores")
-    print(f"batch prediction: {predict.images_per_second:.1f} images/s -> the full test set ({KAGGLE_TEST_IMAGES}) in "
-          f"{full_minutes:.1f} min (target < {TARGET_PREDICT_MINUTES:g} min, i.e. "
-          f"{KAGGLE_TEST_IMAGES / TARGET_PREDICT_MINUTES / 60:.0f} images/s)")
-    print(f"batch prediction CPU: {cpu_ms:.1f} ms per image -> with all {cpu_count()} cores free, the full test set "
-          f"in {cpu_bound_minutes:.1f} min (load average now {load:.1f}: other work shares these cores)")
+    print(
+        f"batch prediction: {predict.images_per_second:.1f} images/s -> the full test set ({KAGGLE_TEST_IMAGES}) in "
+        f"{full_minutes:.1f} min (target < {TARGET_PREDICT_MINUTES:g} min, i.e. "
+        f"{KAGGLE_TEST_IMAGES / TARGET_PREDICT_MINUTES / 60:.0f} images/s)"
+    )
+    print(
+        f"batch prediction CPU: {cpu_ms:.1f} ms per image -> with all {cpu_count()} cores free, the full test set "
+        f"in {cpu_bound_minutes:.1f} min (load average now {load:.1f}: other work shares these cores)"
+    )
     print(f"peak RSS of any stage: {max(s.peak_rss_mb for s in stages):.0f} MB")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "scale": args.scale, "cores": cpu_count(), "train_images": sum(classes), "test_images": test,
-            "stages": [{**asdict(s), "images_per_second": round(s.images_per_second, 2)} for s in stages],
-            "predict_minutes_at_full_scale": round(full_minutes, 2),
-            "predict_cpu_ms_per_image": round(cpu_ms, 2), "predict_cpu_bound_minutes": round(cpu_bound_minutes, 2),
-            "load_average": round(load, 2),
-        }, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "scale": args.scale,
+                    "cores": cpu_count(),
+                    "train_images": sum(classes),
+                    "test_images": test,
+                    "stages": [{**asdict(s), "images_per_second": round(s.images_per_second, 2)} for s in stages],
+                    "predict_minutes_at_full_scale": round(full_minutes, 2),
+                    "predict_cpu_ms_per_image": round(cpu_ms, 2),
+                    "predict_cpu_bound_minutes": round(cpu_bound_minutes, 2),
+                    "load_average": round(load, 2),
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -32,18 +32,36 @@ from distracted_driver.train.loop import Checkpoints, TrainConfig, train_finetun
 
 
 def run(pretrained: bool, args, train_records, val_records) -> dict:
-    config = TrainConfig(mode="finetune", epochs=args.epochs, learning_rate=args.learning_rate,
-                         batch_size=args.batch_size, image_size=args.image_size, augmentation=True,
-                         seed=args.seed, patience=args.epochs, pretrained=pretrained, device=args.device)
+    config = TrainConfig(
+        mode="finetune",
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        augmentation=True,
+        seed=args.seed,
+        patience=args.epochs,
+        pretrained=pretrained,
+        device=args.device,
+    )
     name = "pretrained" if pretrained else "scratch"
     print(f"--- {name}: {config}", flush=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
-        result = train_finetune(config, train_records, val_records, Checkpoints(tmp, "benchmark"),
-                                log=lambda line: print(f"  {line}", flush=True))
+        result = train_finetune(
+            config,
+            train_records,
+            val_records,
+            Checkpoints(tmp, "benchmark"),
+            log=lambda line: print(f"  {line}", flush=True),
+        )
     best = min(result.history, key=lambda h: h["val_log_loss"])
-    return {"log_loss": best["val_log_loss"], "accuracy": best["val_accuracy"], "epoch": best["epoch"],
-            "seconds": time.perf_counter() - started}
+    return {
+        "log_loss": best["val_log_loss"],
+        "accuracy": best["val_accuracy"],
+        "epoch": best["epoch"],
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
@@ -60,12 +78,17 @@ def main() -> None:
     _, channels = sample_channels()
     train_records, _ = read_records(channels / "train")
     val_records, _ = read_records(channels / "validation")
-    print(f"{len(train_records)} train / {len(val_records)} validation images (drivers split), "
-          f"{args.epochs} epochs at {args.image_size}px on {args.device}", flush=True)
+    print(
+        f"{len(train_records)} train / {len(val_records)} validation images (drivers split), "
+        f"{args.epochs} epochs at {args.image_size}px on {args.device}",
+        flush=True,
+    )
     results = {pretrained: run(pretrained, args, train_records, val_records) for pretrained in (True, False)}
     for pretrained, r in results.items():
-        print(f"{'pretrained' if pretrained else 'scratch':<10} best validation log loss {r['log_loss']:.4f} "
-              f"(accuracy {r['accuracy']:.3f}, epoch {r['epoch']}) in {r['seconds']:.0f}s")
+        print(
+            f"{'pretrained' if pretrained else 'scratch':<10} best validation log loss {r['log_loss']:.4f} "
+            f"(accuracy {r['accuracy']:.3f}, epoch {r['epoch']}) in {r['seconds']:.0f}s"
+        )
     print(f"pretrained {results[True]['log_loss']:.4f} scratch {results[False]['log_loss']:.4f}")
 
 

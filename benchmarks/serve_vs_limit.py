@@ -42,10 +42,10 @@ from distracted_driver.config import Settings
 from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.data.layout import labels_document
 from distracted_driver.fsutil import write_json_atomic
-from distracted_driver.serve.batch_predict import predict_payloads
-from distracted_driver.model.inference import Classifier
-from distracted_driver.system import cpu_count
 from distracted_driver.model import artifact as contract
+from distracted_driver.model.inference import Classifier
+from distracted_driver.serve.batch_predict import predict_payloads
+from distracted_driver.system import cpu_count
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".work" / "benchmarks" / "serve_vs_limit"
@@ -130,13 +130,15 @@ async def open_loop(url: str, payloads: list[bytes], rate: float, seconds: float
     return latencies, failures
 
 
-async def tagged_open_loop(url: str, payloads: list[bytes], rate: float, seconds: float,
-                           tag) -> tuple[np.ndarray, list, int]:
+async def tagged_open_loop(
+    url: str, payloads: list[bytes], rate: float, seconds: float, tag
+) -> tuple[np.ndarray, list, int]:
     """``open_loop``, each answer also tagged with ``tag()`` as it was when its request started;
     (latencies in s, their tags, failures)."""
     latencies, tags, failures = [], [], 0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
-                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=256), timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
         headers = {"Content-Type": "image/jpeg"}
 
         async def one(i: int) -> None:
@@ -177,12 +179,13 @@ def router_hosting(tar_path: Path, workdir: Path, **options):
     """One-instance endpoint of the local runtime; yields its ``LocalHosting`` (``options`` go to it)."""
     from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting
     from distracted_driver.hosting.local import LocalHosting
-    from distracted_driver.storage import open_storage
     from distracted_driver.model.artifact import load_artifact
     from distracted_driver.model.registry import Registry
+    from distracted_driver.storage import open_storage
 
-    settings = Settings(root=workdir, bucket_dir=workdir / "bucket", state_dir=workdir / "state",
-                        work_dir=workdir / "work")
+    settings = Settings(
+        root=workdir, bucket_dir=workdir / "bucket", state_dir=workdir / "state", work_dir=workdir / "work"
+    )
     storage = open_storage(settings)
     key = f"{settings.models_prefix}/{VERSION}/output/model.tar.gz"
     storage.put_file(tar_path, key)
@@ -202,9 +205,20 @@ def direct_endpoint(tar_path: Path, batch_size: int, log_path: Path):
     """One model server process; yields its /invocations URL."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "distracted_driver.serve.server", "--model-dir", str(tar_path.parent / "model"),
-             "--port", "0", "--max-batch-size", str(batch_size)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "distracted_driver.serve.server",
+                "--model-dir",
+                str(tar_path.parent / "model"),
+                "--port",
+                "0",
+                "--max-batch-size",
+                str(batch_size),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
     try:
         deadline = time.monotonic() + 120
@@ -248,14 +262,19 @@ def main() -> None:
 
     classifier = Classifier(load_artifact(tar_path.parent / "model"))
     path = "router -> model server" if use_router else "model server directly"
-    print(f"EfficientNet-Lite0 {IMAGE_SIZE}x{IMAGE_SIZE}, {len(payloads)} JPEG payloads of 640x480 "
-          f"(mean {np.mean([len(p) for p in payloads]) / 1024:.0f} KiB), {cpu_count()} cores, batch {args.batch_size}, "
-          f"HTTP via {path}, {clients} clients, {args.seconds:g} s per measurement")
+    print(
+        f"EfficientNet-Lite0 {IMAGE_SIZE}x{IMAGE_SIZE}, {len(payloads)} JPEG payloads of 640x480 "
+        f"(mean {np.mean([len(p) for p in payloads]) / 1024:.0f} KiB), {cpu_count()} cores, batch {args.batch_size}, "
+        f"HTTP via {path}, {clients} clients, {args.seconds:g} s per measurement"
+    )
 
     workdir = Path(tempfile.mkdtemp(prefix="serve-bench-", dir=CACHE))
     try:
-        endpoint = router_endpoint(tar_path, workdir) if use_router else \
-            direct_endpoint(tar_path, args.batch_size, workdir / "server.log")
+        endpoint = (
+            router_endpoint(tar_path, workdir)
+            if use_router
+            else direct_endpoint(tar_path, args.batch_size, workdir / "server.log")
+        )
         with endpoint as url:
             asyncio.run(closed_loop(url, payloads, clients, 2.0))  # warm connections and arenas
             local_rates, http_rates = [], []
@@ -274,8 +293,10 @@ def main() -> None:
     p50, p99 = np.percentile(latencies * 1000, [50, 99])
     print(f"in-process (decode + preprocess + ORT):  {local:8.1f} images/s")
     print(f"HTTP ({path}):  {http:8.1f} images/s")
-    print(f"at half load ({http / 2:.1f} req/s, open loop, {len(latencies)} requests, {failures} failed): "
-          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    print(
+        f"at half load ({http / 2:.1f} req/s, open loop, {len(latencies)} requests, {failures} failed): "
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    )
     print(f"ratio {http / local:.3f}")
 
 

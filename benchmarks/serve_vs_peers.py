@@ -38,7 +38,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -59,8 +58,8 @@ from sample_channels import sample_channels  # noqa: E402
 
 from distracted_driver.config import Settings  # noqa: E402
 from distracted_driver.model.inference import Classifier  # noqa: E402
-from distracted_driver.system import cpu_count  # noqa: E402
 from distracted_driver.model.precision import FP32  # noqa: E402
+from distracted_driver.system import cpu_count  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".work" / "benchmarks" / "serve_vs_peers"
@@ -78,9 +77,9 @@ TARGETS = {"reference": 1.8, "peers": 1.5, "api": 0.9, "p99_ms": 50.0}
 def gated_model(settings: Settings) -> str:
     """A model trained on the demo sample and passed by the gate in ``settings``' bucket (reused when there is one)."""
     from distracted_driver.data.channels import upload_channels
+    from distracted_driver.model.registry import Registry, RegistryError
     from distracted_driver.storage import open_storage
     from distracted_driver.train.gate import judge
-    from distracted_driver.model.registry import Registry, RegistryError
     from distracted_driver.train.runner import run_local_job
 
     storage = open_storage(settings)
@@ -124,8 +123,10 @@ def reference_sessions(classifier: Classifier) -> dict:
     from distracted_driver.model.artifact import INPUT_NAME, OUTPUT_NAME
 
     default = ort.InferenceSession(str(classifier.artifact.served_model_path), providers=["CPUExecutionProvider"])
-    return {"our session options": classifier.predict,
-            "ONNX Runtime's defaults": lambda batch: default.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]}
+    return {
+        "our session options": classifier.predict,
+        "ONNX Runtime's defaults": lambda batch: default.run([OUTPUT_NAME], {INPUT_NAME: batch})[0],
+    }
 
 
 def free_port() -> int:
@@ -154,19 +155,31 @@ class PeerServer:
     def start(self, timeout_s: float = 180.0) -> None:
         if not self.python.exists():
             raise SystemExit(f"{self.python} is missing: build the peers' environments with `make peers-env`")
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "DD_PEER_MODEL_DIR": str(self.model_dir),
-               "DD_PEER_BATCH": str(BATCH), "DD_PEER_BATCH_DELAY_MS": str(BATCH_DELAY_MS)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT / "src"),
+            "DD_PEER_MODEL_DIR": str(self.model_dir),
+            "DD_PEER_BATCH": str(BATCH),
+            "DD_PEER_BATCH_DELAY_MS": str(BATCH_DELAY_MS),
+        }
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen([str(self.python), str(self.script), "--port", str(self.port)], env=env,
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [str(self.python), str(self.script), "--port", str(self.port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{self.name} exited: {self.log_path.read_text()[-2000:]}")
             with contextlib.suppress(OSError):
                 probe = self.target([PROBE])
-                request = urllib.request.Request(self.url, data=probe.bodies[0],
-                                                 headers={"Content-Type": probe.content_type})
+                request = urllib.request.Request(
+                    self.url, data=probe.bodies[0], headers={"Content-Type": probe.content_type}
+                )
                 if json.loads(urllib.request.urlopen(request, timeout=5).read()):
                     return
             time.sleep(0.5)
@@ -202,8 +215,9 @@ def our_stack(settings: Settings, job: str):
         if done.result.outcome != "deployed" or not (done.smoke and done.smoke.passed):
             raise SystemExit(f"deploy failed: {done.result.outcome} {done.result.reason}")
         runtime_url = hosting.status().runtime_url.rstrip("/")
-        status = start_gateway(settings, runtime_url=runtime_url, port=0,
-                               plan=UsagePlan(rate=1e6, burst=10**6, require_key=False))
+        status = start_gateway(
+            settings, runtime_url=runtime_url, port=0, plan=UsagePlan(rate=1e6, burst=10**6, require_key=False)
+        )
         yield f"{runtime_url}/endpoints/{settings.endpoint_name}/invocations", status["predict_url"], done.smoke
     finally:
         stop_gateway(settings)
@@ -322,11 +336,12 @@ async def open_loop(target: Target, rate: float, seconds: float) -> tuple[np.nda
 
 async def _post(session: aiohttp.ClientSession, target: Target, i: int) -> bool:
     try:
-        async with session.post(target.url, data=target.bodies[i % len(target.bodies)],
-                                headers={"Content-Type": target.content_type}) as response:
+        async with session.post(
+            target.url, data=target.bodies[i % len(target.bodies)], headers={"Content-Type": target.content_type}
+        ) as response:
             await response.read()
             return response.status == 200
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return False
 
 
@@ -396,31 +411,55 @@ def main() -> None:
     PROBE = payloads[0]
     reference = Classifier(artifact.serving_as(FP32))
     started_load = load_average()
-    print(f"model {job}: EfficientNet-Lite0 {artifact.preprocessing.input_size} px, serving {artifact.served_precision} "
-          f"({artifact.serving.get('reason', 'fp32 only')}); {len(payloads)} JPEG payloads of 640x480; "
-          f"{cpu_count()} cores; {args.clients} clients; {args.seconds:g} s per measurement; "
-          f"load average {started_load}", flush=True)
+    print(
+        f"model {job}: EfficientNet-Lite0 {artifact.preprocessing.input_size} px, serving {artifact.served_precision} "
+        f"({artifact.serving.get('reason', 'fp32 only')}); {len(payloads)} JPEG payloads of 640x480; "
+        f"{cpu_count()} cores; {args.clients} clients; {args.seconds:g} s per measurement; "
+        f"load average {started_load}",
+        flush=True,
+    )
 
     workdir = CACHE / "run"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    peers = [] if args.no_peers else [
-        PeerServer("LitServe (fp32, batching)", ROOT / ".venvs" / "litserve" / "bin" / "python",
-                   PEERS / "litserve_service.py", artifact.directory, workdir / "litserve.log", as_list=False),
-        PeerServer("BentoML (fp32, batching)", ROOT / ".venvs" / "bentoml" / "bin" / "python",
-                   PEERS / "bentoml_service.py", artifact.directory, workdir / "bentoml.log", as_list=True),
-    ]
+    peers = (
+        []
+        if args.no_peers
+        else [
+            PeerServer(
+                "LitServe (fp32, batching)",
+                ROOT / ".venvs" / "litserve" / "bin" / "python",
+                PEERS / "litserve_service.py",
+                artifact.directory,
+                workdir / "litserve.log",
+                as_list=False,
+            ),
+            PeerServer(
+                "BentoML (fp32, batching)",
+                ROOT / ".venvs" / "bentoml" / "bin" / "python",
+                PEERS / "bentoml_service.py",
+                artifact.directory,
+                workdir / "bentoml.log",
+                as_list=True,
+            ),
+        ]
+    )
     results = {"reference": Result("fp32 in-process loop (reference)")}
     try:
         for peer in peers:
             peer.start()
         with our_stack(settings, job) as (endpoint_url, api_url, smoke):
             print(f"endpoint smoke test: {smoke.summary()}", flush=True)
-            targets = {"endpoint": raw_jpeg(endpoint_url, payloads), "api": raw_jpeg(api_url, payloads),
-                       **{f"peer{i}": p.target(payloads) for i, p in enumerate(peers)}}
-            names = {"endpoint": f"our endpoint ({artifact.served_precision}, router)",
-                     "api": "our REST API (gateway -> handler -> router)",
-                     **{f"peer{i}": p.name for i, p in enumerate(peers)}}
+            targets = {
+                "endpoint": raw_jpeg(endpoint_url, payloads),
+                "api": raw_jpeg(api_url, payloads),
+                **{f"peer{i}": p.target(payloads) for i, p in enumerate(peers)},
+            }
+            names = {
+                "endpoint": f"our endpoint ({artifact.served_precision}, router)",
+                "api": "our REST API (gateway -> handler -> router)",
+                **{f"peer{i}": p.name for i, p in enumerate(peers)},
+            }
             results.update({key: Result(names[key]) for key in targets})
             for target in targets.values():  # warm connections, arenas, batchers
                 saturate(target, args.clients, 2.0)
@@ -430,8 +469,11 @@ def main() -> None:
             reference_rates: dict[str, list[float]] = {name: [] for name in sessions}
             reference_cpu: dict[str, list[float]] = {name: [] for name in sessions}
             me = [psutil.Process()]  # the reference loop and the load generator
-            servers = {"endpoint": ours(root), "api": ours(root),
-                       **{f"peer{i}": [p.proc.pid] for i, p in enumerate(peers)}}
+            servers = {
+                "endpoint": ours(root),
+                "api": ours(root),
+                **{f"peer{i}": [p.proc.pid] for i, p in enumerate(peers)},
+            }
             for round_ in range(args.rounds):
                 order = ["reference", *targets]
                 for key in order if round_ % 2 == 0 else order[::-1]:
@@ -451,8 +493,11 @@ def main() -> None:
                         results[key].rates.append(rate)
                         results[key].cpu_ms.append(1000 * (cpu_seconds(processes) - before) / (rate * args.seconds))
                         results[key].failures += failures
-                print(f"round {round_ + 1} (load average {load_average()}): " + ", ".join(
-                    f"{results[key].name} {results[key].rates[-1]:.1f}" for key in order), flush=True)
+                print(
+                    f"round {round_ + 1} (load average {load_average()}): "
+                    + ", ".join(f"{results[key].name} {results[key].rates[-1]:.1f}" for key in order),
+                    flush=True,
+                )
             half = results["endpoint"].rate / 2
             for key, target in targets.items():
                 half_load(results[key], target, half, args.seconds)
@@ -462,27 +507,40 @@ def main() -> None:
 
     ordered = list(results.values())
     print(f"\nload average at the start {started_load}, at the end {load_average()}")
-    print("reference loop, best round: " + ", ".join(f"{name} {max(rates):.1f} images/s"
-                                                      for name, rates in reference_rates.items()))
-    print(f"{'what':<44} {'images/s':>9} {'CPU ms/image':>13} {'failed':>7}   at {half:.1f} req/s: "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'failed':>7}")
+    print(
+        "reference loop, best round: "
+        + ", ".join(f"{name} {max(rates):.1f} images/s" for name, rates in reference_rates.items())
+    )
+    print(
+        f"{'what':<44} {'images/s':>9} {'CPU ms/image':>13} {'failed':>7}   at {half:.1f} req/s: "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'failed':>7}"
+    )
     for r in ordered:
-        latency = (f"{r.p50:7.1f} {r.p99:7.1f} {r.latency_failures:7d}" if r.p99 is not None else
-                   f"{'-':>7} {'-':>7} {'-':>7}")
-        print(f"{r.name:<44} {r.rate:9.1f} {r.cpu:13.1f} {r.failures:7d}   "
-              f"{'':>{len(f'at {half:.1f} req/s:') - 3}}{latency}")
+        latency = (
+            f"{r.p50:7.1f} {r.p99:7.1f} {r.latency_failures:7d}" if r.p99 is not None else f"{'-':>7} {'-':>7} {'-':>7}"
+        )
+        print(
+            f"{r.name:<44} {r.rate:9.1f} {r.cpu:13.1f} {r.failures:7d}   "
+            f"{'':>{len(f'at {half:.1f} req/s:') - 3}}{latency}"
+        )
     print(f"plot: {plot(ordered, PLOT)}")
     endpoint, ref, api = results["endpoint"], results["reference"], results["api"]
     # Throughput ratios, then the same ratios in images per CPU-second (every process involved, the load
     # generator included): those hold when other jobs take a varying share of the cores.
-    print(f"endpoint_vs_reference {endpoint.rate / ref.rate:.2f} (target >= {TARGETS['reference']}); "
-          f"per CPU-second {ref.cpu / endpoint.cpu:.2f}")
+    print(
+        f"endpoint_vs_reference {endpoint.rate / ref.rate:.2f} (target >= {TARGETS['reference']}); "
+        f"per CPU-second {ref.cpu / endpoint.cpu:.2f}"
+    )
     for i, peer in enumerate(peers):
         other = results[f"peer{i}"]
-        print(f"endpoint_vs_{peer.name.split()[0].lower()} {endpoint.rate / other.rate:.2f} "
-              f"(target >= {TARGETS['peers']}); per CPU-second {other.cpu / endpoint.cpu:.2f}")
-    print(f"api_vs_endpoint {api.rate / endpoint.rate:.2f} (target >= {TARGETS['api']}); "
-          f"per CPU-second {endpoint.cpu / api.cpu:.2f}")
+        print(
+            f"endpoint_vs_{peer.name.split()[0].lower()} {endpoint.rate / other.rate:.2f} "
+            f"(target >= {TARGETS['peers']}); per CPU-second {other.cpu / endpoint.cpu:.2f}"
+        )
+    print(
+        f"api_vs_endpoint {api.rate / endpoint.rate:.2f} (target >= {TARGETS['api']}); "
+        f"per CPU-second {endpoint.cpu / api.cpu:.2f}"
+    )
     print(f"endpoint_p99_ms_at_half_load {endpoint.p99:.1f} (target < {TARGETS['p99_ms']:g})")
 
 

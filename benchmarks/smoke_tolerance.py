@@ -42,11 +42,11 @@ from distracted_driver.data.imaging import Preprocessing, decode_image, preproce
 from distracted_driver.hosting.base import TrafficRouting  # noqa: E402
 from distracted_driver.hosting.local import LocalHosting  # noqa: E402
 from distracted_driver.hosting.release import release  # noqa: E402
-from distracted_driver.model.inference import Classifier  # noqa: E402
-from distracted_driver.storage import open_storage  # noqa: E402
 from distracted_driver.model.evaluate import log_loss, predict_channel  # noqa: E402
-from distracted_driver.train.gate import SMOKE_TOLERANCE, judge, smoke_set_for  # noqa: E402
+from distracted_driver.model.inference import Classifier  # noqa: E402
 from distracted_driver.model.registry import Registry  # noqa: E402
+from distracted_driver.storage import open_storage  # noqa: E402
+from distracted_driver.train.gate import SMOKE_TOLERANCE, judge, smoke_set_for  # noqa: E402
 from distracted_driver.train.runner import run_local_job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,9 @@ def variants(params: Preprocessing) -> dict:
 
     def reencoded(data):
         image = decode_image(data)
-        return preprocess(decode_image(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()), params)
+        return preprocess(
+            decode_image(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()), params
+        )
 
     def bilinear(data):
         resized = cv2.resize(decode_image(data), (size, size), interpolation=cv2.INTER_LINEAR)
@@ -82,12 +84,14 @@ def variants(params: Preprocessing) -> dict:
     return {
         "+-1 grey level per pixel (decoder rounding)": rounding,
         "client re-encodes JPEG q90 (new input)": reencoded,
-        "ImageNet mean/std in preprocess.json": lambda data: preprocess(decode_image(data),
-                                                                        dataclasses.replace(params, **IMAGENET)),
+        "ImageNet mean/std in preprocess.json": lambda data: preprocess(
+            decode_image(data), dataclasses.replace(params, **IMAGENET)
+        ),
         "BGR instead of RGB": bgr,
         "bilinear instead of area resize": bilinear,
-        "scale 1/256 instead of 1/255": lambda data: preprocess(decode_image(data),
-                                                                dataclasses.replace(params, scale=1 / 256)),
+        "scale 1/256 instead of 1/255": lambda data: preprocess(
+            decode_image(data), dataclasses.replace(params, scale=1 / 256)
+        ),
     }
 
 
@@ -142,8 +146,9 @@ def main() -> None:
         smoke = smoke_set_for(registry, job)
         hosting = LocalHosting(settings, storage=storage)
         try:
-            done = release(settings, hosting, job, TrafficRouting(strategy="all-at-once", bake_seconds=0),
-                           storage=storage)
+            done = release(
+                settings, hosting, job, TrafficRouting(strategy="all-at-once", bake_seconds=0), storage=storage
+            )
             assert done.result.outcome == "deployed", done.result
             rows = [("served through the local endpoint", done.smoke.max_difference, done.smoke.accuracy)]
         finally:
@@ -155,8 +160,9 @@ def main() -> None:
         rows.append(row("evaluation one image per batch", one_by_one, smoke))
         for name, prepare in variants(artifact.preprocessing).items():
             rows.append(row(name, classifier.predict(np.stack([prepare(i) for i in smoke.images])), smoke))
-        rows.append(row("classes rotated by one (wrong model)", np.roll(np.asarray(smoke.probabilities), 1, axis=1),
-                        smoke))
+        rows.append(
+            row("classes rotated by one (wrong model)", np.roll(np.asarray(smoke.probabilities), 1, axis=1), smoke)
+        )
 
         scored = predict_channel(artifact, channels / "validation", progress=False)
         rotated_loss = log_loss(scored.labels, np.roll(scored.probabilities, 1, axis=1))
@@ -167,8 +173,10 @@ def main() -> None:
     for name, difference, accuracy in rows:
         verdict = "passes" if difference <= SMOKE_TOLERANCE and accuracy >= smoke.accuracy else "rolls back"
         print(f"{name:<46} {difference:>10.2e} {accuracy:>9.3f}  {verdict}")
-    print(f"model: validation log loss {decision.candidate_log_loss:.4f}, accuracy {decision.candidate_accuracy:.3f}; "
-          f"rotated by one: log loss {rotated_loss:.4f}, accuracy {rotated_accuracy:.3f} on {len(scored.labels)} images")
+    print(
+        f"model: validation log loss {decision.candidate_log_loss:.4f}, accuracy {decision.candidate_accuracy:.3f}; "
+        f"rotated by one: log loss {rotated_loss:.4f}, accuracy {rotated_accuracy:.3f} on {len(scored.labels)} images"
+    )
     plot(rows, SMOKE_TOLERANCE, Path(args.plot))
     print(f"plot: {args.plot}")
     normal = max(rows[0][1], rows[1][1])

@@ -34,20 +34,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sample_channels import sample_channels  # noqa: E402
 
+from distracted_driver.data.channel import read_records  # noqa: E402
 from distracted_driver.data.imaging import Preprocessing, decode_image, preprocess  # noqa: E402
 from distracted_driver.data.layout import labels_document  # noqa: E402
 from distracted_driver.fsutil import write_json_atomic  # noqa: E402
-from distracted_driver.serve.batch_predict import predict_images  # noqa: E402
 from distracted_driver.model import artifact as contract  # noqa: E402
-from distracted_driver.data.channel import read_records  # noqa: E402
+from distracted_driver.serve.batch_predict import predict_images  # noqa: E402
 from distracted_driver.train.export import export_onnx  # noqa: E402
 from distracted_driver.train.loop import Checkpoints, TrainConfig, train_finetune, train_frozen  # noqa: E402
 from distracted_driver.train.model import build_model  # noqa: E402
 
 
 def frozen_rate(records, val_records, args) -> tuple[float, float]:
-    config = TrainConfig(mode="frozen", epochs=args.head_epochs, patience=args.head_epochs,
-                         batch_size=args.batch_size, image_size=args.image_size)
+    config = TrainConfig(
+        mode="frozen",
+        epochs=args.head_epochs,
+        patience=args.head_epochs,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+    )
     with tempfile.TemporaryDirectory(prefix="bench-frozen-") as tmp:
         result = train_frozen(config, records, val_records, Checkpoints(tmp, "bench"), "bench", None, lambda _: None)
     head_seconds = sum(h["seconds"] for h in result.history)
@@ -57,9 +62,15 @@ def frozen_rate(records, val_records, args) -> tuple[float, float]:
 
 
 def finetune_rate(records, val_records, args) -> float:
-    config = TrainConfig(mode="finetune", epochs=1, batch_size=args.batch_size, image_size=args.image_size,
-                         augmentation=True, learning_rate=3e-4,
-                         device="cuda" if torch.cuda.is_available() else "cpu")
+    config = TrainConfig(
+        mode="finetune",
+        epochs=1,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        augmentation=True,
+        learning_rate=3e-4,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         result = train_finetune(config, records, val_records, Checkpoints(tmp, "bench"), lambda _: None)
     return result.history[0]["images_per_second"]
@@ -79,8 +90,12 @@ def bare_loop(artifact: contract.ModelArtifact, paths: list[Path], batch_size: i
     session = ort.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
     started = time.perf_counter()
     for start in range(0, len(paths), batch_size):
-        batch = np.stack([preprocess(decode_image(p.read_bytes()), artifact.preprocessing)
-                          for p in paths[start : start + batch_size]])
+        batch = np.stack(
+            [
+                preprocess(decode_image(p.read_bytes()), artifact.preprocessing)
+                for p in paths[start : start + batch_size]
+            ]
+        )
         session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: batch})
     return len(paths) / (time.perf_counter() - started)
 
@@ -103,8 +118,11 @@ def main() -> None:
     print(f"{len(records)} images at {args.image_size}px, batch {args.batch_size}, {os.cpu_count()} cores", flush=True)
 
     frozen, head = frozen_rate(records, val_records, args)
-    print(f"frozen backbone: {frozen:.1f} images/s end to end "
-          f"(features once, then {args.head_epochs} head epochs at {head:.0f} images/s)", flush=True)
+    print(
+        f"frozen backbone: {frozen:.1f} images/s end to end "
+        f"(features once, then {args.head_epochs} head epochs at {head:.0f} images/s)",
+        flush=True,
+    )
     finetune = finetune_rate(records, val_records, args)
     print(f"fine-tuning: {finetune:.1f} images/s per epoch (decode + augment + forward + backward + step)", flush=True)
 
@@ -122,8 +140,10 @@ def main() -> None:
             result = predict_images(artifact, paths, batch_size=args.batch_size, progress=False)
             assert not result.failed and len(result.names) == len(paths)
             batched = max(batched, result.images_per_second)
-            print(f"round {round_}: bare loop {bare:.1f} images/s, predict_images {batched:.1f} images/s (best so far)",
-                  flush=True)
+            print(
+                f"round {round_}: bare loop {bare:.1f} images/s, predict_images {batched:.1f} images/s (best so far)",
+                flush=True,
+            )
     print(f"frozen {frozen:.1f} finetune {finetune:.1f} images/s; batch prediction {batched:.1f} vs bare {bare:.1f}")
     print(f"batch_predict_ratio {batched / bare:.2f}")
 

@@ -175,7 +175,9 @@ def _body_bytes(body, is_base64: bool) -> bytes:
         return body.encode("utf-8", "surrogateescape")
     # Refuse an encoded body far over the limit before decoding it.
     if len(body) > (INVOKE_ENDPOINT_MAX_BYTES * 4) // 3 + 1024:
-        raise RequestError(413, f"the request body is over the limit of {INVOKE_ENDPOINT_MAX_BYTES} bytes", "PayloadTooLarge")
+        raise RequestError(
+            413, f"the request body is over the limit of {INVOKE_ENDPOINT_MAX_BYTES} bytes", "PayloadTooLarge"
+        )
     try:
         return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
@@ -184,7 +186,9 @@ def _body_bytes(body, is_base64: bool) -> bytes:
 
 def _image_from_json(raw: bytes) -> bytes:
     if len(raw) > (INVOKE_ENDPOINT_MAX_BYTES * 4) // 3 + 1024:
-        raise RequestError(413, f"the request body is over the limit of {INVOKE_ENDPOINT_MAX_BYTES} bytes", "PayloadTooLarge")
+        raise RequestError(
+            413, f"the request body is over the limit of {INVOKE_ENDPOINT_MAX_BYTES} bytes", "PayloadTooLarge"
+        )
     try:
         document = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
@@ -322,7 +326,9 @@ def _response(status: int, body: dict, request_id: str, headers: dict | None = N
 
 def _error_response(exc: RequestError, request_id: str) -> dict:
     headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
-    return _response(exc.status, {"error": exc.error, "message": exc.message, "request_id": request_id}, request_id, headers)
+    return _response(
+        exc.status, {"error": exc.error, "message": exc.message, "request_id": request_id}, request_id, headers
+    )
 
 
 def _header(event, name: str) -> str | None:

@@ -41,7 +41,9 @@ _client = None
 def codebuild():
     global _client
     if _client is None:
-        config = botocore.config.Config(connect_timeout=3, read_timeout=10, retries={"total_max_attempts": 3, "mode": "standard"})
+        config = botocore.config.Config(
+            connect_timeout=3, read_timeout=10, retries={"total_max_attempts": 3, "mode": "standard"}
+        )
         _client = boto3.session.Session().client("codebuild", config=config)
     return _client
 

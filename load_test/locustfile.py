@@ -43,7 +43,9 @@ def drawn_frames(count: int = 8) -> list[bytes]:
         frame = np.full((480, 640, 3), rng.integers(40, 200, 3), dtype=np.uint8)
         for _ in range(6):
             x, y = (int(v) for v in rng.integers(0, 600, 2))
-            cv2.circle(frame, (x, min(y, 460)), int(rng.integers(20, 90)), tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
+            cv2.circle(
+                frame, (x, min(y, 460)), int(rng.integers(20, 90)), tuple(int(c) for c in rng.integers(0, 255, 3)), -1
+            )
         ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
         frames.append(jpeg.tobytes())
     return frames
@@ -71,7 +73,9 @@ class PredictUser(HttpUser):
     @task
     def predict(self) -> None:
         image = random.choice(IMAGES)
-        with self.client.post("/predict", data=image, headers=self.headers, name="/predict", catch_response=True) as response:
+        with self.client.post(
+            "/predict", data=image, headers=self.headers, name="/predict", catch_response=True
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {failure_reason(response)}")
                 return

@@ -26,9 +26,12 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "serve":  # SageMaker passes the word "serve" as the container's argument
         argv = argv[1:]
     defaults = [
-        "--model-dir", os.environ.get("SM_MODEL_DIR", SAGEMAKER_MODEL_DIR),
-        "--host", "0.0.0.0",
-        "--port", os.environ.get("SAGEMAKER_BIND_TO_PORT", str(server.DEFAULT_PORT)),
+        "--model-dir",
+        os.environ.get("SM_MODEL_DIR", SAGEMAKER_MODEL_DIR),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        os.environ.get("SAGEMAKER_BIND_TO_PORT", str(server.DEFAULT_PORT)),
     ]
     return server.main(defaults + argv)  # later flags win, so passed-through ones override these
 

@@ -70,8 +70,9 @@ def start_stack(root: Path, artifact, plan: UsagePlan | None = None) -> ApiStack
     key = artifact.publish(open_storage(settings), settings)  # and registers it
     hosting = LocalHosting(settings)
     try:
-        result = hosting.deploy(ModelSpec(artifact.version, key), TrafficRouting(strategy="all-at-once"),
-                                AlarmThresholds())
+        result = hosting.deploy(
+            ModelSpec(artifact.version, key), TrafficRouting(strategy="all-at-once"), AlarmThresholds()
+        )
         if result.outcome != "deployed":
             raise RuntimeError(f"deploy failed: {result.outcome}: {result.reason}")
         status = start_gateway(settings, port=0, plan=plan or UsagePlan(rate=2000, burst=2000))

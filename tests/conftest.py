@@ -83,8 +83,15 @@ def aws(monkeypatch):
     """Every AWS service mocked by moto, dummy credentials, region us-east-1; nothing real is reachable."""
     from moto import mock_aws
 
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
-                 "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
+        "AWS_SESSION_TOKEN",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -116,10 +123,15 @@ def runtime_answers(aws, monkeypatch):
             stub = Stubber(made)
             for _ in range(200):
                 body = current["body"]
-                stub.add_response("invoke_endpoint", {
-                    "Body": StreamingBody(io.BytesIO(body), len(body)), "ContentType": "application/json",
-                    "InvokedProductionVariant": "AllTraffic"},
-                    {"EndpointName": ANY, "Body": ANY, "ContentType": ANY, "Accept": ANY})
+                stub.add_response(
+                    "invoke_endpoint",
+                    {
+                        "Body": StreamingBody(io.BytesIO(body), len(body)),
+                        "ContentType": "application/json",
+                        "InvokedProductionVariant": "AllTraffic",
+                    },
+                    {"EndpointName": ANY, "Body": ANY, "ContentType": ANY, "Accept": ANY},
+                )
             stub.activate()
         return made
 

@@ -11,8 +11,11 @@ import numpy as np
 def camera_like_jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
     """A frame of smooth shapes and mild noise: about 48 KB at 640x480, like a camera frame."""
     rng = np.random.default_rng(seed)
-    frame = cv2.resize(rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8), (width, height),
-                       interpolation=cv2.INTER_CUBIC)
+    frame = cv2.resize(
+        rng.integers(0, 255, (height // 16, width // 16, 3), dtype=np.uint8),
+        (width, height),
+        interpolation=cv2.INTER_CUBIC,
+    )
     frame = cv2.add(frame, rng.integers(0, 3, frame.shape, dtype=np.uint8))
     return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes()
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import boto3
 import cv2
@@ -38,8 +38,8 @@ from distracted_driver.config import Settings
 from distracted_driver.hosting.local import LocalHosting
 from distracted_driver.hosting.local.instances import OWNER_ENV
 from distracted_driver.hosting.smoke import drawn_images
-from distracted_driver.storage import open_storage
 from distracted_driver.model import artifact as contract
+from distracted_driver.storage import open_storage
 
 # --- a hosted environment --------------------------------------------------------------
 
@@ -60,8 +60,11 @@ class Hosted:
     def client(self, retries: int = 1):
         """boto3's real sagemaker-runtime client, dummy credentials, no retries unless asked."""
         return boto3.client(
-            "sagemaker-runtime", endpoint_url=self.url(), region_name="us-east-1",
-            aws_access_key_id="test", aws_secret_access_key="test",
+            "sagemaker-runtime",
+            endpoint_url=self.url(),
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
             config=Config(retries={"mode": "standard", "max_attempts": retries}, read_timeout=30),
         )
 
@@ -140,7 +143,7 @@ class LoadLoop:
         self._lock = threading.Lock()
         self._workers = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.threads)]
 
-    def __enter__(self) -> "LoadLoop":
+    def __enter__(self) -> LoadLoop:
         self._deadline = time.monotonic() + self.max_seconds
         for worker in self._workers:
             worker.start()
@@ -163,11 +166,17 @@ class LoadLoop:
             try:
                 answer = client.invoke_endpoint(EndpointName=name, ContentType="image/jpeg", Body=image)
                 answer["Body"].read()
-                return Outcome(True, answer["ResponseMetadata"]["HTTPHeaders"].get("x-model-version"),
-                               answer["InvokedProductionVariant"])
+                return Outcome(
+                    True,
+                    answer["ResponseMetadata"]["HTTPHeaders"].get("x-model-version"),
+                    answer["InvokedProductionVariant"],
+                )
             except ClientError as error:
-                return Outcome(False, error=error.response["Error"]["Code"],
-                               original_status=error.response.get("OriginalStatusCode"))
+                return Outcome(
+                    False,
+                    error=error.response["Error"]["Code"],
+                    original_status=error.response.get("OriginalStatusCode"),
+                )
 
         return send
 
@@ -188,8 +197,11 @@ class LoadLoop:
 
     def wait_for(self, count: int, timeout_s: float = 30.0) -> None:
         """Until ``count`` requests are answered, or the loop ended by itself (its deadline, its maximum)."""
-        wait_until(lambda: len(self.outcomes) >= count or not any(w.is_alive() for w in self._workers), timeout_s,
-                   what=f"{count} requests answered")
+        wait_until(
+            lambda: len(self.outcomes) >= count or not any(w.is_alive() for w in self._workers),
+            timeout_s,
+            what=f"{count} requests answered",
+        )
 
 
 # --- images ---------------------------------------------------------------------------------
@@ -229,12 +241,16 @@ def wrong_class_count(root: Path, version: str, seed: int = 6) -> FixtureArtifac
     model = tiny_onnx_model(seed)
     graph = model.graph
     next(n for n in graph.node if n.op_type == "Softmax").output[0] = "all_classes"
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([0], np.int64), "slice_start"),
-        numpy_helper.from_array(np.array([5], np.int64), "slice_end"),
-        numpy_helper.from_array(np.array([1], np.int64), "slice_axis"),
-    ])
-    graph.node.append(helper.make_node("Slice", ["all_classes", "slice_start", "slice_end", "slice_axis"], [contract.OUTPUT_NAME]))
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0], np.int64), "slice_start"),
+            numpy_helper.from_array(np.array([5], np.int64), "slice_end"),
+            numpy_helper.from_array(np.array([1], np.int64), "slice_axis"),
+        ]
+    )
+    graph.node.append(
+        helper.make_node("Slice", ["all_classes", "slice_start", "slice_end", "slice_axis"], [contract.OUTPUT_NAME])
+    )
     graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
     return _with_graph(root, version, seed, model)
 
@@ -246,17 +262,23 @@ def fails_on_dark_frames(root: Path, version: str, seed: int = 8, darkness: floa
     next(n for n in graph.node if n.op_type == "Softmax").output[0] = "softmax"
     broken = helper.make_graph(
         [helper.make_node("Reshape", ["softmax", "impossible_shape"], ["broken_out"])],
-        "dark-branch", [], [helper.make_tensor_value_info("broken_out", TensorProto.FLOAT, None)],
+        "dark-branch",
+        [],
+        [helper.make_tensor_value_info("broken_out", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(np.array([3, 7], np.int64), "impossible_shape")],
     )
     normal = helper.make_graph(
         [helper.make_node("Identity", ["softmax"], ["normal_out"])],
-        "day-branch", [], [helper.make_tensor_value_info("normal_out", TensorProto.FLOAT, None)],
+        "day-branch",
+        [],
+        [helper.make_tensor_value_info("normal_out", TensorProto.FLOAT, None)],
     )
     graph.initializer.append(numpy_helper.from_array(np.array(darkness, np.float32), "darkness"))
-    graph.node.extend([
-        helper.make_node("ReduceMean", [contract.INPUT_NAME], ["brightness"], keepdims=0),
-        helper.make_node("Less", ["brightness", "darkness"], ["is_dark"]),
-        helper.make_node("If", ["is_dark"], [contract.OUTPUT_NAME], then_branch=broken, else_branch=normal),
-    ])
+    graph.node.extend(
+        [
+            helper.make_node("ReduceMean", [contract.INPUT_NAME], ["brightness"], keepdims=0),
+            helper.make_node("Less", ["brightness", "darkness"], ["is_dark"]),
+            helper.make_node("If", ["is_dark"], [contract.OUTPUT_NAME], then_branch=broken, else_branch=normal),
+        ]
+    )
     return _with_graph(root, version, seed, model)

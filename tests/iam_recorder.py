@@ -20,8 +20,11 @@ from pathlib import Path
 import botocore.session
 
 REPO = Path(__file__).resolve().parents[1]
-ROLE_OF = ((str(REPO / "lambda" / "handler.py"), "predict-lambda"), (str(REPO / "lambda" / "trigger.py"), "trigger-lambda"),
-           (str(REPO / "src" / "distracted_driver") + os.sep, "codebuild"))
+ROLE_OF = (
+    (str(REPO / "lambda" / "handler.py"), "predict-lambda"),
+    (str(REPO / "lambda" / "trigger.py"), "trigger-lambda"),
+    (str(REPO / "src" / "distracted_driver") + os.sep, "codebuild"),
+)
 WORKSTATION_ONLY = {("preflight.py", "source_credential"), ("preflight.py", "state")}
 calls: list[dict] = []
 
@@ -43,8 +46,14 @@ def _record(params, model, **_):
     role = _role()
     if role is None:
         return
-    calls.append({"role": role, "service": model.service_model.signing_name, "operation": model.name,
-                  "params": json.loads(json.dumps(params, default=lambda value: "<binary>"))})
+    calls.append(
+        {
+            "role": role,
+            "service": model.service_model.signing_name,
+            "operation": model.name,
+            "params": json.loads(json.dumps(params, default=lambda value: "<binary>")),
+        }
+    )
 
 
 _create_client = botocore.session.Session.create_client

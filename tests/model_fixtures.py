@@ -55,7 +55,9 @@ def tiny_onnx_model(seed: int = 0, input_size: int = 64) -> onnx.ModelProto:
     dense_w = rng.normal(0, 1.0, (FILTERS, len(CLASSES))).astype(np.float32)
     dense_b = rng.normal(0, 0.1, len(CLASSES)).astype(np.float32)
     nodes = [
-        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["input", "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+        ),
         helper.make_node("Relu", ["conv"], ["relu"]),
         helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
@@ -67,10 +69,14 @@ def tiny_onnx_model(seed: int = 0, input_size: int = 64) -> onnx.ModelProto:
         "tiny-classifier",
         [helper.make_tensor_value_info(contract.INPUT_NAME, TensorProto.FLOAT, ["batch", 3, input_size, input_size])],
         [helper.make_tensor_value_info(contract.OUTPUT_NAME, TensorProto.FLOAT, ["batch", len(CLASSES)])],
-        [numpy_helper.from_array(a, n) for a, n in
-         ((conv_w, "conv_w"), (conv_b, "conv_b"), (dense_w, "dense_w"), (dense_b, "dense_b"))],
+        [
+            numpy_helper.from_array(a, n)
+            for a, n in ((conv_w, "conv_w"), (conv_b, "conv_b"), (dense_w, "dense_w"), (dense_b, "dense_b"))
+        ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tests.model_fixtures")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tests.model_fixtures"
+    )
     model.ir_version = 8  # readable by every onnxruntime the project allows
     onnx.checker.check_model(model)
     return model
@@ -84,8 +90,14 @@ def build_artifact(
     metrics: dict | None = None,
 ) -> FixtureArtifact:
     """Write ``out_dir/<version>/model/`` (unpacked) and ``out_dir/<version>/model.tar.gz``."""
-    return write_artifact(out_dir, version, tiny_onnx_model(seed, input_size), Preprocessing(input_size=input_size),
-                          metrics or {"log_loss": 2.3, "accuracy": 0.1}, seed=seed)
+    return write_artifact(
+        out_dir,
+        version,
+        tiny_onnx_model(seed, input_size),
+        Preprocessing(input_size=input_size),
+        metrics or {"log_loss": 2.3, "accuracy": 0.1},
+        seed=seed,
+    )
 
 
 # --- models that know the validation images, and the ways a model goes wrong ----------------------
@@ -118,8 +130,9 @@ def channel_prototypes(channel_dir: Path, input_size: int = 64) -> tuple[np.ndar
     return np.concatenate(features), np.concatenate(labels)
 
 
-def prototype_onnx_model(features: np.ndarray, labels: np.ndarray, temperature: float,
-                         input_size: int = 64) -> onnx.ModelProto:
+def prototype_onnx_model(
+    features: np.ndarray, labels: np.ndarray, temperature: float, input_size: int = 64
+) -> onnx.ModelProto:
     """AveragePool → Flatten → Gemm (2x·p - |p|², over T) → per-class LogSumExp → Softmax.
 
     Each class gets as many prototypes as the largest class (repeats fill the smaller ones), so the
@@ -134,9 +147,11 @@ def prototype_onnx_model(features: np.ndarray, labels: np.ndarray, temperature: 
         ordered.append(mine[np.arange(per_class) % len(mine)])
     prototypes = np.concatenate(ordered)
     weights = (2.0 * prototypes.T / temperature).astype(np.float32)
-    bias = (-(prototypes ** 2).sum(axis=1) / temperature).astype(np.float32)
+    bias = (-(prototypes**2).sum(axis=1) / temperature).astype(np.float32)
     nodes = [
-        helper.make_node("AveragePool", [contract.INPUT_NAME], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]),
+        helper.make_node(
+            "AveragePool", [contract.INPUT_NAME], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]
+        ),
         helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
         helper.make_node("Gemm", ["features", "weights", "bias"], ["similarity"]),
         helper.make_node("Reshape", ["similarity", "by_class"], ["grouped"]),
@@ -144,16 +159,20 @@ def prototype_onnx_model(features: np.ndarray, labels: np.ndarray, temperature: 
         helper.make_node("Softmax", ["scores"], [contract.OUTPUT_NAME], axis=1),
     ]
     initializers = [
-        numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias"),
+        numpy_helper.from_array(weights, "weights"),
+        numpy_helper.from_array(bias, "bias"),
         numpy_helper.from_array(np.array([-1, len(CLASSES), per_class], np.int64), "by_class"),
     ]
     graph = helper.make_graph(
-        nodes, "nearest-prototype",
+        nodes,
+        "nearest-prototype",
         [helper.make_tensor_value_info(contract.INPUT_NAME, TensorProto.FLOAT, ["batch", 3, input_size, input_size])],
         [helper.make_tensor_value_info(contract.OUTPUT_NAME, TensorProto.FLOAT, ["batch", len(CLASSES)])],
         initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tests.model_fixtures")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tests.model_fixtures"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
@@ -166,8 +185,14 @@ def typical_distance(features: np.ndarray) -> float:
     return float(np.median(((features[pairs[:, 0]] - features[pairs[:, 1]]) ** 2).sum(axis=1)))
 
 
-def write_artifact(out_dir: str | Path, version: str, model: onnx.ModelProto, preprocessing: Preprocessing,
-                   metrics: dict | None = None, **provenance) -> FixtureArtifact:
+def write_artifact(
+    out_dir: str | Path,
+    version: str,
+    model: onnx.ModelProto,
+    preprocessing: Preprocessing,
+    metrics: dict | None = None,
+    **provenance,
+) -> FixtureArtifact:
     """Write and pack an artifact around ``model`` (``out_dir/<version>/model`` and ``model.tar.gz``)."""
     root = Path(out_dir) / version
     directory = root / "model"
@@ -176,13 +201,16 @@ def write_artifact(out_dir: str | Path, version: str, model: onnx.ModelProto, pr
     write_json_atomic(directory / contract.LABELS_FILE, labels_document())
     write_json_atomic(directory / contract.PREPROCESS_FILE, preprocessing.to_dict())
     write_json_atomic(directory / contract.METRICS_FILE, metrics or {"log_loss": 0.01, "accuracy": 1.0})
-    write_json_atomic(directory / contract.PROVENANCE_FILE,
-                      {"model_version": version, **provenance, "built_by": "tests/model_fixtures.py"})
+    write_json_atomic(
+        directory / contract.PROVENANCE_FILE,
+        {"model_version": version, **provenance, "built_by": "tests/model_fixtures.py"},
+    )
     return FixtureArtifact(version, directory, contract.pack_artifact(directory, root / "model.tar.gz"))
 
 
-def memorizing_artifact(out_dir: str | Path, version: str, channel_dir: Path, sharpness: float = 4.0,
-                        metrics: dict | None = None) -> FixtureArtifact:
+def memorizing_artifact(
+    out_dir: str | Path, version: str, channel_dir: Path, sharpness: float = 4.0, metrics: dict | None = None
+) -> FixtureArtifact:
     """A nearest-prototype model of ``channel_dir``'s images; ``sharpness`` = typical distance / temperature."""
     features, labels = channel_prototypes(channel_dir)
     model = prototype_onnx_model(features, labels, typical_distance(features) / sharpness)
@@ -253,15 +281,28 @@ def quantized_int8(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.Mode
     softmax = [node.name for node in model.graph.node if node.op_type == "Softmax"]  # stays fp32, as in the job
     with tempfile.TemporaryDirectory(prefix="fixture-int8-") as scratch:
         onnx.save(model, f"{scratch}/fp32.onnx")
-        quantize_static(f"{scratch}/fp32.onnx", f"{scratch}/int8.onnx", Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=softmax)
+        quantize_static(
+            f"{scratch}/fp32.onnx",
+            f"{scratch}/int8.onnx",
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=softmax,
+        )
         return onnx.load(f"{scratch}/int8.onnx")
 
 
-def derived_artifact(source: FixtureArtifact | Path, out_dir: str | Path, version: str, *,
-                     model=None, preprocessing: Preprocessing | None = None,
-                     metrics: dict | None = None) -> FixtureArtifact:
+def derived_artifact(
+    source: FixtureArtifact | Path,
+    out_dir: str | Path,
+    version: str,
+    *,
+    model=None,
+    preprocessing: Preprocessing | None = None,
+    metrics: dict | None = None,
+) -> FixtureArtifact:
     """A copy of an unpacked artifact (a fixture's, or a trained one's directory) with parts replaced.
 
     ``model`` is a function of the source's ONNX model; ``preprocessing`` replaces preprocess.json.
@@ -269,8 +310,13 @@ def derived_artifact(source: FixtureArtifact | Path, out_dir: str | Path, versio
     directory = Path(getattr(source, "directory", source))
     original = load_artifact(directory)
     graph = onnx.load(directory / contract.MODEL_FILE)
-    return write_artifact(out_dir, version, model(graph) if model else graph,
-                          preprocessing or original.preprocessing, metrics or original.metrics)
+    return write_artifact(
+        out_dir,
+        version,
+        model(graph) if model else graph,
+        preprocessing or original.preprocessing,
+        metrics or original.metrics,
+    )
 
 
 # Training/serving skew in one file: ImageNet's normalisation where the model learnt the project's.

@@ -27,8 +27,9 @@ def send_images(settings: Settings, paths: list[Path], workers: int = 4) -> date
     client = sagemaker_runtime_client(open_hosting(settings).status()["runtime_url"], settings.region)
 
     def send(path: Path) -> None:
-        answer = client.invoke_endpoint(EndpointName=settings.endpoint_name, ContentType="image/jpeg",
-                                        Body=path.read_bytes())
+        answer = client.invoke_endpoint(
+            EndpointName=settings.endpoint_name, ContentType="image/jpeg", Body=path.read_bytes()
+        )
         answer["Body"].read()
 
     time.sleep(1.1)
@@ -47,8 +48,9 @@ def wait_for_capture(settings: Settings, since: datetime, count: int, timeout_s:
     deadline = time.monotonic() + timeout_s
     found = 0
     while time.monotonic() < deadline:
-        found = sum(1 for _ in iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name,
-                                                    since=since))
+        found = sum(
+            1 for _ in iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since)
+        )
         if found >= count:
             return found
         time.sleep(0.5)
@@ -59,9 +61,13 @@ def ground_truth(batch: Path) -> dict[str, tuple[str, str]]:
     """sha256 of each image's bytes → (subject, class), from the generator's own driver list."""
     with open(batch / DRIVER_LIST, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return {sha256_bytes((batch / "imgs" / "train" / row["classname"] / row["img"]).read_bytes()):
-            (row["subject"], row["classname"]) for row in rows}
-
+    return {
+        sha256_bytes((batch / "imgs" / "train" / row["classname"] / row["img"]).read_bytes()): (
+            row["subject"],
+            row["classname"],
+        )
+        for row in rows
+    }
 
 
 def validation_frames(channels: Path) -> list[bytes]:
@@ -72,8 +78,11 @@ def validation_frames(channels: Path) -> list[bytes]:
     drivers = set(json.loads((channels / "manifest.json").read_text())["splits"]["validation"]["drivers"])
     sample = channels.parent / "sample"
     with open(sample / DRIVER_LIST, newline="") as handle:
-        return [(sample / "imgs" / "train" / row["classname"] / row["img"]).read_bytes()
-                for row in csv.DictReader(handle) if row["subject"] in drivers]
+        return [
+            (sample / "imgs" / "train" / row["classname"] / row["img"]).read_bytes()
+            for row in csv.DictReader(handle)
+            if row["subject"] in drivers
+        ]
 
 
 def captured_file(settings: Settings, classifier, images: list[bytes], when: datetime) -> tuple[str, bytes]:
@@ -87,9 +96,20 @@ def captured_file(settings: Settings, classifier, images: list[bytes], when: dat
     for number, image in enumerate(images):
         answer = classifier.predict(classifier.prepare(image)[None])[0]
         body = ("[" + ", ".join(f"{p:.6f}" for p in answer) + "]").encode()
-        lines.append(capture_line(Invocation(settings.endpoint_name, settings.variant_name, f"event-{number}",
-                                             when + timedelta(seconds=number), "image/jpeg", image,
-                                             "application/json", body)))
+        lines.append(
+            capture_line(
+                Invocation(
+                    settings.endpoint_name,
+                    settings.variant_name,
+                    f"event-{number}",
+                    when + timedelta(seconds=number),
+                    "image/jpeg",
+                    image,
+                    "application/json",
+                    body,
+                )
+            )
+        )
     key = hour_prefix(settings.capture_prefix, settings.endpoint_name, settings.variant_name, when) + file_name(when)
     return key, b"".join(lines)
 

@@ -25,8 +25,9 @@ CONVERT = {"val_drivers": 2}
 
 
 def fast_options(**changes) -> RunOptions:
-    values = dict(hyperparameters=HYPERPARAMETERS, convert=CONVERT, wait_seconds=1.0, bake_seconds=1.0,
-                  load_seconds=0.0)
+    values = dict(
+        hyperparameters=HYPERPARAMETERS, convert=CONVERT, wait_seconds=1.0, bake_seconds=1.0, load_seconds=0.0
+    )
     values.update(changes)
     return RunOptions(**values)
 
@@ -37,8 +38,12 @@ def cli_flags(options: RunOptions) -> list[str]:
     extra = {k: v for k, v in options.hyperparameters.items() if k not in ("epochs", "image-size")}
     if extra:
         flags.append("--extra=" + ",".join(f"{k}={v}" for k, v in extra.items()))
-    flags += [f"--val-drivers={options.convert['val_drivers']}", f"--wait-seconds={options.wait_seconds:g}",
-              f"--bake-seconds={options.bake_seconds:g}", f"--load-seconds={options.load_seconds:g}"]
+    flags += [
+        f"--val-drivers={options.convert['val_drivers']}",
+        f"--wait-seconds={options.wait_seconds:g}",
+        f"--bake-seconds={options.bake_seconds:g}",
+        f"--load-seconds={options.load_seconds:g}",
+    ]
     return flags
 
 
@@ -48,16 +53,31 @@ def environment(settings: Settings) -> dict:
 
 def run_cli(settings: Settings, *args: str, python_flags: tuple[str, ...] = (), timeout: float = 300):
     """``inv <args>`` from the repository against the settings' root."""
-    return subprocess.run([sys.executable, *python_flags, str(INV), *args], cwd=REPO, env=environment(settings),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *python_flags, str(INV), *args],
+        cwd=REPO,
+        env=environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def sample_batch(directory: Path, drivers: int, per_class: int, seed: int, first_driver: int | None = None,
-                 shift: str | None = None) -> Path:
+def sample_batch(
+    directory: Path, drivers: int, per_class: int, seed: int, first_driver: int | None = None, shift: str | None = None
+) -> Path:
     from distracted_driver.data.sample import generate_sample
 
-    generate_sample(directory, drivers=drivers, images_per_class_driver=per_class, test_images=0, seed=seed,
-                    first_driver=first_driver, progress=False, shift=shift)
+    generate_sample(
+        directory,
+        drivers=drivers,
+        images_per_class_driver=per_class,
+        test_images=0,
+        seed=seed,
+        first_driver=first_driver,
+        progress=False,
+        shift=shift,
+    )
     return directory
 
 
@@ -103,8 +123,9 @@ def stop_stack(settings: Settings) -> None:
     open_hosting(settings).stop_runtime()
 
 
-def first_driver_keeping_validation_unseen(existing: dict[str, int], validation: set[str], drivers: int,
-                                           split_seed: int = 0) -> int:
+def first_driver_keeping_validation_unseen(
+    existing: dict[str, int], validation: set[str], drivers: int, split_seed: int = 0
+) -> int:
     """A first driver number for a batch of ``drivers`` new subjects after which the driver split
     still keeps every driver the live model trained on out of validation.
 
@@ -123,8 +144,9 @@ def first_driver_keeping_validation_unseen(existing: dict[str, int], validation:
         if newcomers.keys() & existing.keys():
             continue
         groups = {**existing, **newcomers}
-        chosen, _ = choose_validation(groups, val_count=CONVERT["val_drivers"], val_fraction=None, fold=None,
-                                      folds=5, seed=split_seed)
+        chosen, _ = choose_validation(
+            groups, val_count=CONVERT["val_drivers"], val_fraction=None, fold=None, folds=5, seed=split_seed
+        )
         if not chosen & trained_on:
             return first
     raise AssertionError("no batch of new drivers keeps the live model's training drivers out of validation")

@@ -12,8 +12,14 @@ from waiting import wait_until
 from distracted_driver.hosting.base import ModelSpec, ScalingPolicy, TrafficRouting
 from distracted_driver.hosting.local.autoscaling import ScalerState, decide, record_action
 
-POLICY = ScalingPolicy(min_instances=1, max_instances=4, target_invocations_per_instance=600,
-                       scale_out_cooldown_seconds=60, scale_in_cooldown_seconds=300, metric_window_seconds=60)
+POLICY = ScalingPolicy(
+    min_instances=1,
+    max_instances=4,
+    target_invocations_per_instance=600,
+    scale_out_cooldown_seconds=60,
+    scale_in_cooldown_seconds=300,
+    metric_window_seconds=60,
+)
 
 
 def test_scale_out_to_the_capacity_that_meets_the_target_within_max():
@@ -54,12 +60,21 @@ def test_outside_bounds_is_corrected_at_once():
 @pytest.mark.slow
 def test_scales_out_under_load_and_back_in_after_it(hosted, make_artifact):
     spec = ModelSpec("as-v1", hosted.publish(make_artifact("as-v1", seed=1)))
-    result = hosted.hosting.deploy(spec, TrafficRouting(strategy="all-at-once", bake_seconds=0), smoke_images=hosted.smoke)
+    result = hosted.hosting.deploy(
+        spec, TrafficRouting(strategy="all-at-once", bake_seconds=0), smoke_images=hosted.smoke
+    )
     assert result.outcome == "deployed"
     # Short windows and cooldowns so the test takes seconds; the rule is the one above.
-    hosted.hosting.set_autoscaling(ScalingPolicy(min_instances=1, max_instances=2, target_invocations_per_instance=120,
-                                                 scale_out_cooldown_seconds=1, scale_in_cooldown_seconds=3,
-                                                 metric_window_seconds=2))
+    hosted.hosting.set_autoscaling(
+        ScalingPolicy(
+            min_instances=1,
+            max_instances=2,
+            target_invocations_per_instance=120,
+            scale_out_cooldown_seconds=1,
+            scale_in_cooldown_seconds=3,
+            metric_window_seconds=2,
+        )
+    )
     counts = []
 
     def in_service(expected):

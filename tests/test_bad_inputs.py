@@ -85,12 +85,20 @@ def hostile_corpus() -> list[tuple[str, bytes, str | None]]:
         ("multipart", good, "multipart/form-data; boundary=x"),
         ("no content type", good, None),
         ("invalid base64", b'{"base64Image": "!!!not*base64"}', "application/json"),
-        ("base64 of text", json.dumps({"base64Image": base64.b64encode(b"hello").decode()}).encode(), "application/json"),
+        (
+            "base64 of text",
+            json.dumps({"base64Image": base64.b64encode(b"hello").decode()}).encode(),
+            "application/json",
+        ),
         ("JSON without the key", b'{"image": "abc"}', "application/json"),
         ("JSON null", b"null", "application/json"),
         ("deeply nested JSON", b"[" * 200_000, "application/json"),
         ("not UTF-8 JSON", b"\xff\xfe\x00{", "application/json"),
-        ("7 MB base64 image", json.dumps({"base64Image": base64.b64encode(b"\0" * 7_000_000).decode()}).encode(), "application/json"),
+        (
+            "7 MB base64 image",
+            json.dumps({"base64Image": base64.b64encode(b"\0" * 7_000_000).decode()}).encode(),
+            "application/json",
+        ),
     ]
 
 
@@ -151,8 +159,16 @@ def test_hostile_corpus(api_stack):
     assert rss(pids) - before < RSS_GROWTH_LIMIT, f"RSS grew by {(rss(pids) - before) / 2**20:.0f} MiB"
 
 
-CONTENT_TYPES = ["image/jpeg", "image/png", "application/x-image", "application/json", "text/plain",
-                 "application/octet-stream", "IMAGE/JPEG; q=1", ""]
+CONTENT_TYPES = [
+    "image/jpeg",
+    "image/png",
+    "application/x-image",
+    "application/json",
+    "text/plain",
+    "application/octet-stream",
+    "IMAGE/JPEG; q=1",
+    "",
+]
 HEADER_NAMES = st.from_regex(r"X-[A-Za-z][A-Za-z0-9-]{0,20}", fullmatch=True)
 HEADER_VALUES = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60).map(str.strip)
 
@@ -162,17 +178,26 @@ def bodies():
     return st.one_of(
         st.binary(max_size=4096),
         st.binary(max_size=2048).map(lambda b: prefix[: len(b) % len(prefix)] + b),  # JPEG-ish heads
-        st.builds(lambda b: json.dumps({"base64Image": base64.b64encode(b).decode()}).encode(), st.binary(max_size=1024)),
+        st.builds(
+            lambda b: json.dumps({"base64Image": base64.b64encode(b).decode()}).encode(), st.binary(max_size=1024)
+        ),
         st.builds(lambda t: json.dumps({"base64Image": t}).encode(), st.text(max_size=200)),
-        st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-                     max_leaves=20).map(lambda v: json.dumps(v).encode()),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+            max_leaves=20,
+        ).map(lambda v: json.dumps(v).encode()),
     )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(body=bodies(), content_type=st.sampled_from(CONTENT_TYPES),
-       headers=st.dictionaries(HEADER_NAMES, HEADER_VALUES, max_size=4))
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    body=bodies(),
+    content_type=st.sampled_from(CONTENT_TYPES),
+    headers=st.dictionaries(HEADER_NAMES, HEADER_VALUES, max_size=4),
+)
 def test_generated_requests(api_stack, body, content_type, headers):
     response = send(api_stack, body, content_type or None, extra=headers)
     assert_clean_refusal_or_answer(response, f"{content_type} {body[:40]!r}")

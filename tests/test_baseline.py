@@ -12,10 +12,10 @@ import pytest
 from model_fixtures import features_exposed, quantized_int8, tiny_onnx_model, write_artifact
 from monitor_support import captured_file, tiny_sample_thresholds, validation_frames
 
+from distracted_driver.data.channel import decoded_batches, read_records
 from distracted_driver.data.image_stats import STATISTICS, image_statistics
 from distracted_driver.data.imaging import Preprocessing, decode_image
 from distracted_driver.fsutil import write_json_atomic
-from distracted_driver.model.inference import Classifier
 from distracted_driver.model.artifact import (
     BASELINE_ARRAYS_FILE,
     BASELINE_FILE,
@@ -25,9 +25,9 @@ from distracted_driver.model.artifact import (
     ArtifactError,
     load_artifact,
 )
-from distracted_driver.train.baseline import load_baseline, record_baseline
-from distracted_driver.data.channel import decoded_batches, read_records
+from distracted_driver.model.inference import Classifier
 from distracted_driver.model.precision import FP32, INT8
+from distracted_driver.train.baseline import load_baseline, record_baseline
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,9 @@ def test_the_baseline_is_what_the_served_model_answers_on_validation(monitored, 
     artifact, summary = monitored
     records, _ = read_records(tiny_channels / "validation")
     classifier = Classifier(artifact)
-    probabilities = np.concatenate([classifier.predict(batch.images) for batch in
-                                    decoded_batches(records, artifact.preprocessing, 8)])
+    probabilities = np.concatenate(
+        [classifier.predict(batch.images) for batch in decoded_batches(records, artifact.preprocessing, 8)]
+    )
     validation = summary["validation"]
     assert validation["images"] == len(records) == 20  # two unseen drivers x ten classes
     assert validation["predicted_counts"] == {f"c{i}": int((probabilities.argmax(1) == i).sum()) for i in range(10)}
@@ -70,8 +71,12 @@ def test_features_are_summarised_in_whitened_principal_coordinates(monitored, ti
     baseline = load_baseline(artifact)
     records, _ = read_records(tiny_channels / "validation")
     classifier = Classifier(artifact)
-    features = np.concatenate([classifier.predict_with_features(batch.images)[1]
-                               for batch in decoded_batches(records, artifact.preprocessing, 8)]).astype(np.float64)
+    features = np.concatenate(
+        [
+            classifier.predict_with_features(batch.images)[1]
+            for batch in decoded_batches(records, artifact.preprocessing, 8)
+        ]
+    ).astype(np.float64)
     assert np.allclose(baseline.feature_mean, features.mean(axis=0), atol=1e-5)
     assert np.allclose(baseline.feature_covariance, np.cov(features, rowvar=False), atol=1e-4)
     components = len(features) // 4
@@ -79,8 +84,9 @@ def test_features_are_summarised_in_whitened_principal_coordinates(monitored, ti
     projected = baseline.validation_projected
     assert np.allclose(projected, baseline.project(features), atol=1e-4)  # in channel order
     assert np.allclose(np.cov(projected, rowvar=False), np.eye(components), atol=1e-3)
-    assert np.allclose(baseline.projection.T @ baseline.feature_covariance @ baseline.projection,
-                       np.eye(components), atol=1e-3)
+    assert np.allclose(
+        baseline.projection.T @ baseline.feature_covariance @ baseline.projection, np.eye(components), atol=1e-3
+    )
 
 
 def test_a_model_without_a_baseline_or_a_features_output_is_named(tmp_path, make_artifact, tiny_channels):
@@ -115,14 +121,17 @@ def _traffic_like_validation(artifact, tiny_channels, refused: int = 0):
     baseline = load_baseline(artifact)
     records, _ = read_records(tiny_channels / "validation")
     classifier = Classifier(artifact)
-    outputs = [classifier.predict_with_features(batch.images) for batch in
-               decoded_batches(records, artifact.preprocessing, 8)]
+    outputs = [
+        classifier.predict_with_features(batch.images) for batch in decoded_batches(records, artifact.preprocessing, 8)
+    ]
     return baseline, Traffic(
-        requests=len(records) + refused, refused=[(f"bad-{i}", "the image fails the check") for i in range(refused)],
+        requests=len(records) + refused,
+        refused=[(f"bad-{i}", "the image fails the check") for i in range(refused)],
         event_ids=[record.source for record in records],
         probabilities=np.concatenate([p for p, _ in outputs]).astype(np.float64),
-        statistics={name: baseline.statistic(name)[-len(records):] for name in STATISTICS},
-        features=np.concatenate([f for _, f in outputs]).astype(np.float64))
+        statistics={name: baseline.statistic(name)[-len(records) :] for name in STATISTICS},
+        features=np.concatenate([f for _, f in outputs]).astype(np.float64),
+    )
 
 
 def test_the_verdict_needs_enough_answers_except_for_refusals(monitored, tiny_channels):
@@ -180,18 +189,19 @@ def test_the_int8_model_keeps_its_own_features_output(serving_int8, tiny_channel
 
 
 @pytest.mark.parametrize("recorded_on", [INT8, FP32])
-def test_the_report_measures_features_with_the_file_the_baseline_was_recorded_on(serving_int8, tiny_channels,
-                                                                                  tmp_path, recorded_on):
+def test_the_report_measures_features_with_the_file_the_baseline_was_recorded_on(
+    serving_int8, tiny_channels, tmp_path, recorded_on
+):
     """The int8 model is served and answers; the baseline was recorded on int8 (as the training job does) or on
     fp32 (an artifact baselined before its serving.json changed). Validation's own frames sent again give a
     feature distance of zero either way: the features were measured with the baseline's file."""
     from datetime import datetime, timedelta
 
     from distracted_driver.config import Settings
-    from distracted_driver.monitor.report import drift_report
-    from distracted_driver.storage import open_storage
     from distracted_driver.model.artifact import pack_artifact
     from distracted_driver.model.registry import Registry
+    from distracted_driver.monitor.report import drift_report
+    from distracted_driver.storage import open_storage
 
     artifact = _copy(serving_int8, tmp_path / "model")
     record_baseline(artifact.serving_as(recorded_on), tiny_channels / "train", tiny_channels / "validation")
@@ -205,8 +215,12 @@ def test_the_report_measures_features_with_the_file_the_baseline_was_recorded_on
     when = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     storage.put_bytes(*captured_file(settings, Classifier(artifact), validation_frames(tiny_channels), when))
 
-    report = drift_report(settings, since=when - timedelta(minutes=1), out_root=tmp_path / "reports",
-                          thresholds=tiny_sample_thresholds(tmp_path)).report
+    report = drift_report(
+        settings,
+        since=when - timedelta(minutes=1),
+        out_root=tmp_path / "reports",
+        thresholds=tiny_sample_thresholds(tmp_path),
+    ).report
     assert report["model"]["served_file"] == INT8_MODEL_FILE
     assert report["model"]["model_file"] == MODEL_FILES[recorded_on]
     assert report["records"]["answered"] == 20
@@ -222,8 +236,10 @@ def test_a_baseline_whose_model_file_changed_or_went_is_refused(serving_int8, ti
     assert baseline.measured_with(artifact).served_model_path == artifact.served_model_path
 
     requantized = _copy(artifact, tmp_path / "requantized")
-    onnx.save(quantized_int8(features_exposed(tiny_onnx_model(seed=4)), np.zeros((8, 3, 64, 64), np.float32)),
-              requantized.directory / INT8_MODEL_FILE)
+    onnx.save(
+        quantized_int8(features_exposed(tiny_onnx_model(seed=4)), np.zeros((8, 3, 64, 64), np.float32)),
+        requantized.directory / INT8_MODEL_FILE,
+    )
     with pytest.raises(ArtifactError, match="recorded on another model.int8.onnx .*sha256 differs"):
         baseline.measured_with(load_artifact(requantized.directory))
 

@@ -14,12 +14,12 @@ import pytest
 
 from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
-from distracted_driver.serve.batch_predict import list_images, predict_directory, predict_images, write_submission
-from distracted_driver.model.inference import Classifier
-from distracted_driver.model.cache import fetch_artifact
-from distracted_driver.storage import open_storage
 from distracted_driver.model.artifact import ArtifactError, load_artifact
+from distracted_driver.model.cache import fetch_artifact
+from distracted_driver.model.inference import Classifier
 from distracted_driver.model.registry import Registry
+from distracted_driver.serve.batch_predict import list_images, predict_directory, predict_images, write_submission
+from distracted_driver.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = 11
@@ -78,7 +78,9 @@ def test_an_empty_directory_gives_a_header_only_csv(model, tmp_path):
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(root=tmp_path, bucket_dir=tmp_path / "bucket", state_dir=tmp_path / "state", work_dir=tmp_path / "work")
+    return Settings(
+        root=tmp_path, bucket_dir=tmp_path / "bucket", state_dir=tmp_path / "state", work_dir=tmp_path / "work"
+    )
 
 
 def test_models_come_from_the_bucket_through_a_cache(settings, make_artifact):
@@ -128,13 +130,29 @@ def test_an_interrupted_prediction_leaves_no_csv(settings, images, model, tmp_pa
 @pytest.mark.slow
 def test_invoke_task_writes_the_csv_and_lists_skipped_images(settings, images, model, tmp_path):
     model.publish(open_storage(settings))
-    env = {**os.environ, "DD_BUCKET_DIR": str(settings.bucket_dir), "DD_WORK_DIR": str(settings.work_dir),
-           "DD_STATE_DIR": str(settings.state_dir)}
+    env = {
+        **os.environ,
+        "DD_BUCKET_DIR": str(settings.bucket_dir),
+        "DD_WORK_DIR": str(settings.work_dir),
+        "DD_STATE_DIR": str(settings.state_dir),
+    }
     out = tmp_path / "submission.csv"
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "inv"), "predict.batch", "--model", "latest", "--images", str(images),
-         "--out", str(out)],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+        [
+            str(Path(sys.executable).parent / "inv"),
+            "predict.batch",
+            "--model",
+            "latest",
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert f"{GOOD} images predicted, 2 unreadable" in result.stdout

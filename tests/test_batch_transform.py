@@ -39,9 +39,9 @@ from distracted_driver.hosting.batch_transform import (
     transform_job_name,
     transform_request,
 )
+from distracted_driver.model.artifact import load_artifact
 from distracted_driver.serve.batch_predict import predict_images
 from distracted_driver.storage.s3 import S3Storage
-from distracted_driver.model.artifact import load_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dd-transform-bucket"
@@ -51,8 +51,9 @@ IMAGE = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{REPOSITORY}:{TAG}"
 VERSION = "dd-20260101-000000-aaaa"
 KEY = "arn:aws:kms:us-east-1:123456789012:key/0c0ffee0-0000-4000-8000-000000000000"
 GOOD = [f"img_{i}.jpg" for i in range(5)]
-OFFERED = tuple(boto3.client("sagemaker", region_name="us-east-1").meta.service_model
-                .shape_for("TransformInstanceType").enum)
+OFFERED = tuple(
+    boto3.client("sagemaker", region_name="us-east-1").meta.service_model.shape_for("TransformInstanceType").enum
+)
 
 
 def _settings(tmp_path) -> Settings:
@@ -97,8 +98,12 @@ def _transform(settings, storage, tmp_path, die_after=None, **options):
     sagemaker = boto3.client("sagemaker", region_name="us-east-1")
     agent = TransformAgent(tmp_path, die_after=die_after)
     agent.attach(sagemaker)
-    runner = BatchTransform(settings, storage=storage, sagemaker=sagemaker,
-                            options=TransformOptions(poll_seconds=0, progress=False, **options))
+    runner = BatchTransform(
+        settings,
+        storage=storage,
+        sagemaker=sagemaker,
+        options=TransformOptions(poll_seconds=0, progress=False, **options),
+    )
     return runner, agent
 
 
@@ -113,38 +118,60 @@ def _rows(path: Path) -> dict[str, list[float]]:
 
 def test_the_request_fits_the_service_model_one_image_per_request():
     options = TransformOptions(instance_count=2, max_concurrent=16, max_payload_mb=6)
-    request = transform_request("distracted-driver-batch-20260101-000000-abcd", f"distracted-driver-{VERSION}", VERSION,
-                                "s3://b/transform/j/input.manifest", "s3://b/transform/j/output/", "image/jpeg",
-                                "ml.c5.xlarge", options, KEY)
+    request = transform_request(
+        "distracted-driver-batch-20260101-000000-abcd",
+        f"distracted-driver-{VERSION}",
+        VERSION,
+        "s3://b/transform/j/input.manifest",
+        "s3://b/transform/j/output/",
+        "image/jpeg",
+        "ml.c5.xlarge",
+        options,
+        KEY,
+    )
     model = boto3.client("sagemaker", region_name="us-east-1").meta.service_model
     report = ParamValidator().validate(request, model.operation_model("CreateTransformJob").input_shape)
     assert not report.has_errors(), report.generate_report()
     assert request["TransformInput"]["SplitType"] == "None" and request["BatchStrategy"] == "SingleRecord"
     assert request["TransformInput"]["DataSource"]["S3DataSource"]["S3DataType"] == "ManifestFile"
-    assert request["TransformOutput"] == {"S3OutputPath": "s3://b/transform/j/output/", "Accept": "application/json",
-                                         "AssembleWith": "None", "KmsKeyId": KEY}
+    assert request["TransformOutput"] == {
+        "S3OutputPath": "s3://b/transform/j/output/",
+        "Accept": "application/json",
+        "AssembleWith": "None",
+        "KmsKeyId": KEY,
+    }
     assert (request["MaxConcurrentTransforms"], request["TransformResources"]) == (
-        16, {"InstanceType": "ml.c5.xlarge", "InstanceCount": 2})
+        16,
+        {"InstanceType": "ml.c5.xlarge", "InstanceCount": 2},
+    )
     assert request["TransformResources"]["InstanceType"] in OFFERED
 
 
 def test_the_instance_type_is_the_serving_one_or_the_next_size_batch_transform_offers():
     assert "ml.c5.large" not in OFFERED  # the dev serving type
     assert choose_instance_type(None, "ml.c5.large", OFFERED) == (
-        "ml.c5.xlarge", "Batch Transform does not offer ml.c5.large (the serving instance type): using ml.c5.xlarge")
+        "ml.c5.xlarge",
+        "Batch Transform does not offer ml.c5.large (the serving instance type): using ml.c5.xlarge",
+    )
     assert choose_instance_type(None, "ml.c5.xlarge", OFFERED) == ("ml.c5.xlarge", "")
     assert choose_instance_type("ml.m5.4xlarge", "ml.c5.large", OFFERED) == ("ml.m5.4xlarge", "")
-    with pytest.raises(TransformInputError, match="'ml.c5.large' is not an instance type Batch Transform offers; "
-                                                  "of its family Batch Transform offers ml.c5.xlarge"):
+    with pytest.raises(
+        TransformInputError,
+        match="'ml.c5.large' is not an instance type Batch Transform offers; "
+        "of its family Batch Transform offers ml.c5.xlarge",
+    ):
         choose_instance_type("ml.c5.large", "ml.c5.xlarge", OFFERED)
 
 
-@pytest.mark.parametrize("options, words", [
-    (TransformOptions(max_concurrent=0), "MaxConcurrentTransforms must be 1..64, not 0"),
-    (TransformOptions(max_concurrent=65), "MaxConcurrentTransforms must be 1..64, not 65"),
-    (TransformOptions(instance_count=0), "InstanceCount must be 1..100, not 0"),
-    (TransformOptions(max_payload_mb=0), "MaxPayloadInMB must be 1..100, not 0"),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (TransformOptions(max_concurrent=0), "MaxConcurrentTransforms must be 1..64, not 0"),
+        (TransformOptions(max_concurrent=65), "MaxConcurrentTransforms must be 1..64, not 65"),
+        (TransformOptions(instance_count=0), "InstanceCount must be 1..100, not 0"),
+        (TransformOptions(max_payload_mb=0), "MaxPayloadInMB must be 1..100, not 0"),
+    ],
+)
 def test_options_outside_the_limits_are_refused(options, words):
     with pytest.raises(TransformInputError, match=words):
         options.check()
@@ -159,20 +186,31 @@ def test_job_names_fit_sagemaker_and_the_grant():
 
 def test_outputs_are_the_servers_ten_probabilities():
     assert parse_output(json.dumps([0.1] * 10).encode()).shape == (10,)
-    for body, words in ((b"<html>", "not JSON"), (json.dumps([0.1] * 9).encode(), "not the list of 10"),
-                        (json.dumps({"class": "c0", "probabilities": [0.1] * 10}).encode(), "not the list of 10"),
-                        (json.dumps([0.5] * 10).encode(), "not a probability distribution"),
-                        (b"[NaN, 0, 0, 0, 0, 0, 0, 0, 0, 1]", "not a probability distribution")):
+    for body, words in (
+        (b"<html>", "not JSON"),
+        (json.dumps([0.1] * 9).encode(), "not the list of 10"),
+        (json.dumps({"class": "c0", "probabilities": [0.1] * 10}).encode(), "not the list of 10"),
+        (json.dumps([0.5] * 10).encode(), "not a probability distribution"),
+        (b"[NaN, 0, 0, 0, 0, 0, 0, 0, 0, 1]", "not a probability distribution"),
+    ):
         with pytest.raises(ValueError, match=words):
             parse_output(body)
 
 
 def test_outputs_are_matched_by_relative_name_then_by_unique_file_name():
     prefix = "transform/j/output/"
-    keys = [f"{prefix}a.jpg.out", f"{prefix}sub/b.jpg.out", f"{prefix}test/c.jpg.out", f"{prefix}x/d.jpg.out",
-            f"{prefix}y/d.jpg.out"]
+    keys = [
+        f"{prefix}a.jpg.out",
+        f"{prefix}sub/b.jpg.out",
+        f"{prefix}test/c.jpg.out",
+        f"{prefix}x/d.jpg.out",
+        f"{prefix}y/d.jpg.out",
+    ]
     assert match_outputs(["a.jpg", "sub/b.jpg", "c.jpg", "d.jpg", "e.jpg"], keys, prefix) == {
-        "a.jpg": f"{prefix}a.jpg.out", "sub/b.jpg": f"{prefix}sub/b.jpg.out", "c.jpg": f"{prefix}test/c.jpg.out"}
+        "a.jpg": f"{prefix}a.jpg.out",
+        "sub/b.jpg": f"{prefix}sub/b.jpg.out",
+        "c.jpg": f"{prefix}test/c.jpg.out",
+    }
 
 
 def test_the_data_log_gives_each_refused_image_the_servers_message():
@@ -212,8 +250,10 @@ def test_a_directory_is_scored_on_batch_transform_into_the_same_submission(accou
     failed = dict(result.batch.failed)
     assert set(failed) == {"img_corrupt.jpg", "img_truncated.jpg", "img_scan.jpg"}
     assert "header is incomplete" in failed["img_corrupt.jpg"] and "truncated" in failed["img_truncated.jpg"]
-    assert failed["img_scan.jpg"].startswith("model server answered 400: corrupt JPEG") \
+    assert (
+        failed["img_scan.jpg"].startswith("model server answered 400: corrupt JPEG")
         and "extraneous bytes" in failed["img_scan.jpg"]
+    )
     # SageMaker marks the job Failed for the refusal: listed, not fatal.
     assert result.status == "Failed" and any("every refusal is listed" in note for note in result.notes)
     assert "Batch Transform does not offer ml.c5.large" in result.notes[0] and result.instance_type == "ml.c5.xlarge"
@@ -234,8 +274,9 @@ def test_a_directory_is_scored_on_batch_transform_into_the_same_submission(accou
 def test_an_s3_prefix_is_checked_where_it_lies(account, tmp_path):
     settings, storage = account
     rng = np.random.default_rng(0)
-    big = cv2.imencode(".jpg", rng.integers(0, 255, (1000, 1000, 3), dtype=np.uint8),
-                       [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    big = cv2.imencode(".jpg", rng.integers(0, 255, (1000, 1000, 3), dtype=np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 95])[
+        1
+    ].tobytes()
     assert len(big) > 1024 * 1024
     for i, name in enumerate(GOOD):
         storage.put_bytes(f"transform/kaggle-test/{name}", camera_like_jpeg(seed=20 + i))
@@ -295,24 +336,39 @@ def test_when_every_image_is_refused_no_job_is_started(account, tmp_path):
 def _stubbed(tmp_path, settings):
     sagemaker = boto3.client("sagemaker", region_name="us-east-1")
     calls = []
-    sagemaker.meta.events.register("before-parameter-build.sagemaker.*",
-                                   lambda params, model, **_: calls.append((model.name, dict(params))))
+    sagemaker.meta.events.register(
+        "before-parameter-build.sagemaker.*", lambda params, model, **_: calls.append((model.name, dict(params)))
+    )
     stubber = Stubber(sagemaker)
     name = f"{settings.endpoint_name}-{VERSION}"
-    stubber.add_response("describe_model", {
-        "ModelName": name, "PrimaryContainer": {"Image": IMAGE}, "ExecutionRoleArn": ROLE,
-        "CreationTime": dt.datetime(2026, 1, 1), "ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{name}"},
-        {"ModelName": name})
-    stubber.add_response("create_transform_job", {
-        "TransformJobArn": "arn:aws:sagemaker:us-east-1:123456789012:transform-job/x"})
+    stubber.add_response(
+        "describe_model",
+        {
+            "ModelName": name,
+            "PrimaryContainer": {"Image": IMAGE},
+            "ExecutionRoleArn": ROLE,
+            "CreationTime": dt.datetime(2026, 1, 1),
+            "ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{name}",
+        },
+        {"ModelName": name},
+    )
+    stubber.add_response(
+        "create_transform_job", {"TransformJobArn": "arn:aws:sagemaker:us-east-1:123456789012:transform-job/x"}
+    )
     return sagemaker, stubber, calls
 
 
 def _described(status: str, **extra) -> dict:
-    return {"TransformJobName": "x", "TransformJobArn": "arn:aws:sagemaker:us-east-1:123456789012:transform-job/x",
-            "TransformJobStatus": status, "ModelName": "m", "CreationTime": dt.datetime(2026, 1, 1),
-            "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": "s3://b/m"}}},
-            "TransformResources": {"InstanceType": "ml.c5.xlarge", "InstanceCount": 1}, **extra}
+    return {
+        "TransformJobName": "x",
+        "TransformJobArn": "arn:aws:sagemaker:us-east-1:123456789012:transform-job/x",
+        "TransformJobStatus": status,
+        "ModelName": "m",
+        "CreationTime": dt.datetime(2026, 1, 1),
+        "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": "s3://b/m"}}},
+        "TransformResources": {"InstanceType": "ml.c5.xlarge", "InstanceCount": 1},
+        **extra,
+    }
 
 
 def test_ctrl_c_while_waiting_stops_the_job(account, images, tmp_path, monkeypatch):
@@ -325,8 +381,9 @@ def test_ctrl_c_while_waiting_stops_the_job(account, images, tmp_path, monkeypat
         raise KeyboardInterrupt
 
     monkeypatch.setattr(time, "sleep", interrupt)
-    runner = BatchTransform(settings, storage=storage, sagemaker=sagemaker,
-                            options=TransformOptions(poll_seconds=30, progress=False))
+    runner = BatchTransform(
+        settings, storage=storage, sagemaker=sagemaker, options=TransformOptions(poll_seconds=30, progress=False)
+    )
     with stubber, pytest.raises(KeyboardInterrupt):
         runner.run("latest", images, tmp_path / "out.csv")
     stubber.assert_no_pending_responses()
@@ -342,14 +399,16 @@ def test_a_job_stopped_elsewhere_ends_in_one_error_naming_it(account, images, tm
     for status in ("InProgress", "Stopping", "Stopped"):
         stubber.add_response("describe_transform_job", _described(status), {"TransformJobName": ANY})
     monkeypatch.setattr(time, "sleep", lambda seconds: None)
-    runner = BatchTransform(settings, storage=storage, sagemaker=sagemaker,
-                            options=TransformOptions(poll_seconds=30, progress=False))
+    runner = BatchTransform(
+        settings, storage=storage, sagemaker=sagemaker, options=TransformOptions(poll_seconds=30, progress=False)
+    )
     with stubber:
         result = runner.run("latest", images, tmp_path / "out.csv")
     stubber.assert_no_pending_responses()
     assert result.status == "Stopped"
-    assert result.error.startswith(f"transform job {result.job} stopped (no reason given): 7 of 7 images have no "
-                                   "output")
+    assert result.error.startswith(
+        f"transform job {result.job} stopped (no reason given): 7 of 7 images have no output"
+    )
     assert _rows(tmp_path / "out.csv") == {}
     assert dict(result.batch.failed)["img_0.jpg"] == "no output: job stopped (no reason given)"
 
@@ -364,8 +423,7 @@ def _tasks():
     return module
 
 
-def test_the_task_runs_batch_transform_and_exits_1_on_a_partial_result(account, images, tmp_path, monkeypatch,
-                                                                       capsys):
+def test_the_task_runs_batch_transform_and_exits_1_on_a_partial_result(account, images, tmp_path, monkeypatch, capsys):
     settings, _ = account
     for name in ("bucket", "role_arn", "serving_image", "kms_key_id"):
         monkeypatch.setenv(f"DD_{name.upper()}", getattr(settings, name))

@@ -7,9 +7,9 @@ import threading
 
 import numpy as np
 import pytest
+from waiting import wait_until_async
 
 from distracted_driver.serve.batching import DynamicBatcher
-from waiting import wait_until_async
 
 
 def _rows(batch: np.ndarray) -> np.ndarray:
@@ -55,8 +55,9 @@ def test_closing_fails_the_batches_still_running():
         await wait_until_async(lambda: len(running) == 2, timeout_s=10, what="both inference threads busy")
         closing = asyncio.ensure_future(batcher.close())
         # The requests fail while their batches still run; the loop goes on meanwhile.
-        await wait_until_async(lambda: all(future.done() for future in waiting), timeout_s=10,
-                               what="the requests to fail")
+        await wait_until_async(
+            lambda: all(future.done() for future in waiting), timeout_s=10, what="the requests to fail"
+        )
         release.set()
         await closing
         return await asyncio.gather(*waiting, return_exceptions=True)

@@ -43,8 +43,9 @@ def test_request_log_window_counts_errors_and_p99():
 
 
 def _blue(hosted, make_artifact, version="bg-blue", seed=1):
-    result = hosted.hosting.deploy(ModelSpec(version, hosted.publish(make_artifact(version, seed=seed))),
-                                   ALL_AT_ONCE, smoke_images=hosted.smoke)
+    result = hosted.hosting.deploy(
+        ModelSpec(version, hosted.publish(make_artifact(version, seed=seed))), ALL_AT_ONCE, smoke_images=hosted.smoke
+    )
     assert result.outcome == "deployed", result
     return version
 
@@ -54,10 +55,16 @@ def _live_in_registry(hosted):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("routing", [
-    TrafficRouting(strategy="all-at-once", bake_seconds=0.5),
-    TrafficRouting(strategy="linear", linear_step_percent=50, wait_seconds=1, bake_seconds=0.5, termination_wait_seconds=0.5),
-], ids=["all-at-once", "linear"])
+@pytest.mark.parametrize(
+    "routing",
+    [
+        TrafficRouting(strategy="all-at-once", bake_seconds=0.5),
+        TrafficRouting(
+            strategy="linear", linear_step_percent=50, wait_seconds=1, bake_seconds=0.5, termination_wait_seconds=0.5
+        ),
+    ],
+    ids=["all-at-once", "linear"],
+)
 def test_swap_under_load_fails_no_request(hosted, make_artifact, routing):
     blue = _blue(hosted, make_artifact)
     green = "bg-green"
@@ -71,7 +78,7 @@ def test_swap_under_load_fails_no_request(hosted, make_artifact, routing):
     assert result.outcome == "deployed", result
     assert all(o.ok for o in outcomes), Counter(o.error for o in outcomes if not o.ok)
     assert {o.version for o in outcomes} == {blue, green}
-    assert {o.version for o in outcomes[during + 2:]} == {green}  # two threads: one answer may straddle the end
+    assert {o.version for o in outcomes[during + 2 :]} == {green}  # two threads: one answer may straddle the end
     assert result.timings["swap_to_all_traffic_on_green"] > 0
     status = hosted.hosting.status()
     assert status.live_version == green and _live_in_registry(hosted) == green
@@ -79,16 +86,24 @@ def test_swap_under_load_fails_no_request(hosted, make_artifact, routing):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("faulty, expected", [
-    (without_softmax, "probabilities outside [0, 1]"),  # healthy on /ping, wrong answers: only the smoke test sees it
-    (wrong_class_count, "exited with code 1 before it was healthy"),  # never healthy
-], ids=["wrong-answers", "never-healthy"])
+@pytest.mark.parametrize(
+    "faulty, expected",
+    [
+        (
+            without_softmax,
+            "probabilities outside [0, 1]",
+        ),  # healthy on /ping, wrong answers: only the smoke test sees it
+        (wrong_class_count, "exited with code 1 before it was healthy"),  # never healthy
+    ],
+    ids=["wrong-answers", "never-healthy"],
+)
 def test_green_that_fails_before_traffic_never_gets_any(hosted, make_artifact, tmp_path, faulty, expected):
     blue = _blue(hosted, make_artifact)
     bad = faulty(tmp_path / "faulty", "bg-faulty")
     with LoadLoop(hosted, hosted.smoke, threads=1) as load:
-        result = hosted.hosting.deploy(ModelSpec(bad.version, hosted.publish(bad)), ALL_AT_ONCE, AlarmThresholds(),
-                                       smoke_images=hosted.smoke)
+        result = hosted.hosting.deploy(
+            ModelSpec(bad.version, hosted.publish(bad)), ALL_AT_ONCE, AlarmThresholds(), smoke_images=hosted.smoke
+        )
     outcomes = load.stop()
     assert result.outcome == "failed" and expected in result.reason, result
     assert result.live_version == blue
@@ -110,8 +125,9 @@ def test_canary_that_answers_errors_is_rolled_back_to_blue(hosted, make_artifact
     alarms = AlarmThresholds(max_error_rate=0.05, min_requests=5, window_seconds=30)
     night = night_frames(2)
     with LoadLoop(hosted, night, threads=2) as load:  # it is night: every frame is dark
-        result = hosted.hosting.deploy(ModelSpec(bad.version, hosted.publish(bad)), routing, alarms,
-                                       smoke_images=hosted.smoke)  # daytime smoke images pass
+        result = hosted.hosting.deploy(
+            ModelSpec(bad.version, hosted.publish(bad)), routing, alarms, smoke_images=hosted.smoke
+        )  # daytime smoke images pass
         after = len(load.outcomes)
         load.wait_for(after + 20)
     outcomes = load.stop()
@@ -120,7 +136,7 @@ def test_canary_that_answers_errors_is_rolled_back_to_blue(hosted, make_artifact
     assert result.timings["total"] < routing.wait_seconds  # the alarm ended the canary, not its wait
     failed = [o for o in outcomes if not o.ok]
     assert failed and all(o.error == "ModelError" and o.original_status == 500 for o in failed)  # the canary's share
-    assert all(o.ok and o.version == blue for o in outcomes[after + 2:])  # after the rollback: blue only
+    assert all(o.ok and o.version == blue for o in outcomes[after + 2 :])  # after the rollback: blue only
     status = hosted.hosting.status()
     assert status.live_version == blue and [i["model"] for i in status.instances] == [blue]
     assert status.last_deployment["outcome"] == "rolled-back"
@@ -139,10 +155,15 @@ def test_manual_rollback_after_a_swap_and_during_a_bake(hosted, make_artifact):
 
     results = []
     baking = TrafficRouting(strategy="all-at-once", bake_seconds=120)
-    swap = threading.Thread(target=lambda: results.append(hosted.hosting.deploy(green, baking, smoke_images=hosted.smoke)))
+    swap = threading.Thread(
+        target=lambda: results.append(hosted.hosting.deploy(green, baking, smoke_images=hosted.smoke))
+    )
     swap.start()
-    wait_until(lambda: (hosted.hosting.status().deployment_in_progress or {}).get("phase") == "baking",
-               timeout_s=30, what="the swap to bake")
+    wait_until(
+        lambda: (hosted.hosting.status().deployment_in_progress or {}).get("phase") == "baking",
+        timeout_s=30,
+        what="the swap to bake",
+    )
     stopped = hosted.hosting.rollback(smoke_images=hosted.smoke)
     swap.join(timeout=30)
     assert stopped.outcome == "rolled-back" and "manual rollback" in stopped.reason

@@ -5,11 +5,11 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+from hostile_images import camera_like_jpeg
 
 from distracted_driver.data import recordio
-from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.data.channel import decoded_batches, read_records
-from hostile_images import camera_like_jpeg
+from distracted_driver.data.imaging import Preprocessing
 
 RECORDS = 120
 PAYLOAD_BYTES = 200_000  # 24 MB of payloads in all

@@ -69,8 +69,16 @@ BAD_ARGUMENTS = {
 
 
 def task_names() -> list[str]:
-    listing = json.loads(subprocess.run([str(INV), "--list", "--list-format", "json"], cwd=REPO, capture_output=True,
-                                        text=True, timeout=60, check=True).stdout)
+    listing = json.loads(
+        subprocess.run(
+            [str(INV), "--list", "--list-format", "json"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
 
     def walk(collection: dict, prefix: str) -> list[str]:
         names = [prefix + task["name"] for task in collection["tasks"]]
@@ -97,15 +105,20 @@ def test_every_task_has_help_and_refuses_a_bad_argument_in_one_line(tmp_path):
         problems = []
         shown = inv(tmp_path, name, "--help")
         # "--=" is invoke's short flag "-" for a long name whose letters are all taken
-        if shown.returncode != 0 or "Usage:" not in shown.stdout or "Traceback" in shown.stdout + shown.stderr \
-                or "--=" in shown.stdout:
+        if (
+            shown.returncode != 0
+            or "Usage:" not in shown.stdout
+            or "Traceback" in shown.stdout + shown.stderr
+            or "--=" in shown.stdout
+        ):
             problems.append(f"{name} --help: exit {shown.returncode}: {(shown.stdout + shown.stderr)[-400:]}")
         args, status = BAD_ARGUMENTS.get(name, (["--no-such-flag"], PARSE_ERROR))
         refused = inv(tmp_path, name, *args)
         lines = refused.stderr.strip().splitlines()
         if refused.returncode != status or "Traceback" in refused.stdout + refused.stderr or not lines:
-            problems.append(f"{name} {' '.join(args)}: exit {refused.returncode} (expected {status}): "
-                            f"{refused.stderr[-600:]}")
+            problems.append(
+                f"{name} {' '.join(args)}: exit {refused.returncode} (expected {status}): {refused.stderr[-600:]}"
+            )
         return problems
 
     with ThreadPoolExecutor(2) as pool:
@@ -130,6 +143,7 @@ def _ignore_file_size_signal_and_cap_files(limit: int):
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
@@ -142,14 +156,21 @@ def test_a_write_that_cannot_finish_during_convert_ends_in_one_line_and_leaves_n
     split_dataset(tmp_path / "sample", tmp_path / "lists", val_drivers=1)
     out = tmp_path / "converted"
     env = {**os.environ, "DD_ROOT": str(tmp_path)}
-    run = subprocess.run([str(INV), "data.convert", "--lists", str(tmp_path / "lists"), "--out", str(out)],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-                         preexec_fn=_ignore_file_size_signal_and_cap_files(200_000))
+    run = subprocess.run(
+        [str(INV), "data.convert", "--lists", str(tmp_path / "lists"), "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_ignore_file_size_signal_and_cap_files(200_000),
+    )
     assert run.returncode == EXIT_FAILED, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and "During handling" not in run.stderr
     assert run.stderr.strip().splitlines()[-1] == (
         f"file too large writing {out}/train/train.rec: the file-size limit of 195.3 KB was reached; "
-        "raise it (ulimit -f) and run again")
+        "raise it (ulimit -f) and run again"
+    )
     assert not (out / "manifest.json").exists() and not [p for p in out.rglob("*") if p.is_file()]
 
 
@@ -181,14 +202,18 @@ def test_bugs_keep_their_traceback_and_interruptions_have_their_status():
     assert explain(TypeError("unsupported operand"), {}) is None
     assert explain(AttributeError("no attribute"), {}) is None
     assert explain(KeyboardInterrupt(), {}).code == EXIT_INTERRUPTED
-    assert explain(ValueError("backend must be one of ('local', 'aws'), not 'x'"), {"backend": "x"}).message == \
-        "--backend: backend must be one of ('local', 'aws'), not 'x'"
+    assert (
+        explain(ValueError("backend must be one of ('local', 'aws'), not 'x'"), {"backend": "x"}).message
+        == "--backend: backend must be one of ('local', 'aws'), not 'x'"
+    )
 
 
 def test_a_required_flag_that_was_not_given_is_named():
     def body(c, images, model="latest"):
         pass
 
-    assert missing_arguments(body, {"images": None, "model": "latest"}).message == \
-        "--images is required (--help describes it)"
+    assert (
+        missing_arguments(body, {"images": None, "model": "latest"}).message
+        == "--images is required (--help describes it)"
+    )
     assert missing_arguments(body, {"images": "imgs", "model": "latest"}) is None

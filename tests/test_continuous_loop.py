@@ -16,20 +16,29 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+
 import pytest
+from pipeline_support import (
+    INV,
+    REPO,
+    add_batch,
+    cli_flags,
+    environment,
+    fast_options,
+    first_driver_keeping_validation_unseen,
+    mislabeled_batch,
+    sample_batch,
+    stop_stack,
+)
+from waiting import OutputLines, wait_until
 
 from distracted_driver.config import Settings
 from distracted_driver.gateway import start_gateway
 from distracted_driver.gateway.client import predict_image
+from distracted_driver.model.registry import Registry
 from distracted_driver.pipeline.records import RunStore
 from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.storage import open_storage
-from distracted_driver.model.registry import Registry
-from pipeline_support import (
-    INV, REPO, add_batch, cli_flags, environment, fast_options, first_driver_keeping_validation_unseen,
-    mislabeled_batch, sample_batch, stop_stack,
-)
-from waiting import OutputLines, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +56,7 @@ class ClientLoop:
     errors: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def start(self) -> "ClientLoop":
+    def start(self) -> ClientLoop:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -96,25 +105,44 @@ def test_new_data_is_trained_gated_and_deployed_without_a_failed_request(tmp_pat
     try:
         # The stack as `make demo` leaves it: a deployed model and the REST API in front of it.
         add_batch(settings, sample_batch(tmp_path / "batch-1", drivers=8, per_class=3, seed=1))
-        first = run_pipeline(settings, options.__class__(**{**options.to_dict(), "load_seconds": 0.0}),
-                             log=lambda m: None, stream=None, progress=False)
+        first = run_pipeline(
+            settings,
+            options.__class__(**{**options.to_dict(), "load_seconds": 0.0}),
+            log=lambda m: None,
+            stream=None,
+            progress=False,
+        )
         assert first.outcome == "deployed", first.reason
         api = start_gateway(settings, port=0)
         image = next((tmp_path / "batch-1" / "imgs" / "train" / "c0").glob("*.jpg")).read_bytes()
         client = ClientLoop(api["predict_url"], api["api_key"], image).start()
 
         watcher = subprocess.Popen(
-            [sys.executable, str(INV), "pipeline.watch", "--interval=1", "--max-runs=2", "--timeout=600",
-             *cli_flags(options), "--load-users=2"],
-            cwd=REPO, env=environment(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                str(INV),
+                "pipeline.watch",
+                "--interval=1",
+                "--max-runs=2",
+                "--timeout=600",
+                *cli_flags(options),
+                "--load-users=2",
+            ],
+            cwd=REPO,
+            env=environment(settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         output = OutputLines(watcher.stdout)
         output.wait_for("watching ", timeout_s=60, process=watcher)  # it has listed the manifests already there
 
         # New drivers: a better-informed model that passes the gate and goes live blue/green.
         manifest = json.loads(storage.get_bytes("data/manifest.json"))
         subjects = json.loads(storage.get_bytes("raw/manifests/000001.json"))["counts"]["per_subject"]
-        first_new = first_driver_keeping_validation_unseen(subjects, set(manifest["splits"]["validation"]["drivers"]),
-                                                           drivers=3)
+        first_new = first_driver_keeping_validation_unseen(
+            subjects, set(manifest["splits"]["validation"]["drivers"]), drivers=3
+        )
         known = set(store.run_ids())
         add_batch(settings, sample_batch(tmp_path / "batch-2", drivers=3, per_class=3, seed=7, first_driver=first_new))
         second = wait_for_run(store, known)
@@ -123,14 +151,21 @@ def test_new_data_is_trained_gated_and_deployed_without_a_failed_request(tmp_pat
         assert second.stage("deploy").outputs["strategy"] == "canary"
         assert second.stage("loadtest").status == "done" and second.stage("smoke").status == "done"
         assert registry.live()["job"] == second.model_version
-        wait_until(lambda: client.versions()[-1:] == [second.model_version], timeout_s=30,
-                   what="the client to be answered by the new model")
+        wait_until(
+            lambda: client.versions()[-1:] == [second.model_version],
+            timeout_s=30,
+            what="the client to be answered by the new model",
+        )
 
         # Labels shuffled on frames credited to the training drivers: the gate keeps the live model.
         manifest = json.loads(storage.get_bytes("data/manifest.json"))
         known = set(store.run_ids())
-        add_batch(settings, mislabeled_batch(tmp_path / "batch-3", manifest["splits"]["train"]["drivers"],
-                                             drivers=6, per_class=3, seed=11))
+        add_batch(
+            settings,
+            mislabeled_batch(
+                tmp_path / "batch-3", manifest["splits"]["train"]["drivers"], drivers=6, per_class=3, seed=11
+            ),
+        )
         third = wait_for_run(store, known)
         assert third.outcome == "rejected-by-gate", third.reason
         assert third.raw_manifest == "000003" and third.stage("deploy").status == "pending"

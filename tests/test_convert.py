@@ -39,8 +39,9 @@ def kaggle_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def built(kaggle_root, tmp_path_factory) -> channels.BuildReport:
     out = tmp_path_factory.mktemp("channels")
-    return channels.build_channels(kaggle_root, out / "data", val_drivers=1, seed=0, workers=2, progress=False,
-                                   lists_dir=out / "lists")
+    return channels.build_channels(
+        kaggle_root, out / "data", val_drivers=1, seed=0, workers=2, progress=False, lists_dir=out / "lists"
+    )
 
 
 def records(directory: Path, name: str) -> dict[int, tuple[recordio.ImageHeader, bytes]]:
@@ -85,8 +86,14 @@ def test_bad_images_are_skipped_with_reasons(built):
 
 def test_manifest_describes_the_channels(built, kaggle_root):
     manifest = channels.verify_channels(built.directory)
-    assert manifest["options"] == {"resize": 256, "center_crop": False, "quality": 95, "encoding": ".jpg",
-                                   "pass_through": False, "interpolation": "linear"}
+    assert manifest["options"] == {
+        "resize": 256,
+        "center_crop": False,
+        "quality": 95,
+        "encoding": ".jpg",
+        "pass_through": False,
+        "interpolation": "linear",
+    }
     counts = manifest["counts"]
     assert counts["train"]["written"] + counts["validation"]["written"] == 50
     assert counts["train"]["skipped"] + counts["validation"]["skipped"] == 2
@@ -105,8 +112,9 @@ def test_same_inputs_give_identical_files_whatever_the_workers(built, tmp_path):
     assert again.manifest == built.convert.manifest  # deterministic: same bytes, same manifest
     for name in ("train", "validation"):
         for ext in (".rec", ".idx", ".lst"):
-            assert (tmp_path / "one" / name / f"{name}{ext}").read_bytes() == \
-                (built.directory / name / f"{name}{ext}").read_bytes()
+            assert (tmp_path / "one" / name / f"{name}{ext}").read_bytes() == (
+                built.directory / name / f"{name}{ext}"
+            ).read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -187,10 +195,15 @@ def test_interrupted_conversion_leaves_no_complete_looking_output(kaggle_root, t
     )
 
     def run_until_stuck():
-        process = subprocess.Popen([sys.executable, "-c", script, str(lists), str(out), str(workers)],
-                                   start_new_session=True)
-        wait_until(lambda: list((out / "train").glob(".train.rec.*.tmp")) and opening_a_fifo(process), 30,
-                   what="the conversion to be writing and stuck on the FIFO", process=process)
+        process = subprocess.Popen(
+            [sys.executable, "-c", script, str(lists), str(out), str(workers)], start_new_session=True
+        )
+        wait_until(
+            lambda: list((out / "train").glob(".train.rec.*.tmp")) and opening_a_fifo(process),
+            30,
+            what="the conversion to be writing and stuck on the FIFO",
+            process=process,
+        )
         return process
 
     process = run_until_stuck()  # Ctrl-C: temporary files are removed
@@ -268,8 +281,9 @@ def test_tasks_chain_with_default_paths(tmp_path):
     assert "0 uploaded, 7 unchanged" in run("data.upload")
     manifest = json.loads((tmp_path / ".bucket" / "data" / "manifest.json").read_text())
     assert sum(c["written"] for c in manifest["counts"].values()) == 40
-    failed = subprocess.run([*inv, "data.split", "--val-drivers", "9"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=60)
+    failed = subprocess.run(
+        [*inv, "data.split", "--val-drivers", "9"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert failed.returncode == 2 and "--val-drivers must be between 1 and 3" in failed.stderr
 
 

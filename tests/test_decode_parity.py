@@ -33,20 +33,20 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from model_fixtures import build_artifact
 from onnx import TensorProto, helper, numpy_helper
+from waiting import wait_until
 
+from distracted_driver.data.channel import decoded_batches, read_records
 from distracted_driver.data.convert import ConvertOptions, convert_list
 from distracted_driver.data.imaging import Preprocessing
 from distracted_driver.data.sample import generate_sample
 from distracted_driver.data.split import ListEntry, write_lst
-from distracted_driver.serve.batch_predict import predict_images
-from distracted_driver.model.inference import Classifier
 from distracted_driver.model import artifact as contract
 from distracted_driver.model.artifact import load_artifact
-from distracted_driver.data.channel import decoded_batches, read_records
 from distracted_driver.model.evaluate import predict_channel
-from model_fixtures import build_artifact
-from waiting import wait_until
+from distracted_driver.model.inference import Classifier
+from distracted_driver.serve.batch_predict import predict_images
 
 pytestmark = pytest.mark.slow  # starts a model server process
 
@@ -82,7 +82,8 @@ def probe_model() -> onnx.ModelProto:
         helper.make_node("Div", ["projections", "total"], [contract.OUTPUT_NAME]),
     ]
     graph = helper.make_graph(
-        nodes, "pixel-probe",
+        nodes,
+        "pixel-probe",
         [helper.make_tensor_value_info(contract.INPUT_NAME, TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])],
         [helper.make_tensor_value_info(contract.OUTPUT_NAME, TensorProto.DOUBLE, ["batch", 10])],
         [numpy_helper.from_array(value, name) for name, value in constants.items()],
@@ -132,8 +133,13 @@ def workspace(tmp_path_factory):
         channels[name] = root / name
     probe = build_artifact(root / "probe", "pixel-probe", input_size=SIZE)
     onnx.save(probe_model(), probe.directory / contract.MODEL_FILE)
-    return {"root": root, "names": list(sources), "images": images, "channels": channels,
-            "probe": load_artifact(probe.directory)}
+    return {
+        "root": root,
+        "names": list(sources),
+        "images": images,
+        "channels": channels,
+        "probe": load_artifact(probe.directory),
+    }
 
 
 class ModelServer:
@@ -142,8 +148,12 @@ class ModelServer:
     def __init__(self, model_dir: Path, log_path: Path):
         self.log_path = log_path
         with open(log_path, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "distracted_driver.serve.server", "--model-dir",
-                                          str(model_dir), "--port", "0"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "distracted_driver.serve.server", "--model-dir", str(model_dir), "--port", "0"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
         self.url = self._wait(lambda: re.search(r"listening on (http://127\.0\.0\.1:\d+)", log_path.read_text()))[1]
         self._wait(lambda: self._ping() == 200)
 

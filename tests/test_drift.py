@@ -37,8 +37,9 @@ def test_psi_is_zero_for_the_same_distribution_and_large_for_another():
 
 
 def test_a_class_never_seen_on_one_side_does_not_break_the_psi_or_the_test():
-    result = drift.class_shift(np.array([0, 10, 10, 10, 10, 10, 10, 10, 10, 10]),
-                               np.array([0, 10, 10, 10, 10, 10, 10, 10, 10, 12]), LIMITS)
+    result = drift.class_shift(
+        np.array([0, 10, 10, 10, 10, 10, 10, 10, 10, 10]), np.array([0, 10, 10, 10, 10, 10, 10, 10, 10, 12]), LIMITS
+    )
     assert np.isfinite(result["psi"]) and result["dof"] == 8 and not result["drifted"]
     gone = drift.class_shift(np.array([0, 20, 10, 10, 10, 10, 10, 10, 10, 10]), np.full(10, 10), LIMITS)
     assert np.isfinite(gone["psi"]) and gone["psi"] > 0.5
@@ -102,18 +103,24 @@ def test_feature_distance_is_calibrated_by_parts_of_validation_that_hold_other_d
     projected_covariance = whiten.T @ covariance @ whiten
     assert np.allclose(projected_covariance, np.eye(dims), atol=1e-9)
 
-    like_validation = drift.feature_shift(as_baseline(_drivers(rng, 10, 20, dims, spread=0.7)), projected_covariance,
-                                          as_baseline(validation), LIMITS)
+    like_validation = drift.feature_shift(
+        as_baseline(_drivers(rng, 10, 20, dims, spread=0.7)), projected_covariance, as_baseline(validation), LIMITS
+    )
     assert like_validation["ratio"] < LIMITS.max_frechet_ratio and not like_validation["drifted"]
     assert like_validation["reference_size"] == len(validation) // 2 and like_validation["components"] == dims
-    shifted = drift.feature_shift(as_baseline(_drivers(rng, 10, 20, dims, spread=0.7, offset=2.0)),
-                                  projected_covariance, as_baseline(validation), LIMITS)
+    shifted = drift.feature_shift(
+        as_baseline(_drivers(rng, 10, 20, dims, spread=0.7, offset=2.0)),
+        projected_covariance,
+        as_baseline(validation),
+        LIMITS,
+    )
     assert shifted["ratio"] > 3 * LIMITS.max_frechet_ratio and shifted["drifted"]
     # Parts of validation holding other drivers are farther apart than random halves of it would be.
     order = rng.permutation(len(validation))
     first, second = as_baseline(validation)[order[:120]], as_baseline(validation)[order[120:]]
-    random_halves = drift.frechet_distance(first.mean(0), np.cov(first, rowvar=False),
-                                           second.mean(0), np.cov(second, rowvar=False))
+    random_halves = drift.frechet_distance(
+        first.mean(0), np.cov(first, rowvar=False), second.mean(0), np.cov(second, rowvar=False)
+    )
     assert like_validation["reference"] > 2 * random_halves
 
 
@@ -124,5 +131,10 @@ def test_one_captured_image_is_too_few_for_a_covariance():
 
 def test_refused_share():
     assert not drift.refused_share(2, 100, LIMITS)["drifted"]
-    assert drift.refused_share(6, 100, LIMITS) == {"refused": 6, "requests": 100, "share": 0.06, "limit": 0.05,
-                                                   "drifted": True}
+    assert drift.refused_share(6, 100, LIMITS) == {
+        "refused": 6,
+        "requests": 100,
+        "share": 0.06,
+        "limit": 0.05,
+        "drifted": True,
+    }

@@ -33,8 +33,14 @@ def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("drift")
     settings = Settings(root=root)
     add_batch(settings, sample_batch(root / "sample", drivers=26, per_class=2, seed=0))
-    options = RunOptions(hyperparameters={"epochs": 15}, convert={"val_drivers": 5}, wait_seconds=1.0,
-                         bake_seconds=1.0, load_seconds=0.0, capture_percent=100)
+    options = RunOptions(
+        hyperparameters={"epochs": 15},
+        convert={"val_drivers": 5},
+        wait_seconds=1.0,
+        bake_seconds=1.0,
+        load_seconds=0.0,
+        capture_percent=100,
+    )
     record = run_pipeline(settings, options, log=lambda message: None, stream=None, progress=False)
     assert record.outcome == "deployed", record.reason
     try:
@@ -45,8 +51,16 @@ def live(tmp_path_factory):
 
 def _window(settings: Settings, root: Path, name: str, first_driver: int, shift: str | None = None):
     batch = root / name
-    generate_sample(batch, drivers=WINDOW["drivers"], images_per_class_driver=WINDOW["per_class"], test_images=0,
-                    seed=4, first_driver=first_driver, shift=shift, progress=False)
+    generate_sample(
+        batch,
+        drivers=WINDOW["drivers"],
+        images_per_class_driver=WINDOW["per_class"],
+        test_images=0,
+        seed=4,
+        first_driver=first_driver,
+        shift=shift,
+        progress=False,
+    )
     paths = images_of(batch)
     since = send_images(settings, paths)
     wait_for_capture(settings, since, len(paths))
@@ -54,10 +68,17 @@ def _window(settings: Settings, root: Path, name: str, first_driver: int, shift:
 
 
 def _report(settings: Settings, since, *extra: str) -> tuple[subprocess.CompletedProcess, dict | None]:
-    done = subprocess.run([sys.executable, str(INV), "monitor.report", "--since", since.isoformat(), *extra],
-                          cwd=REPO, env=environment(settings), capture_output=True, text=True, timeout=300)
-    folder = next((line.split("report: ", 1)[1] for line in done.stdout.splitlines() if line.startswith("report: ")),
-                  None)
+    done = subprocess.run(
+        [sys.executable, str(INV), "monitor.report", "--since", since.isoformat(), *extra],
+        cwd=REPO,
+        env=environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    folder = next(
+        (line.split("report: ", 1)[1] for line in done.stdout.splitlines() if line.startswith("report: ")), None
+    )
     return done, json.loads((Path(folder) / "report.json").read_text()) if folder else None
 
 
@@ -66,8 +87,13 @@ def test_traffic_drawn_like_training_is_not_drift(live, tmp_path):
     done, report = _report(live, since)
     assert done.returncode == 0, done.stdout + done.stderr
     assert report["verdict"] == "no-drift" and report["drifted_checks"] == []
-    assert report["records"] == {"requests": sent, "answered": sent, "refused": 0, "answered_by": {},
-                                 "unreadable_lines": 0}
+    assert report["records"] == {
+        "requests": sent,
+        "answered": sent,
+        "refused": 0,
+        "answered_by": {},
+        "unreadable_lines": 0,
+    }
     checks = report["checks"]
     assert checks["features"]["ratio"] < report["thresholds"]["max_frechet_ratio"]
     assert checks["predicted_classes"]["psi"] < 0.1
@@ -75,11 +101,14 @@ def test_traffic_drawn_like_training_is_not_drift(live, tmp_path):
     assert "refused" in done.stdout and "sharpness" in done.stdout  # the one-screen table
 
 
-@pytest.mark.parametrize("shift, first_driver, flagged", [
-    ("night", 200, {"brightness", "contrast", "features", "confidence"}),
-    ("angle", 300, {"confidence"}),
-    ("cabin", 400, {"brightness", "confidence"}),
-])
+@pytest.mark.parametrize(
+    "shift, first_driver, flagged",
+    [
+        ("night", 200, {"brightness", "contrast", "features", "confidence"}),
+        ("angle", 300, {"confidence"}),
+        ("cabin", 400, {"brightness", "confidence"}),
+    ],
+)
 def test_a_shifted_window_is_drift_and_says_where(live, tmp_path, shift, first_driver, flagged):
     since, sent = _window(live, tmp_path, shift, first_driver=first_driver, shift=shift)
     done, report = _report(live, since)
@@ -88,8 +117,13 @@ def test_a_shifted_window_is_drift_and_says_where(live, tmp_path, shift, first_d
     assert flagged <= set(report["drifted_checks"]), report["drifted_checks"]
     assert done.stderr.strip().splitlines()[-1].startswith("DRIFT in ")
     folder = Path(done.stdout.split("report: ", 1)[1].split()[0])
-    assert report["files"] == {"summary": "summary.txt", "report": "report.json", "classes": "classes.png",
-                               "confidence": "confidence.png", "statistics": "statistics.png"}
+    assert report["files"] == {
+        "summary": "summary.txt",
+        "report": "report.json",
+        "classes": "classes.png",
+        "confidence": "confidence.png",
+        "statistics": "statistics.png",
+    }
     for name in ("classes.png", "confidence.png", "statistics.png"):
         assert (folder / name).read_bytes()[:4] == b"\x89PNG", name
     assert report["summary_line"] in (folder / "summary.txt").read_text()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from distracted_driver.data import recordio
-from distracted_driver.model.artifact import load_artifact
 from distracted_driver.data.channel import ChannelError, read_records
+from distracted_driver.model.artifact import load_artifact
 from distracted_driver.model.evaluate import (
     classification_metrics,
     evaluate_artifact,
@@ -69,8 +69,16 @@ def test_precision_recall_and_confusion_matrix():
 
 def test_report_writes_metrics_and_pngs(tmp_path):
     metrics = classification_metrics([0, 1], [_row({0: 0.8, 1: 0.2}), _row({1: 0.9, 0: 0.1})])
-    history = [{"epoch": e, "train_loss": 1 / e, "val_log_loss": 1.2 / e, "train_accuracy": 0.5 + e / 10,
-                "val_accuracy": 0.4 + e / 10} for e in (1, 2, 3)]
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1 / e,
+            "val_log_loss": 1.2 / e,
+            "train_accuracy": 0.5 + e / 10,
+            "val_accuracy": 0.4 + e / 10,
+        }
+        for e in (1, 2, 3)
+    ]
     paths = write_report(tmp_path / "report", metrics, history)
     assert set(paths) == {"metrics", "confusion_matrix", "training_curves"}
     for key in ("confusion_matrix", "training_curves"):

@@ -13,21 +13,32 @@ import math
 
 import numpy as np
 import pytest
-from model_fixtures import IMAGENET_NORMALISATION, derived_artifact, memorizing_artifact, rotated_classes, softmax_removed
+from model_fixtures import (
+    IMAGENET_NORMALISATION,
+    derived_artifact,
+    memorizing_artifact,
+    rotated_classes,
+    softmax_removed,
+)
 from train_support import bucket_with_channels
 
+from distracted_driver.data.channel import read_records
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.hosting.local import LocalHosting
-from distracted_driver.hosting.smoke import answer_problem
 from distracted_driver.hosting.release import release
-from distracted_driver.storage import open_storage
+from distracted_driver.hosting.smoke import answer_problem
 from distracted_driver.model.artifact import NotProbabilities, load_artifact, probability_problem
-from distracted_driver.data.channel import read_records
 from distracted_driver.model.evaluate import evaluate_artifact, predict_channel
-from distracted_driver.train.gate import (
-    GateError, NotCleared, SmokeSet, clearance, judge, smoke_set_for,
-)
 from distracted_driver.model.registry import Registry
+from distracted_driver.storage import open_storage
+from distracted_driver.train.gate import (
+    GateError,
+    NotCleared,
+    SmokeSet,
+    clearance,
+    judge,
+    smoke_set_for,
+)
 
 LIES = {"log_loss": 0.001, "accuracy": 1.0}  # what a bad candidate's metrics.json claims
 
@@ -73,10 +84,13 @@ def test_evaluation_refuses_scores_that_are_not_probabilities(tmp_path, tiny_cha
 
 
 def test_a_model_with_rotated_labels_is_rejected_whatever_its_metrics_say(bucket, tmp_path, tiny_channels):
-    rotated = derived_artifact(_good(tmp_path, tiny_channels), tmp_path / "models", "rotated",
-                               model=rotated_classes, metrics=LIES)
+    rotated = derived_artifact(
+        _good(tmp_path, tiny_channels), tmp_path / "models", "rotated", model=rotated_classes, metrics=LIES
+    )
     _publish(bucket, rotated)
-    assert bucket.get("rotated")["metrics"]["log_loss"] == LIES["log_loss"]  # the registry keeps the claim as information
+    assert (
+        bucket.get("rotated")["metrics"]["log_loss"] == LIES["log_loss"]
+    )  # the registry keeps the claim as information
 
     decision = judge(bucket, "rotated")
     assert not decision.passed
@@ -88,16 +102,21 @@ def test_a_model_with_rotated_labels_is_rejected_whatever_its_metrics_say(bucket
 
 
 def test_a_model_without_its_softmax_is_rejected_as_not_probabilities(bucket, tmp_path, tiny_channels):
-    _publish(bucket, derived_artifact(_good(tmp_path, tiny_channels), tmp_path / "models", "no-softmax",
-                                      model=softmax_removed, metrics=LIES))
+    _publish(
+        bucket,
+        derived_artifact(
+            _good(tmp_path, tiny_channels), tmp_path / "models", "no-softmax", model=softmax_removed, metrics=LIES
+        ),
+    )
     decision = judge(bucket, "no-softmax")
     assert not decision.passed and decision.candidate_log_loss is None
     assert "no-softmax is rejected: the outputs of model.onnx are not probabilities" in decision.reason
     assert decision.smoke_images == 0
 
 
-def test_a_good_model_passes_on_its_own_score_and_the_gate_keeps_real_validation_images(bucket, tmp_path,
-                                                                                          tiny_channels):
+def test_a_good_model_passes_on_its_own_score_and_the_gate_keeps_real_validation_images(
+    bucket, tmp_path, tiny_channels
+):
     good = _good(tmp_path, tiny_channels, metrics={"log_loss": 9.0, "accuracy": 0.0})  # modest about itself
     _publish(bucket, good)
     decision = judge(bucket, "good", smoke_per_class=1)
@@ -123,7 +142,9 @@ def test_a_good_model_passes_on_its_own_score_and_the_gate_keeps_real_validation
 
 def test_the_candidate_is_compared_with_the_live_model_scored_on_the_same_images(bucket, tmp_path, tiny_channels):
     bucket.set_live(_publish(bucket, _good(tmp_path, tiny_channels, "incumbent", sharpness=16, metrics=LIES)))
-    _publish(bucket, _good(tmp_path, tiny_channels, "sharper", sharpness=32, metrics={"log_loss": 5.0, "accuracy": 0.1}))
+    _publish(
+        bucket, _good(tmp_path, tiny_channels, "sharper", sharpness=32, metrics={"log_loss": 5.0, "accuracy": 0.1})
+    )
     _publish(bucket, _good(tmp_path, tiny_channels, "softer", sharpness=8, metrics=LIES))
 
     better = judge(bucket, "sharper")
@@ -161,8 +182,9 @@ def test_the_gate_needs_the_validation_set_the_manifest_names(tmp_path, tiny_cha
 # --- what a deploy needs -----------------------------------------------------------------------------
 
 
-def test_clearance_needs_a_pass_for_this_validation_set_this_artifact_and_this_live_model(bucket, tmp_path,
-                                                                                          tiny_channels):
+def test_clearance_needs_a_pass_for_this_validation_set_this_artifact_and_this_live_model(
+    bucket, tmp_path, tiny_channels
+):
     good = _good(tmp_path, tiny_channels)
     _publish(bucket, good)
     with pytest.raises(NotCleared, match="has no gate record for the current validation set"):
@@ -176,8 +198,12 @@ def test_clearance_needs_a_pass_for_this_validation_set_this_artifact_and_this_l
         clearance(bucket, "rotated")
 
     # The bucket's artifact replaced after the gate scored it: the record no longer vouches for it.
-    skewed = derived_artifact(good, tmp_path / "skewed", "good", preprocessing=dataclasses.replace(
-        load_artifact(good.directory).preprocessing, **IMAGENET_NORMALISATION))
+    skewed = derived_artifact(
+        good,
+        tmp_path / "skewed",
+        "good",
+        preprocessing=dataclasses.replace(load_artifact(good.directory).preprocessing, **IMAGENET_NORMALISATION),
+    )
     bucket.storage.put_file(skewed.tar_path, bucket.artifact_key("good"))
     with pytest.raises(NotCleared, match="is not the one the gate scored"):
         clearance(bucket, "good")

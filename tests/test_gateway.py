@@ -22,8 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from multidict import CIMultiDict, MultiDict
 from hostile_clients import json_error
+from multidict import CIMultiDict, MultiDict
 from openapi_spec_validator import validate
 from waiting import wait_until
 
@@ -113,8 +113,15 @@ def test_keys_are_compared_in_constant_time_with_every_stored_key(tmp_path, monk
 def test_proxy_event_for_a_binary_body():
     headers = CIMultiDict([("Content-Type", "image/jpeg"), ("X-Thing", "1"), ("X-Thing", "2"), ("Host", "h:1")])
     event = build_proxy_event(
-        "POST", "/predict", "/predict", headers, MultiDict([("a", "1"), ("a", "2")]), b"\xff\xd8\x00",
-        "local", Caller(api_key="k", api_key_id="id1", user_agent="ua"), request_id="r-1",
+        "POST",
+        "/predict",
+        "/predict",
+        headers,
+        MultiDict([("a", "1"), ("a", "2")]),
+        b"\xff\xd8\x00",
+        "local",
+        Caller(api_key="k", api_key_id="id1", user_agent="ua"),
+        request_id="r-1",
     )
     assert event["isBase64Encoded"] is True
     assert base64.b64decode(event["body"]) == b"\xff\xd8\x00"
@@ -128,8 +135,9 @@ def test_proxy_event_for_a_binary_body():
 
 
 def test_proxy_event_for_text_and_empty_bodies():
-    text = build_proxy_event("POST", "/predict", "/predict", {"content-type": "application/json"}, {}, b'{"a":1}',
-                             "s", Caller())
+    text = build_proxy_event(
+        "POST", "/predict", "/predict", {"content-type": "application/json"}, {}, b'{"a":1}', "s", Caller()
+    )
     assert text["isBase64Encoded"] is False and text["body"] == '{"a":1}'
     assert text["queryStringParameters"] is None
     empty = build_proxy_event("POST", "/predict", "/predict", {}, {}, b"", "s", Caller())
@@ -236,8 +244,13 @@ def test_health_includes_the_endpoint(gateway):
 
 def test_the_log_is_rotated(tmp_path):
     settings = Settings(root=tmp_path)
-    status = start_gateway(settings, runtime_url=closed_port_url(), port=0, plan=UsagePlan(rate=5000, burst=5000),
-                           log_rotation=LogRotation(max_bytes=4096, backups=2))
+    status = start_gateway(
+        settings,
+        runtime_url=closed_port_url(),
+        port=0,
+        plan=UsagePlan(rate=5000, burst=5000),
+        log_rotation=LogRotation(max_bytes=4096, backups=2),
+    )
     try:
         with requests.Session() as session:
             for _ in range(150):  # one access-log line each, about 200 bytes
@@ -268,8 +281,12 @@ def test_openapi_and_docs_are_served(gateway):
 def test_new_key_is_accepted_without_restart(gateway):
     settings, status = gateway
     key = create_api_key(settings, "late")["value"]
-    wait_until(lambda: post(status["url"], key).status_code != 403, timeout_s=5, interval_s=0.2,
-               what="the new key to be picked up")
+    wait_until(
+        lambda: post(status["url"], key).status_code != 403,
+        timeout_s=5,
+        interval_s=0.2,
+        what="the new key to be picked up",
+    )
 
 
 def test_throttle_answers_429_past_the_burst(tmp_path):
@@ -279,12 +296,15 @@ def test_throttle_answers_429_past_the_burst(tmp_path):
         with ThreadPoolExecutor(10) as pool:
             codes = list(pool.map(lambda _: post(status["url"], status["api_key"]).status_code, range(10)))
         assert codes.count(429) >= 6 and 3 <= codes.count(502) <= 4, codes  # burst 3, +1 if 2 s passed
-        assert all(post(status["url"], status["api_key"]).json() == {"message": "Too Many Requests"}
-                   for _ in range(2))
+        assert all(post(status["url"], status["api_key"]).json() == {"message": "Too Many Requests"} for _ in range(2))
         # A refused request takes no token: polling comes through once one is back (0.5/s; the refill itself
         # is timed with a fake clock in test_the_throttle_refills_each_key_at_the_plans_rate).
-        wait_until(lambda: post(status["url"], status["api_key"]).status_code == 502, timeout_s=10, interval_s=0.2,
-                   what="a token back")
+        wait_until(
+            lambda: post(status["url"], status["api_key"]).status_code == 502,
+            timeout_s=10,
+            interval_s=0.2,
+            what="a token back",
+        )
         assert gateway_status(settings)["plan"] == {"rate": 0.5, "burst": 3, "require_key": True}
     finally:
         stop_gateway(settings)
@@ -349,11 +369,17 @@ def test_prediction_end_to_end_matches_the_endpoint(api_stack):
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     # The same image straight at the endpoint with boto3 (the plain list answer) gives the same numbers.
     runtime = boto3.session.Session().client(
-        "sagemaker-runtime", endpoint_url=api_stack.runtime_url, region_name="us-east-1",
-        aws_access_key_id="local", aws_secret_access_key="local",
+        "sagemaker-runtime",
+        endpoint_url=api_stack.runtime_url,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
     )
-    direct = json.loads(runtime.invoke_endpoint(EndpointName=api_stack.settings.endpoint_name, Body=image,
-                                                ContentType="image/jpeg")["Body"].read())
+    direct = json.loads(
+        runtime.invoke_endpoint(EndpointName=api_stack.settings.endpoint_name, Body=image, ContentType="image/jpeg")[
+            "Body"
+        ].read()
+    )
     assert list(body["probabilities"].values()) == pytest.approx(direct, abs=1e-6)
 
 
@@ -389,8 +415,14 @@ def test_predict_image_client(api_stack, tmp_path):
 
 @pytest.mark.slow
 def test_slow_headers_are_closed_while_predictions_go_on(api_stack):
-    result = slowloris(api_stack.url, lambda: post(api_stack.url, api_stack.api_key, data=frame(5)).status_code == 200,
-                       sockets=200, give_up_s=40)
+    result = slowloris(
+        api_stack.url,
+        lambda: post(api_stack.url, api_stack.api_key, data=frame(5)).status_code == 200,
+        sockets=200,
+        give_up_s=40,
+    )
     assert result.closed == 200 and result.longest_held_s < 20, result.closed_after_s
-    assert json_error(parse_answer(result.answers[0]), 408) == {"message": "the request headers did not arrive within 10 s"}
+    assert json_error(parse_answer(result.answers[0]), 408) == {
+        "message": "the request headers did not arrive within 10 s"
+    }
     assert result.normal_ok >= 5 and not result.normal_failed, result.normal_failed[:3]

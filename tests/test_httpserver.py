@@ -50,8 +50,10 @@ async def exchange(port: int, raw: bytes) -> tuple[int, dict, bytes]:
 
 
 def good_request(body: bytes = b"abc") -> bytes:
-    return (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
 
 
 def assert_json_error(status, headers, body, expected_status):
@@ -140,6 +142,8 @@ def test_past_the_connection_limit_a_new_connection_gets_503():
             writer.close()
         return refused, await wait_until_async(answer_with(200), 5, what="the closed connections to be freed")
 
-    refused, after = serve_and(scenario, Limits(header_timeout_s=5, body_timeout_s=5, idle_timeout_s=5, max_connections=8))
+    refused, after = serve_and(
+        scenario, Limits(header_timeout_s=5, body_timeout_s=5, idle_timeout_s=5, max_connections=8)
+    )
     assert assert_json_error(*refused, 503)["error"] == "TooManyConnections"
     assert after[0] == 200

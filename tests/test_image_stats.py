@@ -19,8 +19,13 @@ def _checkerboard(size: int = 64, square: int = 8) -> np.ndarray:
 def test_a_flat_grey_frame():
     frame = np.full((48, 64, 3), 100, np.uint8)
     stats = image_stats.image_statistics(frame)
-    assert stats == {"size": 3072.0, "aspect": pytest.approx(64 / 48), "brightness": pytest.approx(100.0),
-                     "contrast": pytest.approx(0.0), "sharpness": pytest.approx(0.0)}
+    assert stats == {
+        "size": 3072.0,
+        "aspect": pytest.approx(64 / 48),
+        "brightness": pytest.approx(100.0),
+        "contrast": pytest.approx(0.0),
+        "sharpness": pytest.approx(0.0),
+    }
 
 
 def test_contrast_is_the_spread_of_grey_levels_and_brightness_their_mean():
@@ -49,8 +54,10 @@ def test_a_night_frame_is_darker_and_flatter_than_the_same_driver_by_day():
     day = random_look(rng)
     night = shifted_look(day, "night", rng)
     noise = SensorNoise(np.random.default_rng(0))
-    frames = {name: render(look, "c0", np.random.default_rng(1), lighting_map(look), noise)
-              for name, look in (("day", day), ("night", night))}
+    frames = {
+        name: render(look, "c0", np.random.default_rng(1), lighting_map(look), noise)
+        for name, look in (("day", day), ("night", night))
+    }
     stats = {name: image_stats.image_statistics(frame) for name, frame in frames.items()}
     assert stats["night"]["brightness"] < stats["day"]["brightness"] / 2
     assert stats["night"]["contrast"] < stats["day"]["contrast"] / 2

@@ -16,16 +16,16 @@ import cv2
 import numpy as np
 import pytest
 import requests
+from hostile_images import camera_like_jpeg, corrupt_jpegs, png_claiming
 
 from distracted_driver.config import Settings
 from distracted_driver.data import convert
+from distracted_driver.data.channel import Record, decoded_batches
 from distracted_driver.data.convert import ConvertOptions
 from distracted_driver.data.imaging import ImageError, Preprocessing, decode_image
 from distracted_driver.data.ingest import add_data
 from distracted_driver.data.sample import generate_sample
 from distracted_driver.storage.local import LocalStorage
-from distracted_driver.data.channel import Record, decoded_batches
-from hostile_images import camera_like_jpeg, corrupt_jpegs, png_claiming
 
 CORRUPT = corrupt_jpegs()
 
@@ -52,15 +52,23 @@ def _cmyk_jpeg() -> bytes:
 
 def test_sound_jpegs_decode_to_opencvs_pixels():
     frame = cv2.imdecode(np.frombuffer(camera_like_jpeg(seed=1), np.uint8), cv2.IMREAD_COLOR)
-    samples = [cv2.imencode(".jpg", frame, _flags([cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor,
-                                                   cv2.IMWRITE_JPEG_PROGRESSIVE, progressive]))[1].tobytes()
-               for factor in (cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
-                              cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444)
-               for progressive in (0, 1)]
-    samples += [cv2.imencode(".jpg", frame[:, :, 0])[1].tobytes(),  # greyscale
-                _exif_rotated(samples[0], 6),  # OpenCV turns it upright; so must we
-                _cmyk_jpeg(),
-                cv2.imencode(".png", frame)[1].tobytes()]
+    samples = [
+        cv2.imencode(
+            ".jpg", frame, _flags([cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor, cv2.IMWRITE_JPEG_PROGRESSIVE, progressive])
+        )[1].tobytes()
+        for factor in (
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+        )
+        for progressive in (0, 1)
+    ]
+    samples += [
+        cv2.imencode(".jpg", frame[:, :, 0])[1].tobytes(),  # greyscale
+        _exif_rotated(samples[0], 6),  # OpenCV turns it upright; so must we
+        _cmyk_jpeg(),
+        cv2.imencode(".png", frame)[1].tobytes(),
+    ]
     for data in samples:
         np.testing.assert_array_equal(decode_image(data), cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
     assert decode_image(samples[-3]).shape == (640, 480, 3)
@@ -93,18 +101,23 @@ def test_dct_scaled_decoding_takes_the_smallest_power_of_two_scale_that_keeps_bo
     for (data, min_size), shape in expected.items():
         assert decode_image(data, min_size=min_size).shape[:2] == shape, (min_size, shape)
     # Reduced scales are libjpeg-turbo's own DCT scaling: OpenCV's reduced decodes give the same pixels.
-    for flag, min_size in ((cv2.IMREAD_REDUCED_COLOR_2, 224), (cv2.IMREAD_REDUCED_COLOR_4, 96),
-                           (cv2.IMREAD_REDUCED_COLOR_8, 60)):
-        np.testing.assert_array_equal(decode_image(camera, min_size=min_size),
-                                      cv2.imdecode(np.frombuffer(camera, np.uint8), flag))
+    for flag, min_size in (
+        (cv2.IMREAD_REDUCED_COLOR_2, 224),
+        (cv2.IMREAD_REDUCED_COLOR_4, 96),
+        (cv2.IMREAD_REDUCED_COLOR_8, 60),
+    ):
+        np.testing.assert_array_equal(
+            decode_image(camera, min_size=min_size), cv2.imdecode(np.frombuffer(camera, np.uint8), flag)
+        )
 
 
 def test_pngs_and_the_jpegs_opencv_decodes_keep_their_full_size():
     frame = cv2.imdecode(np.frombuffer(camera_like_jpeg(seed=1), np.uint8), cv2.IMREAD_COLOR)
     jpeg = cv2.imencode(".jpg", frame, _flags([]))[1].tobytes()
     for data in (cv2.imencode(".png", frame)[1].tobytes(), _exif_rotated(jpeg, 6), _cmyk_jpeg()):
-        np.testing.assert_array_equal(decode_image(data, min_size=64),
-                                      cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
+        np.testing.assert_array_equal(
+            decode_image(data, min_size=64), cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        )
 
 
 def test_preprocess_json_without_the_field_means_full_decoding():
@@ -142,8 +155,9 @@ def test_conversion_skips_them(pass_through):
 
 
 def test_the_training_and_evaluation_reader_skips_them():
-    records = [Record("good:0", 1, camera_like_jpeg())] + [Record(f"bad:{i}", 2, data)
-                                                           for i, (data, _) in enumerate(CORRUPT.values())]
+    records = [Record("good:0", 1, camera_like_jpeg())] + [
+        Record(f"bad:{i}", 2, data) for i, (data, _) in enumerate(CORRUPT.values())
+    ]
     batches = list(decoded_batches(records, Preprocessing(input_size=32), batch_size=8, workers=2))
     assert [b.sources for b in batches] == [["good:0"]]
     assert sorted(source for source, _ in batches[0].failed) == [f"bad:{i}" for i in range(len(CORRUPT))]
@@ -162,8 +176,8 @@ def test_ingest_refuses_them_and_adds_the_rest(tmp_path):
 
 
 def test_batch_prediction_lists_them_as_unreadable(make_artifact, tmp_path):
-    from distracted_driver.serve.batch_predict import list_images, predict_images
     from distracted_driver.model.artifact import load_artifact
+    from distracted_driver.serve.batch_predict import list_images, predict_images
 
     (tmp_path / "good.jpg").write_bytes(camera_like_jpeg())
     for i, (data, _) in enumerate(CORRUPT.values()):

@@ -12,10 +12,10 @@ import onnx
 import pytest
 
 from distracted_driver.data.imaging import ImageError, Preprocessing, preprocess
-from distracted_driver.serve.batching import DynamicBatcher
 from distracted_driver.data.imaging import decode_image as read_image
-from distracted_driver.model.inference import Classifier
 from distracted_driver.model.artifact import ArtifactError, load_artifact
+from distracted_driver.model.inference import Classifier
+from distracted_driver.serve.batching import DynamicBatcher
 
 
 def encode(extension: str, seed: int = 0, **params) -> bytes:
@@ -58,8 +58,9 @@ def test_prepare_is_imaging_preprocess_with_the_artifact_parameters(classifier, 
     del recorded["jpeg_dct_scaling"]
     (old / "preprocess.json").write_text(json.dumps(recorded))
     full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert np.array_equal(Classifier(load_artifact(old), threads=1).prepare(data),
-                          preprocess(full, Preprocessing(input_size=64)))
+    assert np.array_equal(
+        Classifier(load_artifact(old), threads=1).prepare(data), preprocess(full, Preprocessing(input_size=64))
+    )
 
 
 def test_seeds_give_different_models(make_artifact, classifier):
@@ -131,8 +132,9 @@ def test_batcher_groups_concurrent_submissions(classifier):
     sizes = []
 
     async def scenario():
-        batcher = DynamicBatcher(classifier.predict, max_batch_size=4, max_delay_s=0.05,
-                                 on_batch=lambda size, seconds: sizes.append(size))
+        batcher = DynamicBatcher(
+            classifier.predict, max_batch_size=4, max_delay_s=0.05, on_batch=lambda size, seconds: sizes.append(size)
+        )
         batcher.start()
         inputs = [classifier.prepare(encode(".jpg", seed=i)) for i in range(10)]
         rows = await asyncio.gather(*(batcher.submit(x) for x in inputs))

@@ -34,8 +34,7 @@ def batches(tmp_path_factory) -> dict[str, Path]:
     """Two small batches: Kaggle's first drivers, and new drivers p090/p091."""
     root = tmp_path_factory.mktemp("batches")
     generate_sample(root / "first", drivers=2, images_per_class_driver=1, test_images=2, progress=False)
-    generate_sample(root / "new", drivers=2, images_per_class_driver=1, test_images=2, first_driver=90,
-                    progress=False)
+    generate_sample(root / "new", drivers=2, images_per_class_driver=1, test_images=2, first_driver=90, progress=False)
     return {"first": root / "first", "new": root / "new"}
 
 
@@ -75,8 +74,10 @@ def test_a_batch_lands_under_raw_with_a_manifest(bucket, batches):
     assert manifest == latest_manifest(storage, settings) == report.manifest
     assert manifest["id"] == "000001" and manifest["parent"] is None
     rows = _rows(batches["first"] / "driver_imgs_list.csv")[1:]
-    expected = {(f"raw/imgs/train/{c}/{img}", s, c, sha256_file(batches["first"] / "imgs/train" / c / img))
-                for s, c, img in rows}
+    expected = {
+        (f"raw/imgs/train/{c}/{img}", s, c, sha256_file(batches["first"] / "imgs/train" / c / img))
+        for s, c, img in rows
+    }
     assert {(e["key"], e["subject"], e["class"], e["sha256"]) for e in manifest["images"]} == expected
     assert manifest["listing_sha256"] == sha256_json(manifest["images"])
     assert manifest["counts"]["images"] == 20 and manifest["counts"]["subjects"] == 2
@@ -190,7 +191,8 @@ def test_a_name_collision_with_other_content_is_refused(bucket, batches, batch):
     assert len(report.skipped) == 18 and report.manifest_key is None
     for _, classname, img in rows:  # the bucket still holds the first pictures
         assert storage.checksum(f"raw/imgs/train/{classname}/{img}") == sha256_file(
-            batches["first"] / "imgs/train" / classname / img)
+            batches["first"] / "imgs/train" / classname / img
+        )
 
     # An object nobody listed in a manifest is not overwritten either.
     stray = next(iter(sorted((batches["new"] / "imgs/train/c5").iterdir())))
@@ -232,7 +234,8 @@ def test_materialize_raw_mirrors_the_newest_manifest(bucket, batches, tmp_path):
     images = read_batch(local)  # a valid Kaggle layout
     assert len(images) == 40
     assert {(f"raw/imgs/train/{i.classname}/{i.img}", sha256_file(i.path)) for i in images} == {
-        (e["key"], e["sha256"]) for e in manifest["images"]}
+        (e["key"], e["sha256"]) for e in manifest["images"]
+    }
     assert (local / "driver_imgs_list.csv").read_text() == driver_list_csv(manifest["images"])
 
     # A second call reuses what is there, repairs what changed and drops what is not listed.
@@ -257,9 +260,11 @@ def test_add_task_reports_and_exits_non_zero_on_refusals(tmp_path, batch):
     rows = _rows(batch / "driver_imgs_list.csv")
     _, classname, img = rows[1]
     (batch / "imgs/train" / classname / img).write_bytes(b"\xff\xd8 broken")
+
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
 
     assert run("data.add", "--help").returncode == 0
     done = run("data.add", "--from", str(batch))
@@ -358,8 +363,11 @@ def test_a_label_corrected_in_the_row_or_by_moving_the_file_is_taken(bucket, bat
     ambiguous[3] = others[0]
     os.replace(batch / "imgs/train" / ambiguous[1] / ambiguous[2], batch / "imgs/train" / others[1] / ambiguous[2])
     _write_rows(batch / "driver_imgs_list.csv", rows)
-    with pytest.raises(LayoutError, match=f"{ambiguous[2]} is in imgs/train/{others[1]}/ but its row says "
-                                          f"{ambiguous[1]} and the model said {others[0]}"):
+    with pytest.raises(
+        LayoutError,
+        match=f"{ambiguous[2]} is in imgs/train/{others[1]}/ but its row says "
+        f"{ambiguous[1]} and the model said {others[0]}",
+    ):
         add_data(storage, settings, batch, progress=False)
     assert storage.list_keys() == []
 
@@ -369,8 +377,14 @@ def test_add_task_counts_unreviewed_rows_and_exits_2(tmp_path, batch):
     rows = _review_batch(batch)
     rows[1][0] = "p302"
     _write_rows(batch / "driver_imgs_list.csv", rows)
-    done = subprocess.run([sys.executable, "-m", "invoke", "data.add", "--from", str(batch)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "data.add", "--from", str(batch)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "1 added" in done.stdout and "19 row(s) not reviewed yet" in done.stdout
     assert "19 row(s) not reviewed" in done.stderr

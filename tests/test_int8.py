@@ -16,18 +16,22 @@ import pytest
 from train_support import TINY_HYPERPARAMETERS, bucket_with_channels
 from waiting import wait_until
 
-from distracted_driver.config import Settings
-from distracted_driver.model.inference import Classifier
-from distracted_driver.storage import open_storage
+from distracted_driver.config import Settings, Tolerance, ToleranceError
 from distracted_driver.model.artifact import (
-    INT8_MODEL_FILE, MODEL_FILE, SERVING_FILE, ArtifactError, load_artifact, pack_artifact,
+    INT8_MODEL_FILE,
+    MODEL_FILE,
+    SERVING_FILE,
+    ArtifactError,
+    load_artifact,
+    pack_artifact,
 )
 from distracted_driver.model.evaluate import evaluate_precisions, precision_summary
-from distracted_driver.train.export import FLOAT_NODE_PREFIXES, fold_pads_into_convs
-from distracted_driver.train.gate import judge, smoke_set_for
-from distracted_driver.config import Tolerance, ToleranceError
+from distracted_driver.model.inference import Classifier
 from distracted_driver.model.precision import FP32, INT8, choose, choose_from_scores
 from distracted_driver.model.registry import Registry, version_rows
+from distracted_driver.storage import open_storage
+from distracted_driver.train.export import FLOAT_NODE_PREFIXES, fold_pads_into_convs
+from distracted_driver.train.gate import judge, smoke_set_for
 
 # With no live model the tiny 2-epoch model (log loss ~1.7) must only beat a uniform guess (ln 10).
 BASELINE = 1.0
@@ -56,7 +60,10 @@ def test_int8_is_served_only_within_the_limit():
     assert choose(0.10, 0.11, tolerance).precision == INT8  # exactly at the limit
     assert choose(0.10, 0.1101, tolerance).precision == FP32
     assert choose(0.10, None, tolerance, "quantization failed: x").reason == "fp32: quantization failed: x"
-    assert choose_from_scores({FP32: {"log_loss": 0.1}, INT8: {"problem": "not probabilities"}}, tolerance).precision == FP32
+    assert (
+        choose_from_scores({FP32: {"log_loss": 0.1}, INT8: {"problem": "not probabilities"}}, tolerance).precision
+        == FP32
+    )
 
 
 # --- the export --------------------------------------------------------------------------------------
@@ -68,10 +75,15 @@ def test_the_explicit_pad_of_each_stride_2_convolution_is_folded_into_it():
     weights = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
     pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 1, 1], np.int64), "pads")
     graph = helper.make_graph(
-        [helper.make_node("Pad", ["x", "pads"], ["padded"]),
-         helper.make_node("Conv", ["padded", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2])],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weights, pads])
+        [
+            helper.make_node("Pad", ["x", "pads"], ["padded"]),
+            helper.make_node("Conv", ["padded", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weights, pads],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     import onnxruntime as ort
@@ -134,8 +146,9 @@ def fp32_job(tmp_path_factory, tiny_channels):
     """A real training job run with DD_INT8_TOLERANCE=-1: its int8 model can never be within the limit."""
     from distracted_driver.train.runner import run_local_job
 
-    settings = dataclasses.replace(bucket_with_channels(tmp_path_factory.mktemp("fp32-job"), tiny_channels),
-                                   int8_tolerance="-1")
+    settings = dataclasses.replace(
+        bucket_with_channels(tmp_path_factory.mktemp("fp32-job"), tiny_channels), int8_tolerance="-1"
+    )
     return settings, run_local_job(settings, TINY_HYPERPARAMETERS, stream=None)
 
 
@@ -163,7 +176,9 @@ def test_a_negative_tolerance_makes_the_training_job_and_the_gate_serve_fp32(fp3
     smoke = smoke_set_for(registry, job)
     fp32_classifier = Classifier(artifact)
     image = smoke.images[0]
-    assert fp32_classifier.predict(fp32_classifier.prepare(image)[None])[0] == pytest.approx(smoke.probabilities[0], abs=1e-6)
+    assert fp32_classifier.predict(fp32_classifier.prepare(image)[None])[0] == pytest.approx(
+        smoke.probabilities[0], abs=1e-6
+    )
     rows = version_rows(registry.list_versions(), None, decision.data_manifest_sha256)
     assert job in rows[1] and " fp32 " in rows[1] and "gate" in rows[1] and f"{int8:.4f}" in rows[1]
 
@@ -228,29 +243,42 @@ def test_the_sagemaker_entry_point_and_batch_prediction_run_the_served_file(fp32
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "SM_MODEL_DIR": str(claimed.directory), "SAGEMAKER_BIND_TO_PORT": "0"}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, str(root / "scripts" / "serve.py"), "serve", "--host", "127.0.0.1"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+        proc = subprocess.Popen(
+            [sys.executable, str(root / "scripts" / "serve.py"), "serve", "--host", "127.0.0.1"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+        )
     try:
-        wait_until(lambda: "ready after" in log_path.read_text(), 120, what="the server to be ready", process=proc,
-                   details=log_path.read_text)
+        wait_until(
+            lambda: "ready after" in log_path.read_text(),
+            120,
+            what="the server to be ready",
+            process=proc,
+            details=log_path.read_text,
+        )
         url = re.search(r"listening on (http://127\.0\.0\.1:\d+)", log_path.read_text()).group(1)
         ping = json.loads(urllib.request.urlopen(url + "/ping", timeout=10).read())
         assert (ping["precision"], ping["model_file"]) == (INT8, INT8_MODEL_FILE)
         assert "serving int8 (model.int8.onnx)" in log_path.read_text()
-        request = urllib.request.Request(url + "/invocations", data=images[0].read_bytes(),
-                                         headers={"Content-Type": "image/jpeg"})
+        request = urllib.request.Request(
+            url + "/invocations", data=images[0].read_bytes(), headers={"Content-Type": "image/jpeg"}
+        )
         served = json.loads(urllib.request.urlopen(request, timeout=30).read())
         np.testing.assert_allclose(served, expected[0], atol=1e-6)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
 
-    bucket = Registry(open_storage(root_settings := bucket_with_channels(tmp_path / "bucket", tiny_channels)),
-                      root_settings)
+    bucket = Registry(
+        open_storage(root_settings := bucket_with_channels(tmp_path / "bucket", tiny_channels)), root_settings
+    )
     bucket.storage.put_file(tar, bucket.artifact_key("int8-served"))
     bucket.register("int8-served", claimed)
-    result = predict_directory(root_settings, "int8-served", images[0].parent, tmp_path / "submission.csv",
-                               progress=False)
+    result = predict_directory(
+        root_settings, "int8-served", images[0].parent, tmp_path / "submission.csv", progress=False
+    )
     with open(tmp_path / "submission.csv") as handle:
         rows = {row[0]: [float(v) for v in row[1:]] for row in list(csv.reader(handle))[1:]}
     assert (result.predicted, result.failed) == (len(images), [])

@@ -33,19 +33,38 @@ MODEL_STAGES = {"train", "evaluate", "gate", "deploy", "smoke", "predict"}
 def test_every_stage_stays_under_its_memory_ceiling(tmp_path):
     report_path = tmp_path / "kaggle_scale.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "kaggle_scale.py"), "--scale", "0.05", "--work", str(tmp_path),
-         "--epochs", "10", "--json", str(report_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1700,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "kaggle_scale.py"),
+            "--scale",
+            "0.05",
+            "--work",
+            str(tmp_path),
+            "--epochs",
+            "10",
+            "--json",
+            str(report_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1700,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     report = json.loads(report_path.read_text())
     stages = {stage["name"]: stage for stage in report["stages"]}
     assert {"generate", "add", "materialize", "convert", "upload", "train", "evaluate", "deploy", "predict"} <= {
-        name for name, stage in stages.items() if stage["status"] == "done"}
+        name for name, stage in stages.items() if stage["status"] == "done"
+    }
     assert report["train_images"] == 1120 and stages["predict"]["images"] == report["test_images"] == 3986
     for name, stage in stages.items():
-        ceiling = TRAIN_STAGE_CEILING_MB if name == "train" else \
-            MODEL_STAGE_CEILING_MB if name in MODEL_STAGES else DATA_STAGE_CEILING_MB
+        ceiling = (
+            TRAIN_STAGE_CEILING_MB
+            if name == "train"
+            else MODEL_STAGE_CEILING_MB
+            if name in MODEL_STAGES
+            else DATA_STAGE_CEILING_MB
+        )
         assert stage["peak_rss_mb"] < ceiling, f"{name}: peak RSS {stage['peak_rss_mb']} MB (ceiling {ceiling} MB)"
     submission = (tmp_path / "run-scale0.05" / "submission.csv").read_text().splitlines()
     assert len(submission) == 3987 and submission[0].startswith("img,c0,")

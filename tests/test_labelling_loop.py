@@ -28,12 +28,12 @@ from pipeline_support import (
 
 from distracted_driver.config import Settings
 from distracted_driver.hashing import sha256_bytes
-from distracted_driver.pipeline.run import run_pipeline
-from distracted_driver.model.inference import Classifier
 from distracted_driver.model.cache import fetch_artifact
-from distracted_driver.storage import open_storage
 from distracted_driver.model.evaluate import log_loss
+from distracted_driver.model.inference import Classifier
 from distracted_driver.model.registry import Registry
+from distracted_driver.pipeline.run import run_pipeline
+from distracted_driver.storage import open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def _scores(settings: Settings, job: str, paths) -> tuple[float, float]:
     classifier = Classifier(fetch_artifact(settings, job))
     labels = np.array([int(path.parent.name[1:]) for path in paths])
     batch = np.stack([classifier.prepare(path.read_bytes()) for path in paths])
-    probabilities = np.concatenate([classifier.predict(batch[i:i + 32]) for i in range(0, len(batch), 32)])
+    probabilities = np.concatenate([classifier.predict(batch[i : i + 32]) for i in range(0, len(batch), 32)])
     return log_loss(labels, probabilities), float((probabilities.argmax(1) == labels).mean())
 
 
@@ -64,8 +64,9 @@ def test_night_traffic_is_flagged_labelled_added_and_learnt(tmp_path, capsys):
         subjects = json.loads(storage.get_bytes("raw/manifests/000001.json"))["counts"]["per_subject"]
         validation = set(json.loads(storage.get_bytes("data/manifest.json"))["splits"]["validation"]["drivers"])
         first_night = first_driver_keeping_validation_unseen(subjects, validation, drivers=NIGHT_DRIVERS)
-        night = sample_batch(tmp_path / "night", drivers=NIGHT_DRIVERS, per_class=2, seed=7, first_driver=first_night,
-                             shift="night")
+        night = sample_batch(
+            tmp_path / "night", drivers=NIGHT_DRIVERS, per_class=2, seed=7, first_driver=first_night, shift="night"
+        )
         since = send_images(settings, images_of(night))
         wait_for_capture(settings, since, len(images_of(night)))
 
@@ -85,7 +86,7 @@ def test_night_traffic_is_flagged_labelled_added_and_learnt(tmp_path, capsys):
         # The reviewer: each image's driver and true class from the generator, a few rows left for later.
         truth = ground_truth(night)
         guessed_right = 0
-        for row in rows[1 + UNREVIEWED:]:
+        for row in rows[1 + UNREVIEWED :]:
             subject, classname = truth[sha256_bytes((review / "imgs" / "train" / row[3] / row[2]).read_bytes())]
             guessed_right += classname == row[3]
             row[0], row[1] = subject, classname
@@ -102,14 +103,17 @@ def test_night_traffic_is_flagged_labelled_added_and_learnt(tmp_path, capsys):
         assert live != first.model_version
 
         # Night drivers that neither model saw: the new model knows the night better.
-        unseen = sample_batch(tmp_path / "night-unseen", drivers=3, per_class=2, seed=8, first_driver=800,
-                              shift="night")
+        unseen = sample_batch(
+            tmp_path / "night-unseen", drivers=3, per_class=2, seed=8, first_driver=800, shift="night"
+        )
         before = _scores(settings, first.model_version, images_of(unseen))
         after = _scores(settings, live, images_of(unseen))
         with capsys.disabled():
-            print(f"\nnight drivers never seen ({len(images_of(unseen))} images): live model {first.model_version} "
-                  f"log loss {before[0]:.4f} accuracy {before[1]:.3f}; retrained {live} log loss {after[0]:.4f} "
-                  f"accuracy {after[1]:.3f}; the live model guessed {guessed_right} of {reviewed} reviewed images")
+            print(
+                f"\nnight drivers never seen ({len(images_of(unseen))} images): live model {first.model_version} "
+                f"log loss {before[0]:.4f} accuracy {before[1]:.3f}; retrained {live} log loss {after[0]:.4f} "
+                f"accuracy {after[1]:.3f}; the live model guessed {guessed_right} of {reviewed} reviewed images"
+            )
         assert after[0] < before[0]
     finally:
         stop_stack(settings)

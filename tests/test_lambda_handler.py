@@ -171,7 +171,16 @@ def test_invalid_base64_body_and_oversized_encoded_body(handler, runtime):
 @pytest.mark.parametrize(
     "code, http_status, fields, status, words",
     [
-        ("ModelError", 424, {"OriginalStatusCode": 400, "OriginalMessage": '{"error": "InvalidImage", "message": "cannot decode the image"}'}, 400, "cannot decode the image"),
+        (
+            "ModelError",
+            424,
+            {
+                "OriginalStatusCode": 400,
+                "OriginalMessage": '{"error": "InvalidImage", "message": "cannot decode the image"}',
+            },
+            400,
+            "cannot decode the image",
+        ),
         ("ModelError", 424, {"OriginalStatusCode": 413, "OriginalMessage": "image too large"}, 413, "image too large"),
         ("ModelError", 424, {"OriginalStatusCode": 500, "OriginalMessage": "boom"}, 502, "model failed"),
         ("ModelError", 424, {"OriginalStatusCode": 503, "OriginalMessage": "queue full"}, 503, "overloaded"),
@@ -186,8 +195,11 @@ def test_endpoint_errors_are_mapped(handler, runtime, code, http_status, fields,
     # Throttling and 5xx are retried by the client (standard mode, 2 attempts): stub both.
     for _ in range(2):
         runtime.add_client_error(
-            "invoke_endpoint", service_error_code=code, service_message=f"{code} from the stub",
-            http_status_code=http_status, modeled_fields=fields or None,
+            "invoke_endpoint",
+            service_error_code=code,
+            service_message=f"{code} from the stub",
+            http_status_code=http_status,
+            modeled_fields=fields or None,
         )
     got, body = call(handler, event(JPEG))
     assert got == status
@@ -209,7 +221,11 @@ def test_internal_fault_is_500_without_trace(handler, runtime, caplog):
     evt["headers"] = "not a mapping"
     with caplog.at_level(logging.INFO, logger="predict"):
         got, body = call(handler, evt)
-    assert got == 500 and body == {"error": "InternalError", "message": "internal error", "request_id": body["request_id"]}
+    assert got == 500 and body == {
+        "error": "InternalError",
+        "message": "internal error",
+        "request_id": body["request_id"],
+    }
     assert any(r.exc_info for r in caplog.records)  # the trace is logged, not answered
 
 

@@ -78,17 +78,26 @@ def sagemaker_runtime():
 
 
 def proxy_event(body: bytes, content_type: str) -> dict:
-    return {"httpMethod": "POST", "path": "/predict", "headers": {"Content-Type": content_type},
-            "requestContext": {"requestId": "r-1"}, "isBase64Encoded": True,
-            "body": base64.b64encode(body).decode()}
+    return {
+        "httpMethod": "POST",
+        "path": "/predict",
+        "headers": {"Content-Type": content_type},
+        "requestContext": {"requestId": "r-1"},
+        "isBase64Encoded": True,
+        "body": base64.b64encode(body).decode(),
+    }
 
 
 def test_handler_zip_holds_the_package_modules_it_imports(tmp_path):
     packages = package_lambdas(tmp_path / "terraform", REPO / "lambda")
     with zipfile.ZipFile(packages["handler"]) as archive:
-        assert sorted(archive.namelist()) == ["distracted_driver/__init__.py", "distracted_driver/data/__init__.py",
-                                              "distracted_driver/data/layout.py", "distracted_driver/data/payload.py",
-                                              "handler.py"]
+        assert sorted(archive.namelist()) == [
+            "distracted_driver/__init__.py",
+            "distracted_driver/data/__init__.py",
+            "distracted_driver/data/layout.py",
+            "distracted_driver/data/payload.py",
+            "handler.py",
+        ]
     with zipfile.ZipFile(packages["trigger"]) as archive:
         assert archive.namelist() == ["trigger.py"]
     first = packages["handler"].read_bytes()
@@ -110,12 +119,27 @@ def test_handler_runs_from_its_zip_alone(tmp_path, sagemaker_runtime):
     with zipfile.ZipFile(package_lambdas(tmp_path / "terraform", REPO / "lambda")["handler"]) as archive:
         archive.extractall(tmp_path / "unpacked")
     json_png = json.dumps({"base64Image": base64.b64encode(PNG).decode()}).encode()
-    events = [proxy_event(JPEG, "image/jpeg"), proxy_event(json_png, "application/json"),
-              proxy_event(b"\xff" * (INVOKE_ENDPOINT_MAX_BYTES + 1), "image/jpeg")]
-    env = {"ENDPOINT_NAME": "dd-test", "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": url, "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "MAX_ATTEMPTS": "1"}
-    done = subprocess.run([sys.executable, "-I", "-c", RUN_FROM_ZIP, str(tmp_path / "unpacked")], env=env,
-                          input=json.dumps(events), capture_output=True, text=True, timeout=60)
+    events = [
+        proxy_event(JPEG, "image/jpeg"),
+        proxy_event(json_png, "application/json"),
+        proxy_event(b"\xff" * (INVOKE_ENDPOINT_MAX_BYTES + 1), "image/jpeg"),
+    ]
+    env = {
+        "ENDPOINT_NAME": "dd-test",
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": url,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MAX_ATTEMPTS": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", RUN_FROM_ZIP, str(tmp_path / "unpacked")],
+        env=env,
+        input=json.dumps(events),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     jpeg, png, too_large = json.loads(done.stdout.splitlines()[-1])
     assert jpeg["statusCode"] == 200 and json.loads(jpeg["body"])["label"] == "talking on the phone - right"

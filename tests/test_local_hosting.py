@@ -53,13 +53,16 @@ def _inv(settings, *args) -> subprocess.CompletedProcess:
 def test_runtime_outlives_the_deploying_command_and_down_stops_everything(hosted, make_artifact):
     hosted.publish(make_artifact("lh-v1", seed=1))
     # --force: this bucket holds no validation data for the gate to score the tiny model on.
-    deployed = _inv(hosted.settings, "deploy.swap", "--model", "lh-v1", "--strategy", "all-at-once", "--bake", "0",
-                    "--force")
+    deployed = _inv(
+        hosted.settings, "deploy.swap", "--model", "lh-v1", "--strategy", "all-at-once", "--bake", "0", "--force"
+    )
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "deployed: endpoint distracted-driver, live model lh-v1" in deployed.stdout
 
     # The inv process is gone; the endpoint is not.
-    answer = hosted.client().invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0])
+    answer = hosted.client().invoke_endpoint(
+        EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0]
+    )
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
 
     shown = _inv(hosted.settings, "deploy.status", "--json")
@@ -92,7 +95,9 @@ def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
     hosted.hosting.runtime()  # starts the daemon, which restores what state.json holds
     wait_until(lambda: hosted.hosting.status().instance_count == 2, timeout_s=30, what="two instances restored")
     assert hosted.url() == url  # the same port again, so clients holding the URL keep working
-    answer = hosted.client().invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0])
+    answer = hosted.client().invoke_endpoint(
+        EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0]
+    )
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
 
 
@@ -103,19 +108,34 @@ def test_a_killed_runtime_is_restarted_and_takes_over_its_running_instances(host
     instances = {i["id"]: i["pid"] for i in before.instances}
     os.kill(before.details["runtime"]["pid"], signal.SIGKILL)  # no chance to stop anything itself
 
-    after = wait_until(lambda: (s := hosted.hosting.status()).runtime_running and s.instance_count == 2
-                       and s.details["runtime"]["pid"] != before.details["runtime"]["pid"] and s, timeout_s=30,
-                       what="the supervisor to restart the runtime with two instances")
+    after = wait_until(
+        lambda: (
+            (s := hosted.hosting.status()).runtime_running
+            and s.instance_count == 2
+            and s.details["runtime"]["pid"] != before.details["runtime"]["pid"]
+            and s
+        ),
+        timeout_s=30,
+        what="the supervisor to restart the runtime with two instances",
+    )
     assert after.status == "InService"
     assert {i["id"]: i["pid"] for i in after.instances} == instances  # the same processes, warm
     assert after.runtime_url == before.runtime_url  # the same port: clients holding the URL keep working
-    answer = hosted.client().invoke_endpoint(EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0])
+    answer = hosted.client().invoke_endpoint(
+        EndpointName="distracted-driver", ContentType="image/jpeg", Body=hosted.smoke[0]
+    )
     assert answer["ResponseMetadata"]["HTTPHeaders"]["x-model-version"] == "lh-v1"
     supervisor = int((Path(hosted.settings.state_dir) / "supervisor" / "supervisord.pid").read_text())
-    assert {p.pid for p in our_processes(hosted.settings)} == {supervisor, after.details["runtime"]["pid"], *instances.values()}
+    assert {p.pid for p in our_processes(hosted.settings)} == {
+        supervisor,
+        after.details["runtime"]["pid"],
+        *instances.values(),
+    }
 
 
-def test_a_runtime_killed_with_nothing_to_restart_it_leaves_instances_the_next_one_takes_over_or_kills(hosted, make_artifact):
+def test_a_runtime_killed_with_nothing_to_restart_it_leaves_instances_the_next_one_takes_over_or_kills(
+    hosted, make_artifact
+):
     spec = ModelSpec("lh-v1", hosted.publish(make_artifact("lh-v1", seed=1)), instance_count=2)
     assert hosted.hosting.deploy(spec, smoke_images=hosted.smoke).outcome == "deployed"
     before = hosted.hosting.status()
@@ -127,8 +147,11 @@ def test_a_runtime_killed_with_nothing_to_restart_it_leaves_instances_the_next_o
     assert status.status == "OutOfService" and "nothing restarts it" in status.status_reason
 
     hosted.hosting.runtime()  # a new supervisor stops what the killed one left (instances included), then starts afresh
-    after = wait_until(lambda: (s := hosted.hosting.status()).instance_count == 2 and s, timeout_s=60,
-                       what="two instances in service again")
+    after = wait_until(
+        lambda: (s := hosted.hosting.status()).instance_count == 2 and s,
+        timeout_s=60,
+        what="two instances in service again",
+    )
     assert not {i["pid"] for i in before.instances} & {i["pid"] for i in after.instances}
     assert len([p for p in our_processes(hosted.settings) if "serve.server" in " ".join(p.cmdline())]) == 2
 

@@ -58,8 +58,10 @@ def test_model_server_page_keeps_its_names_and_counts():
 
 
 def test_runtime_capture_page_keeps_its_names_and_counts():
-    stats = {"blue": {"written": 7, "dropped": 2, "lost": 0, "files": 1, "queued": 3},
-             "green": {"written": 0, "dropped": 0, "lost": 1, "files": 0, "queued": 0}}
+    stats = {
+        "blue": {"written": 7, "dropped": 2, "lost": 0, "files": 1, "queued": 3},
+        "green": {"written": 0, "dropped": 0, "lost": 1, "files": 0, "queued": 0},
+    }
     text = capture_metrics(stats).decode()
     assert metric_families(text) == CAPTURE_FAMILIES
     samples = parse_metrics(text)
@@ -72,5 +74,6 @@ def test_runtime_capture_page_keeps_its_names_and_counts():
 
 
 def test_runtime_capture_page_without_capturing_endpoints():
-    assert metric_families(capture_metrics({}).decode()) == {name: (kind, set())
-                                                              for name, (kind, _) in CAPTURE_FAMILIES.items()}
+    assert metric_families(capture_metrics({}).decode()) == {
+        name: (kind, set()) for name, (kind, _) in CAPTURE_FAMILIES.items()
+    }

@@ -15,13 +15,13 @@ from monitor_support import captured_file, tiny_sample_thresholds, validation_fr
 
 from distracted_driver.config import Settings
 from distracted_driver.data.imaging import Preprocessing
+from distracted_driver.model.artifact import load_artifact, pack_artifact
+from distracted_driver.model.inference import Classifier
+from distracted_driver.model.registry import Registry
 from distracted_driver.monitor.cloudwatch import ALL_VARIANTS, DRIFT_METRIC, DRIFT_NAMESPACE
 from distracted_driver.monitor.report import drift_report
-from distracted_driver.model.inference import Classifier
 from distracted_driver.storage.s3 import S3Storage
-from distracted_driver.model.artifact import load_artifact, pack_artifact
 from distracted_driver.train.baseline import record_baseline
-from distracted_driver.model.registry import Registry
 
 BUCKET = "dd-monitor-bucket"
 VERSION = "dd-20261130-000000-abcd"
@@ -33,8 +33,9 @@ def captured_on_s3(aws, tmp_path, tiny_channels):
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
     settings = Settings(backend="aws", root=tmp_path, bucket=BUCKET)
     storage = S3Storage(BUCKET)
-    fixture = write_artifact(tmp_path / "model", VERSION, features_exposed(tiny_onnx_model(4)),
-                             Preprocessing(input_size=64))
+    fixture = write_artifact(
+        tmp_path / "model", VERSION, features_exposed(tiny_onnx_model(4)), Preprocessing(input_size=64)
+    )
     artifact = load_artifact(fixture.directory)
     record_baseline(artifact, tiny_channels / "train", tiny_channels / "validation")
     registry = Registry(storage, settings)
@@ -51,27 +52,52 @@ def captured_on_s3(aws, tmp_path, tiny_channels):
 
 def test_the_report_reads_s3_and_puts_its_figures_to_cloudwatch(captured_on_s3, tmp_path):
     settings, sent, when = captured_on_s3
-    result = drift_report(settings, since=when - timedelta(minutes=1), out_root=tmp_path / "reports",
-                          thresholds=tiny_sample_thresholds(tmp_path))
+    result = drift_report(
+        settings,
+        since=when - timedelta(minutes=1),
+        out_root=tmp_path / "reports",
+        thresholds=tiny_sample_thresholds(tmp_path),
+    )
     assert result.report["records"]["answered"] == sent
     # The baseline's own images sent again: nothing drifted.
     assert result.verdict == "no-drift", result.report["drifted_checks"]
     cloudwatch = boto3.client("cloudwatch", region_name=settings.region)
     listed = cloudwatch.list_metrics(Namespace=DRIFT_NAMESPACE)["Metrics"]
     names = {metric["MetricName"] for metric in listed}
-    assert {DRIFT_METRIC, "CapturedRequests", "PredictedClassPSI", "LowConfidenceShare", "FeatureDistanceRatio",
-            "ImageStatisticMaxKS", "RefusedShare"} <= names
+    assert {
+        DRIFT_METRIC,
+        "CapturedRequests",
+        "PredictedClassPSI",
+        "LowConfidenceShare",
+        "FeatureDistanceRatio",
+        "ImageStatisticMaxKS",
+        "RefusedShare",
+    } <= names
     dimensions = {(d["Name"], d["Value"]) for metric in listed for d in metric["Dimensions"]}
     assert dimensions == {("EndpointName", settings.endpoint_name), ("VariantName", ALL_VARIANTS)}
     stats = cloudwatch.get_metric_statistics(
-        Namespace=DRIFT_NAMESPACE, MetricName="CapturedRequests", Statistics=["Maximum"], Period=60,
-        Dimensions=[{"Name": "EndpointName", "Value": settings.endpoint_name},
-                    {"Name": "VariantName", "Value": ALL_VARIANTS}],
-        StartTime=datetime.now(UTC) - timedelta(hours=1), EndTime=datetime.now(UTC) + timedelta(hours=1))
+        Namespace=DRIFT_NAMESPACE,
+        MetricName="CapturedRequests",
+        Statistics=["Maximum"],
+        Period=60,
+        Dimensions=[
+            {"Name": "EndpointName", "Value": settings.endpoint_name},
+            {"Name": "VariantName", "Value": ALL_VARIANTS},
+        ],
+        StartTime=datetime.now(UTC) - timedelta(hours=1),
+        EndTime=datetime.now(UTC) + timedelta(hours=1),
+    )
     assert [point["Maximum"] for point in stats["Datapoints"]] == [float(sent)]
     drift = cloudwatch.get_metric_statistics(
-        Namespace=DRIFT_NAMESPACE, MetricName=DRIFT_METRIC, Statistics=["Maximum"], Period=60,
-        Dimensions=[{"Name": "EndpointName", "Value": settings.endpoint_name},
-                    {"Name": "VariantName", "Value": ALL_VARIANTS}],
-        StartTime=datetime.now(UTC) - timedelta(hours=1), EndTime=datetime.now(UTC) + timedelta(hours=1))
+        Namespace=DRIFT_NAMESPACE,
+        MetricName=DRIFT_METRIC,
+        Statistics=["Maximum"],
+        Period=60,
+        Dimensions=[
+            {"Name": "EndpointName", "Value": settings.endpoint_name},
+            {"Name": "VariantName", "Value": ALL_VARIANTS},
+        ],
+        StartTime=datetime.now(UTC) - timedelta(hours=1),
+        EndTime=datetime.now(UTC) + timedelta(hours=1),
+    )
     assert [point["Maximum"] for point in drift["Datapoints"]] == [0.0]

@@ -19,10 +19,17 @@ UNSURE = [0.05, 0.05, 0.4, 0.05, 0.05, 0.1, 0.1, 0.1, 0.05, 0.05]  # c2 at 0.4
 
 
 def _record(event: str, body: bytes, output) -> CaptureRecord:
-    return CaptureRecord(event_id=event, inference_time=datetime(2026, 11, 30, 8, 15, 2, tzinfo=UTC),
-                         endpoint="distracted-driver", variant="AllTraffic", input_content_type="image/jpeg",
-                         input_bytes=body, output_content_type="application/json", output_text=json.dumps(output),
-                         output=output)
+    return CaptureRecord(
+        event_id=event,
+        inference_time=datetime(2026, 11, 30, 8, 15, 2, tzinfo=UTC),
+        endpoint="distracted-driver",
+        variant="AllTraffic",
+        input_content_type="image/jpeg",
+        input_bytes=body,
+        output_content_type="application/json",
+        output_text=json.dumps(output),
+        output=output,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +43,13 @@ def _rows(directory) -> list[list[str]]:
 
 
 def test_an_export_is_a_review_batch_of_distinct_answered_images(tmp_path, images):
-    records = [_record("8e1f-0001", images[0], CONFIDENT), _record("8e1f-0002", images[1], UNSURE),
-               _record("8e1f-0003", images[0], CONFIDENT),  # the same image again
-               _record("8e1f-0004", b"not a jpeg", {"error": "ImageError", "message": "not an image"}),
-               _record("8e1f/../0005", images[2], {"class": "c7", "probabilities": [0.01] * 7 + [0.91] + [0.01] * 2})]
+    records = [
+        _record("8e1f-0001", images[0], CONFIDENT),
+        _record("8e1f-0002", images[1], UNSURE),
+        _record("8e1f-0003", images[0], CONFIDENT),  # the same image again
+        _record("8e1f-0004", b"not a jpeg", {"error": "ImageError", "message": "not an image"}),
+        _record("8e1f/../0005", images[2], {"class": "c7", "probabilities": [0.01] * 7 + [0.91] + [0.01] * 2}),
+    ]
     report = export_for_review(records, tmp_path / "review")
     assert (report.requests, report.exported, report.refused, report.repeats) == (5, 3, 1, 1)
     assert "inv data.add --from" in str(report)

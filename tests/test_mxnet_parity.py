@@ -59,9 +59,18 @@ def parity(tmp_path_factory):
     mx_work = work / "mx"
     mx_work.mkdir()
     command = [
-        str(MXNET_PYTHON), str(ROOT / "tests" / "mxnet_side" / "parity.py"),
-        "--ours", str(built.directory), "--lst", str(built.directory / "train" / "train.lst"),
-        "--images", str(source / layout.TRAIN_DIR), "--magic-ours", str(work / "magic_ours"), "--work", str(mx_work),
+        str(MXNET_PYTHON),
+        str(ROOT / "tests" / "mxnet_side" / "parity.py"),
+        "--ours",
+        str(built.directory),
+        "--lst",
+        str(built.directory / "train" / "train.lst"),
+        "--images",
+        str(source / layout.TRAIN_DIR),
+        "--magic-ours",
+        str(work / "magic_ours"),
+        "--work",
+        str(mx_work),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"MXNet side failed:\n{result.stdout}\n{result.stderr}"

@@ -25,8 +25,14 @@ def bucket(tmp_path):
 
 
 def _holder_bytes(**changes) -> bytes:
-    holder = {"run_id": "other", "host": socket.gethostname(), "pid": os.getpid(), "pid_started": 0.0,
-              "started": time.time(), "refreshed": time.time()}
+    holder = {
+        "run_id": "other",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_started": 0.0,
+        "started": time.time(),
+        "refreshed": time.time(),
+    }
     import psutil
 
     holder["pid_started"] = psutil.Process(holder["pid"]).create_time()
@@ -121,8 +127,9 @@ def _contend(bucket_dir: str, run_id: str, barrier, losers, results) -> None:
 def test_of_runs_starting_at_the_same_moment_exactly_one_gets_the_lock(tmp_path):
     context = multiprocessing.get_context("spawn")
     barrier, losers, results = context.Barrier(4), context.Semaphore(0), context.Queue()
-    workers = [context.Process(target=_contend, args=(str(tmp_path), f"run-{i}", barrier, losers, results))
-               for i in range(4)]
+    workers = [
+        context.Process(target=_contend, args=(str(tmp_path), f"run-{i}", barrier, losers, results)) for i in range(4)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from distracted_driver.config import Settings
 from distracted_driver.pipeline import outcomes
@@ -20,7 +21,6 @@ from distracted_driver.pipeline.records import FAILED, PENDING, RunStore
 from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.pipeline.watch import watch
 from distracted_driver.storage import open_storage
-from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 INV = Path(sys.executable).parent / "inv"
@@ -41,8 +41,12 @@ def test_each_outcome_has_one_exit_status_and_only_successes_are_zero():
     others = {name: code for name, code in table.items() if name not in (outcomes.DEPLOYED, outcomes.NOTHING_TO_DO)}
     assert all(code != 0 for code in others.values())
     assert len(set(others.values())) == len(others)  # distinct for each
-    assert set(others) == {outcomes.REJECTED_BY_GATE, outcomes.ROLLED_BACK, "failed:lock",
-                           *(f"failed:{stage}" for stage in outcomes.STAGES)}
+    assert set(others) == {
+        outcomes.REJECTED_BY_GATE,
+        outcomes.ROLLED_BACK,
+        "failed:lock",
+        *(f"failed:{stage}" for stage in outcomes.STAGES),
+    }
     assert (table[outcomes.REJECTED_BY_GATE], table[outcomes.ROLLED_BACK], table["failed:lock"]) == (3, 4, 9)
     assert [table[f"failed:{s}"] for s in outcomes.STAGES] == list(range(10, 10 + len(outcomes.STAGES)))
     assert outcomes.exit_code("something else") == 1
@@ -71,29 +75,53 @@ def test_a_run_refused_by_the_lock_ends_failed_lock_and_writes_no_record(setting
 
 @pytest.mark.slow  # `inv` processes
 def test_the_cli_exits_with_the_outcome_status_and_history_lists_the_run(settings):
-    run = subprocess.run([str(INV), "pipeline.run"], cwd=REPO, env=_env(settings), capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [str(INV), "pipeline.run"], cwd=REPO, env=_env(settings), capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 10, run.stdout + run.stderr
     assert run.stdout.strip().splitlines()[-1].startswith("failed:materialize: materialize: no raw data")
-    history = subprocess.run([str(INV), "pipeline.history", "--json"], cwd=REPO, env=_env(settings),
-                             capture_output=True, text=True, timeout=60)
+    history = subprocess.run(
+        [str(INV), "pipeline.history", "--json"],
+        cwd=REPO,
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert history.returncode == 0, history.stderr
     runs = json.loads(history.stdout)
     assert len(runs) == 1 and runs[0]["outcome"] == "failed:materialize" and runs[0]["exit_code"] == 10
     assert [s["name"] for s in runs[0]["stages"]] == list(outcomes.STAGES)
     assert all("seconds" in s and "status" in s for s in runs[0]["stages"])
     png = settings.root / "history.png"
-    text = subprocess.run([str(INV), "pipeline.history", f"--plot={png}"], cwd=REPO, env=_env(settings),
-                          capture_output=True, text=True, timeout=60)
+    text = subprocess.run(
+        [str(INV), "pipeline.history", f"--plot={png}"],
+        cwd=REPO,
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert runs[0]["run_id"] in text.stdout and "failed:materialize" in text.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_flags_become_options_and_bad_ones_are_refused():
-    options = options_from_flags(epochs="3", learning_rate="0.01", extra="dropout=0.3,freeze-backbone=false",
-                                 val_drivers="2", strategy="linear", load_seconds="0", resume=True)
-    assert options.hyperparameters == {"epochs": "3", "learning-rate": "0.01", "dropout": "0.3",
-                                       "freeze-backbone": "false"}
+    options = options_from_flags(
+        epochs="3",
+        learning_rate="0.01",
+        extra="dropout=0.3,freeze-backbone=false",
+        val_drivers="2",
+        strategy="linear",
+        load_seconds="0",
+        resume=True,
+    )
+    assert options.hyperparameters == {
+        "epochs": "3",
+        "learning-rate": "0.01",
+        "dropout": "0.3",
+        "freeze-backbone": "false",
+    }
     assert options.convert == {"val_drivers": 2} and options.strategy == "linear"
     assert options.load_seconds == 0.0 and options.resume
     with pytest.raises(ValueError):
@@ -127,7 +155,8 @@ def test_the_watcher_starts_a_run_when_a_manifest_lands_and_stops_at_max_runs(se
     lander.join()
     # One driver cannot be split by driver: a real run, ending failed:convert.
     assert [(r.manifests, r.outcome, r.exit_code) for r in runs] == [
-        (["raw/manifests/000001.json"], "failed:convert", 11)]
+        (["raw/manifests/000001.json"], "failed:convert", 11)
+    ]
     record = RunStore(storage, settings).load(runs[0].run_id)
     assert record.raw_manifest == "000001" and record.stage("materialize").status == "done"
     assert "new manifest(s) raw/manifests/000001.json: starting a pipeline run" in caplog.text
@@ -140,8 +169,10 @@ def test_the_watcher_waits_while_another_run_holds_the_lock_and_stops_at_its_tim
 
     storage = open_storage(settings)
     add_data(storage, settings, _tiny_batch(tmp_path / "batch"), progress=False)
-    with PipelineLock(storage, settings, "by-hand"), \
-            caplog.at_level(logging.INFO, logger="distracted_driver.pipeline.watch"):
+    with (
+        PipelineLock(storage, settings, "by-hand"),
+        caplog.at_level(logging.INFO, logger="distracted_driver.pipeline.watch"),
+    ):
         runs = watch(settings, RunOptions(load_seconds=0), interval=0.5, max_runs=1, timeout=6)
     assert runs == []
     assert "newest raw/manifests/000001.json not yet run" in caplog.text
@@ -160,9 +191,11 @@ def test_a_run_still_going_at_the_watchers_timeout_is_stopped_and_records_where(
     generate_sample(tmp_path / "batch", drivers=2, images_per_class_driver=1, test_images=0, seed=3, progress=False)
     add_data(storage, settings, tmp_path / "batch", progress=False)
     # Fine-tuning every weight with no early stopping: training outlasts the timeout on any machine.
-    options = RunOptions(convert={"val_drivers": 1}, load_seconds=0,
-                         hyperparameters={"epochs": 100000, "patience": 100000, "freeze-backbone": "false",
-                                          "image-size": 96})
+    options = RunOptions(
+        convert={"val_drivers": 1},
+        load_seconds=0,
+        hyperparameters={"epochs": 100000, "patience": 100000, "freeze-backbone": "false", "image-size": 96},
+    )
     with caplog.at_level(logging.INFO, logger="distracted_driver.pipeline.watch"):
         runs = watch(settings, options, interval=0.5, max_runs=1, timeout=8)
     assert len(runs) == 1 and runs[0].outcome.startswith("failed:"), runs
@@ -174,8 +207,11 @@ def test_a_run_still_going_at_the_watchers_timeout_is_stopped_and_records_where(
     assert not storage.exists("pipeline/lock")
     # Nothing of the run is left: its training job, its converter's worker processes (which exit once
     # they notice their parent is gone).
-    ours = [p for p in psutil.process_iter(["cmdline"])
-            if any(str(settings.root) in part for part in (p.info["cmdline"] or []))]
+    ours = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if any(str(settings.root) in part for part in (p.info["cmdline"] or []))
+    ]
     _, alive = psutil.wait_procs(ours, timeout=15)
     assert [p.info["cmdline"] for p in alive] == []
 
@@ -215,8 +251,14 @@ def test_resume_given_other_options_is_refused_and_records_nothing(settings):
     assert not open_storage(settings).exists("pipeline/lock")
     same = run_pipeline(settings, RunOptions(resume=True, hyperparameters={"epochs": 14}), log=lambda message: None)
     assert same.resumes == failed.run_id  # repeating the run's own options is not a conflict
-    refused = subprocess.run([str(INV), "pipeline.run", "--resume", "--epochs", "3"], cwd=REPO, env=_env(settings),
-                             capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [str(INV), "pipeline.run", "--resume", "--epochs", "3"],
+        cwd=REPO,
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().startswith(f"--resume continues run {same.run_id}")
 

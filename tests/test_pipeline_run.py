@@ -18,18 +18,24 @@ import threading
 import time
 
 import pytest
+from pipeline_support import (
+    add_batch,
+    cli_flags,
+    environment,
+    fast_options,
+    run_cli,
+    sample_batch,
+    stop_stack,
+)
+from waiting import wait_until
 
 from distracted_driver.config import Settings
+from distracted_driver.model.registry import Registry
 from distracted_driver.pipeline.options import RunOptions
 from distracted_driver.pipeline.records import DONE, FAILED, REUSED, RUNNING, SKIPPED, RunStore
 from distracted_driver.pipeline.run import run_pipeline
 from distracted_driver.storage import open_storage
 from distracted_driver.system import process_gone
-from distracted_driver.model.registry import Registry
-from pipeline_support import (
-    add_batch, cli_flags, environment, fast_options, run_cli, sample_batch, stop_stack,
-)
-from waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -65,14 +71,24 @@ def test_the_first_run_does_every_stage_and_deploys(first_run):
     settings, record = first_run
     assert record.outcome == "deployed", record.reason
     assert [(s.name, s.status) for s in record.stages] == [
-        ("materialize", DONE), ("convert", DONE), ("upload", DONE), ("train", DONE), ("evaluate", DONE),
-        ("gate", DONE), ("deploy", DONE), ("smoke", DONE), ("loadtest", SKIPPED)]
+        ("materialize", DONE),
+        ("convert", DONE),
+        ("upload", DONE),
+        ("train", DONE),
+        ("evaluate", DONE),
+        ("gate", DONE),
+        ("deploy", DONE),
+        ("smoke", DONE),
+        ("loadtest", SKIPPED),
+    ]
     assert live_of(settings) == record.model_version
     stored = store_of(settings).load(record.run_id)  # what the bucket holds is what the run returned
     assert stored.to_dict() == record.to_dict()
     convert, train = stored.stage("convert"), stored.stage("train")
     assert convert.inputs["raw_listing_sha256"] and convert.inputs["code"] and convert.input_hash
-    assert train.inputs["data_sha256"] == convert.outputs["data_sha256"] == stored.stage("upload").outputs["data_sha256"]
+    assert (
+        train.inputs["data_sha256"] == convert.outputs["data_sha256"] == stored.stage("upload").outputs["data_sha256"]
+    )
     assert train.inputs["hyperparameters"] == {"epochs": "15", "image-size": "96"}
     assert stored.stage("gate").outputs["passed"] and stored.stage("deploy").outputs["outcome"] == "deployed"
     gate, evaluate, smoke = (stored.stage(name).outputs for name in ("gate", "evaluate", "smoke"))
@@ -153,8 +169,13 @@ def test_an_alarm_during_the_canary_rolls_back_and_the_live_model_stays(first_ru
     client.start()
     try:
         # No request answers within 0.01 ms: green's p99 alarm fires as soon as the canary gets traffic.
-        options = fast_options(hyperparameters={"epochs": 15, "image-size": 96, "seed": 5}, gate_tolerance=5.0,
-                               canary_percent=50, wait_seconds=4.0, alarm_max_p99_ms=0.01)
+        options = fast_options(
+            hyperparameters={"epochs": 15, "image-size": 96, "seed": 5},
+            gate_tolerance=5.0,
+            canary_percent=50,
+            wait_seconds=4.0,
+            alarm_max_p99_ms=0.01,
+        )
         record = run_pipeline(settings, options, log=quiet, stream=None, progress=False)
     finally:
         stop.set()
@@ -200,7 +221,11 @@ def test_a_run_killed_during_training_is_resumed_with_its_own_options_in_a_new_r
     jobs_before = {p.parent.name for p in settings.work_dir.glob("jobs/*/status.json")}
     child = subprocess.Popen(
         [sys.executable, "-m", "distracted_driver.pipeline", "run", "--options", json.dumps(options.to_dict())],
-        env=environment(settings), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=environment(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         run_id = _wait_for_stage(settings, runs_before, "train")
         job = _wait_for_training_epochs(settings, jobs_before)
@@ -253,10 +278,12 @@ def _resume_after_the_kill(settings, first, options, run_id, job, caplog):
     assert set(store.run_ids()) >= {run_id, resumed.run_id}
     assert not storage.exists("pipeline/lock")
 
+
 def test_serving_that_differs_from_what_the_gate_scored_is_rolled_back_by_the_smoke_stage(first_run):
     """Training/serving skew: the endpoint's copy of the candidate normalises pixels as ImageNet does."""
-    from distracted_driver.hosting import open_hosting
     from model_fixtures import IMAGENET_NORMALISATION
+
+    from distracted_driver.hosting import open_hosting
 
     settings, _ = first_run
     live = live_of(settings)

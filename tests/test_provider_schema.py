@@ -50,18 +50,41 @@ def test_every_block_is_in_the_provider_schema(provider_schemas):
         assert all(f.ok for f in results), "\n".join(str(f) for f in results if not f.ok)
 
 
-@pytest.mark.parametrize("path, old, new, words", [
-    ("modules/api/main.tf", "reserved_concurrent_executions = var.reserved_concurrency",
-     "reserved_concurrency = var.reserved_concurrency", "unknown argument 'reserved_concurrency'"),
-    ("modules/ecr/main.tf", "  repository = aws_ecr_repository.this.name\n", "",
-     "required argument 'repository' is missing"),
-    ("modules/codebuild/main.tf", "    filter {\n      type    = \"EVENT\"", "    filters {\n      type    = \"EVENT\"",
-     "unknown argument 'filters'"),
-    ("modules/storage/main.tf", "days_after_initiation = abort_incomplete_multipart_upload.value",
-     "days_after_initiations = abort_incomplete_multipart_upload.value", "unknown argument 'days_after_initiations'"),
-    ("modules/ecr/main.tf", 'data "aws_ecr_lifecycle_policy_document"', 'data "aws_ecr_lifecycle_document"',
-     "the provider has no data aws_ecr_lifecycle_document"),
-])
+@pytest.mark.parametrize(
+    "path, old, new, words",
+    [
+        (
+            "modules/api/main.tf",
+            "reserved_concurrent_executions = var.reserved_concurrency",
+            "reserved_concurrency = var.reserved_concurrency",
+            "unknown argument 'reserved_concurrency'",
+        ),
+        (
+            "modules/ecr/main.tf",
+            "  repository = aws_ecr_repository.this.name\n",
+            "",
+            "required argument 'repository' is missing",
+        ),
+        (
+            "modules/codebuild/main.tf",
+            '    filter {\n      type    = "EVENT"',
+            '    filters {\n      type    = "EVENT"',
+            "unknown argument 'filters'",
+        ),
+        (
+            "modules/storage/main.tf",
+            "days_after_initiation = abort_incomplete_multipart_upload.value",
+            "days_after_initiations = abort_incomplete_multipart_upload.value",
+            "unknown argument 'days_after_initiations'",
+        ),
+        (
+            "modules/ecr/main.tf",
+            'data "aws_ecr_lifecycle_policy_document"',
+            'data "aws_ecr_lifecycle_document"',
+            "the provider has no data aws_ecr_lifecycle_document",
+        ),
+    ],
+)
 def test_a_block_the_provider_would_refuse_is_named(provider_schemas, tmp_path, path, old, new, words):
     copy = tmp_path / "terraform"
     shutil.copytree(TERRAFORM, copy, ignore=shutil.ignore_patterns(".terraform"))

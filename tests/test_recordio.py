@@ -51,12 +51,14 @@ def test_frame_layout_matches_dmlc_bytes():
     payload = MAGIC_BYTES + b"abcd" + MAGIC_BYTES + b"xy" + MAGIC_BYTES + b"z"
     expected = bytes.fromhex(
         "0a23d7ce00000020"  # START, 0 bytes (the payload begins with the magic)
-        "0a23d7ce04000040" "61626364"  # MIDDLE, "abcd"
-        "0a23d7ce07000060" "78790a23d7ce7a00"  # END, "xy" + unaligned magic + "z", one pad byte
+        "0a23d7ce04000040"
+        "61626364"  # MIDDLE, "abcd"
+        "0a23d7ce07000060"
+        "78790a23d7ce7a00"  # END, "xy" + unaligned magic + "z", one pad byte
     )
     assert recordio.encode_record(payload) == expected
     assert recordio.encode_record(b"") == bytes.fromhex("0a23d7ce00000000")
-    assert recordio.encode_record(b"abcde") == bytes.fromhex("0a23d7ce05000000" "6162636465000000")
+    assert recordio.encode_record(b"abcde") == bytes.fromhex("0a23d7ce050000006162636465000000")
 
 
 @given(payload=payloads)

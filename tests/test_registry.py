@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from distracted_driver.config import Settings
-from distracted_driver.storage import open_storage
 from distracted_driver.model.artifact import load_artifact
 from distracted_driver.model.registry import Registry, RegistryError
+from distracted_driver.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import pytest
 from hosting_support import hosted_env
-from model_fixtures import IMAGENET_NORMALISATION, derived_artifact, memorizing_artifact, rotated_classes, softmax_removed
+from model_fixtures import (
+    IMAGENET_NORMALISATION,
+    derived_artifact,
+    memorizing_artifact,
+    rotated_classes,
+    softmax_removed,
+)
 
 from distracted_driver.data.channels import upload_channels
 from distracted_driver.model.artifact import PREPROCESS_FILE, load_artifact
@@ -73,12 +79,15 @@ def _serves_only(stack, version):
     assert stack.registry.live()["job"] == version
 
 
-def test_the_gate_rejects_rotated_and_softmax_free_models_and_the_swap_gives_them_no_traffic(stack, tmp_path,
-                                                                                              tiny_channels):
+def test_the_gate_rejects_rotated_and_softmax_free_models_and_the_swap_gives_them_no_traffic(
+    stack, tmp_path, tiny_channels
+):
     good = _live_model(stack, tmp_path, tiny_channels)
     live = good.version
-    for version, broken, finding in (("rotated", rotated_classes, "(accuracy 0.000)"),
-                                     ("no-softmax", softmax_removed, "are not probabilities")):
+    for version, broken, finding in (
+        ("rotated", rotated_classes, "(accuracy 0.000)"),
+        ("no-softmax", softmax_removed, "are not probabilities"),
+    ):
         stack.publish(derived_artifact(good.directory, tmp_path / "models", version, model=broken, metrics=LIES))
         gated = _inv(stack.settings, "model.gate", "--candidate", version)
         assert gated.returncode == 1, gated.stdout + gated.stderr
@@ -92,8 +101,9 @@ def test_the_gate_rejects_rotated_and_softmax_free_models_and_the_swap_gives_the
 
 
 @pytest.mark.parametrize("change", ["rotated-weights", "imagenet-normalisation"])
-def test_an_artifact_changed_after_the_gate_is_refused_and_forced_through_it_is_rolled_back(stack, tmp_path,
-                                                                                              tiny_channels, change):
+def test_an_artifact_changed_after_the_gate_is_refused_and_forced_through_it_is_rolled_back(
+    stack, tmp_path, tiny_channels, change
+):
     live = _live_model(stack, tmp_path, tiny_channels).version
     candidate = _knowing(tmp_path, tiny_channels, "sharper", sharpness=32)
     stack.publish(candidate)
@@ -135,8 +145,11 @@ def test_a_served_copy_whose_preprocessing_drifted_is_rolled_back_by_the_smoke_t
     served_copy.write_text(json.dumps({**settings, **IMAGENET_NORMALISATION}))
     again = _inv(stack.settings, "deploy.swap", "--model", "sharper", *SWAP)
     assert again.returncode == 1, again.stdout + again.stderr
-    assert re.search(r"smoke test of sharper failed: serving differs from evaluation: \d+ of 20 smoke images "
-                     r"answered with probabilities up to [01]\.\d+ away from the gate's \(tolerance 0\.01\)", again.stdout)
+    assert re.search(
+        r"smoke test of sharper failed: serving differs from evaluation: \d+ of 20 smoke images "
+        r"answered with probabilities up to [01]\.\d+ away from the gate's \(tolerance 0\.01\)",
+        again.stdout,
+    )
     assert "accuracy on the smoke images is 0.500 served, below the gate's 1.000" in again.stdout
     assert "rolled back to incumbent" in again.stdout
     _serves_only(stack, live)
@@ -158,13 +171,16 @@ def test_a_trained_model_with_rotated_labels_is_rejected(trained_job, tmp_path):
     registry = Registry(open_storage(settings), settings)
     registry.set_live(trained_job.job)
     artifact = registry.fetch_artifact(trained_job.job, tmp_path / "trained")
-    derived_artifact(artifact.directory, tmp_path, "trained-rotated", model=rotated_classes,
-                     metrics=LIES).publish(registry.storage, settings)
+    derived_artifact(artifact.directory, tmp_path, "trained-rotated", model=rotated_classes, metrics=LIES).publish(
+        registry.storage, settings
+    )
     gated = _inv(settings, "model.gate", "--candidate", "trained-rotated", "--json")
     assert gated.returncode == 1, gated.stdout + gated.stderr
     decision = json.loads(gated.stdout)
-    print(f"trained: log loss {decision['live_log_loss']:.4f} accuracy {decision['live_accuracy']:.3f}; rotated: "
-          f"log loss {decision['candidate_log_loss']:.4f} accuracy {decision['candidate_accuracy']:.3f}")
+    print(
+        f"trained: log loss {decision['live_log_loss']:.4f} accuracy {decision['live_accuracy']:.3f}; rotated: "
+        f"log loss {decision['candidate_log_loss']:.4f} accuracy {decision['candidate_accuracy']:.3f}"
+    )
     assert not decision["passed"] and "worse than the tolerance" in decision["reason"]
     assert decision["candidate_log_loss"] > decision["live_log_loss"] + 0.5
     assert decision["candidate_accuracy"] < decision["live_accuracy"]

@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from distracted_driver.config import Settings
-from distracted_driver.gateway import UsagePlan, start_gateway, stop_gateway
 from distracted_driver.data.payload import LAMBDA_REQUEST_MAX_BYTES
+from distracted_driver.gateway import UsagePlan, start_gateway, stop_gateway
 from distracted_driver.infra.limits import event_bytes, largest_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +42,12 @@ def gateway(tmp_path_factory):
 @pytest.mark.slow
 def test_just_above_the_limit_the_client_gets_request_too_long(gateway):
     def post(size: int) -> requests.Response:
-        return requests.post(f"{gateway['url']}/predict", data=b"\xff" * size, timeout=30,
-                             headers={"Content-Type": "image/jpeg", "x-api-key": gateway["api_key"]})
+        return requests.post(
+            f"{gateway['url']}/predict",
+            data=b"\xff" * size,
+            timeout=30,
+            headers={"Content-Type": "image/jpeg", "x-api-key": gateway["api_key"]},
+        )
 
     largest = largest_image()
     below, above = post(largest - 16 * 1024), post(largest + 16 * 1024)  # the local envelope is a little smaller

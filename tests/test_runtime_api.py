@@ -20,14 +20,14 @@ import pytest
 import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from hostile_clients import json_error
 from hosting_support import LoadLoop, hosted_env
 from waiting import wait_until
-from hostile_clients import json_error
 
 from distracted_driver.hosting.base import ModelSpec, TrafficRouting
 from distracted_driver.hosting.local.client import RuntimeClient
-from distracted_driver.system import unix_socket_path
 from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange, slowloris
+from distracted_driver.system import unix_socket_path
 
 pytestmark = pytest.mark.slow
 ALL_AT_ONCE = TrafficRouting(strategy="all-at-once", bake_seconds=0)
@@ -37,15 +37,17 @@ ALL_AT_ONCE = TrafficRouting(strategy="all-at-once", bake_seconds=0)
 def env(tmp_path_factory, make_artifact):
     with hosted_env(tmp_path_factory.mktemp("runtime-api")) as hosted:
         artifact = make_artifact("api-v1", seed=1)
-        result = hosted.hosting.deploy(ModelSpec("api-v1", hosted.publish(artifact), instance_count=2), ALL_AT_ONCE,
-                                       smoke_images=hosted.smoke)
+        result = hosted.hosting.deploy(
+            ModelSpec("api-v1", hosted.publish(artifact), instance_count=2), ALL_AT_ONCE, smoke_images=hosted.smoke
+        )
         assert result.outcome == "deployed", result
         yield hosted
 
 
 def _invoke(client, env, body, **extra):
-    return client.invoke_endpoint(EndpointName=env.settings.endpoint_name, Body=body,
-                                  ContentType=extra.pop("ContentType", "image/jpeg"), **extra)
+    return client.invoke_endpoint(
+        EndpointName=env.settings.endpoint_name, Body=body, ContentType=extra.pop("ContentType", "image/jpeg"), **extra
+    )
 
 
 def test_boto3_invocations_are_spread_over_instances(env):
@@ -64,8 +66,9 @@ def test_boto3_invocations_are_spread_over_instances(env):
 
 def test_endpoint_url_from_the_environment_variable(env, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", env.url())
-    client = boto3.client("sagemaker-runtime", region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
+    client = boto3.client(
+        "sagemaker-runtime", region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
     answer = _invoke(client, env, env.smoke[1], Accept="application/json;verbose=true")
     verbose = json.loads(answer["Body"].read())
     assert verbose["class"] in [f"c{i}" for i in range(10)] and len(verbose["probabilities"]) == 10
@@ -104,9 +107,15 @@ def test_sagemaker_runtime_errors(env):
 def test_control_is_on_a_private_unix_socket_only(env):
     """The TCP port serves invocations alone: no status (pids, paths), no shutdown, no model loading."""
     url = env.url()
-    for method, path in (("GET", "/_control/status"), ("GET", "/_control/health"), ("POST", "/_control/shutdown"),
-                         ("POST", "/_control/models"), ("DELETE", "/_control/endpoints/distracted-driver"),
-                         ("GET", "/status"), ("POST", "/shutdown")):
+    for method, path in (
+        ("GET", "/_control/status"),
+        ("GET", "/_control/health"),
+        ("POST", "/_control/shutdown"),
+        ("POST", "/_control/models"),
+        ("DELETE", "/_control/endpoints/distracted-driver"),
+        ("GET", "/status"),
+        ("POST", "/shutdown"),
+    ):
         response = requests.request(method, url + path, json={}, timeout=10)
         assert response.status_code in (404, 405), (method, path, response.status_code)
         body = response.json()
@@ -158,7 +167,8 @@ def test_dead_instance_is_replaced_and_no_request_fails(env):
         os.kill(victim["pid"], signal.SIGKILL)
         wait_until(
             lambda: [i for i in env.hosting.status().instances if i["state"] == "in-service" and i["id"] not in before],
-            timeout_s=30, what="a replacement instance in service",
+            timeout_s=30,
+            what="a replacement instance in service",
         )
         load.wait_for(len(load.outcomes) + 20)
     outcomes = load.stop()
@@ -177,12 +187,20 @@ def ab_endpoint(env, make_artifact, tmp_path_factory):
     for version, seed in (("ab-a", 11), ("ab-b", 12)):
         directory = shutil.copytree(make_artifact(version, seed=seed).directory, models / version)
         runtime.post("models", {"name": version, "model_dir": str(directory)})
-    runtime.post("endpoint-configs", {"name": "ab-config", "variants": [
-        {"variant_name": "A", "model_name": "ab-a", "weight": 3, "instance_threads": 1},
-        {"variant_name": "B", "model_name": "ab-b", "weight": 1, "instance_threads": 1},
-    ]})
-    record = runtime.post("endpoints/ab-test/deployments", {
-        "config": "ab-config", "smoke_images": [base64.b64encode(i).decode() for i in env.smoke]})
+    runtime.post(
+        "endpoint-configs",
+        {
+            "name": "ab-config",
+            "variants": [
+                {"variant_name": "A", "model_name": "ab-a", "weight": 3, "instance_threads": 1},
+                {"variant_name": "B", "model_name": "ab-b", "weight": 1, "instance_threads": 1},
+            ],
+        },
+    )
+    record = runtime.post(
+        "endpoints/ab-test/deployments",
+        {"config": "ab-config", "smoke_images": [base64.b64encode(i).decode() for i in env.smoke]},
+    )
     record = wait_until(lambda: _finished(runtime, record["id"]), timeout_s=60, what="ab-test in service")
     assert record["outcome"] == "deployed", record
     return models
@@ -204,7 +222,9 @@ def test_variants_by_weight_and_by_target(env, ab_endpoint):
         seen[variant] += 1
     assert seen["A"] > seen["B"] > 0, seen
     for _ in range(5):
-        answer = client.invoke_endpoint(EndpointName="ab-test", ContentType="image/jpeg", Body=env.smoke[0], TargetVariant="B")
+        answer = client.invoke_endpoint(
+            EndpointName="ab-test", ContentType="image/jpeg", Body=env.smoke[0], TargetVariant="B"
+        )
         assert answer["InvokedProductionVariant"] == "B"
 
 
@@ -214,9 +234,14 @@ def test_no_instance_in_service_is_service_unavailable(env, ab_endpoint):
     (ab_endpoint / "ab-b").rename(ab_endpoint / "ab-b-gone")
     b_fleet = next(v for v in runtime.get("status")["endpoints"]["ab-test"]["variants"] if v["name"] == "B")
     os.kill(b_fleet["fleets"][0]["instances"][0]["pid"], signal.SIGKILL)
-    client = boto3.client("sagemaker-runtime", endpoint_url=env.url(), region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test",
-                          config=Config(retries={"mode": "standard", "max_attempts": 1}))
+    client = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=env.url(),
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(retries={"mode": "standard", "max_attempts": 1}),
+    )
     with pytest.raises(client.exceptions.ServiceUnavailable):
         client.invoke_endpoint(EndpointName="ab-test", ContentType="image/jpeg", Body=env.smoke[0], TargetVariant="B")
     answer = client.invoke_endpoint(EndpointName="ab-test", ContentType="image/jpeg", Body=env.smoke[0])

@@ -81,13 +81,21 @@ def test_create_exclusive_is_a_lock(storage):
 
 def test_list_upload_and_download_keep_the_layout(storage, tmp_path):
     source = tmp_path / "channels"
-    for relative, size in (("train/train.rec", 3000), ("train/train.idx", 40), ("validation/validation.rec", 2000),
-                           ("manifest.json", 10)):
+    for relative, size in (
+        ("train/train.rec", 3000),
+        ("train/train.idx", 40),
+        ("validation/validation.rec", 2000),
+        ("manifest.json", 10),
+    ):
         (source / relative).parent.mkdir(parents=True, exist_ok=True)
         (source / relative).write_bytes(os.urandom(size))
     first = storage.upload_dir(source, "data")
-    assert sorted(first.uploaded) == ["data/manifest.json", "data/train/train.idx", "data/train/train.rec",
-                                      "data/validation/validation.rec"]
+    assert sorted(first.uploaded) == [
+        "data/manifest.json",
+        "data/train/train.idx",
+        "data/train/train.rec",
+        "data/validation/validation.rec",
+    ]
     assert first.bytes == 5050 and first.skipped == []
     (source / "manifest.json").write_bytes(b"changed")
     second = storage.upload_dir(source, "data")
@@ -119,7 +127,9 @@ def test_open_storage_picks_s3_with_the_settings(aws):
 
 
 def test_large_files_go_multipart_with_their_checksum(s3, tmp_path):
-    storage = S3Storage(BUCKET, transfer_config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB))
+    storage = S3Storage(
+        BUCKET, transfer_config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    )
     path = tmp_path / "big.rec"
     path.write_bytes(os.urandom(11 * MiB))
     assert storage.put_file(path, "data/train/train.rec")
@@ -154,8 +164,9 @@ def test_checksum_of_objects_written_by_others(s3):
     storage = S3Storage(BUCKET)
     body = os.urandom(2048)
     digest = hashlib.sha256(body).digest()
-    s3.put_object(Bucket=BUCKET, Key="models/j/output/model.tar.gz", Body=body,
-                  ChecksumSHA256=base64.b64encode(digest).decode())
+    s3.put_object(
+        Bucket=BUCKET, Key="models/j/output/model.tar.gz", Body=body, ChecksumSHA256=base64.b64encode(digest).decode()
+    )
     assert storage.checksum("models/j/output/model.tar.gz") == digest.hex()
     s3.put_object(Bucket=BUCKET, Key="models/j/output/output.tar.gz", Body=body, ChecksumAlgorithm="CRC32")
     assert storage.checksum("models/j/output/output.tar.gz") == digest.hex()

@@ -18,8 +18,8 @@ from botocore.stub import Stubber
 
 from distracted_driver.config import Settings
 from distracted_driver.data.channels import upload_channels
-from distracted_driver.storage.s3 import S3Storage
 from distracted_driver.model.registry import Registry, RegistryError
+from distracted_driver.storage.s3 import S3Storage
 from distracted_driver.train.sagemaker import (
     LOG_GROUP,
     SageMakerJobFailed,
@@ -44,18 +44,22 @@ def env(aws, tmp_path, tiny_channels):
     trainer = SageMakerTrainer(settings, storage=storage, poll_seconds=0, stream=stream, progress=False)
     requests = []
     trainer.sagemaker.meta.events.register(
-        "before-parameter-build.sagemaker.CreateTrainingJob", lambda params, **kw: requests.append(dict(params)))
+        "before-parameter-build.sagemaker.CreateTrainingJob", lambda params, **kw: requests.append(dict(params))
+    )
     return settings, storage, trainer, requests, stream
 
 
 def _job_log(job: str, lines: list[str]) -> None:
     """CloudWatch log events as the training container writes them."""
     logs = boto3.client("logs", region_name="us-east-1")
-    now = int(datetime.datetime.now(datetime.timezone.utc).timestamp() * 1000)  # CloudWatch refuses old events
+    now = int(datetime.datetime.now(datetime.UTC).timestamp() * 1000)  # CloudWatch refuses old events
     logs.create_log_group(logGroupName=LOG_GROUP)
     logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=f"{job}/algo-1-1767398400")
-    logs.put_log_events(logGroupName=LOG_GROUP, logStreamName=f"{job}/algo-1-1767398400",
-                        logEvents=[{"timestamp": now + i, "message": line} for i, line in enumerate(lines)])
+    logs.put_log_events(
+        logGroupName=LOG_GROUP,
+        logStreamName=f"{job}/algo-1-1767398400",
+        logEvents=[{"timestamp": now + i, "message": line} for i, line in enumerate(lines)],
+    )
 
 
 def test_script_mode_runs_our_script_in_the_pytorch_container_and_registers_the_model(env, make_artifact):
@@ -69,7 +73,9 @@ def test_script_mode_runs_our_script_in_the_pytorch_container_and_registers_the_
 
     request = requests[0]
     assert request["AlgorithmSpecification"] == {
-        "TrainingImage": image_uri("script", "us-east-1", "ml.m5.xlarge"), "TrainingInputMode": "File"}
+        "TrainingImage": image_uri("script", "us-east-1", "ml.m5.xlarge"),
+        "TrainingInputMode": "File",
+    }
     assert "pytorch-training" in request["AlgorithmSpecification"]["TrainingImage"]
     channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
     assert channels["train"]["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{BUCKET}/data/train/"
@@ -132,16 +138,33 @@ def test_a_failed_job_is_reported_and_recorded(env):
     settings, storage, trainer, _, _ = env
     client = boto3.client("sagemaker", region_name="us-east-1")
     trainer.sagemaker = client
-    described = {"TrainingJobName": JOB, "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:training-job/{JOB}",
-                 "ModelArtifacts": {"S3ModelArtifacts": ""}, "AlgorithmSpecification": {"TrainingInputMode": "Pipe"},
-                 "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
-                 "StoppingCondition": {"MaxRuntimeInSeconds": 3600}, "CreationTime": datetime.datetime(2026, 1, 3)}
+    described = {
+        "TrainingJobName": JOB,
+        "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:training-job/{JOB}",
+        "ModelArtifacts": {"S3ModelArtifacts": ""},
+        "AlgorithmSpecification": {"TrainingInputMode": "Pipe"},
+        "ResourceConfig": {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "CreationTime": datetime.datetime(2026, 1, 3),
+    }
     with Stubber(client) as stub:
-        stub.add_response("create_training_job", {"TrainingJobArn": described["TrainingJobArn"]})  # params validated by the model
-        stub.add_response("describe_training_job", {**described, "TrainingJobStatus": "InProgress",
-                                                    "SecondaryStatus": "Training"}, {"TrainingJobName": JOB})
-        stub.add_response("describe_training_job", {**described, "TrainingJobStatus": "Failed", "SecondaryStatus": "Failed",
-                                                    "FailureReason": "AlgorithmError: CUDA out of memory"})
+        stub.add_response(
+            "create_training_job", {"TrainingJobArn": described["TrainingJobArn"]}
+        )  # params validated by the model
+        stub.add_response(
+            "describe_training_job",
+            {**described, "TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"},
+            {"TrainingJobName": JOB},
+        )
+        stub.add_response(
+            "describe_training_job",
+            {
+                **described,
+                "TrainingJobStatus": "Failed",
+                "SecondaryStatus": "Failed",
+                "FailureReason": "AlgorithmError: CUDA out of memory",
+            },
+        )
         with pytest.raises(SageMakerJobFailed, match="CUDA out of memory"):
             trainer.run({"epochs": 1}, algorithm="builtin", job_name=JOB)
         stub.assert_no_pending_responses()
@@ -158,7 +181,10 @@ def test_builtin_hyperparameters_translate_ours_and_refuse_unknown_ones():
 
 
 def test_image_uris_come_from_sagemaker_core_per_region():
-    east, west = image_uri("builtin", "us-east-1", "ml.g4dn.xlarge"), image_uri("builtin", "eu-west-1", "ml.g4dn.xlarge")
+    east, west = (
+        image_uri("builtin", "us-east-1", "ml.g4dn.xlarge"),
+        image_uri("builtin", "eu-west-1", "ml.g4dn.xlarge"),
+    )
     assert east.endswith("/image-classification:1") and ".us-east-1." in east and ".eu-west-1." in west
     assert "-cpu-" in image_uri("script", "us-east-1", "ml.m5.xlarge")
     assert "-gpu-" in image_uri("script", "us-east-1", "ml.g5.xlarge")
@@ -195,7 +221,9 @@ def test_an_interrupted_wait_stops_the_job(env, monkeypatch):
 
     monkeypatch.setattr(trainer, "wait", interrupted)
     with Stubber(client) as stub:
-        stub.add_response("create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:training-job/{JOB}"})
+        stub.add_response(
+            "create_training_job", {"TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:training-job/{JOB}"}
+        )
         stub.add_response("stop_training_job", {}, {"TrainingJobName": JOB})
         with pytest.raises(KeyboardInterrupt):
             trainer.run({"epochs": 1}, algorithm="builtin", job_name=JOB)
@@ -210,19 +238,33 @@ def test_a_denied_log_read_never_stops_the_wait(env):
     client = boto3.client("sagemaker", region_name="us-east-1")
     logs = boto3.client("logs", region_name="us-east-1")
     trainer.sagemaker, trainer.logs = client, logs
-    described = {"TrainingJobName": JOB, "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:training-job/{JOB}",
-                 "ModelArtifacts": {"S3ModelArtifacts": ""}, "AlgorithmSpecification": {"TrainingInputMode": "File"},
-                 "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
-                 "StoppingCondition": {"MaxRuntimeInSeconds": 3600}, "CreationTime": datetime.datetime(2026, 1, 3)}
-    denied = ("User: arn:aws:sts::123456789012:assumed-role/dd-dev-codebuild/build is not authorized to perform: "
-              "logs:FilterLogEvents on resource: arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/TrainingJobs:*")
+    described = {
+        "TrainingJobName": JOB,
+        "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:1:training-job/{JOB}",
+        "ModelArtifacts": {"S3ModelArtifacts": ""},
+        "AlgorithmSpecification": {"TrainingInputMode": "File"},
+        "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "CreationTime": datetime.datetime(2026, 1, 3),
+    }
+    denied = (
+        "User: arn:aws:sts::123456789012:assumed-role/dd-dev-codebuild/build is not authorized to perform: "
+        "logs:FilterLogEvents on resource: arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/TrainingJobs:*"
+    )
     with Stubber(client) as stub, Stubber(logs) as log_stub:
         for status in ("InProgress", "InProgress", "Completed"):
-            stub.add_response("describe_training_job", {**described, "TrainingJobStatus": status, "SecondaryStatus": "Training"},
-                              {"TrainingJobName": JOB})
+            stub.add_response(
+                "describe_training_job",
+                {**described, "TrainingJobStatus": status, "SecondaryStatus": "Training"},
+                {"TrainingJobName": JOB},
+            )
         for _ in range(4):  # one read per poll, and one after the end
-            log_stub.add_client_error("filter_log_events", service_error_code="AccessDeniedException",
-                                      http_status_code=400, service_message=denied)
+            log_stub.add_client_error(
+                "filter_log_events",
+                service_error_code="AccessDeniedException",
+                http_status_code=400,
+                service_message=denied,
+            )
         final = trainer.wait(JOB)
         stub.assert_no_pending_responses()
     assert final["TrainingJobStatus"] == "Completed"
@@ -239,7 +281,10 @@ def test_the_aws_extra_admits_only_sagemaker_core_with_the_image_uri_table():
     from packaging.requirements import Requirement
 
     extra = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    requirement = next(Requirement(r) for r in extra["project"]["optional-dependencies"]["aws"]
-                       if Requirement(r).name == "sagemaker-core")
+    requirement = next(
+        Requirement(r)
+        for r in extra["project"]["optional-dependencies"]["aws"]
+        if Requirement(r).name == "sagemaker-core"
+    )
     assert not requirement.specifier.contains("1.0.78") and requirement.specifier.contains("2.0")
     assert requirement.specifier.contains(version("sagemaker-core"))

@@ -74,6 +74,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(small, tmp_path):
     generate_sample(tmp_path / "again", drivers=3, images_per_class_driver=2, test_images=5, seed=1, progress=False)
     assert _tree_hashes(tmp_path / "again") == _tree_hashes(small)
     generate_sample(tmp_path / "other", drivers=3, images_per_class_driver=2, test_images=5, seed=2, progress=False)
+
     def images(root):
         return {h for name, h in _tree_hashes(root).items() if name.endswith(".jpg")}
 
@@ -82,16 +83,18 @@ def test_same_seed_same_bytes_other_seed_other_bytes(small, tmp_path):
 
 def test_new_driver_batch_never_reuses_a_name(small, tmp_path):
     batch = tmp_path / "new"
-    report = generate_sample(batch, drivers=2, images_per_class_driver=2, test_images=5, seed=1, first_driver=90,
-                             progress=False)
+    report = generate_sample(
+        batch, drivers=2, images_per_class_driver=2, test_images=5, seed=1, first_driver=90, progress=False
+    )
     assert report.subjects == ["p090", "p091"]
     assert {r[0] for r in _csv(batch / "driver_imgs_list.csv")[1:]} == {"p090", "p091"}
     assert not _image_names(batch) & _image_names(small)
 
 
 def test_worker_processes_draw_the_same_bytes(small, tmp_path):
-    generate_sample(tmp_path / "parallel", drivers=3, images_per_class_driver=2, test_images=5, seed=1,
-                    workers=2, progress=False)
+    generate_sample(
+        tmp_path / "parallel", drivers=3, images_per_class_driver=2, test_images=5, seed=1, workers=2, progress=False
+    )
     assert _tree_hashes(tmp_path / "parallel") == _tree_hashes(small)
 
 
@@ -156,8 +159,9 @@ def test_bad_options_and_foreign_directories_are_refused(small, tmp_path):
 def test_overwrite_replaces_a_previous_sample(tmp_path):
     out = tmp_path / "s"
     generate_sample(out, drivers=2, images_per_class_driver=1, test_images=2, progress=False)
-    report = generate_sample(out, drivers=1, images_per_class_driver=1, test_images=0, seed=3, overwrite=True,
-                             progress=False)
+    report = generate_sample(
+        out, drivers=1, images_per_class_driver=1, test_images=0, seed=3, overwrite=True, progress=False
+    )
     assert report.train_images == 10
     assert len(list((out / "imgs/train").rglob("*.jpg"))) == 10
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no staging or old copy left behind
@@ -187,23 +191,31 @@ CUE_BOXES = {
     "c5": (470, 330, 570, 420),  # hand at the radio
     "c6": (270, 140, 350, 230),  # cup at the mouth
     "c7": (490, 150, 620, 240),  # arm towards the rear seat
-    "c8": (340, 80, 480, 200),   # hand at the hair
+    "c8": (340, 80, 480, 200),  # hand at the hair
     "c9": (320, 120, 420, 220),  # face turned to the passenger
 }
 
 
 def _render(look, classname: str) -> np.ndarray:
     # The same random stream for every class: only the pose differs between the frames.
-    frame = cabin.render(look, classname, np.random.default_rng(5), cabin.lighting_map(look),
-                         cabin.SensorNoise(np.random.default_rng(6)))
+    frame = cabin.render(
+        look, classname, np.random.default_rng(5), cabin.lighting_map(look), cabin.SensorNoise(np.random.default_rng(6))
+    )
     return frame.astype(np.float32)
 
 
 @pytest.mark.parametrize("driver", [0, 1, 5])
 def test_each_class_changes_the_frame_where_its_cue_is(driver):
     look = cabin.random_look(np.random.default_rng([9, driver]))
-    look = cabin.DriverLook(**{**look.__dict__, "camera_shift": (0.0, 0.0), "camera_angle": 0.0,
-                               "camera_scale": 1.0, "seat_shift": (0.0, 0.0)})
+    look = cabin.DriverLook(
+        **{
+            **look.__dict__,
+            "camera_shift": (0.0, 0.0),
+            "camera_angle": 0.0,
+            "camera_scale": 1.0,
+            "seat_shift": (0.0, 0.0),
+        }
+    )
     safe = _render(look, "c0")
     for classname, (x0, y0, x1, y1) in CUE_BOXES.items():
         diff = np.abs(_render(look, classname) - safe).max(axis=2)
@@ -216,9 +228,11 @@ def test_each_class_changes_the_frame_where_its_cue_is(driver):
 @pytest.mark.slow  # `inv` processes
 def test_sample_task_help_and_the_reviewers_check(tmp_path):
     env = {**os.environ, "DD_WORK_DIR": str(tmp_path / "work")}
+
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
 
     help_text = run("data.sample", "--help")
     assert help_text.returncode == 0, help_text.stderr
@@ -235,8 +249,19 @@ def test_sample_task_help_and_the_reviewers_check(tmp_path):
         small = run("data.sample", "--drivers", "1", "--images-per-class-driver", "1", "--test-images", "0")
         assert small.returncode == 0, small.stderr
     assert len(list((tmp_path / "work/sample/imgs/train").rglob("*.jpg"))) == 10
-    night = run("data.sample", "--out", str(tmp_path / "night"), "--drivers", "1", "--images-per-class-driver", "1",
-                "--test-images", "0", "--shift", "night")
+    night = run(
+        "data.sample",
+        "--out",
+        str(tmp_path / "night"),
+        "--drivers",
+        "1",
+        "--images-per-class-driver",
+        "1",
+        "--test-images",
+        "0",
+        "--shift",
+        "night",
+    )
     assert night.returncode == 0, night.stderr
     fog = run("data.sample", "--out", str(tmp_path / "fog"), "--shift", "fog")
     assert fog.returncode == 2 and "shift must be one of night, angle, cabin" in fog.stderr
@@ -270,8 +295,9 @@ def test_a_shifted_batch_keeps_the_layout_drivers_and_labels_but_not_the_look(sm
 def test_night_is_dark_and_a_new_cabin_bright(small, tmp_path):
     day = _medians(small)
     for shift in ("night", "cabin"):
-        generate_sample(tmp_path / shift, drivers=3, images_per_class_driver=1, test_images=0, seed=1, shift=shift,
-                        progress=False)
+        generate_sample(
+            tmp_path / shift, drivers=3, images_per_class_driver=1, test_images=0, seed=1, shift=shift, progress=False
+        )
     assert _medians(tmp_path / "night")["brightness"] < day["brightness"] / 3
     assert _medians(tmp_path / "cabin")["brightness"] > day["brightness"] * 1.3
 

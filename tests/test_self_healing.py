@@ -43,7 +43,9 @@ def stack(tmp_path_factory, make_artifact):
 
 def frames(count: int = 4) -> list[bytes]:
     rng = np.random.default_rng(11)
-    return [cv2.imencode(".jpg", rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))[1].tobytes() for _ in range(count)]
+    return [
+        cv2.imencode(".jpg", rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))[1].tobytes() for _ in range(count)
+    ]
 
 
 def api_sender(stack):
@@ -53,9 +55,15 @@ def api_sender(stack):
         session = requests.Session()
 
         def send(image: bytes) -> Outcome:
-            answer = session.post(stack.predict_url, data=image, timeout=30,
-                                  headers={"x-api-key": stack.api_key, "Content-Type": "image/jpeg"})
-            return Outcome(answer.status_code == 200, error=None if answer.ok else f"{answer.status_code} {answer.text[:120]}")
+            answer = session.post(
+                stack.predict_url,
+                data=image,
+                timeout=30,
+                headers={"x-api-key": stack.api_key, "Content-Type": "image/jpeg"},
+            )
+            return Outcome(
+                answer.status_code == 200, error=None if answer.ok else f"{answer.status_code} {answer.text[:120]}"
+            )
 
         return send
 
@@ -86,7 +94,7 @@ def test_a_runtime_killed_under_load_is_back_within_seconds(stack):
     after = hosting.status()
     assert after.status == "InService" and after.details["runtime"]["pid"] != before.details["runtime"]["pid"]
     assert after.runtime_url == before.runtime_url
-    assert all(o.ok for o in outcomes[:killed - 2]), "requests failed before the kill"
+    assert all(o.ok for o in outcomes[: killed - 2]), "requests failed before the kill"
     assert all(o.ok for o in outcomes[-10:]), [o.error for o in outcomes[-10:]]
 
 
@@ -95,8 +103,12 @@ def test_a_gateway_killed_under_load_comes_back_on_its_url(stack):
     with LoadLoop(None, frames(), threads=2, max_seconds=60, sender=api_sender(stack)) as load:
         load.wait_for(20)
         os.kill(before["pid"], signal.SIGKILL)
-        after = wait_until(lambda: (s := serving(stack)) and s["pid"] != before["pid"] and s, timeout_s=30,
-                           interval_s=0.1, what="a new gateway process that serves")
+        after = wait_until(
+            lambda: (s := serving(stack)) and s["pid"] != before["pid"] and s,
+            timeout_s=30,
+            interval_s=0.1,
+            what="a new gateway process that serves",
+        )
         load.wait_for(len(load.outcomes) + 20)
     outcomes = load.stop()
     assert after["url"] == before["url"]
@@ -111,7 +123,11 @@ def test_with_the_runtime_stopped_every_status_says_nothing_serves_and_why(stack
         assert (status.status, status.recorded_status) == ("OutOfService", "InService")
         assert "the runtime is not running" in status.status_reason and "nothing restarts it" in status.status_reason
         shown = _inv(stack, "deploy.status")
-        assert shown.returncode == 0 and "OutOfService" in shown.stdout and "why: the runtime is not running" in shown.stdout
+        assert (
+            shown.returncode == 0
+            and "OutOfService" in shown.stdout
+            and "why: the runtime is not running" in shown.stdout
+        )
 
         health = requests.get(f"{stack.url}/health", timeout=10)
         assert health.status_code == 503 and "does not answer" in health.json()["message"]
@@ -132,8 +148,13 @@ def test_an_endpoint_whose_instances_cannot_start_is_out_of_service_and_says_why
     try:
         instance = hosting.status().instances[0]
         os.kill(instance["pid"], signal.SIGKILL)
-        status = wait_until(lambda: (s := hosting.status()).status == "OutOfService" and "did not start" in
-                            (s.status_reason or "") and s, timeout_s=30, what="the failed replacement to show")
+        status = wait_until(
+            lambda: (
+                (s := hosting.status()).status == "OutOfService" and "did not start" in (s.status_reason or "") and s
+            ),
+            timeout_s=30,
+            what="the failed replacement to show",
+        )
         assert status.recorded_status == "InService" and status.instance_count == 0
         health = requests.get(f"{stack.url}/health", timeout=10)
         assert health.status_code == 503 and health.json()["endpoint_health"]["status"] == "OutOfService"
@@ -156,7 +177,11 @@ def test_a_new_supervisor_replaces_what_a_killed_one_left_running(stack):
 
     hosting.runtime()  # a new supervisord: it stops the orphaned gateway and starts its own
     wait_until(lambda: serving(stack), timeout_s=40, what="the stack to serve again")
-    gateways = [p for p in psutil.process_iter(["cmdline"]) if "distracted_driver.gateway.app" in " ".join(p.info["cmdline"] or [])
-                and str(stack.settings.root) in " ".join(p.info["cmdline"] or [])]
+    gateways = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "distracted_driver.gateway.app" in " ".join(p.info["cmdline"] or [])
+        and str(stack.settings.root) in " ".join(p.info["cmdline"] or [])
+    ]
     assert len(gateways) == 1 and gateways[0].pid == gateway_status(stack.settings)["pid"]
     assert gateway_status(stack.settings)["url"] == stack.url

@@ -42,18 +42,39 @@ class ServerProcess:
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "distracted_driver.serve.server", "--model-dir", str(model_dir), "--port", "0", *args],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "distracted_driver.serve.server",
+                "--model-dir",
+                str(model_dir),
+                "--port",
+                "0",
+                *args,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         self.url = self._wait_for_port()
 
     def _wait_for_port(self) -> str:
-        return wait_until(lambda: LISTENING.search(self.log_path.read_text()), START_TIMEOUT_S, what="the server's port",
-                          process=self.proc, details=self.log_path.read_text).group(1)
+        return wait_until(
+            lambda: LISTENING.search(self.log_path.read_text()),
+            START_TIMEOUT_S,
+            what="the server's port",
+            process=self.proc,
+            details=self.log_path.read_text,
+        ).group(1)
 
     def wait_ready(self) -> None:
-        wait_until(lambda: get(self.url + "/ping")[0] == 200, START_TIMEOUT_S, what="the server to be ready",
-                   process=self.proc, details=self.log_path.read_text)
+        wait_until(
+            lambda: get(self.url + "/ping")[0] == 200,
+            START_TIMEOUT_S,
+            what="the server to be ready",
+            process=self.proc,
+            details=self.log_path.read_text,
+        )
 
     def metrics(self) -> dict[str, float]:
         return parse_metrics(get(self.url + "/metrics")[2])
@@ -70,14 +91,21 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def request(url: str, body: bytes | None = None, content_type: str | None = None, accept: str | None = None,
-            method: str | None = None):
+def request(
+    url: str,
+    body: bytes | None = None,
+    content_type: str | None = None,
+    accept: str | None = None,
+    method: str | None = None,
+):
     headers = {}
     if content_type:
         headers["Content-Type"] = content_type
     if accept:
         headers["Accept"] = accept
-    req = urllib.request.Request(url, data=body, headers=headers, method=method or ("POST" if body is not None else "GET"))
+    req = urllib.request.Request(
+        url, data=body, headers=headers, method=method or ("POST" if body is not None else "GET")
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as response:
             return response.status, dict(response.headers), response.read().decode()
@@ -124,8 +152,14 @@ def model(make_artifact):
 
 @pytest.fixture(scope="module")
 def server(model, tmp_path_factory):
-    process = ServerProcess(model.directory, tmp_path_factory.mktemp("server") / "server.log",
-                            "--max-batch-size", "8", "--max-batch-delay-ms", "20")
+    process = ServerProcess(
+        model.directory,
+        tmp_path_factory.mktemp("server") / "server.log",
+        "--max-batch-size",
+        "8",
+        "--max-batch-delay-ms",
+        "20",
+    )
     process.wait_ready()
     yield process
     assert process.stop() == 0
@@ -182,8 +216,10 @@ def test_verbose_answer(server, accept):
 def test_every_image_type_gives_the_same_answer(server):
     image = cv2.imdecode(np.frombuffer(jpeg(3), np.uint8), cv2.IMREAD_COLOR)
     png = cv2.imencode(".png", image)[1].tobytes()
-    answers = [invoke(server, png, content_type)[2]
-               for content_type in ("image/png", "application/x-image", "image/png; charset=binary")]
+    answers = [
+        invoke(server, png, content_type)[2]
+        for content_type in ("image/png", "application/x-image", "image/png; charset=binary")
+    ]
     assert answers[0] == answers[1] == answers[2]
 
 
@@ -237,6 +273,7 @@ def test_bombs_are_refused_without_being_decoded(server):
 
 async def _post_many(url: str, bodies: list[bytes]) -> list[tuple[int, dict]]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
         async def one(body: bytes):
             async with session.post(url + "/invocations", data=body, headers={"Content-Type": "image/jpeg"}) as r:
                 return r.status, await r.json()
@@ -264,8 +301,9 @@ def test_full_queue_answers_503_at_once(start_server):
 
     async def scenario():
         waiting = asyncio.ensure_future(_post_many(process.url, [jpeg(20), jpeg(21)]))
-        await wait_until_async(lambda: process_queue_depth(process) == 2, timeout_s=START_TIMEOUT_S,
-                               what="two requests queued")
+        await wait_until_async(
+            lambda: process_queue_depth(process) == 2, timeout_s=START_TIMEOUT_S, what="two requests queued"
+        )
         refused = await _post_many(process.url, [jpeg(22)])
         # Answered while the queue still held the other two: the refusal did not wait for their batch.
         return refused, waiting.done(), process_queue_depth(process), await waiting
@@ -286,8 +324,9 @@ def test_sigterm_drains_requests_in_flight(start_server):
 
     async def scenario():
         in_flight = asyncio.ensure_future(_post_many(process.url, [jpeg(30 + i) for i in range(3)]))
-        await wait_until_async(lambda: process_queue_depth(process) == 3, timeout_s=START_TIMEOUT_S,
-                               what="three requests queued")
+        await wait_until_async(
+            lambda: process_queue_depth(process) == 3, timeout_s=START_TIMEOUT_S, what="three requests queued"
+        )
         process.proc.send_signal(signal.SIGTERM)
         return await in_flight
 
@@ -304,7 +343,10 @@ def test_broken_artifact_stops_the_server_with_a_message(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"not onnx")
     result = subprocess.run(
         [sys.executable, "-m", "distracted_driver.serve.server", "--model-dir", str(tmp_path), "--port", "0"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 1 and "labels.json" in result.stderr
 
@@ -313,11 +355,21 @@ def test_sagemaker_entry_point_reads_the_model_dir_from_the_environment(model, t
     env = {**os.environ, "SM_MODEL_DIR": str(model.directory), "SAGEMAKER_BIND_TO_PORT": "0"}
     log_path = tmp_path / "serve.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "serve", "--host", "127.0.0.1"],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "serve.py"), "serve", "--host", "127.0.0.1"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
         try:
-            wait_until(lambda: LISTENING.search(log_path.read_text()), START_TIMEOUT_S, what="the server's port",
-                       process=proc, details=log_path.read_text)
+            wait_until(
+                lambda: LISTENING.search(log_path.read_text()),
+                START_TIMEOUT_S,
+                what="the server's port",
+                process=proc,
+                details=log_path.read_text,
+            )
             assert "model server-test-v1" in log_path.read_text()
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -328,7 +380,7 @@ def test_a_slow_or_vanished_client_neither_hangs_nor_leaks(start_server):
     process = start_server("--read-timeout", "0.5")
     process.wait_ready()
     host, port = process.url.removeprefix("http://").split(":")
-    head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 50000\r\n\r\n".encode()
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 50000\r\n\r\n"
     with socket.create_connection((host, int(port)), timeout=10) as slow:
         slow.sendall(head + GOOD[:1000])  # and never the rest
         answer = slow.recv(65536).decode()
@@ -343,8 +395,8 @@ def test_a_slow_or_vanished_client_neither_hangs_nor_leaks(start_server):
 
 def test_serves_the_real_trained_efficientnet(trained_job, tmp_path):
     """The artifact a real training job produced, fetched from its bucket and served as is."""
-    from distracted_driver.model.inference import Classifier
     from distracted_driver.model.cache import fetch_artifact
+    from distracted_driver.model.inference import Classifier
 
     artifact = fetch_artifact(trained_job.settings, trained_job.job)
     process = ServerProcess(artifact.directory, tmp_path / "server.log")
@@ -366,8 +418,8 @@ def test_the_features_output_leaves_the_answers_unchanged(trained_job, tmp_path)
     without that output, as models were exported before, gets byte-identical answers from the model server."""
     import onnx
 
-    from distracted_driver.model.cache import fetch_artifact
     from distracted_driver.model.artifact import FEATURES_NAME, load_artifact
+    from distracted_driver.model.cache import fetch_artifact
 
     artifact = fetch_artifact(trained_job.settings, trained_job.job)
     graph = onnx.load(artifact.served_model_path)
@@ -376,8 +428,10 @@ def test_the_features_output_leaves_the_answers_unchanged(trained_job, tmp_path)
     shutil.copytree(artifact.directory, before)
     graph.graph.output.pop()
     onnx.save(graph, before / artifact.served_model_path.name)  # the file the server runs, int8 or fp32
-    servers = [ServerProcess(directory, tmp_path / f"{name}.log")
-               for name, directory in (("with", artifact.directory), ("without", before))]
+    servers = [
+        ServerProcess(directory, tmp_path / f"{name}.log")
+        for name, directory in (("with", artifact.directory), ("without", before))
+    ]
     assert len(onnx.load(load_artifact(before).served_model_path).graph.output) == 1
     try:
         for process in servers:
@@ -414,14 +468,32 @@ def test_the_log_file_is_rotated(model, tmp_path):
     log_file = tmp_path / "server.log"
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "distracted_driver.serve.server", "--model-dir", str(model.directory), "--port", str(port),
-         "--header-timeout", "0.2", "--log-file", str(log_file), "--log-max-bytes", "2048", "--log-backups", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "distracted_driver.serve.server",
+            "--model-dir",
+            str(model.directory),
+            "--port",
+            str(port),
+            "--header-timeout",
+            "0.2",
+            "--log-file",
+            str(log_file),
+            "--log-max-bytes",
+            "2048",
+            "--log-backups",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: request_status(url + "/ping") == 200, START_TIMEOUT_S, what="the server to come up",
-                   process=proc)
+        wait_until(
+            lambda: request_status(url + "/ping") == 200, START_TIMEOUT_S, what="the server to come up", process=proc
+        )
         for _ in range(60):  # each idle connection closed at the header deadline is one log line
             with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
                 idle.recv(1024)

@@ -22,8 +22,8 @@ from distracted_driver.config import Settings
 from distracted_driver.hosting.aws import SageMakerHosting, rollback_alarm_names
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting
 from distracted_driver.infra.terraform import env_file
-from distracted_driver.storage.s3 import S3Storage
 from distracted_driver.model.registry import Registry
+from distracted_driver.storage.s3 import S3Storage
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dd-runs-bucket"
@@ -32,9 +32,18 @@ REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
 COMMIT = "0123abcd"
 VERSION = "dd-20260105-000000-eeee"
 PROJECT = "distracted-driver-dev-pipeline"
-MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                       "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7,
-                                  "digest": "sha256:" + "b" * 64}, "layers": []})
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": 7,
+            "digest": "sha256:" + "b" * 64,
+        },
+        "layers": [],
+    }
+)
 
 
 def _tasks():
@@ -49,13 +58,21 @@ def account(aws, tmp_path, monkeypatch, make_artifact, runtime_answers):
     """What `terraform apply` leaves: the bucket, the repository, the rollback alarms, the CodeBuild project;
     and a registered model version, as the pipeline's train and gate stages leave it."""
     boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    boto3.client("ecr", region_name="us-east-1").create_repository(repositoryName=REPOSITORY,
-                                                                  imageTagMutability="IMMUTABLE")
+    boto3.client("ecr", region_name="us-east-1").create_repository(
+        repositoryName=REPOSITORY, imageTagMutability="IMMUTABLE"
+    )
     cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
     for name in rollback_alarm_names("distracted-driver-dev"):
-        cloudwatch.put_metric_alarm(AlarmName=name, Namespace="AWS/SageMaker", MetricName="ModelLatency",
-                                    Statistic="Average", Period=60, EvaluationPeriods=2, Threshold=2_000_000,
-                                    ComparisonOperator="GreaterThanThreshold")
+        cloudwatch.put_metric_alarm(
+            AlarmName=name,
+            Namespace="AWS/SageMaker",
+            MetricName="ModelLatency",
+            Statistic="Average",
+            Period=60,
+            EvaluationPeriods=2,
+            Threshold=2_000_000,
+            ComparisonOperator="GreaterThanThreshold",
+        )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("docker", "aws"):
@@ -64,8 +81,13 @@ def account(aws, tmp_path, monkeypatch, make_artifact, runtime_answers):
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("DD_ROOT", str(tmp_path))
     monkeypatch.setenv("DD_SERVING_IMAGE_REPOSITORY", f"{REGISTRY}/{REPOSITORY}")
-    settings = Settings(backend="aws", root=tmp_path, bucket=BUCKET, endpoint_name="distracted-driver-dev",
-                        role_arn="arn:aws:iam::123456789012:role/distracted-driver-dev-sagemaker")
+    settings = Settings(
+        backend="aws",
+        root=tmp_path,
+        bucket=BUCKET,
+        endpoint_name="distracted-driver-dev",
+        role_arn="arn:aws:iam::123456789012:role/distracted-driver-dev-sagemaker",
+    )
     storage = S3Storage(BUCKET)
     make_artifact(VERSION, seed=5).publish(storage, settings)
     return settings, storage, tmp_path
@@ -77,14 +99,21 @@ def _build(settings, storage, root) -> dict:
     log = (root / "tools.log").read_text().splitlines() if (root / "tools.log").exists() else []
     if any(line.startswith("docker push") for line in log) and not _in_ecr():
         # The stand-in docker does not reach a registry: put the image where the push would have.
-        boto3.client("ecr", region_name="us-east-1").put_image(repositoryName=REPOSITORY, imageManifest=MANIFEST,
-                                                               imageTag=COMMIT)
-    image = dict(line.split("=", 1) for line in env_file(settings).read_text().splitlines()
-                 if line.startswith("DD_SERVING_IMAGE="))["DD_SERVING_IMAGE"]
+        boto3.client("ecr", region_name="us-east-1").put_image(
+            repositoryName=REPOSITORY, imageManifest=MANIFEST, imageTag=COMMIT
+        )
+    image = dict(
+        line.split("=", 1)
+        for line in env_file(settings).read_text().splitlines()
+        if line.startswith("DD_SERVING_IMAGE=")
+    )["DD_SERVING_IMAGE"]
     built = Settings(**{**settings.__dict__, "serving_image": image})
     hosting = SageMakerHosting(built, storage=storage, poll_seconds=0, progress=False)
-    deployed = hosting.deploy(ModelSpec(VERSION, f"{settings.models_prefix}/{VERSION}/output/model.tar.gz"),
-                              TrafficRouting(strategy="canary"), AlarmThresholds())
+    deployed = hosting.deploy(
+        ModelSpec(VERSION, f"{settings.models_prefix}/{VERSION}/output/model.tar.gz"),
+        TrafficRouting(strategy="canary"),
+        AlarmThresholds(),
+    )
     body, variant = hosting.invoke(b"image bytes", "image/jpeg")  # reaches the endpoint (moto reads bodies as text)
     return {"deploy": deployed, "tools": log, "smoke": (body, variant)}
 
@@ -99,8 +128,12 @@ def test_the_build_runs_twice_on_the_same_commit(account, capsys):
     first = _build(settings, storage, root)
     assert first["deploy"].outcome == "deployed"
     # (`aws ecr get-login-password | docker login` runs both at once: either may log first)
-    assert sorted(line.split()[:2] for line in first["tools"]) == [["aws", "ecr"], ["docker", "build"], ["docker", "login"],
-                                                                  ["docker", "push"]]
+    assert sorted(line.split()[:2] for line in first["tools"]) == [
+        ["aws", "ecr"],
+        ["docker", "build"],
+        ["docker", "login"],
+        ["docker", "push"],
+    ]
     assert "pushed" in capsys.readouterr().out
 
     second = _build(settings, storage, root)
@@ -108,8 +141,13 @@ def test_the_build_runs_twice_on_the_same_commit(account, capsys):
     assert "is in ECR already (tags are immutable): not built, not pushed" in capsys.readouterr().out
     assert (second["deploy"].outcome, second["deploy"].live_version) == ("unchanged", VERSION)
     assert Registry(storage, settings).live()["job"] == VERSION
-    tags = {tag for image in boto3.client("ecr", region_name="us-east-1").describe_images(
-        repositoryName=REPOSITORY)["imageDetails"] for tag in image.get("imageTags", [])}
+    tags = {
+        tag
+        for image in boto3.client("ecr", region_name="us-east-1").describe_images(repositoryName=REPOSITORY)[
+            "imageDetails"
+        ]
+        for tag in image.get("imageTags", [])
+    }
     assert tags == {COMMIT, f"model-{VERSION}"}  # the live model's image is kept from the lifecycle policy
 
 
@@ -124,9 +162,16 @@ def test_the_trigger_starts_a_build_after_a_data_upload(account, monkeypatch, tm
     role = boto3.client("iam").create_role(RoleName="codebuild", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     codebuild = boto3.client("codebuild", region_name="us-east-1")
     codebuild.create_project(
-        name=PROJECT, serviceRole=role, artifacts={"type": "NO_ARTIFACTS"},
+        name=PROJECT,
+        serviceRole=role,
+        artifacts={"type": "NO_ARTIFACTS"},
         source={"type": "GITHUB", "location": "https://github.com/example-org/distracted-driver.git"},
-        environment={"type": "LINUX_CONTAINER", "image": "aws/codebuild/standard:7.0", "computeType": "BUILD_GENERAL1_MEDIUM"})
+        environment={
+            "type": "LINUX_CONTAINER",
+            "image": "aws/codebuild/standard:7.0",
+            "computeType": "BUILD_GENERAL1_MEDIUM",
+        },
+    )
     spec = importlib.util.spec_from_file_location("dd_trigger_runs", REPO / "lambda" / "trigger.py")
     trigger = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(trigger)
@@ -135,11 +180,21 @@ def test_the_trigger_starts_a_build_after_a_data_upload(account, monkeypatch, tm
 
     started = []
     for batch, seed in (("one", 1), ("two", 2)):
-        add_data(storage, settings, sample_batch(tmp_path / batch, drivers=2, per_class=1, seed=seed,
-                                                 first_driver=seed * 10), progress=False)
+        add_data(
+            storage,
+            settings,
+            sample_batch(tmp_path / batch, drivers=2, per_class=1, seed=seed, first_driver=seed * 10),
+            progress=False,
+        )
         manifests = sorted(storage.list_keys(f"{settings.raw_prefix}/manifests/"))
-        event = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {
-            "bucket": {"name": BUCKET}, "object": {"key": manifests[-1], "sequencer": f"00{seed}"}}}]}
+        event = {
+            "Records": [
+                {
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": BUCKET}, "object": {"key": manifests[-1], "sequencer": f"00{seed}"}},
+                }
+            ]
+        }
         answer = trigger.handler(event, None)
         assert answer["started"] is True and answer["manifest"] == manifests[-1]
         started.append(answer["build"])

@@ -39,8 +39,9 @@ def test_a_short_path_is_kept_and_a_long_one_gets_a_private_stand_in(tmp_path):
 def test_supervisord_runs_a_program_from_a_deep_state_directory(tmp_path):
     state = _deep(tmp_path)
     supervisor = Supervisor(state)
-    program = Program("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], state, state / "sleeper.out",
-                      stop_wait_s=2)
+    program = Program(
+        "sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], state, state / "sleeper.out", stop_wait_s=2
+    )
     try:
         info = supervisor.ensure(program)
         assert info["statename"] in ("STARTING", "RUNNING"), info

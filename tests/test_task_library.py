@@ -40,11 +40,18 @@ def test_endpoint_status_serves_only_when_something_answers():
 
 
 def test_a_cloud_status_reads_as_lines():
-    status = EndpointStatus("aws", "dd", "InService", "v2", "https://runtime", 2, variants=[
-        {"name": "AllTraffic", "current_instances": 2, "desired_instances": 2, "weight": 1.0}],
+    status = EndpointStatus(
+        "aws",
+        "dd",
+        "InService",
+        "v2",
+        "https://runtime",
+        2,
+        variants=[{"name": "AllTraffic", "current_instances": 2, "desired_instances": 2, "weight": 1.0}],
         autoscaling={"AllTraffic": {"min_instances": 1, "max_instances": 4, "target_invocations_per_instance": 600}},
         data_capture={"EnableCapture": True, "CurrentSamplingPercentage": 20, "DestinationS3Uri": "s3://b/capture"},
-        details={"region": "us-east-1", "config": "dd-v2"})
+        details={"region": "us-east-1", "config": "dd-v2"},
+    )
     text = "\n".join(status_lines(status))
     assert "endpoint dd (aws): InService, live model v2" in text and "2 instances in service" in text
     assert "autoscaling AllTraffic: 1..4" in text and "20% of invocations -> s3://b/capture" in text

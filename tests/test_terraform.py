@@ -29,11 +29,25 @@ def test_the_configuration_is_wired_to_the_code():
     report = wiring_findings(TERRAFORM, REPO)
     assert report.ok, "\n".join(str(f) for f in report.failures)
     checks = {f.check for f in report.findings}
-    assert {"lambda-endpoint", "lambda-invokes-only-its-endpoint", "binary-media-types", "autoscaling-resource-id",
-            "rollback-alarm-names", "trigger-prefix", "trigger-policy-project-only", "defaults-agree",
-            "checkov-skips-justified", "lambda-timeouts", "autoscaling-validation-grants", "ecr-keeps-model-images",
-            "lambda-no-reservation-unless-asked", "logs-arn-form", "lifecycle-filter-not-empty", "transform-job-names",
-            "transform-prefixes"} <= checks
+    assert {
+        "lambda-endpoint",
+        "lambda-invokes-only-its-endpoint",
+        "binary-media-types",
+        "autoscaling-resource-id",
+        "rollback-alarm-names",
+        "trigger-prefix",
+        "trigger-policy-project-only",
+        "defaults-agree",
+        "checkov-skips-justified",
+        "lambda-timeouts",
+        "autoscaling-validation-grants",
+        "ecr-keeps-model-images",
+        "lambda-no-reservation-unless-asked",
+        "logs-arn-form",
+        "lifecycle-filter-not-empty",
+        "transform-job-names",
+        "transform-prefixes",
+    } <= checks
     assert {f.variant for f in report.findings} == {"defaults", "dev", "prod"}
 
 
@@ -41,7 +55,10 @@ def test_values_flow_through_modules():
     config = Configuration(TERRAFORM, TERRAFORM / "envs" / "dev.tfvars")
     assert config.variable("endpoint_name") == "distracted-driver-dev"
     autoscaling = config.instance("autoscaling")
-    assert autoscaling.value(autoscaling.module.locals["resource_id"]) == "endpoint/distracted-driver-dev/variant/AllTraffic"
+    assert (
+        autoscaling.value(autoscaling.module.locals["resource_id"])
+        == "endpoint/distracted-driver-dev/variant/AllTraffic"
+    )
     trigger = config.instance("trigger")
     assert trigger.inputs["codebuild_project_arn"] == "${codebuild:aws_codebuild_project.this.arn}"
     assert trigger.inputs["manifest_prefix"] == f"raw/{MANIFESTS_DIR}/"
@@ -68,72 +85,180 @@ def _broken(tmp_path: Path, path: str, old: str, new: str) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("path, old, new, check", [
-    ("modules/api/main.tf", "ENDPOINT_NAME     = var.endpoint_name", 'ENDPOINT_NAME     = "other-endpoint"',
-     "lambda-endpoint"),
-    ("modules/iam/main.tf", 'endpoint_arn    = "${local.sagemaker_arn}:endpoint/${var.endpoint_name}"',
-     'endpoint_arn    = "${local.sagemaker_arn}:endpoint/*"', "lambda-invokes-only-its-endpoint"),
-    ("modules/api/main.tf", '"image/png", ', "", "binary-media-types"),
-    ("modules/autoscaling/main.tf", 'resource_id = "endpoint/${var.endpoint_name}/variant/${var.variant_name}"',
-     'resource_id = "endpoint/${var.endpoint_name}/variant/Blue"', "autoscaling-resource-id"),
-    ("modules/alarms/main.tf", '"${var.endpoint_name}-model-latency"', '"${var.endpoint_name}-latency"',
-     "rollback-alarm-names"),
-    ("modules/alarms/main.tf", "threshold           = var.p99_latency_ms * 1000",
-     "threshold           = var.p99_latency_ms", "latency-alarm-microseconds"),
-    ("main.tf", 'manifest_prefix        = "${var.raw_prefix}/manifests/"',
-     'manifest_prefix        = "${var.data_prefix}/manifests/"', "trigger-prefix"),
-    ("modules/trigger/main.tf", "resources = [var.codebuild_project_arn]", 'resources = ["*"]',
-     "trigger-policy-project-only"),
-    ("modules/api/main.tf", "connect_timeout_seconds = 2", "connect_timeout_seconds = 5", "lambda-timeouts"),
-    ("variables.tf", 'default     = "AllTraffic"', 'default     = "Primary"', "defaults-agree"),
-    # what a fresh account's first apply and first build need (issue 11)
-    ("modules/iam/main.tf", '"sagemaker:UpdateEndpointWeightsAndCapacities",', "", "autoscaling-validation-grants"),
-    ("modules/iam/main.tf", '["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"]',
-     '["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"]', "training-output-kms"),
-    ("modules/iam/main.tf", '"${local.logs_arn}:log-group:${local.training_logs}:*",',
-     '"${local.logs_arn}:log-group:${local.training_logs}",', "logs-arn-form"),
-    ("modules/trigger/main.tf", "reserved_concurrent_executions = var.reserved_concurrency",
-     "reserved_concurrent_executions = 1", "lambda-no-reservation-unless-asked"),
-    ("modules/api/main.tf", "reserved_concurrent_executions = var.reserved_concurrency",
-     "reserved_concurrent_executions = 100", "lambda-no-reservation-unless-asked"),
-    ("modules/ecr/main.tf", "tag_prefix_list = [var.model_tag_prefix]", 'tag_prefix_list = ["release-"]',
-     "ecr-keeps-model-images"),
-    ("modules/storage/main.tf", 'filter {\n        prefix = rule.value.prefix # "" is every object; an empty filter {} warns from provider 5.90 on\n      }',
-     "filter {}", "lifecycle-filter-not-empty"),
-    ("modules/api/main.tf", "depends_on = [aws_iam_role_policy_attachment.apigateway_logs]", "",
-     "api-account-after-role-policy"),
-    # Batch Transform (issue 13): the job names the code makes, the prefixes the execution role reads and writes
-    ("modules/iam/main.tf", 'transform-job/${var.endpoint_name}-batch-*', "transform-job/${var.endpoint_name}-transform-*",
-     "transform-job-names"),
-    ("modules/iam/main.tf", 'resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*/output/*"]',
-     'resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*"]', "transform-prefixes"),
-    ("main.tf", "DD_TRANSFORM_PREFIX         = var.transform_prefix", 'DD_TRANSFORM_PREFIX         = "batch"',
-     "settings-match-variables"),
-    ("modules/storage/main.tf", "#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; the data bucket's contents are rebuilt from its versioned raw images, build artifacts by rerunning a build, and access logs stay in-region.",
-     "#checkov:skip=CKV_AWS_144:cost.", "checkov-skips-justified"),
-    # examples/<env>: the root module with exactly the env's values, every output returned
-    ("examples/dev/main.tf", "  tags                                   = var.tags\n", "", "example"),
-    ("examples/dev/main.tf", "  region                                 = var.region",
-     '  region                                 = "eu-west-1"', "example"),
-    ("examples/dev/outputs.tf", "  sensitive = true\n", "", "example"),
-    ("examples/dev/main.tf", 'source = "../.."', 'source = "../../modules/storage"', "example"),
-    ("modules/ecr/variables.tf", 'description = "Newest images kept; older ones expire."',
-     'description = "Images kept."', "module-docs"),
-    ("modules/ecr/versions.tf", 'version = ">= 5.40"', 'version = ">= 5.0"', "module-versions"),
-    # the storage module's buckets, where checkov cannot follow its for_each
-    ("modules/storage/main.tf", 'sse_kms           = true    # SSE-KMS', 'sse_kms           = false   # SSE-KMS',
-     "bucket-encryption"),
-    ("modules/storage/main.tf", "noncurrent_days = null, abort_upload_days = 7 }",
-     "noncurrent_days = null, abort_upload_days = null }", "bucket-abort-uploads"),
-    ("modules/storage/main.tf", 'access_log_prefix = "artifacts/"', "access_log_prefix = null", "bucket-access-logs"),
-    ("modules/storage/main.tf", 'resource "aws_s3_bucket_versioning" "this" {\n  for_each = local.buckets',
-     'resource "aws_s3_bucket_versioning" "this" {\n  for_each = local.access_logged', "bucket-settings"),
-    # the notification and the permission are on the storage module's data bucket, not another of its buckets
-    ("main.tf", "data_bucket_name       = module.storage.data_bucket_name",
-     "data_bucket_name       = module.storage.artifacts_bucket_name", "trigger-bucket"),
-    ("modules/trigger/main.tf", "source_arn     = var.data_bucket_arn", "source_arn     = var.kms_key_arn",
-     "trigger-permission"),
-])
+@pytest.mark.parametrize(
+    "path, old, new, check",
+    [
+        (
+            "modules/api/main.tf",
+            "ENDPOINT_NAME     = var.endpoint_name",
+            'ENDPOINT_NAME     = "other-endpoint"',
+            "lambda-endpoint",
+        ),
+        (
+            "modules/iam/main.tf",
+            'endpoint_arn    = "${local.sagemaker_arn}:endpoint/${var.endpoint_name}"',
+            'endpoint_arn    = "${local.sagemaker_arn}:endpoint/*"',
+            "lambda-invokes-only-its-endpoint",
+        ),
+        ("modules/api/main.tf", '"image/png", ', "", "binary-media-types"),
+        (
+            "modules/autoscaling/main.tf",
+            'resource_id = "endpoint/${var.endpoint_name}/variant/${var.variant_name}"',
+            'resource_id = "endpoint/${var.endpoint_name}/variant/Blue"',
+            "autoscaling-resource-id",
+        ),
+        (
+            "modules/alarms/main.tf",
+            '"${var.endpoint_name}-model-latency"',
+            '"${var.endpoint_name}-latency"',
+            "rollback-alarm-names",
+        ),
+        (
+            "modules/alarms/main.tf",
+            "threshold           = var.p99_latency_ms * 1000",
+            "threshold           = var.p99_latency_ms",
+            "latency-alarm-microseconds",
+        ),
+        (
+            "main.tf",
+            'manifest_prefix        = "${var.raw_prefix}/manifests/"',
+            'manifest_prefix        = "${var.data_prefix}/manifests/"',
+            "trigger-prefix",
+        ),
+        (
+            "modules/trigger/main.tf",
+            "resources = [var.codebuild_project_arn]",
+            'resources = ["*"]',
+            "trigger-policy-project-only",
+        ),
+        ("modules/api/main.tf", "connect_timeout_seconds = 2", "connect_timeout_seconds = 5", "lambda-timeouts"),
+        ("variables.tf", 'default     = "AllTraffic"', 'default     = "Primary"', "defaults-agree"),
+        # what a fresh account's first apply and first build need (issue 11)
+        ("modules/iam/main.tf", '"sagemaker:UpdateEndpointWeightsAndCapacities",', "", "autoscaling-validation-grants"),
+        (
+            "modules/iam/main.tf",
+            '["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:DescribeKey"]',
+            '["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"]',
+            "training-output-kms",
+        ),
+        (
+            "modules/iam/main.tf",
+            '"${local.logs_arn}:log-group:${local.training_logs}:*",',
+            '"${local.logs_arn}:log-group:${local.training_logs}",',
+            "logs-arn-form",
+        ),
+        (
+            "modules/trigger/main.tf",
+            "reserved_concurrent_executions = var.reserved_concurrency",
+            "reserved_concurrent_executions = 1",
+            "lambda-no-reservation-unless-asked",
+        ),
+        (
+            "modules/api/main.tf",
+            "reserved_concurrent_executions = var.reserved_concurrency",
+            "reserved_concurrent_executions = 100",
+            "lambda-no-reservation-unless-asked",
+        ),
+        (
+            "modules/ecr/main.tf",
+            "tag_prefix_list = [var.model_tag_prefix]",
+            'tag_prefix_list = ["release-"]',
+            "ecr-keeps-model-images",
+        ),
+        (
+            "modules/storage/main.tf",
+            'filter {\n        prefix = rule.value.prefix # "" is every object; an empty filter {} warns from provider 5.90 on\n      }',
+            "filter {}",
+            "lifecycle-filter-not-empty",
+        ),
+        (
+            "modules/api/main.tf",
+            "depends_on = [aws_iam_role_policy_attachment.apigateway_logs]",
+            "",
+            "api-account-after-role-policy",
+        ),
+        # Batch Transform (issue 13): the job names the code makes, the prefixes the execution role reads and writes
+        (
+            "modules/iam/main.tf",
+            "transform-job/${var.endpoint_name}-batch-*",
+            "transform-job/${var.endpoint_name}-transform-*",
+            "transform-job-names",
+        ),
+        (
+            "modules/iam/main.tf",
+            'resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*/output/*"]',
+            'resources = ["${var.data_bucket_arn}/${var.transform_prefix}/*"]',
+            "transform-prefixes",
+        ),
+        (
+            "main.tf",
+            "DD_TRANSFORM_PREFIX         = var.transform_prefix",
+            'DD_TRANSFORM_PREFIX         = "batch"',
+            "settings-match-variables",
+        ),
+        (
+            "modules/storage/main.tf",
+            "#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; the data bucket's contents are rebuilt from its versioned raw images, build artifacts by rerunning a build, and access logs stay in-region.",
+            "#checkov:skip=CKV_AWS_144:cost.",
+            "checkov-skips-justified",
+        ),
+        # examples/<env>: the root module with exactly the env's values, every output returned
+        ("examples/dev/main.tf", "  tags                                   = var.tags\n", "", "example"),
+        (
+            "examples/dev/main.tf",
+            "  region                                 = var.region",
+            '  region                                 = "eu-west-1"',
+            "example",
+        ),
+        ("examples/dev/outputs.tf", "  sensitive = true\n", "", "example"),
+        ("examples/dev/main.tf", 'source = "../.."', 'source = "../../modules/storage"', "example"),
+        (
+            "modules/ecr/variables.tf",
+            'description = "Newest images kept; older ones expire."',
+            'description = "Images kept."',
+            "module-docs",
+        ),
+        ("modules/ecr/versions.tf", 'version = ">= 5.40"', 'version = ">= 5.0"', "module-versions"),
+        # the storage module's buckets, where checkov cannot follow its for_each
+        (
+            "modules/storage/main.tf",
+            "sse_kms           = true    # SSE-KMS",
+            "sse_kms           = false   # SSE-KMS",
+            "bucket-encryption",
+        ),
+        (
+            "modules/storage/main.tf",
+            "noncurrent_days = null, abort_upload_days = 7 }",
+            "noncurrent_days = null, abort_upload_days = null }",
+            "bucket-abort-uploads",
+        ),
+        (
+            "modules/storage/main.tf",
+            'access_log_prefix = "artifacts/"',
+            "access_log_prefix = null",
+            "bucket-access-logs",
+        ),
+        (
+            "modules/storage/main.tf",
+            'resource "aws_s3_bucket_versioning" "this" {\n  for_each = local.buckets',
+            'resource "aws_s3_bucket_versioning" "this" {\n  for_each = local.access_logged',
+            "bucket-settings",
+        ),
+        # the notification and the permission are on the storage module's data bucket, not another of its buckets
+        (
+            "main.tf",
+            "data_bucket_name       = module.storage.data_bucket_name",
+            "data_bucket_name       = module.storage.artifacts_bucket_name",
+            "trigger-bucket",
+        ),
+        (
+            "modules/trigger/main.tf",
+            "source_arn     = var.data_bucket_arn",
+            "source_arn     = var.kms_key_arn",
+            "trigger-permission",
+        ),
+    ],
+)
 def test_a_broken_wiring_is_caught(tmp_path, path, old, new, check):
     copy = _broken(tmp_path, path, old, new)
     report = wiring_findings(copy / "terraform", copy)
@@ -144,7 +269,9 @@ def test_each_env_is_an_example_that_reads_its_tfvars(tmp_path):
     for env in ("dev", "prod"):
         example = Configuration(TERRAFORM / "examples" / env, TERRAFORM / "examples" / env / "terraform.tfvars")
         assert example.instance("distracted_driver").inputs["environment"] == env
-        assert example.variable("endpoint_name") == Configuration(TERRAFORM, TERRAFORM / "envs" / f"{env}.tfvars").variable("endpoint_name")
+        assert example.variable("endpoint_name") == Configuration(
+            TERRAFORM, TERRAFORM / "envs" / f"{env}.tfvars"
+        ).variable("endpoint_name")
 
     copy = _broken(tmp_path, "envs/prod.tfvars", "force_destroy = false", "force_destroy = false")
     values = copy / "terraform" / "examples" / "prod" / "terraform.tfvars"
@@ -153,9 +280,13 @@ def test_each_env_is_an_example_that_reads_its_tfvars(tmp_path):
     values.write_text(text)  # a copy of the values instead of the link: a second copy that can drift
     (copy / "terraform" / "examples" / "staging").mkdir()
     shutil.copy(copy / "terraform" / "examples" / "dev" / "main.tf", copy / "terraform" / "examples" / "staging")
-    failures = {(f.variant, f.detail) for f in wiring_findings(copy / "terraform", copy).failures if f.check == "example"}
-    assert failures == {("prod", "examples/prod/terraform.tfvars is not a link to envs/prod.tfvars"),
-                        ("defaults", "examples without an envs/<env>.tfvars: ['staging']")}
+    failures = {
+        (f.variant, f.detail) for f in wiring_findings(copy / "terraform", copy).failures if f.check == "example"
+    }
+    assert failures == {
+        ("prod", "examples/prod/terraform.tfvars is not a link to envs/prod.tfvars"),
+        ("defaults", "examples without an envs/<env>.tfvars: ['staging']"),
+    }
 
 
 # --- module READMEs -------------------------------------------------------------------------------
@@ -166,7 +297,7 @@ def test_every_readme_lists_its_modules_inputs_and_outputs():
     for directory in docs.module_dirs(TERRAFORM):
         readme = (directory / "README.md").read_text()
         module = Module.load(directory)
-        section = readme[readme.index(docs.BEGIN):]
+        section = readme[readme.index(docs.BEGIN) :]
         assert all(f"| `{name}` |" in section for name in [*module.variables, *module.outputs]), directory
 
 
@@ -174,13 +305,16 @@ def test_infra_docs_rewrites_only_the_tables(tmp_path):
     copy = tmp_path / "terraform"
     shutil.copytree(TERRAFORM, copy, ignore=shutil.ignore_patterns(".terraform", ".build"))
     variables = copy / "modules" / "ecr" / "variables.tf"
-    variables.write_text(variables.read_text() + '''
+    variables.write_text(
+        variables.read_text()
+        + """
 variable "scan_on_push" {
   description = "Scan | each image when pushed to <repository>."
   type        = bool
   default     = true
 }
-''')
+"""
+    )
     (copy / "modules" / "alarms" / "outputs.tf").unlink()
     readme = copy / "modules" / "ecr" / "README.md"
     prose = readme.read_text().split(docs.BEGIN)[0]
@@ -195,7 +329,9 @@ variable "scan_on_push" {
 
     bare = copy / "modules" / "trigger" / "README.md"
     bare.write_text("# trigger\n\nHand-written prose.\n")  # no section yet: one is added at the end
-    assert docs.write(copy) == [bare] and bare.read_text().startswith("# trigger\n\nHand-written prose.\n\n" + docs.BEGIN)
+    assert docs.write(copy) == [bare] and bare.read_text().startswith(
+        "# trigger\n\nHand-written prose.\n\n" + docs.BEGIN
+    )
 
 
 # --- checkov ---------------------------------------------------------------------------------------
@@ -256,8 +392,10 @@ def test_outputs_that_cannot_be_settings_are_refused():
 def test_terraform_command_lines(tmp_path):
     settings = Settings(root=REPO)
     plan = tf.command(settings, "plan", "dev", endpoint_exists=False, plan_file="dev.tfplan")
-    assert plan == (f"terraform -chdir={TERRAFORM} plan -input=false -var-file=envs/dev.tfvars "
-                    "-var=endpoint_exists=false -out=dev.tfplan")
+    assert plan == (
+        f"terraform -chdir={TERRAFORM} plan -input=false -var-file=envs/dev.tfvars "
+        "-var=endpoint_exists=false -out=dev.tfplan"
+    )
     apply = tf.command(settings, "apply", "prod", endpoint_exists=True, auto_approve=True)
     assert apply.endswith("apply -input=false -var-file=envs/prod.tfvars -var=endpoint_exists=true -auto-approve")
     assert tf.output_command(settings) == f"terraform -chdir={TERRAFORM} output -json"
@@ -270,10 +408,17 @@ def test_terraform_command_lines(tmp_path):
 def test_endpoint_existence_decides_the_autoscaling_module(aws):
     assert tf.endpoint_exists("us-east-1", "distracted-driver-dev") is False
     sm = boto3.client("sagemaker", region_name="us-east-1")
-    sm.create_model(ModelName="m", PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1"},
-                    ExecutionRoleArn="arn:aws:iam::123456789012:role/r")
-    sm.create_endpoint_config(EndpointConfigName="c", ProductionVariants=[
-        {"VariantName": "AllTraffic", "ModelName": "m", "InitialInstanceCount": 1, "InstanceType": "ml.c5.large"}])
+    sm.create_model(
+        ModelName="m",
+        PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1"},
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
+    )
+    sm.create_endpoint_config(
+        EndpointConfigName="c",
+        ProductionVariants=[
+            {"VariantName": "AllTraffic", "ModelName": "m", "InitialInstanceCount": 1, "InstanceType": "ml.c5.large"}
+        ],
+    )
     sm.create_endpoint(EndpointName="distracted-driver-dev", EndpointConfigName="c")
     assert tf.endpoint_exists("us-east-1", "distracted-driver-dev") is True
 
@@ -299,10 +444,18 @@ case "$*" in *"output -json"*) cat {SAMPLE_OUTPUTS} ;; esac
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DD_ROOT": str(root)}
     inv = Path(sys.executable).with_name("inv")
 
-    plan = subprocess.run([str(inv), "infra.plan", "--env", "dev", "--endpoint-exists", "false"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    plan = subprocess.run(
+        [str(inv), "infra.plan", "--env", "dev", "--endpoint-exists", "false"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    outputs = subprocess.run([str(inv), "infra.outputs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    outputs = subprocess.run(
+        [str(inv), "infra.outputs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert outputs.returncode == 0, outputs.stdout + outputs.stderr
     assert calls.read_text().splitlines() == [
         f"-chdir={root / 'terraform'} init -input=false",
@@ -316,9 +469,20 @@ def test_the_lifecycle_model_follows_ecr_rule_order():
     """A rule's matches are out of reach of later rules; ``any`` must come last."""
     from distracted_driver.infra.ecr import Image, lifecycle_expired
 
-    rules = [{"priority": 2, "selection": [{"tag_status": "any", "count_type": "imageCountMoreThan", "count_number": 1}]},
-             {"priority": 1, "selection": [{"tag_status": "tagged", "tag_prefix_list": ["model-"],
-                                            "count_type": "imageCountMoreThan", "count_number": 5}]}]
+    rules = [
+        {"priority": 2, "selection": [{"tag_status": "any", "count_type": "imageCountMoreThan", "count_number": 1}]},
+        {
+            "priority": 1,
+            "selection": [
+                {
+                    "tag_status": "tagged",
+                    "tag_prefix_list": ["model-"],
+                    "count_type": "imageCountMoreThan",
+                    "count_number": 5,
+                }
+            ],
+        },
+    ]
     images = [Image("old-model", ("a", "model-v1"), 0), Image("old", ("b",), 1), Image("new", ("c",), 2)]
     assert lifecycle_expired(rules, images) == {"old"}
     assert lifecycle_expired(rules[:1], images) == {"old-model", "old"}  # the old policy: any, newest N

@@ -68,7 +68,12 @@ def test_validate_and_test_run_or_say_why_not(tmp_path, monkeypatch):
         assert not result.findings and "terraform validate and terraform test" in result.skipped[0]
     else:
         assert [check for check, _, _ in result.findings] == [
-            "validate", "validate [examples/dev]", "validate [examples/prod]", "test [dev]", "test [prod]"]
+            "validate",
+            "validate [examples/dev]",
+            "validate [examples/prod]",
+            "test [dev]",
+            "test [prod]",
+        ]
 
     elsewhere = tmp_path / "plugins" / "registry.terraform.io" / "hashicorp" / "random" / "3.6.0" / "linux_amd64"
     elsewhere.mkdir(parents=True)
@@ -99,10 +104,12 @@ def test_an_example_that_passes_what_the_root_does_not_declare_fails_validate(tm
     _runnable()
     copy = _copy(tmp_path)
     example = copy / "examples" / "dev" / "main.tf"  # prod's main.tf is a link to it, a copy here
-    example.write_text(example.read_text().replace("  source = \"../..\"\n", "  source = \"../..\"\n  instances = 3\n"))
+    example.write_text(example.read_text().replace('  source = "../.."\n', '  source = "../.."\n  instances = 3\n'))
     findings = dict((check, (ok, detail)) for check, ok, detail in binary_checks(copy, []).findings)
     assert findings["validate"][0] and findings["validate [examples/prod]"][0]
-    assert not findings["validate [examples/dev]"][0] and "Unsupported argument" in findings["validate [examples/dev]"][1]
+    assert (
+        not findings["validate [examples/dev]"][0] and "Unsupported argument" in findings["validate [examples/dev]"][1]
+    )
 
 
 def test_a_module_an_example_cannot_load_is_reported(core_python, tmp_path):

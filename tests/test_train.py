@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import tarfile
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
 import pytest
 from waiting import wait_until
 
-from distracted_driver.storage import open_storage
-from distracted_driver.train import job as train_job
 from distracted_driver.model.artifact import (
     BASELINE_ARRAYS_FILE,
     BASELINE_FILE,
@@ -27,6 +26,8 @@ from distracted_driver.model.artifact import (
 )
 from distracted_driver.model.evaluate import evaluate_artifact, evaluate_model
 from distracted_driver.model.registry import Registry
+from distracted_driver.storage import open_storage
+from distracted_driver.train import job as train_job
 from distracted_driver.train.baseline import load_baseline
 from distracted_driver.train.runner import SCRIPT, TrainingJobFailed, hyperparameter_args, new_job_name, run_local_job
 
@@ -34,10 +35,10 @@ JOB_NAME = re.compile(r"^dd-\d{8}-\d{6}-[0-9a-f]{4}$")
 
 
 def test_job_names_are_unique_and_sort_by_time():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    early = new_job_name(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
-    late = new_job_name(datetime(2026, 1, 2, 3, 4, 6, tzinfo=timezone.utc))
+    early = new_job_name(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    late = new_job_name(datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC))
     assert JOB_NAME.match(early) and early.startswith("dd-20260102-030405-")
     assert early < late
     assert len({new_job_name() for _ in range(50)}) == 50
@@ -46,24 +47,58 @@ def test_job_names_are_unique_and_sort_by_time():
 def test_hyperparameters_become_sagemaker_style_flags():
     args = hyperparameter_args({"learning_rate": 0.01, "freeze-backbone": False, "epochs": 3, "augmentation": None})
     assert args == ["--learning-rate", "0.01", "--freeze-backbone", "false", "--epochs", "3"]
-    parsed = train_job.parse_args([*args, "--train", "t", "--validation", "v", "--model-dir", "m",
-                                   "--output-data-dir", "o", "--sagemaker_program", "train.py"])
+    parsed = train_job.parse_args(
+        [
+            *args,
+            "--train",
+            "t",
+            "--validation",
+            "v",
+            "--model-dir",
+            "m",
+            "--output-data-dir",
+            "o",
+            "--sagemaker_program",
+            "train.py",
+        ]
+    )
     assert (parsed.learning_rate, parsed.freeze_backbone, parsed.epochs) == (0.01, False, 3)
     assert parsed.jpeg_dct_scaling  # the default; `--jpeg-dct-scaling false` trains and records full decoding
-    full = train_job._config(train_job.parse_args(["--jpeg-dct-scaling", "false", "--train", "t", "--validation", "v",
-                                                   "--model-dir", "m", "--output-data-dir", "o"]))
+    full = train_job._config(
+        train_job.parse_args(
+            [
+                "--jpeg-dct-scaling",
+                "false",
+                "--train",
+                "t",
+                "--validation",
+                "v",
+                "--model-dir",
+                "m",
+                "--output-data-dir",
+                "o",
+            ]
+        )
+    )
     assert full.preprocessing.decode_min_size == 0 and not full.preprocessing.to_dict()["jpeg_dct_scaling"]
 
 
 def test_script_runs_on_its_own_as_a_sagemaker_entry_point(tmp_path):
     """``python train.py --help`` from elsewhere: it finds the package and documents its SageMaker inputs."""
-    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     for name in ("SM_CHANNEL_TRAIN", "SM_CHANNEL_VALIDATION", "SM_MODEL_DIR", "--freeze-backbone", "--learning-rate"):
         assert name in result.stdout
-    missing = subprocess.run([sys.executable, str(SCRIPT)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                             env={"PATH": "/usr/bin:/bin"})
+    missing = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert missing.returncode == 2 and "SM_CHANNEL_TRAIN" in missing.stderr
 
 
@@ -81,8 +116,9 @@ def test_local_job_leaves_a_valid_artifact_in_the_bucket(trained_job, tmp_path):
     tar = tmp_path / "model.tar.gz"
     storage.get_file(f"models/{job}/output/model.tar.gz", tar)
     with tarfile.open(tar) as archive:
-        assert sorted(archive.getnames()) == sorted([*REQUIRED_FILES, INT8_MODEL_FILE, SERVING_FILE, BASELINE_FILE,
-                                                     BASELINE_ARRAYS_FILE])
+        assert sorted(archive.getnames()) == sorted(
+            [*REQUIRED_FILES, INT8_MODEL_FILE, SERVING_FILE, BASELINE_FILE, BASELINE_ARRAYS_FILE]
+        )
     artifact = unpack_artifact(tar, tmp_path / "model")
     assert artifact.version == job
     assert artifact.preprocessing.input_size == 160 and artifact.preprocessing.jpeg_dct_scaling
@@ -93,8 +129,9 @@ def test_local_job_leaves_a_valid_artifact_in_the_bucket(trained_job, tmp_path):
     assert len(artifact.metrics["history"]) == 2
 
     # Only the artifact's own files, as a consumer would: the same numbers as recorded.
-    metrics = evaluate_artifact(artifact, settings.work_dir / "jobs" / job / "input" / "data" / "validation",
-                                progress=False)
+    metrics = evaluate_artifact(
+        artifact, settings.work_dir / "jobs" / job / "input" / "data" / "validation", progress=False
+    )
     assert metrics["log_loss"] == pytest.approx(artifact.metrics["log_loss"], abs=1e-6)
     assert metrics["log_loss"] < np.log(10)
     entry = Registry(storage, settings).get(job)
@@ -152,10 +189,23 @@ def test_job_without_data_in_the_bucket_fails_clearly(tmp_path):
 
 
 def _script_args(tiny_channels: Path, out: Path, *extra: str) -> list[str]:
-    return ["--train", str(tiny_channels / "train"), "--validation", str(tiny_channels / "validation"),
-            "--model-dir", str(out / "model"), "--output-data-dir", str(out / "output"),
-            "--checkpoint-dir", str(out / "checkpoints"), "--feature-cache-dir", str(out.parent / "features"),
-            "--job-name", out.name, *extra]
+    return [
+        "--train",
+        str(tiny_channels / "train"),
+        "--validation",
+        str(tiny_channels / "validation"),
+        "--model-dir",
+        str(out / "model"),
+        "--output-data-dir",
+        str(out / "output"),
+        "--checkpoint-dir",
+        str(out / "checkpoints"),
+        "--feature-cache-dir",
+        str(out.parent / "features"),
+        "--job-name",
+        out.name,
+        *extra,
+    ]
 
 
 def _history(out: Path) -> list[dict]:
@@ -185,8 +235,20 @@ def test_frozen_training_asked_for_more_epochs_continues_from_its_checkpoint(tmp
 def test_killed_fine_tuning_resumes_and_ends_as_an_uninterrupted_run(tmp_path, tiny_channels, capsys):
     """SIGKILL during epoch 2 of a fine-tuning job; the rerun picks up the epoch-1 checkpoint (optimizer,
     schedule, augmentation and all) and reaches the same numbers as a run that was never stopped."""
-    flags = ["--freeze-backbone", "false", "--augmentation", "true", "--image-size", "64",
-             "--mini-batch-size", "20", "--epochs", "2", "--patience", "10"]
+    flags = [
+        "--freeze-backbone",
+        "false",
+        "--augmentation",
+        "true",
+        "--image-size",
+        "64",
+        "--mini-batch-size",
+        "20",
+        "--epochs",
+        "2",
+        "--patience",
+        "10",
+    ]
     killed = tmp_path / "killed"
     command = [sys.executable, str(SCRIPT), *_script_args(tiny_channels, killed, *flags)]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
@@ -243,9 +305,17 @@ def test_a_real_checkpoint_loads_with_tensors_only(tmp_path):
     scheduler.step()
     checkpoints = Checkpoints(tmp_path, "fingerprint-1")
     history = [{"epoch": 1, "val_log_loss": 0.5}]
-    checkpoints.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "early_stopping": {"best": math.inf, "best_epoch": 0},
-                      "history": history, "best_state": model.state_dict(), "epoch": 1})
+    checkpoints.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "early_stopping": {"best": math.inf, "best_epoch": 0},
+            "history": history,
+            "best_state": model.state_dict(),
+            "epoch": 1,
+        }
+    )
     state = checkpoints.load()
     assert state["history"] == history and state["early_stopping"]["best"] == math.inf
     optimizer.load_state_dict(state["optimizer"])
@@ -267,11 +337,11 @@ def test_a_checkpoint_that_would_run_code_is_refused_unopened(tmp_path):
 
 def test_a_feature_cache_file_that_would_run_code_is_ignored_and_replaced(tmp_path):
     import torch
+    from hostile_images import camera_like_jpeg
 
     from distracted_driver.data.channel import Record
     from distracted_driver.train.loop import FeatureExtractor, TrainConfig, _feature_cache_key, cached_features
     from distracted_driver.train.model import build_model
-    from hostile_images import camera_like_jpeg
 
     config = TrainConfig(image_size=32, pretrained=False, batch_size=2, workers=1)
     records = [Record(f"train:{i}", i, camera_like_jpeg(64, 48, seed=i)) for i in range(2)]
@@ -291,7 +361,6 @@ def test_a_feature_cache_file_that_would_run_code_is_ignored_and_replaced(tmp_pa
 def test_a_training_script_killed_with_sigkill_fails_its_job_naming_the_signal(tmp_path, tiny_channels):
     import os
     import threading
-    import time
 
     from train_support import bucket_with_channels
 
@@ -306,6 +375,7 @@ def test_a_training_script_killed_with_sigkill_fails_its_job_naming_the_signal(t
 
     thread = threading.Thread(target=train)
     thread.start()
+
     def started_script():
         for path in (settings.work_dir / "jobs").glob("*/status.json"):
             if script := json.loads(path.read_text()).get("script"):

@@ -33,11 +33,20 @@ def trigger(monkeypatch):
 
 def s3_event(bucket: str, key: str, sequencer: str = "0065A1B2C3D4E5F6") -> dict:
     """An S3 ObjectCreated notification as S3 sends it (keys URL-encoded)."""
-    return {"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1", "eventName": "ObjectCreated:Put",
-        "s3": {"bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-               "object": {"key": urllib.parse.quote_plus(key, safe="/"), "size": 120, "sequencer": sequencer}},
-    }]}
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": "us-east-1",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                    "object": {"key": urllib.parse.quote_plus(key, safe="/"), "size": 120, "sequencer": sequencer},
+                },
+            }
+        ]
+    }
 
 
 @pytest.fixture
@@ -47,9 +56,19 @@ def cloud(aws):
     role = boto3.client("iam").create_role(RoleName="codebuild", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     codebuild = boto3.client("codebuild", region_name="us-east-1")
     codebuild.create_project(
-        name=PROJECT, serviceRole=role, artifacts={"type": "NO_ARTIFACTS"},
-        source={"type": "GITHUB", "location": "https://github.com/example-org/distracted-driver.git", "buildspec": "buildspec.yml"},
-        environment={"type": "LINUX_CONTAINER", "image": "aws/codebuild/standard:7.0", "computeType": "BUILD_GENERAL1_MEDIUM"},
+        name=PROJECT,
+        serviceRole=role,
+        artifacts={"type": "NO_ARTIFACTS"},
+        source={
+            "type": "GITHUB",
+            "location": "https://github.com/example-org/distracted-driver.git",
+            "buildspec": "buildspec.yml",
+        },
+        environment={
+            "type": "LINUX_CONTAINER",
+            "image": "aws/codebuild/standard:7.0",
+            "computeType": "BUILD_GENERAL1_MEDIUM",
+        },
     )
     return s3, codebuild
 
@@ -92,16 +111,30 @@ def _stubbed(trigger, monkeypatch):
 def test_no_build_while_one_is_in_progress(trigger, monkeypatch):
     client = _stubbed(trigger, monkeypatch)
     with Stubber(client) as stub:
-        stub.add_response("list_builds_for_project", {"ids": [f"{PROJECT}:b2", f"{PROJECT}:b1"]},
-                          {"projectName": PROJECT, "sortOrder": "DESCENDING"})
-        stub.add_response("batch_get_builds", {"builds": [
-            {"id": f"{PROJECT}:b2", "buildStatus": "IN_PROGRESS"}, {"id": f"{PROJECT}:b1", "buildStatus": "SUCCEEDED"}]},
-            {"ids": [f"{PROJECT}:b2", f"{PROJECT}:b1"]})
+        stub.add_response(
+            "list_builds_for_project",
+            {"ids": [f"{PROJECT}:b2", f"{PROJECT}:b1"]},
+            {"projectName": PROJECT, "sortOrder": "DESCENDING"},
+        )
+        stub.add_response(
+            "batch_get_builds",
+            {
+                "builds": [
+                    {"id": f"{PROJECT}:b2", "buildStatus": "IN_PROGRESS"},
+                    {"id": f"{PROJECT}:b1", "buildStatus": "SUCCEEDED"},
+                ]
+            },
+            {"ids": [f"{PROJECT}:b2", f"{PROJECT}:b1"]},
+        )
         # No start_build queued: the Stubber would refuse the call.
         answer = trigger.handler(s3_event(BUCKET, f"{PREFIX}000003.json"), None)
         stub.assert_no_pending_responses()
-    assert answer == {"started": False, "reason": "in progress", "build": f"{PROJECT}:b2",
-                      "manifest": f"{PREFIX}000003.json"}
+    assert answer == {
+        "started": False,
+        "reason": "in progress",
+        "build": f"{PROJECT}:b2",
+        "manifest": f"{PREFIX}000003.json",
+    }
 
 
 def test_a_repeated_event_carries_the_same_idempotency_token(trigger, monkeypatch):
@@ -111,11 +144,17 @@ def test_a_repeated_event_carries_the_same_idempotency_token(trigger, monkeypatc
     with Stubber(client) as stub:
         for _ in range(2):
             stub.add_response("list_builds_for_project", {}, {"projectName": PROJECT, "sortOrder": "DESCENDING"})
-            stub.add_response("start_build", {"build": {"id": f"{PROJECT}:b9", "buildStatus": "IN_PROGRESS"}}, {
-                "projectName": PROJECT, "idempotencyToken": token,
-                "environmentVariablesOverride": [
-                    {"name": "DD_TRIGGER_MANIFEST", "value": f"s3://{BUCKET}/{key}", "type": "PLAINTEXT"}],
-            })
+            stub.add_response(
+                "start_build",
+                {"build": {"id": f"{PROJECT}:b9", "buildStatus": "IN_PROGRESS"}},
+                {
+                    "projectName": PROJECT,
+                    "idempotencyToken": token,
+                    "environmentVariablesOverride": [
+                        {"name": "DD_TRIGGER_MANIFEST", "value": f"s3://{BUCKET}/{key}", "type": "PLAINTEXT"}
+                    ],
+                },
+            )
         first = trigger.handler(s3_event(BUCKET, key, sequencer), None)
         second = trigger.handler(s3_event(BUCKET, key, sequencer), None)
         stub.assert_no_pending_responses()
@@ -126,8 +165,12 @@ def test_the_project_build_limit_counts_as_in_progress(trigger, monkeypatch):
     client = _stubbed(trigger, monkeypatch)
     with Stubber(client) as stub:
         stub.add_response("list_builds_for_project", {}, {"projectName": PROJECT, "sortOrder": "DESCENDING"})
-        stub.add_client_error("start_build", service_error_code="AccountLimitExceededException", http_status_code=400,
-                              service_message="Cannot have more than 1 builds in queue for the account")
+        stub.add_client_error(
+            "start_build",
+            service_error_code="AccountLimitExceededException",
+            http_status_code=400,
+            service_message="Cannot have more than 1 builds in queue for the account",
+        )
         answer = trigger.handler(s3_event(BUCKET, f"{PREFIX}000005.json"), None)
     assert answer["started"] is False and answer["reason"] == "limit reached"
 

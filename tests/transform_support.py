@@ -31,7 +31,7 @@ import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -49,7 +49,9 @@ def _s3(uri: str) -> tuple[str, str]:
 
 
 def _http(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body is not None else "GET")
+    request = urllib.request.Request(
+        url, data=body, headers=headers or {}, method="POST" if body is not None else "GET"
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -66,14 +68,28 @@ class ServingContainer:
         # Port 0 through SAGEMAKER_BIND_TO_PORT: the server logs the port it got.
         env = {**os.environ, "SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": "0"}
         self.log = open(log_path, "w")
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "serve.py"), "serve", "--host", "127.0.0.1"],
-                                        stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        found = wait_until(lambda: re.search(r"listening on (http://127\.0\.0\.1:\d+)", log_path.read_text()),
-                           START_TIMEOUT_S, what="the serving container's port", process=self.process,
-                           details=log_path.read_text)
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "serve.py"), "serve", "--host", "127.0.0.1"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+        found = wait_until(
+            lambda: re.search(r"listening on (http://127\.0\.0\.1:\d+)", log_path.read_text()),
+            START_TIMEOUT_S,
+            what="the serving container's port",
+            process=self.process,
+            details=log_path.read_text,
+        )
         self.url = found.group(1)
-        wait_until(lambda: _http(self.url + "/ping")[0] == 200, START_TIMEOUT_S, what="the serving container's /ping",
-                   process=self.process, details=log_path.read_text)
+        wait_until(
+            lambda: _http(self.url + "/ping")[0] == 200,
+            START_TIMEOUT_S,
+            what="the serving container's /ping",
+            process=self.process,
+            details=log_path.read_text,
+        )
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -149,6 +165,7 @@ class TransformAgent:
         died = False
         try:
             with ThreadPoolExecutor(job["MaxConcurrentTransforms"]) as pool:
+
                 def one(relative: str):
                     body = s3.get_object(Bucket=in_bucket, Key=in_prefix + relative)["Body"].read()
                     self.requests.append((in_prefix + relative, headers["Content-Type"], headers["Accept"]))
@@ -180,15 +197,22 @@ class TransformAgent:
             pass
         stream = f"{job}/i-0c0ffee0c0ffee0c0/data-log"
         logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}"
         millis = int(now.timestamp() * 1000)
         lines = [f"{stamp}:[sagemaker logs]: MaxConcurrentTransforms=8, MaxPayloadInMB=6, BatchStrategy=SINGLE_RECORD"]
         for obj, status, body in refused:
-            lines += [f"{stamp}:[sagemaker logs]: {obj}: ClientError: {status}", f"{stamp}:[sagemaker logs]: {obj}: ",
-                      f"{stamp}:[sagemaker logs]: {obj}: Message:", f"{stamp}:[sagemaker logs]: {obj}: {body.decode()}"]
-        logs.put_log_events(logGroupName=LOG_GROUP, logStreamName=stream,
-                            logEvents=[{"timestamp": millis, "message": line} for line in lines])
+            lines += [
+                f"{stamp}:[sagemaker logs]: {obj}: ClientError: {status}",
+                f"{stamp}:[sagemaker logs]: {obj}: ",
+                f"{stamp}:[sagemaker logs]: {obj}: Message:",
+                f"{stamp}:[sagemaker logs]: {obj}: {body.decode()}",
+            ]
+        logs.put_log_events(
+            logGroupName=LOG_GROUP,
+            logStreamName=stream,
+            logEvents=[{"timestamp": millis, "message": line} for line in lines],
+        )
 
     @staticmethod
     def _end(job: str, status: str, reason: str) -> None:
@@ -200,9 +224,18 @@ class TransformAgent:
         fake.transform_job_status, fake.failure_reason = status, reason
 
 
-IMAGE_MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                             "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7,
-                                        "digest": "sha256:" + "c" * 64}, "layers": []})
+IMAGE_MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "size": 7,
+            "digest": "sha256:" + "c" * 64,
+        },
+        "layers": [],
+    }
+)
 
 
 def push_serving_image(repository: str, tag: str) -> None:

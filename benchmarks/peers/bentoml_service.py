@@ -35,8 +35,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     here = Path(__file__).resolve().parent
-    command = [str(Path(sys.executable).parent / "bentoml"), "serve", f"{Path(__file__).stem}:DriverClassifier",
-               "--host", "127.0.0.1", "--port", str(args.port), "--working-dir", str(here)]
+    command = [
+        str(Path(sys.executable).parent / "bentoml"),
+        "serve",
+        f"{Path(__file__).stem}:DriverClassifier",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--working-dir",
+        str(here),
+    ]
     os.execv(command[0], command)
 
 

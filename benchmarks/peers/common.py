@@ -16,8 +16,8 @@ import os
 import cv2
 import numpy as np
 
-from distracted_driver.model.inference import Classifier
 from distracted_driver.model.artifact import load_artifact
+from distracted_driver.model.inference import Classifier
 from distracted_driver.model.precision import FP32
 
 MODEL_DIR = os.environ.get("DD_PEER_MODEL_DIR", "")

@@ -1,6 +1,6 @@
 """LitServe serving the benchmark's fp32 model with batching on (``benchmarks/serve_vs_peers.py`` starts it).
 
-    .venvs/litserve/bin/python benchmarks/peers/litserve_service.py --port PORT
+.venvs/litserve/bin/python benchmarks/peers/litserve_service.py --port PORT
 """
 
 from __future__ import annotations

@@ -44,8 +44,11 @@ class Failure:
 
 def missing_arguments(body, arguments: dict) -> Failure | None:
     """A required flag (a parameter without a default) that was not given."""
-    missing = [name for name, parameter in inspect.signature(body).parameters.items()
-               if parameter.default is inspect.Parameter.empty and name in arguments and arguments[name] is None]
+    missing = [
+        name
+        for name, parameter in inspect.signature(body).parameters.items()
+        if parameter.default is inspect.Parameter.empty and name in arguments and arguments[name] is None
+    ]
     if not missing:
         return None
     flags = ", ".join(_flag(name) for name in missing)
@@ -118,14 +121,17 @@ def _explain_disk(error: OSError, arguments: dict) -> Failure:
     if error.errno in _FILE_TOO_LARGE:
         limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         cap = "" if limit == resource.RLIM_INFINITY else f" of {_size(limit)}"
-        return Failure(f"file too large{where}: the file-size limit{cap} was reached; raise it (ulimit -f) "
-                       "and run again", EXIT_FAILED)
+        return Failure(
+            f"file too large{where}: the file-size limit{cap} was reached; raise it (ulimit -f) and run again",
+            EXIT_FAILED,
+        )
     flag = (_flag_for(path, arguments) or ("--out" if "out" in arguments else None)) if path else None
     elsewhere = f", or write elsewhere with {flag}" if flag else ""
     free = _free_space(path) if path else None
     room = f" ({_size(free[1])} free on {free[0]})" if free else ""
-    return Failure(f"no space left on the device{where}{room}: free some space{elsewhere}, then run it again",
-                   EXIT_FAILED)
+    return Failure(
+        f"no space left on the device{where}{room}: free some space{elsewhere}, then run it again", EXIT_FAILED
+    )
 
 
 def _explain_os(error: OSError, arguments: dict) -> Failure:

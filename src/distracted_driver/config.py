@@ -31,7 +31,7 @@ class Tolerance:
     relative: float | None = None  # a fraction of fp32's log loss
 
     @classmethod
-    def parse(cls, text: str | float | None) -> "Tolerance":
+    def parse(cls, text: str | float | None) -> Tolerance:
         """``"0.01,3%"`` → absolute 0.01, relative 0.03; ``"0"``; ``"-1"``; ``"5%"``. None: the default."""
         text = DEFAULT_INT8_TOLERANCE if text is None else str(text)
         absolute = relative = None
@@ -43,8 +43,9 @@ class Tolerance:
             except ValueError:
                 value = math.nan
             if not math.isfinite(value):
-                raise ToleranceError(f"int8 tolerance {text!r}: {term!r} is not a number or a percentage "
-                                     "(write e.g. 0.01,3%)")
+                raise ToleranceError(
+                    f"int8 tolerance {text!r}: {term!r} is not a number or a percentage (write e.g. 0.01,3%)"
+                )
             if is_relative:
                 if relative is not None:
                     raise ToleranceError(f"int8 tolerance {text!r} gives two relative terms")
@@ -129,7 +130,7 @@ class Settings:
         object.__setattr__(self, "capture_percent", parse_percent(self.capture_percent, "DD_CAPTURE_PERCENT"))
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
+    def from_env(cls, **overrides) -> Settings:
         """Settings from ``DD_*`` environment variables, then explicit overrides."""
         values = {}
         environ = dict(os.environ)

@@ -50,8 +50,10 @@ def run(settings: Settings) -> int:
     _say(f"add it to the bucket -> {storage.uri(settings.raw_prefix + '/')}")
     print(add_data(storage, settings, sample_dir))
 
-    _say(f"pipeline: convert, upload, train, evaluate, gate, deploy (capturing {DEMO_CAPTURE_PERCENT}% of the "
-         "invocations), smoke, load test")
+    _say(
+        f"pipeline: convert, upload, train, evaluate, gate, deploy (capturing {DEMO_CAPTURE_PERCENT}% of the "
+        "invocations), smoke, load test"
+    )
     record = run_pipeline(settings, RunOptions(capture_percent=DEMO_CAPTURE_PERCENT))
     print_summary(record)
     code = exit_code(record.outcome)
@@ -85,19 +87,25 @@ def _batch_prediction(settings: Settings, images: Path) -> None:
 
 def _endpoint_queries(settings: Settings, images: list[Path]) -> None:
     hosting = open_hosting(settings)
-    _say(f"endpoint {settings.endpoint_name!r} through boto3's sagemaker-runtime client at {hosting.status().runtime_url}")
+    _say(
+        f"endpoint {settings.endpoint_name!r} through boto3's sagemaker-runtime client at {hosting.status().runtime_url}"
+    )
     for path in images:
         answer, variant = hosting.invoke(path.read_bytes(), "image/jpeg", accept="application/json;verbose=true")
         body = json.loads(answer)
-        print(f"{path.name}: {body['class']} ({body['label']}, {body['confidence']:.2f}) "
-              f"from variant {variant}, model {body['model_version']}")
+        print(
+            f"{path.name}: {body['class']} ({body['label']}, {body['confidence']:.2f}) "
+            f"from variant {variant}, model {body['model_version']}"
+        )
 
 
 def _rest_api(settings: Settings, image: Path, record) -> None:
     status = start_gateway(settings)
     _say(f"REST API at {status['predict_url']} (docs: {status.get('docs_url', status['url'] + '/docs')})")
-    print(f"curl -s -H 'x-api-key: {status['api_key']}' -H 'Content-Type: image/jpeg' "
-          f"--data-binary @{image} {status['predict_url']}")
+    print(
+        f"curl -s -H 'x-api-key: {status['api_key']}' -H 'Content-Type: image/jpeg' "
+        f"--data-binary @{image} {status['predict_url']}"
+    )
     code, answer = predict_image(status["predict_url"], status["api_key"], image)
     print(f"-> {code} {json.dumps(answer)[:300]}")
 
@@ -127,8 +135,10 @@ def _data_capture(settings: Settings, storage) -> None:
     _say(f"data capture: {capture_text(capture)}")
     files = capture_keys(storage, settings.capture_prefix, settings.endpoint_name)
     where = storage.uri(f"{settings.capture_prefix}/{settings.endpoint_name}")
-    print(f"captured traffic: {where}/<variant>/yyyy/mm/dd/hh/*.jsonl ({len(files)} files so far; "
-          f"SageMaker's layout and record shape); change the share with inv deploy.capture --percent P")
+    print(
+        f"captured traffic: {where}/<variant>/yyyy/mm/dd/hh/*.jsonl ({len(files)} files so far; "
+        f"SageMaker's layout and record shape); change the share with inv deploy.capture --percent P"
+    )
 
 
 def _drift_summary(settings: Settings, storage) -> None:
@@ -145,17 +155,21 @@ def _drift_summary(settings: Settings, storage) -> None:
     window = settings.work_dir / "drift-window"
     generate_sample(window, test_images=0, overwrite=True, progress=False, **DRIFT_WINDOW)
     images = sorted((window / "imgs" / "train").glob("c*/*.jpg"))
-    _say(f"drift: {len(images)} requests of {DRIFT_WINDOW['drivers']} new drivers through the endpoint, then "
-         "inv monitor.report on what it captured")
+    _say(
+        f"drift: {len(images)} requests of {DRIFT_WINDOW['drivers']} new drivers through the endpoint, then "
+        "inv monitor.report on what it captured"
+    )
     client = sagemaker_runtime_client(open_hosting(settings).status()["runtime_url"], settings.region)
     time.sleep(1.0)  # captured times have whole seconds: the window starts on a second of its own
     since = datetime.now(UTC).replace(microsecond=0)
     for path in images:
-        client.invoke_endpoint(EndpointName=settings.endpoint_name, ContentType="image/jpeg",
-                               Body=path.read_bytes())["Body"].read()
+        client.invoke_endpoint(EndpointName=settings.endpoint_name, ContentType="image/jpeg", Body=path.read_bytes())[
+            "Body"
+        ].read()
     deadline = time.monotonic() + 30  # the capture writer flushes every few seconds
-    while time.monotonic() < deadline and sum(1 for _ in iter_capture_records(
-            storage, settings.capture_prefix, settings.endpoint_name, since=since)) < len(images):
+    while time.monotonic() < deadline and sum(
+        1 for _ in iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since)
+    ) < len(images):
         time.sleep(0.5)
     result = drift_report(settings, since=since)
     print(f"report: {result.directory} (inv monitor.report --since 24h for the whole day)")
@@ -167,4 +181,3 @@ def down(settings: Settings) -> None:
     stop_gateway(settings)
     open_hosting(settings).delete()
     print("REST API and endpoint stopped")
-

@@ -28,10 +28,10 @@ import http.client
 import json
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Callable
 
 from aiohttp import ClientPayloadError, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -123,7 +123,7 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
     413 past the application's ``client_max_size``, 400 when the client broke the framing or went away."""
     try:
         return await asyncio.wait_for(request.read(), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise web.HTTPRequestTimeout(text=f"the request body did not arrive within {timeout_s:g} s") from None
     except (ConnectionError, HttpProcessingError, ClientPayloadError, web.RequestPayloadError) as error:
         raise web.HTTPBadRequest(text=f"the request body could not be read: {error}") from None
@@ -135,7 +135,7 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
 class _GuardedHandler(web.RequestHandler):
     """aiohttp's connection handler, with a header deadline, a connection cap and JSON parser errors."""
 
-    def __init__(self, runner: "GuardedRunner"):
+    def __init__(self, runner: GuardedRunner):
         super().__init__(runner.server, loop=asyncio.get_running_loop(), **runner.handler_options)
         self.guard = runner
         self.header_timer: asyncio.TimerHandle | None = None
@@ -146,8 +146,9 @@ class _GuardedHandler(web.RequestHandler):
         super().connection_made(transport)
         limits = self.guard.limits
         if len(self.guard.server.connections) > limits.max_connections:
-            self._answer_and_close(503, "TooManyConnections",
-                                   f"the server has {limits.max_connections} connections open; retry shortly")
+            self._answer_and_close(
+                503, "TooManyConnections", f"the server has {limits.max_connections} connections open; retry shortly"
+            )
             return
         self.header_timer = asyncio.get_running_loop().call_later(limits.header_timeout_s, self._headers_too_slow)
 
@@ -159,7 +160,7 @@ class _GuardedHandler(web.RequestHandler):
             if HEADERS_END in seen or LENIENT_HEADERS_END in seen:
                 self._stop_header_timer()
             else:
-                self.header_tail = seen[-(len(HEADERS_END) - 1):]
+                self.header_tail = seen[-(len(HEADERS_END) - 1) :]
         super().data_received(data)
 
     def connection_lost(self, exc) -> None:
@@ -174,8 +175,9 @@ class _GuardedHandler(web.RequestHandler):
     def _headers_too_slow(self) -> None:
         self.header_timer = None
         log.info("closing a connection whose request headers took over %g s", self.guard.limits.header_timeout_s)
-        self._answer_and_close(408, "RequestTimeout",
-                               f"the request headers did not arrive within {self.guard.limits.header_timeout_s:g} s")
+        self._answer_and_close(
+            408, "RequestTimeout", f"the request headers did not arrive within {self.guard.limits.header_timeout_s:g} s"
+        )
 
     def _answer_and_close(self, status: int, code: str, message: str) -> None:
         """Answer, then close our side and drop what the client still sends until it closes (``linger_s`` at
@@ -208,12 +210,22 @@ class GuardedRunner(web.AppRunner):
     whose connections would have none of the guards.
     """
 
-    def __init__(self, app: web.Application, shape: ErrorShape, limits: Limits = Limits(), *,
-                 handle_signals: bool = False, shutdown_timeout: float = 60.0, **handler_options):
-        self.handler_options = {"keepalive_timeout": limits.idle_timeout_s, "lingering_time": limits.linger_s,
-                                **handler_options}
-        super().__init__(app, handle_signals=handle_signals, shutdown_timeout=shutdown_timeout,
-                         **self.handler_options)
+    def __init__(
+        self,
+        app: web.Application,
+        shape: ErrorShape,
+        limits: Limits = Limits(),
+        *,
+        handle_signals: bool = False,
+        shutdown_timeout: float = 60.0,
+        **handler_options,
+    ):
+        self.handler_options = {
+            "keepalive_timeout": limits.idle_timeout_s,
+            "lingering_time": limits.linger_s,
+            **handler_options,
+        }
+        super().__init__(app, handle_signals=handle_signals, shutdown_timeout=shutdown_timeout, **self.handler_options)
         self.shape = shape
         self.limits = limits
         self.listeners: list[asyncio.Server] = []
@@ -222,8 +234,9 @@ class GuardedRunner(web.AppRunner):
         """Accept connections on ``sock`` (bound; ``setup`` done) until ``cleanup``."""
         if self.server is None:
             raise RuntimeError("call setup() before serve()")
-        listener = await asyncio.get_running_loop().create_server(lambda: _GuardedHandler(self), sock=sock,
-                                                                  backlog=BACKLOG)
+        listener = await asyncio.get_running_loop().create_server(
+            lambda: _GuardedHandler(self), sock=sock, backlog=BACKLOG
+        )
         self.listeners.append(listener)
 
     async def cleanup(self) -> None:
@@ -270,8 +283,10 @@ def private_unix_socket(path: Path) -> socket.socket:
     """
     staging = path.with_name(f".{path.name}.tmp")
     if len(str(staging).encode()) > MAX_UNIX_PATH:
-        raise OSError(f"the socket path {path} is too long for a Unix socket ({MAX_UNIX_PATH} bytes at most); "
-                      "use a shorter state directory")
+        raise OSError(
+            f"the socket path {path} is too long for a Unix socket ({MAX_UNIX_PATH} bytes at most); "
+            "use a shorter state directory"
+        )
     for stale in (staging, path):
         stale.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

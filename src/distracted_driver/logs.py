@@ -35,10 +35,15 @@ class LogRotation:
 def add_log_arguments(parser: argparse.ArgumentParser) -> None:
     default = LogRotation()
     parser.add_argument("--log-file", type=Path, default=None, help="log to this file, rotated (default: stderr)")
-    parser.add_argument("--log-max-bytes", type=int, default=default.max_bytes,
-                        help=f"rotate the log file at this size (default {default.max_bytes})")
-    parser.add_argument("--log-backups", type=int, default=default.backups,
-                        help=f"rotated log files kept (default {default.backups})")
+    parser.add_argument(
+        "--log-max-bytes",
+        type=int,
+        default=default.max_bytes,
+        help=f"rotate the log file at this size (default {default.max_bytes})",
+    )
+    parser.add_argument(
+        "--log-backups", type=int, default=default.backups, help=f"rotated log files kept (default {default.backups})"
+    )
 
 
 def configure_logging(args: argparse.Namespace, format: str, level: int = logging.INFO) -> None:
@@ -49,6 +54,7 @@ def configure_logging(args: argparse.Namespace, format: str, level: int = loggin
         rotation = LogRotation(args.log_max_bytes, args.log_backups)
         args.log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.RotatingFileHandler(
-            args.log_file, maxBytes=rotation.max_bytes, backupCount=rotation.backups, encoding="utf-8")
+            args.log_file, maxBytes=rotation.max_bytes, backupCount=rotation.backups, encoding="utf-8"
+        )
     handler.setFormatter(logging.Formatter(format))
     logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -206,22 +206,27 @@ class Supervisor:
         return removed
 
     def _config(self) -> str:
-        return "\n".join([
-            "[unix_http_server]",
-            f"file={self.socket}",
-            "chmod=0700",
-            "[supervisord]",
-            f"logfile={self.log_file}",
-            "logfile_maxbytes=1MB",
-            "logfile_backups=2",
-            f"pidfile={self.root / 'supervisord.pid'}",
-            f"childlogdir={self.root}",
-            f"directory={self.root}",
-            "[rpcinterface:supervisor]",
-            "supervisor.rpcinterface_factory=supervisor.rpcinterface:make_main_rpcinterface",
-            "[include]",
-            f"files={self.root / 'programs'}/*.conf",
-        ]).replace("%", "%%") + "\n"
+        return (
+            "\n".join(
+                [
+                    "[unix_http_server]",
+                    f"file={self.socket}",
+                    "chmod=0700",
+                    "[supervisord]",
+                    f"logfile={self.log_file}",
+                    "logfile_maxbytes=1MB",
+                    "logfile_backups=2",
+                    f"pidfile={self.root / 'supervisord.pid'}",
+                    f"childlogdir={self.root}",
+                    f"directory={self.root}",
+                    "[rpcinterface:supervisor]",
+                    "supervisor.rpcinterface_factory=supervisor.rpcinterface:make_main_rpcinterface",
+                    "[include]",
+                    f"files={self.root / 'programs'}/*.conf",
+                ]
+            ).replace("%", "%%")
+            + "\n"
+        )
 
     def _start_supervisord(self) -> None:
         for orphan in self._orphans():
@@ -233,15 +238,20 @@ class Supervisor:
         # supervisord daemonizes: this returns once it listens on its socket and has forked away.
         started = subprocess.run(
             [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            start_new_session=True, timeout=START_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            timeout=START_TIMEOUT_S,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._answers():
             if started.returncode != 0 or time.monotonic() > deadline:
                 raise SupervisorError(
                     f"supervisord did not start (exit {started.returncode}): {started.stderr.strip()} "
-                    f"{log_tail(self.log_file, lines=5)}")
+                    f"{log_tail(self.log_file, lines=5)}"
+                )
             time.sleep(0.05)
 
     def _orphans(self) -> list[psutil.Process]:

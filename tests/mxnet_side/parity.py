@@ -51,8 +51,11 @@ def run_im2rec(lst, images, work, workers):
     with open(lst) as source, open(prefix + ".lst", "w") as target:
         target.write(source.read())
     im2rec = os.path.join(os.path.dirname(mx.__file__), "tools", "im2rec.py")
-    subprocess.run([sys.executable, im2rec, prefix, images, "--resize", "256", "--quality", "95",
-                    "--num-thread", str(workers)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, im2rec, prefix, images, "--resize", "256", "--quality", "95", "--num-thread", str(workers)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return prefix + ".idx", prefix + ".rec"
 
 
@@ -81,14 +84,14 @@ def main():
     report = {"mxnet": mx.__version__, "ours": {}}
     for split in ("train", "validation"):
         base = os.path.join(args.ours, split, split)
-        report["ours"][split] = read_channel(base + ".idx", base + ".rec",
-                                             os.path.join(args.work, f"ours_{split}.npz"))
+        report["ours"][split] = read_channel(base + ".idx", base + ".rec", os.path.join(args.work, f"ours_{split}.npz"))
 
     idx, rec = run_im2rec(args.lst, args.images, os.path.join(args.work, "im2rec"), args.workers)
     report["im2rec"] = {"idx": idx, "rec": rec, **read_channel(idx, rec, os.path.join(args.work, "im2rec.npz"))}
 
-    writer = mx.recordio.MXIndexedRecordIO(os.path.join(args.work, "magic_mx.idx"),
-                                           os.path.join(args.work, "magic_mx.rec"), "w")
+    writer = mx.recordio.MXIndexedRecordIO(
+        os.path.join(args.work, "magic_mx.idx"), os.path.join(args.work, "magic_mx.rec"), "w"
+    )
     for key, payload in enumerate(magic_payloads()):
         writer.write_idx(key * 10, payload)
     writer.close()

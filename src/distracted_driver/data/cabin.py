@@ -30,11 +30,22 @@ Point = tuple[float, float]
 Color = tuple[int, int, int]  # BGR
 
 SKIN_TONES: tuple[Color, ...] = (
-    (189, 210, 242), (160, 190, 230), (130, 170, 215), (105, 145, 200),
-    (80, 115, 165), (60, 90, 135), (45, 65, 100), (150, 175, 205),
+    (189, 210, 242),
+    (160, 190, 230),
+    (130, 170, 215),
+    (105, 145, 200),
+    (80, 115, 165),
+    (60, 90, 135),
+    (45, 65, 100),
+    (150, 175, 205),
 )
 HAIR_COLOURS: tuple[Color, ...] = (
-    (20, 20, 25), (30, 45, 70), (40, 70, 120), (90, 140, 190), (120, 120, 125), (25, 35, 50),
+    (20, 20, 25),
+    (30, 45, 70),
+    (40, 70, 120),
+    (90, 140, 190),
+    (120, 120, 125),
+    (25, 35, 50),
 )
 # Bright, saturated props so that a phone or a cup stands out in any cabin.
 PHONE_COLOURS: tuple[Color, ...] = ((250, 250, 250), (235, 225, 120), (200, 120, 250), (90, 230, 250))
@@ -119,17 +130,29 @@ def shifted_look(look: DriverLook, shift: str, rng: np.random.Generator) -> Driv
     dashboard and a large side window.
     """
     if shift == "night":
-        return replace(look, brightness=float(rng.uniform(0.22, 0.34)), tint=(1.2, 0.95, 0.75),
-                       light_strength=float(rng.uniform(0.5, 0.8)), outside=(40, 25, 15),
-                       noise_gain=float(rng.uniform(2.5, 3.5)))
+        return replace(
+            look,
+            brightness=float(rng.uniform(0.22, 0.34)),
+            tint=(1.2, 0.95, 0.75),
+            light_strength=float(rng.uniform(0.5, 0.8)),
+            outside=(40, 25, 15),
+            noise_gain=float(rng.uniform(2.5, 3.5)),
+        )
     if shift == "angle":
         side = 1 if rng.random() < 0.5 else -1
-        return replace(look, camera_angle=side * float(rng.uniform(14, 22)),
-                       camera_scale=float(rng.uniform(0.78, 0.86)),
-                       camera_shift=(float(rng.uniform(40, 70)) * side, float(rng.uniform(25, 45))))
+        return replace(
+            look,
+            camera_angle=side * float(rng.uniform(14, 22)),
+            camera_scale=float(rng.uniform(0.78, 0.86)),
+            camera_shift=(float(rng.uniform(40, 70)) * side, float(rng.uniform(25, 45))),
+        )
     if shift == "cabin":
-        return replace(look, layout="van", cabin=_hsv_colour(rng, (0, 40), (170, 225)),
-                       seat=_hsv_colour(rng, (150, 230), (120, 190)))
+        return replace(
+            look,
+            layout="van",
+            cabin=_hsv_colour(rng, (0, 40), (170, 225)),
+            seat=_hsv_colour(rng, (150, 230), (120, 190)),
+        )
     raise ValueError(f"shift must be one of {', '.join(SHIFTS)}, not {shift!r}")
 
 
@@ -159,8 +182,13 @@ POSES: dict[str, Pose] = {
     "c0": Pose(NEAR_ON_WHEEL, FAR_ON_WHEEL),
     "c1": Pose((NEAR_SHOULDER, (440, 385), (345, 400)), FAR_ON_WHEEL, "down", (-4, 10), near_prop="phone"),
     "c2": Pose((NEAR_SHOULDER, (455, 330), (384, 186)), FAR_ON_WHEEL, near_prop="phone_ear"),
-    "c3": Pose((NEAR_SHOULDER, (330, 405), (188, 318)), (FAR_SHOULDER, (300, 350), (258, 318)),
-               "down", (-4, 10), far_prop="phone"),
+    "c3": Pose(
+        (NEAR_SHOULDER, (330, 405), (188, 318)),
+        (FAR_SHOULDER, (300, 350), (258, 318)),
+        "down",
+        (-4, 10),
+        far_prop="phone",
+    ),
     "c4": Pose(NEAR_ON_WHEEL, (FAR_SHOULDER, (252, 232), (318, 150)), far_prop="phone_ear"),
     "c5": Pose((NEAR_SHOULDER, (470, 340), (528, 382)), FAR_ON_WHEEL, "down", (6, 6)),
     "c6": Pose((NEAR_SHOULDER, (430, 345), (312, 200)), FAR_ON_WHEEL, near_prop="cup"),
@@ -307,7 +335,11 @@ def _head(img, look: DriverLook, centre: Point, facing: str) -> None:
     down = 0.25 if facing == "down" else 0.0
     cv2.circle(img, _i((x, y)), int(r), look.skin, -1, cv2.LINE_AA)
     cv2.ellipse(img, _i((x + r * 0.2, y - r * 0.2)), (int(r * 0.9), int(r * 0.85)), 0, 160, 400, look.hair, -1)
-    nose = [(x - r * 0.9, y - r * (0.15 - down)), (x - r * 1.22, y + r * (0.12 + down)), (x - r * 0.9, y + r * (0.2 + down))]
+    nose = [
+        (x - r * 0.9, y - r * (0.15 - down)),
+        (x - r * 1.22, y + r * (0.12 + down)),
+        (x - r * 0.9, y + r * (0.2 + down)),
+    ]
     _poly(img, nose, look.skin)
     eye = (x - r * 0.58, y - r * (0.12 - down))
     cv2.circle(img, _i(eye), 5, dark, -1, cv2.LINE_AA)
@@ -347,7 +379,9 @@ class SensorNoise:
         return self.bank[dy : dy + HEIGHT, dx : dx + WIDTH]
 
 
-def render(look: DriverLook, classname: str, rng: np.random.Generator, light: np.ndarray, noise: SensorNoise) -> np.ndarray:
+def render(
+    look: DriverLook, classname: str, rng: np.random.Generator, light: np.ndarray, noise: SensorNoise
+) -> np.ndarray:
     """One 640x480 BGR frame of this driver doing ``classname``."""
     pose = POSES[classname]
     img = np.empty((HEIGHT, WIDTH, 3), np.uint8)
@@ -358,7 +392,9 @@ def render(look: DriverLook, classname: str, rng: np.random.Generator, light: np
     _wheel(img)
     far = _jitter(_moved(pose.far_arm, shift), rng, 6)
     near = _jitter(_moved(pose.near_arm, shift), rng, 6)
-    head = _jitter([(HEAD_CENTRE[0] + shift[0] + pose.head_offset[0], HEAD_CENTRE[1] + shift[1] + pose.head_offset[1])], rng, 4)[0]
+    head = _jitter(
+        [(HEAD_CENTRE[0] + shift[0] + pose.head_offset[0], HEAD_CENTRE[1] + shift[1] + pose.head_offset[1])], rng, 4
+    )[0]
     _arm(img, look, far, far=True)
     _prop(img, look, pose.far_prop, far[2])
     _head(img, look, head, pose.head)
@@ -367,7 +403,9 @@ def render(look: DriverLook, classname: str, rng: np.random.Generator, light: np
     return _camera(img, look, rng, light, noise)
 
 
-def _camera(img: np.ndarray, look: DriverLook, rng: np.random.Generator, light: np.ndarray, noise: SensorNoise) -> np.ndarray:
+def _camera(
+    img: np.ndarray, look: DriverLook, rng: np.random.Generator, light: np.ndarray, noise: SensorNoise
+) -> np.ndarray:
     angle = look.camera_angle + rng.uniform(-0.6, 0.6)
     matrix = cv2.getRotationMatrix2D((WIDTH / 2, HEIGHT / 2), angle, look.camera_scale)
     matrix[0, 2] += look.camera_shift[0] + rng.uniform(-3, 3)

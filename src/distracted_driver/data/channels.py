@@ -35,7 +35,7 @@ class WorkDirs:
     channels: Path  # the converted channel directory
 
     @classmethod
-    def of(cls, settings: Settings) -> "WorkDirs":
+    def of(cls, settings: Settings) -> WorkDirs:
         work = Path(settings.work_dir)
         return cls(work / "sample", work / "data" / "split", work / "data" / "converted")
 

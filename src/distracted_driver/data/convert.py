@@ -26,9 +26,9 @@ import hashlib
 import json
 import multiprocessing
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -191,7 +191,7 @@ class EncoderPool:
         self.workers = workers or default_workers()
         self._pool = None
 
-    def __enter__(self) -> "EncoderPool":
+    def __enter__(self) -> EncoderPool:
         if self.workers > 1:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__])
@@ -365,8 +365,9 @@ def convert_lists(
     _start_over(out_dir)
     with EncoderPool(image_root, options, workers) as pool:
         channels = [
-            convert_list(lists_dir / f"{name}.lst", image_root, out_dir / name, name, options, progress=progress,
-                         pool=pool)
+            convert_list(
+                lists_dir / f"{name}.lst", image_root, out_dir / name, name, options, progress=progress, pool=pool
+            )
             for name in names
         ]
     manifest = build_manifest(channels, options, split_info)

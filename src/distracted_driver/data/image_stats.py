@@ -49,5 +49,10 @@ def sharpness(luma: np.ndarray) -> float:
 def image_statistics(image: np.ndarray) -> dict[str, float]:
     """Every statistic of ``STATISTICS`` for one decoded frame."""
     luma = grey(image)
-    return {"size": size(image), "aspect": aspect(image), "brightness": brightness(luma),
-            "contrast": contrast(luma), "sharpness": sharpness(luma)}
+    return {
+        "size": size(image),
+        "aspect": aspect(image),
+        "brightness": brightness(luma),
+        "contrast": contrast(luma),
+        "sharpness": sharpness(luma),
+    }

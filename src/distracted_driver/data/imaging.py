@@ -51,7 +51,7 @@ class Preprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, value: dict) -> "Preprocessing":
+    def from_dict(cls, value: dict) -> Preprocessing:
         known = {k: v for k, v in value.items() if k in cls.__dataclass_fields__}
         known.setdefault("jpeg_dct_scaling", False)  # an artifact from before the field was trained on full decodes
         if not isinstance(known["jpeg_dct_scaling"], bool):
@@ -201,8 +201,7 @@ def check_image_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, i
     if not _is_complete(data):
         raise ImageError("image is truncated: its end marker is missing")
     if not _data_can_hold(data):
-        raise ImageError(f"image header states {dims[0]}x{dims[1]} pixels, more than its "
-                         f"{len(data)} bytes can hold")
+        raise ImageError(f"image header states {dims[0]}x{dims[1]} pixels, more than its {len(data)} bytes can hold")
     return dims
 
 
@@ -289,4 +288,3 @@ def preprocess(image_bgr: np.ndarray, params: Preprocessing) -> np.ndarray:
     rgb -= np.asarray(params.mean, dtype=np.float32)
     rgb /= np.asarray(params.std, dtype=np.float32)
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
-

@@ -25,7 +25,7 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -85,8 +85,10 @@ class IngestReport:
         lines = [f"{len(self.added)} added, {len(self.skipped)} skipped, {len(self.refused)} refused"]
         lines += [f"  refused {name}: {why}" for name, why in self.refused]
         if self.unreviewed:
-            lines.append(f"{len(self.unreviewed)} row(s) not reviewed yet (no subject yet in {DRIVER_LIST}): "
-                         "not added; review them and run data.add again")
+            lines.append(
+                f"{len(self.unreviewed)} row(s) not reviewed yet (no subject yet in {DRIVER_LIST}): "
+                "not added; review them and run data.add again"
+            )
         if self.manifest_key:
             counts = self.manifest["counts"]
             lines.append(
@@ -130,8 +132,11 @@ def read_batch(source_dir: str | Path) -> list[BatchImage]:
             problems.append(f"line {line}: {img} is in {TRAIN_DIR}/{folder}/ but its row says {classname}{said}")
         else:
             images.append(BatchImage(subject, label, img, train / folder / img))
-    problems += [f"{TRAIN_DIR}/{folder}/{img} has no row in {DRIVER_LIST}"
-                 for img, folder in sorted(on_disk.items()) if img not in mentioned]  # bad rows are reported already
+    problems += [
+        f"{TRAIN_DIR}/{folder}/{img} has no row in {DRIVER_LIST}"
+        for img, folder in sorted(on_disk.items())
+        if img not in mentioned
+    ]  # bad rows are reported already
     if not rows and not unreviewed and not problems:
         problems.append(f"{DRIVER_LIST} lists no images")
     if problems:
@@ -159,8 +164,10 @@ def _read_rows(csv_path: Path, problems: list[str]):
         lines = list(csv.reader(handle))
     header = tuple(h.strip() for h in lines[0]) if lines else ()
     if header not in (DRIVER_LIST_HEADER, REVIEW_HEADER):
-        problems.append(f"{DRIVER_LIST}: the header must be {','.join(DRIVER_LIST_HEADER)} "
-                        f"(or {','.join(REVIEW_HEADER)} in a batch exported for review)")
+        problems.append(
+            f"{DRIVER_LIST}: the header must be {','.join(DRIVER_LIST_HEADER)} "
+            f"(or {','.join(REVIEW_HEADER)} in a batch exported for review)"
+        )
         return {}, set(), []
     rows, seen, mentioned, unreviewed = {}, {}, set(), []
     for line, fields in enumerate(lines[1:], start=2):
@@ -248,7 +255,7 @@ def image_key(settings: Settings, classname: str, img: str) -> str:
 def latest_manifest(storage: Storage, settings: Settings) -> dict | None:
     """The newest data manifest in the bucket, or None before any data was added."""
     prefix = _manifest_prefix(settings)
-    numbered = [k for k in storage.list_keys(prefix) if _MANIFEST_NAME.match(k[len(prefix):])]
+    numbered = [k for k in storage.list_keys(prefix) if _MANIFEST_NAME.match(k[len(prefix) :])]
     if not numbered:
         return None
     return json.loads(storage.get_bytes(max(numbered)))
@@ -271,11 +278,25 @@ def add_data(storage: Storage, settings: Settings, source_dir: str | Path, progr
     parent = latest_manifest(storage, settings)
     existing = {Path(e["key"]).name: e for e in parent["images"]} if parent else {}
     with ThreadPoolExecutor(_WORKERS) as pool:
-        checked = list(tqdm(pool.map(lambda image: _inspect(image, source), batch), total=len(batch),
-                            desc="checking images", unit="img", disable=not progress))
+        checked = list(
+            tqdm(
+                pool.map(lambda image: _inspect(image, source), batch),
+                total=len(batch),
+                desc="checking images",
+                unit="img",
+                disable=not progress,
+            )
+        )
         new = _select_new(storage, settings, checked, existing, report)
-        list(tqdm(pool.map(lambda item: storage.put_file(item[0].path, item[1]["key"]), new), total=len(new),
-                  desc="uploading", unit="img", disable=not progress))
+        list(
+            tqdm(
+                pool.map(lambda item: storage.put_file(item[0].path, item[1]["key"]), new),
+                total=len(new),
+                desc="uploading",
+                unit="img",
+                disable=not progress,
+            )
+        )
     if not new:
         return report
     report.added = [entry["key"] for _, entry in new]
@@ -307,8 +328,9 @@ def _select_new(storage, settings, checked, existing, report) -> list[tuple[Batc
             if known["sha256"] != sha:
                 report.refused.append((image.img, f"name collision: {known['key']} holds different content"))
             elif (known["subject"], known["class"]) != (image.subject, image.classname):
-                report.refused.append((image.img, f"already present as {known['subject']}/{known['class']}; "
-                                                  "data.add does not relabel"))
+                report.refused.append(
+                    (image.img, f"already present as {known['subject']}/{known['class']}; data.add does not relabel")
+                )
             else:
                 report.skipped.append((image.img, "already present"))
         elif sha in by_hash:
@@ -331,12 +353,16 @@ def _manifest(parent: dict | None, listing: list[dict], source: Path, report: In
     return {
         "id": f"{number:06d}",
         "parent": parent["id"] if parent else None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": str(source),
         "code_version": code_version(),
         "listing_sha256": sha256_json(listing),
-        "counts": {"images": len(listing), "subjects": len(per_subject), "per_class": per_class,
-                   "per_subject": dict(sorted(per_subject.items()))},
+        "counts": {
+            "images": len(listing),
+            "subjects": len(per_subject),
+            "per_class": per_class,
+            "per_subject": dict(sorted(per_subject.items())),
+        },
         "batch": {
             "added": report.added,
             "skipped": len(report.skipped),
@@ -371,7 +397,7 @@ def materialize_raw(
         raise IngestError(f"no data manifest under {storage.uri(_manifest_prefix(settings))}: run `inv data.add` first")
     directory = Path(directory)
     prefix = f"{settings.raw_prefix}/"
-    wanted = {directory / e["key"][len(prefix):]: e for e in manifest["images"]}
+    wanted = {directory / e["key"][len(prefix) :]: e for e in manifest["images"]}
 
     def fetch(item) -> None:
         target, entry = item
@@ -383,8 +409,15 @@ def materialize_raw(
             raise IngestError(f"{entry['key']} in the bucket does not match manifest {manifest['id']}")
 
     with ThreadPoolExecutor(_WORKERS) as pool:
-        list(tqdm(pool.map(fetch, wanted.items()), total=len(wanted), desc=f"raw data {manifest['id']}", unit="img",
-                  disable=not progress))
+        list(
+            tqdm(
+                pool.map(fetch, wanted.items()),
+                total=len(wanted),
+                desc=f"raw data {manifest['id']}",
+                unit="img",
+                disable=not progress,
+            )
+        )
     for path in sorted((directory / TRAIN_DIR).rglob("*")):
         if path.is_file() and path not in wanted:
             path.unlink()

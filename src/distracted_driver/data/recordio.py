@@ -24,8 +24,9 @@ import enum
 import numbers
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 

@@ -46,8 +46,32 @@ from distracted_driver.system import cpu_count
 
 # The 26 subjects of the Kaggle training set; the default sample uses their names.
 KAGGLE_SUBJECTS = (
-    2, 12, 14, 15, 16, 21, 22, 24, 26, 35, 39, 41, 42,
-    45, 47, 49, 50, 51, 52, 56, 61, 64, 66, 72, 75, 81,
+    2,
+    12,
+    14,
+    15,
+    16,
+    21,
+    22,
+    24,
+    26,
+    35,
+    39,
+    41,
+    42,
+    45,
+    47,
+    49,
+    50,
+    51,
+    52,
+    56,
+    61,
+    64,
+    66,
+    72,
+    75,
+    81,
 )
 # Kaggle's State Farm data: training images per class c0..c9 (22,424 over 26 drivers) and test images.
 KAGGLE_CLASS_COUNTS = (2489, 2267, 2317, 2346, 2326, 2312, 2325, 2002, 1911, 2129)
@@ -208,11 +232,11 @@ def generate_sample(
             raise SampleError(f"class_counts must give {len(CLASSES)} counts, none negative")
         counts = per_driver_counts(class_counts, len(numbers))
         if max(max(row) for row in counts) > MAX_IMAGES_PER_CLASS_DRIVER:
-            raise SampleError(f"more than {MAX_IMAGES_PER_CLASS_DRIVER} images of a class per driver: "
-                              f"use more drivers")
+            raise SampleError(f"more than {MAX_IMAGES_PER_CLASS_DRIVER} images of a class per driver: use more drivers")
     if not 0 <= test_images <= TEST_SLOTS * len(numbers):
-        raise SampleError(f"test_images must be between 0 and {TEST_SLOTS * len(numbers)} "
-                          f"({TEST_SLOTS} per driver of the batch)")
+        raise SampleError(
+            f"test_images must be between 0 and {TEST_SLOTS * len(numbers)} ({TEST_SLOTS} per driver of the batch)"
+        )
     out_dir = Path(out_dir).resolve()
     _check_output(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -223,8 +247,10 @@ def generate_sample(
             (staging / TRAIN_DIR / name).mkdir(parents=True)
         (staging / TEST_DIR).mkdir(parents=True)
         tasks = [("train", staging, seed, driver, row, shift) for driver, row in zip(numbers, counts)]
-        tasks += [("test", staging, seed, numbers, start, min(start + TEST_CHUNK, test_images), shift)
-                  for start in range(0, test_images, TEST_CHUNK)]
+        tasks += [
+            ("test", staging, seed, numbers, start, min(start + TEST_CHUNK, test_images), shift)
+            for start in range(0, test_images, TEST_CHUNK)
+        ]
         rows, test_names, size = [], [], 0
         total = sum(map(sum, counts)) + test_images
         with tqdm(total=total, desc="drawing sample", unit="img", disable=not progress) as bar:
@@ -287,8 +313,9 @@ def _run_tasks(tasks: list[tuple], workers: int, seed: int):
         yield from pool.imap(_draw_task, tasks)
 
 
-def _draw_driver(root: Path, seed: int, driver: int, per_class: list[int], shift: str | None = None
-                 ) -> tuple[list[tuple], int]:
+def _draw_driver(
+    root: Path, seed: int, driver: int, per_class: list[int], shift: str | None = None
+) -> tuple[list[tuple], int]:
     look = _look(seed, 1, driver, shift)
     light = cabin.lighting_map(look)
     image_numbers = iter(_train_numbers(driver, sum(per_class), seed))
@@ -317,8 +344,9 @@ def _test_slots(seed: int, driver: int) -> np.ndarray:
     return np.random.default_rng([seed, driver, 4]).permutation(TEST_SLOTS)
 
 
-def _draw_test(root: Path, seed: int, numbers: list[int], start: int, stop: int, shift: str | None = None
-               ) -> tuple[list[str], int]:
+def _draw_test(
+    root: Path, seed: int, numbers: list[int], start: int, stop: int, shift: str | None = None
+) -> tuple[list[str], int]:
     """Unlabelled frames of drivers that are not in the training batch, as in Kaggle's test set."""
     first = numbers[0]
     looks = [_look(seed, 3, first * TEST_DRIVERS + j, shift) for j in range(TEST_DRIVERS)]

@@ -102,11 +102,19 @@ def make_app(config: GatewayConfig) -> web.Application:
         key = keys.lookup(request.headers.get("x-api-key"))
         response = await _gate_and_invoke(request, request_id, key)
         response.headers["x-amzn-RequestId"] = request_id
-        access_log.info(json.dumps({
-            "requestId": request_id, "ip": request.remote, "method": request.method, "path": request.path,
-            "status": response.status, "apiKeyId": key["id"] if key else None,
-            "latencyMs": round((time.perf_counter() - started) * 1000, 1),
-        }))
+        access_log.info(
+            json.dumps(
+                {
+                    "requestId": request_id,
+                    "ip": request.remote,
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status,
+                    "apiKeyId": key["id"] if key else None,
+                    "latencyMs": round((time.perf_counter() - started) * 1000, 1),
+                }
+            )
+        )
         return response
 
     async def _gate_and_invoke(request: web.Request, request_id: str, key: dict | None) -> web.Response:
@@ -129,8 +137,15 @@ def make_app(config: GatewayConfig) -> web.Application:
             api_key_id=key["id"] if key else None,
         )
         event = build_proxy_event(
-            request.method, "/predict", request.path, request.headers, request.query, body,
-            config.stage, caller, request_id,
+            request.method,
+            "/predict",
+            request.path,
+            request.headers,
+            request.query,
+            body,
+            config.stage,
+            caller,
+            request_id,
         )
         if len(json.dumps(event)) > LAMBDA_REQUEST_MAX_BYTES:
             return _message(413, "Request Too Long")
@@ -140,7 +155,7 @@ def make_app(config: GatewayConfig) -> web.Application:
             result = await asyncio.wait_for(
                 loop.run_in_executor(pool, handler.handler, event, context), config.lambda_timeout_s
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return _message(504, "Endpoint request timed out")
         except Exception:
             logging.getLogger("gateway").exception("the Lambda function failed (request %s)", request_id)
@@ -188,9 +203,12 @@ async def _endpoint_health(session: aiohttp.ClientSession, config: GatewayConfig
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as answer:
             found = await answer.json(content_type=None)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
-        return {"status": "Unreachable", "instances_in_service": 0,
-                "message": f"the endpoint's runtime at {config.runtime_url} does not answer ({type(error).__name__})"}
+    except (TimeoutError, aiohttp.ClientError, ValueError) as error:
+        return {
+            "status": "Unreachable",
+            "instances_in_service": 0,
+            "message": f"the endpoint's runtime at {config.runtime_url} does not answer ({type(error).__name__})",
+        }
     if not isinstance(found, dict):
         found = {}
     health = {"status": found.get("status", "Unknown"), "instances_in_service": found.get("instances_in_service") or 0}
@@ -236,9 +254,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-require-key", action="store_true", help="accept requests without an API key")
     parser.add_argument("--stage", default="local")
     parser.add_argument("--workers", type=int, default=32, help="concurrent handler invocations")
-    parser.add_argument("--ready-file", type=Path,
-                        help="written with the URL and pid once listening; with --port 0, the port it names is tried "
-                             "first, so a restarted gateway keeps its URL")
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        help="written with the URL and pid once listening; with --port 0, the port it names is tried "
+        "first, so a restarted gateway keeps its URL",
+    )
     add_log_arguments(parser)
     return parser.parse_args(argv)
 

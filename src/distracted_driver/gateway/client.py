@@ -10,8 +10,13 @@ from pathlib import Path
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 
 
-def predict_image(predict_url: str, api_key: str | None, image: str | Path | bytes,
-                  content_type: str | None = None, timeout_s: float = 30.0) -> tuple[int, dict]:
+def predict_image(
+    predict_url: str,
+    api_key: str | None,
+    image: str | Path | bytes,
+    content_type: str | None = None,
+    timeout_s: float = 30.0,
+) -> tuple[int, dict]:
     """POST one image to ``.../predict``; (HTTP status, JSON answer) — errors are answers too."""
     if isinstance(image, (str, Path)):
         path = Path(image)

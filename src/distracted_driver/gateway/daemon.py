@@ -98,8 +98,13 @@ def start_gateway(
     state = _wait_ready(settings, timeout_s)
     write_json_atomic(
         _state_file(settings),
-        {**state, "endpoint": settings.endpoint_name, "runtime_url": runtime_url, "plan": plan.to_dict(),
-         "started": time.time()},
+        {
+            **state,
+            "endpoint": settings.endpoint_name,
+            "runtime_url": runtime_url,
+            "plan": plan.to_dict(),
+            "started": time.time(),
+        },
     )
     return {**gateway_status(settings), **({"note": note} if note else {})}
 
@@ -174,8 +179,10 @@ def status_lines(status: dict) -> list[str]:
     lines = [f"API running at {status['url']} -> endpoint {status['endpoint']} via {status['runtime_url']}"]
     if not status["healthy"]:
         lines.append(f"  but the endpoint does not serve: {status['problem']}")
-    return lines + [f"  API key {status['api_key']}; throttle {status['plan']}; log {status['log']}",
-                    f"  supervisor: gateway {status['supervisor']}"]
+    return lines + [
+        f"  API key {status['api_key']}; throttle {status['plan']}; log {status['log']}",
+        f"  supervisor: gateway {status['supervisor']}",
+    ]
 
 
 # --- internals ---------------------------------------------------------------
@@ -185,20 +192,30 @@ def _program(settings: Settings, runtime_url: str, port: int, plan: UsagePlan, l
     directory = gateway_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", MODULE,
-        "--runtime-url", runtime_url,
-        "--endpoint", settings.endpoint_name,
-        "--keys", str(directory / "api_keys.json"),
-        "--port", str(port),
-        "--rate", str(plan.rate),
-        "--burst", str(plan.burst),
-        "--ready-file", str(_ready_file(settings)),
+        sys.executable,
+        "-m",
+        MODULE,
+        "--runtime-url",
+        runtime_url,
+        "--endpoint",
+        settings.endpoint_name,
+        "--keys",
+        str(directory / "api_keys.json"),
+        "--port",
+        str(port),
+        "--rate",
+        str(plan.rate),
+        "--burst",
+        str(plan.burst),
+        "--ready-file",
+        str(_ready_file(settings)),
         *log_rotation.arguments(_log_file(settings)),
     ]
     if not plan.require_key:
         command.append("--no-require-key")
-    return Program(PROGRAM, command, directory=Path(settings.root), output_log=directory / "gateway.out",
-                   stop_wait_s=STOP_WAIT_S)
+    return Program(
+        PROGRAM, command, directory=Path(settings.root), output_log=directory / "gateway.out", stop_wait_s=STOP_WAIT_S
+    )
 
 
 def _wait_ready(settings: Settings, timeout_s: float) -> dict:
@@ -214,8 +231,10 @@ def _wait_ready(settings: Settings, timeout_s: float) -> dict:
         time.sleep(0.1)
     failure = supervisor.describe(PROGRAM)
     stop_gateway(settings)
-    raise GatewayError(f"the gateway did not come up within {timeout_s:.0f} s ({failure}):\n"
-                       f"{log_tail(_log_file(settings))}\n{log_tail(gateway_dir(settings) / 'gateway.out')}".rstrip())
+    raise GatewayError(
+        f"the gateway did not come up within {timeout_s:.0f} s ({failure}):\n"
+        f"{log_tail(_log_file(settings))}\n{log_tail(gateway_dir(settings) / 'gateway.out')}".rstrip()
+    )
 
 
 def _process(settings: Settings) -> psutil.Process | None:

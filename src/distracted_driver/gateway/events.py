@@ -13,7 +13,7 @@ import importlib.util
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -74,7 +74,7 @@ def build_proxy_event(
         event_body, encoded = base64.b64encode(body).decode("ascii"), True
     else:
         event_body, encoded = body.decode("utf-8", "replace"), False
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return {
         "resource": resource,
         "path": path,

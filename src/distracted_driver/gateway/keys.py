@@ -17,7 +17,7 @@ import string
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from distracted_driver.fsutil import atomic_path
@@ -41,7 +41,7 @@ class UsagePlan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, value: dict) -> "UsagePlan":
+    def from_dict(cls, value: dict) -> UsagePlan:
         return cls(**{k: v for k, v in value.items() if k in cls.__dataclass_fields__})
 
 
@@ -61,7 +61,7 @@ class KeyStore:
             "id": "".join(secrets.choice(KEY_ALPHABET) for _ in range(10)),
             "name": name,
             "value": secrets.token_urlsafe(30),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         with self._lock:
             keys = self._read()

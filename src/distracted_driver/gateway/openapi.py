@@ -60,21 +60,35 @@ def openapi_document(server_url: str | None = None, max_image_bytes: int | None 
                             },
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}},
                         },
-                        "400": _error("Bad request: no body, invalid base64 or JSON, or an image that cannot be decoded",
-                                      {"error": "InvalidImage", "message": "cannot decode the image", "request_id": "…"}),
+                        "400": _error(
+                            "Bad request: no body, invalid base64 or JSON, or an image that cannot be decoded",
+                            {"error": "InvalidImage", "message": "cannot decode the image", "request_id": "…"},
+                        ),
                         "403": _error("Missing or unknown API key", {"message": "Forbidden"}),
-                        "413": _error(f"The image is over {max_image_bytes} bytes (or its pixels over the limit)",
-                                      {"error": "PayloadTooLarge", "message": "the image is 7000000 bytes; …"}),
-                        "415": _error("Unsupported Content-Type",
-                                      {"error": "UnsupportedMediaType", "message": "unsupported Content-Type 'text/plain'; …"}),
-                        "429": _error("Over the usage plan's rate or burst, or the model is busy",
-                                      {"message": "Too Many Requests"}),
-                        "502": _error("The model endpoint failed; the request id helps find it in the logs",
-                                      {"error": "ModelError", "message": "the model failed on this request", "request_id": "…"}),
-                        "503": _error("The model is overloaded or unavailable; retry shortly",
-                                      {"error": "ServiceUnavailable", "message": "the model is overloaded; retry shortly"}),
-                        "504": _error("The model endpoint did not answer in time",
-                                      {"error": "EndpointTimeout", "message": "the model endpoint did not answer in time"}),
+                        "413": _error(
+                            f"The image is over {max_image_bytes} bytes (or its pixels over the limit)",
+                            {"error": "PayloadTooLarge", "message": "the image is 7000000 bytes; …"},
+                        ),
+                        "415": _error(
+                            "Unsupported Content-Type",
+                            {"error": "UnsupportedMediaType", "message": "unsupported Content-Type 'text/plain'; …"},
+                        ),
+                        "429": _error(
+                            "Over the usage plan's rate or burst, or the model is busy",
+                            {"message": "Too Many Requests"},
+                        ),
+                        "502": _error(
+                            "The model endpoint failed; the request id helps find it in the logs",
+                            {"error": "ModelError", "message": "the model failed on this request", "request_id": "…"},
+                        ),
+                        "503": _error(
+                            "The model is overloaded or unavailable; retry shortly",
+                            {"error": "ServiceUnavailable", "message": "the model is overloaded; retry shortly"},
+                        ),
+                        "504": _error(
+                            "The model endpoint did not answer in time",
+                            {"error": "EndpointTimeout", "message": "the model endpoint did not answer in time"},
+                        ),
                     },
                 }
             }
@@ -103,7 +117,10 @@ def openapi_document(server_url: str | None = None, max_image_bytes: int | None 
                         "model_version": {"type": "string", "nullable": True},
                         "request_id": {"type": "string"},
                         "payload": {
-                            "type": "array", "items": {"type": "number"}, "minItems": 10, "maxItems": 10,
+                            "type": "array",
+                            "items": {"type": "number"},
+                            "minItems": 10,
+                            "maxItems": 10,
                             "description": "The ten probabilities in class order; only for a `base64Image` body.",
                         },
                     },

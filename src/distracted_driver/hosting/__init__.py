@@ -6,7 +6,7 @@ This package is the one door to either backend: callers (the pipeline, the tasks
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from distracted_driver.config import Settings
 from distracted_driver.hosting.base import (
@@ -22,8 +22,16 @@ from distracted_driver.hosting.base import (
 )
 
 __all__ = [
-    "STRATEGIES", "AlarmThresholds", "DeployResult", "EndpointStatus", "Hosting", "HostingError", "ModelSpec", "ScalingPolicy",
-    "TrafficRouting", "open_hosting",
+    "STRATEGIES",
+    "AlarmThresholds",
+    "DeployResult",
+    "EndpointStatus",
+    "Hosting",
+    "HostingError",
+    "ModelSpec",
+    "ScalingPolicy",
+    "TrafficRouting",
+    "open_hosting",
 ]
 
 

@@ -181,15 +181,20 @@ def routing_for_fleet(routing: TrafficRouting, instances: int) -> tuple[TrafficR
         termination_wait_seconds=routing.termination_wait_seconds,
         max_execution_seconds=routing.max_execution_seconds,
     )
-    note = (f"{routing.strategy} needs at least {MIN_INSTANCES_FOR_STEPS} instances (each step is at most "
-            f"{CANARY_MAX_PERCENT}% of the fleet); the variant has {instances}: swapped all at once instead")
+    note = (
+        f"{routing.strategy} needs at least {MIN_INSTANCES_FOR_STEPS} instances (each step is at most "
+        f"{CANARY_MAX_PERCENT}% of the fleet); the variant has {instances}: swapped all at once instead"
+    )
     return fallback, note
 
 
 def ecr_image(uri: str) -> tuple[str, str, str] | None:
     """``(registry, repository, tag)`` of an ECR image URI, or None for any other registry or a digest."""
-    match = re.match(r"^(?P<registry>\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?)/"
-                     r"(?P<repository>[a-z0-9._/-]+):(?P<tag>[A-Za-z0-9_.-]+)$", uri or "")
+    match = re.match(
+        r"^(?P<registry>\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?)/"
+        r"(?P<repository>[a-z0-9._/-]+):(?P<tag>[A-Za-z0-9_.-]+)$",
+        uri or "",
+    )
     return (match["registry"], match["repository"], match["tag"]) if match else None
 
 
@@ -291,7 +296,7 @@ class SageMakerHosting(Hosting):
     def _version_of(self, config_name: str) -> str | None:
         """The model version a model or endpoint config name serves (its capture part aside)."""
         prefix = f"{self.endpoint}-"
-        return config_name[len(prefix):].split(CAPTURE_SEPARATOR)[0] if config_name.startswith(prefix) else None
+        return config_name[len(prefix) :].split(CAPTURE_SEPARATOR)[0] if config_name.startswith(prefix) else None
 
     def _exists(self, describe, **name) -> bool:
         try:
@@ -400,8 +405,11 @@ class SageMakerHosting(Hosting):
         images = self.ecr.batch_get_image(repositoryName=repository, imageIds=[{"imageTag": tag}]).get("images", [])
         if not images:
             raise HostingError(f"image {image} is not in ECR: run `inv infra.push-image` first")
-        request = {"repositoryName": repository, "imageManifest": images[0]["imageManifest"],
-                   "imageTag": f"{MODEL_IMAGE_TAG_PREFIX}{version}"}
+        request = {
+            "repositoryName": repository,
+            "imageManifest": images[0]["imageManifest"],
+            "imageTag": f"{MODEL_IMAGE_TAG_PREFIX}{version}",
+        }
         if images[0].get("imageManifestMediaType"):
             request["imageManifestMediaType"] = images[0]["imageManifestMediaType"]
         try:
@@ -420,11 +428,13 @@ class SageMakerHosting(Hosting):
         found = self._ours(image)
         if found is None or version is None:
             return
-        self.ecr.batch_delete_image(repositoryName=found[0],
-                                    imageIds=[{"imageTag": f"{MODEL_IMAGE_TAG_PREFIX}{version}"}])
+        self.ecr.batch_delete_image(
+            repositoryName=found[0], imageIds=[{"imageTag": f"{MODEL_IMAGE_TAG_PREFIX}{version}"}]
+        )
 
-    def _ensure_config(self, name: str, model: ModelSpec, capture: dict | None = None,
-                       variants: list[dict] | None = None) -> None:
+    def _ensure_config(
+        self, name: str, model: ModelSpec, capture: dict | None = None, variants: list[dict] | None = None
+    ) -> None:
         """The endpoint config ``name``: ``variants`` (copied from another config), else one variant of
         ``model``; with ``capture`` as its ``DataCaptureConfig``."""
         if self._exists(self.sagemaker.describe_endpoint_config, EndpointConfigName=name):
@@ -451,8 +461,9 @@ class SageMakerHosting(Hosting):
         """The ``DataCaptureConfig`` for ``percent`` of the invocations (None for 0: no capture)."""
         if not percent:
             return None
-        return CaptureConfig(percent, f"s3://{self.settings.bucket}", self.settings.capture_prefix,
-                             kms_key_id=self.settings.kms_key_id).sagemaker_request()
+        return CaptureConfig(
+            percent, f"s3://{self.settings.bucket}", self.settings.capture_prefix, kms_key_id=self.settings.kms_key_id
+        ).sagemaker_request()
 
     def _live_capture(self, config_name: str | None) -> dict | None:
         """The ``DataCaptureConfig`` of an endpoint config, as it was created (to copy into the next one)."""
@@ -460,7 +471,7 @@ class SageMakerHosting(Hosting):
             return None
         return self.sagemaker.describe_endpoint_config(EndpointConfigName=config_name).get("DataCaptureConfig")
 
-    def _capture_for(self, percent: int | None, state: "_Endpoint | None") -> dict | None:
+    def _capture_for(self, percent: int | None, state: _Endpoint | None) -> dict | None:
         """The capture of the next config: ``percent`` (else the settings'), else a copy of the live config's."""
         percent = self.settings.capture_percent if percent is None else percent
         if percent is not None:
@@ -477,15 +488,17 @@ class SageMakerHosting(Hosting):
         """A config of the live model with the new capture, and the endpoint updated to it (all at once)."""
         state = self._settle(self._describe())
         if state is None or state.status != "InService":
-            raise HostingError(f"endpoint {self.endpoint} is {state.status if state else 'absent'}: "
-                               "deploy a model first")
+            raise HostingError(
+                f"endpoint {self.endpoint} is {state.status if state else 'absent'}: deploy a model first"
+            )
         version = self._version_of(state.config)
         capture = self.capture_request(percent)
         name = version_resource_name(self.endpoint, version, capture)
         if name != state.config:
             self._ensure_config(name, ModelSpec(version, ""), capture, self._variants_of(state.config))
-            result = self._update(name, ModelSpec(version, ""), TrafficRouting(strategy="all-at-once", bake_seconds=0),
-                                  [], state, {})
+            result = self._update(
+                name, ModelSpec(version, ""), TrafficRouting(strategy="all-at-once", bake_seconds=0), [], state, {}
+            )
             if result.outcome != "deployed":
                 raise HostingError(f"the capture change did not go live ({result.outcome}: {result.reason})")
             self._cleanup(keep_also={name})
@@ -516,8 +529,12 @@ class SageMakerHosting(Hosting):
         return state
 
     def deploy(
-        self, model: ModelSpec, routing: TrafficRouting | None = None, alarms: AlarmThresholds | None = None,
-        smoke_images: list[bytes] | None = None, capture_percent: int | None = None,
+        self,
+        model: ModelSpec,
+        routing: TrafficRouting | None = None,
+        alarms: AlarmThresholds | None = None,
+        smoke_images: list[bytes] | None = None,
+        capture_percent: int | None = None,
     ) -> DeployResult:
         """Create the endpoint or swap it blue/green; then the smoke check through SageMaker Runtime, which
         SageMaker cannot run before traffic moves: a failure swaps back to blue (or removes a new endpoint)."""
@@ -558,7 +575,9 @@ class SageMakerHosting(Hosting):
             EndpointConfigName=name,
             Tags=[{"Key": "endpoint", "Value": self.endpoint}],
         )
-        state = self._wait(lambda s: s is not None and s.status not in SETTLING, self.create_timeout_seconds, "creating")
+        state = self._wait(
+            lambda s: s is not None and s.status not in SETTLING, self.create_timeout_seconds, "creating"
+        )
         timings["create"] = round(time.monotonic() - began, 3)
         if state.status != "InService":
             return DeployResult("failed", self.endpoint, None, state.failure or state.status, timings)
@@ -580,11 +599,22 @@ class SageMakerHosting(Hosting):
             self._wait(lambda s: s is None, self.create_timeout_seconds, "removing the new endpoint")
             return DeployResult("failed", self.endpoint, None, f"{reason}; the new endpoint was deleted", timings)
         previous = self._version_of(blue.config)
-        back = self._update(blue.config, ModelSpec(previous, ""), TrafficRouting(strategy="all-at-once", bake_seconds=0),
-                            [], self._describe(), timings)
+        back = self._update(
+            blue.config,
+            ModelSpec(previous, ""),
+            TrafficRouting(strategy="all-at-once", bake_seconds=0),
+            [],
+            self._describe(),
+            timings,
+        )
         if back.outcome != "deployed":
-            return DeployResult("failed", self.endpoint, back.live_version,
-                                f"{reason}; swapping back to {previous} ended {back.outcome}: {back.reason}", timings)
+            return DeployResult(
+                "failed",
+                self.endpoint,
+                back.live_version,
+                f"{reason}; swapping back to {previous} ended {back.outcome}: {back.reason}",
+                timings,
+            )
         return DeployResult("rolled-back", self.endpoint, previous, f"{reason}; swapped back to {previous}", timings)
 
     def _register_first_scaling(self, version: str) -> None:
@@ -648,8 +678,10 @@ class SageMakerHosting(Hosting):
         blue_modified = blue.raw["LastModifiedTime"]
 
         def finished(s: _Endpoint | None) -> bool:
-            return s is not None and s.status not in SETTLING and (
-                s.config == name or s.raw["LastModifiedTime"] > blue_modified
+            return (
+                s is not None
+                and s.status not in SETTLING
+                and (s.config == name or s.raw["LastModifiedTime"] > blue_modified)
             )
 
         state = self._wait(finished, timeout, f"blue/green {routing.strategy}")
@@ -659,7 +691,9 @@ class SageMakerHosting(Hosting):
             return DeployResult("deployed", self.endpoint, model.version, f"replaced {previous}", timings)
         if state.status == "InService":
             return DeployResult("rolled-back", self.endpoint, previous, state.failure or "rolled back", timings)
-        return DeployResult("failed", self.endpoint, self._version_of(state.config), state.failure or state.status, timings)
+        return DeployResult(
+            "failed", self.endpoint, self._version_of(state.config), state.failure or state.status, timings
+        )
 
     # -- rollback, cleanup ---------------------------------------------------------
 
@@ -678,7 +712,9 @@ class SageMakerHosting(Hosting):
         if state is None:
             raise HostingError(f"endpoint {self.endpoint} does not exist")
         live = self._version_of(state.config)
-        older = [c["EndpointConfigName"] for c in self._our_configs() if self._version_of(c["EndpointConfigName"]) != live]
+        older = [
+            c["EndpointConfigName"] for c in self._our_configs() if self._version_of(c["EndpointConfigName"]) != live
+        ]
         if not older:
             raise HostingError("no earlier endpoint config to roll back to")
         previous = older[0]
@@ -776,7 +812,9 @@ class SageMakerHosting(Hosting):
             return {}
         entry = {"min_instances": targets[0]["MinCapacity"], "max_instances": targets[0]["MaxCapacity"]}
         policies = self.autoscaling.describe_scaling_policies(
-            ServiceNamespace="sagemaker", ResourceId=resource, ScalableDimension=SCALABLE_DIMENSION,
+            ServiceNamespace="sagemaker",
+            ResourceId=resource,
+            ScalableDimension=SCALABLE_DIMENSION,
             PolicyNames=[scaling_policy_name(self.endpoint, self.variant)],
         )["ScalingPolicies"]
         if policies:
@@ -820,8 +858,13 @@ class SageMakerHosting(Hosting):
             details={**details, "config": state.config},
         )
 
-    def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None,
-               accept: str = "application/json") -> tuple[bytes, str]:
+    def invoke(
+        self,
+        body: bytes,
+        content_type: str = "image/jpeg",
+        target_variant: str | None = None,
+        accept: str = "application/json",
+    ) -> tuple[bytes, str]:
         request = {"EndpointName": self.endpoint, "Body": body, "ContentType": content_type, "Accept": accept}
         if target_variant:
             request["TargetVariant"] = target_variant

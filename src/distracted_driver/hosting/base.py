@@ -88,8 +88,10 @@ class DeployResult:
         return self.outcome in ("deployed", "unchanged")
 
     def report_lines(self) -> list[str]:
-        lines = [f"{self.outcome}: endpoint {self.endpoint}, live model {self.live_version}"
-                 + (f" ({self.reason})" if self.reason else "")]
+        lines = [
+            f"{self.outcome}: endpoint {self.endpoint}, live model {self.live_version}"
+            + (f" ({self.reason})" if self.reason else "")
+        ]
         if self.timings:
             lines.append("  timings (s): " + ", ".join(f"{k} {v:g}" for k, v in self.timings.items()))
         return lines
@@ -140,9 +142,14 @@ class Hosting(abc.ABC):
     """One endpoint named by the settings, with one production variant of a stable name."""
 
     @abc.abstractmethod
-    def deploy(self, model: ModelSpec, routing: TrafficRouting = TrafficRouting(),
-               alarms: AlarmThresholds = AlarmThresholds(), smoke_images: list[bytes] | None = None,
-               capture_percent: int | None = None) -> DeployResult:
+    def deploy(
+        self,
+        model: ModelSpec,
+        routing: TrafficRouting = TrafficRouting(),
+        alarms: AlarmThresholds = AlarmThresholds(),
+        smoke_images: list[bytes] | None = None,
+        capture_percent: int | None = None,
+    ) -> DeployResult:
         """Create the endpoint, or update it blue/green; deploying the live version is a no-op.
 
         ``smoke_images`` (JPEG/PNG) must each be answered with valid probabilities by the new model
@@ -169,8 +176,13 @@ class Hosting(abc.ABC):
         """Endpoint, variants, instances, live version, runtime URL; read-only, starts nothing."""
 
     @abc.abstractmethod
-    def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None,
-               accept: str = "application/json") -> tuple[bytes, str]:
+    def invoke(
+        self,
+        body: bytes,
+        content_type: str = "image/jpeg",
+        target_variant: str | None = None,
+        accept: str = "application/json",
+    ) -> tuple[bytes, str]:
         """One request through the endpoint (SageMaker Runtime's InvokeEndpoint): (response body, variant that answered).
 
         ``accept`` ``application/json;verbose=true`` asks the model server for the class, label and version too.

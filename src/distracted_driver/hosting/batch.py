@@ -26,15 +26,21 @@ class BatchOutcome:
     error: str = ""  # set when the job did not give every image an answer or a reason
 
 
-def predict_batch(settings: Settings, model: str, images: str | Path, out_csv: str | Path,
-                  options: BatchOptions = BatchOptions()) -> BatchOutcome:
+def predict_batch(
+    settings: Settings, model: str, images: str | Path, out_csv: str | Path, options: BatchOptions = BatchOptions()
+) -> BatchOutcome:
     """Classify ``images`` with ``model`` into a Kaggle submission CSV, on the settings' backend."""
     if settings.backend == "aws":
         # boto3's clients: the aws extra's, imported only when Batch Transform is chosen.
         from distracted_driver.hosting.batch_transform import TransformOptions, run_batch_transform
 
-        transform = TransformOptions(options.instances, options.instance_type, options.max_concurrent,
-                                     options.max_payload_mb, workers=options.workers or 16)
+        transform = TransformOptions(
+            options.instances,
+            options.instance_type,
+            options.max_concurrent,
+            options.max_payload_mb,
+            workers=options.workers or 16,
+        )
         result = run_batch_transform(settings, model, images, out_csv, transform)
         lines = [f"{result.summary()} -> {out_csv}"] + [f"  {note}" for note in result.notes]
         return BatchOutcome(lines + _skipped(result.batch.failed), result.error)

@@ -58,7 +58,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +109,11 @@ class TransformOptions:
     progress: bool = True
 
     def check(self) -> None:
-        for name, value, (low, high) in (("InstanceCount", self.instance_count, INSTANCE_COUNT_RANGE),
-                                         ("MaxConcurrentTransforms", self.max_concurrent, MAX_CONCURRENT_RANGE),
-                                         ("MaxPayloadInMB", self.max_payload_mb, MAX_PAYLOAD_MB_RANGE)):
+        for name, value, (low, high) in (
+            ("InstanceCount", self.instance_count, INSTANCE_COUNT_RANGE),
+            ("MaxConcurrentTransforms", self.max_concurrent, MAX_CONCURRENT_RANGE),
+            ("MaxPayloadInMB", self.max_payload_mb, MAX_PAYLOAD_MB_RANGE),
+        ):
             if not low <= value <= high:
                 raise TransformInputError(f"{name} must be {low}..{high}, not {value}")
 
@@ -148,19 +150,22 @@ class TransformResult:
     def summary(self) -> str:
         if self.job is None:
             return f"no transform job started: {self.batch.summary()}"
-        return (f"transform job {self.job} ({self.instance_count} x {self.instance_type}) {self.status}: "
-                f"{self.batch.summary()}")
+        return (
+            f"transform job {self.job} ({self.instance_count} x {self.instance_type}) {self.status}: "
+            f"{self.batch.summary()}"
+        )
 
 
 # --- names and requests ---------------------------------------------------------------------
 
 
 def transform_job_name(endpoint: str, now: datetime | None = None, token: str | None = None) -> str:
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     name = f"{transform_job_prefix(endpoint)}{stamp}-{token or secrets.token_hex(2)}"
     if len(name) > 63 or not NAME_PATTERN.match(name):
-        raise TransformInputError(f"{name!r} is not a valid transform job name (letters, digits, '-', at most 63): "
-                                  "shorten the endpoint name")
+        raise TransformInputError(
+            f"{name!r} is not a valid transform job name (letters, digits, '-', at most 63): shorten the endpoint name"
+        )
     return name
 
 
@@ -191,11 +196,14 @@ def choose_instance_type(requested: str | None, serving: str, offered: list[str]
     if serving in offered:
         return serving, ""
     family = serving.rsplit(".", 1)[0]
-    larger = sorted((t for t in offered if t.rsplit(".", 1)[0] == family and _size_rank(t) > _size_rank(serving)),
-                    key=_size_rank)
+    larger = sorted(
+        (t for t in offered if t.rsplit(".", 1)[0] == family and _size_rank(t) > _size_rank(serving)), key=_size_rank
+    )
     if not larger:
-        raise TransformInputError(f"the serving instance type {serving!r} is not offered by Batch Transform and "
-                                  "has no larger size that is: name an instance type")
+        raise TransformInputError(
+            f"the serving instance type {serving!r} is not offered by Batch Transform and "
+            "has no larger size that is: name an instance type"
+        )
     return larger[0], f"Batch Transform does not offer {serving} (the serving instance type): using {larger[0]}"
 
 
@@ -220,8 +228,10 @@ def transform_request(
         "MaxConcurrentTransforms": options.max_concurrent,
         "MaxPayloadInMB": options.max_payload_mb,
         "BatchStrategy": "SingleRecord",
-        "ModelClientConfig": {"InvocationsTimeoutInSeconds": INVOCATION_TIMEOUT_S,
-                              "InvocationsMaxRetries": INVOCATION_RETRIES},
+        "ModelClientConfig": {
+            "InvocationsTimeoutInSeconds": INVOCATION_TIMEOUT_S,
+            "InvocationsMaxRetries": INVOCATION_RETRIES,
+        },
         "TransformInput": {
             "DataSource": {"S3DataSource": {"S3DataType": "ManifestFile", "S3Uri": manifest_uri}},
             "ContentType": content_type,
@@ -243,8 +253,11 @@ def parse_output(body: bytes) -> np.ndarray:
         values = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"output is not JSON: {body[:80]!r}") from None
-    if (not isinstance(values, list) or len(values) != len(CLASSES)
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+    if (
+        not isinstance(values, list)
+        or len(values) != len(CLASSES)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    ):
         raise ValueError(f"output is not the list of {len(CLASSES)} probabilities: {body[:80]!r}")
     row = np.asarray(values, dtype=np.float32)
     if not np.all(np.isfinite(row)) or row.min() < 0 or abs(float(row.sum()) - 1.0) > 1e-3:
@@ -255,8 +268,11 @@ def parse_output(body: bytes) -> np.ndarray:
 def match_outputs(names: list[str], output_keys: list[str], output_prefix: str) -> dict[str, str]:
     """``{name: key of its .out}``. SageMaker writes ``<output prefix><name>.out`` for a manifest's
     ``<prefix><name>``; an output elsewhere under the prefix is matched by its file name when that is unique."""
-    outputs = {key[len(output_prefix):-len(OUTPUT_SUFFIX)]: key for key in output_keys
-               if key.startswith(output_prefix) and key.endswith(OUTPUT_SUFFIX)}
+    outputs = {
+        key[len(output_prefix) : -len(OUTPUT_SUFFIX)]: key
+        for key in output_keys
+        if key.startswith(output_prefix) and key.endswith(OUTPUT_SUFFIX)
+    }
     found = {name: outputs.pop(name) for name in names if name in outputs}
     by_file = defaultdict(list)
     for relative, key in outputs.items():
@@ -276,7 +292,7 @@ def refusals_from_log(lines: list[str], object_prefix: str) -> dict[str, tuple[s
         if match and match["object"].startswith(object_prefix):
             text = match["text"].strip()
             if text and text != "Message:":
-                texts[match["object"][len(object_prefix):]].append(text)
+                texts[match["object"][len(object_prefix) :]].append(text)
     refusals = {}
     for name, parts in texts.items():
         status = next((int(m["status"]) for m in map(_CLIENT_ERROR.search, parts) if m), None)
@@ -314,8 +330,9 @@ class BatchTransform:
         self.storage = storage or open_storage(settings)
         self.sagemaker = sagemaker or aws_client("sagemaker", settings.region)
         self.logs = logs or aws_client("logs", settings.region)
-        self.hosting = hosting or SageMakerHosting(settings, sagemaker=self.sagemaker, storage=self.storage,
-                                                   progress=self.options.progress)
+        self.hosting = hosting or SageMakerHosting(
+            settings, sagemaker=self.sagemaker, storage=self.storage, progress=self.options.progress
+        )
 
     # -- keys ----------------------------------------------------------------------
 
@@ -337,7 +354,8 @@ class BatchTransform:
         started = time.monotonic()
         self.options.check()
         instance_type, note = choose_instance_type(
-            self.options.instance_type, self.settings.serving_instance_type, self.offered_instance_types())
+            self.options.instance_type, self.settings.serving_instance_type, self.offered_instance_types()
+        )
         registry = Registry(self.storage, self.settings)
         version = registry.resolve(model)
         # The model first: a missing serving image or role stops us before any image is uploaded.
@@ -351,8 +369,17 @@ class BatchTransform:
             return TransformResult(None, "not started", instance_type, self.options.instance_count, batch, notes)
         manifest = self._job_key(job, "input.manifest")
         self.storage.put_bytes(manifest, json.dumps([{"prefix": self._uri(staged.prefix)}, *staged.names]).encode())
-        request = transform_request(job, model_name, version, self._uri(manifest), self._uri(self._job_key(job, "output/")),
-                                    staged.content_type, instance_type, self.options, self.settings.kms_key_id)
+        request = transform_request(
+            job,
+            model_name,
+            version,
+            self._uri(manifest),
+            self._uri(self._job_key(job, "output/")),
+            staged.content_type,
+            instance_type,
+            self.options,
+            self.settings.kms_key_id,
+        )
         self.sagemaker.create_transform_job(**request)
         described = self.wait(job, len(staged.names))
         batch, unexplained = self.collect(job, staged, described)
@@ -361,9 +388,11 @@ class BatchTransform:
         status = described["TransformJobStatus"]
         result = TransformResult(job, status, instance_type, self.options.instance_count, batch, notes)
         if unexplained:
-            result.error = (f"transform job {job} {status.lower()} ({described.get('FailureReason') or 'no reason given'})"
-                            f": {len(unexplained)} of {len(staged.names)} images have no output and no refusal from "
-                            f"the model server; the {len(batch.names)} scored are in {out_csv}")
+            result.error = (
+                f"transform job {job} {status.lower()} ({described.get('FailureReason') or 'no reason given'})"
+                f": {len(unexplained)} of {len(staged.names)} images have no output and no refusal from "
+                f"the model server; the {len(batch.names)} scored are in {out_csv}"
+            )
         elif status == "Failed":
             result.notes.append("SageMaker marks a job Failed when any image is refused; every refusal is listed")
         return result
@@ -394,8 +423,10 @@ class BatchTransform:
 
         accepted, refused = [], []
         desc = "check and upload" if upload else "check"
-        with ThreadPoolExecutor(self.options.workers) as pool, \
-                tqdm(total=len(names), unit="img", desc=desc, disable=not self.options.progress) as bar:
+        with (
+            ThreadPoolExecutor(self.options.workers) as pool,
+            tqdm(total=len(names), unit="img", desc=desc, disable=not self.options.progress) as bar,
+        ):
             for name, reason in zip(names, pool.map(check, names)):
                 (refused.append((name, reason)) if reason else accepted.append(name))
                 bar.update(1)
@@ -405,8 +436,11 @@ class BatchTransform:
         """``(key prefix of the job's input, names, read(name), upload(name, bytes) or None)``."""
         if str(images).startswith("s3://"):
             prefix = self._readable_prefix(str(images))
-            names = [key[len(prefix):] for key in self.storage.list_keys(prefix)
-                     if Path(key).suffix.lower() in CONTENT_TYPES]
+            names = [
+                key[len(prefix) :]
+                for key in self.storage.list_keys(prefix)
+                if Path(key).suffix.lower() in CONTENT_TYPES
+            ]
             read, upload = (lambda name: self.storage.get_bytes(prefix + name)), None
         else:
             by_name = {path.name: path for path in list_images(images)}
@@ -425,7 +459,8 @@ class BatchTransform:
             raise TransformInputError(
                 f"{uri!r} is outside s3://{self.settings.bucket}/{allowed}, the only place the SageMaker execution "
                 f"role reads images from: copy them there (aws s3 sync DIR s3://{self.settings.bucket}/{allowed}NAME/) "
-                "or pass a local directory")
+                "or pass a local directory"
+            )
         return key.rstrip("/") + "/"
 
     # -- 3. the wait --------------------------------------------------------------------
@@ -498,8 +533,14 @@ class BatchTransform:
                     failed.append((name, reason))
                     continue
                 unexplained.append(name)
-                failed.append((name, reason or f"no output: job {described['TransformJobStatus'].lower()}"
-                               f" ({described.get('FailureReason') or 'no reason given'}){trouble}"))
+                failed.append(
+                    (
+                        name,
+                        reason
+                        or f"no output: job {described['TransformJobStatus'].lower()}"
+                        f" ({described.get('FailureReason') or 'no reason given'}){trouble}",
+                    )
+                )
         probabilities = np.stack(rows) if rows else np.zeros((0, len(CLASSES)), np.float32)
         return BatchResult(len(names), failed, names=names, probabilities=probabilities), unexplained
 
@@ -508,7 +549,8 @@ class BatchTransform:
         lines = []
         try:
             pages = self.logs.get_paginator("filter_log_events").paginate(
-                logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job}/")
+                logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job}/"
+            )
             for page in pages:
                 lines += [event["message"] for event in page.get("events", [])]
         except ClientError as error:

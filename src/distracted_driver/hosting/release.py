@@ -18,23 +18,34 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from distracted_driver.config import Settings
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.hosting.base import (
-    AlarmThresholds, DeployResult, Hosting, HostingError, ModelSpec, TrafficRouting,
+    AlarmThresholds,
+    DeployResult,
+    Hosting,
+    HostingError,
+    ModelSpec,
+    TrafficRouting,
 )
 from distracted_driver.hosting.smoke import content_type
-from distracted_driver.storage import Storage, open_storage
 from distracted_driver.model.artifact import probability_problem
-from distracted_driver.train.gate import (
-    SMOKE_TOLERANCE, GateError, NotCleared, SmokeSet, clearance, judge, smoke_set_for,
-)
 from distracted_driver.model.registry import Registry
+from distracted_driver.storage import Storage, open_storage
+from distracted_driver.train.gate import (
+    SMOKE_TOLERANCE,
+    GateError,
+    NotCleared,
+    SmokeSet,
+    clearance,
+    judge,
+    smoke_set_for,
+)
 
 EXAMPLES_IN_REASON = 3
 
@@ -58,10 +69,15 @@ class SmokeCheck:
     def summary(self) -> str:
         if not self.passed:
             return "; ".join(self.problems[:EXAMPLES_IN_REASON]) + (
-                f" (and {len(self.problems) - EXAMPLES_IN_REASON} more)" if len(self.problems) > EXAMPLES_IN_REASON else "")
-        return (f"{self.requests} smoke images answered as evaluated: largest probability difference "
-                f"{self.max_difference:.2g} (tolerance {self.tolerance:g}), accuracy {self.accuracy:.3f} "
-                f"(gate {self.expected_accuracy:.3f})")
+                f" (and {len(self.problems) - EXAMPLES_IN_REASON} more)"
+                if len(self.problems) > EXAMPLES_IN_REASON
+                else ""
+            )
+        return (
+            f"{self.requests} smoke images answered as evaluated: largest probability difference "
+            f"{self.max_difference:.2g} (tolerance {self.tolerance:g}), accuracy {self.accuracy:.3f} "
+            f"(gate {self.expected_accuracy:.3f})"
+        )
 
 
 def verify_endpoint(hosting: Hosting, smoke: SmokeSet, tolerance: float = SMOKE_TOLERANCE) -> SmokeCheck:
@@ -92,12 +108,17 @@ def verify_endpoint(hosting: Hosting, smoke: SmokeSet, tolerance: float = SMOKE_
         check.max_difference = max(differences)
         check.accuracy = correct / answered
     if far:
-        check.problems.insert(0, (
-            f"serving differs from evaluation: {len(far)} of {len(smoke)} smoke images answered with probabilities "
-            f"up to {check.max_difference:.3f} away from the gate's (tolerance {tolerance:g}), e.g. {far[0]}"))
+        check.problems.insert(
+            0,
+            (
+                f"serving differs from evaluation: {len(far)} of {len(smoke)} smoke images answered with probabilities "
+                f"up to {check.max_difference:.3f} away from the gate's (tolerance {tolerance:g}), e.g. {far[0]}"
+            ),
+        )
     if check.accuracy is not None and check.accuracy < smoke.accuracy:
-        check.problems.append(f"accuracy on the smoke images is {check.accuracy:.3f} served, "
-                              f"below the gate's {smoke.accuracy:.3f}")
+        check.problems.append(
+            f"accuracy on the smoke images is {check.accuracy:.3f} served, below the gate's {smoke.accuracy:.3f}"
+        )
     check.seconds = round(time.perf_counter() - started, 3)
     return check
 
@@ -161,8 +182,9 @@ def release(
     smoke = smoke_set_for(registry, job)
     if smoke is None:
         notes.append(f"no smoke set: the gate never scored {job}, so the endpoint's answers cannot be compared")
-    result = hosting.deploy(ModelSpec(job, entry["artifact_key"], instances), routing, alarms,
-                            capture_percent=capture_percent)
+    result = hosting.deploy(
+        ModelSpec(job, entry["artifact_key"], instances), routing, alarms, capture_percent=capture_percent
+    )
     done = Release(result, None, forced, notes)
     if result.outcome != "deployed" or smoke is None:
         return done
@@ -181,8 +203,9 @@ def _force(registry: Registry, job: str, refusal: str, by: str, notes: list[str]
         log(f"--force: the gate never scored {job}; scoring it now for the record and the smoke set")
         try:
             decision = judge(registry, job)
-            notes.append(f"gate (overridden by --force): {'passed' if decision.passed else 'rejected'}: "
-                         f"{decision.reason}")
+            notes.append(
+                f"gate (overridden by --force): {'passed' if decision.passed else 'rejected'}: {decision.reason}"
+            )
         except GateError as error:
             notes.append(f"the gate could not score {job}: {error}")
     forced = registry.record_forced_deploy(job, refused=refusal, by=by or "deploy --force")
@@ -195,10 +218,25 @@ def _roll_back(hosting: Hosting, job: str, check: SmokeCheck, deployed: DeployRe
     try:
         back = hosting.rollback()
     except Exception as error:  # noqa: BLE001 - e.g. a new endpoint has nothing earlier to go back to
-        return DeployResult("failed", deployed.endpoint, job, f"{reason}; the rollback failed too ({error}): "
-                            f"{job} still serves, take it down with `inv deploy.down`", deployed.timings)
+        return DeployResult(
+            "failed",
+            deployed.endpoint,
+            job,
+            f"{reason}; the rollback failed too ({error}): {job} still serves, take it down with `inv deploy.down`",
+            deployed.timings,
+        )
     if back.outcome not in ("rolled-back", "deployed"):
-        return DeployResult("failed", deployed.endpoint, back.live_version,
-                            f"{reason}; the rollback ended {back.outcome}: {back.reason}", deployed.timings)
-    return DeployResult("rolled-back", deployed.endpoint, back.live_version,
-                        f"{reason}; rolled back to {back.live_version}", {**deployed.timings, **back.timings})
+        return DeployResult(
+            "failed",
+            deployed.endpoint,
+            back.live_version,
+            f"{reason}; the rollback ended {back.outcome}: {back.reason}",
+            deployed.timings,
+        )
+    return DeployResult(
+        "rolled-back",
+        deployed.endpoint,
+        back.live_version,
+        f"{reason}; rolled back to {back.live_version}",
+        {**deployed.timings, **back.timings},
+    )

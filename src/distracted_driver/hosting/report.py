@@ -21,8 +21,14 @@ def capture_text(capture: dict | None) -> str:
         return "off"
     if "sampling_percent" in capture:  # the local runtime, with its writer's counts
         stats = capture.get("stats") or {}
-        counts = (f" ({stats['written']} records written in {stats['files']} files, {stats['queued']} queued, "
-                  f"{stats['dropped']} dropped (queue full), {stats['lost']} lost)") if stats else ""
+        counts = (
+            (
+                f" ({stats['written']} records written in {stats['files']} files, {stats['queued']} queued, "
+                f"{stats['dropped']} dropped (queue full), {stats['lost']} lost)"
+            )
+            if stats
+            else ""
+        )
         share = f"{capture['sampling_percent']}% of invocations" if capture["sampling_percent"] else "off"
         return f"{share} -> {capture.get('destination_uri', capture.get('destination'))}{counts}"
     percent = capture.get("CurrentSamplingPercentage", capture.get("InitialSamplingPercentage"))
@@ -47,12 +53,16 @@ def status_lines(status: EndpointStatus) -> list[str]:
         lines += _variant_lines(variant)
     lines.append(f"  data capture: {capture_text(status.data_capture)}")
     for activity in status.details.get("scaling_activities", [])[-3:]:
-        lines.append(f"  scaling {activity['variant']} {activity['from']} -> {activity['to']} ({activity['status']}, "
-                     f"{_ago(activity['time'])}): {activity['reason']}")
+        lines.append(
+            f"  scaling {activity['variant']} {activity['from']} -> {activity['to']} ({activity['status']}, "
+            f"{_ago(activity['time'])}): {activity['reason']}"
+        )
     lines += _deployment_lines(status.last_deployment)
     if runtime["running"]:
-        lines.append(f"  boto3: boto3.client('sagemaker-runtime', endpoint_url='{runtime['url']}', ...)"
-                     f".invoke_endpoint(EndpointName='{status.endpoint}', ContentType='image/jpeg', Body=...)")
+        lines.append(
+            f"  boto3: boto3.client('sagemaker-runtime', endpoint_url='{runtime['url']}', ...)"
+            f".invoke_endpoint(EndpointName='{status.endpoint}', ContentType='image/jpeg', Body=...)"
+        )
     lines.append(f"  log: {runtime['log']}")
     return lines
 
@@ -60,25 +70,35 @@ def status_lines(status: EndpointStatus) -> list[str]:
 def _cloud_lines(status: EndpointStatus) -> list[str]:
     """SageMaker's view: status, variants with their instance counts, autoscaling, capture."""
     where = ", ".join(f"{k} {v}" for k, v in status.details.items())
-    lines = [f"endpoint {status.endpoint} ({status.backend}): {status.status}, live model {status.live_version or '-'}"
-             + (f"; {where}" if where else "")]
+    lines = [
+        f"endpoint {status.endpoint} ({status.backend}): {status.status}, live model {status.live_version or '-'}"
+        + (f"; {where}" if where else "")
+    ]
     if status.status_reason:
         lines.append(f"  why: {status.status_reason}")
     for variant in status.variants:
-        lines.append(f"  variant {variant['name']} (weight {variant.get('weight')}): {variant.get('current_instances')} "
-                     f"instances in service, {variant.get('desired_instances')} desired")
+        lines.append(
+            f"  variant {variant['name']} (weight {variant.get('weight')}): {variant.get('current_instances')} "
+            f"instances in service, {variant.get('desired_instances')} desired"
+        )
     for name, policy in status.autoscaling.items():
-        lines.append(f"  autoscaling {name}: {policy['min_instances']}..{policy['max_instances']} instances, target "
-                     f"{policy.get('target_invocations_per_instance', '-')} invocations/instance/min")
+        lines.append(
+            f"  autoscaling {name}: {policy['min_instances']}..{policy['max_instances']} instances, target "
+            f"{policy.get('target_invocations_per_instance', '-')} invocations/instance/min"
+        )
     lines.append(f"  data capture: {capture_text(status.data_capture)}")
     if status.runtime_url:
-        lines.append(f"  boto3: boto3.client('sagemaker-runtime').invoke_endpoint(EndpointName='{status.endpoint}', "
-                     "ContentType='image/jpeg', Body=...)")
+        lines.append(
+            f"  boto3: boto3.client('sagemaker-runtime').invoke_endpoint(EndpointName='{status.endpoint}', "
+            "ContentType='image/jpeg', Body=...)"
+        )
     return lines
 
 
 def _variant_lines(variant: dict) -> list[str]:
-    lines = [f"  variant {variant['name']} (weight {variant['weight']:g}, desired {variant.get('desired_instances', '-')} instances)"]
+    lines = [
+        f"  variant {variant['name']} (weight {variant['weight']:g}, desired {variant.get('desired_instances', '-')} instances)"
+    ]
     for fleet in variant["fleets"]:
         window = fleet["last_window"]
         lines.append(
@@ -129,4 +149,5 @@ def invoke_lines(hosting: Hosting, image: str | Path, variant: str | None = None
     body = Path(image).read_bytes()
     answer, answered_by = hosting.invoke(body, content_type(body), variant)
     return [f"{image}: answered by variant {answered_by}"] + [
-        f"  {name} {description:<26} {p:.3f}" for name, description, p in top_classes(answer)]
+        f"  {name} {description:<26} {p:.3f}" for name, description, p in top_classes(answer)
+    ]

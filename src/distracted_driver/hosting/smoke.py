@@ -16,7 +16,7 @@ swap (``hosting.release.verify_endpoint``).
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -25,8 +25,8 @@ from distracted_driver.config import Settings
 from distracted_driver.data import cabin
 from distracted_driver.data.layout import CLASSES, TRAIN_DIR
 from distracted_driver.data.payload import image_content_type
-from distracted_driver.storage import Storage
 from distracted_driver.model.artifact import probability_problem
+from distracted_driver.storage import Storage
 
 DEFAULT_COUNT = 3
 
@@ -35,8 +35,11 @@ def bucket_images(storage: Storage, settings: Settings, count: int = DEFAULT_COU
     """Up to ``count`` JPEGs from ``raw/imgs/train/``, from different classes."""
     chosen = []
     for classname in CLASSES:
-        keys = [k for k in storage.list_keys(f"{settings.raw_prefix}/{TRAIN_DIR}/{classname}/")
-                if k.lower().endswith((".jpg", ".jpeg"))]
+        keys = [
+            k
+            for k in storage.list_keys(f"{settings.raw_prefix}/{TRAIN_DIR}/{classname}/")
+            if k.lower().endswith((".jpg", ".jpeg"))
+        ]
         if keys:
             chosen.append(keys[0])
         if len(chosen) == count:
@@ -50,7 +53,9 @@ def drawn_images(count: int = DEFAULT_COUNT, seed: int = 0) -> list[bytes]:
     for number in range(count):
         rng = np.random.default_rng([seed, number])
         look = cabin.random_look(rng)
-        frame = cabin.render(look, CLASSES[number % len(CLASSES)], rng, cabin.lighting_map(look), cabin.SensorNoise(rng))
+        frame = cabin.render(
+            look, CLASSES[number % len(CLASSES)], rng, cabin.lighting_map(look), cabin.SensorNoise(rng)
+        )
         ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
         if not ok:  # pragma: no cover - OpenCV encodes any uint8 frame
             raise RuntimeError("JPEG encoding failed")

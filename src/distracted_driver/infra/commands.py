@@ -4,8 +4,8 @@ preparation of a plan/apply/destroy, and the serving image's push."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import boto3
 
@@ -17,6 +17,8 @@ from distracted_driver.infra.core import TERRAFORM_VENV, binary_checks, library_
 from distracted_driver.infra.ecr import image_exists, split_image
 from distracted_driver.infra.terraform import (
     endpoint_exists as lookup_endpoint,
+)
+from distracted_driver.infra.terraform import (
     endpoint_of,
     image_tag,
     init_command,
@@ -33,8 +35,9 @@ def _make(settings: Settings, target: str) -> None:
     subprocess.run(["make", target], check=True)
 
 
-def check_terraform(settings: Settings, with_checkov: bool = True, verbose: bool = False,
-                    say: Callable[[str], None] = print) -> bool:
+def check_terraform(
+    settings: Settings, with_checkov: bool = True, verbose: bool = False, say: Callable[[str], None] = print
+) -> bool:
     """Wiring against the code, Terraform core, the AWS provider's schema, IAM against AWS's action catalogue,
     then checkov; each finding that failed (every one with ``verbose``) and a summary per check. True if all pass."""
     root = terraform_dir(settings)
@@ -60,8 +63,10 @@ def check_terraform(settings: Settings, with_checkov: bool = True, verbose: bool
     for schema in provider_schema.schemas(settings.root / provider_schema.SCHEMA_DIR):
         results = provider_schema.findings(root, schema)
         show(results)
-        say(f"provider schema aws {schema['provider_version']}: {sum(f.ok for f in results)} of {len(results)} "
-            "blocks fit")
+        say(
+            f"provider schema aws {schema['provider_version']}: {sum(f.ok for f in results)} of {len(results)} "
+            "blocks fit"
+        )
         passed = passed and all(f.ok for f in results)
     for env in envs:  # the catalogue, and what the services do as each role (tests/test_iam.py adds our calls)
         report = iam.check(root, root / "envs" / f"{env}.tfvars", [])
@@ -77,8 +82,9 @@ def check_terraform(settings: Settings, with_checkov: bool = True, verbose: bool
     return passed
 
 
-def prepare_terraform(settings: Settings, env: str, endpoint_exists: str | bool | None,
-                      say: Callable[[str], None] = print) -> tuple[bool, str | None]:
+def prepare_terraform(
+    settings: Settings, env: str, endpoint_exists: str | bool | None, say: Callable[[str], None] = print
+) -> tuple[bool, str | None]:
     """Before a plan, apply or destroy: package the Lambdas; whether the endpoint exists (given, else looked
     up with boto3: autoscaling is registered only then); and ``terraform init`` to run first, if any."""
     root = terraform_dir(settings)
@@ -89,8 +95,10 @@ def prepare_terraform(settings: Settings, env: str, endpoint_exists: str | bool 
         return str(endpoint_exists).lower() in ("1", "true", "yes"), init
     region, endpoint = endpoint_of(settings, env)
     exists = lookup_endpoint(region, endpoint)
-    say(f"endpoint {endpoint} in {region} {'exists' if exists else 'does not exist yet'}: "
-        f"autoscaling module {'on' if exists else 'off until the first deploy'}")
+    say(
+        f"endpoint {endpoint} in {region} {'exists' if exists else 'does not exist yet'}: "
+        f"autoscaling module {'on' if exists else 'off until the first deploy'}"
+    )
     return exists, init
 
 

@@ -24,8 +24,9 @@ _SECTION = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
 def module_dirs(terraform_dir: str | Path) -> list[Path]:
     """The root module and every module under ``modules/``."""
     terraform_dir = Path(terraform_dir)
-    return [terraform_dir] + sorted(path for path in (terraform_dir / "modules").iterdir()
-                                    if path.is_dir() and any(path.glob("*.tf")))
+    return [terraform_dir] + sorted(
+        path for path in (terraform_dir / "modules").iterdir() if path.is_dir() and any(path.glob("*.tf"))
+    )
 
 
 def literal(value) -> str:
@@ -69,7 +70,9 @@ def tables(module: Module) -> str:
         for name, spec in module.variables.items():
             default = _code(literal(spec["default"])) if "default" in spec else "required"
             sensitive = " (sensitive)" if spec.get("sensitive") is True else ""
-            lines.append(f"| `{name}` | {_code(_type(spec))} | {default} | {_cell(spec.get('description', ''))}{sensitive} |")
+            lines.append(
+                f"| `{name}` | {_code(_type(spec))} | {default} | {_cell(spec.get('description', ''))}{sensitive} |"
+            )
     else:
         lines.append("None.")
     lines += ["", "## Outputs", ""]

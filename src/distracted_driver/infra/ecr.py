@@ -56,7 +56,7 @@ def lifecycle_expired(rules: list[dict], images: list[Image]) -> set[str]:
         if count_type != "imageCountMoreThan":
             raise ValueError(f"count_type {count_type!r} is not modelled here")
         if _action(rule) == "expire":
-            expired |= {image.digest for image in matched[int(selection["count_number"]):]}
+            expired |= {image.digest for image in matched[int(selection["count_number"]) :]}
         remaining = [image for image in remaining if image not in matched]
     return expired
 

@@ -65,7 +65,7 @@ class Module:
     files: list[Path] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Module":
+    def load(cls, path: str | Path) -> Module:
         module = cls(Path(path))
         for file in sorted(module.path.glob("*.tf")):
             module.files.append(file)
@@ -100,11 +100,11 @@ class Context:
     name: str  # "root" or the module call's name
     module: Module
     inputs: dict
-    config: "Configuration"
+    config: Configuration
     each: dict | None = None  # {"key": ..., "value": ...} inside one instance of a for_each resource
     _resolving: set = field(default_factory=set)
 
-    def for_each_instance(self, body: dict, key: str) -> "Context":
+    def for_each_instance(self, body: dict, key: str) -> Context:
         """This module with ``each.key``/``each.value`` of the instance ``key`` of a ``for_each`` block."""
         instances = self.value(body.get("for_each"))
         if not isinstance(instances, dict) or key not in instances:
@@ -229,7 +229,11 @@ class Configuration:
             missing = [var for var, spec in module.variables.items() if "default" not in spec and var not in arguments]
             if missing:
                 raise HclError(f"module {name} is called without {', '.join(missing)}")
-            extra = set(call) - set(module.variables) - {"source", "version", "providers", "depends_on", "count", "for_each", "__comments__"}
+            extra = (
+                set(call)
+                - set(module.variables)
+                - {"source", "version", "providers", "depends_on", "count", "for_each", "__comments__"}
+            )
             if extra:
                 raise HclError(f"module {name} is passed undeclared variables: {', '.join(sorted(extra))}")
             inputs = {**defaults, **{key: self.root.value(value) for key, value in arguments.items()}}
@@ -240,7 +244,9 @@ class Configuration:
         return self.root.inputs[name]
 
     def module_dirs(self) -> list[Path]:
-        return [self.root_dir] + [(self.root_dir / call["source"]).resolve() for call in self.root_module.modules.values()]
+        return [self.root_dir] + [
+            (self.root_dir / call["source"]).resolve() for call in self.root_module.modules.values()
+        ]
 
 
 def example_dirs(terraform_dir: str | Path) -> list[Path]:
@@ -253,7 +259,7 @@ def requirements(directory: str | Path) -> tuple[str | None, dict[str, dict]]:
     (``(None, {})`` where it has none)."""
     path = Path(directory) / "versions.tf"
     version, providers = None, {}
-    for block in (parse_file(path).get("terraform", []) if path.is_file() else []):
+    for block in parse_file(path).get("terraform", []) if path.is_file() else []:
         version = block.get("required_version", version)
         for required in block.get("required_providers", []):
             providers.update({name: spec for name, spec in required.items() if not name.startswith("__")})

@@ -56,19 +56,33 @@ _SYMBOL = re.compile(r'\$\{(\w+):(?:(data)\.)?(\w+)\.(\w+)(?:\[\d+\]|\["(\w+)"\]
 # https://docs.aws.amazon.com/AmazonS3/latest/API/API_Operations_Amazon_Simple_Storage_Service.html
 # and the "Policy actions" table of the S3 User Guide).
 S3_ACTIONS = {
-    "HeadObject": "GetObject", "GetObjectAttributes": "GetObject", "ListObjectsV2": "ListBucket",
-    "ListObjects": "ListBucket", "HeadBucket": "ListBucket", "CreateMultipartUpload": "PutObject",
-    "UploadPart": "PutObject", "CompleteMultipartUpload": "PutObject", "DeleteObjects": "DeleteObject",
-    "AbortMultipartUpload": "AbortMultipartUpload", "ListParts": "ListMultipartUploadParts",
+    "HeadObject": "GetObject",
+    "GetObjectAttributes": "GetObject",
+    "ListObjectsV2": "ListBucket",
+    "ListObjects": "ListBucket",
+    "HeadBucket": "ListBucket",
+    "CreateMultipartUpload": "PutObject",
+    "UploadPart": "PutObject",
+    "CompleteMultipartUpload": "PutObject",
+    "DeleteObjects": "DeleteObject",
+    "AbortMultipartUpload": "AbortMultipartUpload",
+    "ListParts": "ListMultipartUploadParts",
 }
 # Calls no IAM policy decides: STS GetCallerIdentity ("No permissions are required",
 # https://docs.aws.amazon.com/STS/latest/APIReference/API_GetCallerIdentity.html).
 UNAUTHORIZED_CALLS = {("sts", "GetCallerIdentity")}
 # ARN template variables → the request parameter that holds them.
 PARAMETERS = {
-    "BucketName": "Bucket", "ObjectName": "Key", "LogGroupName": "logGroupName", "RepositoryName": "repositoryName",
-    "ProjectName": "projectName", "EndpointName": "EndpointName", "EndpointConfigName": "EndpointConfigName",
-    "ModelName": "ModelName", "TrainingJobName": "TrainingJobName", "TransformJobName": "TransformJobName",
+    "BucketName": "Bucket",
+    "ObjectName": "Key",
+    "LogGroupName": "logGroupName",
+    "RepositoryName": "repositoryName",
+    "ProjectName": "projectName",
+    "EndpointName": "EndpointName",
+    "EndpointConfigName": "EndpointConfigName",
+    "ModelName": "ModelName",
+    "TrainingJobName": "TrainingJobName",
+    "TransformJobName": "TransformJobName",
     "RoleNameWithPath": "RoleName",
 }
 
@@ -161,11 +175,16 @@ class Rendered:
         body = context.value(context.module.data[("aws_iam_policy_document", name)])
         statements = []
         for statement in self.concrete(body.get("statement", [])):
-            rendered = {"Sid": statement.get("sid", ""), "Effect": statement.get("effect", "Allow"),
-                        "Action": statement["actions"], "Resource": statement.get("resources", ["*"])}
+            rendered = {
+                "Sid": statement.get("sid", ""),
+                "Effect": statement.get("effect", "Allow"),
+                "Action": statement["actions"],
+                "Resource": statement.get("resources", ["*"]),
+            }
             for condition in statement.get("condition", []):
                 rendered.setdefault("Condition", {}).setdefault(condition["test"], {})[condition["variable"]] = (
-                    condition["values"])
+                    condition["values"]
+                )
             statements.append(rendered)
         return {"Version": "2012-10-17", "Statement": statements, "Name": attached_as or name}
 
@@ -201,8 +220,9 @@ def action_data(action: str) -> tuple[str, ...] | None:
 
 def _format_regex(arn_format: str) -> re.Pattern:
     parts = re.split(r"(\$\{[^}]+\})", arn_format)
-    pattern = "".join(("[^/]+" if part == "${BucketName}" else ".+") if part.startswith("${") else re.escape(part)
-                      for part in parts)
+    pattern = "".join(
+        ("[^/]+" if part == "${BucketName}" else ".+") if part.startswith("${") else re.escape(part) for part in parts
+    )
     return re.compile(f"^{pattern}$")
 
 
@@ -212,8 +232,9 @@ def fits(resource: str, formats: tuple[str, ...]) -> bool:
     # A wildcard stands for a name, a path (S3 keys, log group names), or the rest of a longer ARN
     # of the same service (``log-group:NAME:*`` covers that group's ``:log-stream:NAME``).
     samples = [resource.replace("*", fill) for fill in ("x", "x/x", "x:log-stream:x")]
-    return any(arn_format != "*" and _format_regex(arn_format).match(sample)
-               for arn_format in formats for sample in samples)
+    return any(
+        arn_format != "*" and _format_regex(arn_format).match(sample) for arn_format in formats for sample in samples
+    )
 
 
 def catalogue_findings(rendered: Rendered) -> list[Finding]:
@@ -223,7 +244,9 @@ def catalogue_findings(rendered: Rendered) -> list[Finding]:
         for document in documents:
             for statement in document["Statement"]:
                 actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-                resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                resources = (
+                    statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                )
                 for action in actions:
                     count += 1
                     formats = action_data(action)
@@ -236,8 +259,14 @@ def catalogue_findings(rendered: Rendered) -> list[Finding]:
                         bad = [r for r in resources if not fits(r, formats)]
                     misfits += [f"{action} on {r} ({document['Name']}/{statement.get('Sid') or '?'})" for r in bad]
         findings.append(Finding("known-actions", not unknown, f"{count} actions; unknown: {unknown or 'none'}", role))
-        findings.append(Finding("resources-fit", not misfits,
-                                f"resource ARNs that fit no resource type of their action: {misfits or 'none'}", role))
+        findings.append(
+            Finding(
+                "resources-fit",
+                not misfits,
+                f"resource ARNs that fit no resource type of their action: {misfits or 'none'}",
+                role,
+            )
+        )
     return findings
 
 
@@ -270,7 +299,9 @@ def resource_arns(action: str, params: dict, region: str) -> list[str]:
         # "CloudWatch Logs resources and operations").
         values["logGroupName"] = f"{values['logGroupName']}:*"
     for arn_format in formats:
-        names = [name for name in re.findall(r"\$\{(\w+)\}", arn_format) if name not in ("Partition", "Region", "Account")]
+        names = [
+            name for name in re.findall(r"\$\{(\w+)\}", arn_format) if name not in ("Partition", "Region", "Account")
+        ]
         choices = {}
         for name in names:
             key = PARAMETERS.get(name, name)
@@ -307,10 +338,19 @@ def operations_from_calls(calls: list[dict], region: str) -> list[Operation]:
         if action == "s3:PutObject" and params.get("CopySource"):
             source = params["CopySource"]
             bucket, key = (source["Bucket"], source["Key"]) if isinstance(source, dict) else str(source).split("/", 1)
-            found.append(Operation(call["role"], "s3:GetObject", f"arn:{PARTITION}:s3:::{bucket}/{key}", context,
-                                   f"{call['service']}.{call['operation']}"))
-        found += [Operation(call["role"], action, arn, context, f"{call['service']}.{call['operation']}")
-                  for arn in resource_arns(action, params, region)]
+            found.append(
+                Operation(
+                    call["role"],
+                    "s3:GetObject",
+                    f"arn:{PARTITION}:s3:::{bucket}/{key}",
+                    context,
+                    f"{call['service']}.{call['operation']}",
+                )
+            )
+        found += [
+            Operation(call["role"], action, arn, context, f"{call['service']}.{call['operation']}")
+            for arn in resource_arns(action, params, region)
+        ]
         found += implied(call, region)
     return found
 
@@ -318,22 +358,34 @@ def operations_from_calls(calls: list[dict], region: str) -> list[Operation]:
 # --- what AWS checks beyond the call itself ------------------------------------------------------
 
 PASS_ROLE = "https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html#sagemaker-roles-pass-role"
-TRAINING_ROLE = "https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html#sagemaker-roles-createtrainingjob-perms"
+TRAINING_ROLE = (
+    "https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html#sagemaker-roles-createtrainingjob-perms"
+)
 MODEL_ROLE = "https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html#sagemaker-roles-createmodel-perms"
-TRANSFORM_ROLE = ("https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html"
-                  "#sagemaker-roles-createtransformjob-perms")
-TRANSFORM_OUTPUT_KMS = ("https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_TransformOutput.html "
-                        "(KmsKeyId: the key policy must grant the role the model runs as)")
-KMS_OUTPUT = ("https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_OutputDataConfig.html "
-              "(KmsKeyId: the execution role needs kms:Encrypt)")
+TRANSFORM_ROLE = (
+    "https://docs.aws.amazon.com/sagemaker/latest/dg/sagemaker-roles.html#sagemaker-roles-createtransformjob-perms"
+)
+TRANSFORM_OUTPUT_KMS = (
+    "https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_TransformOutput.html "
+    "(KmsKeyId: the key policy must grant the role the model runs as)"
+)
+KMS_OUTPUT = (
+    "https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_OutputDataConfig.html "
+    "(KmsKeyId: the execution role needs kms:Encrypt)"
+)
 AUTOSCALING_CHECK = "https://docs.aws.amazon.com/sagemaker/latest/dg/endpoint-auto-scaling-prerequisites.html"
-DATA_CAPTURE = ("https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_DataCaptureConfig.html "
-                "(the endpoint writes the capture under DestinationS3Uri as the model's execution role, "
-                "encrypted with KmsKeyId)")
-AUTOSCALING_ROLE = ("https://docs.aws.amazon.com/autoscaling/application/userguide/"
-                    "application-auto-scaling-service-linked-roles.html")
-TARGET_TRACKING = ("https://docs.aws.amazon.com/autoscaling/application/userguide/"
-                   "application-auto-scaling-target-tracking.html (target tracking creates and deletes its alarms)")
+DATA_CAPTURE = (
+    "https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_DataCaptureConfig.html "
+    "(the endpoint writes the capture under DestinationS3Uri as the model's execution role, "
+    "encrypted with KmsKeyId)"
+)
+AUTOSCALING_ROLE = (
+    "https://docs.aws.amazon.com/autoscaling/application/userguide/application-auto-scaling-service-linked-roles.html"
+)
+TARGET_TRACKING = (
+    "https://docs.aws.amazon.com/autoscaling/application/userguide/"
+    "application-auto-scaling-target-tracking.html (target tracking creates and deletes its alarms)"
+)
 LAMBDA_LOGS = "https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs.html"
 LAMBDA_KMS = "https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars-encryption.html"
 LAMBDA_XRAY = "https://docs.aws.amazon.com/lambda/latest/dg/services-xray.html"
@@ -359,8 +411,13 @@ def implied(call: dict, region: str) -> list[Operation]:
 
     if service == "sagemaker" and operation in ("CreateTrainingJob", "CreateModel"):
         role_arn = params.get("RoleArn") or params.get("ExecutionRoleArn")
-        add(call["role"], "iam:PassRole", role_arn, PASS_ROLE,
-            here + (("iam:PassedToService", "sagemaker.amazonaws.com"),))
+        add(
+            call["role"],
+            "iam:PassRole",
+            role_arn,
+            PASS_ROLE,
+            here + (("iam:PassedToService", "sagemaker.amazonaws.com"),),
+        )
     if service == "sagemaker" and operation == "CreateTrainingJob":
         for channel in params.get("InputDataConfig", []):
             bucket, key = _s3(channel["DataSource"]["S3DataSource"]["S3Uri"])
@@ -368,16 +425,28 @@ def implied(call: dict, region: str) -> list[Operation]:
             add("sagemaker-execution", "s3:GetObject", f"arn:{p}:s3:::{bucket}/{key.rstrip('/')}/part", TRAINING_ROLE)
         output = params["OutputDataConfig"]
         bucket, key = _s3(output["S3OutputPath"])
-        add("sagemaker-execution", "s3:PutObject",
-            f"arn:{p}:s3:::{bucket}/{key}/{params['TrainingJobName']}/output/model.tar.gz", TRAINING_ROLE)
+        add(
+            "sagemaker-execution",
+            "s3:PutObject",
+            f"arn:{p}:s3:::{bucket}/{key}/{params['TrainingJobName']}/output/model.tar.gz",
+            TRAINING_ROLE,
+        )
         if output.get("KmsKeyId"):
             for action in ("kms:Encrypt", "kms:GenerateDataKey", "kms:Decrypt"):
                 add("sagemaker-execution", action, output["KmsKeyId"], KMS_OUTPUT)
         group = f"arn:{p}:logs:{r}:{a}:log-group:/aws/sagemaker/TrainingJobs"
-        add("sagemaker-execution", "logs:CreateLogStream", f"{group}:log-stream:{params['TrainingJobName']}/algo-1",
-            TRAINING_ROLE)
-        add("sagemaker-execution", "logs:PutLogEvents", f"{group}:log-stream:{params['TrainingJobName']}/algo-1",
-            TRAINING_ROLE)
+        add(
+            "sagemaker-execution",
+            "logs:CreateLogStream",
+            f"{group}:log-stream:{params['TrainingJobName']}/algo-1",
+            TRAINING_ROLE,
+        )
+        add(
+            "sagemaker-execution",
+            "logs:PutLogEvents",
+            f"{group}:log-stream:{params['TrainingJobName']}/algo-1",
+            TRAINING_ROLE,
+        )
     if service == "sagemaker" and operation == "CreateModel":
         container = params.get("PrimaryContainer", {})
         if container.get("ModelDataUrl"):
@@ -394,8 +463,13 @@ def implied(call: dict, region: str) -> list[Operation]:
         capture = params["DataCaptureConfig"]
         bucket, key = _s3(capture["DestinationS3Uri"])
         for variant in params.get("ProductionVariants", []):
-            add("sagemaker-execution", "s3:PutObject", f"arn:{p}:s3:::{bucket}/{key.rstrip('/')}/endpoint/"
-                f"{variant['VariantName']}/2026/01/01/00/00-00-000-0c0ffee0.jsonl", DATA_CAPTURE)
+            add(
+                "sagemaker-execution",
+                "s3:PutObject",
+                f"arn:{p}:s3:::{bucket}/{key.rstrip('/')}/endpoint/"
+                f"{variant['VariantName']}/2026/01/01/00/00-00-000-0c0ffee0.jsonl",
+                DATA_CAPTURE,
+            )
         if capture.get("KmsKeyId"):
             for action in ("kms:Encrypt", "kms:GenerateDataKey"):
                 add("sagemaker-execution", action, capture["KmsKeyId"], DATA_CAPTURE)
@@ -403,20 +477,43 @@ def implied(call: dict, region: str) -> list[Operation]:
         group = f"arn:{p}:logs:{r}:{a}:log-group:/aws/sagemaker/Endpoints/{params['EndpointName']}"
         for action in ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"):
             add("sagemaker-execution", action, f"{group}:log-stream:AllTraffic/i-0", MODEL_ROLE)
-    if service == "application-autoscaling" and operation == "RegisterScalableTarget" \
-            and params.get("ServiceNamespace") == "sagemaker":
+    if (
+        service == "application-autoscaling"
+        and operation == "RegisterScalableTarget"
+        and params.get("ServiceNamespace") == "sagemaker"
+    ):
         endpoint = params["ResourceId"].split("/")[1]
-        add(call["role"], "sagemaker:DescribeEndpoint", f"arn:{p}:sagemaker:{r}:{a}:endpoint/{endpoint}", AUTOSCALING_CHECK)
-        add(call["role"], "sagemaker:DescribeEndpointConfig",
-            f"arn:{p}:sagemaker:{r}:{a}:endpoint-config/{endpoint}-live", AUTOSCALING_CHECK)
-        add(call["role"], "sagemaker:UpdateEndpointWeightsAndCapacities",
-            f"arn:{p}:sagemaker:{r}:{a}:endpoint/{endpoint}", AUTOSCALING_CHECK)
-        add(call["role"], "iam:CreateServiceLinkedRole",
+        add(
+            call["role"],
+            "sagemaker:DescribeEndpoint",
+            f"arn:{p}:sagemaker:{r}:{a}:endpoint/{endpoint}",
+            AUTOSCALING_CHECK,
+        )
+        add(
+            call["role"],
+            "sagemaker:DescribeEndpointConfig",
+            f"arn:{p}:sagemaker:{r}:{a}:endpoint-config/{endpoint}-live",
+            AUTOSCALING_CHECK,
+        )
+        add(
+            call["role"],
+            "sagemaker:UpdateEndpointWeightsAndCapacities",
+            f"arn:{p}:sagemaker:{r}:{a}:endpoint/{endpoint}",
+            AUTOSCALING_CHECK,
+        )
+        add(
+            call["role"],
+            "iam:CreateServiceLinkedRole",
             f"arn:{p}:iam::{a}:role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
-            "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint", AUTOSCALING_ROLE,
-            here + (("iam:AWSServiceName", "sagemaker.application-autoscaling.amazonaws.com"),))
-    if service == "application-autoscaling" and operation == "PutScalingPolicy" \
-            and params.get("PolicyType") == "TargetTrackingScaling":
+            "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",
+            AUTOSCALING_ROLE,
+            here + (("iam:AWSServiceName", "sagemaker.application-autoscaling.amazonaws.com"),),
+        )
+    if (
+        service == "application-autoscaling"
+        and operation == "PutScalingPolicy"
+        and params.get("PolicyType") == "TargetTrackingScaling"
+    ):
         alarm = f"arn:{p}:cloudwatch:{r}:{a}:alarm:TargetTracking-{params['ResourceId']}-AlarmHigh-0c0ffee0"
         for action in ("cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms", "cloudwatch:DeleteAlarms"):
             add(call["role"], action, alarm, TARGET_TRACKING)
@@ -439,14 +536,22 @@ def _transform_job(params: dict, region: str) -> list[Operation]:
         ops.append(Operation(role, "s3:ListBucket", f"arn:{p}:s3:::{bucket}", here, TRANSFORM_ROLE))
     output = params["TransformOutput"]
     bucket, key = _s3(output["S3OutputPath"])
-    ops.append(Operation(role, "s3:PutObject", f"arn:{p}:s3:::{bucket}/{key.rstrip('/')}/part.out", here,
-                         TRANSFORM_ROLE))
+    ops.append(
+        Operation(role, "s3:PutObject", f"arn:{p}:s3:::{bucket}/{key.rstrip('/')}/part.out", here, TRANSFORM_ROLE)
+    )
     if output.get("KmsKeyId"):
-        ops += [Operation(role, action, output["KmsKeyId"], here, TRANSFORM_OUTPUT_KMS)
-                for action in ("kms:Encrypt", "kms:GenerateDataKey", "kms:Decrypt")]
-    stream = (f"arn:{p}:logs:{r}:{a}:log-group:/aws/sagemaker/TransformJobs:log-stream:"
-              f"{params['TransformJobName']}/i-0c0ffee0/data-log")
-    ops += [Operation(role, action, stream, here, TRANSFORM_ROLE) for action in ("logs:CreateLogStream", "logs:PutLogEvents")]
+        ops += [
+            Operation(role, action, output["KmsKeyId"], here, TRANSFORM_OUTPUT_KMS)
+            for action in ("kms:Encrypt", "kms:GenerateDataKey", "kms:Decrypt")
+        ]
+    stream = (
+        f"arn:{p}:logs:{r}:{a}:log-group:/aws/sagemaker/TransformJobs:log-stream:"
+        f"{params['TransformJobName']}/i-0c0ffee0/data-log"
+    )
+    ops += [
+        Operation(role, action, stream, here, TRANSFORM_ROLE)
+        for action in ("logs:CreateLogStream", "logs:PutLogEvents")
+    ]
     return ops
 
 
@@ -461,38 +566,68 @@ def service_operations(rendered: Rendered) -> list[Operation]:
         body = context.value(context.module.resources[("aws_lambda_function", function)])
         name = rendered.concrete(body["function_name"])
         stream = f"arn:{p}:logs:{r}:{a}:log-group:/aws/lambda/{name}:log-stream:2026/01/01/[$LATEST]0c0ffee0"
-        ops += [Operation(role, "logs:CreateLogStream", stream, (), LAMBDA_LOGS),
-                Operation(role, "logs:PutLogEvents", stream, (), LAMBDA_LOGS)]
+        ops += [
+            Operation(role, "logs:CreateLogStream", stream, (), LAMBDA_LOGS),
+            Operation(role, "logs:PutLogEvents", stream, (), LAMBDA_LOGS),
+        ]
         if body.get("kms_key_arn"):
             ops.append(Operation(role, "kms:Decrypt", key, (), LAMBDA_KMS))
         if (body.get("tracing_config") or [{}])[0].get("mode") == "Active":
-            ops += [Operation(role, f"xray:{action}", "*", (), LAMBDA_XRAY)
-                    for action in ("PutTraceSegments", "PutTelemetryRecords")]
+            ops += [
+                Operation(role, f"xray:{action}", "*", (), LAMBDA_XRAY)
+                for action in ("PutTraceSegments", "PutTelemetryRecords")
+            ]
         dead_letters = body.get("dead_letter_config")
         if dead_letters:
-            ops.append(Operation(role, "sqs:SendMessage", rendered.concrete(dead_letters[0]["target_arn"]), (), LAMBDA_DLQ))
+            ops.append(
+                Operation(role, "sqs:SendMessage", rendered.concrete(dead_letters[0]["target_arn"]), (), LAMBDA_DLQ)
+            )
     codebuild = config.instance("codebuild")
     project = codebuild.value(codebuild.module.resources[("aws_codebuild_project", "this")])
     name = rendered.concrete(project["name"])
     group = f"arn:{p}:logs:{r}:{a}:log-group:/aws/codebuild/{name}"
-    ops += [Operation("codebuild", action, f"{group}:log-stream:0c0ffee0", (), CODEBUILD_ROLE)
-            for action in ("logs:CreateLogStream", "logs:PutLogEvents")]
+    ops += [
+        Operation("codebuild", action, f"{group}:log-stream:0c0ffee0", (), CODEBUILD_ROLE)
+        for action in ("logs:CreateLogStream", "logs:PutLogEvents")
+    ]
     ops.append(Operation("codebuild", "logs:CreateLogGroup", f"{group}:*", (), CODEBUILD_ROLE))
     artifacts = rendered.concrete(project["artifacts"][0]["location"])
-    ops.append(Operation("codebuild", "s3:PutObject", f"arn:{p}:s3:::{artifacts}/builds/0c0ffee0/{name}", (),
-                         CODEBUILD_ROLE))
+    ops.append(
+        Operation("codebuild", "s3:PutObject", f"arn:{p}:s3:::{artifacts}/builds/0c0ffee0/{name}", (), CODEBUILD_ROLE)
+    )
     settings = config.root.value(config.root_module.locals["pipeline_settings"])
     path = rendered.concrete(codebuild.inputs["parameter_path"])
     for setting in list(settings) + ["DD_API_KEY"]:
-        ops.append(Operation("codebuild", "ssm:GetParameters", f"arn:{p}:ssm:{r}:{a}:parameter{path}/{setting}", (),
-                             CODEBUILD_ROLE))
-    ops += [Operation("codebuild", action, key, (), CODEBUILD_ROLE) for action in ("kms:Decrypt", "kms:GenerateDataKey")]
-    ops += [Operation("codebuild", f"codebuild:{action}",
-                      f"arn:{p}:codebuild:{r}:{a}:report-group/{name}-pytest", (), CODEBUILD_ROLE)
-            for action in ("CreateReportGroup", "CreateReport", "UpdateReport", "BatchPutTestCases")]
-    ops += [Operation("apigateway-logging", f"logs:{action}", "*", (), APIGATEWAY_LOGS)
-            for action in ("CreateLogGroup", "CreateLogStream", "DescribeLogGroups", "DescribeLogStreams",
-                           "PutLogEvents", "GetLogEvents", "FilterLogEvents")]
+        ops.append(
+            Operation(
+                "codebuild", "ssm:GetParameters", f"arn:{p}:ssm:{r}:{a}:parameter{path}/{setting}", (), CODEBUILD_ROLE
+            )
+        )
+    ops += [
+        Operation("codebuild", action, key, (), CODEBUILD_ROLE) for action in ("kms:Decrypt", "kms:GenerateDataKey")
+    ]
+    ops += [
+        Operation(
+            "codebuild",
+            f"codebuild:{action}",
+            f"arn:{p}:codebuild:{r}:{a}:report-group/{name}-pytest",
+            (),
+            CODEBUILD_ROLE,
+        )
+        for action in ("CreateReportGroup", "CreateReport", "UpdateReport", "BatchPutTestCases")
+    ]
+    ops += [
+        Operation("apigateway-logging", f"logs:{action}", "*", (), APIGATEWAY_LOGS)
+        for action in (
+            "CreateLogGroup",
+            "CreateLogStream",
+            "DescribeLogGroups",
+            "DescribeLogStreams",
+            "PutLogEvents",
+            "GetLogEvents",
+            "FilterLogEvents",
+        )
+    ]
     return ops
 
 
@@ -504,7 +639,8 @@ def _allowed_by(document: dict, operation: Operation):
 
     statements = [{k: v for k, v in s.items() if k != "Sid"} for s in document["Statement"]]
     verdict = IAMPolicy(json.dumps({"Version": "2012-10-17", "Statement": statements})).is_action_permitted(
-        operation.action, operation.resource, incoming_condition_values=dict(operation.context))
+        operation.action, operation.resource, incoming_condition_values=dict(operation.context)
+    )
     return verdict == PermissionResult.PERMITTED, verdict == PermissionResult.DENIED
 
 
@@ -518,14 +654,19 @@ def _should_allow(documents: list[dict], operation: Operation) -> str:
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
         return any(IAMPolicyStatement._match(resource, operation.resource) for resource in resources)
 
-    for want in (lambda a, s: a.split(":")[0] == service and on_resource(s),  # same service, same resource
-                 lambda a, s: a == operation.action, lambda a, s: a.split(":")[0] == service):
+    for want in (
+        lambda a, s: a.split(":")[0] == service and on_resource(s),  # same service, same resource
+        lambda a, s: a == operation.action,
+        lambda a, s: a.split(":")[0] == service,
+    ):
         for document in documents:
             for statement in document["Statement"]:
                 actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
                 if any(want(action, statement) for action in actions):
-                    return (f"{document['Name']}/{statement.get('Sid') or '?'} (actions {actions}, "
-                            f"resources {statement['Resource']})")
+                    return (
+                        f"{document['Name']}/{statement.get('Sid') or '?'} (actions {actions}, "
+                        f"resources {statement['Resource']})"
+                    )
     return f"no statement of the role grants any {service}: action"
 
 
@@ -552,26 +693,47 @@ def env_names(rendered: Rendered) -> dict[str, str]:
     """What the pipeline's settings name, as this env names it (Terraform's outputs)."""
     config = rendered.config
     settings = rendered.concrete(config.root.value(config.root_module.locals["pipeline_settings"]))
-    return {"bucket": settings["DD_BUCKET"], "endpoint": settings["DD_ENDPOINT_NAME"],
-            "repository": settings["DD_SERVING_IMAGE_REPOSITORY"].split("/", 1)[1],
-            "role": settings["DD_ROLE_ARN"].rsplit("/", 1)[1], "key": settings["DD_KMS_KEY_ID"],
-            "project": rendered.concrete(config.instance("codebuild").inputs["project_name"])}
+    return {
+        "bucket": settings["DD_BUCKET"],
+        "endpoint": settings["DD_ENDPOINT_NAME"],
+        "repository": settings["DD_SERVING_IMAGE_REPOSITORY"].split("/", 1)[1],
+        "role": settings["DD_ROLE_ARN"].rsplit("/", 1)[1],
+        "key": settings["DD_KMS_KEY_ID"],
+        "project": rendered.concrete(config.instance("codebuild").inputs["project_name"]),
+    }
 
 
 # Which request fields carry which of the names the settings give.
 NAMED_BY = {
-    "bucket": {"Bucket", "S3Uri", "S3OutputPath", "ModelDataUrl", "sagemaker_submit_directory", "CopySource",
-               "DestinationS3Uri"},
-    "endpoint": {"EndpointName", "ModelName", "EndpointConfigName", "ResourceId", "PolicyName", "AlarmNames",
-                 "TransformJobName"},
+    "bucket": {
+        "Bucket",
+        "S3Uri",
+        "S3OutputPath",
+        "ModelDataUrl",
+        "sagemaker_submit_directory",
+        "CopySource",
+        "DestinationS3Uri",
+    },
+    "endpoint": {
+        "EndpointName",
+        "ModelName",
+        "EndpointConfigName",
+        "ResourceId",
+        "PolicyName",
+        "AlarmNames",
+        "TransformJobName",
+    },
     "repository": {"repositoryName", "Image"},
     "role": {"RoleArn", "ExecutionRoleArn"},
     "key": {"KmsKeyId", "SSEKMSKeyId"},
     "project": {"projectName", "ids"},
 }
 _FOUND_BY = {
-    "bucket": r"^s3://([^/]+)|^([a-z0-9][a-z0-9.-]*)$", "endpoint": r"^(?:endpoint/)?([a-zA-Z0-9-]+?)(?:/|$)",
-    "repository": r"(?:\.amazonaws\.com/)?([a-z0-9._/-]+?)(?::|@|$)", "role": r":role/([\w+=,.@-]+)$", "key": r"^(.+)$",
+    "bucket": r"^s3://([^/]+)|^([a-z0-9][a-z0-9.-]*)$",
+    "endpoint": r"^(?:endpoint/)?([a-zA-Z0-9-]+?)(?:/|$)",
+    "repository": r"(?:\.amazonaws\.com/)?([a-z0-9._/-]+?)(?::|@|$)",
+    "role": r":role/([\w+=,.@-]+)$",
+    "key": r"^(.+)$",
     "project": r"^([\w-]+?)(?::|$)",
 }
 
@@ -609,7 +771,7 @@ def rename(calls: list[dict], names: dict[str, str]) -> list[dict]:
                 for old in sorted(tables[kind], key=len, reverse=True):
                     new = tables[kind][old]
                     # "distracted-driver" → "distracted-driver-dev" must leave "distracted-driver-dev-…" alone
-                    keep = f"(?!{re.escape(new[len(old):])})" if new.startswith(old) else ""
+                    keep = f"(?!{re.escape(new[len(old) :])})" if new.startswith(old) else ""
                     text = re.sub(rf"(?<![\w.]){re.escape(old)}(?![\w.]){keep}", new, text)
         return text
 

@@ -56,8 +56,11 @@ def needs_of(terraform_dir: str | Path, env: str) -> Needs:
     terraform_dir = Path(terraform_dir)
     config = Configuration(terraform_dir, terraform_dir / "envs" / f"{env}.tfvars")
     var = config.variable
-    reservations = {name: int(var(variable)) for name, variable in (
-        ("predict", "lambda_reserved_concurrency"), ("trigger", "trigger_reserved_concurrency")) if var(variable) is not None}
+    reservations = {
+        name: int(var(variable))
+        for name, variable in (("predict", "lambda_reserved_concurrency"), ("trigger", "trigger_reserved_concurrency"))
+        if var(variable) is not None
+    }
     training = {var("training_instance_type"): True}
     training.setdefault(BUILTIN_INSTANCE_TYPE, False)
     return Needs(
@@ -128,17 +131,28 @@ class Preflight:
         total, unreserved = limits["ConcurrentExecutions"], limits["UnreservedConcurrentExecutions"]
         asked = sum(self.needs.lambda_reservations.values())
         if asked and unreserved - asked < LAMBDA_MIN_UNRESERVED:
-            self.say("lambda-concurrency", "FAIL",
-                     f"the env reserves {asked} ({self.needs.lambda_reservations}) but only {unreserved} of {total} are "
-                     f"unreserved and Lambda keeps {LAMBDA_MIN_UNRESERVED}: request Service Quotas > AWS Lambda > "
-                     f"Concurrent executions ({LAMBDA_QUOTA_CODE}) of at least {asked + LAMBDA_MIN_UNRESERVED + total - unreserved}"
-                     f" in {self.needs.region}, or leave the reservations null")
+            self.say(
+                "lambda-concurrency",
+                "FAIL",
+                f"the env reserves {asked} ({self.needs.lambda_reservations}) but only {unreserved} of {total} are "
+                f"unreserved and Lambda keeps {LAMBDA_MIN_UNRESERVED}: request Service Quotas > AWS Lambda > "
+                f"Concurrent executions ({LAMBDA_QUOTA_CODE}) of at least {asked + LAMBDA_MIN_UNRESERVED + total - unreserved}"
+                f" in {self.needs.region}, or leave the reservations null",
+            )
             return
-        note = "" if total >= 2 * LAMBDA_MIN_UNRESERVED else (
-            f"; only {total} at once for the whole account: the API answers 429 beyond that, "
-            f"request {LAMBDA_QUOTA_CODE} (Concurrent executions) to raise it")
-        self.say("lambda-concurrency", "ok",
-                 f"{total} concurrent executions, {unreserved} unreserved, the env reserves {asked or 'none'}{note}")
+        note = (
+            ""
+            if total >= 2 * LAMBDA_MIN_UNRESERVED
+            else (
+                f"; only {total} at once for the whole account: the API answers 429 beyond that, "
+                f"request {LAMBDA_QUOTA_CODE} (Concurrent executions) to raise it"
+            )
+        )
+        self.say(
+            "lambda-concurrency",
+            "ok",
+            f"{total} concurrent executions, {unreserved} unreserved, the env reserves {asked or 'none'}{note}",
+        )
 
     def _sagemaker_quotas(self) -> dict[str, dict]:
         quotas = {}
@@ -152,63 +166,99 @@ class Preflight:
     def sagemaker_quotas(self) -> None:
         quotas = self._sagemaker_quotas()
         serving = self.needs.serving_instance_type
-        wanted = [(f"{serving} for endpoint usage", SWAP_FACTOR * self.needs.serving_instances, True,
-                   f"the endpoint ({self.needs.serving_instances} instance(s), twice that during a blue/green swap)")]
-        wanted += [(f"{kind} for training job usage", 1, required,
-                    "a training job" if required else "the built-in algorithm's training (optional: `--algorithm builtin`)")
-                   for kind, required in self.needs.training_instance_types.items()]
+        wanted = [
+            (
+                f"{serving} for endpoint usage",
+                SWAP_FACTOR * self.needs.serving_instances,
+                True,
+                f"the endpoint ({self.needs.serving_instances} instance(s), twice that during a blue/green swap)",
+            )
+        ]
+        wanted += [
+            (
+                f"{kind} for training job usage",
+                1,
+                required,
+                "a training job" if required else "the built-in algorithm's training (optional: `--algorithm builtin`)",
+            )
+            for kind, required in self.needs.training_instance_types.items()
+        ]
         for quota_name, need, required, purpose in wanted:
             kind = quota_name.split(" ", 1)[0]
             quota = quotas.get(quota_name)
             status = "FAIL" if required else "warn"
             if quota is None:
-                self.say("instance-offered", status,
-                         f"{kind} is not offered for {purpose.split(' (')[0]} in {self.needs.region} (Service Quotas has no "
-                         f"'{quota_name}'): pick another type in envs/{self.needs.env}.tfvars or another region")
+                self.say(
+                    "instance-offered",
+                    status,
+                    f"{kind} is not offered for {purpose.split(' (')[0]} in {self.needs.region} (Service Quotas has no "
+                    f"'{quota_name}'): pick another type in envs/{self.needs.env}.tfvars or another region",
+                )
                 continue
             have = int(quota.get("Value", 0))
             if have >= need:
-                self.say("sagemaker-quota", "ok", f"'{quota_name}' ({quota['QuotaCode']}) is {have}, {purpose} needs {need}")
+                self.say(
+                    "sagemaker-quota", "ok", f"'{quota_name}' ({quota['QuotaCode']}) is {have}, {purpose} needs {need}"
+                )
             else:
-                self.say("sagemaker-quota", status,
-                         f"'{quota_name}' is {have}, {purpose} needs {need}: request {need} in Service Quotas > "
-                         f"Amazon SageMaker > {quota['QuotaCode']} in {self.needs.region}")
+                self.say(
+                    "sagemaker-quota",
+                    status,
+                    f"'{quota_name}' is {have}, {purpose} needs {need}: request {need} in Service Quotas > "
+                    f"Amazon SageMaker > {quota['QuotaCode']} in {self.needs.region}",
+                )
 
     def source_credential(self) -> None:
         if self.build:
             return  # CodeBuild fetched this source: it has a credential
         if self.needs.registers_source_credential:
-            self.say("github-credential", "ok", "Terraform registers CodeBuild's GitHub source credential (github_token "
-                                                "or codeconnections_arn)")
+            self.say(
+                "github-credential",
+                "ok",
+                "Terraform registers CodeBuild's GitHub source credential (github_token or codeconnections_arn)",
+            )
             return
         credentials = self.client("codebuild").list_source_credentials().get("sourceCredentialsInfos", [])
         github = [c for c in credentials if c.get("serverType") == "GITHUB"]
         if github:
-            self.say("github-credential", "ok", f"CodeBuild has a GitHub source credential ({github[0].get('authType')})")
+            self.say(
+                "github-credential", "ok", f"CodeBuild has a GitHub source credential ({github[0].get('authType')})"
+            )
         else:
-            self.say("github-credential", "FAIL",
-                     f"CodeBuild has no GitHub source credential in {self.needs.region}: set github_token or "
-                     f"codeconnections_arn in envs/{self.needs.env}.tfvars (or TF_VAR_github_token), or run "
-                     "`aws codebuild import-source-credentials --server-type GITHUB --auth-type PERSONAL_ACCESS_TOKEN "
-                     "--token <token>`")
+            self.say(
+                "github-credential",
+                "FAIL",
+                f"CodeBuild has no GitHub source credential in {self.needs.region}: set github_token or "
+                f"codeconnections_arn in envs/{self.needs.env}.tfvars (or TF_VAR_github_token), or run "
+                "`aws codebuild import-source-credentials --server-type GITHUB --auth-type PERSONAL_ACCESS_TOKEN "
+                "--token <token>`",
+            )
 
     def state(self) -> None:
         if self.build:
             return
         bucket = self.needs.state_bucket
         if bucket is None:
-            self.say("state-bucket", "ok", "no terraform/backend.tf: the state stays in terraform/terraform.tfstate "
-                                           "(copy backend.tf.example for a team or CI)")
+            self.say(
+                "state-bucket",
+                "ok",
+                "no terraform/backend.tf: the state stays in terraform/terraform.tfstate "
+                "(copy backend.tf.example for a team or CI)",
+            )
             return
         try:
             self.client("s3").head_bucket(Bucket=bucket)
         except ClientError as error:
             code = error.response["Error"].get("Code")
             missing = code in ("404", "NoSuchBucket", "NotFound")
-            self.say("state-bucket", "FAIL",
-                     f"state bucket {bucket} {'does not exist' if missing else f'cannot be read ({code})'}: "
-                     f"`aws s3api create-bucket --bucket {bucket}` and turn on versioning before `terraform init`"
-                     if missing else f"state bucket {bucket} cannot be read ({_error(error)})")
+            self.say(
+                "state-bucket",
+                "FAIL",
+                f"state bucket {bucket} {'does not exist' if missing else f'cannot be read ({code})'}: "
+                f"`aws s3api create-bucket --bucket {bucket}` and turn on versioning before `terraform init`"
+                if missing
+                else f"state bucket {bucket} cannot be read ({_error(error)})",
+            )
             return
         self.say("state-bucket", "ok", f"state bucket {bucket} exists")
 
@@ -216,4 +266,3 @@ class Preflight:
 def preflight(terraform_dir: str | Path, env: str, session=None, build: bool = False) -> Report:
     needs = needs_of(terraform_dir, env)
     return Preflight(needs, session or boto3.session.Session(), build=build).run()
-

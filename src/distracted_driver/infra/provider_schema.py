@@ -34,8 +34,10 @@ from distracted_driver.infra.findings import Finding
 
 SCHEMA_DIR = Path(".venvs") / "provider-schema"
 ASSEMBLY = "@cdktf/provider-aws"
-_LINK = re.compile(r"registry\.terraform\.io/providers/hashicorp/aws/(?P<version>[\d.]+)/docs/"
-                   r"(?P<kind>resources|data-sources)/(?P<type>\w+)(?:#(?P<argument>\w+))?")
+_LINK = re.compile(
+    r"registry\.terraform\.io/providers/hashicorp/aws/(?P<version>[\d.]+)/docs/"
+    r"(?P<kind>resources|data-sources)/(?P<type>\w+)(?:#(?P<argument>\w+))?"
+)
 META_ARGUMENTS = {"count", "for_each", "depends_on", "provider", "lifecycle", "provisioner", "connection"}
 
 
@@ -177,8 +179,14 @@ def findings(terraform_dir: str | Path, schema: dict) -> list[Finding]:
                             results.append(Finding(where, False, f"the provider has no {kind} {type_}", version))
                             continue
                         problems = _check_block(body, known, f"{type_}.{name}", True)
-                        results.append(Finding(where, not problems,
-                                               "; ".join(problems) or "every argument and block is in the schema", version))
+                        results.append(
+                            Finding(
+                                where,
+                                not problems,
+                                "; ".join(problems) or "every argument and block is in the schema",
+                                version,
+                            )
+                        )
     return results
 
 

@@ -16,7 +16,7 @@ import re
 import shlex
 import sys
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -53,13 +53,25 @@ def var_file(settings: Settings, env: str) -> Path:
     return path
 
 
-def command(settings: Settings, action: str, env: str, *, endpoint_exists: bool | None = None,
-            auto_approve: bool = False, plan_file: str | None = None) -> str:
+def command(
+    settings: Settings,
+    action: str,
+    env: str,
+    *,
+    endpoint_exists: bool | None = None,
+    auto_approve: bool = False,
+    plan_file: str | None = None,
+) -> str:
     """``terraform -chdir=terraform <action> -var-file=envs/<env>.tfvars …`` as one shell string."""
     if action not in ("plan", "apply", "destroy"):
         raise ValueError(f"unknown terraform action {action!r}")
-    args = ["terraform", f"-chdir={terraform_dir(settings)}", action, "-input=false",
-            f"-var-file={var_file(settings, env).relative_to(terraform_dir(settings))}"]
+    args = [
+        "terraform",
+        f"-chdir={terraform_dir(settings)}",
+        action,
+        "-input=false",
+        f"-var-file={var_file(settings, env).relative_to(terraform_dir(settings))}",
+    ]
     if endpoint_exists is not None:
         args.append(f"-var=endpoint_exists={'true' if endpoint_exists else 'false'}")
     if plan_file and action == "plan":
@@ -148,7 +160,8 @@ def record_serving_image(settings: Settings, image: str) -> Path:
 def serving_repository(settings: Settings) -> str:
     """The ECR repository of the serving image (Terraform output, via SSM in CI or .state/aws.env)."""
     repository = os.environ.get("DD_SERVING_IMAGE_REPOSITORY") or read_env_file(env_file(settings)).get(
-        "DD_SERVING_IMAGE_REPOSITORY")
+        "DD_SERVING_IMAGE_REPOSITORY"
+    )
     if not repository:
         raise OutputsError("no DD_SERVING_IMAGE_REPOSITORY: run `inv infra.apply` (or `inv infra.outputs`) first")
     return repository
@@ -244,5 +257,5 @@ def image_tag(code_version: str, now: datetime | None = None) -> str:
     if not tag:
         raise ValueError("empty code version")
     if tag.endswith("-dirty"):
-        tag += f"-{(now or datetime.now(timezone.utc)):%Y%m%d%H%M%S}"
+        tag += f"-{(now or datetime.now(UTC)):%Y%m%d%H%M%S}"
     return tag[:128]

@@ -17,8 +17,11 @@ def _load(directory: str) -> dict:
     command = TerraformCommand(cwd=directory)
     get = command.get()
     providers = command.providers()
-    return {"retcode": get.retcode or providers.retcode, "out": providers.value or "",
-            "error": (get.error or "") + (providers.error or "")}
+    return {
+        "retcode": get.retcode or providers.retcode,
+        "out": providers.value or "",
+        "error": (get.error or "") + (providers.error or ""),
+    }
 
 
 def main(directory: str, examples: list[str]) -> dict:
@@ -27,8 +30,11 @@ def main(directory: str, examples: list[str]) -> dict:
     command = TerraformCommand(cwd=directory)
     result = {"version": command.version(json=True).value.get("terraform_version")}
     fmt = command.fmt(check_input=True, recursive=True, write=False, list=True)
-    result["fmt"] = {"retcode": fmt.retcode, "files": [line for line in (fmt.value or "").splitlines() if line.strip()],
-                     "error": fmt.error}
+    result["fmt"] = {
+        "retcode": fmt.retcode,
+        "files": [line for line in (fmt.value or "").splitlines() if line.strip()],
+        "error": fmt.error,
+    }
     result["tree"] = _load(directory)
     result["examples"] = {example: _load(example) for example in examples}
     return result

@@ -17,8 +17,8 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 HEAD = b"POST /endpoints/x/invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nX-Pad: " + b"a" * 200
 MAX_SOCKETS = 1000
@@ -36,9 +36,9 @@ def malformed_requests(path: str) -> dict[str, bytes]:
     start = f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode()
     return {
         "duplicated Content-Type": start + b"Content-Type: image/jpeg\r\nContent-Type: image/png\r\n"
-                                           b"Content-Length: 3\r\n\r\nabc",
+        b"Content-Length: 3\r\n\r\nabc",
         "Content-Length with chunked": start + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                               b"3\r\nabc\r\n0\r\n\r\n",
+        b"3\r\nabc\r\n0\r\n\r\n",
     }
 
 
@@ -77,8 +77,9 @@ class SlowlorisResult:
         return max((t for t in self.closed_after_s if t is not None), default=None)
 
 
-def slowloris(url: str, normal_call: Callable[[], bool], sockets: int = 200, trickle_s: float = 1.0,
-              give_up_s: float = 30.0) -> SlowlorisResult:
+def slowloris(
+    url: str, normal_call: Callable[[], bool], sockets: int = 200, trickle_s: float = 1.0, give_up_s: float = 30.0
+) -> SlowlorisResult:
     """``sockets`` connections send a request head one byte per ``trickle_s``; ``normal_call`` (True when it
     was answered as it should be) runs back to back meanwhile. Ends when every slow socket is closed, or
     after ``give_up_s``."""
@@ -105,7 +106,7 @@ def slowloris(url: str, normal_call: Callable[[], bool], sockets: int = 200, tri
                 writer.write(bytes([byte]))
                 try:
                     data = await asyncio.wait_for(reader.read(65536), trickle_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 except ConnectionError:
                     data = b""
@@ -117,14 +118,15 @@ def slowloris(url: str, normal_call: Callable[[], bool], sockets: int = 200, tri
 
     async def main() -> None:
         started = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(*(one(i, started) for i in range(sockets)), return_exceptions=True),
-                               give_up_s)
+        await asyncio.wait_for(
+            asyncio.gather(*(one(i, started) for i in range(sockets)), return_exceptions=True), give_up_s
+        )
 
     worker = threading.Thread(target=normal_loop, daemon=True)
     worker.start()
     try:
         asyncio.run(main())
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     finally:
         done.set()

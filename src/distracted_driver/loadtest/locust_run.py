@@ -83,11 +83,31 @@ def run_locust(
         raise ValueError("spawn rate must be > 0")
     out_dir.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "locust", "-f", str(locustfile), "--headless",
-        "-u", str(users), "-r", str(spawn_rate), "-t", f"{run_time_s}s", "--host", host,
-        "--csv", str(out_dir / CSV_PREFIX), "--html", str(out_dir / "report.html"),
-        "--stop-timeout", str(stop_timeout_s), "--only-summary", "--exit-code-on-error", "0",
-        "--loglevel", "WARNING",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile),
+        "--headless",
+        "-u",
+        str(users),
+        "-r",
+        str(spawn_rate),
+        "-t",
+        f"{run_time_s}s",
+        "--host",
+        host,
+        "--csv",
+        str(out_dir / CSV_PREFIX),
+        "--html",
+        str(out_dir / "report.html"),
+        "--stop-timeout",
+        str(stop_timeout_s),
+        "--only-summary",
+        "--exit-code-on-error",
+        "0",
+        "--loglevel",
+        "WARNING",
     ]
     env = {**os.environ, "DD_API_KEY": api_key or os.environ.get("DD_API_KEY", "")}
     if images_dir is not None:
@@ -95,8 +115,9 @@ def run_locust(
     with open(out_dir / "locust.log", "wb") as log:
         try:
             # Locust stops itself at run_time + stop_timeout; the margin covers its start-up.
-            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    timeout=run_time_s + stop_timeout_s + 60)
+            result = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=run_time_s + stop_timeout_s + 60
+            )
         except subprocess.TimeoutExpired:
             raise LoadTestError(f"locust did not stop by itself; killed (log: {out_dir / 'locust.log'})") from None
     if result.returncode != 0:

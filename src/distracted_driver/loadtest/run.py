@@ -88,16 +88,34 @@ def run_loadtest(
     slo = slo or SLO.load(SLO_FILE)
     report_dir = report_dir or new_report_dir(settings)
     summary = run_locust(
-        target.host, users, spawn_rate, seconds, report_dir,
-        api_key=target.api_key, images_dir=default_images(settings), stop_timeout_s=stop_timeout_s,
+        target.host,
+        users,
+        spawn_rate,
+        seconds,
+        report_dir,
+        api_key=target.api_key,
+        images_dir=default_images(settings),
+        stop_timeout_s=stop_timeout_s,
     )
     misses = slo.misses(summary)
-    plot_history(report_dir / "locust_stats_history.csv", report_dir / "timeline.png",
-                 title=f"{target.host} — {users} users, {seconds} s")
-    write_json_atomic(report_dir / "summary.json", {
-        "host": target.host, "users": users, "spawn_rate": spawn_rate, "run_time_s": seconds,
-        "summary": summary.to_dict(), "slo": slo.__dict__, "misses": misses, "passed": not misses,
-    })
+    plot_history(
+        report_dir / "locust_stats_history.csv",
+        report_dir / "timeline.png",
+        title=f"{target.host} — {users} users, {seconds} s",
+    )
+    write_json_atomic(
+        report_dir / "summary.json",
+        {
+            "host": target.host,
+            "users": users,
+            "spawn_rate": spawn_rate,
+            "run_time_s": seconds,
+            "summary": summary.to_dict(),
+            "slo": slo.__dict__,
+            "misses": misses,
+            "passed": not misses,
+        },
+    )
     return LoadTestResult(summary, misses, report_dir)
 
 
@@ -132,8 +150,11 @@ class CapacityResult:
 
     def to_dict(self) -> dict:
         return {
-            "steps": self.steps, "max_rps": self.max_rps, "users_at_max": self.users_at_max,
-            "instances": self.instances, "rps_per_instance": self.rps_per_instance,
+            "steps": self.steps,
+            "max_rps": self.max_rps,
+            "users_at_max": self.users_at_max,
+            "instances": self.instances,
+            "rps_per_instance": self.rps_per_instance,
             "safety_factor": self.safety_factor,
             "target_invocations_per_instance": self.target_invocations_per_instance,
             "stop_reason": self.stop_reason,
@@ -162,15 +183,33 @@ def find_capacity(
     seconds = parse_run_time(step_time)
     target = resolve_target(settings, host, api_key)
     slo = slo or SLO.load(SLO_FILE)
-    result = CapacityResult(instances=instances or _instances(settings, host), safety_factor=safety_factor,
-                            report_dir=new_report_dir(settings, "capacity"))
+    result = CapacityResult(
+        instances=instances or _instances(settings, host),
+        safety_factor=safety_factor,
+        report_dir=new_report_dir(settings, "capacity"),
+    )
     for users in range(start_users, max_users + 1, step_users):
-        summary = run_locust(target.host, users, spawn_rate=users, run_time_s=seconds,
-                             out_dir=result.report_dir / f"users-{users:03d}", api_key=target.api_key,
-                             images_dir=default_images(settings))
+        summary = run_locust(
+            target.host,
+            users,
+            spawn_rate=users,
+            run_time_s=seconds,
+            out_dir=result.report_dir / f"users-{users:03d}",
+            api_key=target.api_key,
+            images_dir=default_images(settings),
+        )
         reason = _over_limit(summary, slo, max_failure_ratio)
-        result.steps.append({"users": users, "rps": summary.rps, "p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms,
-                             "failure_ratio": summary.failure_ratio, "passed": not reason, "reason": reason})
+        result.steps.append(
+            {
+                "users": users,
+                "rps": summary.rps,
+                "p50_ms": summary.p50_ms,
+                "p99_ms": summary.p99_ms,
+                "failure_ratio": summary.failure_ratio,
+                "passed": not reason,
+                "reason": reason,
+            }
+        )
         progress(f"  {summary.line()}" + (f"  → stop: {reason}" if reason else ""))
         if reason:
             result.stop_reason = f"{users} users: {reason}"

@@ -16,7 +16,7 @@ class SLO:
     min_requests: int = 20
 
     @classmethod
-    def load(cls, path: str | Path) -> "SLO":
+    def load(cls, path: str | Path) -> SLO:
         with open(path, "rb") as f:
             table = tomllib.load(f).get("slo", {})
         unknown = set(table) - set(cls.__dataclass_fields__)

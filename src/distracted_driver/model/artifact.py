@@ -94,7 +94,7 @@ class ModelArtifact:
         """The precisions this artifact has a model file for, fp32 first."""
         return [precision for precision, name in MODEL_FILES.items() if (self.directory / name).is_file()]
 
-    def serving_as(self, precision: str) -> "ModelArtifact":
+    def serving_as(self, precision: str) -> ModelArtifact:
         """The same artifact serving ``precision`` (to score each of its models as a server would run it)."""
         if precision not in self.precisions:
             raise ArtifactError(f"artifact in {self.directory} has no {precision} model ({MODEL_FILES.get(precision)})")
@@ -161,7 +161,9 @@ def load_artifact(directory: str | Path) -> ModelArtifact:
     if precision not in MODEL_FILES:
         raise ArtifactError(f"{SERVING_FILE} names precision {precision!r}; it must be one of {', '.join(MODEL_FILES)}")
     if not (directory / MODEL_FILES[precision]).is_file():
-        raise ArtifactError(f"{SERVING_FILE} serves {precision} but the artifact in {directory} lacks {MODEL_FILES[precision]}")
+        raise ArtifactError(
+            f"{SERVING_FILE} serves {precision} but the artifact in {directory} lacks {MODEL_FILES[precision]}"
+        )
     return ModelArtifact(directory, labels, preprocessing, _read_json(directory, METRICS_FILE), provenance, serving)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from distracted_driver.config import Settings
 from distracted_driver.hashing import sha256_file
-from distracted_driver.storage import Storage, open_storage
 from distracted_driver.model.artifact import ArtifactError, ModelArtifact, load_artifact
 from distracted_driver.model.registry import Registry
+from distracted_driver.storage import Storage, open_storage
 
 
 def fetch_artifact(settings: Settings, model: str = "latest", storage: Storage | None = None) -> ModelArtifact:

@@ -130,8 +130,9 @@ class Predictions:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (record, reason)
 
 
-def predict_channel(artifact: ModelArtifact, channel_dir: str | Path, batch_size: int = 8,
-                    progress: bool = True) -> Predictions:
+def predict_channel(
+    artifact: ModelArtifact, channel_dir: str | Path, batch_size: int = 8, progress: bool = True
+) -> Predictions:
     """Run the artifact's served model on every image of a channel, exactly as a model server would.
 
     The ``Classifier`` is the model server's own, over ``artifact.served_model_path``, and pixels are
@@ -148,8 +149,9 @@ def predict_channel(artifact: ModelArtifact, channel_dir: str | Path, batch_size
     return predictions
 
 
-def predict_precisions(artifact: ModelArtifact, channel_dir: str | Path, precisions: list[str], batch_size: int = 32,
-                       progress: bool = True) -> dict[str, "Predictions | NotProbabilities"]:
+def predict_precisions(
+    artifact: ModelArtifact, channel_dir: str | Path, precisions: list[str], batch_size: int = 32, progress: bool = True
+) -> dict[str, Predictions | NotProbabilities]:
     """``predict_channel`` for each of the artifact's models in ``precisions`` (fp32, int8), decoding each image once.
 
     A model whose outputs are not probabilities gets its ``NotProbabilities`` error instead of predictions.
@@ -176,8 +178,11 @@ def predict_precisions(artifact: ModelArtifact, channel_dir: str | Path, precisi
         probabilities = np.concatenate(rows[precision])
         problem = probability_problem(probabilities)
         name = classifier.artifact.served_model_path.name
-        results[precision] = (NotProbabilities(f"the outputs of {name} are not probabilities: {problem}") if problem
-                              else Predictions(labels, probabilities, used, list(skipped)))
+        results[precision] = (
+            NotProbabilities(f"the outputs of {name} are not probabilities: {problem}")
+            if problem
+            else Predictions(labels, probabilities, used, list(skipped))
+        )
     return results
 
 
@@ -196,16 +201,22 @@ def evaluate_precisions(artifact: ModelArtifact, channel_dir: str | Path, progre
     start = time.perf_counter()
     results = predict_precisions(artifact, channel_dir, artifact.precisions, progress=progress)
     seconds = time.perf_counter() - start
-    return {precision: {"problem": str(result)} if isinstance(result, NotProbabilities) else metrics_of(result, seconds)
-            for precision, result in results.items()}
+    return {
+        precision: {"problem": str(result)} if isinstance(result, NotProbabilities) else metrics_of(result, seconds)
+        for precision, result in results.items()
+    }
 
 
 def precision_summary(by_precision: dict[str, dict]) -> dict[str, dict]:
     """The headline scores of each precision, as ``metrics.json`` and the registry keep them."""
-    return {precision: ({"problem": metrics["problem"]} if "problem" in metrics else
-                        {"log_loss": metrics["log_loss"], "accuracy": metrics["accuracy"],
-                         "examples": metrics["examples"]})
-            for precision, metrics in by_precision.items()}
+    return {
+        precision: (
+            {"problem": metrics["problem"]}
+            if "problem" in metrics
+            else {"log_loss": metrics["log_loss"], "accuracy": metrics["accuracy"], "examples": metrics["examples"]}
+        )
+        for precision, metrics in by_precision.items()
+    }
 
 
 def metrics_of(predictions: Predictions, seconds: float | None = None) -> dict:
@@ -269,9 +280,15 @@ def summary_lines(metrics: dict) -> list[str]:
         f"accuracy {metrics['accuracy']:.3f} on {metrics['examples']} images",
     ]
     if metrics.get("by_precision"):
-        scores = ", ".join(f"{precision} " + (f"log loss {value['log_loss']:.4f} accuracy {value['accuracy']:.3f}"
-                                              if "log_loss" in value else value["problem"])
-                           for precision, value in metrics["by_precision"].items())
+        scores = ", ".join(
+            f"{precision} "
+            + (
+                f"log loss {value['log_loss']:.4f} accuracy {value['accuracy']:.3f}"
+                if "log_loss" in value
+                else value["problem"]
+            )
+            for precision, value in metrics["by_precision"].items()
+        )
         lines.append(f"serves {metrics['served_precision']} ({scores})")
     lines.append(f"recall per class: {recall}")
     return lines

@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime as ort
 
 from distracted_driver.data.imaging import MAX_PIXELS, model_input
-from distracted_driver.system import cpu_count
 from distracted_driver.model.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, ArtifactError, ModelArtifact
+from distracted_driver.system import cpu_count
 
 
 class Classifier:
@@ -83,8 +83,10 @@ class Classifier:
         The model server never calls this: it fetches the probabilities alone (``predict``).
         """
         if not self.has_features:
-            raise ArtifactError(f"{self.artifact.served_model_path.name} has no {FEATURES_NAME!r} output "
-                                "(exported before monitoring): retrain to monitor its features")
+            raise ArtifactError(
+                f"{self.artifact.served_model_path.name} has no {FEATURES_NAME!r} output "
+                "(exported before monitoring): retrain to monitor its features"
+            )
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         probabilities, features = self.session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: batch})
         return probabilities, features

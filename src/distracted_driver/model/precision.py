@@ -24,6 +24,8 @@ from distracted_driver.config import Tolerance
 FP32 = "fp32"
 INT8 = "int8"
 PRECISIONS = (FP32, INT8)
+
+
 @dataclass(frozen=True)
 class Choice:
     """The precision the rule picks, the limit it applied and why, in one sentence."""
@@ -36,8 +38,7 @@ class Choice:
         return {"precision": self.precision, "limit": self.limit, "reason": self.reason}
 
 
-def choose(fp32_log_loss: float, int8_log_loss: float | None, tolerance: Tolerance,
-           int8_problem: str = "") -> Choice:
+def choose(fp32_log_loss: float, int8_log_loss: float | None, tolerance: Tolerance, int8_problem: str = "") -> Choice:
     """int8 when its log loss is at most ``tolerance.limit(fp32)``; fp32 otherwise or when there is no int8 score.
 
     ``int8_problem`` says why there is no int8 score (no int8 model, outputs that are not probabilities).
@@ -46,15 +47,26 @@ def choose(fp32_log_loss: float, int8_log_loss: float | None, tolerance: Toleran
         return Choice(FP32, None, f"fp32: {int8_problem or 'the artifact has no int8 model'}")
     limit = tolerance.limit(fp32_log_loss)
     within = int8_log_loss <= limit
-    return Choice(INT8 if within else FP32, limit, (
-        f"{INT8 if within else FP32}: int8 log loss {int8_log_loss:.4f} is {'within' if within else 'above'} "
-        f"the limit {limit:.4f} (fp32 {fp32_log_loss:.4f}, tolerance {tolerance})"))
+    return Choice(
+        INT8 if within else FP32,
+        limit,
+        (
+            f"{INT8 if within else FP32}: int8 log loss {int8_log_loss:.4f} is {'within' if within else 'above'} "
+            f"the limit {limit:.4f} (fp32 {fp32_log_loss:.4f}, tolerance {tolerance})"
+        ),
+    )
 
 
 def serving_record(choice: Choice, tolerance: Tolerance, scores: dict[str, dict], **extra) -> dict:
     """What ``serving.json`` (and a gate record) keeps of a choice: the precision, the rule's numbers and every score."""
-    return {"precision": choice.precision, "tolerance": str(tolerance), "limit": choice.limit,
-            "reason": choice.reason, "scores": scores, **extra}
+    return {
+        "precision": choice.precision,
+        "tolerance": str(tolerance),
+        "limit": choice.limit,
+        "reason": choice.reason,
+        "scores": scores,
+        **extra,
+    }
 
 
 def choose_from_scores(scores: dict[str, dict], tolerance: Tolerance) -> Choice:

@@ -18,12 +18,12 @@ every model itself.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from distracted_driver.config import Settings
-from distracted_driver.storage import KeyNotFound, Storage
 from distracted_driver.model.artifact import ModelArtifact, unpack_artifact
+from distracted_driver.storage import KeyNotFound, Storage
 
 
 class RegistryError(LookupError):
@@ -31,7 +31,7 @@ class RegistryError(LookupError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class Registry:
@@ -90,8 +90,12 @@ class Registry:
                 "mode": metrics.get("mode"),
                 "best_epoch": metrics.get("best_epoch"),
             },
-            "serving": {"precision": artifact.served_precision, "tolerance": artifact.serving.get("tolerance"),
-                        "scores": artifact.serving.get("scores", {}), "chosen_by": artifact.serving.get("chosen_by")},
+            "serving": {
+                "precision": artifact.served_precision,
+                "tolerance": artifact.serving.get("tolerance"),
+                "scores": artifact.serving.get("scores", {}),
+                "chosen_by": artifact.serving.get("chosen_by"),
+            },
             "data_manifest_sha256": provenance.get("data_manifest_sha256"),
             "code_version": provenance.get("code_version"),
             "hyperparameters": provenance.get("hyperparameters", {}),
@@ -202,7 +206,7 @@ def served_scores(entry: dict, data_sha256: str | None) -> tuple[str, dict, str]
     return "fp32", {"fp32": {"log_loss": metrics.get("log_loss"), "accuracy": metrics.get("accuracy")}}, "training"
 
 
-def version_listing(registry: "Registry", as_json: bool = False) -> str:
+def version_listing(registry: Registry, as_json: bool = False) -> str:
     """``inv model.list``: every registered version, as a table (``version_rows``) or as JSON with a live flag."""
     versions, live = registry.list_versions(), registry.live()
     live_job = live["job"] if live else None
@@ -215,17 +219,22 @@ def version_listing(registry: "Registry", as_json: bool = False) -> str:
 
 def version_rows(versions: list[dict], live_job: str | None, data_sha256: str | None) -> list[str]:
     """``inv model.list``: one line per version, * on the live one."""
+
     def loss(scores: dict, precision: str) -> str:
         value = scores.get(precision, {}).get("log_loss")
         return "-" if value is None else f"{value:.4f}"
 
-    rows = [f"  {'job':<26} {'created':<26} {'serves':<6} {'fp32 loss':>9} {'int8 loss':>9} {'accuracy':>8}  "
-            f"{'scored by':<9} mode"]
+    rows = [
+        f"  {'job':<26} {'created':<26} {'serves':<6} {'fp32 loss':>9} {'int8 loss':>9} {'accuracy':>8}  "
+        f"{'scored by':<9} mode"
+    ]
     for entry in versions:
         precision, scores, scorer = served_scores(entry, data_sha256)
         accuracy = scores.get(precision, {}).get("accuracy")
-        rows.append(f"{'*' if entry['job'] == live_job else ' '} {entry['job']:<26} {entry['created']:<26} "
-                    f"{precision:<6} {loss(scores, 'fp32'):>9} {loss(scores, 'int8'):>9} "
-                    f"{'-' if accuracy is None else f'{accuracy:.3f}':>8}  {scorer:<9} "
-                    f"{entry.get('metrics', {}).get('mode') or '-'}")
+        rows.append(
+            f"{'*' if entry['job'] == live_job else ' '} {entry['job']:<26} {entry['created']:<26} "
+            f"{precision:<6} {loss(scores, 'fp32'):>9} {loss(scores, 'int8'):>9} "
+            f"{'-' if accuracy is None else f'{accuracy:.3f}':>8}  {scorer:<9} "
+            f"{entry.get('metrics', {}).get('mode') or '-'}"
+        )
     return rows

@@ -16,9 +16,9 @@ import binascii
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterator
 
 from distracted_driver.serve.capture import BASE64, CSV, JSON, as_utc, media_type
 from distracted_driver.storage.base import Storage
@@ -94,11 +94,17 @@ def parse_capture_line(line: bytes | str, endpoint: str, variant: str, key: str 
             except ValueError:
                 output = None
     return CaptureRecord(
-        event_id=event_id, inference_time=when, endpoint=endpoint, variant=variant,
+        event_id=event_id,
+        inference_time=when,
+        endpoint=endpoint,
+        variant=variant,
         input_content_type=request.get("observedContentType") if isinstance(request, dict) else None,
         input_bytes=input_bytes,
         output_content_type=answer.get("observedContentType") if isinstance(answer, dict) else None,
-        output_text=output_text, output=output, key=key, inference_id=metadata.get("inferenceId"),
+        output_text=output_text,
+        output=output,
+        key=key,
+        inference_id=metadata.get("inferenceId"),
     )
 
 
@@ -107,8 +113,9 @@ def _key_pattern(prefix: str, endpoint: str) -> re.Pattern:
     return re.compile(re.escape(head) + r"/(?P<variant>[^/]+)/(?P<hour>\d{4}/\d{2}/\d{2}/\d{2})/[^/]+\.jsonl$")
 
 
-def capture_keys(storage: Storage, prefix: str, endpoint: str, since: datetime | None = None,
-                 variant: str | None = None) -> list[tuple[str, str]]:
+def capture_keys(
+    storage: Storage, prefix: str, endpoint: str, since: datetime | None = None, variant: str | None = None
+) -> list[tuple[str, str]]:
     """``(key, variant)`` of every capture file of the endpoint, in time order per variant; with ``since``,
     only the hour folders from ``since``'s hour on."""
     pattern = _key_pattern(prefix, endpoint)
@@ -122,8 +129,15 @@ def capture_keys(storage: Storage, prefix: str, endpoint: str, since: datetime |
     return found
 
 
-def iter_capture_records(storage: Storage, prefix: str, endpoint: str, since: datetime | None = None,
-                         variant: str | None = None, *, skipped: list[str] | None = None) -> Iterator[CaptureRecord]:
+def iter_capture_records(
+    storage: Storage,
+    prefix: str,
+    endpoint: str,
+    since: datetime | None = None,
+    variant: str | None = None,
+    *,
+    skipped: list[str] | None = None,
+) -> Iterator[CaptureRecord]:
     """Every captured invocation of ``endpoint`` under ``prefix`` (S3 or the local bucket), file by file.
 
     ``since`` (a UTC or aware datetime) keeps events at or after it; ``variant``

@@ -21,8 +21,10 @@ DRIFT_METRIC = "Drift"
 def drift_metrics(report: dict) -> list[dict]:
     """``MetricData`` entries for one report (the figures it has; a check without data puts nothing)."""
     checks = report["checks"]
-    figures = {"CapturedRequests": (report["records"]["requests"], "Count"),
-               "RefusedShare": (checks["refused"]["share"], "None")}
+    figures = {
+        "CapturedRequests": (report["records"]["requests"], "Count"),
+        "RefusedShare": (checks["refused"]["share"], "None"),
+    }
     if report["verdict"] != "too-few":
         figures[DRIFT_METRIC] = (1.0 if report["verdict"] == "drift" else 0.0, "None")
     if "predicted_classes" in checks:
@@ -32,11 +34,15 @@ def drift_metrics(report: dict) -> list[dict]:
         figures["ImageStatisticMaxKS"] = (max(c["ks_statistic"] for c in checks["image_statistics"].values()), "None")
     if checks.get("features", {}).get("ratio") is not None:
         figures["FeatureDistanceRatio"] = (checks["features"]["ratio"], "None")
-    dimensions = [{"Name": "EndpointName", "Value": report["endpoint"]},
-                  {"Name": "VariantName", "Value": report["variant"] or ALL_VARIANTS}]
+    dimensions = [
+        {"Name": "EndpointName", "Value": report["endpoint"]},
+        {"Name": "VariantName", "Value": report["variant"] or ALL_VARIANTS},
+    ]
     when = datetime.fromisoformat(report["created"])
-    return [{"MetricName": name, "Dimensions": dimensions, "Timestamp": when, "Value": float(value), "Unit": unit}
-            for name, (value, unit) in figures.items()]
+    return [
+        {"MetricName": name, "Dimensions": dimensions, "Timestamp": when, "Value": float(value), "Unit": unit}
+        for name, (value, unit) in figures.items()
+    ]
 
 
 def put_drift_metrics(settings: Settings, report: dict, client=None) -> list[dict]:

@@ -61,8 +61,12 @@ def class_shift(captured: np.ndarray, baseline: np.ndarray, limits: DriftThresho
     else:  # one class on both sides: nothing differs
         chi2, p_value, dof = 0.0, 1.0, 0
     return {
-        "captured_counts": _by_class(captured), "baseline_counts": _by_class(baseline),
-        "psi": psi, "chi2": float(chi2), "dof": int(dof), "p_value": float(p_value),
+        "captured_counts": _by_class(captured),
+        "baseline_counts": _by_class(baseline),
+        "psi": psi,
+        "chi2": float(chi2),
+        "dof": int(dof),
+        "p_value": float(p_value),
         "limit": limits.max_class_psi,
         "drifted": bool(psi > limits.max_class_psi and p_value < limits.alpha),
     }
@@ -77,8 +81,11 @@ def distribution_shift(captured: np.ndarray, baseline: np.ndarray, max_ks: float
     """
     result = stats.ks_2samp(captured, baseline)
     return {
-        "captured_median": float(np.median(captured)), "baseline_median": float(np.median(baseline)),
-        "ks_statistic": float(result.statistic), "p_value": float(result.pvalue), "limit": max_ks,
+        "captured_median": float(np.median(captured)),
+        "baseline_median": float(np.median(baseline)),
+        "ks_statistic": float(result.statistic),
+        "p_value": float(result.pvalue),
+        "limit": max_ks,
         "drifted": bool(result.statistic > max_ks and result.pvalue < alpha),
     }
 
@@ -94,9 +101,13 @@ def confidence_shift(captured: np.ndarray, baseline: np.ndarray, limits: DriftTh
     low_captured = float(np.mean(captured < limits.low_confidence))
     low_baseline = float(np.mean(baseline < limits.low_confidence))
     too_many_low = low_captured - low_baseline > limits.max_low_confidence_increase
-    return {**result, "low_confidence_share": low_captured, "baseline_low_confidence_share": low_baseline,
-            "low_confidence_limit": low_baseline + limits.max_low_confidence_increase,
-            "drifted": bool(result["drifted"] or too_many_low)}
+    return {
+        **result,
+        "low_confidence_share": low_captured,
+        "baseline_low_confidence_share": low_baseline,
+        "low_confidence_limit": low_baseline + limits.max_low_confidence_increase,
+        "drifted": bool(result["drifted"] or too_many_low),
+    }
 
 
 def frechet_distance(mean_a, covariance_a, mean_b, covariance_b) -> float:
@@ -112,8 +123,9 @@ def _gaussian(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return points.mean(axis=0), np.atleast_2d(np.cov(points, rowvar=False))
 
 
-def feature_shift(captured: np.ndarray, baseline_covariance: np.ndarray, validation: np.ndarray,
-                  limits: DriftThresholds) -> dict:
+def feature_shift(
+    captured: np.ndarray, baseline_covariance: np.ndarray, validation: np.ndarray, limits: DriftThresholds
+) -> dict:
     """Fréchet distance of the captured features from the baseline's, in the baseline's principal coordinates.
 
     ``captured`` ``[n, k]`` and ``validation`` ``[m, k]`` are features in the baseline's principal
@@ -128,8 +140,14 @@ def feature_shift(captured: np.ndarray, baseline_covariance: np.ndarray, validat
     one set of unseen drivers differs from another. A ratio near 1 is traffic like that.
     """
     if len(captured) < 2 or len(validation) < 4:
-        return {"frechet_distance": None, "reference": None, "ratio": None, "drifted": None,
-                "limit": limits.max_frechet_ratio, "note": "too few images to estimate a covariance"}
+        return {
+            "frechet_distance": None,
+            "reference": None,
+            "ratio": None,
+            "drifted": None,
+            "limit": limits.max_frechet_ratio,
+            "note": "too few images to estimate a covariance",
+        }
     mean, covariance = _gaussian(captured)
     distance = frechet_distance(mean, covariance, np.zeros(len(baseline_covariance)), baseline_covariance)
     size = min(len(captured), len(validation) // 2)
@@ -141,16 +159,25 @@ def feature_shift(captured: np.ndarray, baseline_covariance: np.ndarray, validat
     reference = float(np.median(references))
     ratio = distance / reference if reference > 0 else float("inf")
     return {
-        "frechet_distance": distance, "reference": reference, "reference_size": int(size), "ratio": ratio,
-        "components": int(captured.shape[1]), "limit": limits.max_frechet_ratio,
+        "frechet_distance": distance,
+        "reference": reference,
+        "reference_size": int(size),
+        "ratio": ratio,
+        "components": int(captured.shape[1]),
+        "limit": limits.max_frechet_ratio,
         "drifted": bool(ratio > limits.max_frechet_ratio),
     }
 
 
 def refused_share(refused: int, total: int, limits: DriftThresholds) -> dict:
     share = refused / total if total else 0.0
-    return {"refused": int(refused), "requests": int(total), "share": share, "limit": limits.max_refused_share,
-            "drifted": bool(share > limits.max_refused_share)}
+    return {
+        "refused": int(refused),
+        "requests": int(total),
+        "share": share,
+        "limit": limits.max_refused_share,
+        "drifted": bool(share > limits.max_refused_share),
+    }
 
 
 def _by_class(counts: np.ndarray) -> dict[str, int]:

@@ -49,9 +49,11 @@ class ExportReport:
         left = [f"{self.refused} refused", f"{self.repeats} repeated"]
         if self.confident:
             left.append(f"{self.confident} confident")
-        return (f"{self.exported} of {self.requests} captured requests exported for review ({', '.join(left)} "
-                f"left out) -> {self.out_dir}\nreview: fill in each row's subject (pNNN) and correct its classname "
-                f"(in {DRIVER_LIST}, or move the file to its class folder), then inv data.add --from {self.out_dir}")
+        return (
+            f"{self.exported} of {self.requests} captured requests exported for review ({', '.join(left)} "
+            f"left out) -> {self.out_dir}\nreview: fill in each row's subject (pNNN) and correct its classname "
+            f"(in {DRIVER_LIST}, or move the file to its class folder), then inv data.add --from {self.out_dir}"
+        )
 
 
 def export_for_review(records, out_dir: str | Path, low_confidence: float | None = None) -> ExportReport:
@@ -118,8 +120,14 @@ def _iso(moment) -> str:
     return moment.isoformat(timespec="seconds") if isinstance(moment, datetime) else str(moment or "")
 
 
-def export_window(settings: Settings, out_dir: str | Path, since=None, variant: str | None = None,
-                  low_confidence_only: bool = False, thresholds: str | Path | None = None) -> ExportReport:
+def export_window(
+    settings: Settings,
+    out_dir: str | Path,
+    since=None,
+    variant: str | None = None,
+    low_confidence_only: bool = False,
+    thresholds: str | Path | None = None,
+) -> ExportReport:
     """The captured records of a window (the same reader as the drift report) as a review batch."""
     from distracted_driver.monitor.capture import iter_capture_records
     from distracted_driver.monitor.drift import DriftThresholds
@@ -129,6 +137,7 @@ def export_window(settings: Settings, out_dir: str | Path, since=None, variant: 
     limit = None
     if low_confidence_only:
         limit = DriftThresholds.load(thresholds or THRESHOLDS).low_confidence
-    records = iter_capture_records(open_storage(settings), settings.capture_prefix, settings.endpoint_name,
-                                   since=since, variant=variant)
+    records = iter_capture_records(
+        open_storage(settings), settings.capture_prefix, settings.endpoint_name, since=since, variant=variant
+    )
     return export_for_review(records, out_dir, limit)

@@ -43,8 +43,9 @@ def plot_confidence(captured: np.ndarray, baseline: np.ndarray, low_confidence: 
     return _save(fig, png)
 
 
-def plot_statistics(captured: dict[str, np.ndarray], baseline: dict[str, np.ndarray], verdicts: dict[str, dict],
-                    png: Path, title: str) -> Path:
+def plot_statistics(
+    captured: dict[str, np.ndarray], baseline: dict[str, np.ndarray], verdicts: dict[str, dict], png: Path, title: str
+) -> Path:
     """One histogram per image statistic, captured over baseline, with the KS distance in the title."""
     fig, axes = plt.subplots(1, len(STATISTICS), figsize=(4 * len(STATISTICS), 3.6))
     for ax, name in zip(axes, STATISTICS):

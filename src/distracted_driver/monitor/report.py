@@ -23,9 +23,9 @@ from pathlib import Path
 from distracted_driver.config import Settings
 from distracted_driver.data.convert import ConvertOptions
 from distracted_driver.data.image_stats import STATISTICS
+from distracted_driver.model.artifact import ArtifactError
 from distracted_driver.monitor import drift, plots
 from distracted_driver.monitor.traffic import Traffic, observe
-from distracted_driver.model.artifact import ArtifactError
 from distracted_driver.train.baseline import Baseline
 
 EXIT_DRIFT = 3
@@ -63,12 +63,15 @@ def judge(traffic: Traffic, baseline: Baseline, limits: drift.DriftThresholds) -
     if traffic.answered:
         checks["predicted_classes"] = drift.class_shift(traffic.predicted_counts, baseline.predicted_counts, limits)
         checks["confidence"] = drift.confidence_shift(traffic.confidences, baseline.confidences, limits)
-        checks["image_statistics"] = {name: drift.statistic_shift(traffic.statistics[name], baseline.statistic(name),
-                                                                  limits) for name in STATISTICS}
+        checks["image_statistics"] = {
+            name: drift.statistic_shift(traffic.statistics[name], baseline.statistic(name), limits)
+            for name in STATISTICS
+        }
     if traffic.features is not None and traffic.answered:
         covariance = baseline.projection.T @ baseline.feature_covariance @ baseline.projection
-        checks["features"] = drift.feature_shift(baseline.project(traffic.features), covariance,
-                                                 baseline.validation_projected, limits)
+        checks["features"] = drift.feature_shift(
+            baseline.project(traffic.features), covariance, baseline.validation_projected, limits
+        )
     # Too few requests decide nothing; too few answers decide nothing but the share of refusals.
     for name, check in _flat(checks):
         needed = traffic.requests if name == "refused" else traffic.answered
@@ -95,8 +98,10 @@ def summary_line(report: dict) -> str:
     checks, records = report["checks"], report["records"]
     window = f"{records['requests']} captured requests since {report['window']['since'] or 'the start'}"
     if report["verdict"] == "too-few":
-        return (f"drift: not judged, {records['answered']} answered of {window} "
-                f"(fewer than {report['thresholds']['min_records']})")
+        return (
+            f"drift: not judged, {records['answered']} answered of {window} "
+            f"(fewer than {report['thresholds']['min_records']})"
+        )
     figures = []
     if "features" in checks and checks["features"]["ratio"] is not None:
         figures.append(f"features x{checks['features']['ratio']:.1f} of validation's spread")
@@ -118,33 +123,77 @@ def summary_text(report: dict) -> str:
     checks = report["checks"]
     if "predicted_classes" in checks:
         c = checks["predicted_classes"]
-        rows.append(("predicted classes", _top_class(c["captured_counts"]), _top_class(c["baseline_counts"]),
-                     f"PSI {c['psi']:.3f}, chi2 p {c['p_value']:.2g}", f"{c['limit']:g}", _mark(c)))
+        rows.append(
+            (
+                "predicted classes",
+                _top_class(c["captured_counts"]),
+                _top_class(c["baseline_counts"]),
+                f"PSI {c['psi']:.3f}, chi2 p {c['p_value']:.2g}",
+                f"{c['limit']:g}",
+                _mark(c),
+            )
+        )
     if "confidence" in checks:
         c = checks["confidence"]
-        rows.append(("confidence", f"median {c['captured_median']:.3f}", f"median {c['baseline_median']:.3f}",
-                     f"KS {c['ks_statistic']:.3f}, p {c['p_value']:.2g}", f"{c['limit']:g}", _mark(c)))
-        rows.append((f"  low (< {report['thresholds']['low_confidence']:g})", f"{c['low_confidence_share']:.1%}",
-                     f"{c['baseline_low_confidence_share']:.1%}", "", f"{c['low_confidence_limit']:.1%}", ""))
+        rows.append(
+            (
+                "confidence",
+                f"median {c['captured_median']:.3f}",
+                f"median {c['baseline_median']:.3f}",
+                f"KS {c['ks_statistic']:.3f}, p {c['p_value']:.2g}",
+                f"{c['limit']:g}",
+                _mark(c),
+            )
+        )
+        rows.append(
+            (
+                f"  low (< {report['thresholds']['low_confidence']:g})",
+                f"{c['low_confidence_share']:.1%}",
+                f"{c['baseline_low_confidence_share']:.1%}",
+                "",
+                f"{c['low_confidence_limit']:.1%}",
+                "",
+            )
+        )
     for name, c in checks.get("image_statistics", {}).items():
-        rows.append((name, f"median {c['captured_median']:.4g}", f"median {c['baseline_median']:.4g}",
-                     f"KS {c['ks_statistic']:.3f}, p {c['p_value']:.2g}", f"{c['limit']:g}", _mark(c)))
+        rows.append(
+            (
+                name,
+                f"median {c['captured_median']:.4g}",
+                f"median {c['baseline_median']:.4g}",
+                f"KS {c['ks_statistic']:.3f}, p {c['p_value']:.2g}",
+                f"{c['limit']:g}",
+                _mark(c),
+            )
+        )
     if "features" in checks:
         c = checks["features"]
         if c["ratio"] is None:
             rows.append(("features (Frechet)", "", "", c["note"], "", "-"))
         else:
-            rows.append(("features (Frechet)", f"{c['frechet_distance']:.4g}", f"ref {c['reference']:.4g}",
-                         f"ratio {c['ratio']:.2f} ({c['components']} dims)", f"{c['limit']:g}", _mark(c)))
+            rows.append(
+                (
+                    "features (Frechet)",
+                    f"{c['frechet_distance']:.4g}",
+                    f"ref {c['reference']:.4g}",
+                    f"ratio {c['ratio']:.2f} ({c['components']} dims)",
+                    f"{c['limit']:g}",
+                    _mark(c),
+                )
+            )
     c = checks["refused"]
-    rows.append(("refused", f"{c['refused']} of {c['requests']}", "", f"{c['share']:.1%}", f"{c['limit']:.0%}",
-                 _mark(c)))
+    rows.append(
+        ("refused", f"{c['refused']} of {c['requests']}", "", f"{c['share']:.1%}", f"{c['limit']:.0%}", _mark(c))
+    )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     model = report["model"]
-    head = [f"drift report {report['created']}: endpoint {report['endpoint']}"
-            f"{'/' + report['variant'] if report['variant'] else ''}, live model {model['version']}",
-            report["summary_line"], ""]
+    head = [
+        f"drift report {report['created']}: endpoint {report['endpoint']}"
+        f"{'/' + report['variant'] if report['variant'] else ''}, live model {model['version']}",
+        report["summary_line"],
+        "",
+    ]
     return "\n".join(head + table) + "\n"
 
 
@@ -168,14 +217,23 @@ def write_outputs(report: dict, traffic: Traffic, baseline: Baseline, out_root: 
         files = {"summary": "summary.txt", "report": "report.json"}
         if traffic.answered:
             checks = report["checks"]
-            files["classes"] = plots.plot_classes(traffic.predicted_counts, baseline.predicted_counts,
-                                                  staging / "classes.png", title).name
-            files["confidence"] = plots.plot_confidence(traffic.confidences, baseline.confidences,
-                                                        report["thresholds"]["low_confidence"],
-                                                        staging / "confidence.png", title).name
+            files["classes"] = plots.plot_classes(
+                traffic.predicted_counts, baseline.predicted_counts, staging / "classes.png", title
+            ).name
+            files["confidence"] = plots.plot_confidence(
+                traffic.confidences,
+                baseline.confidences,
+                report["thresholds"]["low_confidence"],
+                staging / "confidence.png",
+                title,
+            ).name
             files["statistics"] = plots.plot_statistics(
-                traffic.statistics, {name: baseline.statistic(name) for name in STATISTICS},
-                checks["image_statistics"], staging / "statistics.png", title).name
+                traffic.statistics,
+                {name: baseline.statistic(name) for name in STATISTICS},
+                checks["image_statistics"],
+                staging / "statistics.png",
+                title,
+            ).name
         report["files"] = files
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "summary.txt").write_text(summary_text(report))
@@ -186,16 +244,22 @@ def write_outputs(report: dict, traffic: Traffic, baseline: Baseline, out_root: 
     return final
 
 
-def drift_report(settings: Settings, since: datetime | None = None, variant: str | None = None,
-                 thresholds: str | Path | None = None, out_root: str | Path | None = None,
-                 progress: bool = False, now: datetime | None = None) -> MonitorResult:
+def drift_report(
+    settings: Settings,
+    since: datetime | None = None,
+    variant: str | None = None,
+    thresholds: str | Path | None = None,
+    out_root: str | Path | None = None,
+    progress: bool = False,
+    now: datetime | None = None,
+) -> MonitorResult:
     """Read the window's captured records, judge them against the live model's baseline, write the report."""
-    from distracted_driver.monitor.capture import iter_capture_records
-    from distracted_driver.model.inference import Classifier
     from distracted_driver.model.cache import fetch_artifact
+    from distracted_driver.model.inference import Classifier
+    from distracted_driver.model.registry import Registry
+    from distracted_driver.monitor.capture import iter_capture_records
     from distracted_driver.storage import open_storage
     from distracted_driver.train.baseline import load_baseline
-    from distracted_driver.model.registry import Registry
 
     now = now or datetime.now(UTC)
     limits = drift.DriftThresholds.load(thresholds or THRESHOLDS)
@@ -210,26 +274,39 @@ def drift_report(settings: Settings, since: datetime | None = None, variant: str
         raise MonitorError(str(error)) from None
     options, options_note = convert_options(storage, settings, artifact.provenance.get("data_manifest_sha256"))
     unreadable: list[str] = []
-    records = iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since,
-                                   variant=variant, skipped=unreadable)
+    records = iter_capture_records(
+        storage, settings.capture_prefix, settings.endpoint_name, since=since, variant=variant, skipped=unreadable
+    )
     traffic = observe(records, Classifier(measuring), options, progress)
     if traffic.requests == 0:
         where = storage.uri(f"{settings.capture_prefix}/{settings.endpoint_name}/")
-        raise MonitorError(f"nothing captured under {where}{' since ' + since.isoformat() if since else ''}: "
-                           "is capture on? (inv deploy.capture --percent 100)")
+        raise MonitorError(
+            f"nothing captured under {where}{' since ' + since.isoformat() if since else ''}: "
+            "is capture on? (inv deploy.capture --percent 100)"
+        )
     report = {
         "id": now.strftime("%Y%m%dT%H%M%SZ"),
         "created": now.isoformat(timespec="seconds"),
         "endpoint": settings.endpoint_name,
         "variant": variant,
-        "window": {"since": since.isoformat(timespec="seconds") if since else None,
-                   "until": now.isoformat(timespec="seconds")},
-        "model": {"version": artifact.version, "served_file": artifact.served_model_path.name,
-                  "model_file": baseline.summary["model_file"],
-                  "baseline_validation_images": baseline.summary["validation"]["images"],
-                  "baseline_statistic_images": baseline.summary["image_statistics"]["images"]},
-        "records": {"requests": traffic.requests, "answered": traffic.answered, "refused": len(traffic.refused),
-                    "answered_by": dict(traffic.model_versions), "unreadable_lines": len(unreadable)},
+        "window": {
+            "since": since.isoformat(timespec="seconds") if since else None,
+            "until": now.isoformat(timespec="seconds"),
+        },
+        "model": {
+            "version": artifact.version,
+            "served_file": artifact.served_model_path.name,
+            "model_file": baseline.summary["model_file"],
+            "baseline_validation_images": baseline.summary["validation"]["images"],
+            "baseline_statistic_images": baseline.summary["image_statistics"]["images"],
+        },
+        "records": {
+            "requests": traffic.requests,
+            "answered": traffic.answered,
+            "refused": len(traffic.refused),
+            "answered_by": dict(traffic.model_versions),
+            "unreadable_lines": len(unreadable),
+        },
         "refusals": [{"event_id": event, "reason": why} for event, why in traffic.refused[:SHOWN_REFUSALS]],
         "convert_options": {**options.to_dict(), "note": options_note},
         "thresholds": limits.to_dict(),

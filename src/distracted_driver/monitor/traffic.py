@@ -56,8 +56,11 @@ class Traffic:
 
     @property
     def predicted_counts(self) -> np.ndarray:
-        return np.bincount(self.probabilities.argmax(axis=1), minlength=len(CLASSES)) if self.answered \
+        return (
+            np.bincount(self.probabilities.argmax(axis=1), minlength=len(CLASSES))
+            if self.answered
             else np.zeros(len(CLASSES), dtype=np.int64)
+        )
 
 
 def answer_probabilities(output) -> np.ndarray | None:
@@ -89,8 +92,10 @@ def observe(records, classifier, convert_options: ConvertOptions, progress: bool
     """
     traffic = Traffic()
     answers, statistics, features = [], [], []
-    with ThreadPoolExecutor(cpu_count()) as pool, \
-            tqdm(desc="captured requests", unit="req", disable=not progress, mininterval=2) as bar:
+    with (
+        ThreadPoolExecutor(cpu_count()) as pool,
+        tqdm(desc="captured requests", unit="req", disable=not progress, mininterval=2) as bar,
+    ):
         for chunk in _chunks(records, CHUNK):
             measured = list(pool.map(lambda record: _measure(record, classifier, convert_options), chunk))
             prepared = []
@@ -140,6 +145,8 @@ def _measure(record, classifier, options: ConvertOptions):
         return probabilities, image_statistics(decode_image(record_form)), classifier.prepare(record_form), None
     except ImageError as error:
         return None, None, None, f"the image fails the check: {error}"
+
+
 def _short(text, limit: int = 120) -> str:
     text = " ".join(str(text or "nothing").split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -6,8 +6,9 @@ these; keeping them here lets neither import the other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import TextIO
 
 from distracted_driver.config import Settings
 from distracted_driver.pipeline.options import RunOptions

@@ -21,8 +21,18 @@ REPOSITORY = PACKAGE.parents[1]  # src/distracted_driver -> the checkout (editab
 
 CONVERT_SOURCES = ("data/split.py", "data/convert.py", "data/recordio.py", "data/layout.py")
 # The job also packs, evaluates and picks the precision of its own export: model/ minus the registry and cache.
-TRAINING_SOURCES = ("train/*.py", "model/artifact.py", "model/precision.py", "model/evaluate.py", "model/inference.py",
-                    "data/channel.py", "data/imaging.py", "data/payload.py", "data/recordio.py", "data/layout.py")
+TRAINING_SOURCES = (
+    "train/*.py",
+    "model/artifact.py",
+    "model/precision.py",
+    "model/evaluate.py",
+    "model/inference.py",
+    "data/channel.py",
+    "data/imaging.py",
+    "data/payload.py",
+    "data/recordio.py",
+    "data/layout.py",
+)
 TRAINING_EXCLUDED = ("train/gate.py", "train/runner.py", "train/sagemaker.py", "train/source_dir.py")
 TRAINING_SCRIPT = REPOSITORY / "scripts" / "train.py"
 

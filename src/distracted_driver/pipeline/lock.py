@@ -43,7 +43,7 @@ class LockHolder:
     refreshed: float
 
     @classmethod
-    def current(cls, run_id: str) -> "LockHolder":
+    def current(cls, run_id: str) -> LockHolder:
         now = time.time()
         return cls(run_id, **process_identity(), started=now, refreshed=now)
 
@@ -55,7 +55,7 @@ class LockHolder:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "LockHolder":
+    def from_bytes(cls, data: bytes) -> LockHolder:
         value = json.loads(data)
         return cls(**{name: value[name] for name in cls.__dataclass_fields__})
 
@@ -84,8 +84,9 @@ def stale_reason(holder: LockHolder | None, max_age_seconds: float, now: float |
 class PipelineLock:
     """``with PipelineLock(storage, settings, run_id):`` — raises LockBusy when held by a live run."""
 
-    def __init__(self, storage: Storage, settings: Settings, run_id: str,
-                 max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS):
+    def __init__(
+        self, storage: Storage, settings: Settings, run_id: str, max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
+    ):
         self.storage = storage
         self.key = f"{settings.pipeline_prefix.strip('/')}/lock"
         self.run_id = run_id
@@ -152,7 +153,7 @@ class PipelineLock:
             log.warning("not releasing the pipeline lock: another run took it over from run %s", self.run_id)
         self.holder = None
 
-    def __enter__(self) -> "PipelineLock":
+    def __enter__(self) -> PipelineLock:
         self.acquire()
         return self
 

@@ -53,7 +53,7 @@ class RunOptions:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, value: dict) -> "RunOptions":
+    def from_dict(cls, value: dict) -> RunOptions:
         return cls(**{k: v for k, v in value.items() if k in cls.__dataclass_fields__})
 
 
@@ -82,8 +82,10 @@ FLAGS: dict[str, tuple[object, str]] = {
     "val_fraction": (None, "share of the images (whole drivers) put in validation (default 0.2)"),
     "val_drivers": (None, "put this many whole drivers in validation instead"),
     "resize": (None, "converter: shorter edge in pixels (default 256)"),
-    "gate_tolerance": (None, "how much worse than the live model's validation log loss a candidate may be "
-                             "(default 0.05)"),
+    "gate_tolerance": (
+        None,
+        "how much worse than the live model's validation log loss a candidate may be (default 0.05)",
+    ),
     "canary_percent": (None, "canary: share of capacity that gets traffic first (default 10)"),
     "wait_seconds": (None, "wait between traffic shifts (default 10)"),
     "bake_seconds": (None, "alarm watch with all traffic on green (default 10)"),
@@ -92,23 +94,57 @@ FLAGS: dict[str, tuple[object, str]] = {
     "load_users": (None, "load test: Locust users (default 4)"),
     "load_seconds": (None, "load test: seconds (default 15; 0 skips the load test)"),
     "api_url": (None, "REST API to smoke-test and load (default: the local gateway; the API stage URL on aws)"),
-    "capture_percent": (None, "data capture: share of invocations the endpoint captures once the candidate is "
-                              "live, 0..100 (default: as it is now, nothing for a new endpoint)"),
+    "capture_percent": (
+        None,
+        "data capture: share of invocations the endpoint captures once the candidate is "
+        "live, 0..100 (default: as it is now, nothing for a new endpoint)",
+    ),
 }
 
 
-def options_from_flags(*, epochs=None, learning_rate=None, mini_batch_size=None, image_size=None, seed=None,
-                       extra=None, val_fraction=None, val_drivers=None, resize=None, **rest) -> RunOptions:
+def options_from_flags(
+    *,
+    epochs=None,
+    learning_rate=None,
+    mini_batch_size=None,
+    image_size=None,
+    seed=None,
+    extra=None,
+    val_fraction=None,
+    val_drivers=None,
+    resize=None,
+    **rest,
+) -> RunOptions:
     """RunOptions from command-line flags (``inv pipeline.run`` / ``pipeline.watch``); unset flags stay unset."""
-    hyperparameters = {"epochs": epochs, "learning-rate": learning_rate, "mini-batch-size": mini_batch_size,
-                       "image-size": image_size, "seed": seed, **parse_key_values(extra)}
-    convert = {"val_fraction": None if val_fraction is None else float(val_fraction),
-               "val_drivers": None if val_drivers is None else int(val_drivers),
-               "resize": None if resize is None else int(resize)}
-    numeric = {"canary_percent": int, "linear_step_percent": int, "wait_seconds": float, "bake_seconds": float,
-               "alarm_max_error_rate": float, "alarm_max_p99_ms": float,
-               "gate_tolerance": float, "smoke_images": int, "load_users": int, "load_spawn_rate": float,
-               "load_seconds": float}
+    hyperparameters = {
+        "epochs": epochs,
+        "learning-rate": learning_rate,
+        "mini-batch-size": mini_batch_size,
+        "image-size": image_size,
+        "seed": seed,
+        **parse_key_values(extra),
+    }
+    convert = {
+        "val_fraction": None if val_fraction is None else float(val_fraction),
+        "val_drivers": None if val_drivers is None else int(val_drivers),
+        "resize": None if resize is None else int(resize),
+    }
+    numeric = {
+        "canary_percent": int,
+        "linear_step_percent": int,
+        "wait_seconds": float,
+        "bake_seconds": float,
+        "alarm_max_error_rate": float,
+        "alarm_max_p99_ms": float,
+        "gate_tolerance": float,
+        "smoke_images": int,
+        "load_users": int,
+        "load_spawn_rate": float,
+        "load_seconds": float,
+    }
     given = {k: (numeric[k](v) if k in numeric else v) for k, v in rest.items() if v is not None}
-    return RunOptions(hyperparameters={k: v for k, v in hyperparameters.items() if v is not None},
-                      convert={k: v for k, v in convert.items() if v is not None}, **given)
+    return RunOptions(
+        hyperparameters={k: v for k, v in hyperparameters.items() if v is not None},
+        convert={k: v for k, v in convert.items() if v is not None},
+        **given,
+    )

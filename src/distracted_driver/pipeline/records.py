@@ -23,7 +23,7 @@ import os
 import secrets
 import socket
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from distracted_driver.config import Settings
 from distracted_driver.hashing import sha256_json
@@ -41,7 +41,7 @@ FINISHED = (DONE, REUSED, SKIPPED)
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def new_run_id() -> str:
@@ -50,7 +50,7 @@ def new_run_id() -> str:
     The milliseconds matter: runs that fail fast, and the resume that follows, start within one
     second, and the latest run is the last id in sorted order.
     """
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
 
 
@@ -111,10 +111,12 @@ class RunRecord:
         return value
 
     @classmethod
-    def from_dict(cls, value: dict) -> "RunRecord":
+    def from_dict(cls, value: dict) -> RunRecord:
         value = {k: v for k, v in value.items() if k in cls.__dataclass_fields__}
-        stages = [StageRecord(**{k: v for k, v in s.items() if k in StageRecord.__dataclass_fields__})
-                  for s in value.pop("stages", [])]
+        stages = [
+            StageRecord(**{k: v for k, v in s.items() if k in StageRecord.__dataclass_fields__})
+            for s in value.pop("stages", [])
+        ]
         record = cls(**value)
         if stages:
             record.stages = stages
@@ -155,8 +157,11 @@ class RunStore:
     def run_ids(self) -> list[str]:
         """Every recorded run id, oldest first."""
         start = len(f"{self.prefix}/runs/")
-        return [key[start:-len(".json")] for key in self.storage.list_keys(f"{self.prefix}/runs/")
-                if key.endswith(".json")]
+        return [
+            key[start : -len(".json")]
+            for key in self.storage.list_keys(f"{self.prefix}/runs/")
+            if key.endswith(".json")
+        ]
 
     def history(self, limit: int | None = None) -> list[RunRecord]:
         """Run records, oldest first (the last ``limit`` of them when given)."""
@@ -177,8 +182,13 @@ class RunStore:
 
     def remember(self, stage: StageRecord, run_id: str) -> None:
         """Cache a finished stage's outputs under its input hash."""
-        entry = {"stage": stage.name, "inputs": stage.inputs, "outputs": stage.outputs,
-                 "run_id": run_id, "finished": now_iso()}
+        entry = {
+            "stage": stage.name,
+            "inputs": stage.inputs,
+            "outputs": stage.outputs,
+            "run_id": run_id,
+            "finished": now_iso(),
+        }
         self.storage.put_bytes(self.cache_key(stage.name, stage.input_hash), _dump(entry))
 
     def recall(self, stage: str, input_hash: str) -> dict | None:

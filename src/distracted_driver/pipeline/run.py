@@ -29,7 +29,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from distracted_driver.config import Settings
 from distracted_driver.pipeline import outcomes
@@ -65,9 +66,15 @@ class ResumeConflict(ValueError):
     """``--resume`` was given options other than those of the run it would continue."""
 
 
-def run_pipeline(settings: Settings, options: RunOptions | None = None, *, storage: Storage | None = None,
-                 log: Callable[[str], None] | None = None, stream: TextIO | None = sys.stderr,
-                 progress: bool = True) -> RunRecord:
+def run_pipeline(
+    settings: Settings,
+    options: RunOptions | None = None,
+    *,
+    storage: Storage | None = None,
+    log: Callable[[str], None] | None = None,
+    stream: TextIO | None = sys.stderr,
+    progress: bool = True,
+) -> RunRecord:
     """Run the pipeline once (or continue an interrupted run); the returned record carries the outcome and exit code.
 
     Raises ``ResumeConflict`` (nothing recorded) when ``--resume`` comes with options of its own.
@@ -90,8 +97,9 @@ def run_pipeline(settings: Settings, options: RunOptions | None = None, *, stora
             store.save(record)
             opened = True
             lock.refresh(run_id=record.run_id)
-            context = RunContext(settings, storage, store, RunOptions.from_dict(record.options), record, log, stream,
-                                 progress, resumed)
+            context = RunContext(
+                settings, storage, store, RunOptions.from_dict(record.options), record, log, stream, progress, resumed
+            )
             _walk(context, PIPELINE, lock)
         except (Interrupted, KeyboardInterrupt):  # between stages: the record says how far it got
             record.outcome = record.outcome or outcomes.failed(_current_stage(record))
@@ -112,8 +120,9 @@ def _current_stage(record: RunRecord) -> str:
     return record.stages[-1].name
 
 
-def _begin(store: RunStore, settings: Settings, storage: Storage, record: RunRecord, options: RunOptions,
-           log) -> RunRecord | None:
+def _begin(
+    store: RunStore, settings: Settings, storage: Storage, record: RunRecord, options: RunOptions, log
+) -> RunRecord | None:
     """With the lock held: close what a killed run left open; with ``resume``, the run to continue (else None).
 
     A record without an outcome belongs to a run that is gone (the lock is ours), and a training job
@@ -135,8 +144,10 @@ def _begin(store: RunStore, settings: Settings, storage: Storage, record: RunRec
         return None
     conflicts = _conflicting_options(options, latest.options)
     if conflicts:
-        raise ResumeConflict(f"--resume continues run {latest.run_id} with the options it was started with, "
-                             f"and these differ: {'; '.join(conflicts)}. Drop them, or start a new run without --resume")
+        raise ResumeConflict(
+            f"--resume continues run {latest.run_id} with the options it was started with, "
+            f"and these differ: {'; '.join(conflicts)}. Drop them, or start a new run without --resume"
+        )
     record.options = {**latest.options, "resume": True}
     record.resumes = latest.run_id
     log(f"resuming run {latest.run_id} ({latest.outcome}: {latest.reason}) with its options, as run {record.run_id}")
@@ -160,10 +171,11 @@ _OPERATIONAL_OPTIONS = ("resume", "lock_max_age_seconds")
 def _conflicting_options(given: RunOptions, recorded: dict) -> list[str]:
     """The options set (away from their defaults) in ``given`` that differ from the recorded run's."""
     defaults = RunOptions().to_dict()
-    return [f"{name} {value!r} (the run had {recorded.get(name, defaults[name])!r})"
-            for name, value in given.to_dict().items()
-            if name not in _OPERATIONAL_OPTIONS and value != defaults[name]
-            and value != recorded.get(name, defaults[name])]
+    return [
+        f"{name} {value!r} (the run had {recorded.get(name, defaults[name])!r})"
+        for name, value in given.to_dict().items()
+        if name not in _OPERATIONAL_OPTIONS and value != defaults[name] and value != recorded.get(name, defaults[name])
+    ]
 
 
 def _walk(context: RunContext, pipeline, lock: PipelineLock) -> None:
@@ -232,12 +244,17 @@ def _carry_over(context: RunContext, stage, stage_record: StageRecord) -> bool:
     previous = context.resumed.stage(stage.name) if context.resumed else None
     if previous is None or previous.status not in (DONE, REUSED):
         return False
-    if not (StageRecord.hash_inputs(stage.inputs(context)) == previous.input_hash
-            and stage.still_valid(context, previous.outputs)):
+    if not (
+        StageRecord.hash_inputs(stage.inputs(context)) == previous.input_hash
+        and stage.still_valid(context, previous.outputs)
+    ):
         return False
     stage_record.status, stage_record.source_run = REUSED, previous.source_run or context.resumed.run_id
-    stage_record.inputs, stage_record.input_hash, stage_record.outputs = previous.inputs, previous.input_hash, \
-        previous.outputs
+    stage_record.inputs, stage_record.input_hash, stage_record.outputs = (
+        previous.inputs,
+        previous.input_hash,
+        previous.outputs,
+    )
     stage_record.reason = f"finished by run {context.resumed.run_id}, which this run resumes"
     context.carried[stage.name] = previous
     return True
@@ -329,8 +346,10 @@ def format_history(records: list[RunRecord]) -> str:
     for record in records:
         outcome = record.outcome or "(unfinished)"
         resumes = f"(resumes {record.resumes}) " if record.resumes else ""
-        lines.append(f"{record.run_id}  {outcome:<18} {record.model_version or '-':<26} "
-                     f"{record.total_seconds:>8.1f} s  {resumes}{record.reason}")
+        lines.append(
+            f"{record.run_id}  {outcome:<18} {record.model_version or '-':<26} "
+            f"{record.total_seconds:>8.1f} s  {resumes}{record.reason}"
+        )
         stages = [f"{s.name} {s.status} {s.seconds:.1f}s" for s in record.stages if s.status != PENDING]
         lines.append(f"    {' · '.join(stages)}")
     return "\n".join(lines)

@@ -71,8 +71,10 @@ def raw_manifest(context: RunContext) -> dict:
 
         manifest = latest_manifest(context.storage, context.settings)
         if manifest is None:
-            raise StageFailed(f"no raw data under {context.storage.uri(context.settings.raw_prefix + '/')}: "
-                              "add some with `inv data.add --from DIR`")
+            raise StageFailed(
+                f"no raw data under {context.storage.uri(context.settings.raw_prefix + '/')}: "
+                "add some with `inv data.add --from DIR`"
+            )
         context.record.raw_manifest = manifest["id"]
         return manifest
 
@@ -106,9 +108,14 @@ class Materialize(Stage):
         materialize_raw(context.storage, context.settings, directory, manifest, progress=context.progress)
         (directory / MARKER).write_text(manifest["listing_sha256"])
         counts = manifest["counts"]
-        return {"directory": str(directory), "raw_listing_sha256": manifest["listing_sha256"],
-                "manifest": manifest["id"], "images": counts["images"], "drivers": counts["subjects"],
-                "summary": f"raw manifest {manifest['id']}: {counts['images']} images of {counts['subjects']} drivers"}
+        return {
+            "directory": str(directory),
+            "raw_listing_sha256": manifest["listing_sha256"],
+            "manifest": manifest["id"],
+            "images": counts["images"],
+            "drivers": counts["subjects"],
+            "summary": f"raw manifest {manifest['id']}: {counts['images']} images of {counts['subjects']} drivers",
+        }
 
 
 def convert_settings(context: RunContext) -> tuple[dict, dict]:
@@ -138,8 +145,11 @@ def bucket_holds_channels(context: RunContext, data_sha256: str) -> bool:
         if context.storage.checksum(f"{prefix}/{DATA_MANIFEST}") != data_sha256:
             return False
         manifest = json.loads(context.storage.get_bytes(f"{prefix}/{DATA_MANIFEST}"))
-        return all(context.storage.checksum(f"{prefix}/{name}") == info["sha256"]
-                   for split in manifest["splits"].values() for name, info in split["files"].items())
+        return all(
+            context.storage.checksum(f"{prefix}/{name}") == info["sha256"]
+            for split in manifest["splits"].values()
+            for name, info in split["files"].items()
+        )
 
     return context.memo(f"bucket_holds:{data_sha256}", check)
 
@@ -165,12 +175,17 @@ class Convert(Stage):
 
     def inputs(self, context):
         split, converter = convert_settings(context)
-        return {"raw_listing_sha256": raw_manifest(context)["listing_sha256"], "split": split,
-                "convert": converter, "code": convert_code_version()}
+        return {
+            "raw_listing_sha256": raw_manifest(context)["listing_sha256"],
+            "split": split,
+            "convert": converter,
+            "code": convert_code_version(),
+        }
 
     def still_valid(self, context, outputs):
-        return (local_channels(Path(outputs["directory"]), outputs["data_sha256"])
-                or bucket_holds_channels(context, outputs["data_sha256"]))
+        return local_channels(Path(outputs["directory"]), outputs["data_sha256"]) or bucket_holds_channels(
+            context, outputs["data_sha256"]
+        )
 
     def run(self, context, record):
         from distracted_driver.data.channels import build_channels  # loaded when the stage runs
@@ -187,10 +202,15 @@ class Convert(Stage):
         except (ValueError, FileNotFoundError) as error:
             raise StageFailed(str(error)) from None
         counts = report.convert.manifest["counts"]
-        return {"directory": str(directory), "data_sha256": sha256_file(directory / DATA_MANIFEST),
-                "counts": counts, "drivers": {name: len(d or []) for name, d in (report.split.drivers or {}).items()},
-                "summary": ", ".join(f"{name} {c['written']} images ({c['skipped']} skipped)"
-                                     for name, c in counts.items())}
+        return {
+            "directory": str(directory),
+            "data_sha256": sha256_file(directory / DATA_MANIFEST),
+            "counts": counts,
+            "drivers": {name: len(d or []) for name, d in (report.split.drivers or {}).items()},
+            "summary": ", ".join(
+                f"{name} {c['written']} images ({c['skipped']} skipped)" for name, c in counts.items()
+            ),
+        }
 
 
 class Upload(Stage):
@@ -199,8 +219,10 @@ class Upload(Stage):
     name = "upload"
 
     def inputs(self, context):
-        return {"data_sha256": context.outputs["convert"]["data_sha256"],
-                "destination": context.storage.uri(context.settings.data_prefix)}
+        return {
+            "data_sha256": context.outputs["convert"]["data_sha256"],
+            "destination": context.storage.uri(context.settings.data_prefix),
+        }
 
     def still_valid(self, context, outputs):
         return bucket_holds_channels(context, outputs["data_sha256"])
@@ -213,14 +235,20 @@ class Upload(Stage):
         if bucket_holds_channels(context, data_sha256):
             return {"data_sha256": data_sha256, "uploaded": 0, "bytes": 0, "summary": "already in the bucket"}
         if not local_channels(directory, data_sha256):
-            raise StageFailed(f"the channels of data {data_sha256[:12]} are neither in {directory} nor in the bucket; "
-                              "run again without --resume to convert them")
+            raise StageFailed(
+                f"the channels of data {data_sha256[:12]} are neither in {directory} nor in the bucket; "
+                "run again without --resume to convert them"
+            )
         try:
             report = upload_channels(context.storage, directory, context.settings.data_prefix)
         except ChannelsError as error:
             raise StageFailed(str(error)) from None
-        return {"data_sha256": data_sha256, "uploaded": len(report.uploaded), "bytes": report.bytes,
-                "summary": str(report)}
+        return {
+            "data_sha256": data_sha256,
+            "uploaded": len(report.uploaded),
+            "bytes": report.bytes,
+            "summary": str(report),
+        }
 
 
 # --- model: train, evaluate, gate -------------------------------------------------------------
@@ -254,11 +282,13 @@ class Train(Stage):
     name = "train"
 
     def inputs(self, context):
-        inputs = {"data_sha256": context.outputs["upload"]["data_sha256"],
-                  "code": training_code_version(),
-                  "hyperparameters": normalized_hyperparameters(context.options.hyperparameters),
-                  "int8_tolerance": context.settings.int8_tolerance,  # the job picks the served precision with it
-                  "backend": context.settings.backend}
+        inputs = {
+            "data_sha256": context.outputs["upload"]["data_sha256"],
+            "code": training_code_version(),
+            "hyperparameters": normalized_hyperparameters(context.options.hyperparameters),
+            "int8_tolerance": context.settings.int8_tolerance,  # the job picks the served precision with it
+            "backend": context.settings.backend,
+        }
         if context.settings.backend == "aws":
             inputs["algorithm"] = context.options.algorithm
         return inputs
@@ -284,10 +314,15 @@ class Train(Stage):
             raise StageFailed(str(error)) from None
         entry = Registry(context.storage, context.settings).get(job)
         metrics = entry["metrics"]
-        return {"job": job, "artifact_key": entry["artifact_key"], "artifact_sha256": entry["artifact_sha256"],
-                "log_loss": metrics["log_loss"], "accuracy": metrics["accuracy"],
-                "summary": f"model {job}: validation log loss {metrics['log_loss']:.4f}, "
-                           f"accuracy {metrics['accuracy']:.3f}"}
+        return {
+            "job": job,
+            "artifact_key": entry["artifact_key"],
+            "artifact_sha256": entry["artifact_sha256"],
+            "log_loss": metrics["log_loss"],
+            "accuracy": metrics["accuracy"],
+            "summary": f"model {job}: validation log loss {metrics['log_loss']:.4f}, "
+            f"accuracy {metrics['accuracy']:.3f}",
+        }
 
     def verdict(self, context, record):
         context.record.model_version = record.outputs["job"]
@@ -300,8 +335,10 @@ class Evaluate(Stage):
     name = "evaluate"
 
     def inputs(self, context):
-        return {"artifact_sha256": context.outputs["train"]["artifact_sha256"],
-                "data_sha256": context.outputs["upload"]["data_sha256"]}
+        return {
+            "artifact_sha256": context.outputs["train"]["artifact_sha256"],
+            "data_sha256": context.outputs["upload"]["data_sha256"],
+        }
 
     def run(self, context, record):
         from distracted_driver.model.evaluate import evaluate_model  # loaded when the stage runs
@@ -311,12 +348,19 @@ class Evaluate(Stage):
         _, metrics, paths = evaluate_model(context.settings, job, report_dir, progress=context.progress)
         recorded = context.outputs["train"]["log_loss"]
         if abs(metrics["log_loss"] - recorded) > METRICS_AGREEMENT:
-            raise StageFailed(f"the artifact of {job} in the bucket scores log loss {metrics['log_loss']:.4f} "
-                              f"on the validation channel, not the {recorded:.4f} it was registered with")
-        return {"job": job, "log_loss": metrics["log_loss"], "accuracy": metrics["accuracy"],
-                "examples": metrics["examples"], "report": {k: str(p) for k, p in paths.items()},
-                "summary": f"log loss {metrics['log_loss']:.4f}, accuracy {metrics['accuracy']:.3f} "
-                           f"on {metrics['examples']} validation images"}
+            raise StageFailed(
+                f"the artifact of {job} in the bucket scores log loss {metrics['log_loss']:.4f} "
+                f"on the validation channel, not the {recorded:.4f} it was registered with"
+            )
+        return {
+            "job": job,
+            "log_loss": metrics["log_loss"],
+            "accuracy": metrics["accuracy"],
+            "examples": metrics["examples"],
+            "report": {k: str(p) for k, p in paths.items()},
+            "summary": f"log loss {metrics['log_loss']:.4f}, accuracy {metrics['accuracy']:.3f} "
+            f"on {metrics['examples']} validation images",
+        }
 
 
 class Gate(Stage):
@@ -334,13 +378,15 @@ class Gate(Stage):
         from distracted_driver.train.gate import DEFAULT_TOLERANCE  # loaded when the stage runs
 
         tolerance = context.options.gate_tolerance
-        return {"candidate": context.outputs["train"]["job"],
-                "candidate_sha256": context.outputs["train"]["artifact_sha256"],
-                "data_sha256": context.outputs["upload"]["data_sha256"],
-                "live": live_version(context),
-                "tolerance": DEFAULT_TOLERANCE if tolerance is None else tolerance,
-                "int8_tolerance": context.settings.int8_tolerance,
-                "smoke_per_class": context.options.smoke_images}
+        return {
+            "candidate": context.outputs["train"]["job"],
+            "candidate_sha256": context.outputs["train"]["artifact_sha256"],
+            "data_sha256": context.outputs["upload"]["data_sha256"],
+            "live": live_version(context),
+            "tolerance": DEFAULT_TOLERANCE if tolerance is None else tolerance,
+            "int8_tolerance": context.settings.int8_tolerance,
+            "smoke_per_class": context.options.smoke_images,
+        }
 
     def still_valid(self, context, outputs):
         key = outputs.get("record_key")  # the deploy stage's clearance reads the stored decision
@@ -353,22 +399,36 @@ class Gate(Stage):
 
         inputs = record.inputs
         try:
-            decision = judge(Registry(context.storage, context.settings), inputs["candidate"],
-                             tolerance=inputs["tolerance"], smoke_per_class=inputs["smoke_per_class"],
-                             int8_tolerance=inputs.get("int8_tolerance"))
+            decision = judge(
+                Registry(context.storage, context.settings),
+                inputs["candidate"],
+                tolerance=inputs["tolerance"],
+                smoke_per_class=inputs["smoke_per_class"],
+                int8_tolerance=inputs.get("int8_tolerance"),
+            )
         except (GateError, RegistryError, ArtifactError) as error:
             raise StageFailed(str(error)) from None
         if decision.data_manifest_sha256 != inputs["data_sha256"]:
-            raise StageFailed(f"the bucket's data changed while the gate scored (data {decision.data_manifest_sha256[:12]}, "
-                              f"expected {inputs['data_sha256'][:12]}): run again")
-        return {"passed": decision.passed, "reason": decision.reason,
-                "candidate_log_loss": decision.candidate_log_loss, "candidate_accuracy": decision.candidate_accuracy,
-                "live_log_loss": decision.live_log_loss, "live_accuracy": decision.live_accuracy,
-                "examples": decision.examples, "smoke_images": decision.smoke_images,
-                "record_key": decision.record_key, "precision": decision.precision,
-                "fp32_log_loss": decision.fp32_log_loss, "int8_log_loss": decision.int8_log_loss,
-                "summary": f"{'passed' if decision.passed else 'rejected'}: {decision.reason}"
-                           + (f"; {decision.precision_line()}" if decision.precision else "")}
+            raise StageFailed(
+                f"the bucket's data changed while the gate scored (data {decision.data_manifest_sha256[:12]}, "
+                f"expected {inputs['data_sha256'][:12]}): run again"
+            )
+        return {
+            "passed": decision.passed,
+            "reason": decision.reason,
+            "candidate_log_loss": decision.candidate_log_loss,
+            "candidate_accuracy": decision.candidate_accuracy,
+            "live_log_loss": decision.live_log_loss,
+            "live_accuracy": decision.live_accuracy,
+            "examples": decision.examples,
+            "smoke_images": decision.smoke_images,
+            "record_key": decision.record_key,
+            "precision": decision.precision,
+            "fp32_log_loss": decision.fp32_log_loss,
+            "int8_log_loss": decision.int8_log_loss,
+            "summary": f"{'passed' if decision.passed else 'rejected'}: {decision.reason}"
+            + (f"; {decision.precision_line()}" if decision.precision else ""),
+        }
 
     def verdict(self, context, record):
         if record.outputs.get("passed", True):
@@ -376,8 +436,10 @@ class Gate(Stage):
         reason = f"gate: {record.outputs['reason']}"
         if record.status == DONE:
             return Stop(outcomes.REJECTED_BY_GATE, reason)
-        return Stop(outcomes.NOTHING_TO_DO,
-                    f"inputs unchanged since run {record.source_run}, whose candidate the gate rejected ({reason})")
+        return Stop(
+            outcomes.NOTHING_TO_DO,
+            f"inputs unchanged since run {record.source_run}, whose candidate the gate rejected ({reason})",
+        )
 
 
 # --- serving: deploy, smoke, load test -----------------------------------------------------
@@ -405,18 +467,27 @@ class Deploy(Stage):
 
     def inputs(self, context):
         train = context.outputs["train"]
-        return {"candidate": train["job"], "artifact_key": train["artifact_key"],
-                "artifact_sha256": train["artifact_sha256"], "routing": self.routing(context).__dict__,
-                "alarms": self.alarms(context).__dict__, "capture_percent": context.options.capture_percent}
+        return {
+            "candidate": train["job"],
+            "artifact_key": train["artifact_key"],
+            "artifact_sha256": train["artifact_sha256"],
+            "routing": self.routing(context).__dict__,
+            "alarms": self.alarms(context).__dict__,
+            "capture_percent": context.options.capture_percent,
+        }
 
     @staticmethod
     def routing(context: RunContext):
         from distracted_driver.hosting import TrafficRouting  # loaded when the stage runs
 
         o = context.options
-        return TrafficRouting(strategy=o.strategy, canary_percent=o.canary_percent,
-                              linear_step_percent=o.linear_step_percent, wait_seconds=o.wait_seconds,
-                              bake_seconds=o.bake_seconds)
+        return TrafficRouting(
+            strategy=o.strategy,
+            canary_percent=o.canary_percent,
+            linear_step_percent=o.linear_step_percent,
+            wait_seconds=o.wait_seconds,
+            bake_seconds=o.bake_seconds,
+        )
 
     @staticmethod
     def alarms(context: RunContext):
@@ -438,20 +509,31 @@ class Deploy(Stage):
             clearance(Registry(context.storage, context.settings), train["job"])
         except NotCleared as refusal:
             raise StageFailed(f"not deployed: {refusal}") from None
-        result = hosting(context).deploy(ModelSpec(train["job"], train["artifact_key"]), self.routing(context),
-                                         self.alarms(context), capture_percent=context.options.capture_percent)
+        result = hosting(context).deploy(
+            ModelSpec(train["job"], train["artifact_key"]),
+            self.routing(context),
+            self.alarms(context),
+            capture_percent=context.options.capture_percent,
+        )
         context.memo_clear("live")
-        outputs = {"outcome": result.outcome, "live_version": result.live_version, "reason": result.reason,
-                   "timings": result.timings, "strategy": context.options.strategy,
-                   "summary": f"{result.outcome}: {result.reason or result.live_version}"}
+        outputs = {
+            "outcome": result.outcome,
+            "live_version": result.live_version,
+            "reason": result.reason,
+            "timings": result.timings,
+            "strategy": context.options.strategy,
+            "summary": f"{result.outcome}: {result.reason or result.live_version}",
+        }
         if result.outcome == "failed":
             raise StageFailed(f"deploy of {train['job']} failed: {result.reason}")
         return outputs
 
     def verdict(self, context, record):
         if record.outputs.get("outcome") == "rolled-back":
-            return Stop(outcomes.ROLLED_BACK, f"deploy rolled back to {record.outputs['live_version']}: "
-                                              f"{record.outputs['reason']}")
+            return Stop(
+                outcomes.ROLLED_BACK,
+                f"deploy rolled back to {record.outputs['live_version']}: {record.outputs['reason']}",
+            )
         return None
 
 
@@ -483,8 +565,11 @@ class Smoke(Stage):
     def inputs(self, context):
         # The smoke set is the gate's for this version and validation set (the gate may be skipped when the
         # candidate is live already; the record it wrote before is the one used).
-        return {"version": context.outputs["train"]["job"], "data_sha256": context.outputs["upload"]["data_sha256"],
-                "api": context.options.api_url or ("local" if context.settings.backend == "local" else "")}
+        return {
+            "version": context.outputs["train"]["job"],
+            "data_sha256": context.outputs["upload"]["data_sha256"],
+            "api": context.options.api_url or ("local" if context.settings.backend == "local" else ""),
+        }
 
     def run(self, context, record):
         from distracted_driver.hosting.release import verify_endpoint  # loaded when the stage runs
@@ -503,10 +588,16 @@ class Smoke(Stage):
         if problems:
             return self._roll_back(context, version, problems)
         where = "endpoint and REST API" if api else "endpoint"
-        return {"version": version, "requests": check.requests * (2 if api else 1), "api": api[0] if api else None,
-                "max_difference": check.max_difference, "accuracy": check.accuracy,
-                "gate_accuracy": check.expected_accuracy, "seconds": check.seconds,
-                "summary": f"{check.summary()}; through the {where}"}
+        return {
+            "version": version,
+            "requests": check.requests * (2 if api else 1),
+            "api": api[0] if api else None,
+            "max_difference": check.max_difference,
+            "accuracy": check.accuracy,
+            "gate_accuracy": check.expected_accuracy,
+            "seconds": check.seconds,
+            "summary": f"{check.summary()}; through the {where}",
+        }
 
     def _roll_back(self, context, version: str, problems: list[str]) -> dict:
         reason = "; ".join(problems[:3])
@@ -514,8 +605,13 @@ class Smoke(Stage):
             result = hosting(context).rollback()
         except Exception as error:  # noqa: BLE001
             raise StageFailed(f"smoke test of {version} failed ({reason}) and so did the rollback: {error}") from None
-        return {"version": version, "passed": False, "rolled_back_to": result.live_version, "reason": reason,
-                "summary": f"failed, rolled back to {result.live_version}: {reason}"}
+        return {
+            "version": version,
+            "passed": False,
+            "rolled_back_to": result.live_version,
+            "reason": reason,
+            "summary": f"failed, rolled back to {result.live_version}: {reason}",
+        }
 
     def cacheable(self, outputs):
         return False  # it runs after every deploy: a passed smoke test says nothing about the next deploy
@@ -524,8 +620,11 @@ class Smoke(Stage):
         if record.outputs.get("passed", True):
             return None
         context.memo_clear("live")
-        return Stop(outcomes.ROLLED_BACK, f"smoke test of {record.outputs['version']} failed "
-                                          f"({record.outputs['reason']}); rolled back to {record.outputs['rolled_back_to']}")
+        return Stop(
+            outcomes.ROLLED_BACK,
+            f"smoke test of {record.outputs['version']} failed "
+            f"({record.outputs['reason']}); rolled back to {record.outputs['rolled_back_to']}",
+        )
 
 
 def _smoke_api(api: tuple[str, str | None], images: list[bytes], version: str) -> list[str]:
@@ -543,8 +642,9 @@ def _smoke_api(api: tuple[str, str | None], images: list[bytes], version: str) -
         if status != 200:
             problems.append(f"image {number}: REST API answered {status}: {answer.get('message', answer)}")
         elif answer.get("model_version") != version:
-            problems.append(f"image {number}: the REST API answered with model {answer.get('model_version')}, "
-                            f"not {version}")
+            problems.append(
+                f"image {number}: the REST API answered with model {answer.get('model_version')}, not {version}"
+            )
     return problems
 
 
@@ -560,9 +660,14 @@ class LoadTest(Stage):
         from distracted_driver.loadtest.run import SLO_FILE  # loaded when the stage runs
 
         o = context.options
-        return {"version": context.outputs["train"]["job"], "users": o.load_users, "spawn_rate": o.load_spawn_rate,
-                "seconds": o.load_seconds, "slo_sha256": sha256_file(SLO_FILE) if SLO_FILE.is_file() else None,
-                "api": o.api_url or ("local" if context.settings.backend == "local" else "")}
+        return {
+            "version": context.outputs["train"]["job"],
+            "users": o.load_users,
+            "spawn_rate": o.load_spawn_rate,
+            "seconds": o.load_seconds,
+            "slo_sha256": sha256_file(SLO_FILE) if SLO_FILE.is_file() else None,
+            "api": o.api_url or ("local" if context.settings.backend == "local" else ""),
+        }
 
     def run(self, context, record):
         from distracted_driver.loadtest import LoadTestError, run_loadtest  # loaded when the stage runs
@@ -576,15 +681,24 @@ class LoadTest(Stage):
         report_dir = context.settings.root / "reports" / "pipeline" / context.record.run_id / "loadtest"
         report_dir.mkdir(parents=True, exist_ok=True)
         try:
-            result = run_loadtest(context.settings, o.load_users, o.load_spawn_rate, f"{o.load_seconds:g}s",
-                                  host=api[0], api_key=api[1], report_dir=report_dir)
+            result = run_loadtest(
+                context.settings,
+                o.load_users,
+                o.load_spawn_rate,
+                f"{o.load_seconds:g}s",
+                host=api[0],
+                api_key=api[1],
+                report_dir=report_dir,
+            )
         except LoadTestError as error:
             raise StageFailed(f"load test could not run: {error}") from None
         line = result.summary.line()
         if result.misses:
-            raise StageFailed(f"SLO missed: {'; '.join(result.misses)} ({line}); "
-                              f"model {context.outputs['train']['job']} stays live, "
-                              "`inv deploy.rollback` puts the previous one back")
+            raise StageFailed(
+                f"SLO missed: {'; '.join(result.misses)} ({line}); "
+                f"model {context.outputs['train']['job']} stays live, "
+                "`inv deploy.rollback` puts the previous one back"
+            )
         return {"summary": line, "report": str(result.report_dir), **result.summary.to_dict()}
 
     @staticmethod

@@ -57,8 +57,13 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def watch(settings: Settings, options: RunOptions | None = None, interval: float = 10.0,
-          max_runs: int | None = None, timeout: float | None = None) -> list[WatchedRun]:
+def watch(
+    settings: Settings,
+    options: RunOptions | None = None,
+    interval: float = 10.0,
+    max_runs: int | None = None,
+    timeout: float | None = None,
+) -> list[WatchedRun]:
     """Poll until ``max_runs`` runs were started or ``timeout`` seconds passed; return what ran."""
     watcher = Watcher(settings, options or RunOptions(), interval, max_runs, timeout)
     with sigterm_as_interrupt():  # stopping the watcher stops its run too
@@ -67,8 +72,9 @@ def watch(settings: Settings, options: RunOptions | None = None, interval: float
 
 
 class Watcher:
-    def __init__(self, settings: Settings, options: RunOptions, interval: float, max_runs: int | None,
-                 timeout: float | None):
+    def __init__(
+        self, settings: Settings, options: RunOptions, interval: float, max_runs: int | None, timeout: float | None
+    ):
         self.settings, self.options, self.interval = settings, options, interval
         self.max_runs, self.timeout = max_runs, timeout
         self.deadline = time.monotonic() + timeout if timeout else None
@@ -78,8 +84,13 @@ class Watcher:
         self.seen = set(self.storage.list_keys(self.prefix))
         self.pending = _unconsumed(self.store, sorted(self.seen))
         self.runs: list[WatchedRun] = []
-        log.info("watching %s every %g s (%d manifests there%s)", self.storage.uri(self.prefix), interval,
-                 len(self.seen), f"; newest {self.pending[0]} not yet run" if self.pending else "")
+        log.info(
+            "watching %s every %g s (%d manifests there%s)",
+            self.storage.uri(self.prefix),
+            interval,
+            len(self.seen),
+            f"; newest {self.pending[0]} not yet run" if self.pending else "",
+        )
 
     def loop(self) -> None:
         while not self._done():
@@ -125,8 +136,9 @@ def _unconsumed(store: RunStore, manifests: list[str]) -> list[str]:
     return [] if consumed == Path(manifests[-1]).stem else [manifests[-1]]
 
 
-def _run_child(settings: Settings, options: RunOptions, store: RunStore, manifests: list[str],
-               deadline: float | None) -> WatchedRun:
+def _run_child(
+    settings: Settings, options: RunOptions, store: RunStore, manifests: list[str], deadline: float | None
+) -> WatchedRun:
     before = set(store.run_ids())
     command = [sys.executable, "-m", "distracted_driver.pipeline", "run", "--options", json.dumps(options.to_dict())]
     child = subprocess.Popen(command, env=settings_environment(settings), cwd=settings.root)

@@ -13,10 +13,10 @@ from __future__ import annotations
 import collections
 import csv
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -51,8 +51,10 @@ class BatchResult:
         return self.predicted / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
-        return (f"{self.predicted} images predicted, {len(self.failed)} unreadable, "
-                f"{self.seconds:.1f} s ({self.images_per_second:.1f} images/s)")
+        return (
+            f"{self.predicted} images predicted, {len(self.failed)} unreadable, "
+            f"{self.seconds:.1f} s ({self.images_per_second:.1f} images/s)"
+        )
 
 
 def list_images(directory: str | Path) -> list[Path]:
@@ -83,8 +85,10 @@ def iter_predictions(
         return classifier.prepare(read(name))
 
     window = batch_size * 2 + (workers or cpu_count())  # how far decoding may run ahead
-    with ThreadPoolExecutor(workers or cpu_count(), thread_name_prefix="decode") as pool, \
-            tqdm(total=len(names), unit="img", disable=not progress, desc="predict") as bar:
+    with (
+        ThreadPoolExecutor(workers or cpu_count(), thread_name_prefix="decode") as pool,
+        tqdm(total=len(names), unit="img", disable=not progress, desc="predict") as bar,
+    ):
         queued: collections.deque[tuple[str, Future]] = collections.deque()
         pending = iter(names)
         batch_names: list[str] = []
@@ -188,7 +192,8 @@ def predict_directory(
     classifier = Classifier(artifact)
     started = time.perf_counter()
     failed: list[tuple[str, str]] = []
-    batches = iter_predictions(classifier, names, lambda name: (directory / name).read_bytes(), failed, batch_size,
-                               workers, progress)
+    batches = iter_predictions(
+        classifier, names, lambda name: (directory / name).read_bytes(), failed, batch_size, workers, progress
+    )
     written = write_rows(batches, out_csv)
     return BatchResult(written, failed, time.perf_counter() - started)

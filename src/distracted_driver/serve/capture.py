@@ -62,7 +62,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from distracted_driver.config import Settings, parse_percent
@@ -97,7 +97,7 @@ def file_name(first: datetime) -> str:
 
 def as_utc(when: datetime) -> datetime:
     """``when`` in UTC; a naive datetime is taken to be UTC already."""
-    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def media_type(content_type: str) -> str:
@@ -152,22 +152,36 @@ class Invocation:
         return len(self.input_body) + len(self.output_body)
 
 
-def capture_line(invocation: Invocation, encoding: CaptureEncoding = CaptureEncoding(),
-                 capture_input: bool = True, capture_output: bool = True) -> bytes:
+def capture_line(
+    invocation: Invocation,
+    encoding: CaptureEncoding = CaptureEncoding(),
+    capture_input: bool = True,
+    capture_output: bool = True,
+) -> bytes:
     """The JSON line SageMaker writes for one invocation (keys in the documented order)."""
     capture = {}
     if capture_input:
         data, how = encoding.encode(invocation.input_body, invocation.input_content_type)
-        capture["endpointInput"] = {"observedContentType": invocation.input_content_type, "mode": INPUT,
-                                    "data": data, "encoding": how}
+        capture["endpointInput"] = {
+            "observedContentType": invocation.input_content_type,
+            "mode": INPUT,
+            "data": data,
+            "encoding": how,
+        }
     if capture_output:
         data, how = encoding.encode(invocation.output_body, invocation.output_content_type)
-        capture["endpointOutput"] = {"observedContentType": invocation.output_content_type, "mode": OUTPUT,
-                                     "data": data, "encoding": how}
+        capture["endpointOutput"] = {
+            "observedContentType": invocation.output_content_type,
+            "mode": OUTPUT,
+            "data": data,
+            "encoding": how,
+        }
     record = {
         "captureData": capture,
-        "eventMetadata": {"eventId": invocation.event_id,
-                          "inferenceTime": as_utc(invocation.time).strftime(TIME_FORMAT)},
+        "eventMetadata": {
+            "eventId": invocation.event_id,
+            "inferenceTime": as_utc(invocation.time).strftime(TIME_FORMAT),
+        },
         "eventVersion": EVENT_VERSION,
     }
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
@@ -226,13 +240,16 @@ class CaptureConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, value: dict) -> "CaptureConfig":
+    def from_json(cls, value: dict) -> CaptureConfig:
         value = dict(value)
         encoding = value.pop("encoding", None) or {}
         limits = value.pop("limits", None) or {}
         try:
-            return cls(encoding=CaptureEncoding(**{k: tuple(v) for k, v in encoding.items()}),
-                       limits=CaptureLimits(**limits), **value)
+            return cls(
+                encoding=CaptureEncoding(**{k: tuple(v) for k, v in encoding.items()}),
+                limits=CaptureLimits(**limits),
+                **value,
+            )
         except TypeError as error:
             raise ValueError(f"invalid capture config: {error}") from None
 
@@ -256,7 +273,7 @@ class CaptureConfig:
             request["CaptureContentTypeHeader"] = header
         return request
 
-    def with_percent(self, percent: int) -> "CaptureConfig":
+    def with_percent(self, percent: int) -> CaptureConfig:
         return replace(self, sampling_percent=percent)
 
 
@@ -326,8 +343,11 @@ class CaptureWriter:
     def offer(self, invocation: Invocation) -> bool:
         """Queue the invocation for writing; False (and counted as dropped) when the queue is full."""
         with self._condition:
-            if (self._closing or len(self._queue) >= self.limits.queue_records
-                    or self._queued_bytes + invocation.size > self.limits.queue_bytes):
+            if (
+                self._closing
+                or len(self._queue) >= self.limits.queue_records
+                or self._queued_bytes + invocation.size > self.limits.queue_bytes
+            ):
                 self._stats.dropped += 1
                 return False
             self._queue.append(invocation)
@@ -380,8 +400,7 @@ class CaptureWriter:
 
     def _add(self, invocation: Invocation) -> None:
         try:
-            line = capture_line(invocation, self.config.encoding, self.config.capture_input,
-                                self.config.capture_output)
+            line = capture_line(invocation, self.config.encoding, self.config.capture_input, self.config.capture_output)
         except Exception:  # noqa: BLE001 - a record we cannot encode must not stop the writer
             log.exception("capture: could not encode event %s", invocation.event_id)
             self._count(lost=1)
@@ -397,10 +416,14 @@ class CaptureWriter:
         batch.add(line)
 
     def _flush(self, everything: bool = False) -> None:
-        now, this_hour = time.monotonic(), datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        now, this_hour = time.monotonic(), datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         for where, batch in list(self._batches.items()):
-            if (everything or batch.size >= self.limits.max_file_bytes or where[2] < this_hour
-                    or now - batch.opened >= self.limits.flush_seconds):
+            if (
+                everything
+                or batch.size >= self.limits.max_file_bytes
+                or where[2] < this_hour
+                or now - batch.opened >= self.limits.flush_seconds
+            ):
                 self._write(where, self._batches.pop(where))
 
     def _write(self, where: tuple[str, str, datetime], batch: _Batch) -> None:

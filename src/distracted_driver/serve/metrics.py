@@ -37,17 +37,30 @@ class ServerMetrics:
     def __init__(self, max_batch_size: int, queue_depth):
         self.registry = CollectorRegistry(auto_describe=True)
         into = {"registry": self.registry}
-        self.requests = Counter("model_requests", "Requests answered, by path and HTTP status.", ("path", "status"), **into)
+        self.requests = Counter(
+            "model_requests", "Requests answered, by path and HTTP status.", ("path", "status"), **into
+        )
         self.errors = Counter("model_errors", "Requests refused or failed, by error name.", ("error",), **into)
-        self.latency = Histogram("model_request_latency_seconds", "Time from request start to response, for /invocations.",
-                                 buckets=LATENCY_BUCKETS, **into)
-        self.batch_size = Histogram("model_batch_size", "Images per ONNX Runtime run.",
-                                    buckets=tuple(float(b) for b in range(1, max_batch_size + 1)), **into)
-        self.inference = Histogram("model_inference_seconds", "Duration of one ONNX Runtime run over a batch.",
-                                   buckets=LATENCY_BUCKETS, **into)
+        self.latency = Histogram(
+            "model_request_latency_seconds",
+            "Time from request start to response, for /invocations.",
+            buckets=LATENCY_BUCKETS,
+            **into,
+        )
+        self.batch_size = Histogram(
+            "model_batch_size",
+            "Images per ONNX Runtime run.",
+            buckets=tuple(float(b) for b in range(1, max_batch_size + 1)),
+            **into,
+        )
+        self.inference = Histogram(
+            "model_inference_seconds", "Duration of one ONNX Runtime run over a batch.", buckets=LATENCY_BUCKETS, **into
+        )
         self.queue_depth = Gauge("model_queue_depth", "Invocations admitted and not yet answered.", **into)
         self.queue_depth.set_function(queue_depth)
-        self.ready = Gauge("model_ready", "1 once the model is loaded and warmed up, 0 before and while draining.", **into)
+        self.ready = Gauge(
+            "model_ready", "1 once the model is loaded and warmed up, 0 before and while draining.", **into
+        )
         self.max_rss = Gauge("process_max_resident_memory_bytes", "Peak resident memory of the server.", **into)
         self.max_rss.set_function(_max_rss_bytes)
 

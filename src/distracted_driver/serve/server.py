@@ -39,15 +39,15 @@ import numpy as np
 from aiohttp import web
 
 from distracted_driver.data.imaging import MAX_PIXELS, ImageError
+from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
 from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, listen_on, plain_shape, read_body
 from distracted_driver.logs import add_log_arguments, configure_logging
-from distracted_driver.serve.batching import DynamicBatcher
-from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
+from distracted_driver.model.artifact import ArtifactError, load_artifact
 from distracted_driver.model.inference import Classifier
-from distracted_driver.system import cpu_count
+from distracted_driver.serve.batching import DynamicBatcher
 from distracted_driver.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from distracted_driver.serve.metrics import ServerMetrics
-from distracted_driver.model.artifact import ArtifactError, load_artifact
+from distracted_driver.system import cpu_count
 
 log = logging.getLogger("distracted_driver.serve")
 
@@ -78,8 +78,11 @@ class ServerConfig:
     shutdown_timeout_s: float = 30.0
 
     def limits(self) -> Limits:
-        return Limits(header_timeout_s=self.header_timeout_s, body_timeout_s=self.read_timeout_s,
-                      max_connections=self.max_connections)
+        return Limits(
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.read_timeout_s,
+            max_connections=self.max_connections,
+        )
 
 
 def wants_verbose(accept: str) -> bool:
@@ -119,8 +122,10 @@ class ModelServer:
     # --- application -------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=INVOKE_ENDPOINT_MAX_BYTES,
-                              middlewares=[self._count, json_errors(plain_shape, routes=ROUTES)])
+        app = web.Application(
+            client_max_size=INVOKE_ENDPOINT_MAX_BYTES,
+            middlewares=[self._count, json_errors(plain_shape, routes=ROUTES)],
+        )
         app.router.add_get("/ping", self.ping)
         app.router.add_post("/invocations", self.invocations)
         app.router.add_get("/metrics", self.metrics_page)
@@ -147,9 +152,14 @@ class ModelServer:
 
     async def ping(self, request: web.Request) -> web.Response:
         if self.ready and not self.draining:
-            return web.json_response({"status": "healthy", "model_version": self.version,
-                                      "precision": self.artifact.served_precision,
-                                      "model_file": self.artifact.served_model_path.name})
+            return web.json_response(
+                {
+                    "status": "healthy",
+                    "model_version": self.version,
+                    "precision": self.artifact.served_precision,
+                    "model_file": self.artifact.served_model_path.name,
+                }
+            )
         state = "draining" if self.draining else "loading"
         return web.json_response({"status": state, "model_version": self.version}, status=503)
 
@@ -161,7 +171,8 @@ class ModelServer:
             return self._error(503, "ModelNotReady", "the model is still loading; retry once /ping answers 200")
         if request.content_type not in IMAGE_CONTENT_TYPES:
             return self._error(
-                415, "UnsupportedMediaType",
+                415,
+                "UnsupportedMediaType",
                 f"content type {request.content_type!r} is not accepted; send one of {', '.join(IMAGE_CONTENT_TYPES)}",
             )
         if self.in_flight >= self.config.queue_size:
@@ -181,9 +192,7 @@ class ModelServer:
             return self._too_large(None)
         loop = asyncio.get_running_loop()
         try:
-            tensor = await loop.run_in_executor(
-                self.decode_pool, self.classifier.prepare, body, self.config.max_pixels
-            )
+            tensor = await loop.run_in_executor(self.decode_pool, self.classifier.prepare, body, self.config.max_pixels)
         except ImageError as error:
             return self._error(400, "InvalidImage", str(error))
         probabilities = await self.batcher.submit(tensor)
@@ -228,8 +237,13 @@ class ModelServer:
             return
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("model %s ready after %.2f s (warm-up included), serving %s (%s)", self.version,
-                 time.monotonic() - started, self.artifact.served_precision, self.artifact.served_model_path.name)
+        log.info(
+            "model %s ready after %.2f s (warm-up included), serving %s (%s)",
+            self.version,
+            time.monotonic() - started,
+            self.artifact.served_precision,
+            self.artifact.served_model_path.name,
+        )
 
     def _record_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -241,8 +255,14 @@ class ModelServer:
         self.stop_event = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
-        runner = GuardedRunner(self.make_app(), plain_shape, self.config.limits(), access_log=None,
-                               handle_signals=False, shutdown_timeout=self.config.shutdown_timeout_s)
+        runner = GuardedRunner(
+            self.make_app(),
+            plain_shape,
+            self.config.limits(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=self.config.shutdown_timeout_s,
+        )
         await runner.setup()
         self.port = await listen_on(runner, self.config.host, self.config.port)
         log.info("model server listening on http://%s:%d (model %s)", self.config.host, self.port, self.version)
@@ -261,25 +281,34 @@ class ModelServer:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, ServerConfig]:
-    parser = argparse.ArgumentParser(prog="python -m distracted_driver.serve.server", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m distracted_driver.serve.server", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--model-dir", required=True, type=Path, help="unpacked model.tar.gz")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT)),
+        "--port",
+        type=int,
+        default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT)),
         help="port (default $SAGEMAKER_BIND_TO_PORT or 8080; 0 picks a free one, logged at start)",
     )
     parser.add_argument("--max-batch-size", type=int, default=8, help="images per ONNX Runtime run")
     parser.add_argument("--max-batch-delay-ms", type=float, default=5.0, help="longest wait for a batch to fill")
     parser.add_argument("--queue-size", type=int, default=64, help="invocations admitted at once; more get 503")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
-    parser.add_argument("--concurrent-batches", type=int, default=2,
-                        help="batches run at once, sharing those threads (default 2)")
+    parser.add_argument(
+        "--concurrent-batches", type=int, default=2, help="batches run at once, sharing those threads (default 2)"
+    )
     parser.add_argument("--decode-workers", type=int, default=None, help="decode threads (default: all cores)")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="largest image accepted, in pixels")
     parser.add_argument("--warmup-runs", type=int, default=2, help="warm-up inferences before /ping turns 200")
     parser.add_argument("--read-timeout", type=float, default=30.0, help="seconds allowed for a request body to arrive")
-    parser.add_argument("--header-timeout", type=float, default=10.0,
-                        help="seconds allowed for a request's headers to arrive once connected")
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds allowed for a request's headers to arrive once connected",
+    )
     parser.add_argument("--max-connections", type=int, default=256, help="open connections at most; more get 503")
     parser.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds to drain on SIGTERM")
     add_log_arguments(parser)
@@ -287,11 +316,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Serve
     if args.max_batch_size < 1 or args.queue_size < 1 or args.concurrent_batches < 1:
         parser.error("--max-batch-size, --queue-size and --concurrent-batches must be at least 1")
     return args, ServerConfig(
-        model_dir=args.model_dir, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
-        max_batch_delay_ms=args.max_batch_delay_ms, queue_size=args.queue_size, threads=args.threads,
+        model_dir=args.model_dir,
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms,
+        queue_size=args.queue_size,
+        threads=args.threads,
         concurrent_batches=args.concurrent_batches,
-        decode_workers=args.decode_workers, max_pixels=args.max_pixels, warmup_runs=args.warmup_runs,
-        read_timeout_s=args.read_timeout, header_timeout_s=args.header_timeout, max_connections=args.max_connections,
+        decode_workers=args.decode_workers,
+        max_pixels=args.max_pixels,
+        warmup_runs=args.warmup_runs,
+        read_timeout_s=args.read_timeout,
+        header_timeout_s=args.header_timeout,
+        max_connections=args.max_connections,
         shutdown_timeout_s=args.shutdown_timeout,
     )
 

@@ -77,7 +77,7 @@ class Storage(abc.ABC):
         prefix = prefix.rstrip("/") + "/"
         paths = []
         for key in self.list_keys(prefix):
-            target = Path(directory) / key[len(prefix):]
+            target = Path(directory) / key[len(prefix) :]
             self.get_file(key, target)
             paths.append(target)
         return paths

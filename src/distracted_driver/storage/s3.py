@@ -111,7 +111,11 @@ class S3Storage(Storage):
         if self.checksum(key) == digest:
             return False
         self.client.upload_file(
-            str(path), self.bucket, self._check_key(key), ExtraArgs=self._write_args(digest), Config=self.transfer_config
+            str(path),
+            self.bucket,
+            self._check_key(key),
+            ExtraArgs=self._write_args(digest),
+            Config=self.transfer_config,
         )
         return True
 
@@ -168,7 +172,9 @@ class S3Storage(Storage):
     def list_keys(self, prefix: str = "") -> list[str]:
         keys = []
         paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size})
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size}
+        )
         for page in pages:
             keys.extend(item["Key"] for item in page.get("Contents", []))
         return sorted(keys)

@@ -28,7 +28,9 @@ class Augmentation:
         scale = rng.uniform(*self.scale_range)
         matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
         matrix[:, 2] += rng.uniform(-self.max_shift, self.max_shift, size=2) * (width, height)
-        warped = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        warped = cv2.warpAffine(
+            image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+        )
         gain = 1.0 + rng.uniform(-self.contrast, self.contrast)
         offset = 255.0 * rng.uniform(-self.brightness, self.brightness)
         return cv2.convertScaleAbs(warped, alpha=gain, beta=offset + (1.0 - gain) * 127.5)

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from distracted_driver.data.channel import Record, decoded_batches, read_records
 from distracted_driver.data.image_stats import STATISTICS, image_statistics
 from distracted_driver.data.imaging import ImageError, decode_image
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.fsutil import atomic_path, write_json_atomic
 from distracted_driver.hashing import sha256_file
-from distracted_driver.system import cpu_count
 from distracted_driver.model.artifact import (
     BASELINE_ARRAYS_FILE,
     BASELINE_FILE,
@@ -41,7 +41,7 @@ from distracted_driver.model.artifact import (
     ArtifactError,
     ModelArtifact,
 )
-from distracted_driver.data.channel import Record, decoded_batches, read_records
+from distracted_driver.system import cpu_count
 
 FORMAT = 1
 MAX_STATISTIC_IMAGES = 5000
@@ -87,17 +87,21 @@ class Baseline:
         name = self.summary.get("model_file")
         precision = next((p for p, file in MODEL_FILES.items() if file == name), None)
         if precision is None or precision not in artifact.precisions:
-            raise ArtifactError(f"the baseline of model {artifact.version} was recorded on {name!r}, "
-                                f"which the artifact does not hold")
+            raise ArtifactError(
+                f"the baseline of model {artifact.version} was recorded on {name!r}, which the artifact does not hold"
+            )
         measuring = artifact.serving_as(precision)
         if sha256_file(measuring.served_model_path) != self.summary.get("model_sha256"):
-            raise ArtifactError(f"the baseline of model {artifact.version} was recorded on another {name} "
-                                "(its sha256 differs): record the baseline again or retrain")
+            raise ArtifactError(
+                f"the baseline of model {artifact.version} was recorded on another {name} "
+                "(its sha256 differs): record the baseline again or retrain"
+            )
         return measuring
 
 
-def record_baseline(artifact: ModelArtifact, train_dir: str | Path, validation_dir: str | Path,
-                    batch_size: int = 32) -> dict:
+def record_baseline(
+    artifact: ModelArtifact, train_dir: str | Path, validation_dir: str | Path, batch_size: int = 32
+) -> dict:
     """Compute the baseline of ``artifact`` and write it into the artifact's directory; returns baseline.json."""
     from distracted_driver.model.inference import Classifier
 
@@ -132,8 +136,12 @@ def record_baseline(artifact: ModelArtifact, train_dir: str | Path, validation_d
             "explained_variance": round(float(variances.sum() / max(np.trace(covariance), 1e-12)), 4),
         },
     }
-    arrays = {"feature_mean": mean, "feature_covariance": covariance.astype(np.float32), "projection": projection,
-              "validation_projected": ((features - mean) @ projection).astype(np.float32)}
+    arrays = {
+        "feature_mean": mean,
+        "feature_covariance": covariance.astype(np.float32),
+        "projection": projection,
+        "validation_projected": ((features - mean) @ projection).astype(np.float32),
+    }
     _write_arrays(Path(artifact.directory) / BASELINE_ARRAYS_FILE, arrays)
     write_json_atomic(Path(artifact.directory) / BASELINE_FILE, summary)
     return summary
@@ -156,19 +164,28 @@ def load_baseline(artifact: ModelArtifact) -> Baseline:
     try:
         summary = json.loads((directory / BASELINE_FILE).read_text())
         with np.load(directory / BASELINE_ARRAYS_FILE, allow_pickle=False) as arrays:
-            loaded = {name: arrays[name] for name in ("feature_mean", "feature_covariance", "projection",
-                                                     "validation_projected")}
+            loaded = {
+                name: arrays[name]
+                for name in ("feature_mean", "feature_covariance", "projection", "validation_projected")
+            }
     except FileNotFoundError:
-        raise ArtifactError(f"model {artifact.version} has no monitoring baseline ({BASELINE_FILE}): it was "
-                            "trained before monitoring existed; retrain it (inv pipeline.run) to monitor it") from None
+        raise ArtifactError(
+            f"model {artifact.version} has no monitoring baseline ({BASELINE_FILE}): it was "
+            "trained before monitoring existed; retrain it (inv pipeline.run) to monitor it"
+        ) from None
     except (ValueError, KeyError, OSError) as error:
         raise ArtifactError(f"the baseline of model {artifact.version} is unreadable: {error}") from None
     if summary.get("format") != FORMAT:
-        raise ArtifactError(f"the baseline of model {artifact.version} has format {summary.get('format')!r}, "
-                            f"this code reads {FORMAT}")
-    return Baseline(summary, loaded["feature_mean"].astype(np.float64),
-                    loaded["feature_covariance"].astype(np.float64), loaded["projection"].astype(np.float64),
-                    loaded["validation_projected"].astype(np.float64))
+        raise ArtifactError(
+            f"the baseline of model {artifact.version} has format {summary.get('format')!r}, this code reads {FORMAT}"
+        )
+    return Baseline(
+        summary,
+        loaded["feature_mean"].astype(np.float64),
+        loaded["feature_covariance"].astype(np.float64),
+        loaded["projection"].astype(np.float64),
+        loaded["validation_projected"].astype(np.float64),
+    )
 
 
 def _validation_outputs(classifier, records: list[Record], batch_size: int):
@@ -182,8 +199,12 @@ def _validation_outputs(classifier, records: list[Record], batch_size: int):
             features.append(f)
     if len(labels) == 0 or sum(len(x) for x in labels) < 2:
         raise ValueError("the baseline needs at least two decodable validation images")
-    return (np.concatenate(labels), np.concatenate(probabilities).astype(np.float64),
-            np.concatenate(features).astype(np.float64), skipped)
+    return (
+        np.concatenate(labels),
+        np.concatenate(probabilities).astype(np.float64),
+        np.concatenate(features).astype(np.float64),
+        skipped,
+    )
 
 
 def _image_statistics(records: list[Record]) -> tuple[dict[str, list[float]], int]:
@@ -219,4 +240,3 @@ def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     np.savez_compressed(buffer, **arrays)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(buffer.getvalue())
-

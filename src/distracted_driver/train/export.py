@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import onnx
@@ -67,8 +67,9 @@ class _WithFeatures(torch.nn.Module):
         return torch.softmax(logits, dim=1), features
 
 
-def export_onnx(model: EfficientNetLite0, path: str | Path, image_size: int, opset: int = OPSET,
-                features: bool = True) -> Path:
+def export_onnx(
+    model: EfficientNetLite0, path: str | Path, image_size: int, opset: int = OPSET, features: bool = True
+) -> Path:
     """Write backbone + head + softmax as ONNX: ``input`` [N,3,S,S] → ``probabilities`` [N,10], N dynamic.
 
     With ``features`` (the artifact's model) the graph has a second output, ``features`` [N,1280]:
@@ -85,8 +86,9 @@ def export_backbone_onnx(model: EfficientNetLite0, path: str | Path, image_size:
     return _export(_Backbone(model), path, image_size, (FEATURES_NAME,), opset)
 
 
-def _export(module: torch.nn.Module, path: str | Path, image_size: int, output_names: tuple[str, ...],
-            opset: int) -> Path:
+def _export(
+    module: torch.nn.Module, path: str | Path, image_size: int, output_names: tuple[str, ...], opset: int
+) -> Path:
     module = module.eval()
     example = torch.zeros(2, 3, image_size, image_size)
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -199,6 +201,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Ite
     come from them (min/max). Weights are int8 per output channel, activations uint8 (what ONNX Runtime's
     x86 kernels run fastest); the softmax and ``FLOAT_NODE_PREFIXES`` stay fp32.
     """
+
     class Reader(_Batches, CalibrationDataReader):
         pass
 
@@ -215,20 +218,33 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: Ite
         nodes = onnx.load(str(prepared)).graph.node
         kept = [node.name for node in nodes if node.name.startswith(FLOAT_NODE_PREFIXES)]
         if not kept:
-            raise ValueError(f"{fp32_path} has no node under {', '.join(FLOAT_NODE_PREFIXES)}: the network's layout "
-                             "changed, and the layers to keep in fp32 must be named again")
+            raise ValueError(
+                f"{fp32_path} has no node under {', '.join(FLOAT_NODE_PREFIXES)}: the network's layout "
+                "changed, and the layers to keep in fp32 must be named again"
+            )
         softmax = [node.name for node in nodes if node.op_type == "Softmax"]
         with atomic_path(int8_path) as tmp:
             quantize_static(
-                str(prepared), str(tmp), Reader(counting(calibration)), quant_format=QuantFormat.QDQ,
-                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                str(prepared),
+                str(tmp),
+                Reader(counting(calibration)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
                 nodes_to_exclude=kept + softmax,
             )
     if not counted:
         raise ValueError("no calibration images: int8 needs training images to calibrate on")
-    return {"format": "QDQ", "weights": "int8, per output channel", "activations": "uint8",
-            "calibration": "min/max", "calibration_images": int(sum(counted)),
-            "fp32_nodes": sorted(kept + softmax), "onnxruntime": _ort_version()}
+    return {
+        "format": "QDQ",
+        "weights": "int8, per output channel",
+        "activations": "uint8",
+        "calibration": "min/max",
+        "calibration_images": int(sum(counted)),
+        "fp32_nodes": sorted(kept + softmax),
+        "onnxruntime": _ort_version(),
+    }
 
 
 def _ort_version() -> str:

@@ -33,7 +33,7 @@ import json
 import math
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,7 @@ class NotCleared(RuntimeError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # --- the smoke set ------------------------------------------------------------------------------
@@ -108,14 +108,21 @@ class SmokeSet:
             "artifact_sha256": self.artifact_sha256,
             "accuracy": self.accuracy,
             "images": [
-                {"source": source, "label": label, "class": CLASSES[label], "probabilities": list(probabilities),
-                 "image_base64": base64.b64encode(image).decode()}
-                for image, label, probabilities, source in zip(self.images, self.labels, self.probabilities, self.sources)
+                {
+                    "source": source,
+                    "label": label,
+                    "class": CLASSES[label],
+                    "probabilities": list(probabilities),
+                    "image_base64": base64.b64encode(image).decode(),
+                }
+                for image, label, probabilities, source in zip(
+                    self.images, self.labels, self.probabilities, self.sources
+                )
             ],
         }
 
     @classmethod
-    def from_dict(cls, value: dict) -> "SmokeSet":
+    def from_dict(cls, value: dict) -> SmokeSet:
         items = value["images"]
         return cls(
             tuple(base64.b64decode(item["image_base64"]) for item in items),
@@ -127,8 +134,9 @@ class SmokeSet:
         )
 
 
-def choose_smoke_set(predictions, per_class: int = DEFAULT_SMOKE_PER_CLASS, model: str = "",
-                     artifact_sha256: str = "") -> SmokeSet:
+def choose_smoke_set(
+    predictions, per_class: int = DEFAULT_SMOKE_PER_CLASS, model: str = "", artifact_sha256: str = ""
+) -> SmokeSet:
     """The first ``per_class`` scored records of each class, in channel order, with their probabilities."""
     chosen: list[int] = []
     for label in range(len(CLASSES)):
@@ -154,8 +162,10 @@ def fetch_validation(storage: Storage, settings: Settings, directory: Path) -> s
     try:
         raw = storage.get_bytes(f"{prefix}/{MANIFEST}")
     except KeyNotFound:
-        raise GateError(f"no data manifest at {storage.uri(f'{prefix}/{MANIFEST}')}: the gate has no validation "
-                        "images to score with (upload the channels: inv data.upload)") from None
+        raise GateError(
+            f"no data manifest at {storage.uri(f'{prefix}/{MANIFEST}')}: the gate has no validation "
+            "images to score with (upload the channels: inv data.upload)"
+        ) from None
     files = json.loads(raw).get("splits", {}).get(VALIDATION, {}).get("files", {})
     if not files:
         raise GateError(f"the data manifest at {storage.uri(prefix)} lists no validation channel")
@@ -164,10 +174,13 @@ def fetch_validation(storage: Storage, settings: Settings, directory: Path) -> s
         try:
             storage.get_file(f"{prefix}/{relative}", target)
         except KeyNotFound:
-            raise GateError(f"{storage.uri(f'{prefix}/{relative}')} is listed in the data manifest but missing") from None
+            raise GateError(
+                f"{storage.uri(f'{prefix}/{relative}')} is listed in the data manifest but missing"
+            ) from None
         if sha256_file(target) != info["sha256"]:
-            raise GateError(f"{storage.uri(f'{prefix}/{relative}')} does not match the data manifest "
-                            "(is an upload in progress?)")
+            raise GateError(
+                f"{storage.uri(f'{prefix}/{relative}')} does not match the data manifest (is an upload in progress?)"
+            )
     return sha256_bytes(raw)
 
 
@@ -185,17 +198,27 @@ class Scored:
     skipped: int
     predictions: object = None  # evaluate.Predictions, kept in memory for the smoke set
     precision: str = FP32  # the served one
-    by_precision: dict = field(default_factory=dict)  # each precision scored → log_loss, accuracy, examples (or problem)
+    by_precision: dict = field(
+        default_factory=dict
+    )  # each precision scored → log_loss, accuracy, examples (or problem)
 
     def scores(self) -> dict:
-        return {"log_loss": self.log_loss, "accuracy": self.accuracy, "examples": self.examples,
-                "skipped": self.skipped, "artifact_sha256": self.artifact_sha256,
-                "served_file": self.served_file, "served_sha256": self.served_sha256,
-                "precision": self.precision, "by_precision": self.by_precision}
+        return {
+            "log_loss": self.log_loss,
+            "accuracy": self.accuracy,
+            "examples": self.examples,
+            "skipped": self.skipped,
+            "artifact_sha256": self.artifact_sha256,
+            "served_file": self.served_file,
+            "served_sha256": self.served_sha256,
+            "precision": self.precision,
+            "by_precision": self.by_precision,
+        }
 
 
-def score_served_model(registry: Registry, job: str, channel: Path, workspace: Path,
-                       every_precision: bool = False) -> Scored:
+def score_served_model(
+    registry: Registry, job: str, channel: Path, workspace: Path, every_precision: bool = False
+) -> Scored:
     """Fetch ``job``'s artifact from the bucket and score its served model on ``channel``
     (and, with ``every_precision``, each other model it holds, on the same decoded images).
 
@@ -213,22 +236,43 @@ def score_served_model(registry: Registry, job: str, channel: Path, workspace: P
     predictions = results[artifact.served_precision]
     if isinstance(predictions, NotProbabilities):
         raise predictions
-    by_precision = precision_summary({
-        precision: {"problem": str(result)} if isinstance(result, NotProbabilities)
-        else classification_metrics(result.labels, result.probabilities)
-        for precision, result in results.items()})
+    by_precision = precision_summary(
+        {
+            precision: {"problem": str(result)}
+            if isinstance(result, NotProbabilities)
+            else classification_metrics(result.labels, result.probabilities)
+            for precision, result in results.items()
+        }
+    )
     served = artifact.served_model_path
     metrics = by_precision[artifact.served_precision]
-    return Scored(job, sha256_file(workspace / "model.tar.gz"), served.name, sha256_file(served),
-                  metrics["log_loss"], metrics["accuracy"], metrics["examples"], len(predictions.skipped), predictions,
-                  artifact.served_precision, by_precision)
+    return Scored(
+        job,
+        sha256_file(workspace / "model.tar.gz"),
+        served.name,
+        sha256_file(served),
+        metrics["log_loss"],
+        metrics["accuracy"],
+        metrics["examples"],
+        len(predictions.skipped),
+        predictions,
+        artifact.served_precision,
+        by_precision,
+    )
 
 
 def precision_verdict(scored: Scored, tolerance: Tolerance) -> dict:
     """The precision rule on the gate's own scores: what it chooses, against what the artifact serves."""
     choice = choose_from_scores(scored.by_precision, tolerance)
-    return {"served": scored.precision, "chosen": choice.precision, "agrees": choice.precision == scored.precision,
-            "tolerance": str(tolerance), "limit": choice.limit, "reason": choice.reason, "scores": scored.by_precision}
+    return {
+        "served": scored.precision,
+        "chosen": choice.precision,
+        "agrees": choice.precision == scored.precision,
+        "tolerance": str(tolerance),
+        "limit": choice.limit,
+        "reason": choice.reason,
+        "scores": scored.by_precision,
+    }
 
 
 # --- the decision ------------------------------------------------------------------------------
@@ -263,11 +307,14 @@ class GateDecision:
 
     def precision_line(self) -> str:
         """Which precision the candidate serves, with the gate's own log loss of each."""
+
         def loss(value):
             return "-" if value is None else f"{value:.4f}"
 
-        return (f"{self.candidate} serves {self.precision}: validation log loss fp32 {loss(self.fp32_log_loss)}, "
-                f"int8 {loss(self.int8_log_loss)} (the gate's own scores)")
+        return (
+            f"{self.candidate} serves {self.precision}: validation log loss fp32 {loss(self.fp32_log_loss)}, "
+            f"int8 {loss(self.int8_log_loss)} (the gate's own scores)"
+        )
 
 
 def judge(
@@ -292,14 +339,26 @@ def judge(
         workspace = Path(tmp)
         data_sha256 = fetch_validation(registry.storage, settings, workspace)
         channel = workspace / VALIDATION
-        record = {"candidate": job, "artifact_key": registry.artifact_key(job), "data_manifest_sha256": data_sha256,
-                  "live": live_job, "tolerance": tolerance, "baseline_fraction": baseline_fraction, "gated": _now(),
-                  "scores": {"candidate": None, "live": None}, "precision": None, "smoke": None}
+        record = {
+            "candidate": job,
+            "artifact_key": registry.artifact_key(job),
+            "data_manifest_sha256": data_sha256,
+            "live": live_job,
+            "tolerance": tolerance,
+            "baseline_fraction": baseline_fraction,
+            "gated": _now(),
+            "scores": {"candidate": None, "live": None},
+            "precision": None,
+            "smoke": None,
+        }
         try:
             scored = score_served_model(registry, job, channel, workspace / "candidate", every_precision=True)
         except NotProbabilities as error:
-            record.update(passed=False, reason=f"{job} is rejected: {error}",
-                          artifact_sha256=registry.storage.checksum(registry.artifact_key(job)))
+            record.update(
+                passed=False,
+                reason=f"{job} is rejected: {error}",
+                artifact_sha256=registry.storage.checksum(registry.artifact_key(job)),
+            )
             return _decided(registry, record, None, None)
         record["artifact_sha256"] = scored.artifact_sha256
         record["scores"]["candidate"] = scored.scores()
@@ -308,24 +367,35 @@ def judge(
         smoke = choose_smoke_set(scored.predictions, smoke_per_class, job, scored.artifact_sha256)
         record["smoke"] = smoke.to_dict()
         if not precision["agrees"]:
-            record.update(passed=False, reason=(
-                f"{job} serves {precision['served']}, but on the gate's own scores the precision rule chooses "
-                f"{precision['reason']}; the artifact was made with tolerance "
-                f"{_artifact_tolerance(registry, job)}, the gate's is {int8} (DD_INT8_TOLERANCE): retrain with it"))
+            record.update(
+                passed=False,
+                reason=(
+                    f"{job} serves {precision['served']}, but on the gate's own scores the precision rule chooses "
+                    f"{precision['reason']}; the artifact was made with tolerance "
+                    f"{_artifact_tolerance(registry, job)}, the gate's is {int8} (DD_INT8_TOLERANCE): retrain with it"
+                ),
+            )
             return _decided(registry, record, scored, None)
         if live_job == job:
-            record.update(passed=True, reason=f"{job} is the live model; it scores log loss {scored.log_loss:.4f} "
-                                              f"(accuracy {scored.accuracy:.3f}) on {scored.examples} validation images")
+            record.update(
+                passed=True,
+                reason=f"{job} is the live model; it scores log loss {scored.log_loss:.4f} "
+                f"(accuracy {scored.accuracy:.3f}) on {scored.examples} validation images",
+            )
             return _decided(registry, record, scored, scored)
-        live_scores, why_not = (None, "") if live_job is None else _live_scores(registry, live_job, channel, data_sha256,
-                                                                                  workspace / "live")
+        live_scores, why_not = (
+            (None, "")
+            if live_job is None
+            else _live_scores(registry, live_job, channel, data_sha256, workspace / "live")
+        )
         record["scores"]["live"] = live_scores
         record.update(_verdict(job, scored, live_job, live_scores, why_not, tolerance, baseline_fraction))
         return _decided(registry, record, scored, live_scores)
 
 
-def _live_scores(registry: Registry, live_job: str, channel: Path, data_sha256: str,
-                 workspace: Path) -> tuple[dict | None, str]:
+def _live_scores(
+    registry: Registry, live_job: str, channel: Path, data_sha256: str, workspace: Path
+) -> tuple[dict | None, str]:
     """The live model's scores on this validation set (the gate's own, kept while its artifact is the same),
     or None and why it could not be scored."""
     try:
@@ -341,22 +411,39 @@ def _live_scores(registry: Registry, live_job: str, channel: Path, data_sha256: 
         return None, str(error)
 
 
-def _verdict(job: str, scored: Scored, live_job: str | None, live: dict | None, why_not: str,
-             tolerance: float, baseline_fraction: float) -> dict:
-    ours = (f"{job} scores validation log loss {scored.log_loss:.4f} (accuracy {scored.accuracy:.3f}) "
-            f"on {scored.examples} images")
+def _verdict(
+    job: str,
+    scored: Scored,
+    live_job: str | None,
+    live: dict | None,
+    why_not: str,
+    tolerance: float,
+    baseline_fraction: float,
+) -> dict:
+    ours = (
+        f"{job} scores validation log loss {scored.log_loss:.4f} (accuracy {scored.accuracy:.3f}) "
+        f"on {scored.examples} images"
+    )
     if live is None:
         threshold = baseline_fraction * UNIFORM_LOG_LOSS
         passed = scored.log_loss < threshold
         context = "no live model" if live_job is None else f"the live model {live_job} could not be scored ({why_not})"
-        return {"passed": passed, "reason": (
-            f"{context}: {ours}, {'below' if passed else 'not below'} {threshold:.4f} "
-            f"({baseline_fraction:g} x ln 10, the uniform guess's log loss)")}
+        return {
+            "passed": passed,
+            "reason": (
+                f"{context}: {ours}, {'below' if passed else 'not below'} {threshold:.4f} "
+                f"({baseline_fraction:g} x ln 10, the uniform guess's log loss)"
+            ),
+        }
     limit = live["log_loss"] + tolerance
     passed = scored.log_loss <= limit
-    return {"passed": passed, "reason": (
-        f"{ours}; live {live_job} scores {live['log_loss']:.4f} (accuracy {live['accuracy']:.3f}) on the same "
-        f"images; {'within' if passed else 'worse than'} the tolerance of {tolerance:g} (limit {limit:.4f})")}
+    return {
+        "passed": passed,
+        "reason": (
+            f"{ours}; live {live_job} scores {live['log_loss']:.4f} (accuracy {live['accuracy']:.3f}) on the same "
+            f"images; {'within' if passed else 'worse than'} the tolerance of {tolerance:g} (limit {limit:.4f})"
+        ),
+    }
 
 
 def _artifact_tolerance(registry: Registry, job: str) -> str:
@@ -368,14 +455,22 @@ def _decided(registry: Registry, record: dict, scored: Scored | None, live: dict
     live_scores = live.scores() if isinstance(live, Scored) else live
     by_precision = scored.by_precision if scored else {}
     return GateDecision(
-        passed=record["passed"], reason=record["reason"], candidate=record["candidate"],
-        candidate_log_loss=scored.log_loss if scored else None, candidate_accuracy=scored.accuracy if scored else None,
-        live=record["live"], live_log_loss=live_scores["log_loss"] if live_scores else None,
+        passed=record["passed"],
+        reason=record["reason"],
+        candidate=record["candidate"],
+        candidate_log_loss=scored.log_loss if scored else None,
+        candidate_accuracy=scored.accuracy if scored else None,
+        live=record["live"],
+        live_log_loss=live_scores["log_loss"] if live_scores else None,
         live_accuracy=live_scores["accuracy"] if live_scores else None,
-        data_manifest_sha256=record["data_manifest_sha256"], artifact_sha256=record["artifact_sha256"] or "",
-        examples=scored.examples if scored else 0, smoke_images=len(record["smoke"]["images"]) if record["smoke"] else 0,
-        record_key=key, precision=scored.precision if scored else None,
-        fp32_log_loss=by_precision.get(FP32, {}).get("log_loss"), int8_log_loss=by_precision.get(INT8, {}).get("log_loss"),
+        data_manifest_sha256=record["data_manifest_sha256"],
+        artifact_sha256=record["artifact_sha256"] or "",
+        examples=scored.examples if scored else 0,
+        smoke_images=len(record["smoke"]["images"]) if record["smoke"] else 0,
+        record_key=key,
+        precision=scored.precision if scored else None,
+        fp32_log_loss=by_precision.get(FP32, {}).get("log_loss"),
+        int8_log_loss=by_precision.get(INT8, {}).get("log_loss"),
     )
 
 
@@ -404,12 +499,16 @@ def clearance(registry: Registry, job: str) -> dict:
         raise NotCleared(f"the gate rejected {job} on the current validation set: {record['reason']}")
     current = registry.storage.checksum(entry["artifact_key"])
     if current != record.get("artifact_sha256"):
-        raise NotCleared(f"the artifact of {job} in the bucket (sha256 {str(current)[:12]}) is not the one the gate "
-                         f"scored ({str(record.get('artifact_sha256'))[:12]}): {again}")
+        raise NotCleared(
+            f"the artifact of {job} in the bucket (sha256 {str(current)[:12]}) is not the one the gate "
+            f"scored ({str(record.get('artifact_sha256'))[:12]}): {again}"
+        )
     live_job = live["job"] if live else None
     if record.get("live") != live_job:
-        raise NotCleared(f"the gate compared {job} with {record.get('live') or 'no live model'}, "
-                         f"but {live_job or 'no model'} is live now: {again}")
+        raise NotCleared(
+            f"the gate compared {job} with {record.get('live') or 'no live model'}, "
+            f"but {live_job or 'no model'} is live now: {again}"
+        )
     return record
 
 

@@ -20,7 +20,7 @@ import platform
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -42,8 +42,12 @@ from distracted_driver.train.model import pretrained_weights_path
 
 DEFAULT_LEARNING_RATE = {"frozen": 3e-3, "finetune": 3e-4}
 SAGEMAKER_CHECKPOINTS = Path("/opt/ml/checkpoints")
-REQUIRED_INPUTS = {"train": "SM_CHANNEL_TRAIN", "validation": "SM_CHANNEL_VALIDATION",
-                   "model_dir": "SM_MODEL_DIR", "output_data_dir": "SM_OUTPUT_DATA_DIR"}
+REQUIRED_INPUTS = {
+    "train": "SM_CHANNEL_TRAIN",
+    "validation": "SM_CHANNEL_VALIDATION",
+    "model_dir": "SM_MODEL_DIR",
+    "output_data_dir": "SM_OUTPUT_DATA_DIR",
+}
 # Validation log loss of the exported ONNX model and of the PyTorch model it came from
 # must agree this closely when both ran in float32 on the CPU (frozen backbone).
 EXPORT_AGREEMENT = 1e-3
@@ -74,7 +78,7 @@ def _default_job_name() -> str:
         job = json.loads(os.environ.get("SM_TRAINING_ENV", "{}")).get("job_name")
     except json.JSONDecodeError:
         job = None
-    return job or os.environ.get("TRAINING_JOB_NAME") or datetime.now(timezone.utc).strftime("local-%Y%m%d-%H%M%S")
+    return job or os.environ.get("TRAINING_JOB_NAME") or datetime.now(UTC).strftime("local-%Y%m%d-%H%M%S")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,46 +88,81 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hp = parser.add_argument_group("hyperparameters")
     hp.add_argument("--epochs", type=int, default=40, help="maximum number of epochs")
-    hp.add_argument("--learning-rate", type=float, default=None,
-                    help="AdamW learning rate (default 3e-3 with a frozen backbone, 3e-4 when fine-tuning)")
+    hp.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="AdamW learning rate (default 3e-3 with a frozen backbone, 3e-4 when fine-tuning)",
+    )
     hp.add_argument("--mini-batch-size", type=int, default=32, help="images per step")
     hp.add_argument("--image-size", type=int, default=224, help="network input size S (images resized to SxS)")
-    hp.add_argument("--jpeg-dct-scaling", type=_bool, default=True,
-                    help="decode JPEGs at the smallest DCT scale (1/8, 1/4, 1/2) that keeps both edges >= S, "
-                         "then resize (recorded in preprocess.json; false: full-size decode)")
-    hp.add_argument("--freeze-backbone", type=_bool, default=True,
-                    help="true: compute backbone features once and train the head (fast on CPUs); "
-                         "false: fine-tune every weight")
-    hp.add_argument("--augmentation", type=_bool, default=None,
-                    help="random rotation/scale/shift/brightness while fine-tuning (default: on when fine-tuning)")
+    hp.add_argument(
+        "--jpeg-dct-scaling",
+        type=_bool,
+        default=True,
+        help="decode JPEGs at the smallest DCT scale (1/8, 1/4, 1/2) that keeps both edges >= S, "
+        "then resize (recorded in preprocess.json; false: full-size decode)",
+    )
+    hp.add_argument(
+        "--freeze-backbone",
+        type=_bool,
+        default=True,
+        help="true: compute backbone features once and train the head (fast on CPUs); false: fine-tune every weight",
+    )
+    hp.add_argument(
+        "--augmentation",
+        type=_bool,
+        default=None,
+        help="random rotation/scale/shift/brightness while fine-tuning (default: on when fine-tuning)",
+    )
     hp.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    hp.add_argument("--patience", type=int, default=5,
-                    help="stop after this many epochs without a better validation log loss")
+    hp.add_argument(
+        "--patience", type=int, default=5, help="stop after this many epochs without a better validation log loss"
+    )
     hp.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     hp.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
     hp.add_argument("--pretrained", type=_bool, default=True, help="start from the ImageNet weights (false: random)")
     hp.add_argument("--workers", type=int, default=0, help="image decoding threads (0: all cores)")
-    hp.add_argument("--int8-tolerance", type=_tolerance, default=DEFAULT_INT8_TOLERANCE,
-                    help="serve the int8 model when its validation log loss is at most fp32's plus the largest of "
-                         "these terms (a number: absolute; n%%: relative to fp32's); a negative number keeps fp32 "
-                         "[DD_INT8_TOLERANCE]")
+    hp.add_argument(
+        "--int8-tolerance",
+        type=_tolerance,
+        default=DEFAULT_INT8_TOLERANCE,
+        help="serve the int8 model when its validation log loss is at most fp32's plus the largest of "
+        "these terms (a number: absolute; n%%: relative to fp32's); a negative number keeps fp32 "
+        "[DD_INT8_TOLERANCE]",
+    )
     hp.add_argument("--data-manifest-sha256", default="", help="hash of the data manifest, recorded in provenance")
-    hp.add_argument("--code-version", default="",
-                    help="code version recorded in provenance (default: the git commit, which a container lacks)")
+    hp.add_argument(
+        "--code-version",
+        default="",
+        help="code version recorded in provenance (default: the git commit, which a container lacks)",
+    )
     job = parser.add_argument_group("job")
     job.add_argument("--job-name", default=_default_job_name(), help="the model version recorded in provenance")
-    job.add_argument("--resume", type=_bool, default=True,
-                     help="continue from the checkpoint in the checkpoint directory when there is one")
+    job.add_argument(
+        "--resume",
+        type=_bool,
+        default=True,
+        help="continue from the checkpoint in the checkpoint directory when there is one",
+    )
     job.add_argument("--train", default=_env_path("SM_CHANNEL_TRAIN"), help="train channel [SM_CHANNEL_TRAIN]")
-    job.add_argument("--validation", default=_env_path("SM_CHANNEL_VALIDATION"),
-                     help="validation channel [SM_CHANNEL_VALIDATION]")
+    job.add_argument(
+        "--validation", default=_env_path("SM_CHANNEL_VALIDATION"), help="validation channel [SM_CHANNEL_VALIDATION]"
+    )
     job.add_argument("--model-dir", default=_env_path("SM_MODEL_DIR"), help="artifact output [SM_MODEL_DIR]")
-    job.add_argument("--output-data-dir", default=_env_path("SM_OUTPUT_DATA_DIR"),
-                     help="history and plots [SM_OUTPUT_DATA_DIR]")
-    job.add_argument("--checkpoint-dir", default=None,
-                     help="[SM_CHECKPOINT_DIR, else /opt/ml/checkpoints when present, else <output>/checkpoints]")
-    job.add_argument("--feature-cache-dir", default=None,
-                     help="where frozen-backbone features are cached (default <checkpoint dir>/features)")
+    job.add_argument(
+        "--output-data-dir", default=_env_path("SM_OUTPUT_DATA_DIR"), help="history and plots [SM_OUTPUT_DATA_DIR]"
+    )
+    job.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="[SM_CHECKPOINT_DIR, else /opt/ml/checkpoints when present, else <output>/checkpoints]",
+    )
+    job.add_argument(
+        "--feature-cache-dir",
+        default=None,
+        help="where frozen-backbone features are cached (default <checkpoint dir>/features)",
+    )
     job.add_argument("--device", default="auto", help="auto, cpu or cuda")
     return parser
 
@@ -139,7 +178,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         print(f"ignoring unknown arguments: {' '.join(unknown)}", flush=True)
     if args.checkpoint_dir is None:
         env = _env_path("SM_CHECKPOINT_DIR")
-        default = SAGEMAKER_CHECKPOINTS if SAGEMAKER_CHECKPOINTS.is_dir() else Path(args.output_data_dir) / "checkpoints"
+        default = (
+            SAGEMAKER_CHECKPOINTS if SAGEMAKER_CHECKPOINTS.is_dir() else Path(args.output_data_dir) / "checkpoints"
+        )
         args.checkpoint_dir = env or str(default)
     if args.feature_cache_dir is None:
         args.feature_cache_dir = str(Path(args.checkpoint_dir) / "features")
@@ -195,8 +236,10 @@ def run(args: argparse.Namespace) -> dict:
     if not train_records or not val_records:
         raise ValueError(f"empty channel: {len(train_records)} train and {len(val_records)} validation records")
     read_seconds = time.perf_counter() - started
-    _log(f"read {len(train_records)} train and {len(val_records)} validation records "
-         f"({len(skipped_train) + len(skipped_val)} unreadable) in {read_seconds:.1f}s")
+    _log(
+        f"read {len(train_records)} train and {len(val_records)} validation records "
+        f"({len(skipped_train) + len(skipped_val)} unreadable) in {read_seconds:.1f}s"
+    )
 
     data_fingerprint = sha256_json(channels)
     torch.manual_seed(config.seed)
@@ -204,8 +247,9 @@ def run(args: argparse.Namespace) -> dict:
     if not args.resume and checkpoints.path.exists():
         checkpoints.path.unlink()
     if config.mode == "frozen":
-        result = train_frozen(config, train_records, val_records, checkpoints, data_fingerprint,
-                              args.feature_cache_dir, _log)
+        result = train_frozen(
+            config, train_records, val_records, checkpoints, data_fingerprint, args.feature_cache_dir, _log
+        )
     else:
         result = train_finetune(config, train_records, val_records, checkpoints, _log)
     best = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
@@ -223,17 +267,30 @@ def run(args: argparse.Namespace) -> dict:
 
     provenance = {
         "model_version": args.job_name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": args.code_version or code_version(),
         "data_manifest_sha256": args.data_manifest_sha256 or None,
         "channels": channels,
-        "hyperparameters": {k: v for k, v in sorted(vars(args).items())
-                            if k not in ("train", "validation", "model_dir", "output_data_dir",
-                                         "checkpoint_dir", "feature_cache_dir", "job_name", "code_version",
-                                         "data_manifest_sha256")},
+        "hyperparameters": {
+            k: v
+            for k, v in sorted(vars(args).items())
+            if k
+            not in (
+                "train",
+                "validation",
+                "model_dir",
+                "output_data_dir",
+                "checkpoint_dir",
+                "feature_cache_dir",
+                "job_name",
+                "code_version",
+                "data_manifest_sha256",
+            )
+        },
         "training": {**{k: v for k, v in vars(config).items()}, "resumed_from_epoch": result.resumed_from_epoch},
         "base_weights": {"file": Path(_weights_path()).name, "sha256": sha256_file(_weights_path())}
-        if config.pretrained else None,
+        if config.pretrained
+        else None,
         "framework": {"torch": torch.__version__, "python": platform.python_version(), "onnx_opset": _opset()},
     }
     # The artifact's own numbers come from the exported ONNX models, exactly as a consumer will run them.
@@ -243,8 +300,10 @@ def run(args: argparse.Namespace) -> dict:
     evaluate_seconds = time.perf_counter() - started
     fp32 = by_precision[FP32]
     gap = abs(fp32["log_loss"] - best["val_log_loss"])
-    _log(f"exported ONNX model on validation: log_loss={fp32['log_loss']:.4f} accuracy={fp32['accuracy']:.3f} "
-         f"(PyTorch {best['val_log_loss']:.4f})")
+    _log(
+        f"exported ONNX model on validation: log_loss={fp32['log_loss']:.4f} accuracy={fp32['accuracy']:.3f} "
+        f"(PyTorch {best['val_log_loss']:.4f})"
+    )
     if config.mode == "frozen" and config.device == "cpu" and gap > EXPORT_AGREEMENT:
         raise RuntimeError(f"the exported model's validation log loss differs from PyTorch's by {gap:.2e}")
     serving = _choose_precision(by_precision, Tolerance.parse(args.int8_tolerance), quantization)
@@ -255,19 +314,23 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     baseline = record_baseline(served, args.train, args.validation)  # on the file the endpoint will run
     baseline_seconds = time.perf_counter() - started
-    _log(f"monitoring baseline: {baseline['validation']['images']} validation images, image statistics of "
-         f"{baseline['image_statistics']['images']}, {baseline['features']['components']} feature directions "
-         f"({baseline['features']['explained_variance']:.0%} of the variance) in {baseline_seconds:.1f}s")
+    _log(
+        f"monitoring baseline: {baseline['validation']['images']} validation images, image statistics of "
+        f"{baseline['image_statistics']['images']}, {baseline['features']['components']} feature directions "
+        f"({baseline['features']['explained_variance']:.0%} of the variance) in {baseline_seconds:.1f}s"
+    )
 
-    metrics.update({
-        "mode": config.mode,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "stopped_early": result.stopped_early,
-        "train_examples": len(train_records),
-        "skipped_records": [{"record": s, "reason": r} for s, r in skipped_train + skipped_val + result.skipped],
-        "history": result.history,
-    })
+    metrics.update(
+        {
+            "mode": config.mode,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "stopped_early": result.stopped_early,
+            "train_examples": len(train_records),
+            "skipped_records": [{"record": s, "reason": r} for s, r in skipped_train + skipped_val + result.skipped],
+            "history": result.history,
+        }
+    )
     timings = {
         "read_seconds": read_seconds,
         **result.timings,
@@ -297,11 +360,11 @@ def _quantize(model_dir: Path, train_records: list, preprocessing) -> dict:
     count = min(CALIBRATION_IMAGES, len(train_records))
     # Spread over the whole channel (the converter writes it driver by driver, class by class).
     chosen = [train_records[i * len(train_records) // count] for i in range(count)]
-    batches = (batch.images for batch in decoded_batches(chosen, preprocessing, CALIBRATION_BATCH)
-               if len(batch.labels))
+    batches = (batch.images for batch in decoded_batches(chosen, preprocessing, CALIBRATION_BATCH) if len(batch.labels))
     try:
-        quantization = quantize_int8(model_dir / artifact_files.MODEL_FILE, model_dir / artifact_files.INT8_MODEL_FILE,
-                                     batches)
+        quantization = quantize_int8(
+            model_dir / artifact_files.MODEL_FILE, model_dir / artifact_files.INT8_MODEL_FILE, batches
+        )
     except Exception as error:  # noqa: BLE001 - no int8 model is a result (fp32 is served), not a failed job
         _log(f"no int8 model: quantization failed: {type(error).__name__}: {error}")
         return {"problem": f"quantization failed: {type(error).__name__}: {error}"}
@@ -320,15 +383,18 @@ def _evaluate_both(exported, validation: str, quantization: dict) -> dict[str, d
         if "problem" in metrics:
             _log(f"{precision} model on validation: {metrics['problem']}")
         else:
-            _log(f"{precision} model on validation: log_loss={metrics['log_loss']:.4f} accuracy={metrics['accuracy']:.3f}")
+            _log(
+                f"{precision} model on validation: log_loss={metrics['log_loss']:.4f} accuracy={metrics['accuracy']:.3f}"
+            )
     return by_precision
 
 
 def _choose_precision(by_precision: dict[str, dict], tolerance: Tolerance, quantization: dict) -> dict:
     """``serving.json``: the precision the rule picks from these scores, the scores and the tolerance."""
     scores = precision_summary(by_precision)
-    return serving_record(choose_from_scores(scores, tolerance), tolerance, scores, chosen_by="training job",
-                          quantization=quantization)
+    return serving_record(
+        choose_from_scores(scores, tolerance), tolerance, scores, chosen_by="training job", quantization=quantization
+    )
 
 
 def _weights_path() -> str:

@@ -12,9 +12,9 @@ import math
 import pickle
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -144,8 +144,10 @@ class Checkpoints:
         try:
             state = load_tensors(self.path)
         except pickle.UnpicklingError as error:
-            raise CheckpointMismatch(f"{self.path} holds more than tensors and plain values, so it is not loaded "
-                                     f"({str(error).splitlines()[0]}); remove it or pass --resume false") from None
+            raise CheckpointMismatch(
+                f"{self.path} holds more than tensors and plain values, so it is not loaded "
+                f"({str(error).splitlines()[0]}); remove it or pass --resume false"
+            ) from None
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             raise CheckpointMismatch(
                 f"{self.path} was written by a run with other hyperparameters or data; "
@@ -202,12 +204,21 @@ def _run_epochs(config: TrainConfig, checkpoints: Checkpoints, log: Log, modules
             best_state = copy.deepcopy(modules["model"].state_dict())
         history.append(stats)
         state = {name: module.state_dict() for name, module in modules.items()}
-        checkpoints.save({**state, "early_stopping": stopper.state_dict(), "history": history,
-                          "best_state": best_state, "epoch": epoch})
+        checkpoints.save(
+            {
+                **state,
+                "early_stopping": stopper.state_dict(),
+                "history": history,
+                "best_state": best_state,
+                "epoch": epoch,
+            }
+        )
         log(_epoch_line(stats, config.epochs, improved))
         if stopper.should_stop:
-            log(f"early stop: validation log loss has not improved for {config.patience} epochs "
-                f"(best {stopper.best:.4f} at epoch {stopper.best_epoch})")
+            log(
+                f"early stop: validation log loss has not improved for {config.patience} epochs "
+                f"(best {stopper.best:.4f} at epoch {stopper.best_epoch})"
+            )
     modules["model"].load_state_dict(best_state)
     return history, stopper, resumed_from
 
@@ -280,12 +291,14 @@ def extract_features(
 
 
 def _feature_cache_key(config: TrainConfig, data: str) -> str:
-    return sha256_json({
-        "data": data,
-        "preprocessing": config.preprocessing.to_dict(),
-        "weights": Path(pretrained_weights_path()).name if config.pretrained else f"random-{config.seed}",
-        "model_code": sha256_file(model_module.__file__),
-    })[:24]
+    return sha256_json(
+        {
+            "data": data,
+            "preprocessing": config.preprocessing.to_dict(),
+            "weights": Path(pretrained_weights_path()).name if config.pretrained else f"random-{config.seed}",
+            "model_code": sha256_file(model_module.__file__),
+        }
+    )[:24]
 
 
 def cached_features(extractor, records, config, desc, cache_dir, data_fingerprint, log):
@@ -321,9 +334,11 @@ def train_frozen(
     model = build_model(pretrained=config.pretrained, seed=config.seed)
     extractor = FeatureExtractor(model, config)
     x_train, y_train, failed_train, rate = cached_features(
-        extractor, train_records, config, "train", cache_dir, data_fingerprint, log)
+        extractor, train_records, config, "train", cache_dir, data_fingerprint, log
+    )
     x_val, y_val, failed_val, _ = cached_features(
-        extractor, val_records, config, "validation", cache_dir, data_fingerprint, log)
+        extractor, val_records, config, "validation", cache_dir, data_fingerprint, log
+    )
     model.to("cpu")
     timings["features_seconds"] = time.perf_counter() - started
 
@@ -359,12 +374,21 @@ def train_frozen(
     torch.set_num_threads(1)
     try:
         history, stopper, resumed_from = _run_epochs(
-            config, checkpoints, log, {"model": head, "optimizer": optimizer}, run_epoch, validate)
+            config, checkpoints, log, {"model": head, "optimizer": optimizer}, run_epoch, validate
+        )
     finally:
         torch.set_num_threads(threads)
     timings["train_seconds"] = time.perf_counter() - started
-    return TrainResult(model.eval(), history, stopper.best_epoch,
-                       stopper.should_stop, resumed_from, timings, failed_train + failed_val, rate)
+    return TrainResult(
+        model.eval(),
+        history,
+        stopper.best_epoch,
+        stopper.should_stop,
+        resumed_from,
+        timings,
+        failed_train + failed_val,
+        rate,
+    )
 
 
 # --- full fine-tuning ------------------------------------------------------------
@@ -418,7 +442,11 @@ def train_finetune(
             skipped.update(batch.failed)
             if not len(batch.labels):
                 continue
-            x = torch.from_numpy(batch.images).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            x = (
+                torch.from_numpy(batch.images)
+                .to(device, non_blocking=True)
+                .contiguous(memory_format=torch.channels_last)
+            )
             y = torch.from_numpy(batch.labels).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(x)
@@ -434,8 +462,20 @@ def train_finetune(
 
     started = time.perf_counter()
     history, stopper, resumed_from = _run_epochs(
-        config, checkpoints, log, {"model": model, "optimizer": optimizer, "scheduler": scheduler},
-        run_epoch, lambda: _predict(model, val_records, config, device))
+        config,
+        checkpoints,
+        log,
+        {"model": model, "optimizer": optimizer, "scheduler": scheduler},
+        run_epoch,
+        lambda: _predict(model, val_records, config, device),
+    )
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-    return TrainResult(model, history, stopper.best_epoch, stopper.should_stop, resumed_from,
-                       {"train_seconds": time.perf_counter() - started}, sorted(skipped))
+    return TrainResult(
+        model,
+        history,
+        stopper.best_epoch,
+        stopper.should_stop,
+        resumed_from,
+        {"train_seconds": time.perf_counter() - started},
+        sorted(skipped),
+    )

@@ -35,20 +35,21 @@ import subprocess
 import sys
 import tarfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 import psutil
 
 from distracted_driver.config import Settings
 from distracted_driver.data.channels import download_channels
 from distracted_driver.fsutil import atomic_path, write_bytes_atomic, write_json_atomic
-from distracted_driver.storage import KeyNotFound, Storage, open_storage
-from distracted_driver.system import process_gone, process_identity
 from distracted_driver.model.artifact import load_artifact, pack_artifact
 from distracted_driver.model.precision import with_tolerance
 from distracted_driver.model.registry import Registry
+from distracted_driver.storage import KeyNotFound, Storage, open_storage
+from distracted_driver.system import process_gone, process_identity
 from distracted_driver.train.trainer import Trainer, TrainingFailed
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "train.py"
@@ -62,7 +63,7 @@ class TrainingJobFailed(TrainingFailed):
 
 def new_job_name(now: datetime | None = None) -> str:
     """``dd-YYYYMMDD-HHMMSS-<4 hex>``: sortable by start time, unique by the random tail."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return f"dd-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
@@ -99,12 +100,16 @@ class LocalJob:
         return self.root / "input" / "data" / channel
 
 
-def _run_script(command: list[str], env: dict, log_path: Path, stream: IO[str] | None,
-                on_start: Callable[[int], None]) -> int:
+def _run_script(
+    command: list[str], env: dict, log_path: Path, stream: IO[str] | None, on_start: Callable[[int], None]
+) -> int:
     """Run the script, copying its combined output to the log file and to ``stream`` as it comes."""
-    with open(log_path, "ab") as log, subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-    ) as process:
+    with (
+        open(log_path, "ab") as log,
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        ) as process,
+    ):
         try:
             on_start(process.pid)
             while chunk := process.stdout.read1(65536):
@@ -170,7 +175,7 @@ def run_local_job(
     status = {
         "job": job.name,
         "status": "InProgress",
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "hyperparameters": dict(hyperparameters or {}),
         "runner": process_identity(),
     }
@@ -187,15 +192,27 @@ def run_local_job(
         _fetch_channels(storage, settings, job)
         timings["fetch_seconds"] = time.perf_counter() - started
         manifest_sha256 = storage.checksum(f"{settings.data_prefix}/manifest.json")
-        command = [sys.executable, str(script), *hyperparameter_args(hyperparameters or {}),
-                   "--job-name", job.name, "--feature-cache-dir", str(settings.work_dir / "feature-cache")]
+        command = [
+            sys.executable,
+            str(script),
+            *hyperparameter_args(hyperparameters or {}),
+            "--job-name",
+            job.name,
+            "--feature-cache-dir",
+            str(settings.work_dir / "feature-cache"),
+        ]
         if manifest_sha256:
             command += ["--data-manifest-sha256", manifest_sha256]
         if stream is not None:
             stream.write(f"training job {job.name}: {' '.join(command[1:])}\n")
         step = time.perf_counter()
-        returncode = _run_script(command, _sagemaker_env(job), job.log_path, stream,
-                                 on_start=lambda pid: record(script=process_identity(pid)))
+        returncode = _run_script(
+            command,
+            _sagemaker_env(job),
+            job.log_path,
+            stream,
+            on_start=lambda pid: record(script=process_identity(pid)),
+        )
         timings["train_seconds"] = time.perf_counter() - step
         if job.output_data_dir.is_dir():
             storage.put_file(_tar_dir(job.output_data_dir, job.output_dir / "output.tar.gz"), job.output_key)
@@ -209,8 +226,12 @@ def run_local_job(
         if register:
             Registry(storage, settings).register(job.name, artifact)
         timings["total_seconds"] = time.perf_counter() - started
-        record(status="Completed", ended=_now(), artifact_key=job.artifact_key,
-               metrics={"log_loss": artifact.metrics["log_loss"], "accuracy": artifact.metrics["accuracy"]})
+        record(
+            status="Completed",
+            ended=_now(),
+            artifact_key=job.artifact_key,
+            metrics={"log_loss": artifact.metrics["log_loss"], "accuracy": artifact.metrics["accuracy"]},
+        )
         return job.name
     except BaseException as error:
         reason = error.reason if isinstance(error, TrainingJobFailed) else f"{type(error).__name__}: {error}"
@@ -228,7 +249,7 @@ def run_local_job(
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def close_orphaned_jobs(storage: Storage, settings: Settings, closed_by: str) -> list[tuple[str, str]]:
@@ -266,8 +287,11 @@ def close_orphaned_jobs(storage: Storage, settings: Settings, closed_by: str) ->
 def _stop_script(script: dict) -> None:
     """Kill an orphaned training script, if the process with its pid is still that script."""
     pid = script.get("pid")
-    if not pid or script.get("host") != socket.gethostname() or process_gone(script["host"], pid,
-                                                                             script.get("pid_started")):
+    if (
+        not pid
+        or script.get("host") != socket.gethostname()
+        or process_gone(script["host"], pid, script.get("pid_started"))
+    ):
         return
     with contextlib.suppress(psutil.Error):
         psutil.Process(script["pid"]).kill()
@@ -280,15 +304,17 @@ def _fetch_channels(storage, settings: Settings, job: LocalJob) -> None:
 
 def _sagemaker_env(job: LocalJob) -> dict:
     env = dict(os.environ)
-    env.update({
-        "SM_CHANNEL_TRAIN": str(job.channel_dir("train")),
-        "SM_CHANNEL_VALIDATION": str(job.channel_dir("validation")),
-        "SM_CHANNELS": json.dumps(["train", "validation"]),
-        "SM_MODEL_DIR": str(job.model_dir),
-        "SM_OUTPUT_DIR": str(job.output_dir),
-        "SM_OUTPUT_DATA_DIR": str(job.output_data_dir),
-        "SM_CHECKPOINT_DIR": str(job.checkpoint_dir),
-        "TRAINING_JOB_NAME": job.name,
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "SM_CHANNEL_TRAIN": str(job.channel_dir("train")),
+            "SM_CHANNEL_VALIDATION": str(job.channel_dir("validation")),
+            "SM_CHANNELS": json.dumps(["train", "validation"]),
+            "SM_MODEL_DIR": str(job.model_dir),
+            "SM_OUTPUT_DIR": str(job.output_dir),
+            "SM_OUTPUT_DATA_DIR": str(job.output_data_dir),
+            "SM_CHECKPOINT_DIR": str(job.checkpoint_dir),
+            "TRAINING_JOB_NAME": job.name,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env

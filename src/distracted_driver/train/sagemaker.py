@@ -25,7 +25,7 @@ import json
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -57,11 +57,34 @@ CHANNELS = ("train", "validation")
 BUILTIN_RENAMES = {"patience": "early_stopping_patience"}
 SCRIPT_ONLY = {"freeze_backbone", "augmentation", "seed", "dropout", "feature_cache_dir"}
 BUILTIN_PARAMETERS = {
-    "num_layers", "image_shape", "num_classes", "num_training_samples", "mini_batch_size", "epochs",
-    "learning_rate", "use_pretrained_model", "augmentation_type", "optimizer", "momentum", "weight_decay",
-    "lr_scheduler_factor", "lr_scheduler_step", "early_stopping", "early_stopping_patience",
-    "early_stopping_min_epochs", "early_stopping_tolerance", "precision_dtype", "resize", "top_k",
-    "use_weighted_loss", "checkpoint_frequency", "beta_1", "beta_2", "eps", "gamma", "kv_store",
+    "num_layers",
+    "image_shape",
+    "num_classes",
+    "num_training_samples",
+    "mini_batch_size",
+    "epochs",
+    "learning_rate",
+    "use_pretrained_model",
+    "augmentation_type",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "lr_scheduler_factor",
+    "lr_scheduler_step",
+    "early_stopping",
+    "early_stopping_patience",
+    "early_stopping_min_epochs",
+    "early_stopping_tolerance",
+    "precision_dtype",
+    "resize",
+    "top_k",
+    "use_weighted_loss",
+    "checkpoint_frequency",
+    "beta_1",
+    "beta_2",
+    "eps",
+    "gamma",
+    "kv_store",
 }
 BUILTIN_DEFAULTS = {
     "num_layers": 18,
@@ -82,7 +105,7 @@ class SageMakerJobFailed(TrainingFailed):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def image_uri(algorithm: str, region: str, instance_type: str) -> str:
@@ -218,11 +241,13 @@ class SageMakerTrainer(Trainer):
             channels = [
                 {
                     "ChannelName": channel,
-                    "DataSource": {"S3DataSource": {
-                        "S3DataType": "ManifestFile",
-                        "S3Uri": self._channel_manifest(job, channel),
-                        "S3DataDistributionType": "FullyReplicated",
-                    }},
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "ManifestFile",
+                            "S3Uri": self._channel_manifest(job, channel),
+                            "S3DataDistributionType": "FullyReplicated",
+                        }
+                    },
                     "ContentType": RECORDIO,
                     "InputMode": mode,
                 }
@@ -230,19 +255,24 @@ class SageMakerTrainer(Trainer):
             ]
         else:
             mode = "File"
-            hp = script_hyperparameters(with_tolerance(hyperparameters, self.settings.int8_tolerance),
-                                        self._stage_source(job), self.settings.region)
+            hp = script_hyperparameters(
+                with_tolerance(hyperparameters, self.settings.int8_tolerance),
+                self._stage_source(job),
+                self.settings.region,
+            )
             manifest_sha256 = self.storage.checksum(f"{self.settings.data_prefix}/manifest.json")
             if manifest_sha256:
                 hp["data-manifest-sha256"] = manifest_sha256
             channels = [
                 {
                     "ChannelName": channel,
-                    "DataSource": {"S3DataSource": {
-                        "S3DataType": "S3Prefix",
-                        "S3Uri": self._s3(f"{self.settings.data_prefix}/{channel}/"),
-                        "S3DataDistributionType": "FullyReplicated",
-                    }},
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "S3Prefix",
+                            "S3Uri": self._s3(f"{self.settings.data_prefix}/{channel}/"),
+                            "S3DataDistributionType": "FullyReplicated",
+                        }
+                    },
                     "InputMode": mode,
                 }
                 for channel in CHANNELS
@@ -299,8 +329,15 @@ class SageMakerTrainer(Trainer):
             BUILTIN_INSTANCE_TYPE if algorithm == "builtin" else self.settings.training_instance_type
         )
         request = self.request(job, algorithm, hyperparameters, instance_type, max_runtime_seconds, spot, volume_gb)
-        status = {"job": job, "status": "InProgress", "started": _now(), "algorithm": algorithm,
-                  "backend": "aws", "instance_type": instance_type, "hyperparameters": hyperparameters}
+        status = {
+            "job": job,
+            "status": "InProgress",
+            "started": _now(),
+            "algorithm": algorithm,
+            "backend": "aws",
+            "instance_type": instance_type,
+            "hyperparameters": hyperparameters,
+        }
         self._record(job, status)
         self.sagemaker.create_training_job(**request)
         self._say(f"training job {job} ({algorithm}, {instance_type}) started")
@@ -310,9 +347,12 @@ class SageMakerTrainer(Trainer):
             self.sagemaker.stop_training_job(TrainingJobName=job)
             self._record(job, {**status, "status": "Stopped", "ended": _now(), "failure_reason": "interrupted"})
             raise
-        status.update(ended=_now(), status=described["TrainingJobStatus"],
-                      billable_seconds=described.get("BillableTimeInSeconds"),
-                      final_metrics={m["MetricName"]: m["Value"] for m in described.get("FinalMetricDataList", [])})
+        status.update(
+            ended=_now(),
+            status=described["TrainingJobStatus"],
+            billable_seconds=described.get("BillableTimeInSeconds"),
+            final_metrics={m["MetricName"]: m["Value"] for m in described.get("FinalMetricDataList", [])},
+        )
         if described["TrainingJobStatus"] != "Completed":
             reason = described.get("FailureReason") or described.get("SecondaryStatus", "")
             self._record(job, {**status, "failure_reason": reason})
@@ -334,7 +374,9 @@ class SageMakerTrainer(Trainer):
         with tqdm(total=0, bar_format="{desc} [{elapsed}]", disable=not self.progress) as bar:
             while True:
                 described = self.sagemaker.describe_training_job(TrainingJobName=job)
-                bar.set_description_str(f"{job}: {described['TrainingJobStatus']} / {described.get('SecondaryStatus', '')}")
+                bar.set_description_str(
+                    f"{job}: {described['TrainingJobStatus']} / {described.get('SecondaryStatus', '')}"
+                )
                 for line in self._new_log_lines(job, cursor):
                     lines.append(line)
                     self._say(line)
@@ -365,8 +407,10 @@ class SageMakerTrainer(Trainer):
             code = error.response.get("Error", {}).get("Code")
             if code != "ResourceNotFoundException" and code not in cursor.setdefault("warned", set()):
                 cursor["warned"].add(code)
-                self._say(f"{job}: cannot read its log from CloudWatch ({code}: "
-                          f"{error.response.get('Error', {}).get('Message', '')}); waiting on without it")
+                self._say(
+                    f"{job}: cannot read its log from CloudWatch ({code}: "
+                    f"{error.response.get('Error', {}).get('Message', '')}); waiting on without it"
+                )
         except BotoCoreError as error:
             if "connection" not in cursor.setdefault("warned", set()):
                 cursor["warned"].add("connection")
@@ -383,9 +427,11 @@ class SageMakerTrainer(Trainer):
         stored and described in status.json but not registered: the gate cannot judge it.
         """
         if algorithm == "builtin":
-            self._say(f"{job}: built-in model stored at {self._s3(status['artifact_key'])}; "
-                      "not registered (no log loss for the gate); final metrics "
-                      f"{status.get('final_metrics')}")
+            self._say(
+                f"{job}: built-in model stored at {self._s3(status['artifact_key'])}; "
+                "not registered (no log loss for the gate); final metrics "
+                f"{status.get('final_metrics')}"
+            )
             return dict(status.get("final_metrics") or {})
 
         registry = Registry(self.storage, self.settings)
@@ -395,6 +441,8 @@ class SageMakerTrainer(Trainer):
         return {"log_loss": artifact.metrics["log_loss"], "accuracy": artifact.metrics["accuracy"]}
 
 
-def run_sagemaker_job(settings: Settings, hyperparameters: dict | None = None, algorithm: str = "script", **options) -> str:
+def run_sagemaker_job(
+    settings: Settings, hyperparameters: dict | None = None, algorithm: str = "script", **options
+) -> str:
     """Train on SageMaker and register the model; returns the job name (= model version)."""
     return SageMakerTrainer(settings).run(hyperparameters, algorithm=algorithm, **options)

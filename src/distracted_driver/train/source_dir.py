@@ -53,8 +53,10 @@ def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def stage_source_dir(tar_path: str | Path, entry_point: str | Path = ENTRY_POINT) -> Path:
     """Write ``sourcedir.tar.gz`` (atomically) and return its path."""
-    files = {"train.py": Path(entry_point).read_bytes(),
-             "requirements.txt": ("\n".join(container_requirements()) + "\n").encode()}
+    files = {
+        "train.py": Path(entry_point).read_bytes(),
+        "requirements.txt": ("\n".join(container_requirements()) + "\n").encode(),
+    }
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         if "__pycache__" not in path.parts:
             files[f"distracted_driver/{path.relative_to(PACKAGE_DIR).as_posix()}"] = path.read_bytes()

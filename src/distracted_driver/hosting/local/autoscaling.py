@@ -65,7 +65,13 @@ def decide(policy: ScalingPolicy, state: ScalerState, current: int, invocations:
     in the last ``policy.metric_window_seconds``."""
     if not policy.min_instances <= current <= policy.max_instances:
         desired = within_bounds(policy, current)
-        return Decision(current, desired, True, None, f"{current} instances is outside the bounds [{policy.min_instances}, {policy.max_instances}]")
+        return Decision(
+            current,
+            desired,
+            True,
+            None,
+            f"{current} instances is outside the bounds [{policy.min_instances}, {policy.max_instances}]",
+        )
     window = policy.metric_window_seconds
     if now - state.steady_since < window:
         return Decision(current, current, False, None, f"collecting a full {window:g} s window at {current} instances")

@@ -155,7 +155,9 @@ class Deployment:
         for variant in self.config.variants:
             self.endpoint.green[variant.variant_name] = self.runtime.new_fleet(self.endpoint.name, self.config, variant)
         counts = {name: self._green_count(fleet) for name, fleet in self.endpoint.green.items()}
-        self._event("starting green: " + ", ".join(f"{n} x{c} ({self.endpoint.green[n].model.name})" for n, c in counts.items()))
+        self._event(
+            "starting green: " + ", ".join(f"{n} x{c} ({self.endpoint.green[n].model.name})" for n, c in counts.items())
+        )
         results = await asyncio.gather(
             *(fleet.start(counts[name]) for name, fleet in self.endpoint.green.items()), return_exceptions=True
         )
@@ -192,13 +194,15 @@ class Deployment:
         where = f"smoke image {number} on instance {instance.id} ({fleet.model.name})"
         try:
             async with instance.session.post(
-                "/invocations", data=image, headers={"Content-Type": content_type(image)},
+                "/invocations",
+                data=image,
+                headers={"Content-Type": content_type(image)},
                 timeout=aiohttp.ClientTimeout(total=SMOKE_TIMEOUT_S),
             ) as answer:
                 body = await answer.read()
                 version = answer.headers.get("X-Model-Version")
                 status = answer.status
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiohttp.ClientError) as error:
             raise SmokeTestFailed(f"{where}: no answer ({error!r})") from None
         if status != 200:
             raise SmokeTestFailed(f"{where}: status {status}: {body[:300].decode(errors='replace')}")
@@ -249,14 +253,16 @@ class Deployment:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), min(ALARM_INTERVAL_S, remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _check_rollback(self) -> None:
         if self._rollback_reason:
             raise RollBack(self._rollback_reason)
         if time.monotonic() - self._t0 > self.routing.max_execution_seconds:
-            raise RollBack(f"the deployment exceeded its maximum execution time of {self.routing.max_execution_seconds:g} s")
+            raise RollBack(
+                f"the deployment exceeded its maximum execution time of {self.routing.max_execution_seconds:g} s"
+            )
         if self.endpoint.green_share <= 0:
             return
         state = "OK"

@@ -57,15 +57,19 @@ class RuntimeClient:
         self.timeout_s = timeout_s
 
     @classmethod
-    def of(cls, paths: RuntimePaths, timeout_s: float = 120.0) -> "RuntimeClient":
+    def of(cls, paths: RuntimePaths, timeout_s: float = 120.0) -> RuntimeClient:
         return cls(paths.control_socket, timeout_s)
 
     def call(self, method: str, path: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
         connection = UnixHTTPConnection(self.socket_path, self.timeout_s)
         try:
-            connection.request(method, f"/{path.lstrip('/')}", body=data,
-                               headers={"Content-Type": "application/json"} if data is not None else {})
+            connection.request(
+                method,
+                f"/{path.lstrip('/')}",
+                body=data,
+                headers={"Content-Type": "application/json"} if data is not None else {},
+            )
             response = connection.getresponse()
             payload = response.read()
         finally:
@@ -123,9 +127,17 @@ def start_lock(paths: RuntimePaths):
 def runtime_program(paths: RuntimePaths, log_rotation: LogRotation = LogRotation()) -> Program:
     return Program(
         PROGRAM,
-        [sys.executable, "-m", RUNTIME_MODULE, "--state-dir", str(paths.root.parent),
-         *log_rotation.arguments(paths.log_file)],
-        directory=paths.root, output_log=paths.output_file, stop_wait_s=STOP_TIMEOUT_S,
+        [
+            sys.executable,
+            "-m",
+            RUNTIME_MODULE,
+            "--state-dir",
+            str(paths.root.parent),
+            *log_rotation.arguments(paths.log_file),
+        ],
+        directory=paths.root,
+        output_log=paths.output_file,
+        stop_wait_s=STOP_TIMEOUT_S,
     )
 
 
@@ -144,11 +156,14 @@ def ensure_runtime(paths: RuntimePaths, log_rotation: LogRotation = LogRotation(
                 return info
             program = supervisor.info(PROGRAM)
             if program is None or program["statename"] in ("FATAL", "STOPPED"):
-                raise RuntimeError(f"the runtime did not start: {supervisor.describe(PROGRAM)}; "
-                                   f"{paths.log_file} ends:\n{_tails(paths)}")
+                raise RuntimeError(
+                    f"the runtime did not start: {supervisor.describe(PROGRAM)}; "
+                    f"{paths.log_file} ends:\n{_tails(paths)}"
+                )
             time.sleep(0.1)
-        raise RuntimeError(f"the runtime did not come up within {START_TIMEOUT_S:g} s; "
-                           f"{paths.log_file} ends:\n{_tails(paths)}")
+        raise RuntimeError(
+            f"the runtime did not come up within {START_TIMEOUT_S:g} s; {paths.log_file} ends:\n{_tails(paths)}"
+        )
 
 
 def _tails(paths: RuntimePaths) -> str:
@@ -209,7 +224,10 @@ def sagemaker_runtime_client(url: str, region: str = "us-east-1"):
     from botocore.config import Config
 
     return boto3.client(
-        "sagemaker-runtime", endpoint_url=url, region_name=region,
-        aws_access_key_id="local", aws_secret_access_key="local",
+        "sagemaker-runtime",
+        endpoint_url=url,
+        region_name=region,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
         config=Config(retries={"mode": "standard", "max_attempts": 3}, read_timeout=70),
     )

@@ -21,7 +21,14 @@ from distracted_driver.hosting.local.state import ACTIVITIES, HISTORY, EndpointC
 from distracted_driver.serve.capture import CaptureConfig, CaptureWriter
 
 CREATING, IN_SERVICE, UPDATING, ROLLING_BACK, DELETING, FAILED, SYSTEM_UPDATING, OUT_OF_SERVICE = (
-    "Creating", "InService", "Updating", "RollingBack", "Deleting", "Failed", "SystemUpdating", "OutOfService",
+    "Creating",
+    "InService",
+    "Updating",
+    "RollingBack",
+    "Deleting",
+    "Failed",
+    "SystemUpdating",
+    "OutOfService",
 )
 
 
@@ -116,7 +123,7 @@ class Endpoint:
         return list(self.blue.values()) + list((self.green or {}).values())
 
     def add_deployment(self, record: dict) -> None:
-        self.deployments = [d for d in self.deployments if d["id"] != record["id"]][-(HISTORY - 1):] + [record]
+        self.deployments = [d for d in self.deployments if d["id"] != record["id"]][-(HISTORY - 1) :] + [record]
 
     def add_activity(self, activity: dict) -> None:
         self.scaling_activities = (self.scaling_activities + [activity])[-ACTIVITIES:]
@@ -160,12 +167,20 @@ class Endpoint:
         if self.green:
             for variant, fleet in self.green.items():
                 if variant not in self.blue:
-                    view["variants"].append({"name": variant, "weight": fleet.variant.weight,
-                                             "fleets": [fleet.to_json("green", 100.0 * self.green_share)]})
+                    view["variants"].append(
+                        {
+                            "name": variant,
+                            "weight": fleet.variant.weight,
+                            "fleets": [fleet.to_json("green", 100.0 * self.green_share)],
+                        }
+                    )
         view["deployment_in_progress"] = self.deployment.record if self.deployment else None
         if self.data_capture:
-            view["data_capture"] = {**self.data_capture.to_json(), "destination_uri": self.data_capture.destination_uri,
-                                    "stats": self.capture_stats()}
+            view["data_capture"] = {
+                **self.data_capture.to_json(),
+                "destination_uri": self.data_capture.destination_uri,
+                "stats": self.capture_stats(),
+            }
         return view
 
     def capture_stats(self) -> dict:

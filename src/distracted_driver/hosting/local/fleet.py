@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import psutil
 
@@ -115,8 +115,13 @@ class Fleet:
     def _new_instance(self, instance_id: str | None = None) -> Instance:
         instance_id = instance_id or self.new_instance_id()
         instance = Instance(
-            instance_id, self.model.name, self.model.model_dir, self.paths.instance_logs / f"{instance_id}.log",
-            owner=str(self.paths.root), threads=self.variant.instance_threads, log_rotation=self.log_rotation,
+            instance_id,
+            self.model.name,
+            self.model.model_dir,
+            self.paths.instance_logs / f"{instance_id}.log",
+            owner=str(self.paths.root),
+            threads=self.variant.instance_threads,
+            log_rotation=self.log_rotation,
         )
         self.instances.append(instance)
         return instance
@@ -171,7 +176,14 @@ class Fleet:
             instance.state = FAILED
             instance.failure = f"exited with code {code} while in service"
             self.last_failure = f"instance {instance.id} {instance.failure}"
-            log.warning("%s/%s: instance %s (pid %s) exited with code %s; out of rotation", self.endpoint, self.name, instance.id, instance.pid, code)
+            log.warning(
+                "%s/%s: instance %s (pid %s) exited with code %s; out of rotation",
+                self.endpoint,
+                self.name,
+                instance.id,
+                instance.pid,
+                code,
+            )
             await instance.kill()
             self.on_change()
             if self.replace_failed and not self.retired:
@@ -193,7 +205,13 @@ class Fleet:
             return
         instance.ping_failures += 1
         if instance.ping_failures >= PING_FAILURES_BEFORE_REPLACE and instance.state == IN_SERVICE:
-            log.warning("%s/%s: instance %s failed %d health checks; replacing it", self.endpoint, self.name, instance.id, instance.ping_failures)
+            log.warning(
+                "%s/%s: instance %s failed %d health checks; replacing it",
+                self.endpoint,
+                self.name,
+                instance.id,
+                instance.ping_failures,
+            )
             instance.process.kill()  # _watch sees the exit and replaces it
 
     async def _replace(self, dead: Instance) -> None:
@@ -209,7 +227,13 @@ class Fleet:
             except InstanceError as error:
                 self.instances = [i for i in self.instances if i is not replacement]
                 self.last_failure = f"its replacement {replacement.id} did not start: {str(error).splitlines()[0]}"
-                log.error("%s/%s: replacement failed (%s); retrying in %g s", self.endpoint, self.name, error, self._replace_backoff)
+                log.error(
+                    "%s/%s: replacement failed (%s); retrying in %g s",
+                    self.endpoint,
+                    self.name,
+                    error,
+                    self._replace_backoff,
+                )
                 await asyncio.sleep(self._replace_backoff)
                 self._replace_backoff = min(MAX_REPLACE_BACKOFF_S, self._replace_backoff * 2)
 

@@ -14,9 +14,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from distracted_driver.config import Settings
 from distracted_driver.hashing import sha256_file
@@ -34,9 +34,9 @@ from distracted_driver.hosting.local import client as daemon
 from distracted_driver.hosting.local.state import RuntimePaths, load_state, save_state
 from distracted_driver.hosting.smoke import smoke_images as default_smoke_images
 from distracted_driver.logs import LogRotation
+from distracted_driver.model.artifact import ArtifactError, load_artifact, unpack_artifact
 from distracted_driver.serve.capture import CaptureConfig, CaptureLimits
 from distracted_driver.storage import Storage, open_storage
-from distracted_driver.model.artifact import ArtifactError, load_artifact, unpack_artifact
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,16 @@ class LocalHosting(Hosting):
         config = self._put_config(runtime, model)
         prepared = time.monotonic() - started
         images = smoke_images or default_smoke_images(self.storage, self.settings)
-        record = runtime.post(f"endpoints/{self.endpoint_name}/deployments", {
-            "config": config,
-            "routing": asdict(routing),
-            "alarms": asdict(alarms),
-            "smoke_images": [base64.b64encode(image).decode() for image in images],
-            **({"data_capture": capture.to_json()} if capture is not None else {}),
-        })
+        record = runtime.post(
+            f"endpoints/{self.endpoint_name}/deployments",
+            {
+                "config": config,
+                "routing": asdict(routing),
+                "alarms": asdict(alarms),
+                "smoke_images": [base64.b64encode(image).decode() for image in images],
+                **({"data_capture": capture.to_json()} if capture is not None else {}),
+            },
+        )
         record = self._follow(runtime, record)
         timings = {"prepare": round(prepared, 3), **record["timings"]}
         if record.get("all_traffic_on_green_at"):
@@ -125,7 +128,10 @@ class LocalHosting(Hosting):
         timings["client_total"] = round(time.monotonic() - started, 3)
         outcome = record["outcome"]
         if outcome == "deployed":
-            self._record_live(model.version, {"endpoint": self.endpoint_name, "deployment": record["id"], "strategy": routing.strategy})
+            self._record_live(
+                model.version,
+                {"endpoint": self.endpoint_name, "deployment": record["id"], "strategy": routing.strategy},
+            )
             return DeployResult("deployed", self.endpoint_name, model.version, "", timings)
         return DeployResult(outcome, self.endpoint_name, live, record["reason"], timings)
 
@@ -134,8 +140,10 @@ class LocalHosting(Hosting):
         target = self.paths.model_dir(model.version)
         marker = target.with_name(f"{target.name}.artifact-sha256")  # the tar the unpacked copy came from
         with contextlib.suppress(ArtifactError, OSError):
-            if (marker.read_text() == self.storage.checksum(model.artifact_key)
-                    and load_artifact(target).version == model.version):
+            if (
+                marker.read_text() == self.storage.checksum(model.artifact_key)
+                and load_artifact(target).version == model.version
+            ):
                 return target
         staging = target.with_name(f".{model.version}.{os.getpid()}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
@@ -202,8 +210,10 @@ class LocalHosting(Hosting):
         before = self._serving_version(self._settled_endpoint(runtime))
         images = smoke_images or default_smoke_images(self.storage, self.settings)
         try:
-            record = runtime.post(f"endpoints/{self.endpoint_name}/rollback",
-                                  {"smoke_images": [base64.b64encode(i).decode() for i in images]})
+            record = runtime.post(
+                f"endpoints/{self.endpoint_name}/rollback",
+                {"smoke_images": [base64.b64encode(i).decode() for i in images]},
+            )
         except daemon.RuntimeApiError as error:
             raise HostingError(error.message) from None
         record = self._follow(runtime, record)
@@ -213,7 +223,9 @@ class LocalHosting(Hosting):
         else:
             outcome = record["outcome"]
         if live and live != before:
-            self._record_live(live, {"endpoint": self.endpoint_name, "deployment": record["id"], "strategy": "rollback"})
+            self._record_live(
+                live, {"endpoint": self.endpoint_name, "deployment": record["id"], "strategy": "rollback"}
+            )
         return DeployResult(outcome, self.endpoint_name, live, record["reason"], record["timings"])
 
     def set_autoscaling(self, policy: ScalingPolicy | None) -> None:
@@ -233,8 +245,12 @@ class LocalHosting(Hosting):
         percent = self.settings.capture_percent if percent is None else percent
         if percent is None:
             return None
-        return CaptureConfig(percent, str(Path(self.settings.bucket_dir).resolve()), self.settings.capture_prefix,
-                             limits=self.capture_limits)
+        return CaptureConfig(
+            percent,
+            str(Path(self.settings.bucket_dir).resolve()),
+            self.settings.capture_prefix,
+            limits=self.capture_limits,
+        )
 
     def set_capture(self, percent: int) -> dict:
         """Capture ``percent`` of the endpoint's invocations from now on (0: none), into the local bucket."""
@@ -270,8 +286,13 @@ class LocalHosting(Hosting):
                 endpoint = {**endpoint, **_without_runtime(endpoint, supervision)}
         details = {"runtime": runtime, "state_dir": str(self.paths.root)}
         if not endpoint:
-            return EndpointStatus("local", self.endpoint_name, runtime_url=info.url if info else None,
-                                  runtime_running=runtime["running"], details=details)
+            return EndpointStatus(
+                "local",
+                self.endpoint_name,
+                runtime_url=info.url if info else None,
+                runtime_running=runtime["running"],
+                details=details,
+            )
         instances = [
             {**instance, "variant": variant["name"], "role": fleet["role"]}
             for variant in endpoint.get("variants", [])
@@ -299,15 +320,21 @@ class LocalHosting(Hosting):
             details=details,
         )
 
-    def invoke(self, body: bytes, content_type: str = "image/jpeg", target_variant: str | None = None,
-               accept: str = "application/json") -> tuple[bytes, str]:
+    def invoke(
+        self,
+        body: bytes,
+        content_type: str = "image/jpeg",
+        target_variant: str | None = None,
+        accept: str = "application/json",
+    ) -> tuple[bytes, str]:
         """One request through boto3's sagemaker-runtime client, exactly as a caller in AWS makes it."""
         info = daemon.running_runtime(self.paths)
         if info is None:
             raise HostingError("the local runtime is not running; deploy a model first")
         extra = {"TargetVariant": target_variant} if target_variant else {}
         answer = daemon.sagemaker_runtime_client(info.url, self.settings.region).invoke_endpoint(
-            EndpointName=self.endpoint_name, ContentType=content_type, Accept=accept, Body=body, **extra)
+            EndpointName=self.endpoint_name, ContentType=content_type, Accept=accept, Body=body, **extra
+        )
         return answer["Body"].read(), answer["InvokedProductionVariant"]
 
     def delete(self) -> None:
@@ -378,13 +405,31 @@ def _without_runtime(record: dict, supervision: str) -> dict:
     if record.get("status") in ("Failed",):
         return {"recorded_status": record["status"], "status_reason": record.get("failure_reason", "")}
     restarting = supervision.startswith(("STARTING", "BACKOFF", "RUNNING"))
-    then = ("the supervisor is starting it again" if restarting else
-            "nothing restarts it; any deploy command starts it (inv deploy.swap --model live)")
-    return {"recorded_status": record.get("status"), "status": "OutOfService",
-            "status_reason": f"the runtime is not running ({supervision}); {then}"}
+    then = (
+        "the supervisor is starting it again"
+        if restarting
+        else "nothing restarts it; any deploy command starts it (inv deploy.swap --model live)"
+    )
+    return {
+        "recorded_status": record.get("status"),
+        "status": "OutOfService",
+        "status_reason": f"the runtime is not running ({supervision}); {then}",
+    }
 
 
 def _summary(record: dict) -> dict:
-    keys = ("id", "kind", "from_versions", "to_versions", "phase", "green_percent", "outcome", "reason", "timings",
-            "started", "finished", "events")
+    keys = (
+        "id",
+        "kind",
+        "from_versions",
+        "to_versions",
+        "phase",
+        "green_percent",
+        "outcome",
+        "reason",
+        "timings",
+        "started",
+        "finished",
+        "events",
+    )
     return {k: record.get(k) for k in keys} | {"strategy": record.get("routing", {}).get("strategy")}

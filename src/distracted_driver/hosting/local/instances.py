@@ -101,8 +101,16 @@ def adoptable(record: dict, owner: str) -> psutil.Process | None:
 
 
 class Instance:
-    def __init__(self, instance_id: str, model_name: str, model_dir: str, log_path: Path, owner: str,
-                 threads: int | None = None, log_rotation: LogRotation = LogRotation()):
+    def __init__(
+        self,
+        instance_id: str,
+        model_name: str,
+        model_dir: str,
+        log_path: Path,
+        owner: str,
+        threads: int | None = None,
+        log_rotation: LogRotation = LogRotation(),
+    ):
         self.id = instance_id
         self.model_name = model_name
         self.model_dir = model_dir
@@ -133,8 +141,18 @@ class Instance:
         return self.process.pid if self.process else None
 
     def command(self) -> list[str]:
-        command = [sys.executable, "-m", SERVER_MODULE, "--model-dir", self.model_dir, "--host", "127.0.0.1",
-                   "--port", str(self.port), *self.log_rotation.arguments(self.log_path)]
+        command = [
+            sys.executable,
+            "-m",
+            SERVER_MODULE,
+            "--model-dir",
+            self.model_dir,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.log_rotation.arguments(self.log_path),
+        ]
         if self.threads:
             command += ["--threads", str(self.threads), "--decode-workers", str(self.threads)]
         return command
@@ -167,7 +185,9 @@ class Instance:
                 env={**os.environ, "PYTHONUNBUFFERED": "1", OWNER_ENV: self.owner},
             )
         self._open_session()
-        log.info("instance %s: started pid %d on port %d for model %s", self.id, self.process.pid, self.port, self.model_name)
+        log.info(
+            "instance %s: started pid %d on port %d for model %s", self.id, self.process.pid, self.port, self.model_name
+        )
 
     def _open_session(self) -> None:
         self.session = aiohttp.ClientSession(
@@ -204,7 +224,9 @@ class Instance:
                 self.state = IN_SERVICE
                 return
             await asyncio.sleep(PING_INTERVAL_S)
-        raise InstanceError(f"instance {self.id} did not answer /ping with 200 within {timeout_s:g} s; see {self.log_path}")
+        raise InstanceError(
+            f"instance {self.id} did not answer /ping with 200 within {timeout_s:g} s; see {self.log_path}"
+        )
 
     def log_tail(self, lines: int = 8) -> str:
         """The end of its log, and of its raw output when there is any (a crash shows there)."""
@@ -215,7 +237,7 @@ class Instance:
             async with self.session.get("/ping", timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
                 await response.read()
                 return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     def acquire(self) -> None:
@@ -239,7 +261,7 @@ class Instance:
             self.process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("instance %s: no exit %g s after SIGTERM; killing it", self.id, STOP_TIMEOUT_S)
                 await self.kill()
         await self._close_session()

@@ -7,8 +7,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 COUNTERS = {  # CaptureStats field -> (metric, help)
     "written": ("runtime_capture_records_written_total", "Captured invocations written to the bucket."),
-    "dropped": ("runtime_capture_records_dropped_total",
-                "Sampled invocations not captured because the capture queue was full."),
+    "dropped": (
+        "runtime_capture_records_dropped_total",
+        "Sampled invocations not captured because the capture queue was full.",
+    ),
     "lost": ("runtime_capture_records_lost_total", "Captured invocations accepted but never written (a failed write)."),
     "files": ("runtime_capture_files_written_total", "Capture files written to the bucket."),
 }
@@ -22,7 +24,9 @@ class _CaptureCollector:
         self.stats = stats
 
     def collect(self):
-        families = {field: CounterMetricFamily(name, text, labels=("endpoint",)) for field, (name, text) in COUNTERS.items()}
+        families = {
+            field: CounterMetricFamily(name, text, labels=("endpoint",)) for field, (name, text) in COUNTERS.items()
+        }
         queued = GaugeMetricFamily(*QUEUED, labels=("endpoint",))
         for endpoint, counts in sorted(self.stats.items()):
             for field, family in families.items():

@@ -35,13 +35,12 @@ router answers with (``x-amzn-RequestId``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
@@ -64,8 +63,13 @@ TARGET_VARIANT_HEADER = "X-Amzn-SageMaker-Target-Variant"
 
 
 # The modelled SageMaker Runtime error for a status, where one fits a refusal that is not the router's own.
-SAGEMAKER_CODES = {400: "ValidationError", 404: "UnknownOperationException", 405: "UnknownOperationException",
-                   500: "InternalFailure", 503: "ServiceUnavailable"}
+SAGEMAKER_CODES = {
+    400: "ValidationError",
+    404: "UnknownOperationException",
+    405: "UnknownOperationException",
+    500: "InternalFailure",
+    503: "ServiceUnavailable",
+}
 ROUTES = "POST /endpoints/{name}/invocations, GET /endpoints/{name}/health, GET /metrics"
 
 
@@ -78,11 +82,13 @@ def _error_parts(code: str | None, message: str, request_id: str | None = None, 
     return body, headers
 
 
-def sagemaker_error(http_status: int, code: str | None, message: str, request_id: str | None = None,
-                    **members) -> web.Response:
+def sagemaker_error(
+    http_status: int, code: str | None, message: str, request_id: str | None = None, **members
+) -> web.Response:
     body, headers = _error_parts(code, message, request_id, **members)
-    return web.Response(status=http_status, body=json.dumps(body).encode(), content_type="application/json",
-                        headers=headers)
+    return web.Response(
+        status=http_status, body=json.dumps(body).encode(), content_type="application/json", headers=headers
+    )
 
 
 def sagemaker_shape(status: int, code: str, message: str) -> tuple[dict, dict]:
@@ -110,9 +116,12 @@ class Router:
         facts = {"endpoint": name, "status": status, "instances_in_service": serving}
         if serving:
             return web.json_response(facts)
-        return sagemaker_error(503, "ServiceUnavailable",
-                               f"Endpoint {name} is {status}: no instance is in service; inv deploy.status says why.",
-                               **facts)
+        return sagemaker_error(
+            503,
+            "ServiceUnavailable",
+            f"Endpoint {name} is {status}: no instance is in service; inv deploy.status says why.",
+            **facts,
+        )
 
     async def invocations(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -121,19 +130,23 @@ class Router:
             raise
         except Exception:  # a fault of ours: answered as SageMaker's InternalFailure, never a bare 500
             log.exception("router failed on %s", request.path)
-            return sagemaker_error(500, "InternalFailure", "An internal failure occurred in the local runtime; see its log.")
+            return sagemaker_error(
+                500, "InternalFailure", "An internal failure occurred in the local runtime; see its log."
+            )
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.runtime.metrics_exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def _invocations(self, request: web.Request) -> web.StreamResponse:
-        arrived = datetime.now(timezone.utc)
+        arrived = datetime.now(UTC)
         name = request.match_info["name"]
         endpoint = self.runtime.endpoints.get(name)
         if endpoint is None or not endpoint.blue:
             if endpoint is None:
                 return sagemaker_error(400, "ValidationError", f"Endpoint {name} of account 000000000000 not found.")
-            return sagemaker_error(400, "ValidationError", f"Endpoint {name} is not in service (status {endpoint.status}).")
+            return sagemaker_error(
+                400, "ValidationError", f"Endpoint {name} is not in service (status {endpoint.status})."
+            )
         if request.content_length is not None and request.content_length > INVOKE_ENDPOINT_MAX_BYTES:
             return self._too_large()
         try:
@@ -145,7 +158,8 @@ class Router:
         target = request.headers.get(TARGET_VARIANT_HEADER)
         if target is not None and target not in endpoint.variant_names():
             return sagemaker_error(
-                400, "ValidationError",
+                400,
+                "ValidationError",
                 f"The variant {target} is not valid for endpoint {name}; its variants are {', '.join(sorted(endpoint.variant_names()))}.",
             )
         headers = {h: request.headers[h] for h in FORWARDED_REQUEST_HEADERS if h in request.headers}
@@ -155,8 +169,9 @@ class Router:
     def _too_large() -> web.Response:
         return sagemaker_error(413, None, f"HTTP content length exceeded {INVOKE_ENDPOINT_MAX_BYTES} bytes.")
 
-    async def _forward(self, endpoint, target: str | None, body: bytes, headers: dict,
-                       arrived: datetime) -> web.StreamResponse:
+    async def _forward(
+        self, endpoint, target: str | None, body: bytes, headers: dict, arrived: datetime
+    ) -> web.StreamResponse:
         tried: set = set()
         waited = False
         while len(tried) < MAX_ATTEMPTS:
@@ -172,22 +187,31 @@ class Router:
             instance.acquire()
             try:
                 async with instance.session.post(
-                    "/invocations", data=body, headers=headers,
+                    "/invocations",
+                    data=body,
+                    headers=headers,
                     timeout=aiohttp.ClientTimeout(total=INVOCATION_TIMEOUT_S),
                 ) as answer:
                     payload = await answer.read()
                     status, answer_headers = answer.status, answer.headers
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._record(fleet, instance, ok=False, started=started)
                 return sagemaker_error(
-                    424, "ModelError",
+                    424,
+                    "ModelError",
                     f"Your invocation timed out while waiting for a response from container primary "
                     f"(instance {instance.id}, variant {fleet.name}). See its log for more information "
                     "(inv deploy.status lists each instance's log).",
                 )
             except aiohttp.ClientError as error:
                 self._record(fleet, instance, ok=False, started=started)
-                log.warning("%s/%s: instance %s unreachable (%s); retrying elsewhere", endpoint.name, fleet.name, instance.id, error)
+                log.warning(
+                    "%s/%s: instance %s unreachable (%s); retrying elsewhere",
+                    endpoint.name,
+                    fleet.name,
+                    instance.id,
+                    error,
+                )
                 fleet.mark_suspect(instance)
                 tried.add(instance)
                 continue
@@ -196,9 +220,19 @@ class Router:
             self._record(fleet, instance, ok=status < 500, started=started)
             request_id = str(uuid.uuid4())
             if status < 500:  # an answer, or the model server's refusal of a bad input: both are what it saw
-                self._capture(endpoint, Invocation(
-                    endpoint.name, fleet.name, request_id, arrived, headers.get("Content-Type", ""), body,
-                    answer_headers.get("Content-Type", ""), payload))
+                self._capture(
+                    endpoint,
+                    Invocation(
+                        endpoint.name,
+                        fleet.name,
+                        request_id,
+                        arrived,
+                        headers.get("Content-Type", ""),
+                        body,
+                        answer_headers.get("Content-Type", ""),
+                        payload,
+                    ),
+                )
             if status >= 300:
                 return self._model_error(fleet, instance, status, payload, request_id)
             response = web.Response(status=200, body=payload)
@@ -208,7 +242,9 @@ class Router:
             response.headers[VARIANT_HEADER] = fleet.name
             response.headers["x-amzn-RequestId"] = request_id
             return response
-        return sagemaker_error(503, "ServiceUnavailable", f"No instance of endpoint {endpoint.name} is in service. Try your call again.")
+        return sagemaker_error(
+            503, "ServiceUnavailable", f"No instance of endpoint {endpoint.name} is in service. Try your call again."
+        )
 
     @staticmethod
     def _capture(endpoint, invocation: Invocation) -> None:
@@ -231,8 +267,10 @@ class Router:
         original = _original_message(payload)
         kind = "client" if status < 500 else "server"
         return sagemaker_error(
-            424, "ModelError", request_id=request_id, message=
-            f'Received {kind} error ({status}) from primary with message "{original}". '
+            424,
+            "ModelError",
+            request_id=request_id,
+            message=f'Received {kind} error ({status}) from primary with message "{original}". '
             f"See the log of instance {instance.id} for more information (inv deploy.status lists it).",
             OriginalStatusCode=status,
             OriginalMessage=original,

@@ -30,13 +30,15 @@ import time
 
 from aiohttp import web
 
+from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
+from distracted_driver.fsutil import read_json, write_json_atomic
 from distracted_driver.hosting.base import AlarmThresholds, ScalingPolicy, TrafficRouting
 from distracted_driver.hosting.local import endpoint as states
 from distracted_driver.hosting.local.autoscaling import ScalerState, decide, record_action
 from distracted_driver.hosting.local.bluegreen import Deployment
+from distracted_driver.hosting.local.client import kill_orphans
 from distracted_driver.hosting.local.endpoint import Endpoint
 from distracted_driver.hosting.local.fleet import Fleet
-from distracted_driver.hosting.local.client import kill_orphans
 from distracted_driver.hosting.local.instances import InstanceError, adoptable
 from distracted_driver.hosting.local.metrics import capture_metrics
 from distracted_driver.hosting.local.router import ROUTES, Router, sagemaker_shape
@@ -49,8 +51,6 @@ from distracted_driver.hosting.local.state import (
     save_state,
     to_json,
 )
-from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
-from distracted_driver.fsutil import read_json, write_json_atomic
 from distracted_driver.httpserver import (
     GuardedRunner,
     Limits,
@@ -100,31 +100,49 @@ class Runtime:
 
     def save(self) -> None:
         processes = [
-            {"pid": i.pid, "instance": i.id, "port": i.port, "endpoint": name, "config": fleet.config_name,
-             "variant": fleet.name, "role": role}
+            {
+                "pid": i.pid,
+                "instance": i.id,
+                "port": i.port,
+                "endpoint": name,
+                "config": fleet.config_name,
+                "variant": fleet.name,
+                "role": role,
+            }
             for name, endpoint in self.endpoints.items()
             for role, fleets in (("blue", endpoint.blue), ("green", endpoint.green or {}))
             for fleet in fleets.values()
             for i in fleet.instances
             if i.pid and i.process.returncode is None
         ]
-        save_state(self.paths, {
-            "version": 1,
-            "models": {name: to_json(m) for name, m in self.models.items()},
-            "endpoint_configs": {name: to_json(c) for name, c in self.configs.items()},
-            "endpoints": {name: e.to_record() for name, e in self.endpoints.items()},
-            "processes": processes,
-            "next_instance": self._next_instance,
-            "runtime_port": self.port,
-        })
+        save_state(
+            self.paths,
+            {
+                "version": 1,
+                "models": {name: to_json(m) for name, m in self.models.items()},
+                "endpoint_configs": {name: to_json(c) for name, c in self.configs.items()},
+                "endpoints": {name: e.to_record() for name, e in self.endpoints.items()},
+                "processes": processes,
+                "next_instance": self._next_instance,
+                "runtime_port": self.port,
+            },
+        )
 
     def new_instance_id(self) -> str:
         number, self._next_instance = self._next_instance, self._next_instance + 1
         return f"i-{number:04d}"
 
     def new_fleet(self, endpoint_name: str, config: EndpointConfigRecord, variant: VariantConfig) -> Fleet:
-        return Fleet(endpoint_name, config.name, variant, self.models[variant.model_name], self.paths,
-                     self.new_instance_id, self._fleet_changed, self.log_rotation)
+        return Fleet(
+            endpoint_name,
+            config.name,
+            variant,
+            self.models[variant.model_name],
+            self.paths,
+            self.new_instance_id,
+            self._fleet_changed,
+            self.log_rotation,
+        )
 
     def _fleet_changed(self) -> None:
         self.save()
@@ -160,8 +178,12 @@ class Runtime:
         for endpoint in self.endpoints.values():
             for record in endpoint.deployments:
                 if record.get("outcome") is None:
-                    record.update(outcome="failed", phase="done", finished=time.time(),
-                                  reason="the runtime stopped during the deployment; the endpoint stays on blue")
+                    record.update(
+                        outcome="failed",
+                        phase="done",
+                        finished=time.time(),
+                        reason="the runtime stopped during the deployment; the endpoint stays on blue",
+                    )
             config = self.configs.get(endpoint.config_name or "")
             if config is None:
                 endpoint.status = states.FAILED if endpoint.status != states.FAILED else endpoint.status
@@ -188,11 +210,16 @@ class Runtime:
         endpoint.status = states.SYSTEM_UPDATING
         fleets = {v.variant_name: self.new_fleet(endpoint.name, config, v) for v in config.variants}
         endpoint.blue = fleets
-        results = await asyncio.gather(*(
-            fleet.bring_up(endpoint.instance_counts.get(name, fleet.variant.instance_count),
-                           running.get((endpoint.name, config.name, name), []))
-            for name, fleet in fleets.items()
-        ), return_exceptions=True)
+        results = await asyncio.gather(
+            *(
+                fleet.bring_up(
+                    endpoint.instance_counts.get(name, fleet.variant.instance_count),
+                    running.get((endpoint.name, config.name, name), []),
+                )
+                for name, fleet in fleets.items()
+            ),
+            return_exceptions=True,
+        )
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             endpoint.status, endpoint.failure_reason = states.FAILED, f"could not restore: {failures[0]}"
@@ -214,8 +241,9 @@ class Runtime:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(fleet.retire() for e in self.endpoints.values() for fleet in e.all_fleets()),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(fleet.retire() for e in self.endpoints.values() for fleet in e.all_fleets()), return_exceptions=True
+        )
         for endpoint in self.endpoints.values():
             endpoint.green, endpoint.green_share = None, 0.0
         self.save()
@@ -249,12 +277,23 @@ class Runtime:
 
     async def _scale(self, endpoint: Endpoint, fleet: Fleet, decision) -> None:
         activity = {
-            "time": time.time(), "variant": fleet.name, "from": decision.current, "to": decision.desired,
-            "metric": decision.to_json()["metric_invocations_per_instance_per_minute"], "reason": decision.reason,
+            "time": time.time(),
+            "variant": fleet.name,
+            "from": decision.current,
+            "to": decision.desired,
+            "metric": decision.to_json()["metric_invocations_per_instance_per_minute"],
+            "reason": decision.reason,
             "status": "in-progress",
         }
         endpoint.add_activity(activity)
-        log.info("autoscaling %s/%s %d -> %d: %s", endpoint.name, fleet.name, decision.current, decision.desired, decision.reason)
+        log.info(
+            "autoscaling %s/%s %d -> %d: %s",
+            endpoint.name,
+            fleet.name,
+            decision.current,
+            decision.desired,
+            decision.reason,
+        )
         try:
             await fleet.scale_to(decision.desired)
             activity["status"] = "successful"
@@ -272,8 +311,13 @@ class Runtime:
 
     def status(self) -> dict:
         return {
-            "runtime": {"pid": os.getpid(), "url": self.url, "started": self.started, "log": str(self.paths.log_file),
-                        "control_socket": str(self.paths.control_socket)},
+            "runtime": {
+                "pid": os.getpid(),
+                "url": self.url,
+                "started": self.started,
+                "log": str(self.paths.log_file),
+                "control_socket": str(self.paths.control_socket),
+            },
             "models": {name: to_json(m) for name, m in self.models.items()},
             "endpoint_configs": {name: to_json(c) for name, c in self.configs.items()},
             "endpoints": {name: e.to_json() for name, e in self.endpoints.items()},
@@ -306,7 +350,9 @@ class Runtime:
         existing = self.configs.get(config.name)
         if existing is not None:
             if existing.variants != config.variants:
-                raise ControlError(409, f"endpoint config {config.name} exists with other variants; configs are immutable")
+                raise ControlError(
+                    409, f"endpoint config {config.name} exists with other variants; configs are immutable"
+                )
             return to_json(existing)
         self.configs[config.name] = config
         self.save()
@@ -338,8 +384,9 @@ class Runtime:
         self.spawn(self._run_deployment(endpoint, deployment, capture))
         return deployment.record
 
-    async def _run_deployment(self, endpoint: Endpoint, deployment: Deployment,
-                              capture: CaptureConfig | None = None) -> None:
+    async def _run_deployment(
+        self, endpoint: Endpoint, deployment: Deployment, capture: CaptureConfig | None = None
+    ) -> None:
         try:
             await deployment.run()
             if capture is not None and deployment.record["outcome"] == "deployed":
@@ -356,8 +403,11 @@ class Runtime:
             return endpoint.deployment.record
         if not endpoint.previous_config:
             raise ControlError(409, f"endpoint {name} has no previous endpoint config to roll back to")
-        body = {**body, "config": endpoint.previous_config,
-                "routing": {"strategy": "all-at-once", "wait_seconds": 0, "bake_seconds": 0, "termination_wait_seconds": 0}}
+        body = {
+            **body,
+            "config": endpoint.previous_config,
+            "routing": {"strategy": "all-at-once", "wait_seconds": 0, "bake_seconds": 0, "termination_wait_seconds": 0},
+        }
         return self.deploy(name, body, kind="rollback")
 
     def deployment(self, name: str, deployment_id: str) -> dict:
@@ -412,10 +462,15 @@ class Runtime:
         config = endpoint.data_capture
         if config is None or not config.enabled or endpoint.capture_writer is not None:
             return
-        endpoint.capture_writer = CaptureWriter(LocalStorage(config.destination), config,
-                                                name=f"capture-{endpoint.name}")
-        log.info("data capture of %s: %d%% of invocations to %s", endpoint.name, config.sampling_percent,
-                 config.destination_uri)
+        endpoint.capture_writer = CaptureWriter(
+            LocalStorage(config.destination), config, name=f"capture-{endpoint.name}"
+        )
+        log.info(
+            "data capture of %s: %d%% of invocations to %s",
+            endpoint.name,
+            config.sampling_percent,
+            config.destination_uri,
+        )
 
     @staticmethod
     async def _close_writer(endpoint: Endpoint, writer: CaptureWriter, why: str) -> None:
@@ -423,10 +478,19 @@ class Runtime:
         final = await asyncio.to_thread(writer.close, CAPTURE_CLOSE_TIMEOUT_S)
         endpoint.retired_capture.append(final)
         lost = final.lost - before.lost
-        log.log(logging.WARNING if lost else logging.INFO,
-                "data capture of %s (%s): %d queued records written out, %d lost; since the runtime started "
-                "%d written in %d files, %d dropped (queue full), %d lost in all", endpoint.name, why,
-                before.queued - lost, lost, final.written, final.files, final.dropped, final.lost)
+        log.log(
+            logging.WARNING if lost else logging.INFO,
+            "data capture of %s (%s): %d queued records written out, %d lost; since the runtime started "
+            "%d written in %d files, %d dropped (queue full), %d lost in all",
+            endpoint.name,
+            why,
+            before.queued - lost,
+            lost,
+            final.written,
+            final.files,
+            final.dropped,
+            final.lost,
+        )
 
     async def close_capture(self) -> None:
         """Write out every queued capture record (a clean stop loses none), and say so."""
@@ -471,7 +535,9 @@ def _required(body: dict, key: str):
 
 def make_invocation_app(runtime: Runtime) -> web.Application:
     """The TCP port: SageMaker Runtime's invocations, the endpoint health check and the metrics, nothing else."""
-    app = web.Application(client_max_size=INVOKE_ENDPOINT_MAX_BYTES + 1, middlewares=[json_errors(sagemaker_shape, ROUTES)])
+    app = web.Application(
+        client_max_size=INVOKE_ENDPOINT_MAX_BYTES + 1, middlewares=[json_errors(sagemaker_shape, ROUTES)]
+    )
     app.router.add_post("/endpoints/{name}/invocations", runtime.router.invocations)
     app.router.add_get("/endpoints/{name}/health", runtime.router.health)
     app.router.add_get("/metrics", runtime.router.metrics)
@@ -518,7 +584,9 @@ def make_control_app(runtime: Runtime) -> web.Application:
 
     @routes.delete("/endpoints/{name}/autoscaling/{variant}")
     async def no_autoscaling(request):
-        return web.json_response(runtime.set_autoscaling(request.match_info["name"], request.match_info["variant"], None))
+        return web.json_response(
+            runtime.set_autoscaling(request.match_info["name"], request.match_info["variant"], None)
+        )
 
     @routes.put("/endpoints/{name}/data-capture")
     async def data_capture(request):
@@ -561,22 +629,36 @@ async def serve(paths: RuntimePaths, host: str, port: int, log_rotation: LogRota
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stopping.set)
-    invocations = GuardedRunner(make_invocation_app(runtime), sagemaker_shape, INVOCATION_LIMITS,
-                                access_log=None, handle_signals=False)
-    control = GuardedRunner(make_control_app(runtime), plain_shape, Limits(max_connections=64),
-                            access_log=None, handle_signals=False)
+    invocations = GuardedRunner(
+        make_invocation_app(runtime), sagemaker_shape, INVOCATION_LIMITS, access_log=None, handle_signals=False
+    )
+    control = GuardedRunner(
+        make_control_app(runtime), plain_shape, Limits(max_connections=64), access_log=None, handle_signals=False
+    )
     await invocations.setup()
     await control.setup()
     # The port it had last time, so that its URL (which a gateway or a client may hold) survives a restart.
     bound = await listen_tcp(invocations, host, port or runtime.last_port)
     await control.serve(private_unix_socket(paths.control_socket))
     runtime.port, runtime.url = bound, f"http://{host}:{bound}"
-    write_json_atomic(paths.runtime_file, {
-        "pid": os.getpid(), "url": runtime.url, "port": bound, "started": runtime.started, "log": str(paths.log_file),
-        "control_socket": str(paths.control_socket),
-    })
-    log.info("runtime %d listening on %s, control on %s (state in %s)", os.getpid(), runtime.url,
-             paths.control_socket, paths.root)
+    write_json_atomic(
+        paths.runtime_file,
+        {
+            "pid": os.getpid(),
+            "url": runtime.url,
+            "port": bound,
+            "started": runtime.started,
+            "log": str(paths.log_file),
+            "control_socket": str(paths.control_socket),
+        },
+    )
+    log.info(
+        "runtime %d listening on %s, control on %s (state in %s)",
+        os.getpid(),
+        runtime.url,
+        paths.control_socket,
+        paths.root,
+    )
     await runtime.restore()
     scaler = loop.create_task(runtime.autoscale_loop())
     await runtime.stopping.wait()
@@ -592,11 +674,19 @@ async def serve(paths: RuntimePaths, host: str, port: int, log_rotation: LogRota
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distracted_driver.hosting.local.runtime", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--state-dir", required=True, help="the settings' state_dir; the runtime keeps its files under hosting/")
+    parser = argparse.ArgumentParser(
+        prog="python -m distracted_driver.hosting.local.runtime", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--state-dir", required=True, help="the settings' state_dir; the runtime keeps its files under hosting/"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only by default)")
-    parser.add_argument("--port", type=int, default=0,
-                        help="port (default 0: the one used last time if free, else any free one; see runtime.json)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="port (default 0: the one used last time if free, else any free one; see runtime.json)",
+    )
     add_log_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging(args, "%(asctime)s %(levelname)s %(message)s")

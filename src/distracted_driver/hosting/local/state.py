@@ -36,7 +36,7 @@ class RuntimePaths:
     root: Path
 
     @classmethod
-    def under(cls, state_dir: str | Path) -> "RuntimePaths":
+    def under(cls, state_dir: str | Path) -> RuntimePaths:
         return cls(Path(state_dir).resolve() / "hosting")
 
     @property
