@@ -258,7 +258,7 @@ def data_upload(c, directory=None, prefix=None, backend=None):
     try:
         report = upload_channels(storage, directory or WorkDirs.of(settings).channels, prefix)
     except ChannelsError as exc:
-        raise Exit(f"upload failed: {exc}", code=1)
+        raise Exit(f"upload failed: {exc}", code=1) from None
     print(f"{report} -> {storage.uri(prefix)}")
 
 

@@ -36,6 +36,8 @@ from distracted_driver.gateway.openapi import DOCS_PAGE, openapi_document
 from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange, slowloris
 from distracted_driver.logs import LogRotation
 
+pytestmark = pytest.mark.slow  # starts real gateway processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

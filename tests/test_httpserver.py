@@ -10,12 +10,15 @@ import asyncio
 import json
 import time
 
+import pytest
 from aiohttp import web
 from hostile_clients import json_error
 from waiting import wait_until_async
 
 from distracted_driver.httpserver import GuardedRunner, Limits, json_errors, listen_on, plain_shape, read_body
 from distracted_driver.loadtest.hostile import malformed_requests, parse_answer, raw_exchange
+
+pytestmark = pytest.mark.slow  # real servers with read deadlines of seconds
 
 LIMITS = Limits(header_timeout_s=0.5, body_timeout_s=0.5, idle_timeout_s=2.0, max_connections=8)
 

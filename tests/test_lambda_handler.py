@@ -23,6 +23,8 @@ from botocore.stub import Stubber
 from distracted_driver.data import layout
 from distracted_driver.gateway.events import Caller, build_proxy_event, load_handler
 
+pytestmark = pytest.mark.slow  # a moto server for the handler's SageMaker Runtime calls
+
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9"  # only forwarded, never decoded here
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 PROBS = [0.02, 0.03, 0.6, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05]

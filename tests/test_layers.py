@@ -12,6 +12,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.slow  # fresh interpreters importing the serving and training modules
+
 OPS = ["invoke", "locust", "hcl2", "yaml", "policy_sentry", "moto"]
 INSTALLS = {
     # docker/serve.Dockerfile: `pip install .`, the core dependencies only.

@@ -14,6 +14,8 @@ from distracted_driver.model.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_N
 from distracted_driver.train.export import export_onnx
 from distracted_driver.train.model import build_model, imagenet_model, pretrained_weights_path
 
+pytestmark = pytest.mark.slow  # builds and exports the network with torch
+
 EGYPTIAN_CAT, TABBY, TIGER_CAT = 285, 281, 282
 
 

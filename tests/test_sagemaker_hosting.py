@@ -29,6 +29,8 @@ from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, ScalingPo
 from distracted_driver.model.registry import Registry
 from distracted_driver.storage.s3 import S3Storage
 
+pytestmark = pytest.mark.slow  # moto's SageMaker, S3 and Application Auto Scaling for every test (about 50 s)
+
 BUCKET = "dd-hosting-bucket"
 ROLE = "arn:aws:iam::123456789012:role/dd-dev-sagemaker"
 REPOSITORY, TAG = "dd-dev-serving", "0123abcd"

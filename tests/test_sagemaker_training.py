@@ -28,6 +28,8 @@ from distracted_driver.train.sagemaker import (
     image_uri,
 )
 
+pytestmark = pytest.mark.slow  # moto servers for every test
+
 BUCKET = "dd-training-bucket"
 ROLE = "arn:aws:iam::123456789012:role/dd-dev-sagemaker"
 JOB = "dd-20260103-000000-dddd"

@@ -31,6 +31,8 @@ from distracted_driver.train import job as train_job
 from distracted_driver.train.baseline import load_baseline
 from distracted_driver.train.runner import SCRIPT, TrainingJobFailed, hyperparameter_args, new_job_name, run_local_job
 
+pytestmark = pytest.mark.slow  # torch training steps and job processes
+
 JOB_NAME = re.compile(r"^dd-\d{8}-\d{6}-[0-9a-f]{4}$")
 
 
