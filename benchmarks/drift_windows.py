@@ -223,7 +223,7 @@ def main() -> int:
                 f"model {record.model_version} trained and deployed with 100 % capture in "
                 f"{time.perf_counter() - started:.0f} s"
             )
-            client = sagemaker_runtime_client(open_hosting(settings).status()["runtime_url"], settings.region)
+            client = sagemaker_runtime_client(open_hosting(settings).status().runtime_url, settings.region)
             rows = []
             header = (
                 f"{'window':16} {'n':>4} {'acc':>5} {'verdict':9} {'psi':>6} {'low':>5} {'confKS':>6} "

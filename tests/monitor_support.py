@@ -24,7 +24,7 @@ def send_images(settings: Settings, paths: list[Path], workers: int = 4) -> date
     from distracted_driver.hosting import open_hosting
     from distracted_driver.hosting.local.client import sagemaker_runtime_client
 
-    client = sagemaker_runtime_client(open_hosting(settings).status()["runtime_url"], settings.region)
+    client = sagemaker_runtime_client(open_hosting(settings).status().runtime_url, settings.region)
 
     def send(path: Path) -> None:
         answer = client.invoke_endpoint(

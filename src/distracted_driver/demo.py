@@ -148,7 +148,6 @@ def _drift_summary(settings: Settings, storage) -> None:
 
     from distracted_driver.data.sample import generate_sample
     from distracted_driver.hosting import open_hosting
-    from distracted_driver.hosting.local.client import sagemaker_runtime_client
     from distracted_driver.monitor.capture import iter_capture_records
     from distracted_driver.monitor.report import drift_report
 
@@ -159,13 +158,11 @@ def _drift_summary(settings: Settings, storage) -> None:
         f"drift: {len(images)} requests of {DRIFT_WINDOW['drivers']} new drivers through the endpoint, then "
         "inv monitor.report on what it captured"
     )
-    client = sagemaker_runtime_client(open_hosting(settings).status()["runtime_url"], settings.region)
+    hosting = open_hosting(settings)
     time.sleep(1.0)  # captured times have whole seconds: the window starts on a second of its own
     since = datetime.now(UTC).replace(microsecond=0)
     for path in images:
-        client.invoke_endpoint(EndpointName=settings.endpoint_name, ContentType="image/jpeg", Body=path.read_bytes())[
-            "Body"
-        ].read()
+        hosting.invoke(path.read_bytes())
     deadline = time.monotonic() + 30  # the capture writer flushes every few seconds
     while time.monotonic() < deadline and sum(
         1 for _ in iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since)
