@@ -111,6 +111,8 @@ LOCAL_ONLY = "backend: local only"
     first_driver: number of the first subject, e.g. 90 for p090, p091, ... (default: Kaggle's p002..p081)
     overwrite: replace OUT if it already holds a sample (never a directory that does not)
     workers: processes drawing in parallel, the same bytes whatever the number (default 1; 0: all cores)
+    shift: draw every driver under a condition training never saw: night, angle (another camera mount) or
+      cabin (another car); for drift tests
 """
 )
 def data_sample(
@@ -123,6 +125,7 @@ def data_sample(
     first_driver=None,
     overwrite=False,
     workers=1,
+    shift=None,
 ):
     """Draw synthetic cabin images in the exact State Farm layout (imgs/, driver_imgs_list.csv, ...)."""
     from distracted_driver.data.channels import WorkDirs
@@ -138,6 +141,7 @@ def data_sample(
             test_images=test_images,
             first_driver=_optional(first_driver, int),
             overwrite=overwrite or not out,
+            shift=shift or None,
         )
     )
 
@@ -149,14 +153,17 @@ def data_sample(
 """
 )
 def data_add(c, from_, backend=None):
-    """Add a labelled batch to the bucket's raw data and write a new data manifest (exit 2 if anything was refused)."""
+    """Add a labelled batch to the bucket's raw data and write a new data manifest (exit 2 if anything was refused
+    or, in a batch exported by monitor.export, rows are not reviewed yet)."""
     from distracted_driver.data.ingest import add_data
 
     settings = _settings(backend)
     report = add_data(open_storage(settings), settings, from_)
     print(report)
-    if report.refused:
-        raise Exit(f"{len(report.refused)} image(s) refused (listed above)", code=2)
+    if report.refused or report.unreviewed:
+        left_out = [f"{len(report.refused)} image(s) refused (listed above)"] if report.refused else []
+        left_out += [f"{len(report.unreviewed)} row(s) not reviewed"] if report.unreviewed else []
+        raise Exit(" and ".join(left_out), code=2)
 
 
 @task(
@@ -1015,6 +1022,65 @@ def infra_docs(c):
     )
 
 
+# --- monitor --------------------------------------------------------------------------------------------------
+
+SINCE = "since: the window: a duration before now (24h, 90m, 2d) or an ISO time (default 24h)"
+
+
+@task(
+    help=f"""
+    {SINCE}
+    variant: only this production variant's traffic (default: all)
+    thresholds: drift thresholds file (default load_test/drift.toml)
+    out: where the report folder goes (default reports/monitor)
+    backend: local or aws (aws also puts the figures to CloudWatch)
+"""
+)
+def monitor_report(c, since="24h", variant=None, thresholds=None, out=None, backend=None):
+    """Drift of the captured traffic against the live model's baseline; exit 0 no drift, 3 drift, 1 too few requests."""
+    from distracted_driver.monitor.report import drift_report, parse_since
+
+    result = drift_report(
+        _settings(backend),
+        since=parse_since(since),
+        variant=variant or None,
+        thresholds=thresholds,
+        out_root=out,
+        progress=True,
+    )
+    print((result.directory / "summary.txt").read_text(), end="")
+    print(f"report: {result.directory}")
+    if result.exit_code:
+        raise Exit(result.line, code=result.exit_code)
+
+
+@task(
+    help=f"""
+    out: directory for the review batch (must not exist or be empty)
+    {SINCE}
+    variant: only this production variant's traffic (default: all)
+    low_confidence_only: only answers below the low_confidence threshold of the drift thresholds file
+    thresholds: drift thresholds file (default load_test/drift.toml)
+    {BUCKET}
+"""
+)
+def monitor_export(c, out, since="24h", variant=None, low_confidence_only=False, thresholds=None, backend=None):
+    """Captured images as a State Farm-layout batch waiting for review; then inv data.add --from OUT."""
+    from distracted_driver.monitor.export import export_window
+    from distracted_driver.monitor.report import parse_since
+
+    print(
+        export_window(
+            _settings(backend),
+            out,
+            since=parse_since(since),
+            variant=variant or None,
+            low_confidence_only=low_confidence_only,
+            thresholds=thresholds,
+        )
+    )
+
+
 # --- top level ------------------------------------------------------------------------------------------------
 
 
@@ -1058,6 +1124,7 @@ ns = Collection(
         deploy_down,
     ),
     Collection("pipeline", pipeline_run, pipeline_history, pipeline_watch),
+    Collection("monitor", monitor_report, monitor_export),
     Collection(
         "infra",
         infra_check,

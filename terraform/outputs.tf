@@ -44,6 +44,11 @@ output "codebuild_project" {
   value       = module.codebuild.project_name
 }
 
+output "drift_alarm_name" {
+  description = "CloudWatch alarm on the drift report's verdict (inv monitor.report --backend aws)."
+  value       = module.alarms.drift_alarm_name
+}
+
 output "rollback_alarm_names" {
   description = "CloudWatch alarms that the blue/green update's AutoRollbackConfiguration watches."
   value       = module.alarms.alarm_names

@@ -248,6 +248,52 @@ def softmax_removed(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def features_exposed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same network with its pooled ``features`` (what its head reads; both networks here name them so)
+    also a graph output, as the training job exports models for monitoring."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    width = next(int(init.dims[0]) for init in graph.initializer if init.name in ("dense_w", "weights"))
+    graph.output.append(helper.make_tensor_value_info(contract.FEATURES_NAME, TensorProto.FLOAT, ["batch", width]))
+    onnx.checker.check_model(model)
+    return model
+
+
+def quantized_int8(model: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
+    """``model`` statically quantized by ONNX Runtime (QDQ, int8 weights, uint8 activations) on ``calibration``
+    ``[n, 3, S, S]`` batches, as the training job quantizes (its ``quantize_int8`` also keeps the real network's
+    first layers in fp32 by their names, which these tiny graphs do not have); its outputs are the model's."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(np.array_split(np.asarray(calibration, np.float32), max(1, len(calibration) // 8)))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {contract.INPUT_NAME: np.ascontiguousarray(batch)}
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for number, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{number}"
+    softmax = [node.name for node in model.graph.node if node.op_type == "Softmax"]  # stays fp32, as in the job
+    with tempfile.TemporaryDirectory(prefix="fixture-int8-") as scratch:
+        onnx.save(model, f"{scratch}/fp32.onnx")
+        quantize_static(
+            f"{scratch}/fp32.onnx",
+            f"{scratch}/int8.onnx",
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=softmax,
+        )
+        return onnx.load(f"{scratch}/int8.onnx")
+
+
 def derived_artifact(
     source: FixtureArtifact | Path,
     out_dir: str | Path,

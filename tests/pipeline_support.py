@@ -63,7 +63,9 @@ def run_cli(settings: Settings, *args: str, python_flags: tuple[str, ...] = (), 
     )
 
 
-def sample_batch(directory: Path, drivers: int, per_class: int, seed: int, first_driver: int | None = None) -> Path:
+def sample_batch(
+    directory: Path, drivers: int, per_class: int, seed: int, first_driver: int | None = None, shift: str | None = None
+) -> Path:
     from distracted_driver.data.sample import generate_sample
 
     generate_sample(
@@ -74,6 +76,7 @@ def sample_batch(directory: Path, drivers: int, per_class: int, seed: int, first
         seed=seed,
         first_driver=first_driver,
         progress=False,
+        shift=shift,
     )
     return directory
 

@@ -29,6 +29,7 @@ DRIVEN = [
     "test_preflight.py",
     "test_state_across_runs.py",
     "test_batch_transform.py",
+    "test_monitor_aws.py",
 ]
 ACCOUNT, REGION = iam.ACCOUNT, "us-east-1"
 
@@ -53,6 +54,7 @@ def test_every_operation_of_every_role_is_granted(env, recorded_calls):
         "sagemaker:DescribeTransformJob",
         "sagemaker:StopTransformJob",
     } <= actions
+    assert ("codebuild", "cloudwatch:PutMetricData") in {(op.role, op.action) for op in report.operations}
     transform = {(op.role, op.action) for op in report.operations if "transform" in op.resource.lower()}
     assert {
         ("codebuild", "s3:PutObject"),
@@ -151,6 +153,12 @@ TRANSFORM = {
         "TransformResources": {"InstanceType": "ml.c5.xlarge", "InstanceCount": 1},
     },
 }
+PUT_DRIFT = {
+    "role": "codebuild",
+    "service": "monitoring",
+    "operation": "PutMetricData",
+    "params": {"Namespace": "DistractedDriver/Drift", "MetricData": [{"MetricName": "Drift", "Value": 1.0}]},
+}
 CAPTURE = {
     "role": "codebuild",
     "service": "sagemaker",
@@ -233,6 +241,14 @@ READ_LOG = {
             "sagemaker-execution",
             "s3:PutObject",
             "sagemaker/",
+        ),
+        (
+            'values   = ["DistractedDriver/Drift"]',
+            'values   = ["DistractedDriver/Other"]',
+            PUT_DRIFT,
+            "codebuild",
+            "cloudwatch:PutMetricData",
+            "codebuild/DriftMetrics",
         ),
         (
             '    actions   = ["s3:PutObject"]\n    resources = ["${var.data_bucket_arn}/${var.capture_prefix}/*"]',

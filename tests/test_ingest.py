@@ -307,3 +307,84 @@ def test_a_driver_list_linked_from_outside_the_batch_is_a_layout_error(batch, tm
     (batch / "driver_imgs_list.csv").symlink_to(elsewhere)
     with pytest.raises(LayoutError, match="driver_imgs_list.csv is a symlink to a file outside the batch"):
         read_batch(batch)
+
+
+# --- batches exported for review (inv monitor.export) -----------------------------------------
+
+
+def _review_batch(batch: Path) -> list[list[str]]:
+    """The batch rewritten as monitor.export leaves it: the review columns, the model's guess in classname
+    (here the true class), no subject yet. Returns the rows (header first)."""
+    rows = _rows(batch / "driver_imgs_list.csv")
+    review = [["subject", "classname", "img", "model_class", "model_confidence", "event_id", "captured_at"]]
+    for number, (_, classname, img) in enumerate(rows[1:]):
+        review.append(["", classname, img, classname, "0.9000", f"event-{number}", "2026-11-30T08:00:00+00:00"])
+    _write_rows(batch / "driver_imgs_list.csv", review)
+    return review
+
+
+def test_rows_not_reviewed_are_counted_and_left_out_and_the_rest_added(bucket, batch):
+    storage, settings = bucket
+    rows = _review_batch(batch)
+    for row in rows[1:8]:
+        row[0] = "p300"  # reviewed: a driver filled in, the guess confirmed
+    _write_rows(batch / "driver_imgs_list.csv", rows)
+    report = add_data(storage, settings, batch, progress=False)
+    assert len(report.added) == 7 and len(report.unreviewed) == 13
+    assert "13 row(s) not reviewed yet (no subject yet in driver_imgs_list.csv): not added" in str(report)
+    listing = latest_manifest(storage, settings)
+    assert {e["subject"] for e in listing["images"]} == {"p300"} and listing["batch"]["unreviewed"] == 13
+    assert sorted(Path(e["key"]).name for e in listing["images"]) == sorted(row[2] for row in rows[1:8])
+    for row in rows[8:]:  # the rest reviewed later: only they are added
+        row[0] = "p301"
+    _write_rows(batch / "driver_imgs_list.csv", rows)
+    later = add_data(storage, settings, batch, progress=False)
+    assert (len(later.added), len(later.skipped), later.unreviewed) == (13, 7, [])
+
+
+def test_a_label_corrected_in_the_row_or_by_moving_the_file_is_taken(bucket, batch):
+    storage, settings = bucket
+    rows = _review_batch(batch)
+    for row in rows[1:]:
+        row[0] = "p301"
+    by_row, by_move, ambiguous = rows[1], rows[2], rows[3]
+    by_row[3] = "c9" if by_row[1] != "c9" else "c8"  # the model said something else; the file sits under its guess
+    os.replace(batch / "imgs/train" / by_row[1] / by_row[2], batch / "imgs/train" / by_row[3] / by_row[2])
+    by_move[3] = by_move[1]
+    moved_to = "c9" if by_move[1] != "c9" else "c8"  # the reviewer dragged the file to its class, left the row
+    os.replace(batch / "imgs/train" / by_move[1] / by_move[2], batch / "imgs/train" / moved_to / by_move[2])
+    _write_rows(batch / "driver_imgs_list.csv", rows)
+    images = {image.img: image for image in read_batch(batch)}
+    assert images[by_row[2]].classname == by_row[1] and images[by_row[2]].path.parent.name == by_row[3]
+    assert images[by_move[2]].classname == moved_to
+
+    # The row, the folder and the guess all different: which one is right is not said.
+    others = [c for c in ("c0", "c1", "c2", "c3") if c != ambiguous[1]]
+    ambiguous[3] = others[0]
+    os.replace(batch / "imgs/train" / ambiguous[1] / ambiguous[2], batch / "imgs/train" / others[1] / ambiguous[2])
+    _write_rows(batch / "driver_imgs_list.csv", rows)
+    with pytest.raises(
+        LayoutError,
+        match=f"{ambiguous[2]} is in imgs/train/{others[1]}/ but its row says "
+        f"{ambiguous[1]} and the model said {others[0]}",
+    ):
+        add_data(storage, settings, batch, progress=False)
+    assert storage.list_keys() == []
+
+
+def test_add_task_counts_unreviewed_rows_and_exits_2(tmp_path, batch):
+    env = {**os.environ, "DD_BUCKET_DIR": str(tmp_path / "bucket")}
+    rows = _review_batch(batch)
+    rows[1][0] = "p302"
+    _write_rows(batch / "driver_imgs_list.csv", rows)
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "data.add", "--from", str(batch)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "1 added" in done.stdout and "19 row(s) not reviewed yet" in done.stdout
+    assert "19 row(s) not reviewed" in done.stderr

@@ -121,6 +121,18 @@ def test_the_training_job_exports_a_real_int8_model_and_serves_what_its_scores_c
     # The scores it chose by are what its own models score on the validation channel, and the choice is the rule's.
     validation = settings.work_dir / "jobs" / job / "input" / "data" / "validation"
     again = precision_summary(evaluate_precisions(artifact, validation, progress=False))
+    # Quantization keeps the monitoring output: the int8 model's own pooled features, like fp32's but not the
+    # same (each row about 17 % off here): the drift report measures live features with the baseline's file.
+    from distracted_driver.data.channel import decoded_batches, read_records
+
+    images = next(iter(decoded_batches(read_records(validation)[0], artifact.preprocessing, 20))).images
+    int8_classifier, fp32_classifier = Classifier(artifact.serving_as(INT8)), Classifier(artifact.serving_as(FP32))
+    assert int8_classifier.has_features
+    int8_features = int8_classifier.predict_with_features(images)[1]
+    fp32_features = fp32_classifier.predict_with_features(images)[1]
+    assert int8_features.shape == fp32_features.shape == (20, 1280)
+    assert np.corrcoef(int8_features.ravel(), fp32_features.ravel())[0, 1] > 0.95
+    assert np.abs(int8_features - fp32_features).max() > 1e-3
     for precision in (FP32, INT8):
         assert serving["scores"][precision]["log_loss"] == pytest.approx(again[precision]["log_loss"], abs=1e-6)
     assert serving["precision"] == choose_from_scores(again, Tolerance.parse("0.01,3%")).precision

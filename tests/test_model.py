@@ -10,7 +10,7 @@ import skimage.data
 import torch
 
 from distracted_driver.data.imaging import Preprocessing, preprocess
-from distracted_driver.model.artifact import INPUT_NAME, OUTPUT_NAME
+from distracted_driver.model.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
 from distracted_driver.train.export import export_onnx
 from distracted_driver.train.model import build_model, imagenet_model, pretrained_weights_path
 
@@ -100,10 +100,12 @@ def test_onnx_export_matches_pytorch_on_real_images(tmp_path, tiny_channels):
     images = np.concatenate([_chelsea(Preprocessing()).numpy(), batch])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == [INPUT_NAME]
-    assert [o.name for o in session.get_outputs()] == [OUTPUT_NAME]
+    assert [o.name for o in session.get_outputs()] == [OUTPUT_NAME, FEATURES_NAME]
     with torch.inference_mode():
         expected = torch.softmax(model(torch.from_numpy(images)), 1).numpy()
-    together = session.run(None, {INPUT_NAME: images})[0]
+        expected_features = model.features(torch.from_numpy(images)).numpy()
+    together, features = session.run(None, {INPUT_NAME: images})
+    assert features.shape == (6, 1280) and np.abs(features - expected_features).max() < 1e-3
     one_by_one = np.concatenate([session.run(None, {INPUT_NAME: images[i : i + 1]})[0] for i in range(len(images))])
     assert together.shape == (6, 10)
     assert np.abs(together - expected).max() < 1e-4

@@ -237,6 +237,7 @@ def test_sample_task_help_and_the_reviewers_check(tmp_path):
     help_text = run("data.sample", "--help")
     assert help_text.returncode == 0, help_text.stderr
     assert "--images-per-class-driver" in help_text.stdout and "--first-driver" in help_text.stdout
+    assert "--shift" in help_text.stdout
     out = tmp_path / "s"
     done = run("data.sample", "--out", str(out), "--drivers", "6", "--images-per-class-driver", "2", "--seed", "1")
     assert done.returncode == 0, done.stderr
@@ -248,3 +249,68 @@ def test_sample_task_help_and_the_reviewers_check(tmp_path):
         small = run("data.sample", "--drivers", "1", "--images-per-class-driver", "1", "--test-images", "0")
         assert small.returncode == 0, small.stderr
     assert len(list((tmp_path / "work/sample/imgs/train").rglob("*.jpg"))) == 10
+    night = run(
+        "data.sample",
+        "--out",
+        str(tmp_path / "night"),
+        "--drivers",
+        "1",
+        "--images-per-class-driver",
+        "1",
+        "--test-images",
+        "0",
+        "--shift",
+        "night",
+    )
+    assert night.returncode == 0, night.stderr
+    fog = run("data.sample", "--out", str(tmp_path / "fog"), "--shift", "fog")
+    assert fog.returncode == 2 and "shift must be one of night, angle, cabin" in fog.stderr
+
+
+# --- shifted batches for drift tests ----------------------------------------------------------
+
+
+def _medians(root: Path) -> dict[str, float]:
+    import cv2
+
+    from distracted_driver.data.image_stats import image_statistics
+
+    stats = [image_statistics(cv2.imread(str(p))) for p in sorted((root / "imgs/train").rglob("*.jpg"))]
+    return {name: float(np.median([s[name] for s in stats])) for name in stats[0]}
+
+
+@pytest.mark.parametrize("shift", cabin.SHIFTS)
+def test_a_shifted_batch_keeps_the_layout_drivers_and_labels_but_not_the_look(small, tmp_path, shift):
+    out = tmp_path / shift
+    generate_sample(out, drivers=3, images_per_class_driver=2, test_images=5, seed=1, shift=shift, progress=False)
+    assert _csv(out / "driver_imgs_list.csv") == _csv(small / "driver_imgs_list.csv")
+    shifted, plain = _tree_hashes(out), _tree_hashes(small)
+    assert shifted.keys() == plain.keys()
+    assert all(shifted[name] != plain[name] for name in shifted if name.endswith(".jpg"))
+    again = tmp_path / f"{shift}-again"
+    generate_sample(again, drivers=3, images_per_class_driver=2, test_images=5, seed=1, shift=shift, progress=False)
+    assert _tree_hashes(again) == shifted  # deterministic like every sample
+
+
+def test_night_is_dark_and_a_new_cabin_bright(small, tmp_path):
+    day = _medians(small)
+    for shift in ("night", "cabin"):
+        generate_sample(
+            tmp_path / shift, drivers=3, images_per_class_driver=1, test_images=0, seed=1, shift=shift, progress=False
+        )
+    assert _medians(tmp_path / "night")["brightness"] < day["brightness"] / 3
+    assert _medians(tmp_path / "cabin")["brightness"] > day["brightness"] * 1.3
+
+
+def test_the_camera_of_an_angle_shift_is_turned_far_beyond_any_training_driver():
+    rng = np.random.default_rng([0, 1, 7])
+    look = cabin.random_look(rng)
+    turned = cabin.shifted_look(look, "angle", rng)
+    assert abs(look.camera_angle) <= 4 and abs(turned.camera_angle) >= 14
+    assert turned.skin == look.skin and turned.clothing == look.clothing  # the same driver
+
+
+def test_an_unknown_shift_is_refused(tmp_path):
+    with pytest.raises(SampleError, match="shift must be one of night, angle, cabin, not 'fog'"):
+        generate_sample(tmp_path / "s", drivers=1, shift="fog", progress=False)
+    assert not (tmp_path / "s").exists()

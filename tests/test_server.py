@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -410,6 +411,38 @@ def test_serves_the_real_trained_efficientnet(trained_job, tmp_path):
         assert answer["probabilities"] == pytest.approx(expected.tolist(), abs=1e-5)
     finally:
         assert process.stop() == 0
+
+
+def test_the_features_output_leaves_the_answers_unchanged(trained_job, tmp_path):
+    """A trained model's served file (int8 or fp32) also outputs its features (for monitoring); the same graph
+    without that output, as models were exported before, gets byte-identical answers from the model server."""
+    import onnx
+
+    from distracted_driver.model.artifact import FEATURES_NAME, load_artifact
+    from distracted_driver.model.cache import fetch_artifact
+
+    artifact = fetch_artifact(trained_job.settings, trained_job.job)
+    graph = onnx.load(artifact.served_model_path)
+    assert [output.name for output in graph.graph.output] == ["probabilities", FEATURES_NAME]
+    before = tmp_path / "before"
+    shutil.copytree(artifact.directory, before)
+    graph.graph.output.pop()
+    onnx.save(graph, before / artifact.served_model_path.name)  # the file the server runs, int8 or fp32
+    servers = [
+        ServerProcess(directory, tmp_path / f"{name}.log")
+        for name, directory in (("with", artifact.directory), ("without", before))
+    ]
+    assert len(onnx.load(load_artifact(before).served_model_path).graph.output) == 1
+    try:
+        for process in servers:
+            process.wait_ready()
+        for seed in range(6):
+            image = jpeg(seed)
+            answers = [request(process.url + "/invocations", image, "image/jpeg")[2] for process in servers]
+            assert answers[0] == answers[1] and len(json.loads(answers[0])) == 10
+    finally:
+        for process in servers:
+            assert process.stop() == 0
 
 
 # --- hostile clients: malformed requests, slow sockets, rotated logs ------------------------

@@ -16,11 +16,19 @@ import numpy as np
 import pytest
 from waiting import wait_until
 
-from distracted_driver.model.artifact import INT8_MODEL_FILE, REQUIRED_FILES, SERVING_FILE, unpack_artifact
+from distracted_driver.model.artifact import (
+    BASELINE_ARRAYS_FILE,
+    BASELINE_FILE,
+    INT8_MODEL_FILE,
+    REQUIRED_FILES,
+    SERVING_FILE,
+    unpack_artifact,
+)
 from distracted_driver.model.evaluate import evaluate_artifact, evaluate_model
 from distracted_driver.model.registry import Registry
 from distracted_driver.storage import open_storage
 from distracted_driver.train import job as train_job
+from distracted_driver.train.baseline import load_baseline
 from distracted_driver.train.runner import SCRIPT, TrainingJobFailed, hyperparameter_args, new_job_name, run_local_job
 
 pytestmark = pytest.mark.slow  # torch training steps and job processes
@@ -110,7 +118,9 @@ def test_local_job_leaves_a_valid_artifact_in_the_bucket(trained_job, tmp_path):
     tar = tmp_path / "model.tar.gz"
     storage.get_file(f"models/{job}/output/model.tar.gz", tar)
     with tarfile.open(tar) as archive:
-        assert sorted(archive.getnames()) == sorted([*REQUIRED_FILES, INT8_MODEL_FILE, SERVING_FILE])
+        assert sorted(archive.getnames()) == sorted(
+            [*REQUIRED_FILES, INT8_MODEL_FILE, SERVING_FILE, BASELINE_FILE, BASELINE_ARRAYS_FILE]
+        )
     artifact = unpack_artifact(tar, tmp_path / "model")
     assert artifact.version == job
     assert artifact.preprocessing.input_size == 160 and artifact.preprocessing.jpeg_dct_scaling
@@ -128,6 +138,18 @@ def test_local_job_leaves_a_valid_artifact_in_the_bucket(trained_job, tmp_path):
     assert metrics["log_loss"] < np.log(10)
     entry = Registry(storage, settings).get(job)
     assert entry["metrics"]["log_loss"] == artifact.metrics["log_loss"]
+
+    # The monitoring baseline, from the served model: its answers on validation, its 1280 features.
+    baseline = load_baseline(artifact)
+    assert baseline.summary["validation"]["label_counts"] == {c: v["support"] for c, v in metrics["per_class"].items()}
+    confidences = np.sort(baseline.confidences)
+    assert len(confidences) == metrics["examples"] and 0.1 <= confidences[0] <= confidences[-1] <= 1.0
+    assert baseline.summary["image_statistics"]["images"] == 60
+    assert baseline.feature_mean.shape == (1280,) and baseline.projection.shape == (1280, metrics["examples"] // 4)
+    assert provenance["timings"]["baseline_seconds"] > 0
+    # Recorded on the file the endpoint runs (this job's scores choose int8), so the report measures with it.
+    assert baseline.summary["model_file"] == artifact.served_model_path.name
+    assert baseline.measured_with(artifact).served_model_path == artifact.served_model_path
 
 
 @pytest.mark.slow

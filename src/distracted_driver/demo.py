@@ -32,6 +32,8 @@ from distracted_driver.train.gate import serving_line
 SAMPLE_QUERIES = 3
 # The demo's endpoint captures every invocation, so that the drift report has the demo's traffic to read.
 DEMO_CAPTURE_PERCENT = 100
+# A window of live traffic for the drift report: new drivers drawn like training (so: no drift).
+DRIFT_WINDOW = {"drivers": 10, "images_per_class_driver": 1, "first_driver": 100, "seed": 11}
 
 
 def _say(message: str) -> None:
@@ -66,6 +68,7 @@ def run(settings: Settings) -> int:
     _rest_api(settings, test_images[0], record)
     _where_things_are(settings, storage)
     _data_capture(settings, storage)
+    _drift_summary(settings, storage)
     return 0
 
 
@@ -136,6 +139,38 @@ def _data_capture(settings: Settings, storage) -> None:
         f"captured traffic: {where}/<variant>/yyyy/mm/dd/hh/*.jsonl ({len(files)} files so far; "
         f"SageMaker's layout and record shape); change the share with inv deploy.capture --percent P"
     )
+
+
+def _drift_summary(settings: Settings, storage) -> None:
+    """Send a window of new drivers through the endpoint, and print the drift report's one line on it."""
+    import time
+    from datetime import UTC, datetime
+
+    from distracted_driver.data.sample import generate_sample
+    from distracted_driver.hosting import open_hosting
+    from distracted_driver.monitor.capture import iter_capture_records
+    from distracted_driver.monitor.report import drift_report
+
+    window = settings.work_dir / "drift-window"
+    generate_sample(window, test_images=0, overwrite=True, progress=False, **DRIFT_WINDOW)
+    images = sorted((window / "imgs" / "train").glob("c*/*.jpg"))
+    _say(
+        f"drift: {len(images)} requests of {DRIFT_WINDOW['drivers']} new drivers through the endpoint, then "
+        "inv monitor.report on what it captured"
+    )
+    hosting = open_hosting(settings)
+    time.sleep(1.0)  # captured times have whole seconds: the window starts on a second of its own
+    since = datetime.now(UTC).replace(microsecond=0)
+    for path in images:
+        hosting.invoke(path.read_bytes())
+    deadline = time.monotonic() + 30  # the capture writer flushes every few seconds
+    while time.monotonic() < deadline and sum(
+        1 for _ in iter_capture_records(storage, settings.capture_prefix, settings.endpoint_name, since=since)
+    ) < len(images):
+        time.sleep(0.5)
+    result = drift_report(settings, since=since)
+    print(f"report: {result.directory} (inv monitor.report --since 24h for the whole day)")
+    print(f"drift: {result.line}")
 
 
 def down(settings: Settings) -> None:

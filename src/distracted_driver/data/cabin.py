@@ -17,7 +17,7 @@ driver-grouped split harder than a random one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -76,6 +76,8 @@ class DriverLook:
     camera_shift: Point
     camera_angle: float  # degrees
     camera_scale: float
+    noise_gain: float = 1.0  # sensor noise relative to a daylight frame
+    layout: str = "sedan"  # the car's interior: "sedan" (every training image) or "van" (a shifted batch)
 
 
 def _hsv_colour(rng: np.random.Generator, s_range: tuple[int, int], v_range: tuple[int, int]) -> Color:
@@ -112,6 +114,46 @@ def random_look(rng: np.random.Generator) -> DriverLook:
         camera_angle=float(rng.uniform(-4, 4)),
         camera_scale=float(rng.uniform(0.92, 1.08)),
     )
+
+
+# --- shifted batches: what live cameras may bring that training never saw ---------------------------
+
+SHIFTS = ("night", "angle", "cabin")
+
+
+def shifted_look(look: DriverLook, shift: str, rng: np.random.Generator) -> DriverLook:
+    """The same driver under a shift the training data never shows.
+
+    ``night``: a dark cabin lit by a weak bluish light from one side, a black window, and the
+    sensor's gain (noise) turned up. ``angle``: the camera mounted elsewhere, rotated 14-22
+    degrees, moved and wider. ``cabin``: another car, a van with a light interior, a high
+    dashboard and a large side window.
+    """
+    if shift == "night":
+        return replace(
+            look,
+            brightness=float(rng.uniform(0.22, 0.34)),
+            tint=(1.2, 0.95, 0.75),
+            light_strength=float(rng.uniform(0.5, 0.8)),
+            outside=(40, 25, 15),
+            noise_gain=float(rng.uniform(2.5, 3.5)),
+        )
+    if shift == "angle":
+        side = 1 if rng.random() < 0.5 else -1
+        return replace(
+            look,
+            camera_angle=side * float(rng.uniform(14, 22)),
+            camera_scale=float(rng.uniform(0.78, 0.86)),
+            camera_shift=(float(rng.uniform(40, 70)) * side, float(rng.uniform(25, 45))),
+        )
+    if shift == "cabin":
+        return replace(
+            look,
+            layout="van",
+            cabin=_hsv_colour(rng, (0, 40), (170, 225)),
+            seat=_hsv_colour(rng, (150, 230), (120, 190)),
+        )
+    raise ValueError(f"shift must be one of {', '.join(SHIFTS)}, not {shift!r}")
 
 
 # --- poses --------------------------------------------------------------------
@@ -179,6 +221,9 @@ def _limb(img, a: Point, b: Point, colour: Color, width: int) -> None:
 
 
 def _background(img, look: DriverLook, rng: np.random.Generator) -> None:
+    if look.layout == "van":
+        _van_background(img, look, rng)
+        return
     cv2.rectangle(img, (0, 0), (WIDTH - 1, HEIGHT - 1), look.cabin, -1)  # much faster than img[:] = ...
     # Windshield (top left), driver's side window behind the head, rear window.
     _poly(img, [(0, 0), (250, 0), (165, 150), (0, 190)], _shade(look.outside, 1.05))
@@ -198,6 +243,23 @@ def _background(img, look: DriverLook, rng: np.random.Generator) -> None:
     _poly(img, [(470, 340), (600, 330), (620, 480), (455, 480)], _shade(look.cabin, 0.5))
     cv2.rectangle(img, (492, 352), (578, 392), (20, 20, 20), -1)
     cv2.rectangle(img, (498, 358), (572, 376), (230, 220, 60), -1)
+
+
+def _van_background(img, look: DriverLook, rng: np.random.Generator) -> None:
+    """A van's cab: a tall side window reaching the roof, a high flat dashboard, no rear seat but a bulkhead."""
+    cv2.rectangle(img, (0, 0), (WIDTH - 1, HEIGHT - 1), look.cabin, -1)
+    _poly(img, [(0, 0), (190, 0), (120, 120), (0, 140)], _shade(look.outside, 1.05))
+    _poly(img, [(170, 0), (560, 0), (560, 215), (190, 230)], look.outside)
+    for _ in range(3):
+        centre = (rng.uniform(200, 540), rng.uniform(20, 200))
+        cv2.circle(img, _i(centre), int(rng.uniform(10, 28)), _shade(look.outside, rng.uniform(0.6, 0.85)), -1)
+    cv2.rectangle(img, (560, 0), (640, 480), _shade(look.cabin, 0.8), -1)  # bulkhead behind the seats
+    cv2.rectangle(img, (0, 0), (640, 14), _shade(look.cabin, 0.6), -1)  # roof lining
+    _poly(img, [(0, 170), (210, 165), (250, 330), (260, 480), (0, 480)], _shade(look.cabin, 0.7))
+    cv2.line(img, (170, 300), (60, 320), (50, 50, 50), 30, cv2.LINE_AA)
+    _poly(img, [(480, 300), (620, 300), (630, 480), (470, 480)], _shade(look.cabin, 0.75))
+    cv2.rectangle(img, (500, 318), (600, 350), (25, 25, 25), -1)
+    cv2.rectangle(img, (506, 324), (594, 344), (80, 200, 240), -1)
 
 
 def _seat(img, look: DriverLook, shift: Point) -> None:
@@ -351,6 +413,6 @@ def _camera(
     img = cv2.warpAffine(img, matrix, (WIDTH, HEIGHT), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     frame = img.astype(np.float32)
     cv2.multiply(frame, light, dst=frame, scale=rng.uniform(0.95, 1.05))
-    cv2.scaleAdd(noise.sample(rng), rng.uniform(2.0, 5.0), frame, dst=frame)
+    cv2.scaleAdd(noise.sample(rng), rng.uniform(2.0, 5.0) * look.noise_gain, frame, dst=frame)
     # Saturating cast; the few slightly negative noisy pixels fold back to small values.
     return cv2.convertScaleAbs(frame)

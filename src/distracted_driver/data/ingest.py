@@ -42,6 +42,10 @@ _MANIFEST_NAME = re.compile(r"^(\d{6})\.json$")
 _SUBJECT = re.compile(r"^p\d+$")
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.(jpe?g|png)$", re.IGNORECASE)
 _MAX_LISTED = 20  # problems shown in one error message
+# A batch exported for review (``inv monitor.export``) has these columns after Kaggle's three: what the
+# model answered. Its rows with no subject yet are not reviewed: they are counted and left out.
+REVIEW_COLUMNS = ("model_class", "model_confidence", "event_id", "captured_at")
+REVIEW_HEADER = (*DRIVER_LIST_HEADER, *REVIEW_COLUMNS)
 _WORKERS = 8  # decode and transfer threads; OpenCV and boto3 release the GIL
 
 
@@ -65,6 +69,7 @@ class BatchImage:
     classname: str
     img: str
     path: Path
+    reviewed: bool = True  # False: a row of a review batch whose subject is still empty (never added)
 
 
 @dataclass
@@ -72,12 +77,18 @@ class IngestReport:
     added: list[str] = field(default_factory=list)  # bucket keys
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, why)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (image, why)
+    unreviewed: list[str] = field(default_factory=list)  # images of review rows with no subject yet
     manifest_key: str | None = None
     manifest: dict | None = None
 
     def __str__(self) -> str:
         lines = [f"{len(self.added)} added, {len(self.skipped)} skipped, {len(self.refused)} refused"]
         lines += [f"  refused {name}: {why}" for name, why in self.refused]
+        if self.unreviewed:
+            lines.append(
+                f"{len(self.unreviewed)} row(s) not reviewed yet (no subject yet in {DRIVER_LIST}): "
+                "not added; review them and run data.add again"
+            )
         if self.manifest_key:
             counts = self.manifest["counts"]
             lines.append(
@@ -105,45 +116,71 @@ def read_batch(source_dir: str | Path) -> list[BatchImage]:
         problems.append(f"{TRAIN_DIR}/ is missing")
     if problems:
         raise LayoutError(source, problems)
-    rows, mentioned = _read_rows(csv_path, problems)
+    rows, mentioned, unreviewed = _read_rows(csv_path, problems)
     on_disk = _files_on_disk(train, problems)
     images = []
-    for line, (subject, classname, img) in rows.items():
+    for classname, img in unreviewed:
+        on_disk.pop(img, None)
+        images.append(BatchImage("", classname, img, train / classname / img, reviewed=False))
+    for line, (subject, classname, img, guess) in rows.items():
         folder = on_disk.pop(img, None)
+        label = _reviewed_label(classname, folder, guess)
         if folder is None:
             problems.append(f"line {line}: {TRAIN_DIR}/{classname}/{img} is listed but missing")
-        elif folder != classname:
-            problems.append(f"line {line}: {img} is in {TRAIN_DIR}/{folder}/ but its row says {classname}")
+        elif label is None:
+            said = f" and the model said {guess}" if guess else ""
+            problems.append(f"line {line}: {img} is in {TRAIN_DIR}/{folder}/ but its row says {classname}{said}")
         else:
-            images.append(BatchImage(subject, classname, img, train / classname / img))
+            images.append(BatchImage(subject, label, img, train / folder / img))
     problems += [
         f"{TRAIN_DIR}/{folder}/{img} has no row in {DRIVER_LIST}"
         for img, folder in sorted(on_disk.items())
         if img not in mentioned
     ]  # bad rows are reported already
-    if not rows and not problems:
+    if not rows and not unreviewed and not problems:
         problems.append(f"{DRIVER_LIST} lists no images")
     if problems:
         raise LayoutError(source, problems)
     return images
 
 
-def _read_rows(csv_path: Path, problems: list[str]) -> tuple[dict[int, tuple[str, str, str]], set[str]]:
-    """Valid rows by line number, and every image name any row mentions; defects go to ``problems``."""
+def _reviewed_label(classname: str, folder: str | None, guess: str | None) -> str | None:
+    """The image's class: where its row and its folder agree. In a review batch a person corrects the
+    model's guess either in the row or by moving the file; the one that differs from the guess is the
+    label. None when they disagree otherwise."""
+    if folder == classname:
+        return classname
+    if guess is not None and classname == guess:
+        return folder  # the file was moved to its class folder, the row left as exported
+    if guess is not None and folder == guess:
+        return classname  # the row was corrected, the file left where the export put it
+    return None
+
+
+def _read_rows(csv_path: Path, problems: list[str]):
+    """Valid rows by line number, every image name any row mentions, and the (class, image) of review rows
+    not reviewed yet; defects go to ``problems``."""
     with open(csv_path, newline="", encoding="utf-8-sig") as handle:
         lines = list(csv.reader(handle))
-    if not lines or tuple(h.strip() for h in lines[0]) != DRIVER_LIST_HEADER:
-        problems.append(f"{DRIVER_LIST}: the header must be {','.join(DRIVER_LIST_HEADER)}")
-        return {}, set()
-    rows, seen, mentioned = {}, {}, set()
+    header = tuple(h.strip() for h in lines[0]) if lines else ()
+    if header not in (DRIVER_LIST_HEADER, REVIEW_HEADER):
+        problems.append(
+            f"{DRIVER_LIST}: the header must be {','.join(DRIVER_LIST_HEADER)} "
+            f"(or {','.join(REVIEW_HEADER)} in a batch exported for review)"
+        )
+        return {}, set(), []
+    rows, seen, mentioned, unreviewed = {}, {}, set(), []
     for line, fields in enumerate(lines[1:], start=2):
         if not fields or not "".join(fields).strip():
             continue
-        if len(fields) != 3:
-            problems.append(f"line {line}: expected 3 fields, found {len(fields)}")
+        if len(fields) != len(header):
+            problems.append(f"line {line}: expected {len(header)} fields, found {len(fields)}")
             continue
-        subject, classname, img = (f.strip() for f in fields)
+        subject, classname, img = (f.strip() for f in fields[:3])
         mentioned.add(img)
+        if header == REVIEW_HEADER and not subject:
+            unreviewed.append((classname, img))
+            continue
         bad = []
         if not _SUBJECT.match(subject):
             bad.append(f"subject {subject!r} is not like p002")
@@ -157,8 +194,8 @@ def _read_rows(csv_path: Path, problems: list[str]) -> tuple[dict[int, tuple[str
             problems.append(f"line {line}: " + "; ".join(bad))
             continue
         seen[img] = line
-        rows[line] = (subject, classname, img)
-    return rows, mentioned
+        rows[line] = (subject, classname, img, fields[3].strip() if header == REVIEW_HEADER else None)
+    return rows, mentioned, unreviewed
 
 
 def _files_on_disk(train: Path, problems: list[str]) -> dict[str, str]:
@@ -231,12 +268,15 @@ def add_data(storage: Storage, settings: Settings, source_dir: str | Path, progr
     wrong. Unreadable images, symlinks that lead out of the batch, and names
     already in the bucket with other content, are refused and listed; the
     rest of the batch still goes in.
+    In a batch exported for review (``REVIEW_HEADER``), rows whose subject is still empty
+    are not reviewed: they are counted in ``report.unreviewed`` and left out.
     """
     source = Path(source_dir).resolve()
     batch = read_batch(source)
+    report = IngestReport(unreviewed=[image.img for image in batch if not image.reviewed])
+    batch = [image for image in batch if image.reviewed]
     parent = latest_manifest(storage, settings)
     existing = {Path(e["key"]).name: e for e in parent["images"]} if parent else {}
-    report = IngestReport()
     with ThreadPoolExecutor(_WORKERS) as pool:
         checked = list(
             tqdm(
@@ -327,6 +367,7 @@ def _manifest(parent: dict | None, listing: list[dict], source: Path, report: In
             "added": report.added,
             "skipped": len(report.skipped),
             "refused": [{"img": name, "reason": why} for name, why in report.refused],
+            "unreviewed": len(report.unreviewed),
         },
         "images": listing,
     }

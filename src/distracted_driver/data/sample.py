@@ -162,8 +162,10 @@ def _encode(frame: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def _look(seed: int, stream: int, number: int) -> cabin.DriverLook:
-    return cabin.random_look(np.random.default_rng([seed, stream, number]))
+def _look(seed: int, stream: int, number: int, shift: str | None = None) -> cabin.DriverLook:
+    rng = np.random.default_rng([seed, stream, number])
+    look = cabin.random_look(rng)
+    return cabin.shifted_look(look, shift, rng) if shift else look
 
 
 def _csv_text(header, rows) -> str:
@@ -205,6 +207,7 @@ def generate_sample(
     progress: bool = True,
     class_counts: tuple[int, ...] | None = None,
     workers: int = 1,
+    shift: str | None = None,
 ) -> SampleReport:
     """Draw a labelled batch for ``drivers`` drivers in the Kaggle layout under ``out_dir``.
 
@@ -214,7 +217,11 @@ def generate_sample(
     ``class_counts`` (images per class over all drivers) replaces
     ``images_per_class_driver``; ``kaggle_size()`` gives the competition's.
     ``workers`` processes draw in parallel (0: all cores); the bytes are the same.
+    ``shift`` (one of ``cabin.SHIFTS``: night, angle, cabin) draws every driver of
+    the batch under a condition the default sample never shows.
     """
+    if shift is not None and shift not in cabin.SHIFTS:
+        raise SampleError(f"shift must be one of {', '.join(cabin.SHIFTS)}, not {shift!r}")
     numbers = driver_numbers(drivers, first_driver)
     if class_counts is None:
         if not 1 <= images_per_class_driver <= MAX_IMAGES_PER_CLASS_DRIVER:
@@ -239,9 +246,9 @@ def generate_sample(
         for name in CLASSES:
             (staging / TRAIN_DIR / name).mkdir(parents=True)
         (staging / TEST_DIR).mkdir(parents=True)
-        tasks = [("train", staging, seed, driver, row) for driver, row in zip(numbers, counts)]
+        tasks = [("train", staging, seed, driver, row, shift) for driver, row in zip(numbers, counts)]
         tasks += [
-            ("test", staging, seed, numbers, start, min(start + TEST_CHUNK, test_images))
+            ("test", staging, seed, numbers, start, min(start + TEST_CHUNK, test_images), shift)
             for start in range(0, test_images, TEST_CHUNK)
         ]
         rows, test_names, size = [], [], 0
@@ -306,8 +313,10 @@ def _run_tasks(tasks: list[tuple], workers: int, seed: int):
         yield from pool.imap(_draw_task, tasks)
 
 
-def _draw_driver(root: Path, seed: int, driver: int, per_class: list[int]) -> tuple[list[tuple], int]:
-    look = _look(seed, 1, driver)
+def _draw_driver(
+    root: Path, seed: int, driver: int, per_class: list[int], shift: str | None = None
+) -> tuple[list[tuple], int]:
+    look = _look(seed, 1, driver, shift)
     light = cabin.lighting_map(look)
     image_numbers = iter(_train_numbers(driver, sum(per_class), seed))
     rows, size = [], 0
@@ -335,10 +344,12 @@ def _test_slots(seed: int, driver: int) -> np.ndarray:
     return np.random.default_rng([seed, driver, 4]).permutation(TEST_SLOTS)
 
 
-def _draw_test(root: Path, seed: int, numbers: list[int], start: int, stop: int) -> tuple[list[str], int]:
+def _draw_test(
+    root: Path, seed: int, numbers: list[int], start: int, stop: int, shift: str | None = None
+) -> tuple[list[str], int]:
     """Unlabelled frames of drivers that are not in the training batch, as in Kaggle's test set."""
     first = numbers[0]
-    looks = [_look(seed, 3, first * TEST_DRIVERS + j) for j in range(TEST_DRIVERS)]
+    looks = [_look(seed, 3, first * TEST_DRIVERS + j, shift) for j in range(TEST_DRIVERS)]
     lights = [cabin.lighting_map(look) for look in looks]
     names, size = [], 0
     for i in range(start, stop):

@@ -7,7 +7,8 @@ variable defaults and once per ``envs/<env>.tfvars`` and asks, for each:
   invoke, and nothing else; its timeouts fit inside API Gateway's 29 s;
 - the API's ``binary_media_types`` cover every image type ``lambda/handler.py`` takes;
 - autoscaling and the rollback alarms name ``endpoint/<name>/variant/<variant>``
-  exactly as ``hosting.aws`` does (resource id, policy name, alarm names);
+  exactly as ``hosting.aws`` does (resource id, policy name, alarm names); the drift
+  alarm watches the metric ``monitor.cloudwatch`` puts, and is no rollback alarm;
 - CodeBuild may run transform jobs named as ``hosting.batch_transform`` names them,
   and the SageMaker role reads the transform prefix and writes only its jobs' outputs;
 - the S3 notification fires on ``<raw_prefix>/manifests/*.json`` (what ``data.add``
@@ -61,6 +62,7 @@ from distracted_driver.infra.hcl import (
     requirements,
     skip_comments,
 )
+from distracted_driver.monitor.cloudwatch import ALL_VARIANTS, DRIFT_METRIC, DRIFT_NAMESPACE
 
 API_GATEWAY_TIMEOUT_SECONDS = 29
 MANIFESTS_DIR = "manifests"  # distracted_driver.data.ingest.MANIFESTS (a test keeps them equal)
@@ -297,6 +299,15 @@ class _Checker:
             and latency["dimensions"] == dims
             and latency["threshold"] == expected,
             f"ModelLatency p99 > {latency['threshold']} us ({self.var('alarm_p99_latency_ms')} ms)",
+        )
+        _, drifted = self.resource("alarms", "aws_cloudwatch_metric_alarm", "drift")
+        watched = (drifted["namespace"], drifted["metric_name"], drifted["dimensions"])
+        expected_drift = (DRIFT_NAMESPACE, DRIFT_METRIC, {"EndpointName": endpoint, "VariantName": ALL_VARIANTS})
+        self.expect(
+            "drift-alarm-metric",
+            watched == expected_drift and drifted["alarm_name"] not in rollback_alarm_names(endpoint),
+            f"{watched[0]}/{watched[1]} on {watched[2]} (monitor.cloudwatch puts {expected_drift[0]}/"
+            f"{expected_drift[1]} on {expected_drift[2]}); not a rollback alarm",
         )
 
     def storage_buckets(self) -> None:

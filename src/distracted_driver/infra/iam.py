@@ -331,6 +331,10 @@ def operations_from_calls(calls: list[dict], region: str) -> list[Operation]:
         action = iam_action(call["service"], call["operation"])
         params = call.get("params") or {}
         context = (("aws:RequestedRegion", region),)
+        if action == "cloudwatch:PutMetricData" and params.get("Namespace"):
+            # The namespace is PutMetricData's condition key (CloudWatch User Guide, "Using condition keys to
+            # limit access to CloudWatch namespaces").
+            context += (("cloudwatch:namespace", params["Namespace"]),)
         if action == "s3:PutObject" and params.get("CopySource"):
             source = params["CopySource"]
             bucket, key = (source["Bucket"], source["Key"]) if isinstance(source, dict) else str(source).split("/", 1)

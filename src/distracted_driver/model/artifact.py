@@ -5,9 +5,12 @@ Contents (flat, at the archive root):
 - ``model.onnx``: the fp32 network; input ``input`` float32 ``[batch, 3, S, S]``
   (dynamic batch), output ``probabilities`` float32 ``[batch, 10]`` (softmax
   already applied: every row non-negative and summing to 1, which
-  ``probability_problem`` checks);
+  ``probability_problem`` checks). A second output ``features`` float32
+  ``[batch, F]`` (the pooled penultimate-layer features the head reads) is for
+  monitoring only: model servers fetch ``probabilities`` alone, so their answers
+  do not depend on it, and models exported before it existed lack it;
 - ``model.int8.onnx`` (optional): the same network statically quantized to int8
-  (QDQ), with the same input and output;
+  (QDQ), with the same input and outputs;
 - ``serving.json`` (optional; without it the artifact serves fp32): which of the
   two is served (``precision``: ``fp32`` or ``int8``), the validation scores of
   both and the tolerance that chose (``model.precision``). The served file
@@ -19,7 +22,10 @@ Contents (flat, at the archive root):
   training job measured them: information for people, never evidence for the
   gate, which scores the model itself;
 - ``provenance.json``: ``model_version`` (the training job name), data manifest
-  hash, code version, hyperparameters, timings.
+  hash, code version, hyperparameters, timings;
+- ``baseline.json`` and ``baseline.npz`` (optional: artifacts trained before
+  monitoring lack them): what the drift report compares live traffic with,
+  written and read by ``train.baseline``.
 
 Readers (server, gate, batch prediction) use ``load_artifact`` or ``unpack_artifact``.
 """
@@ -47,8 +53,11 @@ PREPROCESS_FILE = "preprocess.json"
 METRICS_FILE = "metrics.json"
 PROVENANCE_FILE = "provenance.json"
 REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, PREPROCESS_FILE, METRICS_FILE, PROVENANCE_FILE)
+BASELINE_FILE = "baseline.json"
+BASELINE_ARRAYS_FILE = "baseline.npz"
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
+FEATURES_NAME = "features"
 # How far a row of the output may sum from 1 (float32 softmax over ten classes is within 1e-6).
 PROBABILITY_TOLERANCE = 1e-3
 

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from distracted_driver.data.imaging import MAX_PIXELS, model_input
-from distracted_driver.model.artifact import INPUT_NAME, OUTPUT_NAME, ArtifactError, ModelArtifact
+from distracted_driver.model.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME, ArtifactError, ModelArtifact
 from distracted_driver.system import cpu_count
 
 
@@ -71,6 +71,25 @@ class Classifier:
         """``[N, 3, S, S]`` float32 → ``[N, 10]`` probabilities."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the served model also outputs ``features`` (models exported before monitoring do not)."""
+        return FEATURES_NAME in {output.name for output in self.session.get_outputs()}
+
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[N, 3, S, S]`` → (``[N, 10]`` probabilities, ``[N, F]`` pooled features), for monitoring.
+
+        The model server never calls this: it fetches the probabilities alone (``predict``).
+        """
+        if not self.has_features:
+            raise ArtifactError(
+                f"{self.artifact.served_model_path.name} has no {FEATURES_NAME!r} output "
+                "(exported before monitoring): retrain to monitor its features"
+            )
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        probabilities, features = self.session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: batch})
+        return probabilities, features
 
     def describe(self, probabilities: np.ndarray) -> dict:
         """One row of probabilities as the verbose answer: class, label, confidence, all ten."""

@@ -26,7 +26,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from distracted_driver.fsutil import atomic_path
-from distracted_driver.model.artifact import INPUT_NAME, OUTPUT_NAME
+from distracted_driver.model.artifact import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
 from distracted_driver.train.model import Classifier, EfficientNetLite0
 
 OPSET = 17
@@ -44,9 +44,6 @@ CALIBRATION_BATCH = 2
 FLOAT_NODE_PREFIXES = ("/model/_conv_stem/", "/model/_blocks.0/")
 
 
-FEATURES_NAME = "features"
-
-
 class _Backbone(torch.nn.Module):
     def __init__(self, model: EfficientNetLite0):
         super().__init__()
@@ -56,17 +53,42 @@ class _Backbone(torch.nn.Module):
         return self.model.features(x)
 
 
-def export_onnx(model: EfficientNetLite0, path: str | Path, image_size: int, opset: int = OPSET) -> Path:
-    """Write backbone + head + softmax as ONNX: ``input`` [N,3,S,S] → ``probabilities`` [N,10], N dynamic."""
-    return _export(Classifier(model), path, image_size, OUTPUT_NAME, opset)
+class _WithFeatures(torch.nn.Module):
+    """The classifier that also hands out the pooled features its head reads (for monitoring)."""
+
+    def __init__(self, model: EfficientNetLite0):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Through the network's own call (not its .features method), so that the traced nodes are named
+        # under /model/ as the plain classifier's are: FLOAT_NODE_PREFIXES finds them in both.
+        logits, features = self.model(x, with_features=True)
+        return torch.softmax(logits, dim=1), features
+
+
+def export_onnx(
+    model: EfficientNetLite0, path: str | Path, image_size: int, opset: int = OPSET, features: bool = True
+) -> Path:
+    """Write backbone + head + softmax as ONNX: ``input`` [N,3,S,S] → ``probabilities`` [N,10], N dynamic.
+
+    With ``features`` (the artifact's model) the graph has a second output, ``features`` [N,1280]:
+    the pooled backbone output the head reads. Only monitoring fetches it; ``features=False``
+    writes the classifier alone.
+    """
+    if features:
+        return _export(_WithFeatures(model), path, image_size, (OUTPUT_NAME, FEATURES_NAME), opset)
+    return _export(Classifier(model), path, image_size, (OUTPUT_NAME,), opset)
 
 
 def export_backbone_onnx(model: EfficientNetLite0, path: str | Path, image_size: int, opset: int = OPSET) -> Path:
     """The backbone alone: ``input`` [N,3,S,S] → ``features`` [N,1280] (frozen-backbone feature extraction)."""
-    return _export(_Backbone(model), path, image_size, FEATURES_NAME, opset)
+    return _export(_Backbone(model), path, image_size, (FEATURES_NAME,), opset)
 
 
-def _export(module: torch.nn.Module, path: str | Path, image_size: int, output_name: str, opset: int) -> Path:
+def _export(
+    module: torch.nn.Module, path: str | Path, image_size: int, output_names: tuple[str, ...], opset: int
+) -> Path:
     module = module.eval()
     example = torch.zeros(2, 3, image_size, image_size)
     with atomic_path(path) as tmp, warnings.catch_warnings():
@@ -85,8 +107,8 @@ def _export(module: torch.nn.Module, path: str | Path, image_size: int, output_n
             dynamo=False,
             external_data=False,
             input_names=[INPUT_NAME],
-            output_names=[output_name],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
+            output_names=list(output_names),
+            dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
             opset_version=opset,
             do_constant_folding=True,
         )

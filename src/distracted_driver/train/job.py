@@ -35,6 +35,7 @@ from distracted_driver.model.artifact import NotProbabilities
 from distracted_driver.model.evaluate import evaluate_precisions, precision_summary, served_metrics, write_report
 from distracted_driver.model.precision import FP32, INT8, choose_from_scores, serving_record
 from distracted_driver.system import cpu_count
+from distracted_driver.train.baseline import record_baseline
 from distracted_driver.train.export import CALIBRATION_BATCH, CALIBRATION_IMAGES, OPSET, export_onnx, quantize_int8
 from distracted_driver.train.loop import Checkpoints, TrainConfig, train_finetune, train_frozen
 from distracted_driver.train.model import pretrained_weights_path
@@ -310,6 +311,14 @@ def run(args: argparse.Namespace) -> dict:
     served = artifact_files.ModelArtifact(model_dir, labels_document(), config.preprocessing, {}, provenance, serving)
     metrics = served_metrics(served, by_precision)
     _log(f"serving {serving['reason']}")
+    started = time.perf_counter()
+    baseline = record_baseline(served, args.train, args.validation)  # on the file the endpoint will run
+    baseline_seconds = time.perf_counter() - started
+    _log(
+        f"monitoring baseline: {baseline['validation']['images']} validation images, image statistics of "
+        f"{baseline['image_statistics']['images']}, {baseline['features']['components']} feature directions "
+        f"({baseline['features']['explained_variance']:.0%} of the variance) in {baseline_seconds:.1f}s"
+    )
 
     metrics.update(
         {
@@ -328,6 +337,7 @@ def run(args: argparse.Namespace) -> dict:
         "export_seconds": export_seconds,
         "quantize_seconds": quantize_seconds,
         "evaluate_seconds": evaluate_seconds,
+        "baseline_seconds": baseline_seconds,
         "total_seconds": time.perf_counter() - job_started,
     }
     if result.feature_images_per_second:

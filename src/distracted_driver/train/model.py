@@ -130,8 +130,11 @@ class EfficientNetLite0(nn.Module):
         """The head: pooled features → logits."""
         return self._fc(self._dropout(features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.features(x))
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """Logits, or (logits, pooled features) ``with_features``."""
+        features = self.features(x)
+        logits = self.classify(features)
+        return (logits, features) if with_features else logits
 
 
 def imagenet_model() -> EfficientNetLite0:

@@ -37,6 +37,10 @@ output "codebuild_project" {
   value = module.distracted_driver.codebuild_project
 }
 
+output "drift_alarm_name" {
+  value = module.distracted_driver.drift_alarm_name
+}
+
 output "rollback_alarm_names" {
   value = module.distracted_driver.rollback_alarm_names
 }

@@ -1,6 +1,7 @@
 # The two alarms that SageMaker's blue/green update watches (AutoRollbackConfiguration):
 # any of them in ALARM during a traffic shift or bake rolls all traffic back to blue.
 # Their names are what distracted_driver.hosting.aws.rollback_alarm_names() passes.
+# The drift alarm at the end is not one of them: drift calls for new data, not a rollback.
 locals {
   dimensions = {
     EndpointName = var.endpoint_name
@@ -64,4 +65,25 @@ resource "aws_cloudwatch_metric_alarm" "latency" {
   datapoints_to_alarm = var.evaluation_periods
   treat_missing_data  = "notBreaching"
   alarm_actions       = var.alarm_actions
+}
+
+# inv monitor.report --backend aws puts Drift = 1 (drift) or 0 (none) for the endpoint's captured
+# traffic (distracted_driver.monitor.cloudwatch: DRIFT_NAMESPACE, DRIFT_METRIC, VariantName
+# AllVariants for a report over every variant). The thresholds stay in load_test/drift.toml:
+# the alarm only carries the report's verdict. Reports run now and then, so missing data keeps
+# the last state.
+resource "aws_cloudwatch_metric_alarm" "drift" {
+  alarm_name          = "${var.endpoint_name}-input-drift"
+  alarm_description   = "The captured traffic of ${var.endpoint_name} drifted from the live model's training baseline (inv monitor.report; thresholds in load_test/drift.toml): review reports/monitor, label with inv monitor.export"
+  namespace           = "DistractedDriver/Drift"
+  metric_name         = "Drift"
+  dimensions          = { EndpointName = var.endpoint_name, VariantName = "AllVariants" }
+  statistic           = "Maximum"
+  period              = var.drift_period_seconds
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  threshold           = 1
+  evaluation_periods  = 1
+  treat_missing_data  = "ignore"
+  alarm_actions       = var.alarm_actions
+  ok_actions          = var.alarm_actions
 }

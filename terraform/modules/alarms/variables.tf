@@ -33,3 +33,9 @@ variable "alarm_actions" {
   type        = list(string)
   default     = []
 }
+
+variable "drift_period_seconds" {
+  description = "Period of the drift alarm: a report's Drift datapoint counts for this long (one day: a daily report)."
+  type        = number
+  default     = 86400
+}

@@ -205,6 +205,19 @@ data "aws_iam_policy_document" "codebuild" {
   }
 
   statement {
+    sid       = "DriftMetrics"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # PutMetricData has no resource-level permissions; the namespace is constrained
+    # inv monitor.report --backend aws puts its figures here (distracted_driver.monitor.cloudwatch);
+    # the drift alarm in modules/alarms watches them.
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = ["DistractedDriver/Drift"]
+    }
+  }
+
+  statement {
     sid       = "TrainingJobs"
     actions   = ["sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob", "sagemaker:StopTrainingJob", "sagemaker:AddTags"]
     resources = ["${local.sagemaker_arn}:training-job/dd-*"]
