@@ -237,14 +237,20 @@ def test_help_is_one_flag_per_line_and_a_line_without_a_flag_continues_the_one_a
     def body(c, from_=None, workers=0, backend=None):
         pass
 
-    table = help_table(body, """
+    table = help_table(
+        body,
+        """
         from: a directory: the batch
         workers: local: threads; aws: threads checking
             and moving images
         backend: local or aws
-    """)
-    assert table == {"from": "a directory: the batch", "backend": "local or aws",
-                     "workers": "local: threads; aws: threads checking and moving images"}
+    """,
+    )
+    assert table == {
+        "from": "a directory: the batch",
+        "backend": "local or aws",
+        "workers": "local: threads; aws: threads checking and moving images",
+    }
     assert help_table(body, {"workers": "w"}) == {"workers": "w"} and help_table(body, None) is None
     with pytest.raises(ValueError, match="names no flag"):
         help_table(body, "threads: how many")
