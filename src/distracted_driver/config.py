@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,6 +157,17 @@ def parse_percent(value, flag: str = "--capture-percent") -> int | None:
     if not 0 <= percent <= 100:
         raise ValueError(f"{flag} takes a whole number within 0..100, not {percent}")
     return percent
+
+
+def dataclass_from_toml(cls, path: str | Path, table: str, what: str):
+    """``cls`` (a dataclass of limits) from the ``[table]`` of the TOML file at ``path``, defaults for what it
+    leaves out; a key ``cls`` lacks is an error naming ``what`` (a misspelt limit must not go unnoticed)."""
+    with open(path, "rb") as handle:
+        values = tomllib.load(handle).get(table, {})
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{path}: unknown {what} {sorted(unknown)}")
+    return cls(**values)
 
 
 def _aws_env_path(environ: dict) -> Path:

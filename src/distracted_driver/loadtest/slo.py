@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+from distracted_driver.config import dataclass_from_toml
 
 
 @dataclass(frozen=True)
@@ -17,12 +18,7 @@ class SLO:
 
     @classmethod
     def load(cls, path: str | Path) -> SLO:
-        with open(path, "rb") as f:
-            table = tomllib.load(f).get("slo", {})
-        unknown = set(table) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown SLO keys {sorted(unknown)}")
-        return cls(**table)
+        return dataclass_from_toml(cls, path, "slo", "SLO keys")
 
     def misses(self, summary) -> list[str]:
         """One line per objective the run missed (empty when all were met)."""

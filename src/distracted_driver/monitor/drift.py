@@ -9,13 +9,13 @@ distance (``linalg.sqrtm``). Thresholds come from ``load_test/drift.toml``.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import linalg, special, stats
 
+from distracted_driver.config import dataclass_from_toml
 from distracted_driver.data.layout import CLASSES
 
 # Empty classes get this share before the PSI's logarithms (the usual guard; it caps one class's term).
@@ -38,12 +38,7 @@ class DriftThresholds:
 
     @classmethod
     def load(cls, path: str | Path) -> DriftThresholds:
-        with open(path, "rb") as handle:
-            table = tomllib.load(handle).get("drift", {})
-        unknown = set(table) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown drift thresholds {sorted(unknown)}")
-        return cls(**table)
+        return dataclass_from_toml(cls, path, "drift", "drift thresholds")
 
     def to_dict(self) -> dict:
         return asdict(self)
