@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from distracted_driver.config import Settings
@@ -21,7 +23,8 @@ from distracted_driver.hosting import open_hosting
 from distracted_driver.hosting.report import capture_text
 from distracted_driver.loadtest import run_loadtest
 from distracted_driver.model.registry import Registry
-from distracted_driver.monitor.capture import capture_keys
+from distracted_driver.monitor.capture import capture_keys, iter_capture_records
+from distracted_driver.monitor.report import drift_report
 from distracted_driver.pipeline.options import RunOptions
 from distracted_driver.pipeline.outcomes import exit_code
 from distracted_driver.pipeline.run import print_summary, run_pipeline
@@ -143,13 +146,6 @@ def _data_capture(settings: Settings, storage) -> None:
 
 def _drift_summary(settings: Settings, storage) -> None:
     """Send a window of new drivers through the endpoint, and print the drift report's one line on it."""
-    import time
-    from datetime import UTC, datetime
-
-    from distracted_driver.data.sample import generate_sample
-    from distracted_driver.hosting import open_hosting
-    from distracted_driver.monitor.capture import iter_capture_records
-    from distracted_driver.monitor.report import drift_report
 
     window = settings.work_dir / "drift-window"
     generate_sample(window, test_images=0, overwrite=True, progress=False, **DRIFT_WINDOW)

@@ -72,6 +72,7 @@ from dataclasses import dataclass
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from tqdm import tqdm
 
 from distracted_driver.config import Settings
 from distracted_driver.hosting.base import (
@@ -86,7 +87,9 @@ from distracted_driver.hosting.base import (
 )
 from distracted_driver.hosting.smoke import smoke_images as default_smoke_images
 from distracted_driver.hosting.smoke import smoke_problems
+from distracted_driver.model.registry import Registry, RegistryError
 from distracted_driver.serve.capture import CaptureConfig
+from distracted_driver.storage import KeyNotFound, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -269,16 +272,12 @@ class SageMakerHosting(Hosting):
     @property
     def storage(self):
         if self._storage is None:
-            from distracted_driver.storage import open_storage
-
             self._storage = open_storage(self.settings)
         return self._storage
 
     @property
     def registry(self):
         if self._registry is None:
-            from distracted_driver.model.registry import Registry
-
             self._registry = Registry(self.storage, self.settings)
         return self._registry
 
@@ -309,7 +308,6 @@ class SageMakerHosting(Hosting):
 
     def _wait(self, done, timeout: float, what: str) -> _Endpoint | None:
         """Poll the endpoint until ``done(state)``; a one-line progress display while waiting."""
-        from tqdm import tqdm
 
         deadline = time.monotonic() + timeout
         with tqdm(total=0, bar_format="{desc} [{elapsed}]", disable=not self.progress) as bar:
@@ -352,9 +350,6 @@ class SageMakerHosting(Hosting):
 
     def _algorithm(self, version: str) -> str | None:
         """What trained ``version``: SageMaker jobs record it in ``models/<job>/status.json``."""
-        import json
-
-        from distracted_driver.storage import KeyNotFound
 
         try:
             status = json.loads(self.storage.get_bytes(f"{self.settings.models_prefix}/{version}/status.json"))
@@ -736,7 +731,6 @@ class SageMakerHosting(Hosting):
         return result
 
     def _record_live(self, version: str, **info) -> None:
-        from distracted_driver.model.registry import RegistryError
 
         try:
             self.registry.set_live(version, endpoint=self.endpoint, backend="aws", **info)

@@ -63,6 +63,7 @@ from pathlib import Path
 
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
+from tqdm import tqdm
 
 from distracted_driver.awsclient import aws_client
 from distracted_driver.config import Settings
@@ -71,6 +72,7 @@ from distracted_driver.data.layout import CLASSES
 from distracted_driver.data.payload import INVOKE_ENDPOINT_MAX_BYTES
 from distracted_driver.hosting.aws import NAME_PATTERN, SageMakerHosting, transform_job_prefix
 from distracted_driver.hosting.base import ModelSpec
+from distracted_driver.model.registry import Registry
 from distracted_driver.serve.batch_predict import BatchResult, list_images, write_submission
 from distracted_driver.serve.server import ServerConfig
 from distracted_driver.storage import KeyNotFound, Storage, open_storage
@@ -349,7 +351,6 @@ class BatchTransform:
 
     def run(self, model: str, images: str | Path, out_csv: str | Path) -> TransformResult:
         """Score ``images`` with ``model`` (a job, ``latest`` or ``live``) on Batch Transform; write ``out_csv``."""
-        from distracted_driver.model.registry import Registry
 
         started = time.monotonic()
         self.options.check()
@@ -419,8 +420,6 @@ class BatchTransform:
                 upload(name, data)
             return None
 
-        from tqdm import tqdm
-
         accepted, refused = [], []
         desc = "check and upload" if upload else "check"
         with (
@@ -467,7 +466,6 @@ class BatchTransform:
 
     def wait(self, job: str, expected: int) -> dict:
         """Poll until the job ends, counting its outputs; Ctrl-C stops the job before it bills on."""
-        from tqdm import tqdm
 
         output_prefix = self._job_key(job, "output/")
         bar_format = "{desc}: {n_fmt}/{total_fmt} images out [{elapsed}] {postfix}"

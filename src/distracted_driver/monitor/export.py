@@ -27,7 +27,11 @@ from distracted_driver.data.imaging import PNG_MAGIC, ImageError, decode_image
 from distracted_driver.data.ingest import REVIEW_HEADER
 from distracted_driver.data.layout import CLASSES, DRIVER_LIST, TRAIN_DIR
 from distracted_driver.hashing import sha256_bytes
+from distracted_driver.monitor.capture import iter_capture_records
+from distracted_driver.monitor.drift import DriftThresholds
+from distracted_driver.monitor.report import THRESHOLDS
 from distracted_driver.monitor.traffic import answer_probabilities
+from distracted_driver.storage import open_storage
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -129,10 +133,6 @@ def export_window(
     thresholds: str | Path | None = None,
 ) -> ExportReport:
     """The captured records of a window (the same reader as the drift report) as a review batch."""
-    from distracted_driver.monitor.capture import iter_capture_records
-    from distracted_driver.monitor.drift import DriftThresholds
-    from distracted_driver.monitor.report import THRESHOLDS
-    from distracted_driver.storage import open_storage
 
     limit = None
     if low_confidence_only:

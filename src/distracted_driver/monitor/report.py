@@ -17,16 +17,21 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from distracted_driver.config import Settings
 from distracted_driver.data.convert import ConvertOptions
 from distracted_driver.data.image_stats import STATISTICS
 from distracted_driver.model.artifact import ArtifactError
+from distracted_driver.model.cache import fetch_artifact
+from distracted_driver.model.inference import Classifier
+from distracted_driver.model.registry import Registry
 from distracted_driver.monitor import drift, plots
+from distracted_driver.monitor.capture import iter_capture_records
 from distracted_driver.monitor.traffic import Traffic, observe
-from distracted_driver.train.baseline import Baseline
+from distracted_driver.storage import open_storage
+from distracted_driver.train.baseline import Baseline, load_baseline
 
 EXIT_DRIFT = 3
 EXIT_TOO_FEW = 1
@@ -254,12 +259,6 @@ def drift_report(
     now: datetime | None = None,
 ) -> MonitorResult:
     """Read the window's captured records, judge them against the live model's baseline, write the report."""
-    from distracted_driver.model.cache import fetch_artifact
-    from distracted_driver.model.inference import Classifier
-    from distracted_driver.model.registry import Registry
-    from distracted_driver.monitor.capture import iter_capture_records
-    from distracted_driver.storage import open_storage
-    from distracted_driver.train.baseline import load_baseline
 
     now = now or datetime.now(UTC)
     limits = drift.DriftThresholds.load(thresholds or THRESHOLDS)
@@ -337,7 +336,6 @@ def convert_options(storage, settings: Settings, manifest_sha256: str | None) ->
 
 def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
     """``24h``, ``90m``, ``2d``, ``30s`` before now, or an ISO 8601 time (UTC when it names no zone)."""
-    from datetime import timedelta
 
     if not value:
         return None

@@ -35,6 +35,7 @@ from distracted_driver.hosting.local.state import RuntimePaths, load_state, save
 from distracted_driver.hosting.smoke import smoke_images as default_smoke_images
 from distracted_driver.logs import LogRotation
 from distracted_driver.model.artifact import ArtifactError, load_artifact, unpack_artifact
+from distracted_driver.model.registry import Registry, RegistryError
 from distracted_driver.serve.capture import CaptureConfig, CaptureLimits
 from distracted_driver.storage import Storage, open_storage
 
@@ -192,7 +193,6 @@ class LocalHosting(Hosting):
             record = runtime.get(f"endpoints/{self.endpoint_name}/deployments/{record['id']}")
 
     def _record_live(self, version: str, info: dict) -> None:
-        from distracted_driver.model.registry import Registry, RegistryError
 
         registry = Registry(self.storage, self.settings)
         try:

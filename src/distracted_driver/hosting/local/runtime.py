@@ -60,6 +60,7 @@ from distracted_driver.httpserver import (
     private_unix_socket,
 )
 from distracted_driver.logs import LogRotation, add_log_arguments, configure_logging
+from distracted_driver.model.artifact import ArtifactError, load_artifact
 from distracted_driver.serve.capture import CaptureConfig, CaptureWriter
 from distracted_driver.storage.local import LocalStorage
 
@@ -326,7 +327,6 @@ class Runtime:
     def put_model(self, body: dict) -> dict:
         # Imported here: the artifact reader brings OpenCV and numpy, which a restarted runtime need not
         # load before it serves again.
-        from distracted_driver.model.artifact import ArtifactError, load_artifact
 
         name, model_dir = _required(body, "name"), _required(body, "model_dir")
         try:
