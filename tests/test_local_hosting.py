@@ -67,18 +67,18 @@ def test_runtime_outlives_the_deploying_command_and_down_stops_everything(hosted
 
     shown = _inv(hosted.settings, "deploy.status", "--json")
     status = json.loads(shown.stdout)
-    assert status.live_version == "lh-v1" and status.status == "InService"
-    assert status.runtime_url == hosted.url()
-    assert [i["state"] for i in status.instances] == ["in-service"]
+    assert status["live_version"] == "lh-v1" and status["status"] == "InService"
+    assert status["runtime_url"] == hosted.url()
+    assert [i["state"] for i in status["instances"]] == ["in-service"]
     supervisor = int((Path(hosted.settings.state_dir) / "supervisor" / "supervisord.pid").read_text())
-    pids = {supervisor, status.details["runtime"]["pid"]} | {i["pid"] for i in status.instances}
+    pids = {supervisor, status["details"]["runtime"]["pid"]} | {i["pid"] for i in status["instances"]}
     assert {p.pid for p in our_processes(hosted.settings)} == pids
 
     down = _inv(hosted.settings, "deploy.down")
     assert down.returncode == 0, down.stderr
     assert our_processes(hosted.settings) == []
     after = json.loads(_inv(hosted.settings, "deploy.status", "--json").stdout)
-    assert after.runtime_running is False and after.status == "absent" and after.runtime_url is None
+    assert after["runtime_running"] is False and after["status"] == "absent" and after["runtime_url"] is None
 
 
 def test_a_restarted_runtime_brings_the_endpoint_back(hosted, make_artifact):
