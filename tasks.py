@@ -46,6 +46,8 @@ class _Task(Task):
         for argument in arguments:
             if argument.kind in (int, float):
                 argument.__class__ = _NumberArgument
+            # -h stays help: invoke would hand it to a flag whose other letters are taken (data.sample's --shift)
+            argument.names = tuple(name for name in argument.names if name != "h")
         return arguments
 
     def __call__(self, *args, **kwargs):
