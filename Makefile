@@ -26,7 +26,7 @@ PROVIDER_WHEELS  := cdktf-cdktf-provider-aws==19.54.0 cdktf-cdktf-provider-aws==
 help:
 	@echo "make demo   - run the whole pipeline on bundled sample data, leave the stack up"
 	@echo "make test   - install what tests need, lint, and run every test"
-	@echo "make test-fast - the tests not marked slow (under a minute)"
+	@echo "make test-fast - the tests marked neither slow nor moto (under a minute)"
 	@echo "make lint   - ruff's lint and format checks (no file is changed)"
 	@echo "make lint-imports - check the package's layers (pyproject.toml, docs/architecture.md)"
 	@echo "make down   - stop every local server the demo started"
@@ -96,7 +96,7 @@ test: $(TEST_ENVS) lint lint-imports
 	$(BIN)/pytest --durations=15
 
 test-fast: $(TEST_ENVS)
-	$(BIN)/pytest -m "not slow" --durations=15
+	$(BIN)/pytest -m "not slow and not moto" --durations=15
 
 lint: install
 	$(BIN)/ruff check .

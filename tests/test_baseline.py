@@ -29,6 +29,8 @@ from distracted_driver.model.inference import Classifier
 from distracted_driver.model.precision import FP32, INT8
 from distracted_driver.train.baseline import load_baseline, record_baseline
 
+pytestmark = pytest.mark.slow  # real int8 quantization and drift reports on small models
+
 
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory, tiny_channels):

@@ -43,7 +43,7 @@ from distracted_driver.model.artifact import load_artifact
 from distracted_driver.serve.batch_predict import predict_images
 from distracted_driver.storage.s3 import S3Storage
 
-pytestmark = pytest.mark.slow  # moto servers and a serving container process (about 20 s)
+pytestmark = pytest.mark.moto  # moto servers and a serving container process (about 20 s)
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dd-transform-bucket"

@@ -177,6 +177,7 @@ def opening_a_fifo(process: subprocess.Popen) -> bool:
     return False
 
 
+@pytest.mark.slow  # a converter process interrupted at a chosen image
 @pytest.mark.parametrize("workers", [1, 2])
 def test_interrupted_conversion_leaves_no_complete_looking_output(kaggle_root, tmp_path, workers):
     """A run stuck on one image (a FIFO nobody writes) is interrupted, then killed; then rerun."""

@@ -183,6 +183,7 @@ READ_LOG = {
 }
 
 
+@pytest.mark.moto  # moto's IAM policy evaluator per case
 @pytest.mark.parametrize(
     "old, new, call, role, action, statement",
     [

@@ -23,7 +23,7 @@ from botocore.stub import Stubber
 from distracted_driver.data import layout
 from distracted_driver.gateway.events import Caller, build_proxy_event, load_handler
 
-pytestmark = pytest.mark.slow  # a moto server for the handler's SageMaker Runtime calls
+pytestmark = pytest.mark.moto  # a moto server for the handler's SageMaker Runtime calls
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9"  # only forwarded, never decoded here
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32

@@ -23,6 +23,8 @@ from distracted_driver.monitor.report import drift_report
 from distracted_driver.storage.s3 import S3Storage
 from distracted_driver.train.baseline import record_baseline
 
+pytestmark = pytest.mark.moto  # moto's S3 and CloudWatch
+
 BUCKET = "dd-monitor-bucket"
 VERSION = "dd-20261130-000000-abcd"
 

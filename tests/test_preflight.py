@@ -16,6 +16,8 @@ from botocore.stub import Stubber
 
 from distracted_driver.infra.preflight import LAMBDA_QUOTA_CODE, Preflight, needs_of
 
+pytestmark = pytest.mark.moto  # moto and Stubber clients for every check
+
 REPO = Path(__file__).resolve().parents[1]
 TERRAFORM = REPO / "terraform"
 

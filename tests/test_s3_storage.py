@@ -20,7 +20,7 @@ from distracted_driver.storage import KeyNotFound, open_storage
 from distracted_driver.storage.local import LocalStorage
 from distracted_driver.storage.s3 import SHA256_METADATA, S3Storage
 
-pytestmark = pytest.mark.slow  # a moto server per test
+pytestmark = pytest.mark.moto  # a moto server per test
 
 BUCKET = "dd-test-bucket"
 MiB = 1024 * 1024

@@ -29,7 +29,7 @@ from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, ScalingPo
 from distracted_driver.model.registry import Registry
 from distracted_driver.storage.s3 import S3Storage
 
-pytestmark = pytest.mark.slow  # moto's SageMaker, S3 and Application Auto Scaling for every test (about 50 s)
+pytestmark = pytest.mark.moto  # moto's SageMaker, S3 and Application Auto Scaling for every test (about 50 s)
 
 BUCKET = "dd-hosting-bucket"
 ROLE = "arn:aws:iam::123456789012:role/dd-dev-sagemaker"

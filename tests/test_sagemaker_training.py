@@ -28,7 +28,7 @@ from distracted_driver.train.sagemaker import (
     image_uri,
 )
 
-pytestmark = pytest.mark.slow  # moto servers for every test
+pytestmark = pytest.mark.moto  # moto servers for every test
 
 BUCKET = "dd-training-bucket"
 ROLE = "arn:aws:iam::123456789012:role/dd-dev-sagemaker"

@@ -25,7 +25,7 @@ from distracted_driver.infra.terraform import env_file
 from distracted_driver.model.registry import Registry
 from distracted_driver.storage.s3 import S3Storage
 
-pytestmark = pytest.mark.slow  # runs the build's sequence twice against moto
+pytestmark = pytest.mark.moto  # runs the build's sequence twice against moto
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dd-runs-bucket"

@@ -15,6 +15,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+pytestmark = pytest.mark.moto  # moto's S3 and CodeBuild
+
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "dd-trigger-bucket"
 PROJECT = "distracted-driver-dev-pipeline"
