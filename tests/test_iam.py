@@ -68,8 +68,12 @@ def test_every_operation_of_every_role_is_granted(env, recorded_calls):
 
 @pytest.fixture(scope="module")
 def recorded_calls(tmp_path_factory):
-    record = tmp_path_factory.mktemp("iam") / "calls.json"
-    env = {**os.environ, "DD_IAM_RECORD": str(record), "PYTHONPATH": str(REPO / "tests")}
+    scratch = tmp_path_factory.mktemp("iam")
+    record = scratch / "calls.json"
+    # The inner run gets a temporary directory of its own: a --basetemp inherited through PYTEST_ADDOPTS
+    # would make it wipe this session's, fixtures of other tests included.
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    env.update({"DD_IAM_RECORD": str(record), "PYTHONPATH": str(REPO / "tests")})
     done = subprocess.run(
         [
             sys.executable,
@@ -82,6 +86,7 @@ def recorded_calls(tmp_path_factory):
             "not slow",
             "-p",
             "no:cacheprovider",
+            f"--basetemp={scratch / 'inner'}",
             *DRIVEN,
         ],
         cwd=REPO / "tests",
