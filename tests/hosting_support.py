@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from waiting import wait_until
 
 from distracted_driver.config import Settings
+from distracted_driver.hosting.aws import rollback_alarm_names
 from distracted_driver.hosting.local import LocalHosting
 from distracted_driver.hosting.local.instances import OWNER_ENV
 from distracted_driver.hosting.smoke import drawn_images
@@ -282,3 +283,20 @@ def fails_on_dark_frames(root: Path, version: str, seed: int = 8, darkness: floa
         ]
     )
     return _with_graph(root, version, seed, model)
+
+
+def put_rollback_alarms(endpoint_name: str) -> None:
+    """The CloudWatch alarms Terraform's alarms module makes for ``endpoint_name`` (on moto), which a
+    SageMaker update names in its AutoRollbackConfiguration."""
+    cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
+    for name in rollback_alarm_names(endpoint_name):
+        cloudwatch.put_metric_alarm(
+            AlarmName=name,
+            Namespace="AWS/SageMaker",
+            MetricName="ModelLatency",
+            Statistic="Average",
+            Period=60,
+            EvaluationPeriods=2,
+            Threshold=2_000_000,
+            ComparisonOperator="GreaterThanThreshold",
+        )

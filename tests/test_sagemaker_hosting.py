@@ -14,6 +14,7 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 from botocore.validate import ParamValidator
+from hosting_support import put_rollback_alarms
 
 from distracted_driver.config import Settings
 from distracted_driver.hosting import EndpointStatus, HostingError, open_hosting
@@ -65,18 +66,7 @@ def env(aws, tmp_path, make_artifact, runtime_answers):
     storage = S3Storage(BUCKET)
     for version, seed in ((V1, 1), (V2, 2)):
         make_artifact(version, seed=seed).publish(storage, settings)
-    cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
-    for name in rollback_alarm_names(settings.endpoint_name):
-        cloudwatch.put_metric_alarm(
-            AlarmName=name,
-            Namespace="AWS/SageMaker",
-            MetricName="ModelLatency",
-            Statistic="Average",
-            Period=60,
-            EvaluationPeriods=2,
-            Threshold=2_000_000,
-            ComparisonOperator="GreaterThanThreshold",
-        )
+    put_rollback_alarms(settings.endpoint_name)
     hosting = SageMakerHosting(settings, storage=storage, poll_seconds=0, progress=False, keep=2)
     return settings, storage, hosting
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import boto3
 import pytest
+from hosting_support import put_rollback_alarms
 from invoke import Config, Context
 
 from distracted_driver.config import Settings
-from distracted_driver.hosting.aws import SageMakerHosting, rollback_alarm_names
+from distracted_driver.hosting.aws import SageMakerHosting
 from distracted_driver.hosting.base import AlarmThresholds, ModelSpec, TrafficRouting
 from distracted_driver.infra.terraform import env_file
 from distracted_driver.model.registry import Registry
@@ -63,18 +64,7 @@ def account(aws, tmp_path, monkeypatch, make_artifact, runtime_answers):
     boto3.client("ecr", region_name="us-east-1").create_repository(
         repositoryName=REPOSITORY, imageTagMutability="IMMUTABLE"
     )
-    cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
-    for name in rollback_alarm_names("distracted-driver-dev"):
-        cloudwatch.put_metric_alarm(
-            AlarmName=name,
-            Namespace="AWS/SageMaker",
-            MetricName="ModelLatency",
-            Statistic="Average",
-            Period=60,
-            EvaluationPeriods=2,
-            Threshold=2_000_000,
-            ComparisonOperator="GreaterThanThreshold",
-        )
+    put_rollback_alarms("distracted-driver-dev")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("docker", "aws"):
