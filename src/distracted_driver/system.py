@@ -12,6 +12,9 @@ from pathlib import Path
 import psutil
 
 MAX_UNIX_PATH = 107  # sun_path holds 108 bytes, the last one a NUL
+# Servers bind under a staging name first: supervisord at "<path>.<pid>" (a pid has up to 7
+# digits), our own at ".<name>.tmp". A socket path must leave room for the longer of them.
+SOCKET_STAGING_ROOM = 8
 
 
 def cpu_count() -> int:
@@ -65,7 +68,7 @@ def unix_socket_path(path: Path) -> Path:
     system's temporary directory, named by a hash of ``path``, so that every process asking for
     ``path`` finds the same socket.
     """
-    if len(str(path.with_name(f".{path.name}.tmp")).encode()) <= MAX_UNIX_PATH:
+    if len(str(path).encode()) + SOCKET_STAGING_ROOM <= MAX_UNIX_PATH:
         return path
     directory = Path(tempfile.gettempdir()) / f"distracted-driver-{os.getuid()}"
     directory.mkdir(mode=0o700, exist_ok=True)
