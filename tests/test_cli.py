@@ -18,7 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from distracted_driver.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, explain, help_table, missing_arguments
+from distracted_driver.cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    REQUIRED,
+    explain,
+    flag_help,
+    flag_signature,
+    flag_table,
+    missing_arguments,
+)
 from distracted_driver.fsutil import naming_failed_writes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,24 +245,25 @@ def test_an_error_class_of_ours_says_its_exit_status_and_others_follow_the_rule(
     assert explain(TrainingFailed("job j failed"), {}).code == EXIT_FAILED
 
 
-def test_help_is_one_flag_per_line_and_a_line_without_a_flag_continues_the_one_above():
-    def body(c, from_=None, workers=0, backend=None):
-        pass
-
-    table = help_table(
-        body,
+def test_each_flag_is_declared_once_with_its_default_and_an_indented_line_continues_its_help():
+    table = flag_table(
         """
-        from: a directory: the batch
-        workers: local: threads; aws: threads checking
+        from_: a directory: the batch
+        workers=0: local: threads; aws: threads checking
             and moving images
-        backend: local or aws
-    """,
+        model="latest": a version
+        backend=None: local or aws
+    """
     )
     assert table == {
-        "from": "a directory: the batch",
-        "backend": "local or aws",
-        "workers": "local: threads; aws: threads checking and moving images",
+        "from_": (REQUIRED, "a directory: the batch"),
+        "workers": (0, "local: threads; aws: threads checking and moving images"),
+        "model": ("latest", "a version"),
+        "backend": (None, "local or aws"),
     }
-    assert help_table(body, {"workers": "w"}) == {"workers": "w"} and help_table(body, None) is None
-    with pytest.raises(ValueError, match="names no flag"):
-        help_table(body, "threads: how many")
+    assert str(flag_signature(table)) == "(c, *, from_, workers=0, model='latest', backend=None)"
+    assert flag_help(table)["from"] == "a directory: the batch"
+    with pytest.raises(ValueError, match="not a flag declaration"):
+        flag_table("threads how many")
+    with pytest.raises(ValueError):
+        flag_table("workers=zero: not a literal")

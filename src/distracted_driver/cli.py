@@ -22,10 +22,13 @@ Nothing here knows invoke: ``tasks.py`` turns a ``Failure`` into its exit.
 
 from __future__ import annotations
 
+import ast
 import errno
 import inspect
+import re
 import resource
 import shutil
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,23 +60,39 @@ def missing_arguments(body, arguments: dict) -> Failure | None:
     return Failure(f"{flags} is required (--help describes it)", EXIT_USAGE)
 
 
-def help_table(body, text: str | dict | None) -> dict | None:
-    """A task's help as ``"flag: text"`` lines (a line that does not start with a flag of ``body`` continues the
-    one above) -> {flag: text}; a dict is taken as it is."""
-    if not isinstance(text, str):
-        return text
-    flags = {name.strip("_") for name in inspect.signature(body).parameters}
-    table: dict[str, str] = {}
-    flag = None
-    for line in filter(None, (line.strip() for line in text.splitlines())):
-        head, sep, rest = line.partition(": ")
-        if sep and head in flags:
-            flag, table[head] = head, rest
-        elif flag is None:
-            raise ValueError(f"help of {body.__name__}: {line!r} names no flag")
-        else:
-            table[flag] += " " + line
+REQUIRED = inspect.Parameter.empty
+
+
+def flag_table(text: str) -> dict[str, tuple[object, str]]:
+    """A task's flags, each declared once as a ``name=default: help`` line -> {name: (default, help)}.
+
+    The default is a Python literal (``"latest"``, ``8``, ``None``); a flag without one is required
+    (``REQUIRED``). A line indented deeper than the flags continues the help of the flag above it.
+    """
+    table: dict[str, tuple[object, str]] = {}
+    for line in filter(str.strip, textwrap.dedent(text).splitlines()):
+        if line[0].isspace() and table:
+            name, (default, help_text) = next(reversed(table.items()))
+            table[name] = default, f"{help_text} {line.strip()}"
+            continue
+        declared = re.fullmatch(r"(\w+)(?:=(.+?))?: (.+)", line.strip())
+        if declared is None:
+            raise ValueError(f"{line.strip()!r} is not a flag declaration (name=default: help)")
+        name, default, help_text = declared.groups()
+        table[name] = REQUIRED if default is None else ast.literal_eval(default), help_text
     return table
+
+
+def flag_signature(flags: dict[str, tuple[object, str]]) -> inspect.Signature:
+    """What invoke reads a task's flags from: the context, then one keyword parameter per flag, in order."""
+    context = inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return inspect.Signature([context] + [inspect.Parameter(n, keyword, default=d) for n, (d, _) in flags.items()])
+
+
+def flag_help(flags: dict[str, tuple[object, str]]) -> dict[str, str]:
+    """invoke's help table: the flag as typed (``from_`` is ``--from``) -> its help."""
+    return {name.strip("_"): help_text for name, (_, help_text) in flags.items()}
 
 
 def bad_value(flag: str, value: str, kind: type) -> Failure:

@@ -81,6 +81,12 @@ class IngestReport:
     manifest_key: str | None = None
     manifest: dict | None = None
 
+    def left_out_line(self) -> str:
+        """What of the batch did not go in (refused images, rows not reviewed), or "" when everything did."""
+        left_out = [f"{len(self.refused)} image(s) refused (listed above)"] if self.refused else []
+        left_out += [f"{len(self.unreviewed)} row(s) not reviewed"] if self.unreviewed else []
+        return " and ".join(left_out)
+
     def __str__(self) -> str:
         lines = [f"{len(self.added)} added, {len(self.skipped)} skipped, {len(self.refused)} refused"]
         lines += [f"  refused {name}: {why}" for name, why in self.refused]

@@ -272,6 +272,12 @@ def served_metrics(artifact: ModelArtifact, by_precision: dict[str, dict]) -> di
     return {**served, "served_precision": artifact.served_precision, "by_precision": precision_summary(by_precision)}
 
 
+def report_lines(job: str, metrics: dict, paths: dict) -> list[str]:
+    """``inv train.evaluate``: the model, its summary, and where each file of the report went."""
+    summary = [f"  {line}" for line in summary_lines(metrics)]
+    return [f"model {job}", *summary, *(f"  {name}: {path}" for name, path in paths.items())]
+
+
 def summary_lines(metrics: dict) -> list[str]:
     """A few lines people read: log loss, accuracy, the precision served, and per-class recall."""
     recall = " ".join(f"{name}:{value['recall']:.2f}" for name, value in metrics["per_class"].items())
