@@ -50,8 +50,9 @@ class _Task(Task):
         for argument in arguments:
             if argument.kind in (int, float):
                 argument.__class__ = _NumberArgument
-            # -h stays help: invoke would hand it to a flag whose other letters are taken (data.sample's --shift)
-            argument.names = tuple(name for name in argument.names if name != "h")
+            # -h stays help: invoke would hand it to a flag whose other letters are taken (data.sample's --shift);
+            # and no flag gets "-" as its short form (deploy.swap's --max-p99-ms would: m, a and x are taken)
+            argument.names = tuple(name for name in argument.names if len(name) > 1 or name.isalnum() and name != "h")
         return arguments
 
     def __call__(self, *args, **kwargs):
