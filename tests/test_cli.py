@@ -268,3 +268,5 @@ def test_each_flag_is_declared_once_with_its_default_and_an_indented_line_contin
         flag_table("threads how many")
     with pytest.raises(ValueError):
         flag_table("workers=zero: not a literal")
+    with pytest.raises(ValueError, match="declared twice"):
+        flag_table("workers=0: threads\nworkers=1: processes")

@@ -9,9 +9,11 @@ import json
 import pytest
 
 from distracted_driver.config import Settings
+from distracted_driver.data.ingest import IngestReport
 from distracted_driver.data.layout import CLASSES
 from distracted_driver.hosting import DeployResult, EndpointStatus, open_hosting
 from distracted_driver.hosting.report import status_lines, top_classes
+from distracted_driver.model.evaluate import report_lines
 from distracted_driver.pipeline.options import FLAGS, options_from_flags, parse_key_values
 from distracted_driver.train import Trainer, open_trainer
 
@@ -78,3 +80,21 @@ def test_the_doors_choose_the_backend_from_the_settings(tmp_path):
 def test_sagemaker_training_refuses_a_resume(tmp_path):
     with pytest.raises(ValueError, match="--resume"):
         open_trainer(Settings(backend="aws", root=tmp_path, bucket="b")).train({}, resume="dd-1")
+
+
+def test_an_ingest_report_names_what_was_left_out():
+    assert IngestReport(added=["raw/a.jpg"]).left_out_line() == ""
+    report = IngestReport(refused=[("a.jpg", "not an image")], unreviewed=["b.jpg", "c.jpg"])
+    assert report.left_out_line() == "1 image(s) refused (listed above) and 2 row(s) not reviewed"
+
+
+def test_an_evaluation_reads_as_the_model_its_scores_and_its_files():
+    metrics = {
+        "log_loss": 0.1,
+        "accuracy": 0.95,
+        "examples": 20,
+        "per_class": {name: {"recall": 1.0} for name in CLASSES},
+    }
+    lines = report_lines("job-1", metrics, {"metrics": "reports/models/job-1/metrics.json"})
+    assert lines[0] == "model job-1" and lines[-1] == "  metrics: reports/models/job-1/metrics.json"
+    assert "validation log loss 0.1000" in lines[1] and "accuracy 0.950 on 20 images" in lines[1]

@@ -79,6 +79,8 @@ def flag_table(text: str) -> dict[str, tuple[object, str]]:
         if declared is None:
             raise ValueError(f"{line.strip()!r} is not a flag declaration (name=default: help)")
         name, default, help_text = declared.groups()
+        if name in table:
+            raise ValueError(f"the flag {name} is declared twice")
         table[name] = REQUIRED if default is None else ast.literal_eval(default), help_text
     return table
 
